@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Every test, from a clean clone: installs what the tests need (ffmpeg, the storage
+# emulator; the Pub/Sub emulator comes with the gcloud CLI), then runs the whole
+# workspace's tests. Tests start and stop their own emulators, on their own ports.
+set -euo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+cd "$root"
+scripts/install-deps.sh --cloud
+export CARGO_TERM_COLOR=never
+echo "== cargo test (workspace)"
+cargo test --workspace --locked --no-fail-fast 2>&1

@@ -1,0 +1,288 @@
+//! `reel stitch` on one machine: the five stages as tasks on the embedded bus, a
+//! directory as the work store, and an append-only event log file.
+//!
+//! State lives in the state directory (`REEL_HOME`, else `$XDG_STATE_HOME/reel`, else
+//! `~/.local/state/reel`): `events.jsonl` (the log), `dead-letter/{stage}.jsonl`,
+//! `work/` (jobs' intermediate files) and `tmp/`. The job id is derived from the inputs,
+//! so running the same command again after a crash finds the job on the log and resumes
+//! it from the last stage that finished.
+
+use anyhow::{bail, Context as _, Result};
+use chrono::Utc;
+use reel_events::fold::JobState;
+use reel_events::payload::StitchRequested;
+use reel_events::{binding, envelope, types, AttributesReader, Compression, Event, Orientation, Stage};
+use reel_runtime::bus::Bus;
+use reel_runtime::embedded::{DirStore, EmbeddedBus, EventLog};
+use reel_runtime::local::LocalResolver;
+use reel_runtime::stage::Handler;
+use reel_runtime::topology::{SubscriptionSpec, Topology};
+use reel_runtime::worker::{Worker, WorkerOptions};
+use reel_runtime::Settings;
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// Where local state lives.
+pub fn state_dir() -> PathBuf {
+    if let Some(home) = std::env::var_os("REEL_HOME") {
+        return PathBuf::from(home);
+    }
+    if let Some(state) = std::env::var_os("XDG_STATE_HOME") {
+        return PathBuf::from(state).join("reel");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    home.join(".local/state/reel")
+}
+
+/// The local event log file.
+pub fn log_path(state: &Path) -> PathBuf {
+    state.join("events.jsonl")
+}
+
+/// Read every event on the local log (undecodable lines are skipped).
+pub fn read_log(state: &Path) -> Result<Vec<Event>> {
+    let path = log_path(state);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let logged = EventLog::read(&path).with_context(|| format!("reading the event log {}", path.display()))?;
+    Ok(logged.iter().filter_map(|m| binding::decode(&m.message).ok()).collect())
+}
+
+/// What the caller asked for.
+#[derive(Debug, Clone)]
+pub struct StitchJob {
+    /// Absolute clip paths.
+    pub clips: Vec<PathBuf>,
+    /// Absolute output path.
+    pub output: PathBuf,
+    /// Frame.
+    pub orientation: Orientation,
+    /// Preset.
+    pub compression: Compression,
+    /// Replace an existing output.
+    pub overwrite: bool,
+}
+
+impl StitchJob {
+    /// The job id: the same inputs give the same id, so a rerun resumes.
+    pub fn job_id(&self) -> String {
+        let mut hasher = Sha256::new();
+        for clip in &self.clips {
+            hasher.update(clip.to_string_lossy().as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(self.output.to_string_lossy().as_bytes());
+        hasher.update([0]);
+        hasher.update(self.orientation.as_str().as_bytes());
+        hasher.update(self.compression.as_str().as_bytes());
+        let hex: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("local_{hex}")
+    }
+}
+
+/// How a run ended.
+pub struct RunResult {
+    /// The job id.
+    pub job_id: String,
+    /// Its final state.
+    pub state: JobState,
+    /// Whether this run resumed an interrupted one.
+    pub resumed_from: Option<Stage>,
+}
+
+/// Something that wants to hear about the job's events (the progress bar).
+pub trait Observer: Send {
+    /// A job event arrived (only events of this job).
+    fn on_event(&mut self, event: &Event, state: &JobState);
+}
+
+/// The embedded pipeline.
+pub struct LocalPipeline {
+    state: PathBuf,
+    settings: Arc<Settings>,
+    bus: Arc<EmbeddedBus>,
+    topology: Topology,
+    shutdown: CancellationToken,
+    workers: tokio::task::JoinSet<()>,
+}
+
+/// The subscription the CLI watches the log through.
+const WATCH_SUBSCRIPTION: &str = "reel-cli-watch";
+
+impl LocalPipeline {
+    /// Start the five stages on the embedded bus.
+    pub async fn start(state: &Path) -> Result<LocalPipeline> {
+        std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
+        let mut settings = Settings::load()?;
+        settings.allowed_roots = vec!["/".into()];
+        settings.work_root = Some(state.join("work").display().to_string());
+        if std::env::var_os("TEMP_DIR").is_none() {
+            settings.temp_dir = state.join("tmp");
+        }
+        let settings = Arc::new(settings);
+        let mut topology = settings.topology();
+        for sub in &mut topology.subscriptions {
+            // Local retries: quick first, capped low; a person is waiting.
+            sub.min_backoff = Duration::from_millis(200);
+            sub.max_backoff = Duration::from_secs(5);
+            sub.max_delivery_attempts = 5;
+        }
+        let names = topology.names();
+        topology.subscriptions.push(SubscriptionSpec {
+            name: WATCH_SUBSCRIPTION.into(),
+            topic: names.events(),
+            ack_deadline: Duration::from_secs(60),
+            dead_letter_topic: None,
+            max_delivery_attempts: 5,
+            min_backoff: Duration::ZERO,
+            max_backoff: Duration::from_secs(1),
+            message_retention: Duration::from_secs(3600),
+            exactly_once: false,
+        });
+        let mut bus = EmbeddedBus::new()
+            .with_persisted_topic(names.events(), log_path(state))
+            .with_context(|| format!("opening the event log {}", log_path(state).display()))?;
+        for stage in Stage::ALL {
+            let path = state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()));
+            bus = bus.with_persisted_topic(names.dead_letter_topic(stage), &path).with_context(|| format!("opening {}", path.display()))?;
+        }
+        let bus = Arc::new(bus);
+        bus.ensure_topology(&topology).await?;
+        let work_dir = state.join("work");
+        let work: Arc<dyn reel_runtime::Store> = Arc::new(DirStore::new(&work_dir)?);
+        let resolver = Arc::new(LocalResolver::new());
+        let shutdown = CancellationToken::new();
+        let mut workers = tokio::task::JoinSet::new();
+        let handlers: Vec<Arc<dyn Handler>> = vec![
+            Arc::new(reel_validate::Validate),
+            Arc::new(reel_download::Download),
+            Arc::new(reel_stitch::Stitch),
+            Arc::new(reel_upload::Upload),
+            Arc::new(reel_finalize::Finalize),
+        ];
+        for handler in handlers {
+            let mut options = WorkerOptions::for_stage(handler.stage(), &names);
+            options.shutdown_grace = Duration::from_secs(2);
+            let worker = Arc::new(Worker::new(bus.clone(), handler, settings.clone(), work.clone(), resolver.clone(), options));
+            let stop = shutdown.clone();
+            workers.spawn(async move {
+                let _ = worker.run(stop).await;
+            });
+        }
+        Ok(LocalPipeline { state: state.to_path_buf(), settings, bus, topology, shutdown, workers })
+    }
+
+    /// Run one job to its end (or resume it), telling `observer` about its events.
+    /// Returns when the job completed, failed or was cancelled, or when `interrupt` fires.
+    pub async fn run(&mut self, job: &StitchJob, observer: &mut dyn Observer, interrupt: CancellationToken) -> Result<RunResult> {
+        let job_id = job.job_id();
+        let names = self.topology.names();
+        let history: Vec<Event> = read_log(&self.state)?
+            .into_iter()
+            .filter(|e| envelope::job_id_of(e).as_deref() == Some(job_id.as_str()))
+            .collect();
+        let mut state = JobState::new(&job_id);
+        for e in &history {
+            state.apply(e);
+        }
+        let current_attempt = state.current().map(|(n, _)| n).unwrap_or(0);
+        let mut resumed_from = None;
+        let interrupted = !history.is_empty() && !state.status().is_terminal();
+        if interrupted {
+            // Resume: hand the latest finished stage's event to the next stage again.
+            let latest = history
+                .iter()
+                .filter(|e| attempt_of(e) == current_attempt)
+                .filter_map(|e| Stage::completed_by(e.ty()).filter(|s| *s != Stage::Finalize).map(|s| (s, e)))
+                .max_by_key(|(s, e)| (*s, e.time().copied()));
+            match latest {
+                Some((stage, event)) => {
+                    let next = Stage::ALL[stage.index() + 1];
+                    resumed_from = Some(next);
+                    self.bus.publish(&names.work_topic(next), binding::encode_binary(event)).await?;
+                }
+                None => {
+                    let request = history.iter().filter(|e| e.ty() == types::STITCH_REQUESTED).max_by_key(|e| e.time().copied());
+                    match request {
+                        Some(request) => {
+                            resumed_from = Some(Stage::Validate);
+                            self.bus.publish(&names.requests(), binding::encode_binary(request)).await?;
+                        }
+                        None => self.submit(job, &job_id, current_attempt, false).await?,
+                    }
+                }
+            }
+        } else {
+            if job.output.exists() && !job.overwrite {
+                bail!("{} already exists; pass --overwrite to replace it", job.output.display());
+            }
+            let attempt = if history.is_empty() { 0 } else { current_attempt + 1 };
+            state = JobState::new(&job_id);
+            self.submit(job, &job_id, attempt, attempt > 0 || job.overwrite).await?;
+        }
+
+        loop {
+            let deliveries = tokio::select! {
+                d = self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)) => d?,
+                _ = interrupt.cancelled() => {
+                    return Ok(RunResult { job_id, state, resumed_from });
+                }
+            };
+            for delivery in deliveries {
+                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
+                let Ok(event) = binding::decode(&delivery.message) else { continue };
+                if envelope::job_id_of(&event).as_deref() != Some(job_id.as_str()) {
+                    continue;
+                }
+                state.apply(&event);
+                observer.on_event(&event, &state);
+            }
+            if state.status().is_terminal() {
+                return Ok(RunResult { job_id, state, resumed_from });
+            }
+        }
+    }
+
+    async fn submit(&self, job: &StitchJob, job_id: &str, attempt: u32, force: bool) -> Result<()> {
+        let request = StitchRequested {
+            job_id: Some(job_id.to_string()),
+            project_id: "local".into(),
+            user_id: std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "local".into()),
+            clip_paths: job.clips.iter().map(|p| p.display().to_string()).collect(),
+            output_path: job.output.display().to_string(),
+            orientation: job.orientation,
+            compression: job.compression,
+            retry_attempt: Some(attempt),
+            force_restart: Some(force),
+        };
+        let id = format!("stitch.requested-{}", uuid::Uuid::new_v4().simple());
+        let event = envelope::build(types::STITCH_REQUESTED, "//reel/cli", id, job_id, Utc::now(), &request)?;
+        // To the log (so a rerun finds it) and to validate's topic.
+        reel_runtime::worker::publish_event(self.bus.as_ref(), &self.topology.names(), &event).await?;
+        Ok(())
+    }
+
+    /// Stop the stages (in-flight work is stopped and left for the next run to resume).
+    pub async fn shutdown(mut self) {
+        self.shutdown.cancel();
+        while self.workers.join_next().await.is_some() {}
+        let _ = &self.settings;
+    }
+}
+
+fn attempt_of(event: &Event) -> u32 {
+    envelope::data_json(event)
+        .ok()
+        .and_then(|d| d.get("job").unwrap_or(&d).get("retryAttempt").and_then(|v| v.as_u64()))
+        .unwrap_or(0) as u32
+}
+
+/// Fold the whole local log.
+pub fn fold_log(state: &Path) -> Result<std::collections::BTreeMap<String, JobState>> {
+    let events = read_log(state)?;
+    Ok(reel_events::fold::fold_all(events.iter()))
+}

@@ -1,0 +1,271 @@
+//! `reel`: stitch clips into a reel on this machine, or drive the cloud pipeline.
+
+mod local;
+mod render;
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+use reel_events::fold::Status;
+use reel_events::{Compression, Orientation};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "reel", version, about = "Stitch video clips into one reel.", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Stitch clips into one MP4 on this machine (every stage, embedded bus, no cloud).
+    Stitch {
+        /// Clips, in order (any container and codec ffmpeg reads).
+        #[arg(required = true, value_name = "CLIP")]
+        clips: Vec<PathBuf>,
+        /// Where to write the reel (.mp4).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// portrait (1080x1920), landscape (1920x1080) or square (1080x1080).
+        /// Default: the first clip's.
+        #[arg(long, value_name = "O")]
+        orientation: Option<Orientation>,
+        /// original | optimized | high_quality | small.
+        #[arg(long, value_name = "C", default_value = "optimized")]
+        compression: Compression,
+        /// Replace OUT if it exists.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Make sample clips and stitch them, for a first look.
+    Demo {
+        /// Where to put the clips and reels.
+        #[arg(long, default_value = "reel-demo")]
+        dir: PathBuf,
+    },
+    /// A job's state, folded from the local event log.
+    Status {
+        /// The job id.
+        job: String,
+        /// Print JSON (the API's JobStatus).
+        #[arg(long)]
+        json: bool,
+    },
+    /// A project's jobs, folded from the local event log (local runs use project `local`).
+    Jobs {
+        /// The project id.
+        project: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_logging() {
+    // The CLI talks to people: quiet logs on stderr unless LOG_LEVEL asks for more.
+    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "error".into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "error".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Stitch { clips, output, orientation, compression, overwrite, quiet } => {
+            stitch(clips, output, orientation, compression, overwrite, quiet).await
+        }
+        Command::Demo { dir } => demo(&dir).await,
+        Command::Status { job, json } => {
+            let jobs = local::fold_log(&local::state_dir())?;
+            let Some(state) = jobs.get(&job) else {
+                bail!("no job {job:?} on the local event log ({})", local::log_path(&local::state_dir()).display());
+            };
+            let status = state.to_status();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                render::print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { project, json } => {
+            let jobs = local::fold_log(&local::state_dir())?;
+            let statuses: Vec<_> = jobs.values().filter(|j| j.project_id == project).map(|j| j.to_status()).collect();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "jobs": statuses }))?);
+            } else if statuses.is_empty() {
+                println!("no jobs for project {project:?}");
+            } else {
+                for s in &statuses {
+                    render::print_status_line(s);
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Check what can be checked before any work starts, with messages that name the problem.
+fn prepare(clips: Vec<PathBuf>, output: PathBuf) -> Result<(Vec<PathBuf>, PathBuf)> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
+    if clips.len() < 2 {
+        bail!("a reel needs at least 2 clips; got {}", clips.len());
+    }
+    let mut absolute = Vec::new();
+    for clip in clips {
+        let path = if clip.is_absolute() { clip.clone() } else { cwd.join(&clip) };
+        let meta = std::fs::metadata(&path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => anyhow::anyhow!("clip not found: {}", clip.display()),
+            _ => anyhow::anyhow!("cannot read clip {}: {e}", clip.display()),
+        })?;
+        if !meta.is_file() {
+            bail!("clip {} is not a file", clip.display());
+        }
+        absolute.push(std::fs::canonicalize(&path).unwrap_or(path));
+    }
+    let output = if output.is_absolute() { output } else { cwd.join(output) };
+    let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
+    if !matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
+        bail!("output {} must end in .mp4", output.display());
+    }
+    let parent = output.parent().unwrap_or(Path::new("/"));
+    if !parent.is_dir() {
+        bail!("cannot write {}: directory {} does not exist", output.display(), parent.display());
+    }
+    let probe = parent.join(format!(".reel-write-test-{}", std::process::id()));
+    match std::fs::File::create(&probe) {
+        Ok(_) => {
+            let _ = std::fs::remove_file(&probe);
+        }
+        Err(e) => bail!("cannot write {}: {e}", output.display()),
+    }
+    let output = std::fs::canonicalize(parent).unwrap_or(parent.to_path_buf()).join(output.file_name().unwrap_or_default());
+    if absolute.contains(&output) {
+        bail!("the output {} is one of the clips", output.display());
+    }
+    Ok((absolute, output))
+}
+
+async fn stitch(
+    clips: Vec<PathBuf>,
+    output: PathBuf,
+    orientation: Option<Orientation>,
+    compression: Compression,
+    overwrite: bool,
+    quiet: bool,
+) -> Result<ExitCode> {
+    let (clips, output) = prepare(clips, output)?;
+    reel_media::ffmpeg_version().map_err(|e| anyhow::anyhow!("{e}; install ffmpeg (apt-get install ffmpeg)"))?;
+    let orientation = match orientation {
+        Some(o) => o,
+        None => guess_orientation(&clips).await,
+    };
+    let job = local::StitchJob { clips, output, orientation, compression, overwrite };
+    run_job(&job, quiet).await
+}
+
+/// The first readable clip's displayed shape decides the default orientation.
+async fn guess_orientation(clips: &[PathBuf]) -> Orientation {
+    for clip in clips {
+        if let Ok(info) = reel_media::probe(clip).await {
+            let (w, h) = info.video.display_size();
+            return Orientation::closest_to(w, h);
+        }
+    }
+    Orientation::Portrait
+}
+
+async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
+    let state_dir = local::state_dir();
+    let mut pipeline = local::LocalPipeline::start(&state_dir).await?;
+    let interrupt = CancellationToken::new();
+    let on_signal = interrupt.clone();
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            on_signal.cancel();
+        }
+    });
+    let mut bar = render::ProgressView::new(quiet);
+    let result = pipeline.run(job, &mut bar, interrupt.clone()).await;
+    bar.finish();
+    pipeline.shutdown().await;
+    let result = result?;
+    if let Some(stage) = result.resumed_from {
+        if !quiet {
+            eprintln!("resumed job {} at the {stage} stage", result.job_id);
+        }
+    }
+    if interrupt.is_cancelled() && !result.state.status().is_terminal() {
+        eprintln!("interrupted; run the same command again to resume job {}", result.job_id);
+        return Ok(ExitCode::from(130));
+    }
+    let status = result.state.to_status();
+    render::print_result(&status);
+    Ok(match status.status {
+        Status::Completed => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+async fn demo(dir: &Path) -> Result<ExitCode> {
+    use reel_media::SampleSpec;
+    reel_media::ffmpeg_version().map_err(|e| anyhow::anyhow!("{e}; install ffmpeg (apt-get install ffmpeg)"))?;
+    let clips_dir = dir.join("clips");
+    std::fs::create_dir_all(&clips_dir).with_context(|| format!("creating {}", clips_dir.display()))?;
+    let specs = [
+        ("01-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "one".into() }),
+        ("02-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "two".into() }),
+        ("03-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "three".into() }),
+        ("04-landscape-silent.mp4", SampleSpec { width: 640, height: 360, seconds: 3.0, fps: 25, audio: false, label: "four".into() }),
+    ];
+    println!("making sample clips in {}", clips_dir.display());
+    let mut paths = Vec::new();
+    for (name, spec) in &specs {
+        let path = clips_dir.join(name);
+        if !path.exists() {
+            reel_media::make_sample_clip(&path, spec).await.with_context(|| format!("making {}", path.display()))?;
+        }
+        paths.push(path);
+    }
+    println!("\n1/2: three clips of one format: joined by stream copy");
+    let copy = local::StitchJob {
+        clips: paths[..3].iter().map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())).collect(),
+        output: std::fs::canonicalize(dir)?.join("reel-copy.mp4"),
+        orientation: Orientation::Portrait,
+        compression: Compression::Optimized,
+        overwrite: true,
+    };
+    let first = run_job(&copy, false).await?;
+    println!("\n2/2: all four clips, of different sizes, one silent: re-encoded to 1080x1920");
+    let mixed = local::StitchJob {
+        clips: paths.iter().map(|p| std::fs::canonicalize(p).unwrap_or(p.clone())).collect(),
+        output: std::fs::canonicalize(dir)?.join("reel-mixed.mp4"),
+        orientation: Orientation::Portrait,
+        compression: Compression::Optimized,
+        overwrite: true,
+    };
+    let second = run_job(&mixed, false).await?;
+    if first != ExitCode::SUCCESS {
+        return Ok(first);
+    }
+    Ok(second)
+}

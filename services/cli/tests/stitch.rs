@@ -1,0 +1,295 @@
+//! `reel stitch` as a user runs it: the binary, real ffmpeg, a private state dir.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        Sandbox { dir: tempfile::tempdir().unwrap() }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn reel(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_reel"))
+            .args(args)
+            .current_dir(self.dir.path())
+            .env("REEL_HOME", self.path("state"))
+            .env_remove("LOG_LEVEL")
+            .output()
+            .expect("run reel")
+    }
+
+    /// A test clip made with ffmpeg's test sources.
+    fn clip(&self, name: &str, w: u32, h: u32, seconds: f64, audio: bool, extra: &[&str]) -> PathBuf {
+        let out = self.path(name);
+        let mut cmd = Command::new("ffmpeg");
+        cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc2=size={w}x{h}:rate=30:duration={seconds}")]);
+        if audio {
+            cmd.args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")]);
+        }
+        cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]);
+        if audio {
+            cmd.args(["-c:a", "aac", "-ac", "2"]);
+        }
+        cmd.args(extra);
+        cmd.arg(&out);
+        let status = cmd.status().unwrap();
+        assert!(status.success(), "ffmpeg could not make {name}");
+        out
+    }
+
+    fn log_types(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(self.path("state/events.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter_map(|v| v["message"]["attributes"]["ce-type"].as_str().map(str::to_string))
+            .collect()
+    }
+
+    fn completed_event(&self) -> serde_json::Value {
+        use base64::Engine;
+        let text = std::fs::read_to_string(self.path("state/events.jsonl")).unwrap();
+        let line = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|v| v["message"]["attributes"]["ce-type"] == "phoenix.reel.v1.job.completed")
+            .last()
+            .expect("a job.completed on the log");
+        let data = base64::engine::general_purpose::STANDARD.decode(line["message"]["data"].as_str().unwrap()).unwrap();
+        serde_json::from_slice(&data).unwrap()
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!("stdout:\n{}\nstderr:\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+struct Probe {
+    duration: f64,
+    video: Vec<(u32, u32)>,
+    audio_streams: usize,
+}
+
+fn probe(path: &Path) -> Probe {
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "ffprobe failed on {}", path.display());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let streams = v["streams"].as_array().unwrap();
+    Probe {
+        duration: v["format"]["duration"].as_str().unwrap().parse().unwrap(),
+        video: streams
+            .iter()
+            .filter(|s| s["codec_type"] == "video")
+            .map(|s| (s["width"].as_u64().unwrap() as u32, s["height"].as_u64().unwrap() as u32))
+            .collect(),
+        audio_streams: streams.iter().filter(|s| s["codec_type"] == "audio").count(),
+    }
+}
+
+/// `ffmpeg -v error -i OUT -f null -` prints nothing for a sound file.
+fn decodes_cleanly(path: &Path) {
+    let out = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "decode errors: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn clips_of_one_format_are_joined_by_stream_copy() {
+    let sb = Sandbox::new();
+    let clips: Vec<PathBuf> = (0..3).map(|i| sb.clip(&format!("c{i}.mp4"), 360, 640, 1.0 + i as f64 * 0.5, true, &[])).collect();
+    let mut args = vec!["stitch"];
+    let names: Vec<String> = clips.iter().map(|c| c.display().to_string()).collect();
+    args.extend(names.iter().map(String::as_str));
+    args.extend(["-o", "out.mp4"]);
+    let out = sb.reel(&args);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("mode copy"), "{}", text(&out));
+    assert!(stdout.contains(&sb.path("out.mp4").display().to_string()) || stdout.contains("out.mp4"));
+    let p = probe(&sb.path("out.mp4"));
+    assert_eq!(p.video, vec![(360, 640)]);
+    assert_eq!(p.audio_streams, 1);
+    assert!((p.duration - 4.5).abs() <= 0.2, "duration {} != 4.5", p.duration);
+    decodes_cleanly(&sb.path("out.mp4"));
+    let completed = sb.completed_event();
+    assert_eq!(completed["mode"], "copy");
+    assert_eq!(completed["sizeBytes"].as_u64().unwrap(), std::fs::metadata(sb.path("out.mp4")).unwrap().len());
+    // No work files are left behind.
+    let work = sb.path("state/work/jobs");
+    assert!(!work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(), "workspace not cleaned");
+}
+
+#[test]
+fn mixed_clips_are_reencoded_to_the_orientation_with_audio_for_silent_and_rotated_clips() {
+    let sb = Sandbox::new();
+    let a = sb.clip("wide.mp4", 320, 180, 1.0, true, &[]);
+    let b = sb.clip("silent 4x3.mp4", 320, 240, 1.0, false, &[]);
+    // A phone clip: stored landscape, displayed portrait.
+    let c = sb.clip("phone.mov", 320, 180, 1.0, true, &["-metadata:s:v:0", "rotate=90"]);
+    let out = sb.reel(&[
+        "stitch",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        c.to_str().unwrap(),
+        "-o",
+        "reel.mp4",
+        "--orientation",
+        "portrait",
+        "--compression",
+        "small",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mode reencode"), "{}", text(&out));
+    let p = probe(&sb.path("reel.mp4"));
+    assert_eq!(p.video, vec![(1080, 1920)]);
+    assert_eq!(p.audio_streams, 1);
+    assert!((p.duration - 3.0).abs() <= 0.2, "duration {}", p.duration);
+    decodes_cleanly(&sb.path("reel.mp4"));
+
+    let out = sb.reel(&["stitch", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "square.mp4", "--orientation", "square", "--compression", "small"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(probe(&sb.path("square.mp4")).video, vec![(1080, 1080)]);
+}
+
+#[test]
+fn a_corrupt_clip_is_skipped_and_named() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let b = sb.clip("b.mp4", 320, 240, 1.0, true, &[]);
+    let broken = sb.path("broken clip's #2.mp4");
+    std::fs::write(&broken, b"this is not a video at all").unwrap();
+    let out = sb.reel(&["stitch", a.to_str().unwrap(), broken.to_str().unwrap(), b.to_str().unwrap(), "-o", "out.mp4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("skipped") && stdout.contains("broken clip's #2.mp4"), "{}", text(&out));
+    let completed = sb.completed_event();
+    let skipped = completed["skippedClips"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert!(skipped[0]["path"].as_str().unwrap().ends_with("broken clip's #2.mp4"));
+    assert!((probe(&sb.path("out.mp4")).duration - 2.0).abs() <= 0.2);
+}
+
+#[test]
+fn fewer_than_two_good_clips_fail_with_insufficient_clips_and_no_output() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let broken = sb.path("broken.mp4");
+    std::fs::write(&broken, vec![0u8; 4096]).unwrap();
+    let out = sb.reel(&["stitch", a.to_str().unwrap(), broken.to_str().unwrap(), "-o", "out.mp4"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("insufficient_clips"), "{}", text(&out));
+    assert!(!sb.path("out.mp4").exists());
+    assert!(sb.log_types().iter().any(|t| t == "phoenix.reel.v1.job.failed"));
+}
+
+#[test]
+fn bad_input_exits_non_zero_naming_the_problem() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let b = sb.clip("b.mp4", 320, 240, 1.0, true, &[]);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["stitch", a, "missing.mp4", "-o", "o.mp4"], "clip not found: missing.mp4"),
+        (vec!["stitch", a, "-o", "o.mp4"], "at least 2 clips"),
+        (vec!["stitch", a, b, "-o", "o.mp4", "--compression", "tiny"], "tiny"),
+        (vec!["stitch", a, b, "-o", "o.mp4", "--orientation", "diagonal"], "diagonal"),
+        (vec!["stitch", a, b, "-o", "/nonexistent-dir/o.mp4"], "does not exist"),
+        (vec!["stitch", a, b, "-o", "o.avi"], ".mp4"),
+    ];
+    for (args, needle) in cases {
+        let out = sb.reel(&args);
+        assert!(!out.status.success(), "{args:?} succeeded");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(needle), "{args:?}: expected {needle:?} in\n{stderr}");
+    }
+    assert!(!sb.path("o.mp4").exists(), "partial output left behind");
+
+    // An existing output is not replaced without --overwrite.
+    std::fs::write(sb.path("exists.mp4"), b"keep me").unwrap();
+    let out = sb.reel(&["stitch", a, b, "-o", "exists.mp4"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
+    assert_eq!(std::fs::read(sb.path("exists.mp4")).unwrap(), b"keep me");
+    let out = sb.reel(&["stitch", a, b, "-o", "exists.mp4", "--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(probe(&sb.path("exists.mp4")).video.len(), 1);
+}
+
+#[test]
+fn killed_mid_job_and_run_again_resumes_without_redoing_finished_stages() {
+    let sb = Sandbox::new();
+    let clips: Vec<PathBuf> = (0..4).map(|i| sb.clip(&format!("k{i}.mp4"), 320 + 16 * i, 240, 2.0, true, &[])).collect();
+    let mut args: Vec<String> = vec!["stitch".into()];
+    args.extend(clips.iter().map(|c| c.display().to_string()));
+    args.extend(["-o".into(), "out.mp4".into(), "--compression".into(), "high_quality".into(), "--orientation".into(), "landscape".into()]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(&args)
+        .current_dir(sb.dir.path())
+        .env("REEL_HOME", sb.path("state"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until download has finished (stitching is under way), then SIGKILL.
+    let started = std::time::Instant::now();
+    loop {
+        if sb.log_types().iter().any(|t| t == "phoenix.reel.v1.job.downloaded") {
+            break;
+        }
+        assert!(started.elapsed().as_secs() < 60, "download never finished");
+        assert!(child.try_wait().unwrap().is_none(), "reel ended before it could be killed");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    assert!(!sb.log_types().iter().any(|t| t == "phoenix.reel.v1.job.completed"), "finished before the kill");
+    assert!(!sb.path("out.mp4").exists());
+
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = sb.reel(&refs);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("resumed job"), "{}", text(&out));
+    let types = sb.log_types();
+    let count = |t: &str| types.iter().filter(|x| x.as_str() == t).count();
+    assert_eq!(count("phoenix.reel.v1.stitch.requested"), 1, "the request was sent again");
+    assert_eq!(count("phoenix.reel.v1.job.validated"), 1, "validate ran again");
+    assert_eq!(count("phoenix.reel.v1.job.downloaded"), 1, "download ran again");
+    assert_eq!(count("phoenix.reel.v1.job.completed"), 1);
+    let p = probe(&sb.path("out.mp4"));
+    assert_eq!(p.video, vec![(1920, 1080)]);
+    assert!((p.duration - 8.0).abs() <= 0.2, "duration {}", p.duration);
+}
+
+#[test]
+fn status_and_jobs_fold_the_local_log() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let b = sb.clip("b.mp4", 320, 240, 1.0, true, &[]);
+    let out = sb.reel(&["stitch", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "out.mp4"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let job_id = sb.completed_event()["jobId"].as_str().unwrap().to_string();
+    let out = sb.reel(&["status", &job_id, "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(status["status"], "completed");
+    assert_eq!(status["progress"], 100.0);
+    assert_eq!(status["stage"], "finalize");
+    assert!(status["outputPath"].as_str().unwrap().ends_with("out.mp4"));
+    let out = sb.reel(&["jobs", "local", "--json"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+    let out = sb.reel(&["status", "job_nope"]);
+    assert!(!out.status.success());
+}

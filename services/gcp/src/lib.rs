@@ -1,0 +1,27 @@
+//! Google Cloud adapters for reel: the leaves of the dependency graph.
+//!
+//! - [`PubSubBus`]: [`reel_runtime::bus::Bus`] on Cloud Pub/Sub (`google-cloud-pubsub`,
+//!   the official crate), streaming pull with flow control;
+//! - [`GcsStore`]: [`reel_runtime::store::Store`] on one Cloud Storage bucket
+//!   (`gcloud-storage`), streamed reads and writes, create-only writes by generation
+//!   precondition, server-side copy;
+//! - [`CloudResolver`]: [`reel_runtime::location::StoreResolver`] for `gs://` and local
+//!   locations;
+//! - `testing` (feature `testing`): starts the Pub/Sub emulator and fake-gcs-server as
+//!   child processes for tests.
+//!
+//! Both adapters talk to the emulators when `PUBSUB_EMULATOR_HOST` (`host:port`) and
+//! `STORAGE_EMULATOR_HOST` (`http://host:port`) are set, with anonymous credentials;
+//! otherwise they use Application Default Credentials. Only the programs wire these in;
+//! stages see the traits.
+
+mod gcs;
+mod pubsub;
+mod resolver;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use gcs::{GcsClient, GcsStore, UploadStrategy};
+pub use pubsub::{PubSubBus, PubSubConfig};
+pub use resolver::CloudResolver;

@@ -1,0 +1,885 @@
+//! [`Bus`] on Cloud Pub/Sub with the official `google-cloud-pubsub` crate.
+//!
+//! # How the trait maps onto the crate
+//!
+//! - **publish**: one [`Publisher`] per topic (cached), sharing one [`BasePublisher`]
+//!   connection. The crate retries transient errors itself (Unavailable, DeadlineExceeded,
+//!   ResourceExhausted, Internal, Aborted, Unknown, I/O and timeouts) with backoff, within
+//!   [`PUBLISH_RETRY_LIMIT`]. A message with a non-empty ordering key is published with
+//!   that key: the crate then keeps messages of one key in order (one batch in flight per
+//!   key), which is how "message ordering on publish" is enabled in this crate (there is
+//!   no separate switch). After a failed publish on a key the crate pauses that key; we
+//!   resume it at once, since reel relies on no ordering. Subscriptions are created
+//!   without `enable_message_ordering` on purpose: with it, one nacked message of a job
+//!   would hold back the job's other messages, and nothing relies on order.
+//! - **receive**: streaming pull. The first `receive` on a subscription opens a
+//!   [`MessageStream`] in a background task with flow control
+//!   ([`PubSubConfig::max_outstanding_messages`], [`PubSubConfig::max_outstanding_bytes`]);
+//!   received messages wait in a channel until `receive` hands them out. The official
+//!   crate offers no synchronous pull and keeps the real ack ids private, so the
+//!   [`Delivery::ack_id`] is a token of this bus (valid in this process only) that maps to
+//!   the crate's handler. Messages that wait in the channel count as outstanding, so a
+//!   worker should set `max_outstanding_messages` near its concurrency: whatever is
+//!   beyond it waits in this process (leased, not lost) instead of going to another one.
+//! - **leases**: the crate extends every outstanding lease by itself (up to
+//!   [`MAX_LEASE`]); to keep the trait's contract (a delivery that is neither acked,
+//!   nacked nor extended is redelivered after its ack deadline), this bus tracks a
+//!   deadline per delivery (the subscription's ack deadline, or what
+//!   [`Bus::modify_deadline`] set) and nacks the delivery when it passes.
+//! - **nack** = modify ack deadline 0 (what the crate's `nack` sends). **modify_deadline**
+//!   with 0 is a nack.
+//! - **delivery attempt**: Pub/Sub reports it only on subscriptions with a dead-letter
+//!   policy. Elsewhere this bus counts the deliveries of each message it has seen itself
+//!   (so redeliveries to this process still count up), starting at 1.
+//! - **exactly-once** subscriptions: acks and nacks are confirmed by the server; an ack
+//!   whose lease expired is [`BusError::InvalidAckId`].
+//! - **peek**: a short-lived second stream pulls up to `max` messages and nacks them at
+//!   once (modify deadline 0). On Pub/Sub this **consumes a delivery attempt** of each
+//!   peeked message (on subscriptions with a dead-letter policy it counts toward
+//!   `max_delivery_attempts`), and the messages come back after the subscription's retry
+//!   backoff. The peeked deliveries have an empty `ack_id`: they cannot be acked.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use google_cloud_gax::error::rpc::Code;
+use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
+use google_cloud_pubsub::error::{AckError, PublishError};
+use google_cloud_pubsub::model::{DeadLetterPolicy, Message as PsMessage, RetryPolicy};
+use google_cloud_pubsub::subscriber::handler::Handler;
+use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
+use reel_runtime::bus::{Bus, BusError, Delivery, Message};
+use reel_runtime::topology::Topology;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+/// Pub/Sub's limit on a publish request (the message counts against it).
+pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
+/// How long the publisher keeps retrying transient errors before giving up.
+pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(60);
+/// How long the crate keeps extending a lease on its own.
+pub const MAX_LEASE: Duration = Duration::from_secs(24 * 3600);
+/// Longest ack deadline Pub/Sub accepts.
+const MAX_ACK_DEADLINE_SECS: u32 = 600;
+/// How long `peek` waits for a first message, and then for each further one.
+const PEEK_FIRST_WAIT: Duration = Duration::from_secs(2);
+const PEEK_NEXT_WAIT: Duration = Duration::from_millis(300);
+/// How often expired leases are looked for.
+const REAPER_PERIOD: Duration = Duration::from_millis(250);
+
+/// How to reach Pub/Sub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PubSubConfig {
+    /// The Google Cloud project that owns the topics and subscriptions.
+    pub project: String,
+    /// `host:port` of the Pub/Sub emulator; `None` for the real service.
+    pub emulator_host: Option<String>,
+    /// Flow control: most messages received but not yet acked or nacked, per subscription.
+    pub max_outstanding_messages: i64,
+    /// Flow control: most bytes received but not yet acked or nacked, per subscription.
+    pub max_outstanding_bytes: i64,
+}
+
+impl PubSubConfig {
+    /// Default [`PubSubConfig::max_outstanding_messages`].
+    pub const DEFAULT_MAX_OUTSTANDING_MESSAGES: i64 = 10;
+    /// Default [`PubSubConfig::max_outstanding_bytes`] (64 MiB).
+    pub const DEFAULT_MAX_OUTSTANDING_BYTES: i64 = 64 * 1024 * 1024;
+
+    /// The real service for `project`, with the default flow control.
+    pub fn new(project: impl Into<String>) -> Self {
+        PubSubConfig {
+            project: project.into(),
+            emulator_host: None,
+            max_outstanding_messages: Self::DEFAULT_MAX_OUTSTANDING_MESSAGES,
+            max_outstanding_bytes: Self::DEFAULT_MAX_OUTSTANDING_BYTES,
+        }
+    }
+
+    /// From the environment: `GOOGLE_CLOUD_PROJECT` (required), `PUBSUB_EMULATOR_HOST`
+    /// (`host:port`, optional), and optionally `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES` and
+    /// `REEL_PUBSUB_MAX_OUTSTANDING_BYTES`.
+    pub fn from_env() -> Result<Self, BusError> {
+        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let project = var("GOOGLE_CLOUD_PROJECT")
+            .ok_or_else(|| BusError::Other("GOOGLE_CLOUD_PROJECT is not set".into()))?;
+        let mut config = PubSubConfig::new(project);
+        config.emulator_host = var("PUBSUB_EMULATOR_HOST");
+        let number = |name: &str, default: i64| -> Result<i64, BusError> {
+            match var(name) {
+                None => Ok(default),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| BusError::Other(format!("{name}={v:?} is not a positive integer"))),
+            }
+        };
+        config.max_outstanding_messages =
+            number("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", Self::DEFAULT_MAX_OUTSTANDING_MESSAGES)?;
+        config.max_outstanding_bytes =
+            number("REEL_PUBSUB_MAX_OUTSTANDING_BYTES", Self::DEFAULT_MAX_OUTSTANDING_BYTES)?;
+        Ok(config)
+    }
+
+    /// The endpoint URL for the clients, when it is not the default one.
+    fn endpoint(&self) -> Option<String> {
+        self.emulator_host.as_ref().map(|host| {
+            if host.starts_with("http://") || host.starts_with("https://") {
+                host.clone()
+            } else {
+                format!("http://{host}")
+            }
+        })
+    }
+}
+
+/// The one place that turns a Pub/Sub error into a [`BusError`].
+///
+/// `size` is the size of the message being published, if any (for `TooLarge`).
+fn bus_error(context: &str, size: Option<usize>, err: &google_cloud_pubsub::Error) -> BusError {
+    let text = format!("{context}: {err}");
+    if let Some(status) = err.status() {
+        let message = status.message.to_ascii_lowercase();
+        return match status.code {
+            Code::NotFound => BusError::NotFound(text),
+            Code::PermissionDenied | Code::Unauthenticated => BusError::PermissionDenied(text),
+            Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::ResourceExhausted
+            | Code::Internal
+            | Code::Aborted
+            | Code::Unknown
+            | Code::Cancelled => BusError::Transient(text),
+            Code::InvalidArgument
+                if message.contains("too large")
+                    || message.contains("exceeds")
+                    || message.contains("maximum") =>
+            {
+                BusError::TooLarge(size.unwrap_or(0))
+            }
+            Code::InvalidArgument | Code::FailedPrecondition
+                if message.contains("ack id") || message.contains("ack_id") || message.contains("ackid") =>
+            {
+                BusError::InvalidAckId(text)
+            }
+            _ => BusError::Other(text),
+        };
+    }
+    if let Some(code) = err.http_status_code() {
+        return match code {
+            401 | 403 => BusError::PermissionDenied(text),
+            404 => BusError::NotFound(text),
+            413 => BusError::TooLarge(size.unwrap_or(0)),
+            408 | 429 | 500..=599 => BusError::Transient(text),
+            _ => BusError::Other(text),
+        };
+    }
+    if err.is_authentication() {
+        return BusError::PermissionDenied(text);
+    }
+    if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted() {
+        return BusError::Transient(text);
+    }
+    BusError::Other(text)
+}
+
+fn publish_error(context: &str, size: usize, err: PublishError) -> BusError {
+    match err {
+        PublishError::Rpc(e) => bus_error(context, Some(size), &e),
+        PublishError::Shutdown => BusError::Closed,
+        // The key was paused by an earlier failure; the publish may succeed once resumed.
+        other => BusError::Transient(format!("{context}: {other}")),
+    }
+}
+
+fn ack_error(context: &str, err: AckError) -> BusError {
+    match err {
+        AckError::LeaseExpired => BusError::InvalidAckId(format!("{context}: lease expired")),
+        AckError::Rpc { source, .. } => bus_error(context, None, &source),
+        AckError::ShutdownBeforeAck => BusError::Closed,
+        other => BusError::Transient(format!("{context}: {other}")),
+    }
+}
+
+fn is_already_exists(err: &google_cloud_pubsub::Error) -> bool {
+    err.status().is_some_and(|s| s.code == Code::AlreadyExists) || err.http_status_code() == Some(409)
+}
+
+fn builder_error(what: &str, err: impl std::fmt::Display) -> BusError {
+    BusError::Other(format!("cannot build the Pub/Sub {what} client: {err}"))
+}
+
+fn wkt_duration(d: Duration) -> Result<google_cloud_wkt::Duration, BusError> {
+    google_cloud_wkt::Duration::try_from(d).map_err(|e| BusError::Other(format!("duration {d:?}: {e}")))
+}
+
+/// One delivery handed out by `receive`, until it is settled.
+struct Lease {
+    subscription: String,
+    handler: Handler,
+    deadline: Instant,
+}
+
+/// A message pulled by a subscription's stream, waiting to be handed out.
+struct Pulled {
+    message: PsMessage,
+    handler: Handler,
+}
+
+/// The streaming pull of one subscription.
+struct SubStream {
+    rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<Pulled, BusError>>>,
+    ack_deadline: Duration,
+    dead: Arc<AtomicBool>,
+    cancel: CancellationToken,
+}
+
+impl Drop for SubStream {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+    }
+}
+
+/// Per-process count of deliveries by message, for subscriptions on which Pub/Sub does
+/// not report the delivery attempt.
+#[derive(Default)]
+struct AttemptCounter {
+    seen: HashMap<(String, String), (u32, Instant)>,
+}
+
+impl AttemptCounter {
+    const PRUNE_ABOVE: usize = 10_000;
+    const FORGET_AFTER: Duration = Duration::from_secs(3600);
+
+    fn next(&mut self, subscription: &str, message_id: &str) -> u32 {
+        let now = Instant::now();
+        if self.seen.len() > Self::PRUNE_ABOVE {
+            self.seen.retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+        }
+        let entry = self
+            .seen
+            .entry((subscription.to_string(), message_id.to_string()))
+            .or_insert((0, now));
+        entry.0 += 1;
+        entry.1 = now;
+        entry.0
+    }
+}
+
+struct Inner {
+    config: PubSubConfig,
+    topic_admin: TopicAdmin,
+    subscription_admin: SubscriptionAdmin,
+    base_publisher: BasePublisher,
+    publishers: Mutex<HashMap<String, Publisher>>,
+    subscriber: Subscriber,
+    streams: tokio::sync::Mutex<HashMap<String, Arc<SubStream>>>,
+    leases: Mutex<HashMap<String, Lease>>,
+    attempts: Mutex<AttemptCounter>,
+    bus_id: String,
+    next_token: AtomicU64,
+    shutdown: CancellationToken,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The Pub/Sub bus. Cheap to clone; clones share clients, streams and leases.
+#[derive(Clone)]
+pub struct PubSubBus {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for PubSubBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PubSubBus").field("config", &self.inner.config).finish_non_exhaustive()
+    }
+}
+
+impl PubSubBus {
+    /// Build the clients (no network call is made yet). Must run inside a tokio runtime,
+    /// which the clients' background tasks then live on.
+    pub async fn connect(config: PubSubConfig) -> Result<Self, BusError> {
+        if config.project.is_empty() {
+            return Err(BusError::Other("empty Google Cloud project".into()));
+        }
+        let endpoint = config.endpoint();
+        let anonymous = || google_cloud_auth::credentials::anonymous::Builder::new().build();
+
+        let mut topic_admin = TopicAdmin::builder();
+        let mut subscription_admin = SubscriptionAdmin::builder();
+        let mut base_publisher = BasePublisher::builder().with_retry_policy(
+            google_cloud_gax::retry_policy::RetryPolicyExt::with_time_limit(
+                google_cloud_pubsub::retry_policy::RetryableErrors,
+                PUBLISH_RETRY_LIMIT,
+            ),
+        );
+        let mut subscriber = Subscriber::builder();
+        if let Some(endpoint) = &endpoint {
+            topic_admin = topic_admin.with_endpoint(endpoint).with_credentials(anonymous());
+            subscription_admin = subscription_admin.with_endpoint(endpoint).with_credentials(anonymous());
+            base_publisher = base_publisher.with_endpoint(endpoint).with_credentials(anonymous());
+            subscriber = subscriber.with_endpoint(endpoint).with_credentials(anonymous());
+        }
+        let inner = Arc::new(Inner {
+            topic_admin: topic_admin.build().await.map_err(|e| builder_error("topic admin", e))?,
+            subscription_admin: subscription_admin
+                .build()
+                .await
+                .map_err(|e| builder_error("subscription admin", e))?,
+            base_publisher: base_publisher.build().await.map_err(|e| builder_error("publisher", e))?,
+            subscriber: subscriber.build().await.map_err(|e| builder_error("subscriber", e))?,
+            publishers: Mutex::new(HashMap::new()),
+            streams: tokio::sync::Mutex::new(HashMap::new()),
+            leases: Mutex::new(HashMap::new()),
+            attempts: Mutex::new(AttemptCounter::default()),
+            bus_id: format!("{:08x}", rand_u32()),
+            next_token: AtomicU64::new(1),
+            shutdown: CancellationToken::new(),
+            config,
+        });
+        spawn_reaper(Arc::downgrade(&inner), inner.shutdown.clone());
+        Ok(PubSubBus { inner })
+    }
+
+    /// [`PubSubBus::connect`] with [`PubSubConfig::from_env`].
+    pub async fn from_env() -> Result<Self, BusError> {
+        Self::connect(PubSubConfig::from_env()?).await
+    }
+
+    /// The configuration this bus was built with.
+    pub fn config(&self) -> &PubSubConfig {
+        &self.inner.config
+    }
+
+    /// `projects/P/topics/NAME` (a full name is returned as it is).
+    pub fn topic_path(&self, name: &str) -> String {
+        if name.starts_with("projects/") {
+            name.to_string()
+        } else {
+            format!("projects/{}/topics/{}", self.inner.config.project, name)
+        }
+    }
+
+    /// `projects/P/subscriptions/NAME` (a full name is returned as it is).
+    pub fn subscription_path(&self, name: &str) -> String {
+        if name.starts_with("projects/") {
+            name.to_string()
+        } else {
+            format!("projects/{}/subscriptions/{}", self.inner.config.project, name)
+        }
+    }
+
+    /// Stop every stream (nacking what was received and not yet settled) and flush the
+    /// publishers. Later calls to `receive` fail with [`BusError::Closed`].
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let publishers: Vec<Publisher> = self.inner.publishers.lock().unwrap().values().cloned().collect();
+        for publisher in publishers {
+            publisher.flush().await;
+        }
+        let leases: Vec<Lease> = self.inner.leases.lock().unwrap().drain().map(|(_, l)| l).collect();
+        for lease in leases {
+            lease.handler.nack();
+        }
+        self.inner.streams.lock().await.clear();
+    }
+
+    /// Delete a subscription (tests and tooling). Missing is not an error.
+    pub async fn delete_subscription(&self, name: &str) -> Result<(), BusError> {
+        let path = self.subscription_path(name);
+        match self.inner.subscription_admin.delete_subscription().set_subscription(&path).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match bus_error(&format!("delete subscription {path}"), None, &e) {
+                BusError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    /// Delete a topic (tests and tooling). Missing is not an error.
+    pub async fn delete_topic(&self, name: &str) -> Result<(), BusError> {
+        let path = self.topic_path(name);
+        match self.inner.topic_admin.delete_topic().set_topic(&path).send().await {
+            Ok(_) => Ok(()),
+            Err(e) => match bus_error(&format!("delete topic {path}"), None, &e) {
+                BusError::NotFound(_) => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn publisher(&self, topic: &str) -> Publisher {
+        let mut publishers = self.inner.publishers.lock().unwrap();
+        publishers
+            .entry(topic.to_string())
+            .or_insert_with(|| {
+                self.inner
+                    .base_publisher
+                    .publisher(self.topic_path(topic))
+                    .set_delay_threshold(Duration::from_millis(5))
+                    .build()
+            })
+            .clone()
+    }
+
+    fn new_token(&self) -> String {
+        let n = self.inner.next_token.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.inner.bus_id)
+    }
+
+    fn delivery(&self, subscription: &str, ack_id: String, message: PsMessage, attempt: Option<i32>) -> Delivery {
+        let delivery_attempt = match attempt {
+            Some(n) if n > 0 => n as u32,
+            _ => self.inner.attempts.lock().unwrap().next(subscription, &message.message_id),
+        };
+        let publish_time = message
+            .publish_time
+            .as_ref()
+            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds(), t.nanos().max(0) as u32))
+            .unwrap_or_else(Utc::now);
+        Delivery {
+            ack_id,
+            message_id: message.message_id.clone(),
+            message: Message {
+                data: message.data.to_vec(),
+                attributes: message.attributes.into_iter().collect(),
+                ordering_key: message.ordering_key,
+            },
+            delivery_attempt,
+            publish_time,
+        }
+    }
+
+    /// The subscription's ack deadline; NotFound when it does not exist.
+    async fn ack_deadline(&self, subscription: &str) -> Result<Duration, BusError> {
+        let path = self.subscription_path(subscription);
+        let sub = self
+            .inner
+            .subscription_admin
+            .get_subscription()
+            .set_subscription(&path)
+            .send()
+            .await
+            .map_err(|e| bus_error(&format!("get subscription {path}"), None, &e))?;
+        let secs = if sub.ack_deadline_seconds > 0 { sub.ack_deadline_seconds as u64 } else { 10 };
+        Ok(Duration::from_secs(secs))
+    }
+
+    fn subscribe(&self, subscription: &str, ack_deadline: Duration, max_messages: i64, max_bytes: i64) -> MessageStream {
+        self.inner
+            .subscriber
+            .subscribe(self.subscription_path(subscription))
+            .set_max_outstanding_messages(max_messages.max(1))
+            .set_max_outstanding_bytes(max_bytes.max(1))
+            .set_max_lease(MAX_LEASE)
+            .set_max_lease_extension(ack_deadline)
+            .set_shutdown_behavior(ShutdownBehavior::NackImmediately)
+            .build()
+    }
+
+    async fn stream_for(&self, subscription: &str) -> Result<Arc<SubStream>, BusError> {
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BusError::Closed);
+        }
+        let mut streams = self.inner.streams.lock().await;
+        if let Some(s) = streams.get(subscription) {
+            if !s.dead.load(Ordering::Acquire) {
+                return Ok(s.clone());
+            }
+        }
+        let ack_deadline = self.ack_deadline(subscription).await?;
+        let mut stream = self.subscribe(
+            subscription,
+            ack_deadline,
+            self.inner.config.max_outstanding_messages,
+            self.inner.config.max_outstanding_bytes,
+        );
+        let (tx, rx) = mpsc::unbounded_channel();
+        let dead = Arc::new(AtomicBool::new(false));
+        let cancel = self.inner.shutdown.child_token();
+        let sub_stream = Arc::new(SubStream {
+            rx: tokio::sync::Mutex::new(rx),
+            ack_deadline,
+            dead: dead.clone(),
+            cancel: cancel.clone(),
+        });
+        let name = subscription.to_string();
+        tokio::spawn(async move {
+            loop {
+                let item = tokio::select! {
+                    _ = cancel.cancelled() => break,
+                    item = stream.next() => item,
+                };
+                match item {
+                    Some(Ok((message, handler))) => {
+                        if tx.send(Ok(Pulled { message, handler })).is_err() {
+                            break;
+                        }
+                    }
+                    Some(Err(e)) => {
+                        let err = bus_error(&format!("streaming pull on {name}"), None, &e);
+                        debug!(subscription = %name, error = %err, "streaming pull ended");
+                        dead.store(true, Ordering::Release);
+                        let _ = tx.send(Err(err));
+                        break;
+                    }
+                    None => {
+                        dead.store(true, Ordering::Release);
+                        let _ = tx.send(Err(BusError::Transient(format!("streaming pull on {name} closed"))));
+                        break;
+                    }
+                }
+            }
+            dead.store(true, Ordering::Release);
+            // Nack whatever was pulled and not yet settled, and wait until it is sent.
+            stream.shutdown_token().shutdown().await;
+        });
+        streams.insert(subscription.to_string(), sub_stream.clone());
+        Ok(sub_stream)
+    }
+
+    async fn forget_stream(&self, subscription: &str, stream: &Arc<SubStream>) {
+        let mut streams = self.inner.streams.lock().await;
+        if streams.get(subscription).is_some_and(|s| Arc::ptr_eq(s, stream)) {
+            streams.remove(subscription);
+        }
+    }
+
+    /// Take the lease of `ack_id` on `subscription` out of the table.
+    fn take_lease(&self, subscription: &str, ack_id: &str) -> Result<Lease, BusError> {
+        let mut leases = self.inner.leases.lock().unwrap();
+        let lease = leases
+            .remove(ack_id)
+            .ok_or_else(|| BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}")))?;
+        if lease.subscription != subscription {
+            let owner = lease.subscription.clone();
+            leases.insert(ack_id.to_string(), lease);
+            return Err(BusError::InvalidAckId(format!("{ack_id:?} belongs to {owner}, not {subscription}")));
+        }
+        if lease.deadline <= Instant::now() {
+            drop(leases);
+            lease.handler.nack();
+            return Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")));
+        }
+        Ok(lease)
+    }
+}
+
+fn rand_u32() -> u32 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u32(std::process::id());
+    h.finish() as u32
+}
+
+/// Nack deliveries whose deadline passed (the trait's ack-deadline contract).
+fn spawn_reaper(inner: Weak<Inner>, shutdown: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(REAPER_PERIOD);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let Some(inner) = inner.upgrade() else { return };
+            let now = Instant::now();
+            let expired: Vec<(String, Lease)> = {
+                let mut leases = inner.leases.lock().unwrap();
+                let ids: Vec<String> =
+                    leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| id.clone()).collect();
+                ids.into_iter().filter_map(|id| leases.remove(&id).map(|l| (id, l))).collect()
+            };
+            for (id, lease) in expired {
+                debug!(subscription = %lease.subscription, ack_id = %id, "ack deadline passed; releasing for redelivery");
+                lease.handler.nack();
+            }
+        }
+    });
+}
+
+#[async_trait]
+impl Bus for PubSubBus {
+    async fn publish(&self, topic: &str, message: Message) -> Result<String, BusError> {
+        let size = message.wire_size();
+        if size > MAX_MESSAGE_BYTES {
+            return Err(BusError::TooLarge(size));
+        }
+        if self.inner.shutdown.is_cancelled() {
+            return Err(BusError::Closed);
+        }
+        let publisher = self.publisher(topic);
+        let ordering_key = message.ordering_key.clone();
+        let ps = PsMessage::new()
+            .set_data(bytes::Bytes::from(message.data))
+            .set_attributes(message.attributes)
+            .set_ordering_key(message.ordering_key);
+        match publisher.publish(ps).await {
+            Ok(id) => Ok(id),
+            Err(e) => {
+                if !ordering_key.is_empty() {
+                    // reel relies on no ordering: do not let one failure block the key.
+                    publisher.resume_publish(ordering_key);
+                }
+                Err(publish_error(&format!("publish to {}", self.topic_path(topic)), size, e))
+            }
+        }
+    }
+
+    async fn receive(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let stream = self.stream_for(subscription).await?;
+        let until = Instant::now() + wait;
+        let mut pulled = Vec::new();
+        let mut failure = None;
+        {
+            let mut rx = stream.rx.lock().await;
+            while pulled.len() < max {
+                let item = if pulled.is_empty() {
+                    match tokio::time::timeout_at(until, rx.recv()).await {
+                        Ok(item) => item,
+                        Err(_) => break,
+                    }
+                } else {
+                    match rx.try_recv() {
+                        Ok(item) => Some(item),
+                        Err(_) => break,
+                    }
+                };
+                match item {
+                    Some(Ok(p)) => pulled.push(p),
+                    Some(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    None => {
+                        failure = Some(if self.inner.shutdown.is_cancelled() {
+                            BusError::Closed
+                        } else {
+                            BusError::Transient(format!("streaming pull on {subscription} stopped"))
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(err) = failure {
+            self.forget_stream(subscription, &stream).await;
+            if pulled.is_empty() {
+                return Err(err);
+            }
+            warn!(subscription, error = %err, "streaming pull failed after delivering messages");
+        }
+        let deadline = Instant::now() + stream.ack_deadline;
+        let mut out = Vec::with_capacity(pulled.len());
+        for Pulled { message, handler } in pulled {
+            let token = self.new_token();
+            let delivery = self.delivery(subscription, token.clone(), message, handler.delivery_attempt());
+            self.inner.leases.lock().unwrap().insert(
+                token,
+                Lease { subscription: subscription.to_string(), handler, deadline },
+            );
+            out.push(delivery);
+        }
+        Ok(out)
+    }
+
+    async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
+        let lease = self.take_lease(subscription, ack_id)?;
+        match lease.handler {
+            Handler::ExactlyOnce(h) => h.confirmed_ack().await.map_err(|e| ack_error(&format!("ack on {subscription}"), e)),
+            other => {
+                other.ack();
+                Ok(())
+            }
+        }
+    }
+
+    async fn nack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
+        let lease = self.take_lease(subscription, ack_id)?;
+        match lease.handler {
+            Handler::ExactlyOnce(h) => match h.confirmed_nack().await {
+                // Expired: it is going to be redelivered anyway, which is what a nack wants.
+                Ok(()) | Err(AckError::LeaseExpired) => Ok(()),
+                Err(e) => Err(ack_error(&format!("nack on {subscription}"), e)),
+            },
+            other => {
+                other.nack();
+                Ok(())
+            }
+        }
+    }
+
+    async fn modify_deadline(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError> {
+        if seconds == 0 {
+            return self.nack(subscription, ack_id).await;
+        }
+        let mut leases = self.inner.leases.lock().unwrap();
+        let now = Instant::now();
+        match leases.get_mut(ack_id) {
+            Some(lease) if lease.subscription == subscription && lease.deadline > now => {
+                // The crate keeps the server-side lease alive; this is the deadline this bus
+                // enforces (see the module docs).
+                lease.deadline = now + Duration::from_secs(seconds.min(MAX_ACK_DEADLINE_SECS) as u64);
+                Ok(())
+            }
+            Some(lease) if lease.subscription == subscription => {
+                let lease = leases.remove(ack_id).expect("present");
+                drop(leases);
+                lease.handler.nack();
+                Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")))
+            }
+            _ => Err(BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}"))),
+        }
+    }
+
+    async fn ensure_topology(&self, topology: &Topology) -> Result<(), BusError> {
+        for topic in &topology.topics {
+            let path = self.topic_path(&topic.name);
+            let mut request = self.inner.topic_admin.create_topic().set_name(&path);
+            if let Some(retention) = topic.retention {
+                request = request.set_message_retention_duration(wkt_duration(retention)?);
+            }
+            match request.send().await {
+                Ok(_) => debug!(topic = %path, "topic created"),
+                Err(e) if is_already_exists(&e) => {}
+                Err(e) => return Err(bus_error(&format!("create topic {path}"), None, &e)),
+            }
+        }
+        for spec in &topology.subscriptions {
+            let path = self.subscription_path(&spec.name);
+            let mut request = self
+                .inner
+                .subscription_admin
+                .create_subscription()
+                .set_name(&path)
+                .set_topic(self.topic_path(&spec.topic))
+                .set_ack_deadline_seconds(spec.ack_deadline.as_secs().clamp(10, MAX_ACK_DEADLINE_SECS as u64) as i32)
+                .set_message_retention_duration(wkt_duration(spec.message_retention)?)
+                .set_retry_policy(
+                    RetryPolicy::new()
+                        .set_minimum_backoff(wkt_duration(spec.min_backoff)?)
+                        .set_maximum_backoff(wkt_duration(spec.max_backoff)?),
+                )
+                .set_enable_exactly_once_delivery(spec.exactly_once);
+            if let Some(dead_letter) = &spec.dead_letter_topic {
+                request = request.set_dead_letter_policy(
+                    DeadLetterPolicy::new()
+                        .set_dead_letter_topic(self.topic_path(dead_letter))
+                        .set_max_delivery_attempts(spec.max_delivery_attempts.clamp(5, 100) as i32),
+                );
+            }
+            match request.send().await {
+                Ok(_) => debug!(subscription = %path, "subscription created"),
+                Err(e) if is_already_exists(&e) => {}
+                Err(e) => return Err(bus_error(&format!("create subscription {path}"), None, &e)),
+            }
+        }
+        Ok(())
+    }
+
+    async fn peek(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        // Fails with NotFound for a missing subscription, and gives the stream's deadline.
+        let ack_deadline = self.ack_deadline(subscription).await?;
+        let mut stream = self.subscribe(
+            subscription,
+            ack_deadline.min(Duration::from_secs(10)),
+            max as i64,
+            self.inner.config.max_outstanding_bytes,
+        );
+        let overall = Instant::now() + PEEK_FIRST_WAIT + PEEK_NEXT_WAIT * (max.min(100) as u32);
+        let first = Instant::now() + PEEK_FIRST_WAIT;
+        let mut out = Vec::new();
+        let mut handlers = Vec::new();
+        let mut failure = None;
+        while out.len() < max {
+            let until = if out.is_empty() { first } else { (Instant::now() + PEEK_NEXT_WAIT).min(overall) };
+            match tokio::time::timeout_at(until, stream.next()).await {
+                Err(_) | Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    failure = Some(bus_error(&format!("peek on {subscription}"), None, &e));
+                    break;
+                }
+                Ok(Some(Ok((message, handler)))) => {
+                    out.push(self.delivery(subscription, String::new(), message, handler.delivery_attempt()));
+                    handlers.push(handler);
+                }
+            }
+        }
+        for handler in handlers {
+            handler.nack();
+        }
+        // Sends the nacks (and nacks anything pulled beyond `max`) before returning.
+        stream.shutdown_token().shutdown().await;
+        match failure {
+            Some(err) if out.is_empty() => Err(err),
+            _ => Ok(out),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use google_cloud_gax::error::rpc::Status;
+
+    fn status(code: Code, message: &str) -> google_cloud_pubsub::Error {
+        google_cloud_pubsub::Error::service(Status::default().set_code(code).set_message(message))
+    }
+
+    #[test]
+    fn errors_are_classified_in_one_place() {
+        assert!(matches!(bus_error("x", None, &status(Code::NotFound, "no")), BusError::NotFound(_)));
+        assert!(matches!(
+            bus_error("x", None, &status(Code::PermissionDenied, "no")),
+            BusError::PermissionDenied(_)
+        ));
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::ResourceExhausted, Code::Internal, Code::Aborted] {
+            assert!(bus_error("x", None, &status(code, "busy")).is_transient(), "{code:?}");
+        }
+        assert!(matches!(
+            bus_error("x", Some(11_000_000), &status(Code::InvalidArgument, "Request payload size exceeds the limit")),
+            BusError::TooLarge(11_000_000)
+        ));
+        assert!(matches!(
+            bus_error("x", None, &status(Code::InvalidArgument, "Invalid ack ID")),
+            BusError::InvalidAckId(_)
+        ));
+        assert!(matches!(bus_error("x", None, &status(Code::InvalidArgument, "bad")), BusError::Other(_)));
+        assert!(is_already_exists(&status(Code::AlreadyExists, "exists")));
+    }
+
+    #[test]
+    fn config_from_parts() {
+        let mut c = PubSubConfig::new("p");
+        assert_eq!(c.endpoint(), None);
+        c.emulator_host = Some("127.0.0.1:8085".into());
+        assert_eq!(c.endpoint().as_deref(), Some("http://127.0.0.1:8085"));
+    }
+
+    #[test]
+    fn local_attempts_count_up_per_message() {
+        let mut a = AttemptCounter::default();
+        assert_eq!(a.next("s", "m1"), 1);
+        assert_eq!(a.next("s", "m1"), 2);
+        assert_eq!(a.next("s", "m2"), 1);
+        assert_eq!(a.next("t", "m1"), 1);
+    }
+}

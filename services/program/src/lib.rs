@@ -1,0 +1,161 @@
+//! What makes a stage handler a program (`reel-validate`, `reel-download`, …).
+//!
+//! `main.rs` of each stage is one line: `reel_program::main(Arc::new(Stage))`. This
+//! crate reads the settings (CONTRACT §7), installs JSON logging, connects the Pub/Sub
+//! bus and the stores (emulators when `PUBSUB_EMULATOR_HOST` / `STORAGE_EMULATOR_HOST`
+//! are set), and runs the worker:
+//!
+//! - **pull mode** (default): streaming pull until SIGTERM; `--exit-when-idle SECS`
+//!   exits once the subscriptions stayed empty that long (Cloud Run Jobs);
+//! - **push mode** (`--listen ADDR`, or `--push` on `0.0.0.0:$PORT`): an HTTP endpoint
+//!   for Pub/Sub push envelopes and Eventarc binary-mode CloudEvents; 2xx acks, 503
+//!   asks for redelivery.
+//!
+//! SIGTERM (and SIGINT): stop receiving, let in-flight work finish within the grace
+//! period or stop it (ffmpeg is killed, temp files removed, the message nacked so it is
+//! redelivered), and exit 0.
+
+pub mod push;
+
+use anyhow::{Context as _, Result};
+use clap::Parser;
+use reel_runtime::bus::Bus;
+use reel_runtime::embedded::DirStore;
+use reel_runtime::location::{parse_root, Location, StoreResolver};
+use reel_runtime::prefix::PrefixStore;
+use reel_runtime::stage::Handler;
+use reel_runtime::worker::{Worker, WorkerOptions};
+use reel_runtime::{telemetry, Settings, Store};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info};
+
+/// Command-line flags every stage program takes.
+#[derive(Debug, Parser)]
+#[command(version, about = "A reel pipeline stage. Configuration comes from the environment (see docs/CONFIG.md).")]
+pub struct Args {
+    /// Pull mode: exit after the subscriptions stayed empty for SECS seconds.
+    #[arg(long, value_name = "SECS")]
+    pub exit_when_idle: Option<u64>,
+    /// Push mode: serve Pub/Sub push and Eventarc requests on ADDR (e.g. 0.0.0.0:8080).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// Push mode on 0.0.0.0:$PORT (as Cloud Run sets it).
+    #[arg(long)]
+    pub push: bool,
+    /// Messages handled at once (default: REEL_CONCURRENCY or 1).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Seconds in-flight work gets to finish after SIGTERM.
+    #[arg(long, default_value_t = 20)]
+    pub grace: u64,
+}
+
+/// Run a stage program; the whole of a stage's `main`.
+pub fn main(handler: Arc<dyn Handler>) -> ExitCode {
+    let args = Args::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(handler, args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!(error = format!("{e:#}"), "stage program failed");
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Everything a program needs, connected.
+pub struct Wiring {
+    /// Settings.
+    pub settings: Arc<Settings>,
+    /// The bus.
+    pub bus: Arc<dyn Bus>,
+    /// The work store.
+    pub work: Arc<dyn Store>,
+    /// Location resolver.
+    pub resolver: Arc<dyn StoreResolver>,
+}
+
+/// Connect the bus and stores from the settings.
+pub async fn connect(settings: Settings) -> Result<Wiring> {
+    let settings = Arc::new(settings);
+    let bus: Arc<dyn Bus> = Arc::new(reel_gcp::PubSubBus::from_env().await.context("connecting to Pub/Sub")?);
+    let resolver: Arc<dyn StoreResolver> = Arc::new(reel_gcp::CloudResolver::from_env().await.context("connecting to Cloud Storage")?);
+    let work = open_work_store(&settings.effective_work_root(), resolver.as_ref())?;
+    Ok(Wiring { settings, bus, work, resolver })
+}
+
+/// The work store for a root: `gs://bucket/prefix` or a local directory.
+pub fn open_work_store(root: &str, resolver: &dyn StoreResolver) -> Result<Arc<dyn Store>> {
+    let location = parse_root(root).map_err(|e| anyhow::anyhow!("work root: {e}"))?;
+    Ok(match location {
+        Location::Gcs { bucket, key } => {
+            let (store, _) = resolver
+                .resolve(&Location::Gcs { bucket: bucket.clone(), key: "x".into() })
+                .map_err(|e| anyhow::anyhow!("work bucket gs://{bucket}: {e}"))?;
+            Arc::new(PrefixStore::new(store, &key))
+        }
+        Location::Local(path) => Arc::new(DirStore::new(&path).with_context(|| format!("work dir {}", path.display()))?),
+    })
+}
+
+async fn run(handler: Arc<dyn Handler>, args: Args) -> Result<()> {
+    let mut settings = Settings::load()?;
+    if let Some(c) = args.concurrency {
+        settings.concurrency = c.max(1);
+    }
+    telemetry::init(&settings.log_level, &settings.log_format, settings.google_cloud_project.as_deref());
+    let stage = handler.stage();
+    let wiring = connect(settings).await?;
+    let names = wiring.settings.topology().names();
+    let mut options = WorkerOptions::for_stage(stage, &names);
+    options.concurrency = wiring.settings.concurrency;
+    options.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
+    options.shutdown_grace = Duration::from_secs(args.grace);
+    let worker = Arc::new(Worker::new(
+        wiring.bus.clone(),
+        handler,
+        wiring.settings.clone(),
+        wiring.work.clone(),
+        wiring.resolver.clone(),
+        options,
+    ));
+    let shutdown = CancellationToken::new();
+    spawn_signal_handler(shutdown.clone());
+    let listen = args.listen.or_else(|| args.push.then(|| SocketAddr::from(([0, 0, 0, 0], wiring.settings.port))));
+    info!(stage = %stage, mode = if listen.is_some() { "push" } else { "pull" }, "starting");
+    match listen {
+        Some(addr) => push::serve(worker, addr, shutdown, Duration::from_secs(args.grace)).await?,
+        None => worker.run(shutdown).await?,
+    }
+    info!(stage = %stage, "exited cleanly");
+    Ok(())
+}
+
+/// Cancel `token` on SIGTERM or SIGINT.
+pub fn spawn_signal_handler(token: CancellationToken) {
+    tokio::spawn(async move {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => info!("SIGINT: shutting down"),
+        }
+        token.cancel();
+    });
+}

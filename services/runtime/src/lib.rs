@@ -1,0 +1,27 @@
+//! What every reel stage shares.
+//!
+//! - [`bus`] and [`store`]: the two traits a stage talks through, with their contracts;
+//! - [`embedded`]: the in-process bus, the append-only event log and the directory
+//!   store that `reel stitch` runs on (product features, not test doubles);
+//! - [`conformance`]: the suite every Bus and Store implementation must pass;
+//! - [`stage`] and [`worker`]: a stage is one `handle(event) -> Outcome` function; the
+//!   worker loop alone turns outcomes into publish/ack/nack/dead-letter;
+//! - [`config`], [`telemetry`], [`location`], [`topology`].
+
+pub mod bus;
+pub mod location;
+pub mod store;
+pub mod topology;
+pub mod conformance;
+pub mod embedded;
+pub mod config;
+pub mod stage;
+pub mod worker;
+
+pub use bus::{Bus, BusError, Delivery, Message};
+pub use config::Settings;
+pub use stage::{Context, Failure, Handler, Outcome};
+pub use store::{ObjectMeta, PutMode, Store, StoreError};
+pub mod local;
+pub mod telemetry;
+pub mod prefix;

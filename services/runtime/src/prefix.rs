@@ -1,0 +1,60 @@
+//! A view of a store under a key prefix (e.g. `gs://bucket/work` as the work store).
+
+use async_trait::async_trait;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::store::{ByteReader, ObjectMeta, PutMode, Store, StoreError};
+
+/// Every key `k` is stored as `{prefix}/{k}` in the inner store.
+pub struct PrefixStore {
+    inner: Arc<dyn Store>,
+    prefix: String,
+}
+
+impl PrefixStore {
+    /// A view of `inner` under `prefix` (no leading or trailing `/` needed).
+    pub fn new(inner: Arc<dyn Store>, prefix: &str) -> PrefixStore {
+        let prefix = prefix.trim_matches('/');
+        PrefixStore { inner, prefix: if prefix.is_empty() { String::new() } else { format!("{prefix}/") } }
+    }
+
+    fn full(&self, key: &str) -> Result<String, StoreError> {
+        crate::store::check_key(key)?;
+        Ok(format!("{}{key}", self.prefix))
+    }
+
+    fn strip(&self, mut meta: ObjectMeta) -> ObjectMeta {
+        meta.key = meta.key.strip_prefix(&self.prefix).unwrap_or(&meta.key).to_string();
+        meta
+    }
+}
+
+#[async_trait]
+impl Store for PrefixStore {
+    fn describe(&self) -> String {
+        format!("{}/{}", self.inner.describe(), self.prefix.trim_end_matches('/'))
+    }
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(self.inner.head(&self.full(key)?).await?.map(|m| self.strip(m)))
+    }
+    async fn get(&self, key: &str) -> Result<ByteReader, StoreError> {
+        self.inner.get(&self.full(key)?).await
+    }
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+        Ok(self.strip(self.inner.put(&self.full(key)?, body, mode).await?))
+    }
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+        let all = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
+        Ok(all.into_iter().map(|m| self.strip(m)).collect())
+    }
+    async fn delete(&self, key: &str) -> Result<bool, StoreError> {
+        self.inner.delete(&self.full(key)?).await
+    }
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+        Ok(self.strip(self.inner.copy(&self.full(from)?, &self.full(to)?, mode).await?))
+    }
+    fn local_path(&self, key: &str) -> Option<PathBuf> {
+        self.inner.local_path(&self.full(key).ok()?)
+    }
+}

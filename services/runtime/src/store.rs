@@ -1,0 +1,258 @@
+//! Object storage: where clips come from, where work files live between stages, and
+//! where reels go.
+//!
+//! The contract is Cloud Storage's, reduced to what the stages need. Implementations:
+//! [`crate::embedded::DirStore`] (a directory) and `reel-gcp`'s Cloud Storage store,
+//! both passing [`crate::conformance`].
+//!
+//! - Keys are `/`-separated relative names without `..`, empty segments or a leading `/`.
+//! - Reads and writes are streamed: no implementation holds a whole object in memory.
+//! - A put is atomic: readers see the old object (or none) until the new one is whole.
+//! - [`PutMode::CreateOnly`] fails with [`StoreError::AlreadyExists`] if the key exists,
+//!   atomically (Cloud Storage: `ifGenerationMatch=0`; directory: `link(2)`).
+//! - [`Store::delete`] of a missing key is not an error.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+
+/// A streamed object body.
+pub type ByteReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Metadata of a stored object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    /// The object's key within its store.
+    pub key: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// CRC32C (Castagnoli) of the content.
+    pub crc32c: u32,
+    /// Increases on every write of the key (Cloud Storage generation; directory: mtime ns).
+    pub generation: i64,
+    /// Last write time.
+    pub updated: DateTime<Utc>,
+}
+
+/// Whether a put may replace an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace whatever is there.
+    Overwrite,
+    /// Fail with [`StoreError::AlreadyExists`] if the key exists.
+    CreateOnly,
+}
+
+/// Why a store call failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// No object under this key. Permanent for this key.
+    #[error("object not found: {0}")]
+    NotFound(String),
+    /// A create-only put found the key taken. Nothing was written.
+    #[error("object already exists: {0}")]
+    AlreadyExists(String),
+    /// Credentials refused (HTTP 401/403). Permanent; fail fast.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The key is not acceptable (`..`, empty segment, …). Permanent.
+    #[error("invalid key {0:?}: {1}")]
+    InvalidKey(String, String),
+    /// Worth retrying: timeouts, 429, 5xx, connection resets.
+    #[error("transient storage error: {0}")]
+    Transient(String),
+    /// Local disk is full (ENOSPC). Transient once temp files are cleaned.
+    #[error("disk full: {0}")]
+    DiskFull(String),
+    /// Anything else, treated as permanent.
+    #[error("storage error: {0}")]
+    Other(String),
+}
+
+impl StoreError {
+    /// Whether repeating the call may succeed.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_) | StoreError::DiskFull(_))
+    }
+
+    /// Classify a local I/O error (the one place that decides it for local disks).
+    pub fn from_io(context: &str, err: std::io::Error) -> StoreError {
+        use std::io::ErrorKind::*;
+        let text = format!("{context}: {err}");
+        match err.kind() {
+            NotFound => StoreError::NotFound(context.to_string()),
+            AlreadyExists => StoreError::AlreadyExists(context.to_string()),
+            PermissionDenied => StoreError::PermissionDenied(text),
+            StorageFull => StoreError::DiskFull(text),
+            TimedOut | Interrupted | WouldBlock => StoreError::Transient(text),
+            _ if err.raw_os_error() == Some(28) => StoreError::DiskFull(text),
+            _ => StoreError::Other(text),
+        }
+    }
+}
+
+/// An object store (see the module docs for the contract).
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// A human-readable name for logs, e.g. `dir:/var/reel` or `gs://bucket`.
+    fn describe(&self) -> String;
+
+    /// Metadata of `key`, or `None` if it does not exist.
+    async fn head(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
+
+    /// Stream the content of `key`.
+    async fn get(&self, key: &str) -> Result<ByteReader, StoreError>;
+
+    /// Stream `body` into `key`. The object becomes visible only once complete.
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode)
+        -> Result<ObjectMeta, StoreError>;
+
+    /// Every object whose key starts with `prefix`, sorted by key.
+    async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
+
+    /// Delete `key`. Returns whether something was deleted; a missing key is not an error.
+    async fn delete(&self, key: &str) -> Result<bool, StoreError>;
+
+    /// Copy `from` to `to` inside this store without passing the bytes through the caller
+    /// where the backend allows it (Cloud Storage rewrite; directory: hard link or copy).
+    async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError>;
+
+    /// The local file behind `key`, when the store is a local directory. Lets stages
+    /// hand files to ffmpeg without copying them.
+    fn local_path(&self, _key: &str) -> Option<PathBuf> {
+        None
+    }
+}
+
+/// Check a key against the contract's rules.
+pub fn check_key(key: &str) -> Result<(), StoreError> {
+    let bad = |why: &str| Err(StoreError::InvalidKey(key.to_string(), why.to_string()));
+    if key.is_empty() {
+        return bad("empty key");
+    }
+    if key.starts_with('/') {
+        return bad("leading '/'");
+    }
+    if key.contains('\0') {
+        return bad("NUL byte");
+    }
+    for segment in key.split('/') {
+        if segment.is_empty() {
+            return bad("empty path segment");
+        }
+        if segment == ".." || segment == "." {
+            return bad("'.' or '..' segment");
+        }
+    }
+    Ok(())
+}
+
+/// Download `key` into the local file `dest` (streamed), returning bytes written.
+pub async fn get_to_file(store: &dyn Store, key: &str, dest: &Path) -> Result<u64, StoreError> {
+    let mut reader = store.get(key).await?;
+    let mut file = tokio::fs::File::create(dest)
+        .await
+        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    let written = tokio::io::copy(&mut reader, &mut file)
+        .await
+        .map_err(|e| StoreError::from_io(&format!("download {key}"), e))?;
+    file.flush()
+        .await
+        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    file.sync_all()
+        .await
+        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    Ok(written)
+}
+
+/// Upload the local file `src` to `key` (streamed).
+pub async fn put_file(
+    store: &dyn Store,
+    key: &str,
+    src: &Path,
+    mode: PutMode,
+) -> Result<ObjectMeta, StoreError> {
+    let file = tokio::fs::File::open(src)
+        .await
+        .map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+    store.put(key, Box::pin(file), mode).await
+}
+
+/// CRC32C of a local file, streamed.
+pub async fn crc32c_of_file(path: &Path) -> std::io::Result<(u32, u64)> {
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut crc = 0u32;
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf).await?;
+        if n == 0 {
+            break;
+        }
+        crc = crc32c::crc32c_append(crc, &buf[..n]);
+        total += n as u64;
+    }
+    Ok((crc, total))
+}
+
+/// The CRC32C in Cloud Storage's notation: base64 of the big-endian bytes.
+pub fn crc32c_base64(crc: u32) -> String {
+    use base64_engine::encode;
+    encode(&crc.to_be_bytes())
+}
+
+mod base64_engine {
+    // Tiny standard-alphabet encoder, to keep the runtime's dependency list short.
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    pub fn encode(bytes: &[u8]) -> String {
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+            let n = ((b[0] as u32) << 16) | ((b[1] as u32) << 8) | b[2] as u32;
+            for i in 0..4 {
+                if i <= chunk.len() {
+                    out.push(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize] as char);
+                } else {
+                    out.push('=');
+                }
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_notation_matches_cloud_storage() {
+        // Cloud Storage documents crc32c("") == "AAAAAA==".
+        assert_eq!(crc32c_base64(0), "AAAAAA==");
+        // crc32c("hello world") = 0xc99465aa
+        assert_eq!(crc32c::crc32c(b"hello world"), 0xc99465aa);
+        assert_eq!(crc32c_base64(0xc99465aa), "yZRlqg==");
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("jobs/a/clip-000.mp4").is_ok());
+        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", "a\0b"] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}
+
+/// Delete every object under `prefix`; returns how many were deleted.
+pub async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for object in store.list(prefix).await? {
+        if store.delete(&object.key).await? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}

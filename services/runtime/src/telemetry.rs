@@ -1,0 +1,141 @@
+//! Logs in Cloud Logging's structure, so they can be searched by job, stage and trace.
+//!
+//! Each line is one JSON object: `severity` (Cloud Logging's names), `message`, `time`,
+//! the event's fields, the fields of the enclosing spans (the worker opens one span per
+//! message with `stage`, `job_id`, `ce_id`, `ce_type`, `delivery_attempt`, `trace`),
+//! `logging.googleapis.com/labels` with `job_id` and `stage`, and
+//! `logging.googleapis.com/trace` = `projects/{project}/traces/{trace id}` from the
+//! job's W3C `traceparent`, so one job reads as one trace across the five programs.
+
+use serde_json::{Map, Value};
+use std::fmt;
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{JsonFields, Writer};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
+use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber: JSON (Cloud Logging) or human-readable, at `level`
+/// (a level name or an `EnvFilter` directive). Safe to call twice (the second is a no-op).
+pub fn init(level: &str, format: &str, project: Option<&str>) {
+    let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
+    if format == "pretty" {
+        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+        return;
+    }
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .fmt_fields(JsonFields::new())
+        .event_format(CloudLogging { project: project.map(String::from) })
+        .with_writer(std::io::stdout)
+        .try_init();
+}
+
+/// The Cloud Logging JSON event format.
+pub struct CloudLogging {
+    /// Project for the trace field.
+    pub project: Option<String>,
+}
+
+fn severity(level: &tracing::Level) -> &'static str {
+    match *level {
+        tracing::Level::ERROR => "ERROR",
+        tracing::Level::WARN => "WARNING",
+        tracing::Level::INFO => "INFO",
+        tracing::Level::DEBUG => "DEBUG",
+        tracing::Level::TRACE => "DEBUG",
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-{trace}-{span}-{flags}`).
+pub fn trace_id(traceparent: &str) -> Option<&str> {
+    let mut parts = traceparent.split('-');
+    let (_version, trace) = (parts.next()?, parts.next()?);
+    (trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit())).then_some(trace)
+}
+
+struct Visitor<'a>(&'a mut Map<String, Value>);
+
+impl tracing::field::Visit for Visitor<'_> {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn fmt::Debug) {
+        self.0.insert(field.name().to_string(), Value::String(format!("{value:?}")));
+    }
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), Value::String(value.to_string()));
+    }
+    fn record_i64(&mut self, field: &tracing::field::Field, value: i64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_u64(&mut self, field: &tracing::field::Field, value: u64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_bool(&mut self, field: &tracing::field::Field, value: bool) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+    fn record_f64(&mut self, field: &tracing::field::Field, value: f64) {
+        self.0.insert(field.name().to_string(), value.into());
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for CloudLogging
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut fields = Map::new();
+        // Span fields first (outermost to innermost), then the event's own.
+        if let Some(scope) = ctx.event_scope() {
+            for span in scope.from_root() {
+                let extensions = span.extensions();
+                if let Some(formatted) = extensions.get::<FormattedFields<N>>() {
+                    if let Ok(Value::Object(map)) = serde_json::from_str::<Value>(formatted.as_str()) {
+                        fields.extend(map);
+                    }
+                }
+            }
+        }
+        let mut own = Map::new();
+        event.record(&mut Visitor(&mut own));
+        let message = own.remove("message").unwrap_or(Value::String(String::new()));
+        fields.extend(own);
+
+        let mut line = Map::new();
+        line.insert("severity".into(), severity(event.metadata().level()).into());
+        line.insert("message".into(), message);
+        line.insert("time".into(), chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true).into());
+        line.insert("target".into(), event.metadata().target().into());
+        let mut labels = Map::new();
+        for key in ["job_id", "stage"] {
+            if let Some(Value::String(v)) = fields.get(key) {
+                if !v.is_empty() {
+                    labels.insert(key.into(), v.clone().into());
+                }
+            }
+        }
+        if !labels.is_empty() {
+            line.insert("logging.googleapis.com/labels".into(), Value::Object(labels));
+        }
+        if let Some(Value::String(tp)) = fields.get("trace") {
+            if let Some(id) = trace_id(tp) {
+                let project = self.project.as_deref().unwrap_or("local");
+                line.insert("logging.googleapis.com/trace".into(), format!("projects/{project}/traces/{id}").into());
+            }
+        }
+        line.extend(fields);
+        let text = serde_json::to_string(&Value::Object(line)).map_err(|_| fmt::Error)?;
+        writeln!(writer, "{text}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn trace_ids_come_from_traceparent() {
+        assert_eq!(
+            super::trace_id("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(super::trace_id("garbage"), None);
+    }
+}

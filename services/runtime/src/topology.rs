@@ -1,0 +1,198 @@
+//! Every topic and subscription of the pipeline, in one place.
+//!
+//! `reel setup` creates exactly this on Pub/Sub (or the emulator), the embedded bus
+//! builds it in memory, and a test checks that `terraform/` declares the same set.
+//! Names are `{prefix}{suffix}` with the prefix `reel-` by default.
+
+use reel_events::Stage;
+use std::time::Duration;
+
+/// A topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TopicSpec {
+    /// Full topic name.
+    pub name: String,
+    /// How long the topic itself retains messages (the event log keeps 31 days), if set.
+    pub retention: Option<Duration>,
+}
+
+/// A subscription with its delivery policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionSpec {
+    /// Full subscription name.
+    pub name: String,
+    /// The topic it reads.
+    pub topic: String,
+    /// Initial lease of a delivery; the worker extends it while a handler works.
+    pub ack_deadline: Duration,
+    /// Where messages go after `max_delivery_attempts`, if anywhere.
+    pub dead_letter_topic: Option<String>,
+    /// Pub/Sub allows 5..=100.
+    pub max_delivery_attempts: u32,
+    /// Retry backoff bounds (Pub/Sub allows 0–600 s).
+    pub min_backoff: Duration,
+    /// Retry backoff upper bound.
+    pub max_backoff: Duration,
+    /// How long unacked messages are kept.
+    pub message_retention: Duration,
+    /// Pub/Sub exactly-once delivery (pull subscriptions of the stages).
+    pub exactly_once: bool,
+}
+
+/// The whole topology.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Topology {
+    /// Topic and subscription name prefix.
+    pub prefix: String,
+    /// Every topic, dead-letter topics included.
+    pub topics: Vec<TopicSpec>,
+    /// Every subscription, dead-letter subscriptions included.
+    pub subscriptions: Vec<SubscriptionSpec>,
+}
+
+/// Default prefix.
+pub const DEFAULT_PREFIX: &str = "reel-";
+
+/// The default number of deliveries before Pub/Sub dead-letters on its own. The stage
+/// gives up earlier, after `MAX_RETRY_ATTEMPTS`; this is the net for crashes and poison.
+pub const PUBSUB_MAX_DELIVERY_ATTEMPTS: u32 = 10;
+
+impl Topology {
+    /// The standard topology with the given prefix.
+    pub fn standard(prefix: &str) -> Topology {
+        let names = Names::new(prefix);
+        let day = Duration::from_secs(24 * 3600);
+        let mut topics = vec![
+            TopicSpec { name: names.requests(), retention: None },
+            TopicSpec { name: names.gcs_notifications(), retention: None },
+            TopicSpec { name: names.events(), retention: Some(31 * day) },
+        ];
+        let mut subscriptions = Vec::new();
+        let sub = |name: String, topic: String, dlq: Option<String>, ack: u64, exactly_once: bool| SubscriptionSpec {
+            name,
+            topic,
+            ack_deadline: Duration::from_secs(ack),
+            dead_letter_topic: dlq,
+            max_delivery_attempts: PUBSUB_MAX_DELIVERY_ATTEMPTS,
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+            message_retention: 7 * day,
+            exactly_once,
+        };
+        for stage in Stage::ALL {
+            if stage != Stage::Validate {
+                topics.push(TopicSpec { name: names.work_topic(stage), retention: None });
+            }
+            topics.push(TopicSpec { name: names.dead_letter_topic(stage), retention: None });
+        }
+        for stage in Stage::ALL {
+            let dlq = Some(names.dead_letter_topic(stage));
+            let ack = if stage == Stage::Stitch { 120 } else { 60 };
+            if stage == Stage::Validate {
+                subscriptions.push(sub(names.subscription(stage), names.requests(), dlq.clone(), ack, true));
+                subscriptions.push(sub(names.gcs_subscription(), names.gcs_notifications(), dlq, ack, true));
+            } else {
+                subscriptions.push(sub(names.subscription(stage), names.work_topic(stage), dlq, ack, true));
+            }
+        }
+        // The state service reads the log; its dead letters would mean a poison event on
+        // the log, which it skips instead, so it has no dead-letter topic.
+        let mut api = sub(names.api_subscription(), names.events(), None, 60, false);
+        api.message_retention = 7 * day;
+        subscriptions.push(api);
+        for stage in Stage::ALL {
+            let mut dl = sub(names.dead_letter_subscription(stage), names.dead_letter_topic(stage), None, 60, false);
+            dl.message_retention = 7 * day;
+            subscriptions.push(dl);
+        }
+        Topology { prefix: prefix.to_string(), topics, subscriptions }
+    }
+
+    /// The subscription spec named `name`.
+    pub fn subscription(&self, name: &str) -> Option<&SubscriptionSpec> {
+        self.subscriptions.iter().find(|s| s.name == name)
+    }
+
+    /// The naming helper for this topology's prefix.
+    pub fn names(&self) -> Names {
+        Names::new(&self.prefix)
+    }
+}
+
+/// Name builder for one prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names with `prefix` (e.g. `reel-`).
+    pub fn new(prefix: &str) -> Names {
+        Names { prefix: prefix.to_string() }
+    }
+    /// `reel-stitch-requests`: where jobs are requested.
+    pub fn requests(&self) -> String {
+        format!("{}stitch-requests", self.prefix)
+    }
+    /// `reel-gcs-notifications`: Cloud Storage notifications of the uploads bucket.
+    pub fn gcs_notifications(&self) -> String {
+        format!("{}gcs-notifications", self.prefix)
+    }
+    /// `reel-events`: the event log.
+    pub fn events(&self) -> String {
+        format!("{}events", self.prefix)
+    }
+    /// The work topic a stage consumes (`reel-work-download`, …); validate consumes
+    /// the requests topic instead.
+    pub fn work_topic(&self, stage: Stage) -> String {
+        match stage {
+            Stage::Validate => self.requests(),
+            other => format!("{}work-{}", self.prefix, other.as_str()),
+        }
+    }
+    /// The subscription a stage pulls (`reel-validate`, `reel-download`, …).
+    pub fn subscription(&self, stage: Stage) -> String {
+        format!("{}{}", self.prefix, stage.as_str())
+    }
+    /// Validate's second subscription, on storage notifications.
+    pub fn gcs_subscription(&self) -> String {
+        format!("{}validate-gcs", self.prefix)
+    }
+    /// The state service's subscription on the event log.
+    pub fn api_subscription(&self) -> String {
+        format!("{}api", self.prefix)
+    }
+    /// A stage's dead-letter topic (`reel-validate-dead-letter`, …).
+    pub fn dead_letter_topic(&self, stage: Stage) -> String {
+        format!("{}{}-dead-letter", self.prefix, stage.as_str())
+    }
+    /// The subscription operators list and replay (`reel-validate-dead-letter`).
+    pub fn dead_letter_subscription(&self, stage: Stage) -> String {
+        self.dead_letter_topic(stage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_stage_subscription_dead_letters_to_its_own_topic() {
+        let topology = Topology::standard(DEFAULT_PREFIX);
+        let topic_names: Vec<&str> = topology.topics.iter().map(|t| t.name.as_str()).collect();
+        for stage in Stage::ALL {
+            let sub = topology.subscription(&topology.names().subscription(stage)).unwrap();
+            let dlq = sub.dead_letter_topic.as_deref().unwrap();
+            assert!(topic_names.contains(&dlq));
+            assert!(topic_names.contains(&sub.topic.as_str()));
+            assert!((5..=100).contains(&sub.max_delivery_attempts));
+        }
+        assert!(topic_names.contains(&"reel-stitch-requests"));
+        assert!(topic_names.contains(&"reel-gcs-notifications"));
+        assert!(topic_names.contains(&"reel-events"));
+        let mut all: Vec<&str> = topology.subscriptions.iter().map(|s| s.name.as_str()).collect();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), topology.subscriptions.len(), "duplicate subscription names");
+    }
+}

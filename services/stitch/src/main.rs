@@ -1,0 +1,5 @@
+//! `reel-stitch`: the stitch stage as a program (pull or push mode; see `reel-program`).
+
+fn main() -> std::process::ExitCode {
+    reel_program::main(std::sync::Arc::new(reel_stitch::Stitch))
+}

@@ -1,0 +1,5 @@
+//! `reel-validate`: the validate stage as a program (pull or push mode; see `reel-program`).
+
+fn main() -> std::process::ExitCode {
+    reel_program::main(std::sync::Arc::new(reel_validate::Validate))
+}
