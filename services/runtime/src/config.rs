@@ -53,6 +53,13 @@ pub struct Settings {
     pub max_clip_seconds: f64,
     /// Messages a stage works on at once.
     pub concurrency: usize,
+    /// One active job per project (validate takes a lock). The local CLI turns it off.
+    pub project_lock: bool,
+    /// Override the stage subscriptions' ack deadline (seconds, 10–600). A crashed
+    /// worker's message is redelivered after this long.
+    pub ack_deadline_seconds: Option<u64>,
+    /// Override the subscriptions' minimum retry backoff (seconds).
+    pub min_backoff_seconds: Option<u64>,
 }
 
 impl Default for Settings {
@@ -76,6 +83,9 @@ impl Default for Settings {
             max_clip_bytes: 2 * 1024 * 1024 * 1024,
             max_clip_seconds: 600.0,
             concurrency: 1,
+            project_lock: true,
+            ack_deadline_seconds: None,
+            min_backoff_seconds: None,
         }
     }
 }
@@ -166,6 +176,14 @@ impl Settings {
             "REEL_MAX_CLIPS" => self.max_clips = value.parse().map_err(|_| bad("expected a count"))?,
             "REEL_MAX_CLIP_BYTES" => self.max_clip_bytes = value.parse().map_err(|_| bad("expected bytes"))?,
             "REEL_MAX_CLIP_SECONDS" => self.max_clip_seconds = value.parse().map_err(|_| bad("expected seconds"))?,
+            "REEL_PROJECT_LOCK" => self.project_lock = boolean(value)?,
+            "REEL_ACK_DEADLINE_SECONDS" => {
+                self.ack_deadline_seconds =
+                    Some(value.parse().ok().filter(|s| (10..=600).contains(s)).ok_or_else(|| bad("expected 10-600 seconds"))?)
+            }
+            "REEL_MIN_BACKOFF_SECONDS" => {
+                self.min_backoff_seconds = Some(value.parse().ok().filter(|s| *s <= 600).ok_or_else(|| bad("expected 0-600 seconds"))?)
+            }
             "REEL_CONCURRENCY" => {
                 self.concurrency = value.parse().ok().filter(|c| *c > 0).ok_or_else(|| bad("expected a count > 0"))?
             }
@@ -195,7 +213,16 @@ impl Settings {
 
     /// The topology these settings name.
     pub fn topology(&self) -> crate::topology::Topology {
-        crate::topology::Topology::standard(&self.topic_prefix)
+        let mut topology = crate::topology::Topology::standard(&self.topic_prefix);
+        for sub in &mut topology.subscriptions {
+            if let Some(secs) = self.ack_deadline_seconds {
+                sub.ack_deadline = std::time::Duration::from_secs(secs);
+            }
+            if let Some(secs) = self.min_backoff_seconds {
+                sub.min_backoff = std::time::Duration::from_secs(secs);
+            }
+        }
+        topology
     }
 }
 

@@ -25,3 +25,4 @@ pub use store::{ObjectMeta, PutMode, Store, StoreError};
 pub mod local;
 pub mod telemetry;
 pub mod prefix;
+pub mod lock;

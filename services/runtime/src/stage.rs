@@ -107,6 +107,24 @@ pub struct Context {
 }
 
 impl Context {
+    /// A context outside the worker (tests, tools): no cancellation, first delivery,
+    /// scratch space under the settings' temp dir.
+    pub fn standalone(stage: Stage, settings: Arc<Settings>, work: Arc<dyn Store>, resolver: Arc<dyn StoreResolver>, job: JobRef) -> Context {
+        let scratch = settings.temp_dir.join(format!("{}-{}", stage, uuid::Uuid::new_v4().simple()));
+        let _ = std::fs::create_dir_all(&scratch);
+        Context {
+            stage,
+            settings,
+            work,
+            resolver,
+            cancel: CancellationToken::new(),
+            delivery_attempt: 1,
+            job,
+            scratch,
+            progress: ProgressReporter::default(),
+        }
+    }
+
     /// The CloudEvent source of this stage's events.
     pub fn source(&self) -> String {
         envelope::source_for(self.stage.as_str())

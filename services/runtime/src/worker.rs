@@ -270,7 +270,8 @@ impl Worker {
             return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
         }
         let data = envelope::data_json(&event).unwrap_or(serde_json::Value::Null);
-        let job = JobRef::from_data(&data, event.subject());
+        // Storage notifications name objects, not jobs: validate derives the job id.
+        let job = if event.ty().starts_with("google.cloud.storage.") { JobRef::default() } else { JobRef::from_data(&data, event.subject()) };
         let span = tracing::info_span!(
             "message",
             stage = %stage,
@@ -442,7 +443,7 @@ impl Worker {
                 }
                 let snapshot = progress.snapshot();
                 let due = match last_published {
-                    None => snapshot.version > 0 || true,
+                    None => true,
                     Some((version, at)) => {
                         (snapshot.version != version && at.elapsed() >= Duration::from_millis(900)) || at.elapsed() >= heartbeat
                     }
@@ -545,7 +546,7 @@ impl Worker {
             return Disposition::Nack;
         }
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        self.clean_workspace(&job.job_id).await;
+        self.clean_workspace(job).await;
         Disposition::Ack
     }
 
@@ -569,13 +570,17 @@ impl Worker {
             return Disposition::Nack;
         }
         self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        self.clean_workspace(&job.job_id).await;
+        self.clean_workspace(job).await;
         Disposition::Ack
     }
 
-    async fn clean_workspace(&self, job_id: &str) {
+    async fn clean_workspace(&self, job: &JobRef) {
+        let job_id = job.job_id.as_str();
         if job_id.is_empty() {
             return;
+        }
+        if let Err(e) = crate::lock::release(self.work.as_ref(), &job.project_id, job_id).await {
+            warn!(error = %e, "could not release the project lock; it expires on its own");
         }
         if let Err(e) = crate::store::delete_prefix(self.work.as_ref(), &work_prefix(job_id)).await {
             warn!(error = %e, "could not clean the job's workspace");

@@ -11,6 +11,7 @@ use reel_events::binding::STORAGE_OBJECT_FINALIZED;
 use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
 use reel_runtime::location::{parse_root, Location};
+use reel_runtime::lock;
 use reel_runtime::stage::{completed_marker_key, store_failure, Context, Failure, Handler, Outcome};
 use reel_runtime::store::StoreError;
 use sha2::{Digest, Sha256};
@@ -217,6 +218,24 @@ async fn validate_request(
         accepted_at,
         deadline: accepted_at + chrono::Duration::minutes(ctx.settings.job_timeout_minutes as i64),
     };
+    if ctx.settings.project_lock {
+        // One active job per project, atomically; the lock outlives the job's deadline a
+        // little so a crashed job cannot hold the project forever.
+        let expires = spec.deadline + chrono::Duration::minutes(5);
+        match lock::acquire(ctx.work.as_ref(), &spec.project_id, job_id, expires, spec.force_restart).await {
+            Ok(lock::Acquire::Acquired) => {}
+            Ok(lock::Acquire::Held(other)) => {
+                return reject(
+                    ErrorType::JobAlreadyRunning,
+                    format!(
+                        "project {} already has job {} running (until {} at the latest); wait, cancel it, or send forceRestart",
+                        spec.project_id, other.job_id, other.expires_at
+                    ),
+                )
+            }
+            Err(e) => return store_failure("taking the project lock", &e),
+        }
+    }
     let retry_attempt = spec.retry_attempt;
     let mut child = ctx.clone();
     child.job.job_id = job_id.to_string();

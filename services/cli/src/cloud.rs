@@ -1,0 +1,278 @@
+//! The commands that talk to Pub/Sub and Cloud Storage (or their emulators):
+//! `reel setup`, `reel submit`, and `reel dlq` on the cloud.
+
+use anyhow::{bail, Context as _, Result};
+use chrono::{DateTime, Utc};
+use reel_events::payload::StitchRequested;
+use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation, Stage};
+use reel_gcp::{GcsClient, PubSubBus};
+use reel_runtime::bus::{Bus, Delivery, Message};
+use reel_runtime::location::{parse_root, Location};
+use reel_runtime::worker::dead_letter_attrs as dl;
+use reel_runtime::Settings;
+use std::time::Duration;
+
+/// `reel setup`: topics, subscriptions, dead-letter topics; and the buckets on the emulator.
+pub async fn setup(create_buckets: bool) -> Result<()> {
+    let settings = Settings::load()?;
+    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub (set GOOGLE_CLOUD_PROJECT, and PUBSUB_EMULATOR_HOST for the emulator)")?;
+    let topology = settings.topology();
+    bus.ensure_topology(&topology).await.context("creating the topology")?;
+    println!("topics: {}", topology.topics.len());
+    for t in &topology.topics {
+        println!("  {}", t.name);
+    }
+    println!("subscriptions: {}", topology.subscriptions.len());
+    for s in &topology.subscriptions {
+        println!(
+            "  {} <- {}{}",
+            s.name,
+            s.topic,
+            s.dead_letter_topic.as_ref().map(|d| format!(" (dead letters -> {d} after {} attempts)", s.max_delivery_attempts)).unwrap_or_default()
+        );
+    }
+    let emulator = settings.storage_emulator_host.is_some();
+    if create_buckets || emulator {
+        let project = settings.google_cloud_project.clone().unwrap_or_else(|| "local".into());
+        let client = GcsClient::from_env().await.context("connecting to Cloud Storage")?;
+        let mut buckets: Vec<String> = settings.video_storage_bucket.iter().cloned().collect();
+        for root in [settings.effective_work_root()].into_iter().chain(settings.effective_allowed_roots()) {
+            if let Ok(Location::Gcs { bucket, .. }) = parse_root(&root) {
+                buckets.push(bucket);
+            }
+        }
+        buckets.sort();
+        buckets.dedup();
+        for bucket in buckets {
+            let created = client.store(&bucket).create_bucket_if_missing(&project).await.with_context(|| format!("creating bucket {bucket}"))?;
+            println!("bucket gs://{bucket}{}", if created { " (created)" } else { "" });
+        }
+    }
+    Ok(())
+}
+
+/// What `reel submit` sends.
+pub struct Submit {
+    pub clips: Vec<String>,
+    pub output: String,
+    pub project: String,
+    pub user: String,
+    pub orientation: Orientation,
+    pub compression: Compression,
+    pub job_id: Option<String>,
+    pub force_restart: bool,
+    pub structured: bool,
+}
+
+/// `reel submit`: publish a `stitch.requested` (and put it on the event log).
+pub async fn submit(s: Submit) -> Result<String> {
+    let settings = Settings::load()?;
+    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let job_id = s.job_id.clone().unwrap_or_else(|| format!("job_{}", uuid::Uuid::new_v4().simple()));
+    let request = StitchRequested {
+        job_id: Some(job_id.clone()),
+        project_id: s.project,
+        user_id: s.user,
+        clip_paths: s.clips,
+        output_path: s.output,
+        orientation: s.orientation,
+        compression: s.compression,
+        retry_attempt: None,
+        force_restart: s.force_restart.then_some(true),
+    };
+    let id = format!("stitch.requested-{}", uuid::Uuid::new_v4().simple());
+    let mut event = envelope::build(types::STITCH_REQUESTED, "//reel/cli", id, &job_id, Utc::now(), &request)?;
+    // The job's trace starts here: every stage logs under it, up to job.completed.
+    event.set_extension(envelope::TRACEPARENT, new_traceparent());
+    let names = settings.topology().names();
+    if s.structured {
+        bus.publish(&names.requests(), binding::encode_structured(&event)).await?;
+        bus.publish(&names.events(), binding::encode_binary(&event)).await?;
+    } else {
+        reel_runtime::worker::publish_event(&bus, &names, &event).await?;
+    }
+    Ok(job_id)
+}
+
+/// One dead letter, as an operator sees it.
+#[derive(Debug, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub event_type: String,
+    pub attempts: String,
+    pub error_type: String,
+    pub reason: String,
+    pub age_seconds: i64,
+    pub message_id: String,
+}
+
+/// Describe a dead-lettered message from its attributes and body.
+pub fn describe(message: &Message, message_id: &str, published: DateTime<Utc>) -> DeadLetter {
+    let attr = |k: &str| message.attributes.get(k).cloned();
+    let event = binding::decode(message).ok();
+    let job_id = event
+        .as_ref()
+        .and_then(envelope::job_id_of)
+        .or_else(|| serde_json::from_slice::<serde_json::Value>(&message.data).ok().and_then(|v| v.get("jobId").and_then(|j| j.as_str()).map(String::from)))
+        .unwrap_or_else(|| "-".into());
+    let event_type = event.as_ref().map(|e| e.ty().to_string()).or_else(|| attr("eventType")).unwrap_or_else(|| "(not a CloudEvent)".into());
+    let when = attr(dl::AT).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(published);
+    DeadLetter {
+        job_id,
+        event_type,
+        attempts: attr(dl::ATTEMPTS).or_else(|| attr("CloudPubSubDeadLetterSourceDeliveryCount")).unwrap_or_else(|| "?".into()),
+        error_type: attr(dl::ERROR_TYPE).unwrap_or_else(|| "-".into()),
+        reason: attr(dl::REASON).unwrap_or_else(|| "delivery attempts exhausted (Pub/Sub dead-lettered it)".into()),
+        age_seconds: (Utc::now() - when).num_seconds(),
+        message_id: message_id.to_string(),
+    }
+}
+
+/// Print dead letters as a table.
+pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(letters)?);
+        return Ok(());
+    }
+    if letters.is_empty() {
+        println!("no dead letters for {stage}");
+        return Ok(());
+    }
+    println!("{:<26} {:<34} {:>8} {:<20} {:>8}  reason", "job", "type", "attempts", "errorType", "age");
+    for l in letters {
+        println!(
+            "{:<26} {:<34} {:>8} {:<20} {:>7}s  {}",
+            l.job_id,
+            l.event_type.trim_start_matches("phoenix.reel.v1."),
+            l.attempts,
+            l.error_type,
+            l.age_seconds,
+            l.reason.chars().take(120).collect::<String>()
+        );
+    }
+    Ok(())
+}
+
+/// `reel dlq list STAGE` on Pub/Sub: peek, without consuming.
+pub async fn dlq_list(stage: Stage, limit: usize, json: bool) -> Result<()> {
+    let settings = Settings::load()?;
+    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let sub = settings.topology().names().dead_letter_subscription(stage);
+    let peeked = bus.peek(&sub, limit).await?;
+    let letters: Vec<DeadLetter> = peeked.iter().map(|d| describe(&d.message, &d.message_id, d.publish_time)).collect();
+    print_dead_letters(stage, &letters, json)
+}
+
+/// Filters for replay and purge.
+pub struct Filter {
+    pub job: Option<String>,
+    pub error_type: Option<String>,
+    pub limit: usize,
+}
+
+impl Filter {
+    fn matches(&self, letter: &DeadLetter) -> bool {
+        self.job.as_ref().is_none_or(|j| &letter.job_id == j) && self.error_type.as_ref().is_none_or(|t| &letter.error_type == t)
+    }
+}
+
+/// The message to send back to the stage: the original attributes, without the
+/// dead-letter ones, with the replay count raised.
+pub fn for_replay(message: &Message) -> Message {
+    let mut copy = message.clone();
+    copy.attributes.retain(|k, _| !k.starts_with("reel-dl-") && !k.starts_with("CloudPubSubDeadLetter"));
+    let count = message.attributes.get("ce-replaycount").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0) + 1;
+    if copy.attributes.contains_key("ce-specversion") {
+        copy.attributes.insert("ce-replaycount".into(), count.to_string());
+    } else {
+        copy.attributes.insert("reel-replay-count".into(), count.to_string());
+    }
+    copy
+}
+
+/// The topic a dead letter of `stage` goes back to.
+pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topology::Names) -> String {
+    if stage == Stage::Validate && message.attributes.contains_key("eventType") && message.attributes.contains_key("bucketId") {
+        names.gcs_notifications()
+    } else {
+        names.work_topic(stage)
+    }
+}
+
+async fn drain(bus: &PubSubBus, sub: &str) -> Result<Vec<Delivery>> {
+    let mut all = Vec::new();
+    loop {
+        let batch = bus.receive(sub, 100, Duration::from_secs(2)).await?;
+        if batch.is_empty() {
+            break;
+        }
+        all.extend(batch);
+        if all.len() > 10_000 {
+            break;
+        }
+    }
+    Ok(all)
+}
+
+/// `reel dlq replay` (`purge == false`) or `reel dlq purge` on Pub/Sub. A dead letter is
+/// acked only after its republish is confirmed; jobs already completed are skipped (and
+/// acked) and reported. Everything not selected is released for redelivery.
+pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
+    let settings = Settings::load()?;
+    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let names = settings.topology().names();
+    let sub = names.dead_letter_subscription(stage);
+    let resolver = reel_gcp::CloudResolver::from_env().await?;
+    let work = reel_program::open_work_store(&settings.effective_work_root(), &resolver)?;
+    let deliveries = drain(&bus, &sub).await?;
+    let (mut done, mut skipped, mut kept) = (0usize, 0usize, 0usize);
+    for d in deliveries {
+        let letter = describe(&d.message, &d.message_id, d.publish_time);
+        if done >= filter.limit || !filter.matches(&letter) || dry_run {
+            if dry_run && done < filter.limit && filter.matches(&letter) {
+                println!("would {} {} ({}, {})", if purge { "purge" } else { "replay" }, letter.job_id, letter.event_type, letter.error_type);
+                done += 1;
+            }
+            let _ = bus.nack(&sub, &d.ack_id).await;
+            kept += 1;
+            continue;
+        }
+        if purge {
+            bus.ack(&sub, &d.ack_id).await?;
+            println!("purged {} ({})", letter.job_id, letter.event_type);
+            done += 1;
+            continue;
+        }
+        let completed = letter.job_id != "-"
+            && matches!(work.head(&reel_runtime::stage::completed_marker_key(&letter.job_id)).await, Ok(Some(_)));
+        if completed {
+            bus.ack(&sub, &d.ack_id).await?;
+            println!("skipped {}: the job already completed", letter.job_id);
+            skipped += 1;
+            continue;
+        }
+        let topic = replay_topic(stage, &d.message, &names);
+        match bus.publish(&topic, for_replay(&d.message)).await {
+            Ok(_) => {
+                bus.ack(&sub, &d.ack_id).await?;
+                println!("replayed {} ({}) to {topic}", letter.job_id, letter.event_type);
+                done += 1;
+            }
+            Err(e) => {
+                let _ = bus.nack(&sub, &d.ack_id).await;
+                bail!("republishing {} failed ({e}); the dead letter is kept", letter.job_id);
+            }
+        }
+    }
+    let verb = if purge { "purged" } else { "replayed" };
+    println!("{}{done} {verb}, {skipped} skipped (completed), {kept} left in the dead-letter queue", if dry_run { "dry run: " } else { "" });
+    Ok(())
+}
+
+/// A fresh W3C `traceparent` (random trace and span ids, sampled).
+pub fn new_traceparent() -> String {
+    let trace = uuid::Uuid::new_v4().simple().to_string();
+    let span = &uuid::Uuid::new_v4().simple().to_string()[..16];
+    format!("00-{trace}-{span}-01")
+}

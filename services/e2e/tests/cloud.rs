@@ -1,0 +1,309 @@
+//! The pipeline on Pub/Sub and Cloud Storage (their emulators), each stage its own
+//! program, as CONTRACT §2–4 and issue 3 describe.
+
+use reel_e2e::{check_playable, make_clip, Cluster};
+use reel_events::{types, AttributesReader};
+use reel_runtime::bus::Bus;
+use std::time::{Duration, Instant};
+
+const JOB_TIMEOUT: Duration = Duration::from_secs(150);
+
+async fn with_clips(cluster: &Cluster, n: usize, seconds: f64) -> Vec<String> {
+    let mut paths = Vec::new();
+    for i in 0..n {
+        let local = cluster.dir.path().join(format!("clip {i}.mp4"));
+        make_clip(&local, 320, 240, seconds);
+        let key = format!("clips/clip {i}.mp4");
+        cluster.upload(&local, &key).await;
+        paths.push(format!("gs://{}/{key}", cluster.bucket));
+    }
+    paths
+}
+
+fn submit(cluster: &Cluster, project: &str, clips: &[String], output: &str, extra: &[&str]) -> String {
+    let mut args = vec!["submit", "--project", project, "--user", "u1", "-o", output];
+    args.extend(extra);
+    args.extend(clips.iter().map(String::as_str));
+    let out = cluster.reel(&args);
+    assert!(out.status.success(), "reel submit: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+async fn assert_reel(cluster: &Cluster, key: &str, seconds: f64) {
+    let local = cluster.dir.path().join(format!("out-{}.mp4", uuid::Uuid::new_v4().simple()));
+    assert!(cluster.download(key, &local).await, "no reel at gs://{}/{key}", cluster.bucket);
+    let (duration, video, audio) = check_playable(&local);
+    assert_eq!((video, audio), (1, 1));
+    assert!((duration - seconds).abs() <= 0.25, "duration {duration} != {seconds}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let clips = with_clips(&cluster, 3, 1.0).await;
+    let output = format!("gs://{}/reels/out.mp4", cluster.bucket);
+    let job = submit(&cluster, "p1", &clips, &output, &["--orientation", "landscape"]);
+    let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let data = reel_events::envelope::data_json(&done).unwrap();
+    assert_eq!(data["outputPath"], output);
+    assert_eq!(data["mode"], "copy");
+    assert_eq!(data["userId"], "u1");
+    assert_reel(&cluster, "reels/out.mp4", 3.0).await;
+
+    // The workspace is gone once the job is done.
+    let store = cluster.emulators.store(&cluster.bucket).await;
+    use reel_runtime::Store;
+    let left = store.list(&format!("work/jobs/{job}/")).await.unwrap();
+    assert!(left.is_empty(), "work files left: {left:?}");
+
+    // Every stage logged the job in Cloud Logging's shape, under one trace id.
+    let mut traces = std::collections::BTreeSet::new();
+    for program in &cluster.programs {
+        let lines: Vec<serde_json::Value> = program
+            .log_text()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .filter(|v: &serde_json::Value| v["logging.googleapis.com/labels"]["job_id"] == job.as_str())
+            .collect();
+        assert!(!lines.is_empty(), "{} logged nothing for the job", program.name);
+        for line in &lines {
+            assert!(line["severity"].is_string() && line["message"].is_string() && line["time"].is_string());
+            assert_eq!(line["logging.googleapis.com/labels"]["stage"], program.name.as_str());
+        }
+        let with_trace: Vec<&str> = lines.iter().filter_map(|l| l["logging.googleapis.com/trace"].as_str()).collect();
+        assert!(!with_trace.is_empty(), "{} logged no trace", program.name);
+        traces.extend(with_trace.into_iter().map(String::from));
+    }
+    // validate's first lines come before it starts the trace; after that, one trace.
+    let job_traces: Vec<&String> = traces.iter().filter(|t| t.contains("/traces/")).collect();
+    assert_eq!(job_traces.len(), 1, "one job, one trace: {traces:?}");
+
+    // The job's events carry it too, up to job.completed.
+    assert!(reel_events::envelope::extension_str(&done, reel_events::envelope::TRACEPARENT).is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manifest_upload_starts_exactly_one_job() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let clips = with_clips(&cluster, 2, 1.0).await;
+    let manifest = serde_json::json!({
+        "projectId": "proj7", "userId": "u7", "clipPaths": clips,
+        "outputPath": format!("gs://{}/reels/from-manifest.mp4", cluster.bucket),
+        "orientation": "landscape", "compression": "small"
+    });
+    let local = cluster.dir.path().join("m.json");
+    std::fs::write(&local, serde_json::to_vec(&manifest).unwrap()).unwrap();
+    cluster.upload(&local, "manifests/proj7/req-1.json").await;
+    let done = cluster.wait_for(None, types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let job = done.subject().unwrap().to_string();
+    assert!(job.starts_with("job_"));
+    assert_reel(&cluster, "reels/from-manifest.mp4", 2.0).await;
+
+    // The same notification again (a duplicate delivery) starts nothing new.
+    let notification = reel_runtime::bus::Message {
+        data: serde_json::to_vec(&serde_json::json!({"bucket": cluster.bucket, "name": "manifests/proj7/req-1.json", "generation": generation(&cluster, "manifests/proj7/req-1.json").await})).unwrap(),
+        attributes: [
+            ("eventType", "OBJECT_FINALIZE".to_string()),
+            ("bucketId", cluster.bucket.clone()),
+            ("objectId", "manifests/proj7/req-1.json".to_string()),
+            ("objectGeneration", generation(&cluster, "manifests/proj7/req-1.json").await),
+            ("payloadFormat", "JSON_API_V1".to_string()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect(),
+        ordering_key: String::new(),
+    };
+    cluster.bus().publish(&format!("{}gcs-notifications", cluster.prefix), notification).await.unwrap();
+
+    // A manifest that is not JSON fails clearly; one for another project is refused.
+    std::fs::write(&local, b"{ this is not json").unwrap();
+    cluster.upload(&local, "manifests/proj7/broken.json").await;
+    let mut other = manifest.clone();
+    other["projectId"] = "someone-else".into();
+    std::fs::write(&local, serde_json::to_vec(&other).unwrap()).unwrap();
+    cluster.upload(&local, "manifests/proj8/sneaky.json").await;
+
+    let start = Instant::now();
+    let mut failures = Vec::new();
+    while start.elapsed() < Duration::from_secs(60) && failures.len() < 2 {
+        failures = cluster_failures(&mut cluster).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let kinds: Vec<String> = failures.iter().map(|d| d["errorType"].as_str().unwrap().to_string()).collect();
+    assert!(kinds.contains(&"invalid_request".to_string()), "{failures:?}");
+    assert!(kinds.contains(&"permission_denied".to_string()), "{failures:?}");
+    let completed = cluster.events_of(&job).await.iter().filter(|e| e.ty() == types::JOB_COMPLETED).count();
+    assert_eq!(completed, 1, "the duplicate notification started the job again");
+    assert!(
+        cluster.programs[0].log_text().contains("already completed"),
+        "validate did not see the duplicate notification"
+    );
+}
+
+async fn generation(cluster: &Cluster, key: &str) -> String {
+    use reel_runtime::Store;
+    let store = cluster.emulators.store(&cluster.bucket).await;
+    store.head(key).await.unwrap().unwrap().generation.to_string()
+}
+
+async fn cluster_failures(cluster: &mut Cluster) -> Vec<serde_json::Value> {
+    cluster.events_of_any(types::JOB_FAILED).await.iter().map(|e| reel_events::envelope::data_json(e).unwrap()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_clients_in_other_languages_get_a_reel() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let clips = with_clips(&cluster, 2, 1.0).await;
+    let topic = format!("{}stitch-requests", cluster.prefix);
+    let host = cluster.emulators.pubsub_host();
+    let project = cluster.emulators.project().to_string();
+
+    // Python, standard library only, over the emulator's REST API: a bare JSON payload
+    // with no CloudEvent attributes, as the simplest Phoenix client would send.
+    let body = serde_json::json!({
+        "jobId": "job_python1", "projectId": "py", "userId": "u", "clipPaths": clips,
+        "outputPath": format!("gs://{}/reels/python.mp4", cluster.bucket),
+        "orientation": "portrait", "compression": "optimized"
+    });
+    let script = format!(
+        r#"
+import base64, json, urllib.request
+body = json.dumps(json.loads({body})).encode()
+msg = {{"messages": [{{"data": base64.b64encode(body).decode()}}]}}
+req = urllib.request.Request("http://{host}/v1/projects/{project}/topics/{topic}:publish",
+    data=json.dumps(msg).encode(), headers={{"content-type": "application/json"}}, method="POST")
+print(urllib.request.urlopen(req).read().decode())
+"#,
+        body = serde_json::to_string(&body.to_string()).unwrap(),
+    );
+    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "python publish: {}", String::from_utf8_lossy(&out.stderr));
+
+    // And a structured-mode CloudEvent from Python too.
+    let event = serde_json::json!({
+        "specversion": "1.0", "id": "py-structured-1", "source": "//phoenix/python", "type": types::STITCH_REQUESTED,
+        "subject": "job_python2", "datacontenttype": "application/json",
+        "data": {"jobId": "job_python2", "projectId": "py2", "userId": "u", "clipPaths": clips,
+                 "outputPath": format!("gs://{}/reels/python2.mp4", cluster.bucket), "orientation": "portrait", "compression": "optimized"}
+    });
+    let script = format!(
+        r#"
+import base64, json, urllib.request
+body = json.dumps(json.loads({event})).encode()
+msg = {{"messages": [{{"data": base64.b64encode(body).decode(), "attributes": {{"content-type": "application/cloudevents+json"}}}}]}}
+req = urllib.request.Request("http://{host}/v1/projects/{project}/topics/{topic}:publish",
+    data=json.dumps(msg).encode(), headers={{"content-type": "application/json"}}, method="POST")
+print(urllib.request.urlopen(req).read().decode())
+"#,
+        event = serde_json::to_string(&event.to_string()).unwrap(),
+    );
+    let out = std::process::Command::new("python3").arg("-c").arg(&script).output().unwrap();
+    assert!(out.status.success(), "python publish: {}", String::from_utf8_lossy(&out.stderr));
+
+    cluster.wait_for(Some("job_python1"), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    cluster.wait_for(Some("job_python2"), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    assert_reel(&cluster, "reels/python.mp4", 2.0).await;
+    assert_reel(&cluster, "reels/python2.mp4", 2.0).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_workers_of_one_stage_share_the_backlog() {
+    let mut cluster = Cluster::start().await;
+    for stage in ["validate", "download", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let a = cluster.start_program("stitch", &[]);
+    let b = cluster.start_program("stitch", &[]);
+    let clips = with_clips(&cluster, 2, 2.0).await;
+    let mut jobs = Vec::new();
+    for i in 0..4 {
+        let output = format!("gs://{}/reels/shared-{i}.mp4", cluster.bucket);
+        // Different sizes per job would be slower; small preset re-encode keeps each busy a moment.
+        jobs.push(submit(&cluster, &format!("proj{i}"), &clips, &output, &["--compression", "small"]));
+    }
+    for job in &jobs {
+        cluster.wait_for(Some(job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    }
+    let done = |n: usize| cluster.programs[n].log_text().matches("\"stage done\"").count();
+    assert!(done(a) >= 1 && done(b) >= 1, "one worker did everything: {} vs {}", done(a), done(b));
+    assert_eq!(done(a) + done(b), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stage_killed_mid_job_is_redelivered_and_the_job_completes_once() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let stitch = 2;
+    let clips = with_clips(&cluster, 3, 3.0).await;
+    let output = format!("gs://{}/reels/killed.mp4", cluster.bucket);
+    let job = submit(&cluster, "pk", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    wait_for_stage_progress(&mut cluster, &job, "stitch").await;
+    cluster.signal(stitch, libc::SIGKILL);
+    let _ = cluster.programs[stitch].child.wait();
+    cluster.start_program("stitch", &[]);
+    cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let events = cluster.events_of(&job).await;
+    let completed: std::collections::BTreeSet<String> =
+        events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
+    assert_eq!(completed.len(), 1, "more than one distinct job.completed");
+    assert!(!events.iter().any(|e| e.ty() == types::JOB_FAILED));
+    assert_reel(&cluster, "reels/killed.mp4", 9.0).await;
+    use reel_runtime::Store;
+    let store = cluster.emulators.store(&cluster.bucket).await;
+    assert_eq!(store.list("reels/").await.unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
+    let mut cluster = Cluster::start().await;
+    for stage in ["validate", "download"] {
+        cluster.start_program(stage, &[]);
+    }
+    let stitch = cluster.start_program("stitch", &["--grace", "1"]);
+    for stage in ["upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let clips = with_clips(&cluster, 3, 3.0).await;
+    let output = format!("gs://{}/reels/termed.mp4", cluster.bucket);
+    let job = submit(&cluster, "pt", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    wait_for_stage_progress(&mut cluster, &job, "stitch").await;
+    let sent = Instant::now();
+    cluster.signal(stitch, libc::SIGTERM);
+    let status = loop {
+        if let Some(status) = cluster.programs[stitch].child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(sent.elapsed() < Duration::from_secs(10), "stitch did not exit after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    assert!(sent.elapsed() < Duration::from_secs(6), "took {:?}", sent.elapsed());
+    let log = cluster.programs[stitch].log_text();
+    assert!(log.contains("SIGTERM"), "{log}");
+    // No scratch files left by the stopped stage.
+    let tmp = cluster.dir.path().join("tmp");
+    let leftovers: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
+    cluster.start_program("stitch", &[]);
+    cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    assert_reel(&cluster, "reels/termed.mp4", 9.0).await;
+}
+
+async fn wait_for_stage_progress(cluster: &mut Cluster, job: &str, stage: &str) {
+    let start = Instant::now();
+    loop {
+        let events = cluster.events_of(job).await;
+        if events.iter().any(|e| {
+            e.ty() == types::JOB_PROGRESS && reel_events::envelope::data_json(e).map(|d| d["stage"] == stage).unwrap_or(false)
+        }) {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(90), "the job never reached {stage}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,284 @@
+# Artifact Registry and Cloud Run: the five stages, as services fed by push subscriptions
+# (delivery_mode = "push", the default) or as jobs that pull until idle (delivery_mode =
+# "pull", started by Cloud Scheduler), and reel-api as a service.
+
+locals {
+  registry = var.image_registry != "" ? var.image_registry : "${var.region}-docker.pkg.dev/${var.project}/${var.artifact_repository}"
+
+  # Image names are the program names (CONTRACT §1), whatever the topic prefix.
+  images = {
+    for program in concat(local.stages, ["api"]) :
+    program => "${local.registry}/reel-${program}:${lookup(var.image_tags, program, var.image_tag)}"
+  }
+
+  # The original sizing: stitch 2 vCPU / 4 GiB / 15 minutes, the others smaller. Cloud Run
+  # keeps /tmp in memory, so memory also holds the scratch files: download probes one
+  # clip at a time, stitch holds the clips and the reel.
+  stage_sizing = {
+    validate = { cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8 }
+    download = { cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1 }
+    stitch   = { cpu = var.stitch_cpu, memory = var.stitch_memory, timeout_seconds = 900, concurrency = 1 }
+    upload   = { cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4 }
+    finalize = { cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8 }
+  }
+
+  # CONTRACT §7. PORT is set by Cloud Run itself.
+  common_env = {
+    GOOGLE_CLOUD_PROJECT = var.project
+    VIDEO_STORAGE_BUCKET = local.buckets.uploads
+    JOB_TIMEOUT_MINUTES  = tostring(var.job_timeout_minutes)
+    MAX_RETRY_ATTEMPTS   = tostring(var.max_retry_attempts)
+    LOG_LEVEL            = var.log_level
+    METRICS_ENABLED      = "true"
+    TEMP_DIR             = "/tmp/reel"
+    REEL_TOPIC_PREFIX    = var.topic_prefix
+    REEL_WORK_ROOT       = "gs://${local.buckets.work}/work"
+    REEL_ALLOWED_ROOTS   = "gs://${local.buckets.uploads},gs://${local.buckets.outputs}"
+  }
+
+  # Cloud Run gives a stopping instance 10 s after SIGTERM: in-flight work gets 8 to
+  # finish, then is stopped and nacked for redelivery.
+  grace_args = ["--grace", "8"]
+}
+
+resource "google_artifact_registry_repository" "images" {
+  location      = var.region
+  repository_id = var.artifact_repository
+  format        = "DOCKER"
+  description   = "reel program images"
+
+  depends_on = [google_project_service.enabled]
+}
+
+# ---------------------------------------------------------------------------------------
+# Push mode: a service per stage, invoked only by the push service account.
+
+resource "google_cloud_run_v2_service" "stage" {
+  for_each = local.push ? local.stage_sizing : {}
+
+  name                = "${local.prefix}${each.key}"
+  location            = var.region
+  ingress             = var.stage_ingress
+  deletion_protection = false
+
+  template {
+    service_account                  = google_service_account.program[each.key].email
+    timeout                          = "${each.value.timeout_seconds}s"
+    max_instance_request_concurrency = each.value.concurrency
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    scaling {
+      min_instance_count = 0
+      max_instance_count = var.max_instances
+    }
+
+    containers {
+      image = local.images[each.key]
+      args  = concat(["--push"], local.grace_args)
+
+      resources {
+        limits = {
+          cpu    = each.value.cpu
+          memory = each.value.memory
+        }
+        cpu_idle          = true
+        startup_cpu_boost = true
+      }
+
+      dynamic "env" {
+        for_each = local.common_env
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "push" {
+  count = local.push ? 1 : 0
+
+  account_id   = "${local.prefix}pubsub-push"
+  display_name = "reel: identity of Pub/Sub push requests to the stages"
+}
+
+# Pub/Sub mints the push requests' OIDC tokens as the push account.
+resource "google_service_account_iam_member" "push_token_creator" {
+  count = local.push ? 1 : 0
+
+  service_account_id = google_service_account.push[0].name
+  role               = "roles/iam.serviceAccountTokenCreator"
+  member             = local.pubsub_agent
+}
+
+resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
+  for_each = google_cloud_run_v2_service.stage
+
+  project  = var.project
+  location = each.value.location
+  name     = each.value.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.push[0].email}"
+}
+
+# ---------------------------------------------------------------------------------------
+# Pull mode: a job per stage, started every minute by Cloud Scheduler; each execution
+# pulls until its subscriptions stayed empty for exit_when_idle_seconds. While a backlog
+# lasts, every tick adds one more worker.
+
+resource "google_cloud_run_v2_job" "stage" {
+  for_each = local.push ? {} : local.stage_sizing
+
+  name                = "${local.prefix}${each.key}"
+  location            = var.region
+  deletion_protection = false
+
+  template {
+    task_count  = 1
+    parallelism = 1
+
+    template {
+      service_account       = google_service_account.program[each.key].email
+      timeout               = "${var.pull_task_timeout_seconds}s"
+      max_retries           = 0
+      execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
+
+      containers {
+        image = local.images[each.key]
+        args  = concat(["--exit-when-idle", tostring(var.exit_when_idle_seconds)], local.grace_args)
+
+        resources {
+          limits = {
+            cpu    = each.value.cpu
+            memory = each.value.memory
+          }
+        }
+
+        dynamic "env" {
+          for_each = local.common_env
+          content {
+            name  = env.key
+            value = env.value
+          }
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_service_account" "scheduler" {
+  count = local.push ? 0 : 1
+
+  account_id   = "${local.prefix}scheduler"
+  display_name = "reel: starts the stage jobs in pull mode"
+}
+
+resource "google_cloud_run_v2_job_iam_member" "scheduler_runs" {
+  for_each = google_cloud_run_v2_job.stage
+
+  project  = var.project
+  location = each.value.location
+  name     = each.value.name
+  role     = "roles/run.invoker"
+  member   = "serviceAccount:${google_service_account.scheduler[0].email}"
+}
+
+resource "google_cloud_scheduler_job" "stage" {
+  for_each = google_cloud_run_v2_job.stage
+
+  name             = "${each.value.name}-pull"
+  region           = var.region
+  schedule         = var.pull_schedule
+  attempt_deadline = "30s"
+
+  http_target {
+    http_method = "POST"
+    uri         = "https://run.googleapis.com/v2/projects/${var.project}/locations/${var.region}/jobs/${each.value.name}:run"
+
+    oauth_token {
+      service_account_email = google_service_account.scheduler[0].email
+      scope                 = "https://www.googleapis.com/auth/cloud-platform"
+    }
+  }
+
+  depends_on = [google_cloud_run_v2_job_iam_member.scheduler_runs]
+}
+
+# ---------------------------------------------------------------------------------------
+# reel-api. Exactly one instance: it folds the whole event log from one subscription, and
+# a second instance would see only part of it. CPU stays allocated so the streaming pull
+# runs between requests.
+
+resource "google_cloud_run_v2_service" "api" {
+  name                = "${local.prefix}api"
+  location            = var.region
+  ingress             = "INGRESS_TRAFFIC_ALL"
+  deletion_protection = false
+
+  template {
+    service_account                  = google_service_account.program["api"].email
+    timeout                          = "60s"
+    max_instance_request_concurrency = 80
+    execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
+
+    scaling {
+      min_instance_count = 1
+      max_instance_count = 1
+    }
+
+    containers {
+      image = local.images["api"]
+
+      resources {
+        limits = {
+          cpu    = "1"
+          memory = "1Gi"
+        }
+        cpu_idle = false
+      }
+
+      dynamic "env" {
+        for_each = merge(local.common_env, var.api_env)
+        content {
+          name  = env.key
+          value = env.value
+        }
+      }
+
+      startup_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+
+      liveness_probe {
+        http_get {
+          path = "/healthz"
+        }
+      }
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+resource "google_cloud_run_v2_service_iam_member" "api_public" {
+  count = var.api_allow_unauthenticated ? 1 : 0
+
+  project  = var.project
+  location = google_cloud_run_v2_service.api.location
+  name     = google_cloud_run_v2_service.api.name
+  role     = "roles/run.invoker"
+  member   = "allUsers"
+}

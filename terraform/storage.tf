@@ -1,0 +1,63 @@
+# Buckets: uploads (clips and manifests), outputs (finished reels), work (the jobs'
+# intermediate files, deleted after a day), and the notification that turns a manifest
+# upload into a job (CONTRACT §4).
+
+locals {
+  buckets = {
+    uploads = var.uploads_bucket != "" ? var.uploads_bucket : "${var.project}-reel-uploads"
+    outputs = var.outputs_bucket != "" ? var.outputs_bucket : "${var.project}-reel-outputs"
+    work    = var.work_bucket != "" ? var.work_bucket : "${var.project}-reel-work"
+  }
+  bucket_location = var.bucket_location != "" ? var.bucket_location : var.region
+}
+
+resource "google_storage_bucket" "bucket" {
+  for_each = local.buckets
+
+  name                        = each.value
+  location                    = local.bucket_location
+  uniform_bucket_level_access = true
+  public_access_prevention    = "enforced"
+  force_destroy               = false
+
+  # Work files are scratch: no soft-delete copies, gone a day after they were written
+  # (finalize removes a job's files at once; this catches what a crash left).
+  dynamic "soft_delete_policy" {
+    for_each = each.key == "work" ? [1] : []
+    content {
+      retention_duration_seconds = 0
+    }
+  }
+
+  dynamic "lifecycle_rule" {
+    for_each = each.key == "work" ? [1] : []
+    content {
+      condition {
+        age            = 1
+        matches_prefix = var.work_lifecycle_prefixes
+      }
+      action {
+        type = "Delete"
+      }
+    }
+  }
+
+  depends_on = [google_project_service.enabled]
+}
+
+# The Cloud Storage service agent publishes the notifications.
+resource "google_pubsub_topic_iam_member" "gcs_notifications_publisher" {
+  topic  = google_pubsub_topic.topic["gcs-notifications"].name
+  role   = "roles/pubsub.publisher"
+  member = "serviceAccount:${data.google_storage_project_service_account.gcs.email_address}"
+}
+
+resource "google_storage_notification" "manifests" {
+  bucket             = google_storage_bucket.bucket["uploads"].name
+  topic              = google_pubsub_topic.topic["gcs-notifications"].id
+  payload_format     = "JSON_API_V1"
+  event_types        = ["OBJECT_FINALIZE"]
+  object_name_prefix = "manifests/"
+
+  depends_on = [google_pubsub_topic_iam_member.gcs_notifications_publisher]
+}

@@ -1,0 +1,218 @@
+# Everything a deployment may choose. Defaults give the standard topology (CONTRACT §3)
+# with stages as Cloud Run services fed by push subscriptions.
+
+variable "project" {
+  description = "Google Cloud project id everything is created in."
+  type        = string
+}
+
+variable "region" {
+  description = "Region of Cloud Run, Artifact Registry and (unless bucket_location is set) the buckets."
+  type        = string
+  default     = "us-central1"
+}
+
+variable "topic_prefix" {
+  description = "Prefix of every topic, subscription, Cloud Run service and service account (REEL_TOPIC_PREFIX of the programs)."
+  type        = string
+  default     = "reel-"
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{0,14}$", var.topic_prefix))
+    error_message = "topic_prefix must start with a letter, use a-z, 0-9 and '-', and be at most 15 characters (service account ids are at most 30)."
+  }
+}
+
+# ---------------------------------------------------------------------------------------
+# Buckets. Empty names are derived from the project: PROJECT-reel-uploads, and so on.
+
+variable "uploads_bucket" {
+  description = "Bucket clips and manifests are uploaded to; manifests/ objects start jobs. Empty: PROJECT-reel-uploads."
+  type        = string
+  default     = ""
+}
+
+variable "outputs_bucket" {
+  description = "Bucket finished reels are written to. Empty: PROJECT-reel-outputs."
+  type        = string
+  default     = ""
+}
+
+variable "work_bucket" {
+  description = "Bucket of the jobs' intermediate files (REEL_WORK_ROOT=gs://WORK/work). Empty: PROJECT-reel-work."
+  type        = string
+  default     = ""
+}
+
+variable "bucket_location" {
+  description = "Location of the buckets. Empty: the region."
+  type        = string
+  default     = ""
+}
+
+variable "work_lifecycle_prefixes" {
+  description = "Object prefixes in the work bucket that are deleted one day after creation. Empty list: every object (workspaces, locks, cancel and completion markers). [\"work/jobs/\"] keeps the markers."
+  type        = list(string)
+  default     = []
+}
+
+# ---------------------------------------------------------------------------------------
+# Images.
+
+variable "artifact_repository" {
+  description = "Artifact Registry (Docker) repository id the images are pushed to."
+  type        = string
+  default     = "reel"
+}
+
+variable "image_registry" {
+  description = "Registry path of the images. Empty: REGION-docker.pkg.dev/PROJECT/ARTIFACT_REPOSITORY."
+  type        = string
+  default     = ""
+}
+
+variable "image_tag" {
+  description = "Tag of every program image (scripts/deploy.sh sets the git commit)."
+  type        = string
+  default     = "latest"
+}
+
+variable "image_tags" {
+  description = "Per-program tag overrides, keyed validate, download, stitch, upload, finalize, api."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------
+# How the stages run.
+
+variable "delivery_mode" {
+  description = "push: each stage is a Cloud Run service fed by push subscriptions (OIDC). pull: each stage is a Cloud Run job that pulls until idle, started by Cloud Scheduler; subscriptions get exactly-once delivery."
+  type        = string
+  default     = "push"
+
+  validation {
+    condition     = contains(["push", "pull"], var.delivery_mode)
+    error_message = "delivery_mode must be push or pull."
+  }
+}
+
+variable "stage_ingress" {
+  description = "Ingress of the stage services. Pub/Sub push from the same project counts as internal traffic."
+  type        = string
+  default     = "INGRESS_TRAFFIC_INTERNAL_ONLY"
+}
+
+variable "stitch_cpu" {
+  description = "vCPUs of a stitch instance."
+  type        = string
+  default     = "2"
+}
+
+variable "stitch_memory" {
+  description = "Memory of a stitch instance (its scratch files live in memory too). Raise to 8Gi for jobs that die with resource_exhausted; see docs/OPERATIONS.md."
+  type        = string
+  default     = "4Gi"
+}
+
+variable "max_instances" {
+  description = "Upper bound of instances per stage service."
+  type        = number
+  default     = 10
+}
+
+variable "exit_when_idle_seconds" {
+  description = "Pull mode: a stage job exits after its subscriptions stayed empty this long (--exit-when-idle)."
+  type        = number
+  default     = 60
+}
+
+variable "pull_schedule" {
+  description = "Pull mode: cron schedule on which Cloud Scheduler starts each stage job."
+  type        = string
+  default     = "* * * * *"
+}
+
+variable "pull_task_timeout_seconds" {
+  description = "Pull mode: longest run of one stage job execution."
+  type        = number
+  default     = 3600
+}
+
+# ---------------------------------------------------------------------------------------
+# Program settings (CONTRACT §7).
+
+variable "job_timeout_minutes" {
+  description = "JOB_TIMEOUT_MINUTES: a job not finished this long after it was accepted fails with timeout."
+  type        = number
+  default     = 15
+}
+
+variable "max_retry_attempts" {
+  description = "MAX_RETRY_ATTEMPTS: retries of a transient failure before a stage gives up."
+  type        = number
+  default     = 3
+}
+
+variable "log_level" {
+  description = "LOG_LEVEL of every program."
+  type        = string
+  default     = "info"
+}
+
+variable "api_allow_unauthenticated" {
+  description = "Let anyone reach reel-api over HTTP (it checks bearer tokens itself, CONTRACT §5). false: callers need roles/run.invoker."
+  type        = bool
+  default     = true
+}
+
+variable "api_env" {
+  description = "Extra environment of reel-api (for example its token audience), merged over the common settings."
+  type        = map(string)
+  default     = {}
+}
+
+# ---------------------------------------------------------------------------------------
+# Operations.
+
+variable "operators" {
+  description = "IAM members (user:..., group:...) who list and replay dead letters: subscriber on the dead-letter subscriptions, publisher on the stages' input topics, reader of the work bucket."
+  type        = list(string)
+  default     = []
+}
+
+variable "notification_channels" {
+  description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alerts go to."
+  type        = list(string)
+  default     = []
+}
+
+variable "failure_rate_threshold" {
+  description = "Alert when failed / (failed + completed) jobs over an hour exceeds this."
+  type        = number
+  default     = 0.05
+}
+
+variable "duration_alert_minutes" {
+  description = "Alert when one stage works on one job longer than this."
+  type        = number
+  default     = 10
+}
+
+variable "memory_alert_utilization" {
+  description = "Alert when an instance uses more than this share of its memory."
+  type        = number
+  default     = 0.9
+}
+
+variable "backlog_alert_messages" {
+  description = "Alert when a dead-letter queue, or (for 10 minutes) a stage's subscription, holds more than this many messages."
+  type        = number
+  default     = 10
+}
+
+variable "enable_apis" {
+  description = "Enable the Google APIs reel needs."
+  type        = bool
+  default     = true
+}
