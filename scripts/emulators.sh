@@ -14,7 +14,7 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-# shellcheck source=lib/emulators.sh
+# shellcheck source-path=SCRIPTDIR source=lib/emulators.sh
 source "$here/lib/emulators.sh"
 
 cmd="${1:-}"

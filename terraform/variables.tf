@@ -187,10 +187,10 @@ variable "notification_channels" {
   default     = []
 }
 
-variable "failure_rate_threshold" {
-  description = "Alert when failed / (failed + completed) jobs over an hour exceeds this."
+variable "failure_rate_alert_percent" {
+  description = "Alert when more than this percentage of the jobs that ended in an hour failed."
   type        = number
-  default     = 0.05
+  default     = 5
 }
 
 variable "duration_alert_minutes" {
@@ -199,10 +199,10 @@ variable "duration_alert_minutes" {
   default     = 10
 }
 
-variable "memory_alert_utilization" {
-  description = "Alert when an instance uses more than this share of its memory."
+variable "memory_alert_percent" {
+  description = "Alert when an instance uses more than this percentage of its memory."
   type        = number
-  default     = 0.9
+  default     = 90
 }
 
 variable "backlog_alert_messages" {

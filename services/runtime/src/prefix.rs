@@ -48,6 +48,10 @@ impl Store for PrefixStore {
         let all = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
         Ok(all.into_iter().map(|m| self.strip(m)).collect())
     }
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let keys = self.inner.list_keys(&format!("{}{prefix}", self.prefix)).await?;
+        Ok(keys.into_iter().map(|k| k.strip_prefix(&self.prefix).unwrap_or(&k).to_string()).collect())
+    }
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         self.inner.delete(&self.full(key)?).await
     }

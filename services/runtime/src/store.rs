@@ -113,6 +113,12 @@ pub trait Store: Send + Sync + 'static {
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
 
+    /// The keys under `prefix`, sorted: [`Store::list`] without the metadata, which some
+    /// stores must compute (a directory reads every file for its CRC32C).
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self.list(prefix).await?.into_iter().map(|m| m.key).collect())
+    }
+
     /// Delete `key`. Returns whether something was deleted; a missing key is not an error.
     async fn delete(&self, key: &str) -> Result<bool, StoreError>;
 
@@ -224,6 +230,17 @@ mod base64_engine {
     }
 }
 
+/// Delete every object under `prefix`; returns how many were deleted.
+pub async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<usize, StoreError> {
+    let mut deleted = 0;
+    for key in store.list_keys(prefix).await? {
+        if store.delete(&key).await? {
+            deleted += 1;
+        }
+    }
+    Ok(deleted)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -244,15 +261,4 @@ mod tests {
             assert!(check_key(bad).is_err(), "{bad:?} accepted");
         }
     }
-}
-
-/// Delete every object under `prefix`; returns how many were deleted.
-pub async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<usize, StoreError> {
-    let mut deleted = 0;
-    for object in store.list(prefix).await? {
-        if store.delete(&object.key).await? {
-            deleted += 1;
-        }
-    }
-    Ok(deleted)
 }

@@ -541,12 +541,13 @@ impl Worker {
             }
         };
         envelope::carry_trace(cause, &mut event);
+        // Clean first, so whoever sees job.failed finds no work files left.
+        self.clean_workspace(job).await;
         if let Err(e) = self.publish_event(&event).await {
             warn!(error = %e, "could not publish job.failed; will retry");
             return Disposition::Nack;
         }
         self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        self.clean_workspace(job).await;
         Disposition::Ack
     }
 
@@ -565,12 +566,12 @@ impl Worker {
             return Disposition::Ack;
         };
         envelope::carry_trace(cause, &mut event);
+        self.clean_workspace(job).await;
         if let Err(e) = self.publish_event(&event).await {
             warn!(error = %e, "could not publish job.cancelled; will retry");
             return Disposition::Nack;
         }
         self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
-        self.clean_workspace(job).await;
         Disposition::Ack
     }
 

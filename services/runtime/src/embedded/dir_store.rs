@@ -484,7 +484,7 @@ impl Inner {
         Ok(())
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
+    fn list(&self, prefix: &str, keys_only: bool) -> Result<Vec<ObjectMeta>, StoreError> {
         let (dir_part, name_filter) = match prefix.rfind('/') {
             Some(i) => (&prefix[..i], &prefix[i + 1..]),
             None => ("", prefix),
@@ -515,6 +515,15 @@ impl Inner {
         let mut found = Vec::new();
         self.walk(&start, &key_prefix, name_filter, &mut found).map_err(|e| io_err(prefix, e))?;
         found.sort_by(|a, b| a.0.cmp(&b.0));
+        if keys_only {
+            return Ok(found.into_iter().map(|(key, _, meta)| ObjectMeta {
+                key,
+                size: meta.len(),
+                crc32c: 0,
+                generation: meta.modified().map(mtime_ns_of_time).unwrap_or(0),
+                updated: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
+            }).collect());
+        }
         let mut objects = Vec::with_capacity(found.len());
         for (key, path, meta) in found {
             match self.object_meta(&key, &path, &meta) {
@@ -605,7 +614,14 @@ impl Store for DirStore {
     /// Recursive, sorted by key; `prefix` is a plain string prefix of the key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let prefix = prefix.to_string();
-        self.blocking(move |inner| inner.list(&prefix)).await
+        self.blocking(move |inner| inner.list(&prefix, false)).await
+    }
+
+    /// The keys alone: no file is read (no CRC computed).
+    async fn list_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        let prefix = prefix.to_string();
+        let found = self.blocking(move |inner| inner.list(&prefix, true)).await?;
+        Ok(found.into_iter().map(|m| m.key).collect())
     }
 
     /// Removes the file (`false` if there was none), then the directories it leaves empty.

@@ -1,0 +1,425 @@
+//! The state follower: reads the event log subscription and folds it into the
+//! [`JobBook`], with a snapshot and a journal in the work store so a restart (or a
+//! crash) loses nothing.
+//!
+//! One batch: receive (gathering messages for up to `batch_window`) → decode → write
+//! the batch's events to one **journal** object → fold → ack. The journal is what makes
+//! acking safe: once a message is acked, Pub/Sub will not deliver it again, so its
+//! event must be durable before that. If the journal cannot be written, the batch is
+//! still folded (the status stays fresh) but not acked, so Pub/Sub redelivers it.
+//!
+//! **Snapshot**: every `snapshot_interval` (and on shutdown) the follower folds any
+//! journal object it has not folded yet (another instance's, during a rollout), writes
+//! the whole book to `snapshot_key`, and deletes the journal objects that snapshot
+//! covers once they are older than `journal_retention`. Keeping them that long lets an
+//! overlapping instance (old and new revision during a deploy) fold them too before its
+//! own snapshot replaces this one, so whichever writes last has every event.
+//!
+//! **Restore**: load the snapshot (none yet: start empty), fold every journal object,
+//! mark the book ready, and continue from the subscription. Events that are both in
+//! the snapshot and redelivered are folded twice, which changes nothing.
+//!
+//! Messages that are not CloudEvents, or name no job, are acked and counted: a poison
+//! message on the log never blocks the follower.
+
+use chrono::{DateTime, Utc};
+use reel_events::{binding, envelope, AttributesReader, Event};
+use reel_runtime::bus::{Bus, BusError, Delivery};
+use reel_runtime::store::{PutMode, Store, StoreError};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+use crate::book::JobBook;
+use crate::config::ApiConfig;
+use crate::snapshot::{self, SnapshotError};
+
+/// How the follower runs.
+#[derive(Debug, Clone)]
+pub struct FollowerOptions {
+    /// The event-log subscription (`reel-api` by default).
+    pub subscription: String,
+    /// Key of the snapshot in the work store.
+    pub snapshot_key: String,
+    /// Prefix of journal objects; `None` turns the journal off.
+    pub journal_prefix: Option<String>,
+    /// Time between snapshots.
+    pub snapshot_interval: Duration,
+    /// Journal objects covered by a snapshot are deleted once this old.
+    pub journal_retention: Duration,
+    /// How long a batch gathers messages after its first one.
+    pub batch_window: Duration,
+    /// Most messages in a batch.
+    pub batch_max: usize,
+    /// How long one receive waits for a first message.
+    pub receive_wait: Duration,
+}
+
+impl FollowerOptions {
+    /// Options from the API's configuration, reading `subscription`.
+    pub fn new(config: &ApiConfig, subscription: impl Into<String>) -> FollowerOptions {
+        FollowerOptions {
+            subscription: subscription.into(),
+            snapshot_key: config.snapshot_key.clone(),
+            journal_prefix: config.journal_prefix.clone(),
+            snapshot_interval: config.snapshot_interval,
+            journal_retention: config.journal_retention,
+            batch_window: config.batch_window,
+            batch_max: config.batch_max.max(1),
+            receive_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// Why the follower stopped for good.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FollowerError {
+    /// The snapshot exists but cannot be read; an operator must look at it (starting
+    /// empty would silently drop every job older than the log's retention).
+    #[error("snapshot {key} is unreadable: {source}")]
+    Snapshot {
+        /// Its key.
+        key: String,
+        /// Why.
+        #[source]
+        source: SnapshotError,
+    },
+    /// The store refused us for good (permission, invalid key).
+    #[error("work store: {0}")]
+    Store(#[from] StoreError),
+    /// The subscription does not exist (run `reel setup`) or the bus refused us.
+    #[error("event log subscription: {0}")]
+    Bus(#[from] BusError),
+}
+
+/// What a restore found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Restored {
+    /// Jobs loaded from the snapshot.
+    pub snapshot_jobs: usize,
+    /// Journal objects folded.
+    pub journals: usize,
+    /// Events folded from them.
+    pub journal_events: usize,
+}
+
+/// What one batch did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// Messages received.
+    pub received: usize,
+    /// Events folded.
+    pub folded: usize,
+    /// Messages skipped (not CloudEvents, or naming no job).
+    pub skipped: usize,
+    /// Whether the batch was acked (false when its journal could not be written).
+    pub acked: bool,
+}
+
+/// Follows the event log into a [`JobBook`].
+pub struct Follower {
+    book: Arc<JobBook>,
+    bus: Arc<dyn Bus>,
+    store: Arc<dyn Store>,
+    options: FollowerOptions,
+    /// Names this process's journal objects apart from another run's.
+    instance: String,
+    journal_seq: AtomicU64,
+    /// Journal objects whose events are in the book, with when they were written.
+    journals: Mutex<BTreeMap<String, DateTime<Utc>>>,
+    /// The book generation of the last snapshot written.
+    snapshot_generation: AtomicU64,
+}
+
+impl Follower {
+    /// A follower filling `book`.
+    pub fn new(book: Arc<JobBook>, bus: Arc<dyn Bus>, store: Arc<dyn Store>, options: FollowerOptions) -> Follower {
+        let instance = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        Follower {
+            book,
+            bus,
+            store,
+            options,
+            instance,
+            journal_seq: AtomicU64::new(0),
+            journals: Mutex::new(BTreeMap::new()),
+            snapshot_generation: AtomicU64::new(u64::MAX),
+        }
+    }
+
+    /// The book.
+    pub fn book(&self) -> &Arc<JobBook> {
+        &self.book
+    }
+
+    /// Load the snapshot and the journal, then mark the book ready.
+    pub async fn restore(&self) -> Result<Restored, FollowerError> {
+        let mut restored = Restored::default();
+        match read_all(self.store.as_ref(), &self.options.snapshot_key).await {
+            Ok(Some(bytes)) => {
+                let (taken_at, states) = snapshot::decode(&bytes)
+                    .map_err(|source| FollowerError::Snapshot { key: self.options.snapshot_key.clone(), source })?;
+                restored.snapshot_jobs = self.book.insert_states(states);
+                self.book.stats.last_snapshot_unix.store(taken_at.timestamp(), Ordering::Relaxed);
+                info!(key = %self.options.snapshot_key, jobs = restored.snapshot_jobs, taken_at = %taken_at, "snapshot loaded");
+            }
+            Ok(None) => info!(key = %self.options.snapshot_key, "no snapshot yet; starting empty"),
+            Err(e) => return Err(e.into()),
+        }
+        let (journals, journal_events) = self.fold_new_journals().await?;
+        restored.journals = journals;
+        restored.journal_events = journal_events;
+        if journals > 0 {
+            info!(journals, events = journal_events, "journal replayed");
+        }
+        self.book.set_ready();
+        Ok(restored)
+    }
+
+    /// Receive one batch, journal it, fold it, ack it. `Ok` with `received == 0` when
+    /// nothing arrived within `receive_wait`.
+    pub async fn pull_once(&self) -> Result<Batch, BusError> {
+        let sub = &self.options.subscription;
+        let mut deliveries = self.bus.receive(sub, self.options.batch_max, self.options.receive_wait).await?;
+        if deliveries.is_empty() {
+            return Ok(Batch::default());
+        }
+        let started = Instant::now();
+        while deliveries.len() < self.options.batch_max {
+            let Some(left) = self.options.batch_window.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else { break };
+            match self.bus.receive(sub, self.options.batch_max - deliveries.len(), left).await {
+                Ok(more) if more.is_empty() => break,
+                Ok(more) => deliveries.extend(more),
+                Err(e) => {
+                    warn!(subscription = %sub, error = %e, "receive failed while gathering a batch; processing what arrived");
+                    break;
+                }
+            }
+        }
+        Ok(self.process(deliveries).await)
+    }
+
+    async fn process(&self, deliveries: Vec<Delivery>) -> Batch {
+        let mut batch = Batch { received: deliveries.len(), ..Batch::default() };
+        let mut events = Vec::with_capacity(deliveries.len());
+        for delivery in &deliveries {
+            match binding::decode(&delivery.message) {
+                Ok(event) if envelope::job_id_of(&event).is_some() => events.push(event),
+                Ok(event) => {
+                    batch.skipped += 1;
+                    self.book.stats.without_job.fetch_add(1, Ordering::Relaxed);
+                    debug!(message_id = %delivery.message_id, ce_type = %event.ty(), "event names no job; skipped");
+                }
+                Err(e) => {
+                    batch.skipped += 1;
+                    self.book.stats.undecodable.fetch_add(1, Ordering::Relaxed);
+                    warn!(message_id = %delivery.message_id, error = %e, "message on the event log is not a CloudEvent; skipped");
+                }
+            }
+        }
+        let journal = match (&self.options.journal_prefix, events.is_empty()) {
+            (Some(prefix), false) => Some(self.write_journal(prefix, &events).await),
+            _ => None,
+        };
+        for event in &events {
+            self.book.apply(event);
+        }
+        batch.folded = events.len();
+        self.book.stats.events_folded.fetch_add(events.len() as u64, Ordering::Relaxed);
+        match journal {
+            Some(Err(e)) => {
+                // Folded (the status stays fresh) but not durable: let Pub/Sub redeliver.
+                self.book.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
+                warn!(error = %e, events = events.len(), "could not write the journal; the batch will be redelivered");
+                for delivery in &deliveries {
+                    if let Err(e) = self.bus.nack(&self.options.subscription, &delivery.ack_id).await {
+                        debug!(error = %e, "nack failed; the lease will expire instead");
+                    }
+                }
+                return batch;
+            }
+            Some(Ok(key)) => {
+                self.journals(|j| j.insert(key, Utc::now()));
+            }
+            None => {}
+        }
+        for delivery in &deliveries {
+            if let Err(e) = self.bus.ack(&self.options.subscription, &delivery.ack_id).await {
+                // Redelivered later and folded again: harmless.
+                debug!(error = %e, message_id = %delivery.message_id, "ack failed; the message will come again");
+            }
+        }
+        batch.acked = true;
+        batch
+    }
+
+    async fn write_journal(&self, prefix: &str, events: &[Event]) -> Result<String, StoreError> {
+        let seq = self.journal_seq.fetch_add(1, Ordering::Relaxed);
+        let key = format!("{prefix}{}-{seq:08}.json", self.instance);
+        let body = serde_json::to_vec(events).expect("CloudEvents serialize");
+        self.store.put(&key, Box::pin(std::io::Cursor::new(body)), PutMode::CreateOnly).await?;
+        Ok(key)
+    }
+
+    fn journals<R>(&self, f: impl FnOnce(&mut BTreeMap<String, DateTime<Utc>>) -> R) -> R {
+        f(&mut self.journals.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Fold every journal object not folded yet (after a restart: all of them; later:
+    /// another instance's). Returns (objects, events) folded.
+    async fn fold_new_journals(&self) -> Result<(usize, usize), StoreError> {
+        let Some(prefix) = &self.options.journal_prefix else { return Ok((0, 0)) };
+        let (mut objects, mut events_folded) = (0, 0);
+        for object in self.store.list(prefix).await? {
+            if self.journals(|j| j.contains_key(&object.key)) {
+                continue;
+            }
+            let Some(bytes) = read_all(self.store.as_ref(), &object.key).await? else { continue };
+            match serde_json::from_slice::<Vec<Event>>(&bytes) {
+                Ok(events) => {
+                    for event in &events {
+                        self.book.apply(event);
+                    }
+                    objects += 1;
+                    events_folded += events.len();
+                    self.journals(|j| j.insert(object.key.clone(), object.updated));
+                }
+                // Puts are atomic, so this is not a torn write but a foreign object:
+                // leave it for an operator rather than delete what we cannot read.
+                Err(e) => error!(key = %object.key, error = %e, "journal object is unreadable; skipped"),
+            }
+        }
+        Ok((objects, events_folded))
+    }
+
+    /// Fold journal objects written by others, write the snapshot if anything changed
+    /// since the last one, then delete the journal objects it covers that are older than
+    /// the retention. Returns whether a snapshot was written.
+    pub async fn snapshot(&self) -> Result<bool, StoreError> {
+        match self.fold_new_journals().await {
+            Ok((0, _)) => {}
+            Ok((objects, events)) => debug!(objects, events, "folded journal objects of another instance"),
+            Err(e) => warn!(error = %e, "could not list the journal; snapshotting what this instance has"),
+        }
+        // Take the journal list before reading the book: every listed journal's events
+        // were folded before its key was listed, so the snapshot below contains them.
+        let covered: BTreeMap<String, DateTime<Utc>> = self.journals(|j| j.clone());
+        let generation = self.book.generation();
+        let written = generation != self.snapshot_generation.load(Ordering::Relaxed);
+        if written {
+            let taken_at = Utc::now();
+            let body = self.book.read(|jobs| snapshot::encode(jobs, taken_at));
+            let size = body.len();
+            let put = self.store.put(&self.options.snapshot_key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite).await;
+            if let Err(e) = put {
+                self.book.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
+                return Err(e);
+            }
+            self.snapshot_generation.store(generation, Ordering::Relaxed);
+            self.book.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
+            self.book.stats.last_snapshot_unix.store(taken_at.timestamp(), Ordering::Relaxed);
+            debug!(bytes = size, jobs = self.book.len(), "snapshot written");
+        }
+        // With the generation unchanged nothing was folded since the last snapshot
+        // written, so that one covers every journal listed above too.
+        let retention = chrono::Duration::from_std(self.options.journal_retention).unwrap_or(chrono::Duration::MAX);
+        let now = Utc::now();
+        for (key, written_at) in covered {
+            if now - written_at < retention {
+                continue;
+            }
+            match self.store.delete(&key).await {
+                Ok(_) => {
+                    self.journals(|j| j.remove(&key));
+                }
+                // Kept in the list: a later snapshot deletes it. Replaying it is harmless.
+                Err(e) => warn!(key = %key, error = %e, "could not delete a journal object"),
+            }
+        }
+        Ok(written)
+    }
+
+    /// Restore (retrying transient store errors), then follow the log until `shutdown`,
+    /// snapshotting periodically; on shutdown write a last snapshot.
+    pub async fn run(&self, shutdown: CancellationToken) -> Result<(), FollowerError> {
+        let mut delay = Duration::from_millis(500);
+        loop {
+            match self.restore().await {
+                Ok(_) => break,
+                Err(FollowerError::Store(e)) if e.is_transient() => {
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "could not load the snapshot; retrying");
+                }
+                Err(e) => return Err(e),
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(30));
+        }
+        info!(subscription = %self.options.subscription, jobs = self.book.len(), "following the event log");
+        let mut last_snapshot = Instant::now();
+        while !shutdown.is_cancelled() {
+            match self.pull_once().await {
+                Ok(_) => {}
+                Err(BusError::Closed) => break,
+                Err(e @ (BusError::NotFound(_) | BusError::PermissionDenied(_))) => {
+                    self.final_snapshot().await;
+                    return Err(e.into());
+                }
+                Err(e) => {
+                    warn!(subscription = %self.options.subscription, error = %e, "receive failed; backing off");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+            if last_snapshot.elapsed() >= self.options.snapshot_interval {
+                last_snapshot = Instant::now();
+                if let Err(e) = self.snapshot().await {
+                    warn!(key = %self.options.snapshot_key, error = %e, "could not write the snapshot; will try again");
+                }
+            }
+        }
+        self.final_snapshot().await;
+        Ok(())
+    }
+
+    async fn final_snapshot(&self) {
+        for attempt in 1..=3 {
+            match self.snapshot().await {
+                Ok(_) => {
+                    info!(key = %self.options.snapshot_key, jobs = self.book.len(), "final snapshot written");
+                    return;
+                }
+                Err(e) if attempt < 3 => {
+                    warn!(error = %e, attempt, "final snapshot failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(300)).await;
+                }
+                Err(e) => error!(
+                    key = %self.options.snapshot_key,
+                    error = %e,
+                    "final snapshot failed; the journal still holds what was acked since the last one"
+                ),
+            }
+        }
+    }
+}
+
+/// The whole object, or `None` if it does not exist.
+async fn read_all(store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut reader = match store.get(key).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?;
+    Ok(Some(bytes))
+}

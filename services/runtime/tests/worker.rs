@@ -1,0 +1,330 @@
+//! The worker loop turns outcomes into bus actions exactly as documented, on the
+//! embedded bus and a directory store: retries with backoff, giving up after
+//! MAX_RETRY_ATTEMPTS, dead letters with their reasons, timeouts, cancel, shutdown.
+
+use async_trait::async_trait;
+use chrono::Utc;
+use reel_events::payload::{JobSpec, JobValidated};
+use reel_events::{binding, envelope, types, AttributesReader, Compression, ErrorType, Event, Orientation, Stage};
+use reel_runtime::bus::{Bus, Message};
+use reel_runtime::embedded::{DirStore, EmbeddedBus};
+use reel_runtime::local::LocalResolver;
+use reel_runtime::stage::{cancel_marker_key, Context, Failure, Handler, Outcome};
+use reel_runtime::topology::{Names, SubscriptionSpec};
+use reel_runtime::worker::{dead_letter_attrs, Worker, WorkerOptions};
+use reel_runtime::{PutMode, Settings, Store};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// What the test handler does on each call.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    /// Fail transiently this many times, then emit.
+    FailThenEmit(u32),
+    /// Always fail transiently.
+    AlwaysRetry,
+    /// Fail permanently.
+    Reject,
+    /// Work for this long (watching the cancel token), then emit.
+    Work(Duration),
+}
+
+struct TestStage {
+    behaviour: Behaviour,
+    calls: AtomicU32,
+    attempts_seen: std::sync::Mutex<Vec<u32>>,
+}
+
+#[async_trait]
+impl Handler for TestStage {
+    fn stage(&self) -> Stage {
+        Stage::Download
+    }
+
+    async fn handle(&self, ctx: &Context, event: &Event) -> Outcome {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        self.attempts_seen.lock().unwrap().push(ctx.delivery_attempt);
+        let input: JobValidated = envelope::decode(event).unwrap();
+        let emit = || Outcome::Emit(vec![ctx.event(event, types::CLIPS_DOWNLOADED, 0, &serde_json::json!({"job": input.job, "clips": [], "skippedClips": [], "warnings": []}))]);
+        match self.behaviour {
+            Behaviour::FailThenEmit(k) if n < k => Outcome::Retry(Failure::new(ErrorType::Internal, "network timeout")),
+            Behaviour::FailThenEmit(_) => emit(),
+            Behaviour::AlwaysRetry => Outcome::Retry(Failure::new(ErrorType::Internal, "connection reset by peer")),
+            Behaviour::Reject => Outcome::Reject(Failure::new(ErrorType::CorruptInput, "bad clip")),
+            Behaviour::Work(d) => {
+                ctx.progress.report(10.0);
+                tokio::select! {
+                    _ = tokio::time::sleep(d) => emit(),
+                    _ = ctx.cancel.cancelled() => Outcome::Retry(Failure::new(ErrorType::Internal, "stopped")),
+                }
+            }
+        }
+    }
+}
+
+struct Rig {
+    _dir: tempfile::TempDir,
+    bus: Arc<EmbeddedBus>,
+    work: Arc<DirStore>,
+    names: Names,
+    stage: Arc<TestStage>,
+    worker: Arc<Worker>,
+    shutdown: CancellationToken,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+const WATCH: &str = "test-watch";
+const DLQ_WATCH: &str = "reel-download-dead-letter";
+
+async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    let mut settings = Settings::default();
+    settings.max_retry_attempts = max_retry_attempts;
+    settings.temp_dir = dir.path().join("tmp");
+    let mut topology = settings.topology();
+    for sub in &mut topology.subscriptions {
+        sub.min_backoff = Duration::from_millis(20);
+        sub.max_backoff = Duration::from_millis(200);
+    }
+    let names = topology.names();
+    topology.subscriptions.push(SubscriptionSpec {
+        name: WATCH.into(),
+        topic: names.events(),
+        ack_deadline: Duration::from_secs(10),
+        dead_letter_topic: None,
+        max_delivery_attempts: 5,
+        min_backoff: Duration::ZERO,
+        max_backoff: Duration::from_secs(1),
+        message_retention: Duration::from_secs(600),
+        exactly_once: false,
+    });
+    let bus = Arc::new(EmbeddedBus::new());
+    bus.ensure_topology(&topology).await.unwrap();
+    let work = Arc::new(DirStore::new(dir.path().join("work")).unwrap());
+    let stage = Arc::new(TestStage { behaviour, calls: AtomicU32::new(0), attempts_seen: Default::default() });
+    let mut options = WorkerOptions::for_stage(Stage::Download, &names);
+    options.heartbeat = Duration::from_millis(300);
+    options.cancel_poll = Duration::from_millis(100);
+    options.shutdown_grace = Duration::from_millis(200);
+    let worker = Arc::new(Worker::new(bus.clone(), stage.clone(), Arc::new(settings), work.clone(), Arc::new(LocalResolver::new()), options));
+    let shutdown = CancellationToken::new();
+    let task = {
+        let (w, s) = (worker.clone(), shutdown.clone());
+        tokio::spawn(async move {
+            w.run(s).await.unwrap();
+        })
+    };
+    Rig { _dir: dir, bus, work, names, stage, worker, shutdown, task: Some(task) }
+}
+
+fn job_event(job_id: &str, deadline_in: chrono::Duration) -> Event {
+    let now = Utc::now();
+    let job = JobSpec {
+        job_id: job_id.into(),
+        project_id: "p".into(),
+        user_id: "u".into(),
+        clip_paths: vec!["/a.mp4".into(), "/b.mp4".into()],
+        output_path: "/o.mp4".into(),
+        orientation: Orientation::Portrait,
+        compression: Compression::Optimized,
+        retry_attempt: 0,
+        force_restart: false,
+        accepted_at: now,
+        deadline: now + deadline_in,
+    };
+    envelope::build(types::JOB_VALIDATED, "//test", format!("v-{job_id}"), job_id, now, &JobValidated { job }).unwrap()
+}
+
+impl Rig {
+    async fn send(&self, event: &Event) {
+        self.bus.publish(&self.names.work_topic(Stage::Download), binding::encode_binary(event)).await.unwrap();
+    }
+
+    async fn send_raw(&self, message: Message) {
+        self.bus.publish(&self.names.work_topic(Stage::Download), message).await.unwrap();
+    }
+
+    /// Events on the log until one of type `ty` for `job` arrives.
+    async fn wait_log(&self, job: &str, ty: &str) -> Event {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "no {ty} for {job}");
+            for d in self.bus.receive(WATCH, 10, Duration::from_millis(200)).await.unwrap() {
+                self.bus.ack(WATCH, &d.ack_id).await.unwrap();
+                let e = binding::decode(&d.message).unwrap();
+                if e.ty() == ty && envelope::job_id_of(&e).as_deref() == Some(job) {
+                    return e;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self) -> Message {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(tokio::time::Instant::now() < deadline, "nothing dead-lettered");
+            if let Some(d) = self.bus.receive(DLQ_WATCH, 1, Duration::from_millis(200)).await.unwrap().into_iter().next() {
+                self.bus.ack(DLQ_WATCH, &d.ack_id).await.unwrap();
+                return d.message;
+            }
+        }
+    }
+
+    async fn stop(mut self) {
+        self.shutdown.cancel();
+        self.task.take().unwrap().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn emit_publishes_to_the_log_and_the_next_stage() {
+    let rig = rig(Behaviour::FailThenEmit(0), 3).await;
+    // The next stage's subscription receives it too.
+    rig.send(&job_event("job_ok", chrono::Duration::minutes(5))).await;
+    let e = rig.wait_log("job_ok", types::CLIPS_DOWNLOADED).await;
+    let next = rig.bus.receive(&rig.names.subscription(Stage::Stitch), 1, Duration::from_secs(2)).await.unwrap();
+    assert_eq!(binding::decode(&next[0].message).unwrap().id(), e.id());
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn transient_failures_are_retried_with_backoff_until_they_pass() {
+    let rig = rig(Behaviour::FailThenEmit(2), 3).await;
+    rig.send(&job_event("job_flaky", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_flaky", types::CLIPS_DOWNLOADED).await;
+    assert_eq!(*rig.stage.attempts_seen.lock().unwrap(), vec![1, 2, 3]);
+    assert_eq!(rig.worker.stats.retried.load(Ordering::Relaxed), 2);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn after_max_retry_attempts_the_job_fails_retryable_and_the_message_is_dead_lettered() {
+    let rig = rig(Behaviour::AlwaysRetry, 2).await;
+    rig.send(&job_event("job_down", chrono::Duration::minutes(5))).await;
+    let failed = rig.wait_log("job_down", types::JOB_FAILED).await;
+    let data = envelope::data_json(&failed).unwrap();
+    assert_eq!(data["retryable"], true);
+    assert_eq!(data["attempts"], 3);
+    assert_eq!(data["stage"], "download");
+    assert!(data["message"].as_str().unwrap().contains("connection reset"));
+    let dead = rig.dead_letter().await;
+    assert_eq!(dead.attributes[dead_letter_attrs::STAGE], "download");
+    assert_eq!(dead.attributes[dead_letter_attrs::ATTEMPTS], "3");
+    assert_eq!(dead.attributes[dead_letter_attrs::ERROR_TYPE], "internal");
+    assert!(dead.attributes[dead_letter_attrs::REASON].contains("connection reset"));
+    // The original event is intact inside the dead letter, ready for replay.
+    assert_eq!(binding::decode(&dead).unwrap().id(), "v-job_down");
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 3);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_permanent_failure_fails_the_job_and_cleans_its_workspace() {
+    let rig = rig(Behaviour::Reject, 3).await;
+    let key = "jobs/job_bad/clips/000.mp4";
+    rig.work.put(key, Box::pin(std::io::Cursor::new(b"x".to_vec())), PutMode::Overwrite).await.unwrap();
+    rig.send(&job_event("job_bad", chrono::Duration::minutes(5))).await;
+    let failed = rig.wait_log("job_bad", types::JOB_FAILED).await;
+    let data = envelope::data_json(&failed).unwrap();
+    assert_eq!(data["errorType"], "corrupt_input");
+    assert_eq!(data["retryable"], false);
+    assert!(rig.work.head(key).await.unwrap().is_none(), "workspace not cleaned");
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 1, "a permanent failure was retried");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
+    let rig = rig(Behaviour::FailThenEmit(0), 3).await;
+    let attrs = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    let poison = vec![
+        Message { data: b"not json at all".to_vec(), attributes: Default::default(), ordering_key: String::new() },
+        Message { data: vec![0xff, 0xfe, 0x00], attributes: attrs(&[("ce-specversion", "1.0")]), ordering_key: String::new() },
+        Message {
+            data: b"{}".to_vec(),
+            attributes: attrs(&[("ce-specversion", "0.3"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "t")]),
+            ordering_key: String::new(),
+        },
+        Message {
+            data: b"{}".to_vec(),
+            attributes: attrs(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "phoenix.reel.v1.unknown")]),
+            ordering_key: String::new(),
+        },
+    ];
+    for m in poison {
+        rig.send_raw(m).await;
+        let dead = rig.dead_letter().await;
+        assert!(!dead.attributes[dead_letter_attrs::REASON].is_empty());
+        assert_eq!(dead.attributes[dead_letter_attrs::ERROR_TYPE], "invalid_request");
+    }
+    // And a valid job right after all that still completes.
+    rig.send(&job_event("job_after", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_after", types::CLIPS_DOWNLOADED).await;
+    assert_eq!(rig.worker.stats.dead_lettered.load(Ordering::Relaxed), 4);
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_past_its_deadline_fails_with_timeout() {
+    let rig = rig(Behaviour::FailThenEmit(0), 3).await;
+    rig.send(&job_event("job_late", chrono::Duration::seconds(-1))).await;
+    let failed = rig.wait_log("job_late", types::JOB_FAILED).await;
+    assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "timeout");
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 0, "the handler ran for an expired job");
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn the_deadline_stops_work_in_progress() {
+    let rig = rig(Behaviour::Work(Duration::from_secs(30)), 3).await;
+    let started = std::time::Instant::now();
+    rig.send(&job_event("job_slow", chrono::Duration::milliseconds(800))).await;
+    let failed = rig.wait_log("job_slow", types::JOB_FAILED).await;
+    assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "timeout");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn a_cancel_marker_stops_work_and_emits_job_cancelled() {
+    let rig = rig(Behaviour::Work(Duration::from_secs(30)), 3).await;
+    rig.send(&job_event("job_cxl", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_cxl", types::JOB_PROGRESS).await;
+    let started = std::time::Instant::now();
+    rig.work.put(&cancel_marker_key("job_cxl"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite).await.unwrap();
+    let cancelled = rig.wait_log("job_cxl", types::JOB_CANCELLED).await;
+    assert_eq!(envelope::data_json(&cancelled).unwrap()["stage"], "download");
+    assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn progress_is_published_while_a_stage_works() {
+    let rig = rig(Behaviour::Work(Duration::from_millis(1200)), 3).await;
+    rig.send(&job_event("job_prog", chrono::Duration::minutes(5))).await;
+    let p = rig.wait_log("job_prog", types::JOB_PROGRESS).await;
+    let data = envelope::data_json(&p).unwrap();
+    assert_eq!(data["stage"], "download");
+    assert!(data["progress"].as_f64().unwrap() > 0.0);
+    rig.wait_log("job_prog", types::CLIPS_DOWNLOADED).await;
+    rig.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_mid_work_nacks_so_the_message_is_redelivered() {
+    let rig = rig(Behaviour::Work(Duration::from_secs(30)), 3).await;
+    rig.send(&job_event("job_term", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_term", types::JOB_PROGRESS).await;
+    let started = std::time::Instant::now();
+    let bus = rig.bus.clone();
+    let sub = rig.names.subscription(Stage::Download);
+    rig.stop().await;
+    assert!(started.elapsed() < Duration::from_secs(3), "shutdown took {:?}", started.elapsed());
+    // The message is back on the subscription for the next worker.
+    let again = bus.receive(&sub, 1, Duration::from_secs(3)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(binding::decode(&again[0].message).unwrap().id(), "v-job_term");
+    assert_eq!(again[0].delivery_attempt, 2);
+}
