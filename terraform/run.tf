@@ -32,9 +32,13 @@ locals {
     METRICS_ENABLED      = "true"
     TEMP_DIR             = "/tmp/reel"
     REEL_TOPIC_PREFIX    = var.topic_prefix
-    REEL_WORK_ROOT       = "gs://${local.buckets.work}/work"
+    REEL_WORK_ROOT       = "gs://${local.buckets.work}/${local.work_prefix}"
     REEL_ALLOWED_ROOTS   = "gs://${local.buckets.uploads},gs://${local.buckets.outputs}"
   }
+
+  # Callers' ID tokens name reel-api's URL as audience unless told otherwise.
+  api_audience = var.api_audience != "" ? var.api_audience : "https://${local.prefix}api-${data.google_project.this.number}.${var.region}.run.app"
+  api_env      = merge(local.common_env, { REEL_API_AUDIENCE = local.api_audience }, var.api_env)
 
   # Cloud Run gives a stopping instance 10 s after SIGTERM: in-flight work gets 8 to
   # finish, then is stopped and nacked for redelivery.
@@ -54,7 +58,7 @@ resource "google_artifact_registry_repository" "images" {
 # Push mode: a service per stage, invoked only by the push service account.
 
 resource "google_cloud_run_v2_service" "stage" {
-  for_each = local.push ? local.stage_sizing : {}
+  for_each = { for stage, size in local.stage_sizing : stage => size if local.push }
 
   name                = "${local.prefix}${each.key}"
   location            = var.region
@@ -136,7 +140,7 @@ resource "google_cloud_run_v2_service_iam_member" "push_invoker" {
 # lasts, every tick adds one more worker.
 
 resource "google_cloud_run_v2_job" "stage" {
-  for_each = local.push ? {} : local.stage_sizing
+  for_each = { for stage, size in local.stage_sizing : stage => size if !local.push }
 
   name                = "${local.prefix}${each.key}"
   location            = var.region
@@ -249,7 +253,7 @@ resource "google_cloud_run_v2_service" "api" {
       }
 
       dynamic "env" {
-        for_each = merge(local.common_env, var.api_env)
+        for_each = local.api_env
         content {
           name  = env.key
           value = env.value

@@ -9,6 +9,14 @@ locals {
     work    = var.work_bucket != "" ? var.work_bucket : "${var.project}-reel-work"
   }
   bucket_location = var.bucket_location != "" ? var.bucket_location : var.region
+
+  # REEL_WORK_ROOT is gs://WORK_BUCKET/work: jobs' workspaces are work/jobs/JOB/, control
+  # objects work/control/ (services/runtime/src/stage.rs, lock.rs).
+  work_prefix = "work"
+  work_lifecycle = {
+    "jobs/"    = var.work_scratch_days
+    "control/" = var.work_control_days
+  }
 }
 
 resource "google_storage_bucket" "bucket" {
@@ -20,8 +28,8 @@ resource "google_storage_bucket" "bucket" {
   public_access_prevention    = "enforced"
   force_destroy               = false
 
-  # Work files are scratch: no soft-delete copies, gone a day after they were written
-  # (finalize removes a job's files at once; this catches what a crash left).
+  # Work files are scratch: no soft-delete copies; workspaces gone a day after they were
+  # written (finalize removes a job's files at once; this catches what a crash left).
   dynamic "soft_delete_policy" {
     for_each = each.key == "work" ? [1] : []
     content {
@@ -30,11 +38,11 @@ resource "google_storage_bucket" "bucket" {
   }
 
   dynamic "lifecycle_rule" {
-    for_each = each.key == "work" ? [1] : []
+    for_each = { for prefix, days in local.work_lifecycle : prefix => days if each.key == "work" }
     content {
       condition {
-        age            = 1
-        matches_prefix = var.work_lifecycle_prefixes
+        age            = lifecycle_rule.value
+        matches_prefix = ["${local.work_prefix}/${lifecycle_rule.key}"]
       }
       action {
         type = "Delete"

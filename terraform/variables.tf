@@ -50,12 +50,17 @@ variable "bucket_location" {
   default     = ""
 }
 
-variable "work_lifecycle_prefixes" {
-  description = "Object prefixes in the work bucket that are deleted one day after creation. Empty list: every object (workspaces, locks, cancel and completion markers). [\"work/jobs/\"] keeps the markers."
-  type        = list(string)
-  default     = []
+variable "work_scratch_days" {
+  description = "Jobs' workspaces (work/jobs/ in the work bucket) are deleted this many days after they were written; finalize and the failure path remove them sooner, this catches what a crash leaves."
+  type        = number
+  default     = 1
 }
 
+variable "work_control_days" {
+  description = "Control objects (work/control/: completion and cancel markers, project locks, reel-api's snapshot and journal) are deleted this many days after they were last written. Completion markers let validate and `reel dlq replay` skip finished jobs, so keep this above the event log's 31 days."
+  type        = number
+  default     = 35
+}
 # ---------------------------------------------------------------------------------------
 # Images.
 
@@ -164,6 +169,12 @@ variable "api_allow_unauthenticated" {
   description = "Let anyone reach reel-api over HTTP (it checks bearer tokens itself, CONTRACT §5). false: callers need roles/run.invoker."
   type        = bool
   default     = true
+}
+
+variable "api_audience" {
+  description = "REEL_API_AUDIENCE: the audience reel-api accepts in callers' Google ID tokens. Empty: its deterministic URL, https://PREFIXapi-PROJECT_NUMBER.REGION.run.app."
+  type        = string
+  default     = ""
 }
 
 variable "api_env" {

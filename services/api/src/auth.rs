@@ -70,7 +70,7 @@ pub enum Authenticator {
     /// Fixed tokens.
     Local(LocalTokens),
     /// Google ID tokens.
-    Oidc(OidcVerifier),
+    Oidc(Box<OidcVerifier>),
 }
 
 impl Authenticator {
@@ -78,7 +78,7 @@ impl Authenticator {
     pub fn new(mode: &AuthMode) -> Result<Authenticator, reqwest::Error> {
         Ok(match mode {
             AuthMode::Local(tokens) => Authenticator::Local(tokens.clone()),
-            AuthMode::Oidc(config) => Authenticator::Oidc(OidcVerifier::new(config.clone())?),
+            AuthMode::Oidc(config) => Authenticator::Oidc(Box::new(OidcVerifier::new(config.clone())?)),
         })
     }
 
@@ -112,7 +112,9 @@ pub fn bearer_token(header: Option<&[u8]>) -> Result<&str, AuthError> {
 /// The claims of an ID token that we read.
 #[derive(Debug, Deserialize)]
 struct Claims {
-    sub: String,
+    /// Required by the validation; optional here so its absence is reported as such.
+    #[serde(default)]
+    sub: Option<String>,
     #[serde(default)]
     email: Option<String>,
     /// Google sends a boolean; some issuers send the string "true".
@@ -172,7 +174,7 @@ impl OidcVerifier {
         })?;
         let claims = data.claims;
         let id = match self.config.user_claim {
-            UserClaim::Sub => claims.sub,
+            UserClaim::Sub => claims.sub.unwrap_or_default(),
             UserClaim::Email => {
                 let unverified = matches!(&claims.email_verified, Some(serde_json::Value::Bool(false)))
                     || matches!(&claims.email_verified, Some(serde_json::Value::String(s)) if s != "true");

@@ -6,8 +6,8 @@
 //! care where an event came from or whether it has seen it already.
 
 use chrono::{DateTime, Duration, Utc};
-use reel_events::fold::{JobState, JobStatus, Status};
-use reel_events::{envelope, AttributesReader, Event};
+use reel_events::fold::{JobState, JobStatus};
+use reel_events::{envelope, Event};
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::RwLock;
@@ -146,14 +146,4 @@ pub fn is_active(job: &JobState, now: DateTime<Utc>, stale_after: Duration) -> b
 /// Whether `user` owns the job.
 pub fn owned_by(job: &JobState, user: &str) -> bool {
     !user.is_empty() && job.user_id == user
-}
-
-/// The event's id and source, for log lines.
-pub fn describe(event: &Event) -> String {
-    format!("{} {} from {}", event.ty(), event.id(), event.source())
-}
-
-/// Whether the status counts as finished for cancel.
-pub fn is_finished(status: Status) -> bool {
-    status.is_terminal()
 }

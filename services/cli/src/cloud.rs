@@ -159,8 +159,10 @@ pub async fn dlq_list(stage: Stage, limit: usize, json: bool) -> Result<()> {
     let settings = Settings::load()?;
     let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
     let sub = settings.topology().names().dead_letter_subscription(stage);
-    let peeked = bus.peek(&sub, limit).await?;
-    let letters: Vec<DeadLetter> = peeked.iter().map(|d| describe(&d.message, &d.message_id, d.publish_time)).collect();
+    let peeked = bus.peek(&sub, limit).await;
+    // Settle the peeked messages (nack) before the process exits, or they stay leased.
+    bus.shutdown().await;
+    let letters: Vec<DeadLetter> = peeked?.iter().map(|d| describe(&d.message, &d.message_id, d.publish_time)).collect();
     print_dead_letters(stage, &letters, json)
 }
 
@@ -265,6 +267,8 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
             }
         }
     }
+    // Settle everything (the nacks above) before the process exits.
+    bus.shutdown().await;
     let verb = if purge { "purged" } else { "replayed" };
     println!("{}{done} {verb}, {skipped} skipped (completed), {kept} left in the dead-letter queue", if dry_run { "dry run: " } else { "" });
     Ok(())

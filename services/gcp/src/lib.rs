@@ -23,5 +23,5 @@ mod resolver;
 pub mod testing;
 
 pub use gcs::{GcsClient, GcsStore, UploadStrategy, CHUNK_SIZE};
-pub use pubsub::{PubSubBus, PubSubConfig};
+pub use pubsub::{PubSubBus, PubSubConfig, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT};
 pub use resolver::CloudResolver;

@@ -126,8 +126,17 @@ impl Module {
             for block in body.blocks() {
                 let labels: Vec<&str> = (0..block.labels().len()).filter_map(|i| label(block, i)).collect();
                 checker.place = format!("{file}: {} {}", block.identifier(), labels.join("."));
-                // Inside `terraform {}` and `variable {}` only literals and var.NAME (validation).
-                checker.body(block.body(), &mut Vec::new());
+                if block.identifier() == "variable" {
+                    // `type = string` is a type expression, not a reference.
+                    for attr in block.body().attributes().filter(|a| a.key() != "type") {
+                        checker.expr(attr.expr(), &mut Vec::new());
+                    }
+                    for nested in block.body().blocks() {
+                        checker.body(nested.body(), &mut Vec::new());
+                    }
+                } else {
+                    checker.body(block.body(), &mut Vec::new());
+                }
             }
         }
         checker.problems

@@ -7,7 +7,7 @@ use hcl::Value;
 use reel_events::Stage;
 use reel_runtime::topology::{SubscriptionSpec, Topology, DEFAULT_PREFIX};
 use reel_runtime::Settings;
-use reel_topology_check::module::{Evaluator, Module, PROJECT_NUMBER};
+use reel_topology_check::module::{Evaluated, Evaluator, Instance, Module, PROJECT_NUMBER};
 use reel_topology_check::{
     container_args, container_env, differences, evaluate, expected, grants, terraform_dir, Deployment, Grant, TEST_PROJECT,
 };
@@ -281,17 +281,30 @@ fn manifests_on_the_uploads_bucket_notify_the_gcs_topic() {
 }
 
 #[test]
-fn the_work_bucket_forgets_after_a_day() {
+fn the_work_bucket_forgets_workspaces_after_a_day() {
     let module = module();
     let mut deployment = deploy(&module, &[]);
     let buckets = deployment.evaluator.instances("google_storage_bucket").unwrap();
     let by_role: BTreeMap<String, _> = buckets.iter().map(|b| (b.key.as_ref().unwrap().as_str().unwrap().to_string(), &b.body)).collect();
     assert_eq!(by_role.keys().cloned().collect::<Vec<_>>(), ["outputs", "uploads", "work"]);
-    let rules = by_role["work"].blocks("lifecycle_rule").unwrap();
-    assert_eq!(rules.len(), 1);
-    let condition = rules[0].block("condition").unwrap().unwrap();
-    assert_eq!(condition.number("age").unwrap(), Some(1.0));
-    assert_eq!(rules[0].block("action").unwrap().unwrap().string("type").unwrap().as_deref(), Some("Delete"));
+    // The programs' work root is gs://WORK/work; a job's workspace is jobs/JOB/ under it
+    // (stage::work_prefix), control objects control/ (completion and cancel markers).
+    let job_prefix = format!("work/{}", reel_runtime::stage::work_prefix("x").trim_end_matches("x/"));
+    let marker = reel_runtime::stage::completed_marker_key("x");
+    let control_prefix = format!("work/{}/", marker.split('/').next().unwrap());
+    let mut rules = BTreeMap::new();
+    for rule in by_role["work"].blocks("lifecycle_rule").unwrap() {
+        assert_eq!(rule.block("action").unwrap().unwrap().string("type").unwrap().as_deref(), Some("Delete"));
+        let condition = rule.block("condition").unwrap().unwrap();
+        let prefixes = condition.attr("matches_prefix").unwrap();
+        let age = condition.number("age").unwrap().unwrap();
+        for prefix in prefixes.as_array().unwrap() {
+            rules.insert(prefix.as_str().unwrap().to_string(), age);
+        }
+    }
+    assert_eq!(rules.get(&job_prefix), Some(&1.0), "workspaces {job_prefix} must go after a day: {rules:?}");
+    let control_days = rules.get(&control_prefix).copied().unwrap_or_else(|| panic!("no rule for {control_prefix}: {rules:?}"));
+    assert!(control_days > 31.0, "completion markers must outlive the 31-day event log, not {control_days} days");
     assert!(by_role["uploads"].blocks("lifecycle_rule").unwrap().is_empty());
     assert!(by_role["outputs"].blocks("lifecycle_rule").unwrap().is_empty());
 }
@@ -324,7 +337,7 @@ fn check_settings(what: &str, env: &BTreeMap<String, String>, prefix: &str) {
     }
 }
 
-fn containers<'a>(instance: &'a reel_topology_check::module::Instance, nested_template: bool) -> Vec<&'a reel_topology_check::module::Evaluated> {
+fn containers(instance: &Instance, nested_template: bool) -> Vec<&Evaluated> {
     let mut template = instance.body.block("template").unwrap().unwrap();
     if nested_template {
         template = template.block("template").unwrap().unwrap();
@@ -346,6 +359,10 @@ fn push_services_run_the_stages_with_the_codes_settings() {
         if service.resource == "api" {
             assert_eq!(name, "reel-api");
             assert!(image.ends_with("/reel-api:latest"), "{image}");
+            let env = container_env(container).unwrap();
+            assert_eq!(env["REEL_API_AUDIENCE"], format!("https://reel-api-{PROJECT_NUMBER}.us-central1.run.app"));
+            let scaling = service.body.block("template").unwrap().unwrap().block("scaling").unwrap().unwrap();
+            assert_eq!(scaling.number("max_instance_count").unwrap(), Some(1.0), "one reel-api folds the whole log");
             continue;
         }
         let stage = service.key.as_ref().unwrap().as_str().unwrap().to_string();
