@@ -167,3 +167,23 @@ resource "google_storage_bucket_iam_member" "operator_work_reader" {
   role   = "roles/storage.objectViewer"
   member = each.value
 }
+
+# ---------------------------------------------------------------------------------------
+# Callers: Phoenix publishes requests and follows the event log with a subscription of
+# its own (CONTRACT §3).
+
+resource "google_pubsub_topic_iam_member" "requesters" {
+  for_each = toset(var.requesters)
+
+  topic  = google_pubsub_topic.topic["stitch-requests"].name
+  role   = "roles/pubsub.publisher"
+  member = each.value
+}
+
+resource "google_pubsub_topic_iam_member" "event_subscribers" {
+  for_each = toset(var.event_subscribers)
+
+  topic  = google_pubsub_topic.topic["events"].name
+  role   = "roles/pubsub.subscriber"
+  member = each.value
+}

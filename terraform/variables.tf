@@ -192,6 +192,18 @@ variable "operators" {
   default     = []
 }
 
+variable "requesters" {
+  description = "IAM members (for example Phoenix's service account) allowed to publish stitch.requested to the requests topic."
+  type        = list(string)
+  default     = []
+}
+
+variable "event_subscribers" {
+  description = "IAM members (for example Phoenix's service account) allowed to attach their own subscriptions to the event log (reel-events), to follow jobs by ce-type."
+  type        = list(string)
+  default     = []
+}
+
 variable "notification_channels" {
   description = "Cloud Monitoring notification channel ids (projects/P/notificationChannels/N) the alerts go to."
   type        = list(string)

@@ -51,6 +51,9 @@ pub struct FollowerOptions {
     pub snapshot_interval: Duration,
     /// Journal objects covered by a snapshot are deleted once this old.
     pub journal_retention: Duration,
+    /// An unchanged snapshot is rewritten after this long anyway, so a bucket lifecycle
+    /// rule on object age (35 days on `control/`) never deletes it while the API idles.
+    pub snapshot_refresh: Duration,
     /// How long a batch gathers messages after its first one.
     pub batch_window: Duration,
     /// Most messages in a batch.
@@ -68,6 +71,7 @@ impl FollowerOptions {
             journal_prefix: config.journal_prefix.clone(),
             snapshot_interval: config.snapshot_interval,
             journal_retention: config.journal_retention,
+            snapshot_refresh: Duration::from_secs(24 * 3600),
             batch_window: config.batch_window,
             batch_max: config.batch_max.max(1),
             receive_wait: Duration::from_secs(1),
@@ -134,6 +138,8 @@ pub struct Follower {
     journals: Mutex<BTreeMap<String, DateTime<Utc>>>,
     /// The book generation of the last snapshot written.
     snapshot_generation: AtomicU64,
+    /// When the last snapshot was written by this process.
+    snapshot_written: Mutex<Option<Instant>>,
 }
 
 impl Follower {
@@ -149,6 +155,7 @@ impl Follower {
             journal_seq: AtomicU64::new(0),
             journals: Mutex::new(BTreeMap::new()),
             snapshot_generation: AtomicU64::new(u64::MAX),
+            snapshot_written: Mutex::new(None),
         }
     }
 
@@ -298,8 +305,9 @@ impl Follower {
     }
 
     /// Fold journal objects written by others, write the snapshot if anything changed
-    /// since the last one, then delete the journal objects it covers that are older than
-    /// the retention. Returns whether a snapshot was written.
+    /// since the last one (or it is older than `snapshot_refresh`), then delete the
+    /// journal objects it covers that are older than the retention. Returns whether a
+    /// snapshot was written.
     pub async fn snapshot(&self) -> Result<bool, StoreError> {
         match self.fold_new_journals().await {
             Ok((0, _)) => {}
@@ -310,7 +318,9 @@ impl Follower {
         // were folded before its key was listed, so the snapshot below contains them.
         let covered: BTreeMap<String, DateTime<Utc>> = self.journals(|j| j.clone());
         let generation = self.book.generation();
-        let written = generation != self.snapshot_generation.load(Ordering::Relaxed);
+        let last_write = *self.snapshot_written.lock().unwrap_or_else(|p| p.into_inner());
+        let due = last_write.is_none_or(|t| t.elapsed() >= self.options.snapshot_refresh);
+        let written = due || generation != self.snapshot_generation.load(Ordering::Relaxed);
         if written {
             let taken_at = Utc::now();
             let body = self.book.read(|jobs| snapshot::encode(jobs, taken_at));
@@ -321,6 +331,7 @@ impl Follower {
                 return Err(e);
             }
             self.snapshot_generation.store(generation, Ordering::Relaxed);
+            *self.snapshot_written.lock().unwrap_or_else(|p| p.into_inner()) = Some(Instant::now());
             self.book.stats.snapshots_written.fetch_add(1, Ordering::Relaxed);
             self.book.stats.last_snapshot_unix.store(taken_at.timestamp(), Ordering::Relaxed);
             debug!(bytes = size, jobs = self.book.len(), "snapshot written");

@@ -336,3 +336,31 @@ async fn metrics_describe_the_jobs() {
     let value: f64 = rate.rsplit(' ').next().unwrap().parse().unwrap();
     assert!((value - 50.0 / 71.0).abs() < 1e-6, "{rate}");
 }
+
+#[tokio::test]
+async fn progress_never_goes_backwards_whatever_the_delivery_order() {
+    let api = spawn(local_config()).await;
+    let t0 = Utc::now() - Duration::seconds(60);
+    let mut events = job_events("job_p", "proj", "alice", t0, End::Running);
+    // Late, reordered and repeated deliveries, as Pub/Sub may make them.
+    events.reverse();
+    let again = events[2].clone();
+    events.insert(1, again);
+    let mut last = -1.0;
+    let mut seen = Vec::new();
+    for event in &events {
+        api.publish_log(std::slice::from_ref(event)).await;
+        api.drain().await;
+        let (status, _, job) = api.call(Method::GET, "/api/jobs/job_p/status", Some(ALICE), None).await;
+        if status == StatusCode::NOT_FOUND {
+            // Progress events carry no userId: the job is nobody's until one that does arrives.
+            continue;
+        }
+        let progress = job["progress"].as_f64().unwrap();
+        seen.push(progress);
+        assert!(progress >= last, "progress went back: {seen:?}");
+        last = progress;
+    }
+    assert_eq!(last, 60.0);
+    assert!(seen.len() >= 5, "{seen:?}");
+}

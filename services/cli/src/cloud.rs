@@ -6,11 +6,10 @@ use chrono::{DateTime, Utc};
 use reel_events::payload::StitchRequested;
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation, Stage};
 use reel_gcp::{GcsClient, PubSubBus};
-use reel_runtime::bus::{Bus, Delivery, Message};
+use reel_runtime::bus::{Bus, Message};
 use reel_runtime::location::{parse_root, Location};
 use reel_runtime::worker::dead_letter_attrs as dl;
 use reel_runtime::Settings;
-use std::time::Duration;
 
 /// `reel setup`: topics, subscriptions, dead-letter topics; and the buckets on the emulator.
 pub async fn setup(create_buckets: bool) -> Result<()> {
@@ -154,15 +153,14 @@ pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> R
     Ok(())
 }
 
-/// `reel dlq list STAGE` on Pub/Sub: peek, without consuming.
+/// `reel dlq list STAGE` on Pub/Sub: peek (pull, then release at once), without consuming.
 pub async fn dlq_list(stage: Stage, limit: usize, json: bool) -> Result<()> {
     let settings = Settings::load()?;
-    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let rest = crate::pull::RestPull::from_env()?;
     let sub = settings.topology().names().dead_letter_subscription(stage);
-    let peeked = bus.peek(&sub, limit).await;
-    // Settle the peeked messages (nack) before the process exits, or they stay leased.
-    bus.shutdown().await;
-    let letters: Vec<DeadLetter> = peeked?.iter().map(|d| describe(&d.message, &d.message_id, d.publish_time)).collect();
+    let pulled = rest.pull_all(&sub, limit).await?;
+    rest.release(&sub, &pulled.iter().map(|p| p.ack_id.clone()).collect::<Vec<_>>()).await?;
+    let letters: Vec<DeadLetter> = pulled.iter().map(|p| describe(&p.message, &p.message_id, p.publish_time)).collect();
     print_dead_letters(stage, &letters, json)
 }
 
@@ -202,46 +200,36 @@ pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topol
     }
 }
 
-async fn drain(bus: &PubSubBus, sub: &str) -> Result<Vec<Delivery>> {
-    let mut all = Vec::new();
-    loop {
-        let batch = bus.receive(sub, 100, Duration::from_secs(2)).await?;
-        if batch.is_empty() {
-            break;
-        }
-        all.extend(batch);
-        if all.len() > 10_000 {
-            break;
-        }
-    }
-    Ok(all)
-}
-
 /// `reel dlq replay` (`purge == false`) or `reel dlq purge` on Pub/Sub. A dead letter is
 /// acked only after its republish is confirmed; jobs already completed are skipped (and
 /// acked) and reported. Everything not selected is released for redelivery.
 pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
     let settings = Settings::load()?;
     let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let rest = crate::pull::RestPull::from_env()?;
     let names = settings.topology().names();
     let sub = names.dead_letter_subscription(stage);
     let resolver = reel_gcp::CloudResolver::from_env().await?;
     let work = reel_program::open_work_store(&settings.effective_work_root(), &resolver)?;
-    let deliveries = drain(&bus, &sub).await?;
-    let (mut done, mut skipped, mut kept) = (0usize, 0usize, 0usize);
-    for d in deliveries {
-        let letter = describe(&d.message, &d.message_id, d.publish_time);
-        if done >= filter.limit || !filter.matches(&letter) || dry_run {
-            if dry_run && done < filter.limit && filter.matches(&letter) {
-                println!("would {} {} ({}, {})", if purge { "purge" } else { "replay" }, letter.job_id, letter.event_type, letter.error_type);
-                done += 1;
-            }
-            let _ = bus.nack(&sub, &d.ack_id).await;
-            kept += 1;
+    let pulled = rest.pull_all(&sub, 10_000).await?;
+    let (mut done, mut skipped) = (0usize, 0usize);
+    let mut keep = Vec::new();
+    let mut failure = None;
+    for p in pulled {
+        let letter = describe(&p.message, &p.message_id, p.publish_time);
+        let selected = failure.is_none() && done < filter.limit && filter.matches(&letter);
+        if !selected {
+            keep.push(p.ack_id);
+            continue;
+        }
+        if dry_run {
+            println!("would {} {} ({}, {})", if purge { "purge" } else { "replay" }, letter.job_id, letter.event_type, letter.error_type);
+            done += 1;
+            keep.push(p.ack_id);
             continue;
         }
         if purge {
-            bus.ack(&sub, &d.ack_id).await?;
+            rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
             println!("purged {} ({})", letter.job_id, letter.event_type);
             done += 1;
             continue;
@@ -249,28 +237,32 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
         let completed = letter.job_id != "-"
             && matches!(work.head(&reel_runtime::stage::completed_marker_key(&letter.job_id)).await, Ok(Some(_)));
         if completed {
-            bus.ack(&sub, &d.ack_id).await?;
+            rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
             println!("skipped {}: the job already completed", letter.job_id);
             skipped += 1;
             continue;
         }
-        let topic = replay_topic(stage, &d.message, &names);
-        match bus.publish(&topic, for_replay(&d.message)).await {
+        let topic = replay_topic(stage, &p.message, &names);
+        match bus.publish(&topic, for_replay(&p.message)).await {
             Ok(_) => {
-                bus.ack(&sub, &d.ack_id).await?;
+                // Acked only once the republish is confirmed.
+                rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
                 println!("replayed {} ({}) to {topic}", letter.job_id, letter.event_type);
                 done += 1;
             }
             Err(e) => {
-                let _ = bus.nack(&sub, &d.ack_id).await;
-                bail!("republishing {} failed ({e}); the dead letter is kept", letter.job_id);
+                keep.push(p.ack_id);
+                failure = Some(format!("republishing {} failed ({e}); it stays in the dead-letter queue", letter.job_id));
             }
         }
     }
-    // Settle everything (the nacks above) before the process exits.
+    rest.release(&sub, &keep).await?;
     bus.shutdown().await;
+    if let Some(failure) = failure {
+        bail!(failure);
+    }
     let verb = if purge { "purged" } else { "replayed" };
-    println!("{}{done} {verb}, {skipped} skipped (completed), {kept} left in the dead-letter queue", if dry_run { "dry run: " } else { "" });
+    println!("{}{done} {verb}, {skipped} skipped (completed), {} left in the dead-letter queue", if dry_run { "dry run: " } else { "" }, keep.len());
     Ok(())
 }
 

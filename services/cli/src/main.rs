@@ -2,6 +2,7 @@
 
 mod cloud;
 mod local;
+mod pull;
 mod render;
 
 use anyhow::{bail, Context as _, Result};

@@ -219,7 +219,11 @@ impl Settings {
                 sub.ack_deadline = std::time::Duration::from_secs(secs);
             }
             if let Some(secs) = self.min_backoff_seconds {
+                let flat = sub.min_backoff == sub.max_backoff;
                 sub.min_backoff = std::time::Duration::from_secs(secs);
+                if flat || sub.max_backoff < sub.min_backoff {
+                    sub.max_backoff = sub.min_backoff;
+                }
             }
         }
         topology

@@ -103,6 +103,9 @@ impl Topology {
         for stage in Stage::ALL {
             let mut dl = sub(names.dead_letter_subscription(stage), names.dead_letter_topic(stage), None, 60, false);
             dl.message_retention = 7 * day;
+            // Operators peek (pull, then release) repeatedly: keep the redelivery delay flat
+            // so a peeked dead letter is back within a second, not after a growing backoff.
+            dl.max_backoff = dl.min_backoff;
             subscriptions.push(dl);
         }
         Topology { prefix: prefix.to_string(), topics, subscriptions }

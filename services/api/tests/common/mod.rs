@@ -62,7 +62,7 @@ pub fn with_parts(dir: tempfile::TempDir, bus: Arc<EmbeddedBus>, store: Arc<DirS
     let names = settings.topology().names();
     let book = Arc::new(JobBook::new());
     let mut options = FollowerOptions::new(&config, names.api_subscription());
-    options.receive_wait = std::time::Duration::from_millis(200);
+    options.receive_wait = std::time::Duration::from_millis(50);
     options.batch_window = std::time::Duration::from_millis(20);
     let follower = Arc::new(Follower::new(book.clone(), bus.clone(), store.clone(), options));
     let state = AppState::new(config.clone(), settings.clone(), bus.clone(), store.clone(), book.clone()).expect("state");

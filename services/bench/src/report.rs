@@ -1,0 +1,672 @@
+//! The markdown report, the machine description and the profile analysis.
+
+use crate::cluster::{ClusterRow, Status};
+use crate::proc::ToolRun;
+use crate::stats::{self, Summary};
+use crate::{PathResult, Profile, Results};
+use anyhow::Result;
+use std::fmt::Write as _;
+use std::path::Path;
+
+/// RSS target of a stage process, MiB.
+const STAGE_RSS_MIB: f64 = 50.0;
+/// Embedded per-hop p50 target, ms.
+const EMBEDDED_HOP_P50_MS: f64 = 2.0;
+
+fn first_line_with(path: &str, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines().find(|l| l.starts_with(key)).and_then(|l| l.split_once(':')).map(|(_, v)| v.trim().to_string())
+}
+
+/// The machine, as (what, value) rows.
+pub fn machine(ffmpeg: &Path) -> Vec<(String, String)> {
+    let nproc = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
+    let cpu = first_line_with("/proc/cpuinfo", "model name").unwrap_or_else(|| "unknown".into());
+    let mem = first_line_with("/proc/meminfo", "MemTotal")
+        .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
+        .unwrap_or_else(|| "unknown".into());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let ffv = std::process::Command::new(ffmpeg)
+        .arg("-version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.split(" Copyright").next().unwrap_or(l).to_string()))
+        .unwrap_or_else(|| "unknown".into());
+    let rev = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    vec![
+        ("CPU".into(), format!("{cpu}, {nproc} logical CPU(s) (nproc)")),
+        ("memory".into(), mem),
+        ("kernel".into(), kernel),
+        ("ffmpeg".into(), ffv),
+        ("reel".into(), format!("release build of the working tree at commit {rev}")),
+    ]
+}
+
+/// The job's events from a `REEL_HOME/events.jsonl`: (short type, publish time ns), and
+/// the stitch mode from `job.stitched`.
+pub fn timeline(log: &Path) -> Result<(Vec<(String, u128)>, Option<String>)> {
+    let mut out = Vec::new();
+    let mut mode = None;
+    for m in reel_runtime::embedded::EventLog::read(log)? {
+        let ty = m.message.attributes.get("ce-type").cloned().unwrap_or_default();
+        let short = ty.strip_prefix("phoenix.reel.v1.").unwrap_or(&ty).to_string();
+        let ns = m.publish_time.timestamp_nanos_opt().unwrap_or(0).max(0) as u128;
+        if short == "job.stitched" {
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(&m.message.data) {
+                mode = v.pointer("/reel/mode").and_then(|x| x.as_str()).map(str::to_string);
+            }
+        }
+        out.push((short, ns));
+    }
+    Ok((out, mode))
+}
+
+fn secs(s: f64) -> String {
+    if s.is_nan() {
+        "—".into()
+    } else if s < 10.0 {
+        format!("{s:.2} s")
+    } else {
+        format!("{s:.1} s")
+    }
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn mib_s(kib: Option<u64>) -> String {
+    kib.map(|k| format!("{:.1} MiB", mib(k))).unwrap_or_else(|| "—".into())
+}
+
+fn ms(us: f64) -> String {
+    if us < 1000.0 {
+        format!("{:.3} ms", us / 1000.0)
+    } else {
+        format!("{:.2} ms", us / 1000.0)
+    }
+}
+
+fn met(ok: bool) -> &'static str {
+    if ok {
+        "met"
+    } else {
+        "**missed**"
+    }
+}
+
+/// What kind of child process a wrapped run was.
+pub fn kind(t: &ToolRun) -> &'static str {
+    let has = |s: &str| t.args.iter().any(|a| a == s);
+    match t.tool.as_str() {
+        "ffprobe" if has("-show_data_hash") => "ffprobe: codec-header fingerprint",
+        "ffprobe" => "ffprobe: probe",
+        "ffmpeg" if has("concat") => "ffmpeg: concat -c copy",
+        "ffmpeg" if has("-filter_complex") => "ffmpeg: normalise (re-encode)",
+        _ => "ffmpeg: other",
+    }
+}
+
+/// A phase of a profiled run.
+#[derive(Debug, Clone)]
+pub struct Phase {
+    /// Its name.
+    pub name: String,
+    /// Start, ns since the epoch.
+    pub start: u128,
+    /// End.
+    pub end: u128,
+}
+
+/// The phases of a run, from the job's events: start-up, the five stages, exit.
+pub fn phases(p: &Profile) -> Vec<Phase> {
+    let at = |ty: &str| p.timeline.iter().find(|(t, _)| t == ty).map(|(_, ns)| *ns);
+    let marks = [
+        ("start-up (process start → request published)", Some(p.started_ns)),
+        ("validate", at("stitch.requested")),
+        ("download (fetch + probe clips)", at("job.validated")),
+        ("stitch", at("job.downloaded")),
+        ("upload (to the output path)", at("job.stitched")),
+        ("finalize", at("job.uploaded")),
+        ("exit (job completed → process gone)", at("job.completed")),
+    ];
+    if marks.iter().any(|(_, t)| t.is_none()) {
+        return vec![Phase { name: "whole run (events missing)".into(), start: p.started_ns, end: p.ended_ns }];
+    }
+    let mut out = Vec::new();
+    for (i, (name, start)) in marks.iter().enumerate() {
+        let end = marks.get(i + 1).and_then(|(_, t)| *t).unwrap_or(p.ended_ns);
+        out.push(Phase { name: name.to_string(), start: start.unwrap_or(0), end: end.max(start.unwrap_or(0)) });
+    }
+    out
+}
+
+/// Length of the union of `[start, end)` intervals clipped to `[lo, hi)`, ns.
+pub fn union_within(intervals: &[(u128, u128)], lo: u128, hi: u128) -> u128 {
+    let mut v: Vec<(u128, u128)> = intervals.iter().map(|&(s, e)| (s.max(lo), e.min(hi))).filter(|(s, e)| s < e).collect();
+    v.sort();
+    let mut total = 0;
+    let mut cur: Option<(u128, u128)> = None;
+    for (s, e) in v {
+        match cur {
+            Some((cs, ce)) if s <= ce => cur = Some((cs, ce.max(e))),
+            Some((cs, ce)) => {
+                total += ce - cs;
+                cur = Some((s, e));
+            }
+            None => cur = Some((s, e)),
+        }
+    }
+    if let Some((cs, ce)) = cur {
+        total += ce - cs;
+    }
+    total
+}
+
+/// Per-phase breakdown: (phase, wall s, [(kind, runs, s)], child s, reel's own s).
+type PhaseRow = (String, f64, Vec<(&'static str, usize, f64)>, f64, f64);
+
+fn breakdown(p: &Profile) -> Vec<PhaseRow> {
+    let mut rows = Vec::new();
+    for ph in phases(p) {
+        let tools: Vec<&ToolRun> = p.tools.iter().filter(|t| t.start_unix_ns >= ph.start && t.start_unix_ns < ph.end).collect();
+        let intervals: Vec<(u128, u128)> = tools.iter().map(|t| (t.start_unix_ns, t.start_unix_ns + t.wall_ns)).collect();
+        let child = union_within(&intervals, ph.start, ph.end.max(intervals.iter().map(|i| i.1).max().unwrap_or(0))) as f64 / 1e9;
+        let wall = (ph.end - ph.start) as f64 / 1e9;
+        let mut kinds: Vec<(&'static str, usize, f64)> = Vec::new();
+        for t in tools {
+            let k = kind(t);
+            match kinds.iter_mut().find(|(n, _, _)| *n == k) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += t.wall_ns as f64 / 1e9;
+                }
+                None => kinds.push((k, 1, t.wall_ns as f64 / 1e9)),
+            }
+        }
+        rows.push((ph.name, wall, kinds, child, (wall - child).max(0.0)));
+    }
+    rows
+}
+
+/// (kind, runs, total s, mean ms, max RSS KiB) over a whole run.
+fn by_kind(p: &Profile) -> Vec<(&'static str, usize, f64, f64, u64)> {
+    let mut out: Vec<(&'static str, usize, f64, f64, u64)> = Vec::new();
+    for t in &p.tools {
+        let k = kind(t);
+        let s = t.wall_ns as f64 / 1e9;
+        match out.iter_mut().find(|e| e.0 == k) {
+            Some(e) => {
+                e.1 += 1;
+                e.2 += s;
+                e.4 = e.4.max(t.maxrss_kib);
+            }
+            None => out.push((k, 1, s, 0.0, t.maxrss_kib)),
+        }
+    }
+    for e in &mut out {
+        e.3 = e.2 / e.1 as f64 * 1000.0;
+    }
+    out
+}
+
+fn max_rss_of(p: &Profile, tool: &str) -> Option<u64> {
+    p.tools.iter().filter(|t| t.tool == tool).map(|t| t.maxrss_kib).max()
+}
+
+fn path_ratio(r: &PathResult, i: usize) -> Option<(f64, Summary, Summary)> {
+    let b = r.contenders.first()?.summary()?;
+    let c = r.contenders.get(i)?.summary()?;
+    Some((stats::ratio(c.median, b.median)?, c, b))
+}
+
+/// The copy-path profiles (large, small) in order, when both exist.
+fn copy_profiles(res: &Results) -> Vec<&Profile> {
+    res.profiles.iter().filter_map(|p| p.as_ref().ok()).filter(|p| p.label == "copy path").collect()
+}
+
+fn hop_summary(res: &Results, i: usize) -> Option<(f64, f64, f64, f64)> {
+    let h = res.bus.as_ref()?.as_ref().ok()?.get(i)?;
+    let l = &h.latencies_us;
+    Some((
+        stats::percentile(l, 50.0)?,
+        stats::percentile(l, 95.0)?,
+        stats::percentile(l, 99.0)?,
+        l.iter().copied().fold(0.0, f64::max),
+    ))
+}
+
+/// Flat: the large clips' reel peak is within 10 % + 2 MiB of the small clips'.
+fn flat(large_kib: u64, small_kib: u64) -> bool {
+    mib(large_kib) <= mib(small_kib) * 1.10 + 2.0
+}
+
+/// Renders the whole report.
+pub fn render(res: &Results) -> String {
+    let mut o = String::new();
+    let w = &mut o;
+    let _ = writeln!(w, "# reel benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `scripts/bench.sh{}` (the `reel-bench` program, services/bench) on {}, **{} mode**, {} timed run(s) per contender; the whole benchmark took {:.0} s. Do not edit by hand: rerun the script.\n",
+        if res.mode == "quick" { " --quick" } else { "" },
+        res.started,
+        res.mode,
+        res.runs,
+        res.total_seconds
+    );
+
+    // Targets.
+    let _ = writeln!(w, "## Targets (issue 7)\n");
+    let _ = writeln!(w, "| target | figure | result |");
+    let _ = writeln!(w, "| --- | --- | --- |");
+    for (path, label) in [(&res.copy, "copy path ≤ 1.25 × bare ffmpeg"), (&res.reencode, "re-encode path ≤ 1.05 × bare ffmpeg")] {
+        match path {
+            Some(Ok(r)) => match path_ratio(r, 1) {
+                Some((ratio, c, b)) => {
+                    let ok = ratio <= r.target_ratio;
+                    let by = if ok { String::new() } else { format!(" by {:.2}× ({:+.2} s)", ratio - r.target_ratio, c.median - b.median * r.target_ratio) };
+                    let _ = writeln!(w, "| {label} | {ratio:.2}× ({} vs {}, medians) | {}{by} |", secs(c.median), secs(b.median), met(ok));
+                }
+                None => {
+                    let _ = writeln!(w, "| {label} | no data | — |");
+                }
+            },
+            Some(Err(e)) => {
+                let _ = writeln!(w, "| {label} | failed: {} | — |", one_line(e));
+            }
+            None => {
+                let _ = writeln!(w, "| {label} | skipped | — |");
+            }
+        }
+    }
+    let copies = copy_profiles(res);
+    let reel_peaks: Vec<(f64, u64)> = res
+        .profiles
+        .iter()
+        .filter_map(|p| p.as_ref().ok())
+        .filter_map(|p| p.reel_hwm_kib.map(|k| (p.clip_mb, k.max(p.reel_hwm_timed_kib.unwrap_or(0)))))
+        .collect();
+    if reel_peaks.is_empty() {
+        let _ = writeln!(w, "| each stage's peak RSS ≤ {STAGE_RSS_MIB} MiB (embedded: one reel process runs all five) | not measured | — |");
+    } else {
+        let worst = reel_peaks.iter().map(|x| x.1).max().unwrap_or(0);
+        let figs: Vec<String> = res
+            .profiles
+            .iter()
+            .filter_map(|p| p.as_ref().ok())
+            .filter_map(|p| p.reel_hwm_kib.map(|k| format!("{:.1} MiB ({}, {:.1} MB clips)", mib(k.max(p.reel_hwm_timed_kib.unwrap_or(0))), p.label, p.clip_mb)))
+            .collect();
+        let _ = writeln!(
+            w,
+            "| each stage's peak RSS ≤ {STAGE_RSS_MIB} MiB (embedded: one reel process runs all five stages) | {} | {} |",
+            figs.join("; "),
+            met(mib(worst) <= STAGE_RSS_MIB)
+        );
+    }
+    if let [large, small, ..] = copies.as_slice() {
+        if let (Some(l), Some(s)) = (large.reel_hwm_kib, small.reel_hwm_kib) {
+            let _ = writeln!(
+                w,
+                "| … and flat with clip size (large within 10 % + 2 MiB of small) | {:.1} MiB at {:.1} MB clips vs {:.1} MiB at {:.1} MB clips ({:+.1} MiB) | {} |",
+                mib(l),
+                large.clip_mb,
+                mib(s),
+                small.clip_mb,
+                mib(l) - mib(s),
+                met(flat(l, s))
+            );
+        }
+    }
+    match hop_summary(res, 0) {
+        Some((p50, p95, _, _)) => {
+            let _ = writeln!(
+                w,
+                "| per-hop p50 ≤ {EMBEDDED_HOP_P50_MS} ms, embedded bus | p50 {} / p95 {} (in-memory topic); persisted: {} | {} |",
+                ms(p50),
+                ms(p95),
+                hop_summary(res, 1).map(|h| format!("p50 {} / p95 {}", ms(h.0), ms(h.1))).unwrap_or_else(|| "—".into()),
+                met(p50 / 1000.0 <= EMBEDDED_HOP_P50_MS && hop_summary(res, 1).is_none_or(|h| h.0 / 1000.0 <= EMBEDDED_HOP_P50_MS))
+            );
+        }
+        None => {
+            let _ = writeln!(w, "| per-hop p50 ≤ {EMBEDDED_HOP_P50_MS} ms, embedded bus | not measured | — |");
+        }
+    }
+    for row in &res.cluster {
+        if row.target != "—" {
+            let (fig, result) = cluster_cells(row);
+            let _ = writeln!(w, "| {} — {} | {fig} | {result} |", row.what, row.target);
+        }
+    }
+    let _ = writeln!(w);
+
+    // Machine.
+    let _ = writeln!(w, "## Machine\n");
+    let _ = writeln!(w, "| | |\n| --- | --- |");
+    for (k, v) in &res.machine {
+        let _ = writeln!(w, "| {k} | {v} |");
+    }
+    let _ = writeln!(w);
+
+    // Workloads.
+    let _ = writeln!(w, "## Workloads\n");
+    let _ = writeln!(w, "Generated with ffmpeg (`testsrc2` + temporal `noise`, libx264 ultrafast at a fixed bitrate, AAC), cached under `target/bench-corpus/`.\n");
+    let _ = writeln!(w, "| corpus | clips | this run |\n| --- | --- | --- |");
+    for (name, desc, generated, secs_) in &res.corpora {
+        let how = if *generated { format!("generated in {secs_:.0} s") } else { "reused from the cache".into() };
+        let _ = writeln!(w, "| `{name}` | {desc} | {how} |");
+    }
+    let _ = writeln!(w);
+
+    // Paths.
+    for path in [&res.copy, &res.reencode].into_iter().flatten() {
+        match path {
+            Ok(r) => render_path(w, r, res),
+            Err(e) => {
+                let _ = writeln!(w, "## A timed path failed\n\n```\n{e}\n```\n");
+            }
+        }
+    }
+
+    // RSS.
+    render_rss(w, res);
+
+    // Bus.
+    let _ = writeln!(w, "## Embedded bus: per-hop latency\n");
+    match &res.bus {
+        Some(Ok(hops)) => {
+            let _ = writeln!(
+                w,
+                "`reel_runtime::embedded::EmbeddedBus`, one topic and one subscription, ~1 KB messages with CloudEvent attributes; latency = `publish` called → the subscriber's `receive(sub, 1, …)` returned (where the worker starts the handler); {} messages per experiment after 50 warm-up messages (burst: none). Measured in-process on a multi-threaded tokio runtime, as reel runs.\n",
+                res.messages
+            );
+            let _ = writeln!(w, "| experiment | messages | p50 | p95 | p99 | max | throughput |\n| --- | --- | --- | --- | --- | --- | --- |");
+            for h in hops {
+                let l = &h.latencies_us;
+                let p = |q| stats::percentile(l, q).map(ms).unwrap_or_else(|| "—".into());
+                let max = l.iter().copied().fold(0.0, f64::max);
+                let tp = h.throughput_per_s.map(|t| format!("{t:.0} msg/s")).unwrap_or_else(|| "—".into());
+                let _ = writeln!(w, "| {} | {} | {} | {} | {} | {} | {tp} |", h.label, l.len(), p(50.0), p(95.0), p(99.0), ms(max));
+            }
+            let _ = writeln!(w);
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(w, "failed: {e}\n");
+        }
+        None => {
+            let _ = writeln!(w, "skipped\n");
+        }
+    }
+
+    // Cluster.
+    let _ = writeln!(w, "## On the emulators / local cluster\n");
+    let _ = writeln!(w, "| measurement | target | figure | result |\n| --- | --- | --- | --- |");
+    for row in &res.cluster {
+        let (fig, result) = cluster_cells(row);
+        let _ = writeln!(w, "| {} | {} | {fig} | {result} |", row.what, row.target);
+    }
+    let _ = writeln!(
+        w,
+        "\nThese need the stage programs running on the Pub/Sub emulator and fake-gcs-server (the local cluster), which is built separately. `services/bench/src/cluster.rs` is where they plug in; the report already has their rows and targets.\n"
+    );
+
+    // Profiles.
+    render_profiles(w, res);
+
+    // Findings.
+    let findings = findings(res);
+    if !findings.is_empty() {
+        let _ = writeln!(w, "## Findings\n");
+        for f in findings {
+            let _ = writeln!(w, "- {f}");
+        }
+        let _ = writeln!(w);
+    }
+
+    // Method.
+    let _ = writeln!(w, "## Method\n");
+    for line in [
+        "Timed runs alternate the contenders (bare, reel, bare, reel, …); the copy path has one untimed warm-up of each first. Every clip is read once before a path starts, so all contenders see a warm page cache. Medians are reported with min–max and the spread (max − min) / median.",
+        "Wall time is spawn → reap (`wait4`) of the contender's process (for the per-clip bare re-encode: first spawn → last reap of the sequence).",
+        "Every reel run gets a fresh, empty `REEL_HOME` under `target/bench-run/` (same filesystem as the clips, so reel's hard links work) and an environment without `REEL_*`, cloud or emulator variables; outputs are deleted before each run, outside the timing.",
+        "Peak RSS: bare ffmpeg's from `wait4`'s `ru_maxrss`. reel's own from `/proc/PID/status` `VmHWM`, polled every 10 ms while it runs (`ru_maxrss` of reel would include its largest child). reel's ffmpeg/ffprobe children were measured in a separate profiled run with `REEL_FFMPEG`/`REEL_FFPROBE` pointing at a wrapper (`reel-bench __wrap`) that `wait4`s the real tool and logs its arguments, times and `ru_maxrss`. The wrapper adds ~1–2 ms per child (counted as reel's own time in the profile), so profiled runs are never used for the timed medians.",
+        "The profile's phases come from the publish times of the job's events in `REEL_HOME/events.jsonl`; child processes are assigned to the phase in which they started.",
+        "The re-encode contender's per-clip commands are rebuilt from reel's recipe (`reel_media::EncodeTarget`, docs/MEDIA.md) and compared argument by argument with the commands reel ran in the profiled run.",
+    ] {
+        let _ = writeln!(w, "- {line}");
+    }
+    o
+}
+
+fn cluster_cells(row: &ClusterRow) -> (String, String) {
+    match &row.status {
+        Status::NotRun(why) => ("—".into(), why.clone()),
+        Status::Measured { figure, met: m } => (figure.clone(), m.map(|b| met(b).to_string()).unwrap_or_else(|| "—".into())),
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+fn render_path(w: &mut String, r: &PathResult, res: &Results) {
+    let _ = writeln!(w, "## {} (wall time)\n", capitalize(&r.title));
+    let _ = writeln!(w, "Workload: {}.\n", r.workload);
+    let _ = writeln!(w, "| contender | median | min – max | spread | ratio to bare ffmpeg | peak RSS (`wait4`) |\n| --- | --- | --- | --- | --- | --- |");
+    let base = r.contenders.first().and_then(|c| c.summary());
+    for (i, c) in r.contenders.iter().enumerate() {
+        let Some(s) = c.summary() else { continue };
+        let ratio = base.and_then(|b| stats::ratio(s.median, b.median)).map(|x| format!("{x:.2}×")).unwrap_or_default();
+        let ratio = if i == 1 { format!("**{ratio}** (target ≤ {:.2}×)", r.target_ratio) } else { ratio };
+        let rss = c.runs.iter().map(|m| m.tree_maxrss_kib).max();
+        let rss = if i == 1 {
+            let own = c.runs.iter().filter_map(|m| m.own_hwm_kib).max();
+            format!("{} (reel alone: {})", mib_s(rss), mib_s(own))
+        } else {
+            mib_s(rss)
+        };
+        let _ = writeln!(w, "| {} | {} | {} – {} | {:.0} % | {ratio} | {rss} |", c.name, secs(s.median), secs(s.min), secs(s.max), s.relative_spread() * 100.0);
+    }
+    let _ = writeln!(w);
+    let _ = writeln!(w, "Runs (s, in order):\n");
+    for c in &r.contenders {
+        let list: Vec<String> = c.walls().iter().map(|x| format!("{x:.2}")).collect();
+        let _ = writeln!(w, "- {}: {}", c.name, list.join(", "));
+    }
+    let _ = writeln!(w);
+    for n in &r.notes {
+        let _ = writeln!(w, "{n}\n");
+    }
+    if r.title == "re-encode path" {
+        match &res.command_check {
+            Some(Ok(n)) => {
+                let _ = writeln!(w, "Same commands: the bench's {n} per-clip commands are identical to the ones reel ran (captured through `REEL_FFMPEG`), from `-filter_complex` to the output: same graph, same x264/AAC settings.\n");
+            }
+            Some(Err(e)) => {
+                let _ = writeln!(w, "**Command check failed**: {e}. The bare contender may not do the same work as reel.\n");
+            }
+            None => {}
+        }
+    }
+    let _ = writeln!(w, "<details><summary>Commands</summary>\n");
+    for c in &r.contenders {
+        let _ = writeln!(w, "- {}: `{}`", c.name, c.command.replace('`', "'"));
+    }
+    let _ = writeln!(w, "\n</details>\n");
+}
+
+fn capitalize(s: &str) -> String {
+    let mut c = s.chars();
+    c.next().map(|f| f.to_uppercase().collect::<String>() + c.as_str()).unwrap_or_default()
+}
+
+fn render_rss(w: &mut String, res: &Results) {
+    let profiles: Vec<&Profile> = res.profiles.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let _ = writeln!(w, "## Peak RSS\n");
+    if profiles.is_empty() {
+        let _ = writeln!(w, "not measured\n");
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "In embedded mode (`reel stitch`) all five stages run as tasks in one reel process, so \"each stage's peak\" is bounded by that process's peak. ffmpeg and ffprobe are separate processes started by the stages.\n"
+    );
+    let _ = writeln!(w, "| workload | mean clip | reel process (all stages), profiled run | reel process, timed runs (median) | largest ffmpeg child | largest ffprobe child | bare ffmpeg |\n| --- | --- | --- | --- | --- | --- | --- |");
+    for p in &profiles {
+        let _ = writeln!(
+            w,
+            "| {} ({} clips) | {:.1} MB | {} | {} | {} | {} | {} |",
+            p.label,
+            p.workload.split(" × ").next().unwrap_or("?"),
+            p.clip_mb,
+            mib_s(p.reel_hwm_kib),
+            mib_s(p.reel_hwm_timed_kib),
+            mib_s(max_rss_of(p, "ffmpeg")),
+            mib_s(max_rss_of(p, "ffprobe")),
+            mib_s(p.bare_maxrss_kib)
+        );
+    }
+    let _ = writeln!(w);
+    for res_err in res.profiles.iter().filter_map(|p| p.as_ref().err()) {
+        let _ = writeln!(w, "A profiled run failed: {}\n", one_line(res_err));
+    }
+}
+
+fn render_profiles(w: &mut String, res: &Results) {
+    let profiles: Vec<&Profile> = res.profiles.iter().filter_map(|p| p.as_ref().ok()).collect();
+    if profiles.is_empty() {
+        return;
+    }
+    let _ = writeln!(w, "## Where reel's time goes (profiled runs)\n");
+    for p in profiles {
+        let _ = writeln!(
+            w,
+            "### {}, {:.1} MB clips: {} wall in the profiled run (stitch mode: {})\n",
+            p.label,
+            p.clip_mb,
+            secs(p.wall_s),
+            p.mode.as_deref().unwrap_or("?")
+        );
+        let _ = writeln!(w, "| phase | wall | child processes (runs, time) | reel's own time |\n| --- | --- | --- | --- |");
+        for (name, wall, kinds, _child, own) in breakdown(p) {
+            let k: Vec<String> = kinds.iter().map(|(k, n, s)| format!("{k}: {n} × = {}", secs(*s))).collect();
+            let _ = writeln!(w, "| {name} | {} | {} | {} |", secs(wall), if k.is_empty() { "—".into() } else { k.join("; ") }, secs(own));
+        }
+        let _ = writeln!(w);
+        let _ = writeln!(w, "| child process | runs | total | mean | largest peak RSS |\n| --- | --- | --- | --- | --- |");
+        for (k, n, total, mean_ms, rss) in by_kind(p) {
+            let _ = writeln!(w, "| {k} | {n} | {} | {mean_ms:.0} ms | {:.1} MiB |", secs(total), mib(rss));
+        }
+        let _ = writeln!(w);
+    }
+}
+
+/// Findings with numbers: why a target is missed, from the profiles.
+pub fn findings(res: &Results) -> Vec<String> {
+    let mut out = Vec::new();
+    let profiles: Vec<&Profile> = res.profiles.iter().filter_map(|p| p.as_ref().ok()).collect();
+    let explain = |out: &mut Vec<String>, r: &PathResult, p: &Profile| {
+        let Some((ratio, c, b)) = path_ratio(r, 1) else { return };
+        let extra = c.median - b.median;
+        let mut parts = Vec::new();
+        let kinds = by_kind(p);
+        let sum_kind = |pred: &dyn Fn(&str) -> bool| -> (usize, f64) {
+            kinds.iter().filter(|k| pred(k.0)).fold((0, 0.0), |(n, s), k| (n + k.1, s + k.2))
+        };
+        let (np, tp) = sum_kind(&|k| k.starts_with("ffprobe"));
+        if np > 0 {
+            parts.push(format!("{np} ffprobe runs, one after another, took {} ({:.0} ms each on average)", secs(tp), tp / np as f64 * 1000.0));
+        }
+        let rows = breakdown(p);
+        let own_total: f64 = rows.iter().map(|r| r.4).sum();
+        let mut own_sorted: Vec<&PhaseRow> = rows.iter().collect();
+        own_sorted.sort_by(|a, b| b.4.total_cmp(&a.4));
+        let top: Vec<String> = own_sorted.iter().take(3).filter(|r| r.4 >= 0.005).map(|r| format!("{} {}", r.0, secs(r.4))).collect();
+        parts.push(format!("reel's own work outside any child process took {} (largest: {})", secs(own_total), top.join(", ")));
+        let verdict = if ratio <= r.target_ratio { "meets" } else { "misses" };
+        out.push(format!(
+            "{}: reel {verdict} the target at {ratio:.2}× ({} vs {}, {:+.2} s). In the profiled run ({} wall): {}.",
+            capitalize(&r.title),
+            secs(c.median),
+            secs(b.median),
+            extra,
+            secs(p.wall_s),
+            parts.join("; ")
+        ));
+    };
+    if let Some(Ok(r)) = &res.copy {
+        if let Some(p) = profiles.iter().find(|p| p.label == "copy path") {
+            explain(&mut out, r, p);
+        }
+    }
+    if let Some(Ok(r)) = &res.reencode {
+        if let Some(p) = profiles.iter().find(|p| p.label == "re-encode path") {
+            explain(&mut out, r, p);
+            if let Some((fr, fc, _)) = path_ratio(r, 2) {
+                out.push(format!(
+                    "Re-encode reference: one ffmpeg with a filter_complex concat took {} ({fr:.2}× the per-clip bare run): one encoder for the whole reel instead of one per clip.",
+                    secs(fc.median)
+                ));
+            }
+        }
+    }
+    if let Some(p) = profiles.iter().find(|p| p.label == "copy path") {
+        if let Some(t) = p.tools.iter().find(|t| kind(t) == "ffmpeg: concat -c copy") {
+            if let Some(Ok(r)) = &res.copy {
+                if let Some(b) = r.contenders.first().and_then(|c| c.summary()) {
+                    out.push(format!(
+                        "The join itself is not where the time goes: reel's concat ffmpeg ran {} in the profiled run, bare ffmpeg's whole run {} (median).",
+                        secs(t.wall_ns as f64 / 1e9),
+                        secs(b.median)
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A few lines for the terminal.
+pub fn summary_lines(res: &Results) -> String {
+    let mut s = String::new();
+    for (path, name) in [(&res.copy, "copy"), (&res.reencode, "re-encode")] {
+        if let Some(Ok(r)) = path {
+            if let Some((ratio, c, b)) = path_ratio(r, 1) {
+                let _ = writeln!(s, "{name}: reel {} vs bare {} = {ratio:.2}× (target ≤ {:.2}×: {})", secs(c.median), secs(b.median), r.target_ratio, met(ratio <= r.target_ratio));
+            }
+        }
+    }
+    for p in res.profiles.iter().filter_map(|p| p.as_ref().ok()) {
+        let _ = writeln!(s, "RSS {} @ {:.1} MB clips: reel {} ffmpeg {} ffprobe {}", p.label, p.clip_mb, mib_s(p.reel_hwm_kib), mib_s(max_rss_of(p, "ffmpeg")), mib_s(max_rss_of(p, "ffprobe")));
+    }
+    if let Some((p50, p95, _, _)) = hop_summary(res, 0) {
+        let _ = writeln!(s, "embedded hop: p50 {} p95 {}", ms(p50), ms(p95));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn union_of_intervals() {
+        assert_eq!(union_within(&[], 0, 10), 0);
+        assert_eq!(union_within(&[(1, 3), (2, 5), (7, 8)], 0, 10), 5);
+        assert_eq!(union_within(&[(1, 30)], 5, 10), 5);
+    }
+
+    #[test]
+    fn flatness() {
+        assert!(flat(20 * 1024, 19 * 1024));
+        assert!(!flat(40 * 1024, 20 * 1024));
+    }
+}
