@@ -22,7 +22,7 @@ resource "google_pubsub_subscription" "sub" {
 
   retry_policy {
     minimum_backoff = local.min_backoff
-    maximum_backoff = local.max_backoff
+    maximum_backoff = each.value.consumer == "operators" ? local.dead_letter_queue_max_backoff : local.max_backoff
   }
 
   # Never delete a subscription for inactivity (the default is 31 days): a quiet

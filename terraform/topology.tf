@@ -13,11 +13,14 @@ locals {
 
   # PUBSUB_MAX_DELIVERY_ATTEMPTS: Pub/Sub's own dead-lettering, the net for crashes and
   # poison messages. A stage gives up earlier, after MAX_RETRY_ATTEMPTS.
-  max_delivery_attempts  = 10
-  min_backoff            = "1s"
-  max_backoff            = "60s"
-  subscription_retention = "604800s"  # 7 days
-  event_log_retention    = "2678400s" # 31 days: the event log is the job state
+  max_delivery_attempts = 10
+  min_backoff           = "1s"
+  max_backoff           = "60s"
+  # Operators peek at dead letters (pull, then release) again and again: a flat 1 s
+  # redelivery delay brings a peeked dead letter back at once.
+  dead_letter_queue_max_backoff = "1s"
+  subscription_retention        = "604800s"  # 7 days
+  event_log_retention           = "2678400s" # 31 days: the event log is the job state
 
   # kind: input (published by clients), log (the event log), work (stage to stage),
   # dead-letter (a stage's dead letters).

@@ -233,6 +233,8 @@ pub struct Profile {
     pub workload: String,
     /// Mean clip size, MB.
     pub clip_mb: f64,
+    /// Number of clips.
+    pub clips: usize,
     /// reel's wall time in this (wrapped) run, seconds.
     pub wall_s: f64,
     /// reel's own peak RSS (VmHWM), KiB.
@@ -272,6 +274,9 @@ pub struct Results {
     pub started: String,
     pub total_seconds: f64,
     pub command_check: Option<Result<usize, String>>,
+    /// `ffprobe -version` / `ffmpeg -version`: what one spawn costs with nothing to do
+    /// (tool, wall summary, peak RSS KiB).
+    pub spawn_floor: Vec<(String, stats::Summary, u64)>,
 }
 
 fn main() {
@@ -369,15 +374,36 @@ fn run(args: Args) -> Result<()> {
     if !skip("reencode") {
         eprintln!("re-encode path: {}", mixed.describe());
         let r = reencode_path(&env, &mixed, plan.runs, &rt);
+        let (bare_rss, reel_hwm) = match &r {
+            Ok(p) => (
+                p.contenders[0].runs.iter().map(|m| m.tree_maxrss_kib).max(),
+                stats::median(&p.contenders[1].runs.iter().filter_map(|m| m.own_hwm_kib.map(|k| k as f64)).collect::<Vec<_>>()).map(|k| k as u64),
+            ),
+            Err(_) => (None, None),
+        };
         results.reencode = Some(r.map_err(|e| format!("{e:#}")));
         if !skip("rss") {
             eprintln!("profile + RSS (wrapped): re-encode");
             let extra = ["--compression", "optimized", "--orientation", "portrait"];
-            let r = profile(&env, &mixed, &extra, "re-encode path");
+            let r = profile(&env, &mixed, &extra, "re-encode path").map(|mut p| {
+                p.bare_maxrss_kib = bare_rss;
+                p.reel_hwm_timed_kib = reel_hwm;
+                p
+            });
             if let Ok(p) = &r {
                 results.command_check = Some(check_commands(&env, &mixed, p, &rt));
             }
             results.profiles.push(r.map_err(|e| format!("{e:#}")));
+        }
+    }
+
+    // What one ffmpeg/ffprobe process costs before it does anything.
+    if !skip("rss") {
+        for tool in [&env.ffprobe, &env.ffmpeg] {
+            match spawn_floor(&env, tool, plan.runs.max(5)) {
+                Ok(x) => results.spawn_floor.push(x),
+                Err(e) => eprintln!("spawn floor of {}: {e:#}", tool.display()),
+            }
         }
     }
 
@@ -424,23 +450,21 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
     // One warm-up each (not counted), then alternate.
     for round in 0..=runs {
         remove(&bare_out);
-        let m = proc::run(&mut env.ffmpeg_cmd(&bare_args), false, &log)?;
-        if round > 0 {
-            bare.runs.push(m);
-        }
+        let b = proc::run(&mut env.ffmpeg_cmd(&bare_args), false, &log)?;
         remove(&reel_out);
         let home = env.fresh_dir("home")?;
-        let m = proc::run(&mut env.reel_cmd(&home, &corpus.clips, &reel_out, &[], None), true, &log)?;
+        let r = proc::run(&mut env.reel_cmd(&home, &corpus.clips, &reel_out, &[], None), true, &log)?;
         remove(&home);
-        if round > 0 {
-            reel.runs.push(m);
-        }
         eprintln!(
             "  round {round}{}: bare {:.2} s, reel {:.2} s",
-            if round == 0 { " (warm-up)" } else { "" },
-            bare.runs.last().map(|m| m.wall.as_secs_f64()).unwrap_or(f64::NAN),
-            reel.runs.last().map(|m| m.wall.as_secs_f64()).unwrap_or(f64::NAN)
+            if round == 0 { " (warm-up, not counted)" } else { "" },
+            b.wall.as_secs_f64(),
+            r.wall.as_secs_f64()
         );
+        if round > 0 {
+            bare.runs.push(b);
+            reel.runs.push(r);
+        }
     }
     let mut notes = Vec::new();
     let (b, r) = rt.block_on(async { (reel_media::probe(&bare_out).await, reel_media::probe(&reel_out).await) });
@@ -462,6 +486,21 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
         target_ratio: 1.25,
         notes,
     })
+}
+
+/// `TOOL -version`, `runs` times: the cost of starting one ffmpeg/ffprobe process.
+fn spawn_floor(env: &Env, tool: &Path, runs: usize) -> Result<(String, stats::Summary, u64)> {
+    let mut walls = Vec::new();
+    let mut rss = 0;
+    for _ in 0..runs {
+        let mut cmd = Command::new(tool);
+        cmd.arg("-version").stdout(Stdio::null());
+        let m = proc::run(&mut cmd, false, &env.log("spawn-floor"))?;
+        walls.push(m.wall.as_secs_f64());
+        rss = rss.max(m.tree_maxrss_kib);
+    }
+    let name = tool.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok((format!("{name} -version"), stats::Summary::of(&walls).context("no runs")?, rss))
 }
 
 fn file_mb(p: &Path) -> f64 {
@@ -598,6 +637,7 @@ fn profile(env: &Env, corpus: &Corpus, extra: &[&str], label: &str) -> Result<Pr
         label: label.into(),
         workload: corpus.describe(),
         clip_mb: corpus.mean_mb(),
+        clips: corpus.clips.len(),
         wall_s: m.wall.as_secs_f64(),
         reel_hwm_kib: m.own_hwm_kib,
         reel_hwm_timed_kib: None,

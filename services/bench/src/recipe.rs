@@ -207,7 +207,7 @@ mod tests {
         let t = EncodeTarget::new(Orientation::Portrait, Compression::Optimized);
         let a = normalize_args(Path::new("/a.mp4"), &info(true), &t, Path::new("/o.mp4"));
         let mut b = a.clone();
-        assert_eq!(compare_with_reel(&[a.clone()], &[b.clone()]), Ok(1));
+        assert_eq!(compare_with_reel(std::slice::from_ref(&a), std::slice::from_ref(&b)), Ok(1));
         let crf = b.iter().position(|x| x == "-crf").unwrap() + 1;
         b[crf] = "18".into();
         assert!(compare_with_reel(&[a], &[b]).unwrap_err().contains("\"18\""));

@@ -40,6 +40,16 @@ pub fn machine(ffmpeg: &Path) -> Vec<(String, String)> {
         .filter(|o| o.status.success())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
+    let libs = std::process::Command::new("ldd")
+        .arg(ffmpeg.with_file_name("ffprobe"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).lines().count());
+    let ffv = match libs {
+        Some(n) => format!("{ffv} (ffprobe links {n} shared libraries)"),
+        None => ffv,
+    };
     vec![
         ("CPU".into(), format!("{cpu}, {nproc} logical CPU(s) (nproc)")),
         ("memory".into(), mem),
@@ -49,9 +59,12 @@ pub fn machine(ffmpeg: &Path) -> Vec<(String, String)> {
     ]
 }
 
+/// (event type, publish time ns) of each event, and the stitch mode.
+pub type Timeline = (Vec<(String, u128)>, Option<String>);
+
 /// The job's events from a `REEL_HOME/events.jsonl`: (short type, publish time ns), and
 /// the stitch mode from `job.stitched`.
-pub fn timeline(log: &Path) -> Result<(Vec<(String, u128)>, Option<String>)> {
+pub fn timeline(log: &Path) -> Result<Timeline> {
     let mut out = Vec::new();
     let mut mode = None;
     for m in reel_runtime::embedded::EventLog::read(log)? {
@@ -110,6 +123,7 @@ pub fn kind(t: &ToolRun) -> &'static str {
         "ffprobe" => "ffprobe: probe",
         "ffmpeg" if has("concat") => "ffmpeg: concat -c copy",
         "ffmpeg" if has("-filter_complex") => "ffmpeg: normalise (re-encode)",
+        "ffmpeg" if has("-version") => "ffmpeg -version (install check)",
         _ => "ffmpeg: other",
     }
 }
@@ -525,7 +539,7 @@ fn render_rss(w: &mut String, res: &Results) {
             w,
             "| {} ({} clips) | {:.1} MB | {} | {} | {} | {} | {} |",
             p.label,
-            p.workload.split(" × ").next().unwrap_or("?"),
+            p.clips,
             p.clip_mb,
             mib_s(p.reel_hwm_kib),
             mib_s(p.reel_hwm_timed_kib),
@@ -546,6 +560,14 @@ fn render_profiles(w: &mut String, res: &Results) {
         return;
     }
     let _ = writeln!(w, "## Where reel's time goes (profiled runs)\n");
+    if !res.spawn_floor.is_empty() {
+        let _ = writeln!(w, "What starting one child process costs before it reads a byte:\n");
+        let _ = writeln!(w, "| command | median wall | min – max | peak RSS |\n| --- | --- | --- | --- |");
+        for (name, s, rss) in &res.spawn_floor {
+            let _ = writeln!(w, "| `{name}` | {:.0} ms | {:.0} – {:.0} ms | {:.1} MiB |", s.median * 1000.0, s.min * 1000.0, s.max * 1000.0, mib(*rss));
+        }
+        let _ = writeln!(w);
+    }
     for p in profiles {
         let _ = writeln!(
             w,
@@ -578,12 +600,23 @@ pub fn findings(res: &Results) -> Vec<String> {
         let extra = c.median - b.median;
         let mut parts = Vec::new();
         let kinds = by_kind(p);
-        let sum_kind = |pred: &dyn Fn(&str) -> bool| -> (usize, f64) {
-            kinds.iter().filter(|k| pred(k.0)).fold((0, 0.0), |(n, s), k| (n + k.1, s + k.2))
-        };
-        let (np, tp) = sum_kind(&|k| k.starts_with("ffprobe"));
-        if np > 0 {
-            parts.push(format!("{np} ffprobe runs, one after another, took {} ({:.0} ms each on average)", secs(tp), tp / np as f64 * 1000.0));
+        let overhead: Vec<&(&'static str, usize, f64, f64, u64)> =
+            kinds.iter().filter(|k| !matches!(k.0, "ffmpeg: concat -c copy" | "ffmpeg: normalise (re-encode)")).collect();
+        let n_over: usize = overhead.iter().map(|k| k.1).sum();
+        let t_over: f64 = overhead.iter().map(|k| k.2).sum();
+        if n_over > 0 {
+            let list: Vec<String> = overhead.iter().map(|k| format!("{} × {} = {}", k.1, k.0, secs(k.2))).collect();
+            let floor = res
+                .spawn_floor
+                .iter()
+                .find(|f| f.0.starts_with("ffprobe"))
+                .map(|f| format!("; starting an ffprobe that does nothing (`ffprobe -version`) already takes {:.0} ms, so {n_over} spawns cost ≥ {} by themselves", f.1.median * 1000.0, secs(f.1.median * n_over as f64)))
+                .unwrap_or_default();
+            parts.push(format!(
+                "{n_over} extra child processes that bare ffmpeg does not need ran one after another for {} ({}){floor}",
+                secs(t_over),
+                list.join(", ")
+            ));
         }
         let rows = breakdown(p);
         let own_total: f64 = rows.iter().map(|r| r.4).sum();

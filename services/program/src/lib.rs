@@ -136,7 +136,23 @@ async fn run(handler: Arc<dyn Handler>, args: Args) -> Result<()> {
     info!(stage = %stage, mode = if listen.is_some() { "push" } else { "pull" }, "starting");
     match listen {
         Some(addr) => push::serve(worker, addr, shutdown, Duration::from_secs(args.grace)).await?,
-        None => worker.run(shutdown).await?,
+        None => {
+            // Pull mode serves /healthz and /metrics only where a port is given (Cloud Run
+            // sets PORT); several local workers would otherwise fight over 8080.
+            if wiring.settings.metrics_enabled && std::env::var_os("PORT").is_some() {
+                let addr = SocketAddr::from(([0, 0, 0, 0], wiring.settings.port));
+                match tokio::net::TcpListener::bind(addr).await {
+                    Ok(listener) => {
+                        let app = push::metrics_router(worker.clone());
+                        tokio::spawn(async move {
+                            let _ = axum::serve(listener, app).await;
+                        });
+                    }
+                    Err(e) => tracing::warn!(%addr, error = %e, "cannot serve /metrics"),
+                }
+            }
+            worker.run(shutdown).await?
+        }
     }
     info!(stage = %stage, "exited cleanly");
     Ok(())

@@ -60,6 +60,7 @@ pub fn router(worker: Arc<Worker>, stop: CancellationToken, subscription: String
     Router::new()
         .route("/", post(receive))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .with_state(AppState { worker, stop, subscription })
 }
 
@@ -82,6 +83,15 @@ pub async fn serve(worker: Arc<Worker>, addr: SocketAddr, shutdown: Cancellation
     axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.cancelled().await }).await?;
     stopper.abort();
     Ok(())
+}
+
+async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
+    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.worker.render_metrics())
+}
+
+/// `/healthz` and `/metrics` alone, for pull mode (served when `PORT` is set, as on Cloud Run).
+pub fn metrics_router(worker: Arc<Worker>) -> Router {
+    router(worker, CancellationToken::new(), String::new()).route("/", post(|| async { StatusCode::METHOD_NOT_ALLOWED }))
 }
 
 async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> StatusCode {

@@ -26,3 +26,4 @@ pub mod local;
 pub mod telemetry;
 pub mod prefix;
 pub mod lock;
+pub mod metrics;

@@ -112,6 +112,8 @@ pub struct Worker {
     options: WorkerOptions,
     /// Counters.
     pub stats: Arc<WorkerStats>,
+    /// Durations and throughput, for `/metrics`.
+    pub metrics: Arc<crate::metrics::StageMetrics>,
 }
 
 impl Worker {
@@ -125,11 +127,16 @@ impl Worker {
         options: WorkerOptions,
     ) -> Worker {
         let topology = settings.topology();
-        Worker { bus, handler, settings, work, resolver, topology, options, stats: Arc::default() }
+        Worker { bus, handler, settings, work, resolver, topology, options, stats: Arc::default(), metrics: Arc::default() }
     }
 
     fn names(&self) -> Names {
         self.topology.names()
+    }
+
+    /// The Prometheus text of this worker's metrics.
+    pub fn render_metrics(&self) -> String {
+        crate::metrics::render(self.handler.stage().as_str(), &self.stats, &self.metrics)
     }
 
     /// Pull and process until `shutdown` fires (then finish or nack in-flight work within
@@ -355,6 +362,7 @@ impl Worker {
         cancel.cancel();
         remove_dir_quietly(&scratch).await;
         let elapsed = started.elapsed();
+        self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
         let stopped = *stop_reason.lock().expect("stop lock");
 
         match (outcome, stopped) {
@@ -367,6 +375,11 @@ impl Worker {
                     }
                 }
                 self.stats.emitted.fetch_add(1, Ordering::Relaxed);
+                let bytes: u64 = events.iter().filter_map(|e| envelope::data_json(e).ok()).map(|d| crate::metrics::video_bytes(&d)).sum();
+                if bytes > 0 {
+                    self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+                    self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+                }
                 info!(elapsed_ms = elapsed.as_millis() as u64, emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(), "stage done");
                 Disposition::Ack
             }
