@@ -277,6 +277,12 @@ pub struct Results {
     /// `ffprobe -version` / `ffmpeg -version`: what one spawn costs with nothing to do
     /// (tool, wall summary, peak RSS KiB).
     pub spawn_floor: Vec<(String, stats::Summary, u64)>,
+    /// `/proc/loadavg` (1, 5, 15 min) at the start and the end.
+    pub load: (String, String),
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
 }
 
 fn main() {
@@ -326,6 +332,7 @@ fn run(args: Args) -> Result<()> {
         messages: args.messages,
         started: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         machine: report::machine(&env.ffmpeg),
+        load: (loadavg(), String::new()),
         ..Default::default()
     };
 
@@ -423,6 +430,7 @@ fn run(args: Args) -> Result<()> {
     }
 
     results.cluster = cluster::run(args.cluster);
+    results.load.1 = loadavg();
     results.total_seconds = started.elapsed().as_secs_f64();
 
     let text = report::render(&results);

@@ -368,6 +368,11 @@ pub fn render(res: &Results) -> String {
     for (k, v) in &res.machine {
         let _ = writeln!(w, "| {k} | {v} |");
     }
+    let _ = writeln!(
+        w,
+        "| load average (1/5/15 min) | {} at the start, {} at the end (anything above ~0 besides the benchmark means other work shared the 2 cores: compare the spreads) |",
+        res.load.0, res.load.1
+    );
     let _ = writeln!(w);
 
     // Workloads.

@@ -50,13 +50,19 @@ enum Command {
         #[arg(long, default_value = "reel-demo")]
         dir: PathBuf,
     },
-    /// A job's state, folded from the local event log.
+    /// A job's state: from reel-api when --api/REEL_API_URL is set, else folded from the local event log.
     Status {
         /// The job id.
         job: String,
         /// Print JSON (the API's JobStatus).
         #[arg(long)]
         json: bool,
+        /// reel-api's base URL (e.g. https://reel-api-xyz.run.app).
+        #[arg(long, env = "REEL_API_URL")]
+        api: Option<String>,
+        /// Bearer token for reel-api.
+        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Create the topics, subscriptions and dead-letter topics (and, on the emulator, the buckets).
     Setup {
@@ -106,6 +112,12 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
+        /// reel-api's base URL.
+        #[arg(long, env = "REEL_API_URL")]
+        api: Option<String>,
+        /// Bearer token for reel-api.
+        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -190,7 +202,29 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
-        Command::Status { job, json } => {
+        Command::Status { job, json, api: Some(api), token } => {
+            let status: reel_events::fold::JobStatus = api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status)?);
+            } else {
+                render::print_status(&status);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Jobs { project, json, api: Some(api), token } => {
+            #[derive(serde::Deserialize)]
+            struct Jobs {
+                jobs: Vec<reel_events::fold::JobStatus>,
+            }
+            let list: Jobs = api_get(&api, token.as_deref(), &format!("/api/projects/{project}/jobs")).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&serde_json::json!({ "jobs": list.jobs }))?);
+            } else {
+                list.jobs.iter().for_each(render::print_status_line);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Status { job, json, .. } => {
             let jobs = local::fold_log(&local::state_dir())?;
             let Some(state) = jobs.get(&job) else {
                 bail!("no job {job:?} on the local event log ({})", local::log_path(&local::state_dir()).display());
@@ -203,7 +237,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { project, json } => {
+        Command::Jobs { project, json, .. } => {
             let jobs = local::fold_log(&local::state_dir())?;
             let statuses: Vec<_> = jobs.values().filter(|j| j.project_id == project).map(|j| j.to_status()).collect();
             if json {
@@ -218,6 +252,22 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// GET a reel-api path and decode its JSON, with errors that name the status.
+async fn api_get<T: serde::de::DeserializeOwned>(base: &str, token: Option<&str>, path: &str) -> Result<T> {
+    let url = format!("{}{path}", base.trim_end_matches('/'));
+    let mut request = reqwest::Client::new().get(&url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request.send().await.with_context(|| format!("calling {url}"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("{url}: HTTP {status}: {}", body.chars().take(300).collect::<String>());
+    }
+    serde_json::from_str(&body).with_context(|| format!("reading the answer of {url}"))
 }
 
 async fn dlq(command: DlqCommand) -> Result<ExitCode> {

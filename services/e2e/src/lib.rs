@@ -22,7 +22,7 @@ pub fn bin_dir() -> &'static Path {
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "--quiet", "--manifest-path"]).arg(&manifest);
-        for p in ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize"] {
+        for p in ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"] {
             cmd.args(["--bin", p]);
         }
         if !cfg!(debug_assertions) {
@@ -145,6 +145,25 @@ impl Cluster {
             .spawn()
             .unwrap_or_else(|e| panic!("start reel-{stage}: {e}"));
         self.programs.push(Program { name: stage.to_string(), child, log });
+        n
+    }
+
+    /// Start `reel-api` on `port` with local tokens (`tok-alice=alice,tok-bob=bob`).
+    pub fn start_api(&mut self, port: u16) -> usize {
+        let n = self.programs.len();
+        let log = self.dir.path().join(format!("api-{n}.log"));
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin_dir().join("reel-api"))
+            .envs(&self.env)
+            .env("PORT", port.to_string())
+            .env("REEL_API_TOKENS", "tok-alice=alice,tok-bob=bob")
+            .env("REEL_API_SNAPSHOT_SECONDS", "2")
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("start reel-api");
+        self.programs.push(Program { name: "api".into(), child, log });
         n
     }
 

@@ -216,15 +216,18 @@ async fn two_workers_of_one_stage_share_the_backlog() {
     for stage in ["validate", "download", "upload", "finalize"] {
         cluster.start_program(stage, &[]);
     }
-    let a = cluster.start_program("stitch", &[]);
-    let b = cluster.start_program("stitch", &[]);
     let clips = with_clips(&cluster, 2, 2.0).await;
     let mut jobs = Vec::new();
     for i in 0..4 {
         let output = format!("gs://{}/reels/shared-{i}.mp4", cluster.bucket);
-        // Different sizes per job would be slower; small preset re-encode keeps each busy a moment.
         jobs.push(submit(&cluster, &format!("proj{i}"), &clips, &output, &["--compression", "small"]));
     }
+    // A backlog first: every job waits for stitch before any stitch worker runs.
+    for job in &jobs {
+        cluster.wait_for(Some(job), types::CLIPS_DOWNLOADED, JOB_TIMEOUT).await;
+    }
+    let a = cluster.start_program("stitch", &[]);
+    let b = cluster.start_program("stitch", &[]);
     for job in &jobs {
         cluster.wait_for(Some(job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     }

@@ -55,7 +55,7 @@
 //! emulator. Real Pub/Sub is not affected.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -269,6 +269,8 @@ struct Pulled {
 /// The streaming pull of one subscription.
 struct SubStream {
     rx: tokio::sync::Mutex<mpsc::UnboundedReceiver<Result<Pulled, BusError>>>,
+    /// Messages received from the stream and not yet handed out by `receive`.
+    buffered: Arc<AtomicUsize>,
     ack_deadline: Duration,
     dead: Arc<AtomicBool>,
     cancel: CancellationToken,
@@ -612,9 +614,16 @@ impl PubSubBus {
         );
         let (tx, rx) = mpsc::unbounded_channel();
         let dead = Arc::new(AtomicBool::new(false));
+        let buffered = Arc::new(AtomicUsize::new(0));
+        // The emulator ignores streaming-pull flow control and pours a whole backlog into
+        // the first open stream, so other workers of the stage would sit idle. There, a
+        // message beyond the flow-control limit is released at once (nack) for another
+        // worker. Real Pub/Sub honours the limit and never sends one.
+        let release_beyond = self.inner.config.emulator_host.as_ref().map(|_| self.inner.config.max_outstanding_messages.max(1) as usize);
         let cancel = self.inner.shutdown.child_token();
         let sub_stream = Arc::new(SubStream {
             rx: tokio::sync::Mutex::new(rx),
+            buffered: buffered.clone(),
             ack_deadline,
             dead: dead.clone(),
             cancel: cancel.clone(),
@@ -628,6 +637,11 @@ impl PubSubBus {
                 };
                 match item {
                     Some(Ok((message, handler))) => {
+                        if release_beyond.is_some_and(|limit| buffered.load(Ordering::Acquire) >= limit) {
+                            handler.nack();
+                            continue;
+                        }
+                        buffered.fetch_add(1, Ordering::AcqRel);
                         if tx.send(Ok(Pulled { message, handler })).is_err() {
                             break;
                         }
@@ -690,7 +704,10 @@ impl PubSubBus {
                     }
                 };
                 match item {
-                    Some(Ok(p)) => pulled.push(p),
+                    Some(Ok(p)) => {
+                        stream.buffered.fetch_sub(1, Ordering::AcqRel);
+                        pulled.push(p)
+                    }
                     Some(Err(e)) => {
                         failure = Some(e);
                         break;

@@ -1,0 +1,107 @@
+//! reel-api in the cluster: a reel requested over HTTP, followed to completion with
+//! `reel status --api`, another user's view, cancel, and a restart with the same state.
+
+use reel_e2e::{make_clip, Cluster};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// (status, body) of one HTTP/1.1 request.
+fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).unwrap();
+    let mut response = String::new();
+    let _ = stream.read_to_string(&mut response);
+    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    // Chunked bodies: keep the JSON part.
+    let body = match (body.find('{'), body.rfind('}')) {
+        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
+        _ => body,
+    };
+    (status, body)
+}
+
+fn wait_healthy(port: u16) {
+    let start = Instant::now();
+    loop {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() && http(port, "GET", "/healthz", None, "").0 == 200 {
+            return;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "reel-api never became healthy");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reel_requested_over_http_is_followed_to_the_end() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let port = free_port();
+    let api = cluster.start_api(port);
+    wait_healthy(port);
+    let mut clips = Vec::new();
+    for i in 0..2 {
+        let local = cluster.dir.path().join(format!("a{i}.mp4"));
+        make_clip(&local, 320, 240, 1.0);
+        cluster.upload(&local, &format!("clips/a{i}.mp4")).await;
+        clips.push(format!("gs://{}/clips/a{i}.mp4", cluster.bucket));
+    }
+    let body = serde_json::json!({
+        "clipPaths": clips, "outputPath": format!("gs://{}/reels/api.mp4", cluster.bucket),
+        "orientation": "landscape", "compression": "optimized"
+    })
+    .to_string();
+    assert_eq!(http(port, "POST", "/api/projects/pa/stitch", None, &body).0, 401);
+    let (status, reply) = http(port, "POST", "/api/projects/pa/stitch", Some("tok-alice"), &body);
+    assert_eq!(status, 202, "{reply}");
+    let job = serde_json::from_str::<serde_json::Value>(&reply).unwrap()["jobId"].as_str().unwrap().to_string();
+
+    // Followed with the CLI against the API until it completes.
+    let base = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    let last = loop {
+        let out = cluster.reel(&["status", &job, "--json", "--api", &base, "--token", "tok-alice"]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if s["status"] == "completed" {
+            break s;
+        }
+        assert!(start.elapsed() < Duration::from_secs(120), "not completed: {s}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(last["progress"], 100.0);
+    assert_eq!(last["outputPath"], format!("gs://{}/reels/api.mp4", cluster.bucket));
+    assert!(last["startedAt"].is_string() && last["completedAt"].is_string());
+
+    // Another user sees nothing; cancelling a finished job says so.
+    assert_eq!(http(port, "GET", &format!("/api/jobs/{job}/status"), Some("tok-bob"), "").0, 404);
+    let (status, reply) = http(port, "POST", &format!("/api/jobs/{job}/cancel"), Some("tok-alice"), "");
+    assert_eq!(status, 200);
+    assert_eq!(serde_json::from_str::<serde_json::Value>(&reply).unwrap()["success"], false);
+    let out = cluster.reel(&["jobs", "pa", "--json", "--api", &base, "--token", "tok-alice"]);
+    let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);
+
+    // A restart (SIGTERM, snapshot) gives the same state.
+    let before = http(port, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
+    cluster.signal(api, libc::SIGTERM);
+    let status = cluster.programs[api].child.wait().unwrap();
+    assert!(status.success());
+    let port2 = free_port();
+    cluster.start_api(port2);
+    wait_healthy(port2);
+    let after = http(port2, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
+    let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
+    assert_eq!(a, b);
+}
