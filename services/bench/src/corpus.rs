@@ -2,7 +2,7 @@
 //!
 //! `testsrc2` compresses far too well to reach phone-like sizes, so every clip gets
 //! temporal noise (`noise=allf=t`, a different seed per clip) and a constant-ish
-//! bitrate (`-b:v/-maxrate/-bufsize`): 12 Mbit/s at 1080×1920 gives ~50 MB per 30 s.
+//! bitrate (`-b:v/-maxrate/-bufsize`): 13 Mbit/s at 1080×1920 gives ~50 MB per 30 s.
 //! A corpus is reused when its `recipe.txt` (every generating command) is unchanged.
 
 use anyhow::{bail, Context as _, Result};
@@ -34,10 +34,10 @@ pub struct ClipSpec {
 }
 
 impl ClipSpec {
-    /// A 1080×1920 30 fps clip at 12 Mbit/s with strong noise and 48 kHz stereo
-    /// audio: the seed workload's format (~1.66 MB per second).
+    /// A 1080×1920 30 fps clip at 13 Mbit/s with strong noise and 48 kHz stereo
+    /// audio: the seed workload's format (~1.68 MB per second: ~50 MB per 30 s).
     pub fn portrait(seconds: u32, seed: u32) -> ClipSpec {
-        ClipSpec { width: 1080, height: 1920, fps: 30, seconds, video_kbps: 12_000, noise: 20, sample_rate: 48_000, channels: 2, seed }
+        ClipSpec { width: 1080, height: 1920, fps: 30, seconds, video_kbps: 13_000, noise: 20, sample_rate: 48_000, channels: 2, seed }
     }
 
     /// One-line description, e.g. `1080x1920 30fps 30s h264 12000k / aac 48000Hz 2ch`.

@@ -22,6 +22,7 @@ mod proc;
 mod recipe;
 mod report;
 mod stats;
+mod whatif;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -277,6 +278,8 @@ pub struct Results {
     /// `ffprobe -version` / `ffmpeg -version`: what one spawn costs with nothing to do
     /// (tool, wall summary, peak RSS KiB).
     pub spawn_floor: Vec<(String, stats::Summary, u64)>,
+    /// The copy path's overheads in isolation.
+    pub whatif: Option<Result<whatif::WhatIf, String>>,
     /// `/proc/loadavg` (1, 5, 15 min) at the start and the end.
     pub load: (String, String),
 }
@@ -374,6 +377,15 @@ fn run(args: Args) -> Result<()> {
                 Ok(p)
             });
             results.profiles.push(r.map_err(|e| format!("{e:#}")));
+        }
+    }
+
+    // The copy path's overheads in isolation, with reel's own ffprobe commands.
+    if !skip("rss") {
+        let tools = results.profiles.first().and_then(|p| p.as_ref().ok()).map(|p| p.tools.clone());
+        if let Some(tools) = tools {
+            eprintln!("what-if: reel's ffprobe passes and a CRC32C pass over {} clips", large.clips.len());
+            results.whatif = Some(whatif::run(&env, &large.clips, large.total_bytes(), &tools, plan.runs).map_err(|e| format!("{e:#}")));
         }
     }
 

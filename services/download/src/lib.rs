@@ -84,6 +84,7 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
 
     // Resume: a clip fetched and probed by an earlier delivery is reused.
     if let (Ok(Some(meta)), Some(info)) = (ctx.work.head(&work_key).await, read_probe(ctx.work.as_ref(), &probe_key).await) {
+        info!(clip = index, work_key = %work_key, "clip already in the workspace; reusing it");
         return Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info });
     }
 
@@ -148,6 +149,7 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     if let Err(e) = ctx.work.put(&probe_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
         return Err(ClipError::Stop(store_failure("saving probe result", &e)));
     }
+    info!(clip = index, work_key = %work_key, bytes = meta.size, "clip fetched");
     Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info })
 }
 

@@ -4,7 +4,7 @@
 use base64::Engine;
 use reel_e2e::{make_clip, Cluster};
 use reel_events::payload::StitchRequested;
-use reel_events::{binding, envelope, types, Compression, Orientation};
+use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation};
 use reel_runtime::bus::Bus;
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -218,4 +218,109 @@ async fn dead_letters_are_listed_replayed_and_purged_without_loss() {
     cluster.bus().publish(&dlq, binding::encode_binary(&event)).await.unwrap();
     let out = cluster.reel(&["dlq", "replay", "validate", "--job", "job_dl1"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("skipped job_dl1"), "{}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_killed_half_way_loses_nothing_and_duplicates_nothing() {
+    let mut cluster = Cluster::start().await;
+    let clips = clips(&cluster, 2).await;
+    let names = reel_runtime::topology::Names::new(&cluster.prefix);
+    let dlq = names.dead_letter_topic(reel_events::Stage::Validate);
+    let jobs: Vec<String> = (0..8).map(|i| format!("job_half{i}")).collect();
+    for job in &jobs {
+        let event = envelope::build(types::STITCH_REQUESTED, "//test", format!("h-{job}"), job, chrono::Utc::now(), &request(&cluster, job, &clips)).unwrap();
+        cluster.bus().publish(&dlq, binding::encode_binary(&event)).await.unwrap();
+    }
+    cluster.start_all();
+    // Kill the replay as soon as it has republished something.
+    let mut child = std::process::Command::new(reel_e2e::bin_dir().join("reel"))
+        .args(["dlq", "replay", "validate"])
+        .envs(&cluster.env)
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut seen = String::new();
+    let mut buf = [0u8; 256];
+    while !seen.contains("replayed job_half") {
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "the replay ended before replaying anything: {seen}");
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // What it leased comes back (ack deadline), so a second replay finishes the work.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let out = cluster.reel(&["dlq", "replay", "validate"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for job in &jobs {
+        cluster.wait_for(Some(job), types::JOB_COMPLETED, Duration::from_secs(150)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for job in &jobs {
+        let completed: std::collections::BTreeSet<String> = cluster
+            .events_of(job)
+            .await
+            .iter()
+            .filter(|e| e.ty() == types::JOB_COMPLETED)
+            .map(|e| e.id().to_string())
+            .collect();
+        assert_eq!(completed.len(), 1, "{job} completed {} times", completed.len());
+    }
+    let out = cluster.reel(&["dlq", "list", "validate", "--json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(listed.is_empty(), "left in the queue: {listed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_killed_mid_job_resumes_without_fetching_clips_again() {
+    let mut cluster = Cluster::start().await;
+    // Clips large enough that fetching them takes a moment each.
+    let mut paths = Vec::new();
+    for i in 0..6 {
+        let local = cluster.dir.path().join(format!("big{i}.mp4"));
+        let status = std::process::Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=4"])
+            .args(["-f", "lavfi", "-i", "sine=duration=4", "-vf", "noise=alls=40:allf=t"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast", "-b:v", "20M", "-pix_fmt", "yuv420p", "-c:a", "aac"])
+            .arg(&local)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        cluster.upload(&local, &format!("clips/big{i}.mp4")).await;
+        paths.push(format!("gs://{}/clips/big{i}.mp4", cluster.bucket));
+    }
+    for stage in ["validate", "stitch", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let download = cluster.start_program("download", &[]);
+    let mut req = request(&cluster, "job_resume", &paths);
+    req.compression = Compression::Optimized;
+    let event = envelope::build(types::STITCH_REQUESTED, "//test", "resume-1", "job_resume", chrono::Utc::now(), &req).unwrap();
+    reel_runtime::worker::publish_event(cluster.bus(), &names(&cluster), &event).await.unwrap();
+    // Kill download once some, not all, clips are in the workspace.
+    let start = Instant::now();
+    loop {
+        let fetched = cluster.programs[download].log_text().matches("\"clip fetched\"").count();
+        if fetched >= 2 {
+            assert!(fetched < 6, "download finished before it could be killed");
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(60), "download never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    cluster.signal(download, libc::SIGKILL);
+    let _ = cluster.programs[download].child.wait();
+    let before = cluster.programs[download].log_text().matches("\"clip fetched\"").count();
+    let again = cluster.start_program("download", &[]);
+    cluster.wait_for(Some("job_resume"), types::JOB_COMPLETED, Duration::from_secs(150)).await;
+    let log = cluster.programs[again].log_text();
+    let reused = log.matches("reusing it").count();
+    let fetched = log.matches("\"clip fetched\"").count();
+    assert!(reused >= before, "only {reused} clips reused of the {before} fetched before the kill");
+    assert_eq!(reused + fetched, 6, "{log}");
+}
+
+fn names(cluster: &Cluster) -> reel_runtime::topology::Names {
+    reel_runtime::topology::Names::new(&cluster.prefix)
 }
