@@ -156,11 +156,10 @@ impl JobState {
         let ty = event.ty();
 
         if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
-            if ty != types::JOB_COMPLETED {
-                if state.completed.is_none() {
+            if ty != types::JOB_COMPLETED
+                && state.completed.is_none() {
                     max_opt(&mut state.output_path, output.to_string());
                 }
-            }
         }
         for w in data.get("warnings").and_then(|v| v.as_array()).into_iter().flatten() {
             if let Some(w) = w.as_str() {

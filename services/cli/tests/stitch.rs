@@ -59,8 +59,7 @@ impl Sandbox {
         let line = text
             .lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter(|v| v["message"]["attributes"]["ce-type"] == "phoenix.reel.v1.job.completed")
-            .last()
+            .rfind(|v| v["message"]["attributes"]["ce-type"] == "phoenix.reel.v1.job.completed")
             .expect("a job.completed on the log");
         let data = base64::engine::general_purpose::STANDARD.decode(line["message"]["data"].as_str().unwrap()).unwrap();
         serde_json::from_slice(&data).unwrap()

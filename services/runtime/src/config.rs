@@ -153,16 +153,14 @@ impl Settings {
                 self.job_timeout_minutes = value.parse().ok().filter(|m| *m > 0).ok_or_else(|| bad("expected minutes > 0"))?
             }
             "MAX_RETRY_ATTEMPTS" => self.max_retry_attempts = value.parse().map_err(|_| bad("expected a count"))?,
-            "TEMP_DIR" => {
-                if !value.is_empty() {
+            "TEMP_DIR"
+                if !value.is_empty() => {
                     self.temp_dir = PathBuf::from(value)
                 }
-            }
-            "LOG_LEVEL" => {
-                if !value.is_empty() {
+            "LOG_LEVEL"
+                if !value.is_empty() => {
                     self.log_level = value.to_string()
                 }
-            }
             "METRICS_ENABLED" => self.metrics_enabled = boolean(value)?,
             "PUBSUB_EMULATOR_HOST" => self.pubsub_emulator_host = opt(value),
             "STORAGE_EMULATOR_HOST" => self.storage_emulator_host = opt(value),

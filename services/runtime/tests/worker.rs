@@ -80,9 +80,7 @@ const DLQ_WATCH: &str = "reel-download-dead-letter";
 
 async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
     let dir = tempfile::tempdir().unwrap();
-    let mut settings = Settings::default();
-    settings.max_retry_attempts = max_retry_attempts;
-    settings.temp_dir = dir.path().join("tmp");
+    let settings = Settings { max_retry_attempts, temp_dir: dir.path().join("tmp"), ..Settings::default() };
     let mut topology = settings.topology();
     for sub in &mut topology.subscriptions {
         sub.min_backoff = Duration::from_millis(20);

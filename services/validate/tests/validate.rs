@@ -18,9 +18,11 @@ struct Fixture {
 fn fixture(roots: &[&str]) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let work = Arc::new(DirStore::new(dir.path().join("work")).unwrap());
-    let mut settings = Settings::default();
-    settings.allowed_roots = roots.iter().map(|r| r.to_string()).collect();
-    settings.temp_dir = dir.path().join("tmp");
+    let settings = Settings {
+        allowed_roots: roots.iter().map(|r| r.to_string()).collect(),
+        temp_dir: dir.path().join("tmp"),
+        ..Settings::default()
+    };
     Fixture { _dir: dir, work, settings: Arc::new(settings) }
 }
 
