@@ -7,5 +7,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/install-deps.sh --cloud
 export CARGO_TERM_COLOR=never
+# Every program has an integration test, so `cargo test` builds them all once; the
+# end-to-end tests use those builds instead of building them again.
+export REEL_E2E_PREBUILT=1
 echo "== cargo test (workspace)"
 cargo test --workspace --locked --no-fail-fast 2>&1

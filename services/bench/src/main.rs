@@ -208,6 +208,11 @@ impl Contender {
     pub fn summary(&self) -> Option<stats::Summary> {
         stats::Summary::of(&self.walls())
     }
+
+    /// Summary of the CPU times (user + system, children included), seconds.
+    pub fn cpu_summary(&self) -> Option<stats::Summary> {
+        stats::Summary::of(&self.runs.iter().map(|m| m.cpu.as_secs_f64()).collect::<Vec<_>>())
+    }
 }
 
 /// A timed comparison.

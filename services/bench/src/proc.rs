@@ -37,6 +37,9 @@ pub struct Measured {
     pub own_hwm_kib: Option<u64>,
     /// Wall-clock time of the (first) spawn, nanoseconds since the Unix epoch.
     pub started_unix_ns: u128,
+    /// CPU time (user + system) of the process and every descendant it reaped (the sum
+    /// over a sequence). Less sensitive than wall time to other work on the machine.
+    pub cpu: Duration,
 }
 
 /// Nanoseconds since the Unix epoch.
@@ -61,8 +64,12 @@ fn read_hwm_kib(pid: i32) -> Option<u64> {
     hwm
 }
 
-/// Reaps `pid`, returning its exit status and `ru_maxrss` (KiB).
-fn wait4(pid: i32) -> Result<(ExitStatus, u64)> {
+fn tv(t: libc::timeval) -> Duration {
+    Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+}
+
+/// Reaps `pid`, returning its exit status, `ru_maxrss` (KiB) and CPU time (user + system).
+fn wait4(pid: i32) -> Result<(ExitStatus, u64, Duration)> {
     let mut status: libc::c_int = 0;
     // SAFETY: plain syscall with valid out-pointers; rusage is plain old data.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -78,7 +85,7 @@ fn wait4(pid: i32) -> Result<(ExitStatus, u64)> {
         }
         return Err(err).context("wait4");
     }
-    Ok((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64))
+    Ok((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64, tv(usage.ru_utime) + tv(usage.ru_stime)))
 }
 
 /// Runs `cmd` to its end (stdin null, stdout to null unless set, stderr to `stderr_log`)
@@ -113,14 +120,14 @@ pub fn run(cmd: &mut Command, sample_own: bool, stderr_log: &Path) -> Result<Mea
         let _ = s.join();
     }
     drop(child);
-    let (status, tree_maxrss_kib) = waited?;
+    let (status, tree_maxrss_kib, cpu) = waited?;
     if !status.success() {
         let text = std::fs::read(stderr_log).unwrap_or_default();
         let tail = String::from_utf8_lossy(&text[text.len().saturating_sub(2000)..]).to_string();
         bail!("{:?} failed ({status}): {tail}", cmd.get_program());
     }
     let own = peak.load(Ordering::Relaxed);
-    Ok(Measured { wall, tree_maxrss_kib, own_hwm_kib: (sample_own && own > 0).then_some(own), started_unix_ns })
+    Ok(Measured { wall, tree_maxrss_kib, own_hwm_kib: (sample_own && own > 0).then_some(own), started_unix_ns, cpu })
 }
 
 /// Runs `cmds` one after another as one contender: wall from the first spawn to the
@@ -128,16 +135,17 @@ pub fn run(cmd: &mut Command, sample_own: bool, stderr_log: &Path) -> Result<Mea
 pub fn run_sequence(cmds: &mut [Command], sample_own: bool, stderr_log: &Path) -> Result<Measured> {
     let start = Instant::now();
     let started_unix_ns = unix_ns();
-    let (mut tree, mut own) = (0, None::<u64>);
+    let (mut tree, mut own, mut cpu) = (0, None::<u64>, Duration::ZERO);
     for cmd in cmds.iter_mut() {
         let m = run(cmd, sample_own, stderr_log)?;
         tree = tree.max(m.tree_maxrss_kib);
+        cpu += m.cpu;
         own = match (own, m.own_hwm_kib) {
             (Some(a), Some(b)) => Some(a.max(b)),
             (a, b) => a.or(b),
         };
     }
-    Ok(Measured { wall: start.elapsed(), tree_maxrss_kib: tree, own_hwm_kib: own, started_unix_ns })
+    Ok(Measured { wall: start.elapsed(), tree_maxrss_kib: tree, own_hwm_kib: own, started_unix_ns, cpu })
 }
 
 /// Finds `name` on `PATH`.
@@ -180,7 +188,7 @@ pub fn wrap_main(args: &[OsString]) -> i32 {
             return 127;
         }
     };
-    let (status, maxrss_kib) = match wait4(child.id() as i32) {
+    let (status, maxrss_kib, _) = match wait4(child.id() as i32) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("reel-bench wrap: {e:#}");

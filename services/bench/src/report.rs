@@ -287,7 +287,11 @@ pub fn render(res: &Results) -> String {
                 Some((ratio, c, b)) => {
                     let ok = ratio <= r.target_ratio;
                     let by = if ok { String::new() } else { format!(" by {:.2}× ({:+.2} s)", ratio - r.target_ratio, c.median - b.median * r.target_ratio) };
-                    let _ = writeln!(w, "| {label} | {ratio:.2}× ({} vs {}, medians) | {}{by} |", secs(c.median), secs(b.median), met(ok));
+                    let cpu = match (r.contenders.get(1).and_then(|c| c.cpu_summary()), r.contenders.first().and_then(|c| c.cpu_summary())) {
+                        (Some(c), Some(b)) => stats::ratio(c.median, b.median).map(|x| format!("; CPU time {x:.2}×")).unwrap_or_default(),
+                        _ => String::new(),
+                    };
+                    let _ = writeln!(w, "| {label} | {ratio:.2}× ({} vs {}, median wall{cpu}) | {}{by} |", secs(c.median), secs(b.median), met(ok));
                 }
                 None => {
                     let _ = writeln!(w, "| {label} | no data | — |");
@@ -476,7 +480,7 @@ pub fn render(res: &Results) -> String {
     let _ = writeln!(w, "## Method\n");
     for line in [
         "Timed runs alternate the contenders (bare, reel, bare, reel, …); the copy path has one untimed warm-up of each first. Every clip is read once before a path starts, so all contenders see a warm page cache. Medians are reported with min–max and the spread (max − min) / median.",
-        "Wall time is spawn → reap (`wait4`) of the contender's process (for the per-clip bare re-encode: first spawn → last reap of the sequence).",
+        "Wall time is spawn → reap (`wait4`) of the contender's process (for the per-clip bare re-encode: first spawn → last reap of the sequence). CPU time is user + system time of the process and all its children (`wait4`'s rusage); it is much less sensitive than wall time to other work sharing the machine, so where the spread is large compare the CPU ratio too.",
         "Every reel run gets a fresh, empty `REEL_HOME` under `target/bench-run/` (same filesystem as the clips, so reel's hard links work) and an environment without `REEL_*`, cloud or emulator variables; outputs are deleted before each run, outside the timing.",
         "Peak RSS: bare ffmpeg's from `wait4`'s `ru_maxrss`. reel's own from `/proc/PID/status` `VmHWM`, polled every 10 ms while it runs (`ru_maxrss` of reel would include its largest child). reel's ffmpeg/ffprobe children were measured in a separate profiled run with `REEL_FFMPEG`/`REEL_FFPROBE` pointing at a wrapper (`reel-bench __wrap`) that `wait4`s the real tool and logs its arguments, times and `ru_maxrss`. The wrapper adds ~1–2 ms per child (counted as reel's own time in the profile), so profiled runs are never used for the timed medians.",
         "The profile's phases come from the publish times of the job's events in `REEL_HOME/events.jsonl`; child processes are assigned to the phase in which they started.",
@@ -501,8 +505,9 @@ fn one_line(s: &str) -> String {
 fn render_path(w: &mut String, r: &PathResult, res: &Results) {
     let _ = writeln!(w, "## {} (wall time)\n", capitalize(&r.title));
     let _ = writeln!(w, "Workload: {}.\n", r.workload);
-    let _ = writeln!(w, "| contender | median | min – max | spread | ratio to bare ffmpeg | peak RSS (`wait4`) |\n| --- | --- | --- | --- | --- | --- |");
+    let _ = writeln!(w, "| contender | median | min – max | spread | ratio to bare ffmpeg | CPU time (user + sys, median) | CPU ratio | peak RSS (`wait4`) |\n| --- | --- | --- | --- | --- | --- | --- | --- |");
     let base = r.contenders.first().and_then(|c| c.summary());
+    let base_cpu = r.contenders.first().and_then(|c| c.cpu_summary());
     for (i, c) in r.contenders.iter().enumerate() {
         let Some(s) = c.summary() else { continue };
         let ratio = base.and_then(|b| stats::ratio(s.median, b.median)).map(|x| format!("{x:.2}×")).unwrap_or_default();
@@ -514,7 +519,21 @@ fn render_path(w: &mut String, r: &PathResult, res: &Results) {
         } else {
             mib_s(rss)
         };
-        let _ = writeln!(w, "| {} | {} | {} – {} | {:.0} % | {ratio} | {rss} |", c.name, secs(s.median), secs(s.min), secs(s.max), s.relative_spread() * 100.0);
+        let cpu = c.cpu_summary();
+        let cpu_ratio = match (cpu, base_cpu) {
+            (Some(c), Some(b)) => stats::ratio(c.median, b.median).map(|x| format!("{x:.2}×")).unwrap_or_default(),
+            _ => String::new(),
+        };
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} – {} | {:.0} % | {ratio} | {} | {cpu_ratio} | {rss} |",
+            c.name,
+            secs(s.median),
+            secs(s.min),
+            secs(s.max),
+            s.relative_spread() * 100.0,
+            cpu.map(|c| secs(c.median)).unwrap_or_default()
+        );
     }
     let _ = writeln!(w);
     let _ = writeln!(w, "Runs (s, in order):\n");

@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// The programs the tests run.
+pub const PROGRAMS: [&str; 7] = ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
+
 /// The directory holding the workspace's binaries, built once per test run.
 pub fn bin_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
@@ -19,10 +22,19 @@ pub fn bin_dir() -> &'static Path {
         // target/debug/deps/e2e-xxxx -> target/debug
         let exe = std::env::current_exe().expect("test binary path");
         let dir = exe.parent().and_then(Path::parent).expect("target dir").to_path_buf();
+        // `cargo test --workspace` has built every program already (each has an
+        // integration test); building them again here with another feature set would
+        // recompile the dependencies. scripts/test.sh says so with REEL_E2E_PREBUILT.
+        if std::env::var_os("REEL_E2E_PREBUILT").is_some() {
+            for p in PROGRAMS {
+                assert!(dir.join(p).exists(), "{p} was not built by cargo test");
+            }
+            return dir;
+        }
         let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../Cargo.toml");
         let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
         cmd.args(["build", "--quiet", "--manifest-path"]).arg(&manifest);
-        for p in ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"] {
+        for p in PROGRAMS {
             cmd.args(["--bin", p]);
         }
         if !cfg!(debug_assertions) {
