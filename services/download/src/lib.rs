@@ -42,19 +42,28 @@ impl Handler for Download {
         let total = job.clip_paths.len().max(1);
         let mut clips = Vec::new();
         let mut skipped = Vec::new();
-        for (index, raw) in job.clip_paths.iter().enumerate() {
+        // Clips are fetched and probed a few at a time (probing is mostly ffprobe's
+        // start-up), and kept in request order.
+        let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+        let indexed: Vec<(usize, &String)> = job.clip_paths.iter().enumerate().collect();
+        let mut done = 0usize;
+        for chunk in indexed.chunks(width) {
             if ctx.cancel.is_cancelled() {
                 return Outcome::Retry(Failure::new(ErrorType::Internal, "stopped"));
             }
-            match fetch_clip(ctx, index, raw).await {
-                Ok(clip) => clips.push(clip),
-                Err(ClipError::Skip(reason)) => {
-                    warn!(clip = %raw, %reason, "skipping clip");
-                    skipped.push(SkippedClip { path: raw.clone(), reason });
+            let results = futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, *index, raw))).await;
+            for ((_, raw), result) in chunk.iter().zip(results) {
+                match result {
+                    Ok(clip) => clips.push(clip),
+                    Err(ClipError::Skip(reason)) => {
+                        warn!(clip = %raw, %reason, "skipping clip");
+                        skipped.push(SkippedClip { path: (*raw).clone(), reason });
+                    }
+                    Err(ClipError::Stop(outcome)) => return outcome,
                 }
-                Err(ClipError::Stop(outcome)) => return outcome,
+                done += 1;
+                ctx.progress.report(done as f64 * 100.0 / total as f64);
             }
-            ctx.progress.report((index + 1) as f64 * 100.0 / total as f64);
         }
         if clips.len() < 2 {
             let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.path, s.reason)).collect();

@@ -153,9 +153,17 @@ pub async fn check_copy_compatible(
     inputs: &[PathBuf],
     opts: &RunOptions,
 ) -> Result<(), MediaError> {
+    // One ffprobe per input, a few at a time (they are short and mostly process start-up).
+    let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
+    let mut fingerprints = Vec::with_capacity(inputs.len());
+    for chunk in inputs.chunks(width) {
+        let results = futures::future::join_all(chunk.iter().map(|input| fingerprint(input, opts))).await;
+        for result in results {
+            fingerprints.push(result?);
+        }
+    }
     let mut first: Option<Fingerprint> = None;
-    for (i, input) in inputs.iter().enumerate() {
-        let fp = fingerprint(input, opts).await?;
+    for (i, fp) in fingerprints.into_iter().enumerate() {
         let Some(f1) = &first else {
             first = Some(fp);
             continue;
