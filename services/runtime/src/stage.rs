@@ -222,3 +222,38 @@ pub fn store_failure(what: &str, err: &crate::store::StoreError) -> Outcome {
 pub fn completed_marker_key(job_id: &str) -> String {
     format!("control/completed/{job_id}")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::StoreError;
+
+    fn kind(outcome: Outcome) -> (&'static str, ErrorType) {
+        match outcome {
+            Outcome::Retry(f) => ("retry", f.error_type),
+            Outcome::Reject(f) => ("reject", f.error_type),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    /// The error matrix for storage, decided in one place.
+    #[test]
+    fn storage_errors_follow_the_matrix() {
+        assert_eq!(kind(store_failure("x", &StoreError::Transient("timeout".into()))), ("retry", ErrorType::Internal));
+        assert_eq!(kind(store_failure("x", &StoreError::PermissionDenied("403".into()))), ("reject", ErrorType::PermissionDenied));
+        assert_eq!(kind(store_failure("x", &StoreError::DiskFull("ENOSPC".into()))), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(kind(store_failure("x", &StoreError::NotFound("k".into()))), ("reject", ErrorType::NotFound));
+        assert_eq!(kind(store_failure("x", &StoreError::InvalidKey("k".into(), "..".into()))), ("reject", ErrorType::InvalidRequest));
+    }
+
+    /// Local disk errors are classified once, where they happen.
+    #[test]
+    fn local_disk_errors_are_classified() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        assert!(matches!(StoreError::from_io("write", enospc), StoreError::DiskFull(_)));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(StoreError::from_io("open", denied), StoreError::PermissionDenied(_)));
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(StoreError::from_io("read", timeout).is_transient());
+    }
+}

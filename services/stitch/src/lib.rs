@@ -211,6 +211,38 @@ fn media_failure(what: &str, err: MediaError) -> Outcome {
         MediaError::Timeout => Outcome::Reject(Failure::new(ErrorType::Timeout, message)),
         MediaError::Cancelled => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
         MediaError::NotInstalled(_) => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
+        // SIGKILL from outside is what the kernel's OOM killer sends: retry, recorded as
+        // resource_exhausted (on Cloud Run, replay to a larger-memory tier).
+        MediaError::Failed { ref status, .. } if status.contains("SIGKILL") || status.contains("signal: 9") => {
+            Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message))
+        }
         _ => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error matrix for ffmpeg: corrupt → fail with corrupt_input; disk full or out of
+    /// memory (ffmpeg killed) → retry as resource_exhausted or internal; timeout → timeout.
+    #[test]
+    fn ffmpeg_errors_follow_the_matrix() {
+        let kind = |e| match media_failure("stitching", e) {
+            Outcome::Retry(f) => ("retry", f.error_type),
+            Outcome::Reject(f) => ("reject", f.error_type),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(kind(MediaError::Corrupt { reason: "moov atom not found".into() }), ("reject", ErrorType::CorruptInput));
+        assert_eq!(kind(MediaError::DiskFull("No space left on device".into())), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(kind(MediaError::Timeout), ("reject", ErrorType::Timeout));
+        assert_eq!(
+            kind(MediaError::Failed { status: "signal: 9 (SIGKILL)".into(), stderr_tail: String::new() }),
+            ("retry", ErrorType::ResourceExhausted)
+        );
+        assert_eq!(
+            kind(MediaError::Failed { status: "exit status: 1".into(), stderr_tail: "Invalid data".into() }),
+            ("retry", ErrorType::Internal)
+        );
     }
 }
