@@ -228,6 +228,8 @@ pub struct PathResult {
     pub target_ratio: f64,
     /// Facts worth a line under the table.
     pub notes: Vec<String>,
+    /// Seconds of video in the workload.
+    pub video_seconds: Option<f64>,
 }
 
 /// A wrapped run of reel: RSS of every process and where the time went.
@@ -245,7 +247,7 @@ pub struct Profile {
     pub wall_s: f64,
     /// reel's own peak RSS (VmHWM), KiB.
     pub reel_hwm_kib: Option<u64>,
-    /// reel's own peak over the timed runs of the same workload (median), KiB.
+    /// reel's own peak over the timed runs of the same workload (the largest), KiB.
     pub reel_hwm_timed_kib: Option<u64>,
     /// Bare ffmpeg's peak on the same workload, KiB.
     pub bare_maxrss_kib: Option<u64>,
@@ -363,8 +365,7 @@ fn run(args: Args) -> Result<()> {
         let r = copy_path(&env, &large, plan.runs, &rt);
         if let Ok(p) = &r {
             bare_large_rss = p.contenders[0].runs.iter().map(|m| m.tree_maxrss_kib).max();
-            let own: Vec<f64> = p.contenders[1].runs.iter().filter_map(|m| m.own_hwm_kib.map(|k| k as f64)).collect();
-            reel_large_hwm = stats::median(&own).map(|k| k as u64);
+            reel_large_hwm = p.contenders[1].runs.iter().filter_map(|m| m.own_hwm_kib).max();
         }
         results.copy = Some(r.map_err(|e| format!("{e:#}")));
     }
@@ -401,7 +402,7 @@ fn run(args: Args) -> Result<()> {
         let (bare_rss, reel_hwm) = match &r {
             Ok(p) => (
                 p.contenders[0].runs.iter().map(|m| m.tree_maxrss_kib).max(),
-                stats::median(&p.contenders[1].runs.iter().filter_map(|m| m.own_hwm_kib.map(|k| k as f64)).collect::<Vec<_>>()).map(|k| k as u64),
+                p.contenders[1].runs.iter().filter_map(|m| m.own_hwm_kib).max(),
             ),
             Err(_) => (None, None),
         };
@@ -510,6 +511,7 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
         contenders: vec![bare, reel],
         target_ratio: 1.25,
         notes,
+        video_seconds: Some(corpus.total_seconds() as f64),
     })
 }
 
@@ -636,6 +638,7 @@ fn reencode_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::R
         contenders: vec![bare, reel, fc],
         target_ratio: 1.05,
         notes,
+        video_seconds: Some(corpus.total_seconds() as f64),
     })
 }
 
