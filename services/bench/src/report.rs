@@ -194,6 +194,35 @@ pub fn union_within(intervals: &[(u128, u128)], lo: u128, hi: u128) -> u128 {
     total
 }
 
+/// Whether a child process is the work itself (the join or an encode), which bare
+/// ffmpeg does too, rather than overhead.
+fn is_main_work(k: &str) -> bool {
+    matches!(k, "ffmpeg: concat -c copy" | "ffmpeg: normalise (re-encode)")
+}
+
+/// The overhead children of a run: (how many, summed wall s, wall-clock s they occupied
+/// (union of their intervals), most running at once).
+fn overhead_children(p: &Profile) -> (usize, f64, f64, usize) {
+    let tools: Vec<&ToolRun> = p.tools.iter().filter(|t| !is_main_work(kind(t))).collect();
+    let intervals: Vec<(u128, u128)> = tools.iter().map(|t| (t.start_unix_ns, t.start_unix_ns + t.wall_ns)).collect();
+    let sum = tools.iter().map(|t| t.wall_ns as f64 / 1e9).sum();
+    let union = union_within(&intervals, 0, u128::MAX) as f64 / 1e9;
+    (tools.len(), sum, union, max_concurrency(&intervals))
+}
+
+/// The largest number of `[start, end)` intervals that overlap at one moment.
+pub fn max_concurrency(intervals: &[(u128, u128)]) -> usize {
+    let mut edges: Vec<(u128, i32)> = intervals.iter().flat_map(|&(s, e)| [(s, 1), (e, -1)]).collect();
+    // Ends before starts at the same instant: touching intervals do not overlap.
+    edges.sort_by_key(|&(t, d)| (t, d));
+    let (mut cur, mut best) = (0i32, 0i32);
+    for (_, d) in edges {
+        cur += d;
+        best = best.max(cur);
+    }
+    best.max(0) as usize
+}
+
 /// Per-phase breakdown: (phase, wall s, [(kind, runs, s)], child s, reel's own s).
 type PhaseRow = (String, f64, Vec<(&'static str, usize, f64)>, f64, f64);
 
@@ -651,10 +680,10 @@ fn render_profiles(w: &mut String, res: &Results) {
             secs(p.wall_s),
             p.mode.as_deref().unwrap_or("?")
         );
-        let _ = writeln!(w, "| phase | wall | child processes (runs, time) | reel's own time |\n| --- | --- | --- | --- |");
-        for (name, wall, kinds, _child, own) in breakdown(p) {
+        let _ = writeln!(w, "| phase | wall | child processes (runs = summed time) | wall-clock with a child running | reel's own time |\n| --- | --- | --- | --- | --- |");
+        for (name, wall, kinds, child, own) in breakdown(p) {
             let k: Vec<String> = kinds.iter().map(|(k, n, s)| format!("{k}: {n} × = {}", secs(*s))).collect();
-            let _ = writeln!(w, "| {name} | {} | {} | {} |", secs(wall), if k.is_empty() { "—".into() } else { k.join("; ") }, secs(own));
+            let _ = writeln!(w, "| {name} | {} | {} | {} | {} |", secs(wall), if k.is_empty() { "—".into() } else { k.join("; ") }, secs(child), secs(own));
         }
         let _ = writeln!(w);
         let _ = writeln!(w, "| child process | runs | total | mean | largest peak RSS |\n| --- | --- | --- | --- | --- |");
@@ -674,22 +703,22 @@ pub fn findings(res: &Results) -> Vec<String> {
         let extra = c.median - b.median;
         let mut parts = Vec::new();
         let kinds = by_kind(p);
-        let overhead: Vec<&(&'static str, usize, f64, f64, u64)> =
-            kinds.iter().filter(|k| !matches!(k.0, "ffmpeg: concat -c copy" | "ffmpeg: normalise (re-encode)")).collect();
-        let n_over: usize = overhead.iter().map(|k| k.1).sum();
-        let t_over: f64 = overhead.iter().map(|k| k.2).sum();
+        let overhead: Vec<&(&'static str, usize, f64, f64, u64)> = kinds.iter().filter(|k| !is_main_work(k.0)).collect();
+        let (n_over, t_over, wall_over, conc) = overhead_children(p);
         if n_over > 0 {
             let list: Vec<String> = overhead.iter().map(|k| format!("{} × {} = {}", k.1, k.0, secs(k.2))).collect();
             let floor = res
                 .spawn_floor
                 .iter()
                 .find(|f| f.0.starts_with("ffprobe"))
-                .map(|f| format!("; starting an ffprobe that does nothing (`ffprobe -version`) already takes {:.0} ms, so {n_over} spawns cost ≥ {} by themselves", f.1.median * 1000.0, secs(f.1.median * n_over as f64)))
+                .map(|f| format!("; starting an ffprobe that does nothing (`ffprobe -version`) already takes {:.0} ms, so {n_over} spawns cost ≥ {} of process time by themselves", f.1.median * 1000.0, secs(f.1.median * n_over as f64)))
                 .unwrap_or_default();
+            let how = if conc <= 1 { "one after another".to_string() } else { format!("up to {conc} at a time") };
             parts.push(format!(
-                "{n_over} extra child processes that bare ffmpeg does not need ran one after another for {} ({}){floor}",
+                "{n_over} extra child processes that bare ffmpeg does not need ran {how}: {} of process time ({}), occupying {} of reel's wall-clock{floor}",
                 secs(t_over),
-                list.join(", ")
+                list.join(", "),
+                secs(wall_over)
             ));
         }
         let rows = breakdown(p);
@@ -713,10 +742,10 @@ pub fn findings(res: &Results) -> Vec<String> {
         if let Some(p) = profiles.iter().find(|p| p.label == "copy path") {
             explain(&mut out, r, p);
             if let Some((_, c, b)) = path_ratio(r, 1) {
-                let spawns: f64 = by_kind(p).iter().filter(|k| k.0 != "ffmpeg: concat -c copy").map(|k| k.2).sum();
+                let (_, _, spawns, _) = overhead_children(p);
                 let est = c.median - spawns;
                 out.push(format!(
-                    "Estimate by subtraction: without its {} of ffprobe / `ffmpeg -version` runs reel would take ≈ {} ≈ {:.2}× bare ffmpeg; the rest is reel's own time (see the phases above) and its concat run.",
+                    "Estimate by subtraction: without the {} of wall-clock its ffprobe / `ffmpeg -version` runs occupied, reel would take ≈ {} ≈ {:.2}× bare ffmpeg; the rest is reel's own time (see the phases above) and its concat run.",
                     secs(spawns),
                     secs(est),
                     est / b.median
@@ -728,17 +757,13 @@ pub fn findings(res: &Results) -> Vec<String> {
         if let Some(p) = profiles.iter().find(|p| p.label == "re-encode path") {
             explain(&mut out, r, p);
             if let (Some((_, _, b)), Some(secs_video)) = (path_ratio(r, 1), r.video_seconds) {
-                let over: f64 = by_kind(p)
-                    .iter()
-                    .filter(|k| !matches!(k.0, "ffmpeg: concat -c copy" | "ffmpeg: normalise (re-encode)"))
-                    .map(|k| k.2)
-                    .sum::<f64>()
-                    + breakdown(p).iter().map(|r| r.4).sum::<f64>();
+                // Wall-clock the overhead children occupied, plus reel's own time.
+                let over: f64 = overhead_children(p).2 + breakdown(p).iter().map(|r| r.4).sum::<f64>();
                 let per_clip = over / p.clips.max(1) as f64;
                 let seed_bare = b.median / secs_video * 450.0;
                 let seed_over = per_clip * 15.0;
                 out.push(format!(
-                    "The re-encode overhead is per clip, not per second of video: {} in the profiled run ({} per clip: ffprobe spawns and reel's own work). On this bounded workload ({secs_video:.0} s of video) that is {:.1} % of bare ffmpeg's {}; for the seed workload re-encoded (15 × 30 s = 450 s of video, ≈ {} of encoding at this run's speed) the same per-clip cost would be ≈ {} ≈ {:.1} % (an estimate by proportion, not measured).",
+                    "The re-encode overhead is per clip, not per second of video: {} in the profiled run ({} per clip: wall-clock of ffprobe spawns and reel's own work). On this bounded workload ({secs_video:.0} s of video) that is {:.1} % of bare ffmpeg's {}; for the seed workload re-encoded (15 × 30 s = 450 s of video, ≈ {} of encoding at this run's speed) the same per-clip cost would be ≈ {} ≈ {:.1} % (an estimate by proportion, not measured).",
                     secs(over),
                     secs(per_clip),
                     over / b.median * 100.0,
@@ -758,12 +783,12 @@ pub fn findings(res: &Results) -> Vec<String> {
     }
     if let Some(Ok(wi)) = &res.whatif {
         let m = |i: usize| wi.variants.get(i).map(|v| v.summary.median);
-        if let (Some(probe), Some(fp), Some(merged), Some(par), Some(crc)) = (m(0), m(1), m(2), m(3), m(4)) {
+        if let (Some(probe), Some(fp), Some(merged), Some(par), Some(crc)) = (m(0), m(1), m(2), m(4), m(5)) {
             out.push(format!(
-                "ffprobe passes: reel runs two ffprobe per clip (a probe in download, a codec-header fingerprint in stitch) one after another: {} + {} for {} clips. One ffprobe doing both took {} (saves {}); run {} at a time, {} (saves {}). Reading the headers in-process instead of spawning ffprobe would save nearly all of it: most of each ffprobe's time is starting the process (see `ffprobe -version` above).",
+                "ffprobe passes, measured in isolation on the {} clips with reel's own arguments: a probe per clip (download) {} and a codec-header fingerprint per clip (stitch) {}, one after another; one ffprobe doing both {} (saves {}); doing both {} at a time {} (saves {}). Reading the headers in-process instead of spawning ffprobe would save nearly all of it: most of each ffprobe's time is starting the process (see `ffprobe -version` above).",
+                wi.clips,
                 secs(probe),
                 secs(fp),
-                wi.clips,
                 secs(merged),
                 secs(probe + fp - merged),
                 std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2),
@@ -836,6 +861,13 @@ mod tests {
         assert_eq!(union_within(&[], 0, 10), 0);
         assert_eq!(union_within(&[(1, 3), (2, 5), (7, 8)], 0, 10), 5);
         assert_eq!(union_within(&[(1, 30)], 5, 10), 5);
+    }
+
+    #[test]
+    fn concurrency() {
+        assert_eq!(max_concurrency(&[]), 0);
+        assert_eq!(max_concurrency(&[(0, 2), (2, 4)]), 1);
+        assert_eq!(max_concurrency(&[(0, 3), (1, 4), (2, 5), (6, 7)]), 3);
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! What the copy path's overheads cost in isolation, and what the obvious fixes would
 //! save: reel's own ffprobe commands (taken from the profiled run) over every clip,
-//! serially as reel runs them, merged into one call per clip, and in parallel; and one
+//! one after another, merged into one call per clip, and in parallel; and one
 //! CRC32C pass over every clip's bytes (what `DirStore::head` does for each file it
 //! describes).
 
@@ -115,9 +115,10 @@ pub fn run(env: &Env, clips: &[PathBuf], bytes: u64, tools: &[ToolRun], reps: us
     let (p, f, m) = (with(&probe), with(&fingerprint), with(&merged));
     let n = clips.len();
     let labels = [
-        format!("{n} × reel's probe (`-show_streams -show_format`), one after another — download now"),
-        format!("{n} × reel's codec-header fingerprint (`-show_data_hash CRC32 -show_entries …`), one after another — stitch now"),
+        format!("{n} × reel's probe (`-show_streams -show_format`, as download runs it), one after another"),
+        format!("{n} × reel's codec-header fingerprint (`-show_data_hash CRC32 -show_entries …`, as stitch runs it), one after another"),
         format!("{n} × one ffprobe doing both (probe + `-show_data_hash CRC32`), one after another"),
+        format!("{n} × reel's probe, {nproc} at a time"),
         format!("{n} × one ffprobe doing both, {nproc} at a time"),
         format!("one CRC32C pass over the {n} clips' bytes ({:.0} MB, from the page cache)", bytes as f64 / 1e6),
     ];
@@ -126,8 +127,9 @@ pub fn run(env: &Env, clips: &[PathBuf], bytes: u64, tools: &[ToolRun], reps: us
         walls[0].push(batch(env, &env.ffprobe, clips, 1, &p)?);
         walls[1].push(batch(env, &env.ffprobe, clips, 1, &f)?);
         walls[2].push(batch(env, &env.ffprobe, clips, 1, &m)?);
-        walls[3].push(batch(env, &env.ffprobe, clips, nproc, &m)?);
-        walls[4].push(crc_pass(clips)?);
+        walls[3].push(batch(env, &env.ffprobe, clips, nproc, &p)?);
+        walls[4].push(batch(env, &env.ffprobe, clips, nproc, &m)?);
+        walls[5].push(crc_pass(clips)?);
     }
     let variants = labels
         .into_iter()
