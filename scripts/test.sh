@@ -7,6 +7,8 @@ root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
 scripts/install-deps.sh --cloud
 export CARGO_TERM_COLOR=never
+# A clean clone gains nothing from incremental caches; they only cost disk.
+export CARGO_INCREMENTAL=0
 # Every program has an integration test, so `cargo test` builds them all once; the
 # end-to-end tests use those builds instead of building them again.
 export REEL_E2E_PREBUILT=1
