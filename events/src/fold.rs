@@ -136,10 +136,11 @@ impl JobState {
     /// Fold one event in. Events of other jobs, unknown types and undecodable data are
     /// ignored (the log may carry types added by newer versions).
     pub fn apply(&mut self, event: &Event) {
-        let key = (event.source().to_string(), event.id().to_string());
-        if !self.seen.insert(key) {
-            return; // exact duplicate: joins would ignore it anyway
-        }
+        // Every copy is folded, not only the first: a stage that redoes work after a
+        // redelivery re-emits the same id with a later `time`, and which copy arrives
+        // first must not matter. Every field below is a join, so folding a copy twice
+        // changes nothing.
+        self.seen.insert((event.source().to_string(), event.id().to_string()));
         let Ok(data) = data_json(event) else { return };
         let job = data.get("job").unwrap_or(&data);
         let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();

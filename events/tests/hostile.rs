@@ -235,7 +235,6 @@ fn storage_notifications_with_odd_attributes_do_not_panic() {
 /// first. Fix: apply every copy (the joins are idempotent) or pick among copies by a
 /// total order, instead of skipping on the key.
 #[test]
-#[ignore = "known bug in events/src/fold.rs: re-emitted events (same source+id, new time) make the fold order-dependent"]
 fn re_emitted_events_with_a_new_time_fold_the_same_in_any_order() {
     let spec = EventSpec { kind: 7, source: 1, time: 10, subject: true, number: 1, ..Default::default() };
     let first = checks::build_event(&spec, 0);

@@ -215,6 +215,22 @@ fn bad_input_exits_non_zero_naming_the_problem() {
     }
     assert!(!sb.path("o.mp4").exists(), "partial output left behind");
 
+    // Without ffmpeg (or ffprobe) it says what to install, before doing anything.
+    for (var, missing) in [("REEL_FFMPEG", "ffmpeg"), ("REEL_FFPROBE", "ffprobe"), ("PATH", "ffmpeg")] {
+        let value = if var == "PATH" { sb.path("empty-bin").display().to_string() } else { sb.path(&format!("no-{missing}")).display().to_string() };
+        let out = Command::new(env!("CARGO_BIN_EXE_reel"))
+            .args(["stitch", a, b, "-o", "o.mp4"])
+            .current_dir(sb.dir.path())
+            .env("REEL_HOME", sb.path("state"))
+            .env(var, value)
+            .output()
+            .unwrap();
+        assert!(!out.status.success(), "{var}: succeeded without {missing}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("not installed") && stderr.contains("apt-get install ffmpeg") && stderr.contains(missing), "{var}: {stderr}");
+        assert!(!sb.path("o.mp4").exists());
+    }
+
     // An existing output is not replaced without --overwrite.
     std::fs::write(sb.path("exists.mp4"), b"keep me").unwrap();
     let out = sb.reel(&["stitch", a, b, "-o", "exists.mp4"]);

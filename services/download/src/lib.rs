@@ -10,8 +10,7 @@ use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, JobValidated, SkippedClip, WorkClip};
 use reel_events::{types, ClipInfo, ErrorType, Event, Stage};
 use reel_media::MediaError;
-use reel_runtime::location::Location;
-use reel_runtime::stage::{decode_payload, store_failure, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{check_job_location, decode_payload, store_failure, Context, Failure, Handler, Outcome};
 use reel_runtime::store::{self, PutMode, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -39,6 +38,15 @@ impl Handler for Download {
             Err(outcome) => return outcome,
         };
         let job = &input.job;
+        // validate refuses a path outside the job's roots; one that got here was put on
+        // the work topic past it: fail the job before reading anything.
+        for (i, raw) in job.clip_paths.iter().enumerate() {
+            if let Err(f) = check_job_location(&ctx.settings, &format!("clip {}", i + 1), raw, &job.project_id) {
+                if f.error_type == ErrorType::PermissionDenied {
+                    return Outcome::Reject(f);
+                }
+            }
+        }
         let total = job.clip_paths.len().max(1);
         let mut clips = Vec::new();
         let mut skipped = Vec::new();
@@ -86,7 +94,8 @@ impl Handler for Download {
 }
 
 async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, ClipError> {
-    let location = Location::parse(raw, None).map_err(|e| ClipError::Skip(e.reason))?;
+    let location = check_job_location(&ctx.settings, &format!("clip {}", index + 1), raw, &ctx.job.project_id)
+        .map_err(|f| ClipError::Skip(f.message))?;
     let ext = location.extension().unwrap_or_else(|| "bin".into());
     let work_key = format!("{}clips/{index:03}.{ext}", ctx.work_prefix());
     let probe_key = format!("{work_key}.probe.json");

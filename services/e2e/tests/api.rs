@@ -108,6 +108,21 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
     let after = http(port2, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
     let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
     assert_eq!(a, b);
+
+    // No token reaches a log: not the configured ones (sent with every request above),
+    // not a tampered one, not a JWT-shaped one with a bad signature.
+    let jwtish = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im1hbGxvcnkifQ.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl";
+    assert_eq!(http(port2, "GET", "/api/projects/pa/jobs", Some(jwtish), "").0, 401);
+    assert_eq!(http(port2, "GET", "/api/projects/pa/jobs", Some("tok-alice-tampered"), "").0, 401);
+    let logs: Vec<&reel_e2e::Program> = cluster.programs.iter().filter(|p| p.name == "api").collect();
+    assert_eq!(logs.len(), 2);
+    for program in logs {
+        let text = program.log_text();
+        assert!(text.lines().count() > 3, "the API logged nothing to check: {text}");
+        for secret in ["tok-alice", "tok-bob", jwtish, "c2lnbmF0dXJl"] {
+            assert!(!text.contains(secret), "{secret:?} in {}:\n{text}", program.log.display());
+        }
+    }
 }
 
 /// The PIDs of `ffmpeg` processes whose parent is `parent`.

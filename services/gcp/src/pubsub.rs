@@ -77,7 +77,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 /// Pub/Sub's limit on a publish request (the message counts against it).
-pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
+pub use reel_runtime::bus::MAX_MESSAGE_BYTES;
 /// How long the publisher keeps retrying transient errors before giving up.
 pub const PUBLISH_RETRY_LIMIT: Duration = Duration::from_secs(60);
 /// How long the crate keeps extending a lease on its own.

@@ -18,6 +18,11 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use reel_events::message::PubsubMessage as Message;
+
+/// Pub/Sub's message size limit (10 MB, [`Message::wire_size`]); the one limit every
+/// bus, the worker and the dead-letter path use, so that what a bus accepts the worker
+/// can also dead-letter (truncated if its dead-letter attributes would push it over).
+pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
 use std::time::Duration;
 
 use crate::topology::Topology;

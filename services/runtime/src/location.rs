@@ -56,7 +56,11 @@ impl Location {
             if !rest.starts_with('/') {
                 return Err(err("file:// URLs must be absolute (file:///path)"));
             }
-            percent_decode(rest).ok_or_else(|| err("bad percent-encoding"))?
+            let decoded = percent_decode(rest).ok_or_else(|| err("bad percent-encoding"))?;
+            if decoded.chars().any(|c| c.is_control()) {
+                return Err(err("control characters are not allowed"));
+            }
+            decoded
         } else {
             // Anything that looks like a URL scheme or an ffmpeg protocol is refused.
             if let Some((scheme, _)) = raw.split_once(':') {
@@ -227,6 +231,8 @@ mod tests {
             "file://relative/x",
             "relative.mp4",
             "/tmp/a\nb.mp4",
+            "file:///tmp/a%0Ab.mp4",
+            "file:///tmp/%1b[31m.mp4",
         ] {
             assert!(Location::parse(bad, None).is_err(), "{bad:?} was accepted");
         }

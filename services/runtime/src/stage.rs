@@ -217,6 +217,45 @@ pub fn store_failure(what: &str, err: &crate::store::StoreError) -> Outcome {
     }
 }
 
+/// Whether `id` is a valid job or project id: 1–128 characters of `A-Z a-z 0-9 _ - .`
+/// (safe in object names, attributes, ordering keys and logs).
+pub fn valid_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+}
+
+/// Check a clip or output path of a job of `project_id` against the trust boundary:
+/// it must parse ([`Location::parse`]: no `..`, no ffmpeg protocol, no other scheme),
+/// lie inside one of the allowed roots (where `{projectId}` in a root stands for the
+/// job's project, so `gs://uploads/projects/{projectId}` confines each project to its
+/// own prefix), and not inside the work root (locks, completion records, the API
+/// snapshot and other jobs' workspaces live there). validate checks every request;
+/// download and upload check again before they read or write, so an event put on a
+/// work topic past validate cannot reach further.
+pub fn check_job_location(settings: &Settings, what: &str, raw: &str, project_id: &str) -> Result<crate::location::Location, Failure> {
+    use crate::location::{parse_root, Location};
+    let location = Location::parse(raw, None).map_err(|e| Failure::new(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
+    let roots: Vec<Location> = settings
+        .effective_allowed_roots()
+        .iter()
+        .filter(|r| !r.contains("{projectId}") || valid_id(project_id))
+        .filter_map(|r| parse_root(&r.replace("{projectId}", project_id)).ok())
+        .collect();
+    let denied = |why: String| Failure::new(ErrorType::PermissionDenied, format!("{what} {raw:?} {why}"));
+    if !roots.iter().any(|root| location.is_within(root)) {
+        let allowed: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+        return Err(denied(format!(
+            "is outside the allowed locations ({})",
+            if allowed.is_empty() { "none configured".into() } else { allowed.join(", ") }
+        )));
+    }
+    if let Ok(work) = parse_root(&settings.effective_work_root()) {
+        if location.is_within(&work) || location == work {
+            return Err(denied(format!("is inside the work area ({work}), which only the stages may use")));
+        }
+    }
+    Ok(location)
+}
+
 /// The key under which finalize records a completed job (holding its `job.completed`
 /// event), so a redelivered or repeated request does no work twice.
 pub fn completed_marker_key(job_id: &str) -> String {

@@ -23,12 +23,12 @@ use tracing::{error, info, warn, Instrument};
 use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
 use crate::location::StoreResolver;
-use crate::stage::{cancel_marker_key, work_prefix, Context, Failure, Handler, Outcome, ProgressReporter};
+use crate::stage::{cancel_marker_key, completed_marker_key, work_prefix, Context, Failure, Handler, Outcome, ProgressReporter};
 use crate::store::Store;
 use crate::topology::{Names, Topology};
 
 /// Pub/Sub's message size limit; larger messages are dead-lettered unread.
-pub const MAX_MESSAGE_BYTES: usize = 10 * 1024 * 1024;
+pub use crate::bus::MAX_MESSAGE_BYTES;
 
 /// How the worker runs.
 #[derive(Debug, Clone)]
@@ -150,6 +150,8 @@ impl Worker {
         let subs = self.options.subscriptions.clone();
         let mut next_sub = 0usize;
         info!(stage = %stage, subscriptions = ?subs, "worker started");
+        let temp_dir = self.settings.temp_dir.clone();
+        let _ = tokio::task::spawn_blocking(move || sweep_orphaned_scratch(&temp_dir)).await;
         'outer: loop {
             while tasks.try_join_next().is_some() {}
             if shutdown.is_cancelled() {
@@ -334,8 +336,17 @@ impl Worker {
         if !job.job_id.is_empty() && self.cancel_requested(&job.job_id).await {
             return self.cancel_job(event, &job, retry_attempt).await;
         }
+        if self.completed_already(stage, &job, data).await {
+            // A late redelivery (a lost ack, a program killed between publish and ack, a
+            // request sent twice): the job finished and its workspace is gone. Doing the
+            // work again would fail on the missing workspace and tell Phoenix the job
+            // failed; there is nothing left to do.
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            info!(reason = "the job already completed", "skipped");
+            return Disposition::Ack;
+        }
 
-        let scratch = self.settings.temp_dir.join(format!("{}-{}", stage, uuid::Uuid::new_v4().simple()));
+        let scratch = scratch_dir(&self.settings.temp_dir, stage);
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
             let failure = Failure::new(ErrorType::ResourceExhausted, format!("cannot create scratch dir {}: {e}", scratch.display()));
             return self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await;
@@ -405,9 +416,28 @@ impl Worker {
                 self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await
             }
             (Outcome::Reject(failure), None) => {
+                if self.completed_already(stage, &job, data).await {
+                    // The job completed while this (duplicate) delivery ran, and took
+                    // its workspace with it: the failure is an artefact of the race.
+                    info!(error = %failure.message, "failed, but the job completed meanwhile; not failing it");
+                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                    return Disposition::Ack;
+                }
                 self.fail_job(event, &job, retry_attempt, failure, false, delivery_attempt).await
             }
         }
+    }
+
+    /// Whether the job this event belongs to already completed, for the stages between
+    /// validate and finalize: validate checks the marker itself (and honours
+    /// `forceRestart`), finalize re-emits the recorded `job.completed`. A forced
+    /// restart runs again whatever the marker says.
+    async fn completed_already(&self, stage: Stage, job: &JobRef, data: &serde_json::Value) -> bool {
+        if !matches!(stage, Stage::Download | Stage::Stitch | Stage::Upload) || job.job_id.is_empty() {
+            return false;
+        }
+        let forced = data.get("job").and_then(|j| j.get("forceRestart")).and_then(|v| v.as_bool()).unwrap_or(false);
+        !forced && matches!(self.work.head(&completed_marker_key(&job.job_id)).await, Ok(Some(_)))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -706,6 +736,57 @@ fn estimate(accepted: DateTime<Utc>, overall: f64) -> Option<DateTime<Utc>> {
     let elapsed = (Utc::now() - accepted).num_milliseconds().max(0) as f64;
     let total = elapsed * 100.0 / overall;
     Some(accepted + chrono::Duration::milliseconds(total as i64))
+}
+
+/// A delivery's scratch directory: `TEMP_DIR/{stage}-{pid}-{uuid}`. The pid lets a
+/// worker that starts later remove what a killed process left (see
+/// [`sweep_orphaned_scratch`]).
+fn scratch_dir(temp_dir: &std::path::Path, stage: Stage) -> PathBuf {
+    temp_dir.join(format!("{}-{}-{}", stage, std::process::id(), uuid::Uuid::new_v4().simple()))
+}
+
+/// Remove the scratch directories in `temp_dir` whose process is gone (SIGKILL, OOM
+/// kill): nothing else would ever remove them. Several programs may share `TEMP_DIR`,
+/// so a directory of a live process (or one not named by [`scratch_dir`]) is left
+/// alone. Returns how many were removed.
+pub fn sweep_orphaned_scratch(temp_dir: &std::path::Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else { return 0 };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        let mut parts = name.splitn(3, '-');
+        let (Some(stage), Some(pid), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
+        let Ok(pid) = pid.parse::<u32>() else { continue };
+        if stage.parse::<Stage>().is_err() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            continue;
+        }
+        if pid == std::process::id() || process_alive(pid) || !entry.path().is_dir() {
+            continue;
+        }
+        match std::fs::remove_dir_all(entry.path()) {
+            Ok(()) => {
+                removed += 1;
+                info!(path = %entry.path().display(), pid, "removed scratch left by a process that is gone");
+            }
+            Err(e) => warn!(path = %entry.path().display(), error = %e, "could not remove orphaned scratch"),
+        }
+    }
+    removed
+}
+
+/// Whether a process with this pid is running (on Linux, from `/proc/{pid}/stat`: a
+/// zombie, killed but not yet reaped by its parent, counts as gone; elsewhere assume it
+/// runs, so nothing of a live process is ever removed).
+fn process_alive(pid: u32) -> bool {
+    let proc_root = std::path::Path::new("/proc");
+    if !proc_root.join("self").exists() {
+        return true;
+    }
+    match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
+        // "pid (comm) state …"; comm may contain spaces and parentheses.
+        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_none_or(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
 }
 
 async fn remove_dir_quietly(path: &PathBuf) {

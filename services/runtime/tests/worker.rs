@@ -9,7 +9,7 @@ use reel_events::{binding, envelope, types, AttributesReader, Compression, Error
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::embedded::{DirStore, EmbeddedBus};
 use reel_runtime::local::LocalResolver;
-use reel_runtime::stage::{cancel_marker_key, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{cancel_marker_key, completed_marker_key, Context, Failure, Handler, Outcome};
 use reel_runtime::topology::{Names, SubscriptionSpec};
 use reel_runtime::worker::{dead_letter_attrs, Worker, WorkerOptions};
 use reel_runtime::{PutMode, Settings, Store};
@@ -325,4 +325,72 @@ async fn shutdown_mid_work_nacks_so_the_message_is_redelivered() {
     assert_eq!(again.len(), 1);
     assert_eq!(binding::decode(&again[0].message).unwrap().id(), "v-job_term");
     assert_eq!(again[0].delivery_attempt, 2);
+}
+
+/// A late redelivery of a finished job's event (its workspace already removed by
+/// finalize) is skipped: the handler never runs, nothing is emitted, no `job.failed`.
+/// A forced restart of a completed job does run.
+#[tokio::test]
+async fn a_late_redelivery_of_a_completed_job_is_skipped_not_failed() {
+    let rig = rig(Behaviour::Reject, 3).await;
+    rig.work.put(&completed_marker_key("job_done"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite).await.unwrap();
+    rig.send(&job_event("job_done", chrono::Duration::minutes(5))).await;
+    // A job sent after it is processed after it (one message at a time), so once its
+    // failure is on the log the late redelivery has been handled.
+    rig.send(&job_event("job_after", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_after", types::JOB_FAILED).await;
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 1, "the handler ran for a completed job");
+    assert_eq!(rig.worker.stats.skipped.load(Ordering::Relaxed), 1);
+
+    let mut forced = job_event("job_done", chrono::Duration::minutes(5));
+    let mut data = envelope::data_json(&forced).unwrap();
+    data["job"]["forceRestart"] = serde_json::Value::Bool(true);
+    forced = envelope::build(types::JOB_VALIDATED, "//test", "v-job_done-forced", "job_done", Utc::now(), &data).unwrap();
+    rig.send(&forced).await;
+    let failed = rig.wait_log("job_done", types::JOB_FAILED).await;
+    assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "corrupt_input");
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 2, "a forced restart did not run");
+    rig.stop().await;
+}
+
+/// A program SIGKILLed mid-work leaves its delivery's scratch directory; the next worker
+/// to start removes it, and leaves alone what belongs to live processes or is not a
+/// scratch directory at all.
+#[test]
+fn scratch_of_dead_processes_is_swept_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    // A zombie (killed, not yet reaped by its parent) is gone too.
+    let mut zombie_child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+    let zombie = zombie_child.id();
+    kill_by_pid(zombie);
+    while !std::fs::read_to_string(format!("/proc/{zombie}/stat")).unwrap_or_default().contains(") Z") {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let hex = "0123456789abcdef0123456789abcdef";
+    let orphan = dir.path().join(format!("stitch-{dead}-{hex}"));
+    let zombie_scratch = dir.path().join(format!("upload-{zombie}-{hex}"));
+    std::fs::create_dir_all(&zombie_scratch).unwrap();
+    let mine = dir.path().join(format!("stitch-{}-{hex}", std::process::id()));
+    let parent = dir.path().join(format!("download-{}-{hex}", std::os::unix::process::parent_id()));
+    let foreign = dir.path().join(format!("notes-{dead}-{hex}"));
+    for d in [&orphan, &mine, &parent, &foreign] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("part.mp4"), b"x").unwrap();
+    }
+    std::fs::write(dir.path().join(format!("upload-{dead}-{hex}")), b"a file, not a dir").unwrap();
+    assert_eq!(reel_runtime::worker::sweep_orphaned_scratch(dir.path()), 2);
+    assert!(!orphan.exists(), "the dead process's scratch is still there");
+    assert!(!zombie_scratch.exists(), "the zombie's scratch is still there");
+    zombie_child.wait().unwrap();
+    for kept in [&mine, &parent, &foreign] {
+        assert!(kept.exists(), "{} was removed", kept.display());
+    }
+}
+
+fn kill_by_pid(pid: u32) {
+    let status = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status().unwrap();
+    assert!(status.success());
 }

@@ -8,8 +8,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ReelStitched, ReelUploaded};
 use reel_events::{types, ErrorType, Event, Stage};
-use reel_runtime::location::Location;
-use reel_runtime::stage::{decode_payload, store_failure, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{check_job_location, decode_payload, store_failure, Context, Failure, Handler, Outcome};
 use reel_runtime::store::{crc32c_base64, ObjectMeta, PutMode, StoreError};
 use tracing::info;
 
@@ -41,9 +40,9 @@ impl Handler for Upload {
         };
         let matches = |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
 
-        let location = match Location::parse(&job.output_path, None) {
+        let location = match check_job_location(&ctx.settings, "outputPath", &job.output_path, &job.project_id) {
             Ok(l) => l,
-            Err(e) => return Outcome::Reject(Failure::new(ErrorType::InvalidRequest, format!("outputPath: {e}"))),
+            Err(f) => return Outcome::Reject(f),
         };
         let (store, key) = match ctx.resolver.resolve(&location) {
             Ok(x) => x,

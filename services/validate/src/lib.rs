@@ -10,9 +10,9 @@ use chrono::Utc;
 use reel_events::binding::STORAGE_OBJECT_FINALIZED;
 use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
-use reel_runtime::location::{parse_root, Location};
+use reel_runtime::location::Location;
 use reel_runtime::lock;
-use reel_runtime::stage::{completed_marker_key, store_failure, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{check_job_location, completed_marker_key, store_failure, valid_id, Context, Failure, Handler, Outcome};
 use reel_runtime::store::StoreError;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -47,12 +47,30 @@ impl Handler for Validate {
                 Ok(d) => d,
                 Err(e) => return reject(ErrorType::InvalidRequest, format!("stitch.requested without JSON data: {e}")),
             };
-            let job_id = match data.get("jobId") {
-                None | Some(serde_json::Value::Null) => derived_job_id(&[event.source(), event.id()]),
-                Some(serde_json::Value::String(id)) => id.clone(),
-                Some(other) => return reject(ErrorType::InvalidRequest, format!("jobId must be a string, not {other}")),
-            };
+            let derived = || derived_job_id(&[event.source(), event.id()]);
             let mut job = JobRef::from_data(&data, None);
+            let job_id = match data.get("jobId") {
+                None | Some(serde_json::Value::Null) => derived(),
+                Some(serde_json::Value::String(id)) if valid_id(id) => id.clone(),
+                // A job id that is not one cannot name the failure (nor go into
+                // ce-subject or an ordering key, both limited to 1,024 bytes): fail
+                // under the id derived from the event, quoting the bad one shortened.
+                Some(other) => {
+                    job.job_id = derived();
+                    let text = match other {
+                        serde_json::Value::String(s) => s.clone(),
+                        v => v.to_string(),
+                    };
+                    let short: String = text.chars().take(64).collect();
+                    let more = if text.chars().count() > 64 { "…" } else { "" };
+                    let shown = if other.is_string() { format!("{short:?}{more}") } else { format!("{short}{more}") };
+                    let message = format!(
+                        "jobId {shown} must be a string of 1-128 characters of A-Z a-z 0-9 _ - . (failed as {})",
+                        job.job_id
+                    );
+                    return attribute(reject(ErrorType::InvalidRequest, message), job);
+                }
+            };
             job.job_id = job_id.clone();
             return attribute(validate_request(ctx, event, &job_id, data, None).await, job);
         }
@@ -86,9 +104,6 @@ pub fn traceparent_for(job_id: &str, retry_attempt: u32) -> String {
     format!("00-{}-{}-01", &hex[..32], &hex[32..48])
 }
 
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
-}
 
 /// Handle a manifest upload: `manifests/{projectId}/*.json` in the bucket.
 async fn manifest(ctx: &Context, event: &Event) -> Outcome {
@@ -265,17 +280,8 @@ fn check_request(ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
     if request.clip_paths.len() > max {
         return Some(reject(ErrorType::InvalidRequest, format!("{} clips requested; the limit is {max}", request.clip_paths.len())));
     }
-    let roots: Vec<Location> = ctx.settings.effective_allowed_roots().iter().filter_map(|r| parse_root(r).ok()).collect();
     let check = |what: &str, raw: &str| -> Result<Location, Outcome> {
-        let location = Location::parse(raw, None).map_err(|e| reject(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
-        if !roots.iter().any(|root| location.is_within(root)) {
-            let allowed: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
-            return Err(reject(
-                ErrorType::PermissionDenied,
-                format!("{what} {raw:?} is outside the allowed locations ({})", if allowed.is_empty() { "none configured".into() } else { allowed.join(", ") }),
-            ));
-        }
-        Ok(location)
+        check_job_location(&ctx.settings, what, raw, &request.project_id).map_err(Outcome::Reject)
     };
     for (i, raw) in request.clip_paths.iter().enumerate() {
         if let Err(outcome) = check(&format!("clip {}", i + 1), raw) {

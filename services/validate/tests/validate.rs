@@ -92,6 +92,12 @@ async fn each_rule_names_its_error_type() {
         assert!(!message.is_empty());
         assert!(job.is_some_and(|j| j.job_id.starts_with("job_")), "failure is attributed to a job");
     }
+    // The clip count limit (REEL_MAX_CLIPS, 100 by default): one more is refused.
+    let many: Vec<String> = (0..=f.settings.max_clips).map(|i| format!("gs://clips/{i}.mp4")).collect();
+    let many: Vec<&str> = many.iter().map(String::as_str).collect();
+    let (got, message, _) = failure(run(&f, request("p1", &many, "gs://clips/o.mp4")).await);
+    assert_eq!(got, ErrorType::InvalidRequest);
+    assert!(message.contains("limit is 100"), "{message}");
     let mut bad = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
     bad["orientation"] = "diagonal".into();
     let (got, message, _) = failure(run(&f, bad).await);
@@ -127,4 +133,62 @@ async fn one_active_job_per_project() {
     let mut third = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o3.mp4");
     third["jobId"] = "job_third".into();
     assert!(matches!(run(&f, third).await, Outcome::Emit(_)));
+}
+
+/// `{projectId}` in an allowed root confines each project to its own prefix, and the
+/// work area (locks, completion records, other jobs' workspaces) is never a clip or an
+/// output, even inside an allowed root.
+#[tokio::test]
+async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
+    let f = fixture(&["gs://uploads/projects/{projectId}"]);
+    let own = request("p1", &["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"], "gs://uploads/projects/p1/out.mp4");
+    assert!(matches!(run(&f, own).await, Outcome::Emit(_)));
+    for (clips, output) in [
+        (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p2/b.mp4"], "gs://uploads/projects/p1/out.mp4"),
+        (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"], "gs://uploads/projects/p2/out.mp4"),
+        (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p10/b.mp4"], "gs://uploads/projects/p1/out.mp4"),
+        (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/b.mp4"], "gs://uploads/projects/p1/out.mp4"),
+    ] {
+        let (got, message, _) = failure(run(&f, request("p1", &clips, output)).await);
+        assert_eq!(got, ErrorType::PermissionDenied, "{clips:?} -> {output}: {message}");
+        assert!(message.contains("gs://uploads/projects/p1"), "the message names the project's root: {message}");
+    }
+
+    let mut settings = (*f.settings).clone();
+    settings.allowed_roots = vec!["gs://bucket".into()];
+    settings.work_root = Some("gs://bucket/work".into());
+    let f = Fixture { settings: Arc::new(settings), ..f };
+    for (clip, output) in [
+        ("gs://bucket/work/control/api-snapshot.json", "gs://bucket/out.mp4"),
+        ("gs://bucket/work/jobs/other_job/clips/000.mp4", "gs://bucket/out.mp4"),
+        ("gs://bucket/a.mp4", "gs://bucket/work/jobs/other_job/reel.mp4"),
+    ] {
+        let (got, message, _) = failure(run(&f, request("p1", &["gs://bucket/b.mp4", clip], output)).await);
+        assert_eq!(got, ErrorType::PermissionDenied, "{clip} -> {output}: {message}");
+        assert!(message.contains("work area"), "{message}");
+    }
+    // (Another project: p1 holds its project lock from the first request above.)
+    let fine = request("p2", &["gs://bucket/a.mp4", "gs://bucket/workshop/b.mp4"], "gs://bucket/out.mp4");
+    let outcome = run(&f, fine).await;
+    assert!(matches!(outcome, Outcome::Emit(_)), "a prefix that only starts like the work root is fine: {outcome:?}");
+}
+
+/// A jobId that is not a valid id (not a string, too long, control characters) fails
+/// under an id derived from the event, never echoed into attributes or ordering keys.
+#[tokio::test]
+async fn an_invalid_job_id_fails_under_a_derived_id() {
+    let f = fixture(&["gs://clips"]);
+    for bad in [serde_json::json!(12345), serde_json::json!("p/slash"), serde_json::json!("x".repeat(10_000)), serde_json::json!("p_\u{1b}[31m\r\n")] {
+        let mut data = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
+        data["jobId"] = bad.clone();
+        let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), "subject", Utc::now(), &data).unwrap();
+        let ctx = Context::standalone(Stage::Validate, f.settings.clone(), f.work.clone(), Arc::new(LocalResolver::new()), JobRef::default());
+        let (got, message, job) = failure(reel_validate::Validate.handle(&ctx, &event).await);
+        assert_eq!(got, ErrorType::InvalidRequest, "{bad}: {message}");
+        let job = job.expect("the failure names a job");
+        assert!(job.job_id.starts_with("job_") && job.job_id.len() < 40, "derived id: {}", job.job_id);
+        assert!(message.contains(&job.job_id), "{message}");
+        assert!(message.len() < 300, "the bad id is quoted shortened: {} bytes", message.len());
+        assert!(!message.chars().any(|c| c.is_control()), "control characters quoted raw: {message:?}");
+    }
 }

@@ -17,7 +17,7 @@ use crate::topology::{SubscriptionSpec, Topology};
 
 /// Largest message [`EmbeddedBus::publish`] accepts ([`Message::wire_size`]), Pub/Sub's
 /// 10 MB limit; larger ones fail with [`BusError::TooLarge`] as they would on Pub/Sub.
-pub const MAX_MESSAGE_BYTES: usize = 10_000_000;
+pub use crate::bus::MAX_MESSAGE_BYTES;
 
 /// Attribute added to a dead-lettered message: the subscription it died on (Pub/Sub's name).
 pub const ATTR_DEAD_LETTER_SOURCE_SUBSCRIPTION: &str = "CloudPubSubDeadLetterSourceSubscription";

@@ -49,8 +49,13 @@ struct Inner {
     canonical_root: PathBuf,
     /// Whether the root is `/` (no containment checks, no pruning).
     is_fs_root: bool,
-    crc_cache: Mutex<HashMap<FileId, CrcEntry>>,
 }
+
+/// CRC32Cs already computed, by file identity, for the whole process: several
+/// `DirStore`s see the same files (the CLI's work store and the stores the resolver opens
+/// for clips and outputs; a reel linked from the workspace to its output is one inode),
+/// and a checksum computed by one must not cost another read of the file by the next.
+static CRC_CACHE: std::sync::LazyLock<Mutex<HashMap<FileId, CrcEntry>>> = std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum FileId {
@@ -77,7 +82,7 @@ impl DirStore {
         let canonical_root = fs::canonicalize(&root)?;
         let is_fs_root = canonical_root.parent().is_none();
         Ok(DirStore {
-            inner: Arc::new(Inner { root, canonical_root, is_fs_root, crc_cache: Mutex::new(HashMap::new()) }),
+            inner: Arc::new(Inner { root, canonical_root, is_fs_root }),
         })
     }
 
@@ -273,7 +278,7 @@ impl Inner {
     }
 
     fn remember(&self, path: &Path, meta: &Metadata, crc: u32) {
-        let mut cache = self.crc_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = CRC_CACHE.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() >= CRC_CACHE_MAX {
             cache.clear();
         }
@@ -283,7 +288,7 @@ impl Inner {
     /// CRC32C of the file at `path` whose metadata is `meta`, from the cache or read.
     fn crc_of(&self, path: &Path, meta: &Metadata) -> io::Result<u32> {
         let id = file_id(path, meta);
-        let cached = self.crc_cache.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
+        let cached = CRC_CACHE.lock().unwrap_or_else(|p| p.into_inner()).get(&id).copied();
         if let Some(entry) = cached {
             if entry.len == meta.len() && entry.mtime_ns == mtime_ns(meta) {
                 return Ok(entry.crc);
