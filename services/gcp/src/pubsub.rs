@@ -66,7 +66,7 @@ use google_cloud_pubsub::client::{
     BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin,
 };
 use google_cloud_pubsub::error::{AckError, PublishError};
-use google_cloud_pubsub::model::{DeadLetterPolicy, Message as PsMessage, RetryPolicy};
+use google_cloud_pubsub::model::{DeadLetterPolicy, ExpirationPolicy, Message as PsMessage, RetryPolicy};
 use google_cloud_pubsub::subscriber::handler::Handler;
 use google_cloud_pubsub::subscriber::{MessageStream, ShutdownBehavior};
 use reel_runtime::bus::{Bus, BusError, Delivery, Message};
@@ -987,7 +987,11 @@ impl Bus for PubSubBus {
                         .set_minimum_backoff(wkt_duration(spec.min_backoff)?)
                         .set_maximum_backoff(wkt_duration(spec.max_backoff)?),
                 )
-                .set_enable_exactly_once_delivery(spec.exactly_once);
+                .set_enable_exactly_once_delivery(spec.exactly_once)
+                // Never expire: Pub/Sub deletes a subscription idle for 31 days by
+                // default, and a quiet month must not delete a stage's input (terraform
+                // sets the same).
+                .set_expiration_policy(ExpirationPolicy::new());
             if let Some(dead_letter) = &spec.dead_letter_topic {
                 request = request.set_dead_letter_policy(
                     DeadLetterPolicy::new()

@@ -303,3 +303,19 @@ async fn the_standard_topology_is_created_idempotently() {
         .unwrap()
         .is_empty());
 }
+
+/// Subscriptions are created never to expire: Pub/Sub deletes one idle for 31 days by
+/// default, which would silently drop a quiet stage's input.
+#[tokio::test]
+async fn subscriptions_never_expire() {
+    let f = fixture(true, false).await;
+    let emulators = Emulators::shared();
+    for sub in [&f.sub, &f.dlq_sub] {
+        let url = format!("http://{}/v1/projects/{}/subscriptions/{sub}", emulators.pubsub_host(), emulators.project());
+        let out = std::process::Command::new("curl").args(["-sf", &url]).output().expect("curl");
+        assert!(out.status.success(), "GET {url} failed");
+        let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        let policy = json.get("expirationPolicy").unwrap_or_else(|| panic!("no expirationPolicy on {sub}: {json}"));
+        assert!(policy.get("ttl").is_none(), "{sub} expires: {json}");
+    }
+}
