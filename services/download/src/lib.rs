@@ -107,16 +107,26 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     }
 
     let (source, source_key) = ctx.resolver.resolve(&location).map_err(|e| stop_or_skip("open", raw, e))?;
-    let meta = match source.head(&source_key).await {
-        Ok(Some(m)) => m,
-        Ok(None) => return Err(ClipError::Skip("not found".into())),
-        Err(e) => return Err(stop_or_skip("read", raw, e)),
+    // Only the size is needed here. For a local file, read it from the file system: a
+    // store's `head` also checksums the file, a read of every byte for nothing.
+    let size = match source.local_path(&source_key) {
+        Some(path) => match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Err(ClipError::Skip("not found".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ClipError::Skip("not found".into())),
+            Err(e) => return Err(stop_or_skip("read", raw, StoreError::from_io(raw, e))),
+        },
+        None => match source.head(&source_key).await {
+            Ok(Some(m)) => m.size,
+            Ok(None) => return Err(ClipError::Skip("not found".into())),
+            Err(e) => return Err(stop_or_skip("read", raw, e)),
+        },
     };
-    if meta.size == 0 {
+    if size == 0 {
         return Err(ClipError::Skip("empty file".into()));
     }
-    if meta.size > ctx.settings.max_clip_bytes {
-        return Err(ClipError::Skip(format!("{} bytes is over the {} byte limit", meta.size, ctx.settings.max_clip_bytes)));
+    if size > ctx.settings.max_clip_bytes {
+        return Err(ClipError::Skip(format!("{size} bytes is over the {} byte limit", ctx.settings.max_clip_bytes)));
     }
 
     // Bring the bytes into the workspace, then probe a local file.
@@ -167,8 +177,8 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     if let Err(e) = ctx.work.put(&probe_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
         return Err(ClipError::Stop(store_failure("saving probe result", &e)));
     }
-    info!(clip = index, work_key = %work_key, bytes = meta.size, "clip fetched");
-    Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info })
+    info!(clip = index, work_key = %work_key, bytes = size, "clip fetched");
+    Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: size, info })
 }
 
 /// Hard-link a local clip into a local workspace (no copy), or stream-copy it when the

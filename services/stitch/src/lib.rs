@@ -109,15 +109,30 @@ impl Handler for Stitch {
             Ok(info) => info,
             Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("the stitched reel does not probe: {e}"))),
         };
-        let (crc, size) = match store::crc32c_of_file(&target_path).await {
-            Ok(x) => x,
-            Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("cannot read the reel: {e}"))),
-        };
-        if local_reel.is_none() {
-            if let Err(e) = store::put_file(ctx.work.as_ref(), &reel_key, &target_path, PutMode::Overwrite).await {
-                return store_failure("saving the reel to the workspace", &e);
+        // The checksum comes from the store, once: a local work store checksums the file
+        // it already holds (and remembers it, so upload's check of the linked output
+        // costs nothing); a remote one checksums what it uploads.
+        let meta = if local_reel.is_some() {
+            match ctx.work.head(&reel_key).await {
+                Ok(Some(meta)) => meta,
+                Ok(None) => return Outcome::Retry(Failure::new(ErrorType::Internal, "the stitched reel vanished from the workspace")),
+                Err(e) => return store_failure("reading the reel", &e),
             }
-        }
+        } else {
+            match store::put_file(ctx.work.as_ref(), &reel_key, &target_path, PutMode::Overwrite).await {
+                Ok(meta) => meta,
+                Err(e) => return store_failure("saving the reel to the workspace", &e),
+            }
+        };
+        let (crc, size) = if meta.crc32c == 0 && local_reel.is_none() {
+            // A store that reported no checksum: compute it here.
+            match store::crc32c_of_file(&target_path).await {
+                Ok(x) => x,
+                Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("cannot read the reel: {e}"))),
+            }
+        } else {
+            (meta.crc32c, meta.size)
+        };
         let facts = ReelFacts { size_bytes: size, duration_seconds: info.duration_seconds, crc32c: store::crc32c_base64(crc), mode };
         let json = serde_json::to_vec(&facts).expect("facts serialize");
         if let Err(e) = ctx.work.put(&facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
