@@ -148,12 +148,13 @@ fn concat_list(inputs: &[PathBuf]) -> Result<Vec<u8>, MediaError> {
 /// the first input's. An MP4 has one set of headers per track, so a later clip
 /// with other headers would mis-decode. [`plan`](crate::plan) cannot see this
 /// (it is not in `ClipInfo`); [`concat_copy`] checks it itself before joining,
-/// so call this only to decide early. One ffprobe per input (~50 ms each).
+/// so call this only to decide early. MP4/MOV headers are read natively (well under
+/// a millisecond each); only files the native reader declines cost an ffprobe run.
 pub async fn check_copy_compatible(
     inputs: &[PathBuf],
     opts: &RunOptions,
 ) -> Result<(), MediaError> {
-    // One ffprobe per input, a few at a time (they are short and mostly process start-up).
+    // A few at a time: native reads are quick; an ffprobe fallback is mostly process start-up.
     let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
     let mut fingerprints = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(width) {

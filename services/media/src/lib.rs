@@ -1,6 +1,7 @@
 //! `reel-media`: everything in reel that knows ffmpeg.
 //!
-//! * [`probe`] a file into a [`ClipInfo`](reel_events::ClipInfo),
+//! * [`probe`] a file into a [`ClipInfo`](reel_events::ClipInfo) (MP4/MOV headers
+//!   read natively when the reader is sure, see [`probe_native`]; otherwise ffprobe),
 //! * [`plan`] stream copy vs re-encode for a list of clips,
 //! * [`normalize_clip`] one clip into a segment of an [`EncodeTarget`],
 //! * [`concat_copy`] segments (or copy-compatible clips) into the reel,
@@ -11,7 +12,8 @@
 //! `-progress pipe:1`, and stopped (SIGTERM, SIGKILL after 2 s) on cancel or deadline.
 //! Every input is opened as a `file:` URL under `-protocol_whitelist file` and
 //! `-format_whitelist` [`INPUT_FORMATS`] (so no playlist or script can open more files).
-//! `REEL_FFMPEG` / `REEL_FFPROBE` override the binaries (default: `PATH`).
+//! `REEL_FFMPEG` / `REEL_FFPROBE` override the binaries (default: `PATH`);
+//! `REEL_NATIVE_PROBE=0` turns the native MP4/MOV header reader off (ffprobe only).
 //! See `docs/MEDIA.md` for the rules and the exact ffmpeg settings.
 //!
 //! ```no_run
@@ -48,6 +50,7 @@
 mod cancel;
 mod encode;
 mod error;
+mod mp4;
 mod plan;
 mod probe;
 mod process;
@@ -59,7 +62,11 @@ pub use encode::{
 };
 pub use error::MediaError;
 pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
-pub use probe::{is_mov_family, probe, INPUT_FORMATS, PROBE_TIMEOUT};
+pub use mp4::NATIVE_PROBE_ENV;
+pub use probe::{
+    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_with_ffprobe,
+    Fingerprint, NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
+};
 
 use std::ffi::OsString;
 use std::path::Path;

@@ -1,6 +1,12 @@
-//! `probe`: ffprobe a file into a [`ClipInfo`].
+//! `probe`: a file into a [`ClipInfo`], natively for MP4/MOV, else with ffprobe.
+//!
+//! MP4/MOV (ISO-BMFF) headers are read in-process by [`crate::mp4`], which answers
+//! only when it is sure to give ffprobe's answer; everything else (other containers,
+//! codecs or layouts it does not know, anything odd) goes to ffprobe as before.
+//! `REEL_NATIVE_PROBE=0` sends everything to ffprobe.
 
 use crate::error::MediaError;
+use crate::mp4;
 use crate::process::{self, Stdout, Tool};
 use crate::{file_url, RunOptions};
 use reel_events::{AudioInfo, ClipInfo, VideoInfo};
@@ -20,14 +26,94 @@ pub const INPUT_FORMATS: &str = "mov,mp4,m4a,3gp,3g2,mj2,matroska,webm,avi,mpegt
 /// ffprobe's own time limit.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Probes `path` with ffprobe (`-v error -protocol_whitelist file -format_whitelist
-/// INPUT_FORMATS -show_streams -show_format -of json`, no shell, 30 s limit).
+/// Probes `path`: MP4/MOV headers natively when the reader is sure (see
+/// [`probe_native`]), otherwise ffprobe (`-v error -protocol_whitelist file
+/// -format_whitelist INPUT_FORMATS -show_streams -show_format -of json`, no shell,
+/// 30 s limit). Both give the same [`ClipInfo`]; `REEL_NATIVE_PROBE=0` forces ffprobe.
 ///
 /// Errors: `Io` if the file cannot be opened (missing, permissions); `Corrupt` if
 /// ffprobe cannot read it, it has no video stream, no positive duration, is a still
 /// image, or is an MP4/MOV whose box structure runs past the end of the file
 /// (a truncated download); `Timeout` after 30 s; `NotInstalled` without ffprobe.
+/// The native reader decides no error itself (except `Timeout` if reading the headers
+/// takes 30 s, as the ffprobe run would): whatever it is unsure about, ffprobe
+/// decides, so the errors are those of [`probe_with_ffprobe`].
 pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
+    let len = probe_input_len(path).await?;
+    if mp4::enabled() {
+        match read_native(path, &RunOptions::new()).await? {
+            Ok((info, _)) => {
+                check_iso_boxes(path, len).await?;
+                return Ok(info);
+            }
+            Err(declined) => tracing::debug!(
+                path = %path.display(),
+                reason = %declined,
+                "native MP4 reader declined; running ffprobe"
+            ),
+        }
+    }
+    run_ffprobe(path, len).await
+}
+
+/// [`probe`] with ffprobe only, never the native reader (for diagnostics and tests).
+pub async fn probe_with_ffprobe(path: &Path) -> Result<ClipInfo, MediaError> {
+    let len = probe_input_len(path).await?;
+    run_ffprobe(path, len).await
+}
+
+/// What the native MP4/MOV reader makes of one file (see [`probe_native`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+#[allow(clippy::large_enum_variant)] // one short-lived value per probe
+pub enum NativeProbe {
+    /// Read natively: exactly what [`probe_with_ffprobe`] and
+    /// [`fingerprint_with_ffprobe`] would return.
+    Read {
+        /// The clip, as [`probe`] returns it.
+        info: ClipInfo,
+        /// The codec headers, as the stream-copy check compares them.
+        fingerprint: Fingerprint,
+    },
+    /// The reader was not sure (not ISO-BMFF, an unknown codec, anything odd), so
+    /// [`probe`] asks ffprobe. The reason, for logs.
+    Declined(String),
+}
+
+/// Runs only the native ISO-BMFF reader on `path`, with no ffprobe fallback and
+/// regardless of `REEL_NATIVE_PROBE`: for diagnostics and the differential tests.
+/// Reads only headers (a few KB); never fails, a problem is a `Declined`.
+pub async fn probe_native(path: &Path) -> NativeProbe {
+    match read_native(path, &RunOptions::new()).await {
+        Ok(Ok((info, fingerprint))) => NativeProbe::Read { info, fingerprint },
+        Ok(Err(declined)) => NativeProbe::Declined(declined.0),
+        Err(e) => NativeProbe::Declined(format!("reading the headers: {e}")),
+    }
+}
+
+/// The native reader on a blocking thread (it does small synchronous reads), under
+/// the same limits as an ffprobe run: `opts`' cancel token and deadline, and at most
+/// [`PROBE_TIMEOUT`], so a hung filesystem gives `Timeout` rather than a stuck task.
+async fn read_native(
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<Result<(ClipInfo, Fingerprint), mp4::Declined>, MediaError> {
+    let owned = path.to_path_buf();
+    let read = tokio::task::spawn_blocking(move || mp4::read_path(&owned));
+    let limit = std::time::Instant::now() + PROBE_TIMEOUT;
+    let deadline = opts.deadline.map_or(limit, |d| d.min(limit));
+    tokio::select! {
+        joined = read => Ok(joined.unwrap_or_else(|e| {
+            // A bug in the reader must not take the stage down: ffprobe decides instead.
+            Err(mp4::Declined(format!("native reader failed: {e}")))
+        })),
+        _ = opts.cancel.cancelled() => Err(MediaError::Cancelled),
+        _ = tokio::time::sleep_until(deadline.into()) => Err(MediaError::Timeout),
+    }
+}
+
+/// The length of `path`, which must be a non-empty regular file.
+async fn probe_input_len(path: &Path) -> Result<u64, MediaError> {
     // Distinguish "not there / not readable" (Io) from "not a video" (Corrupt).
     let meta = tokio::fs::metadata(path).await?;
     if !meta.is_file() {
@@ -39,6 +125,10 @@ pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
     if meta.len() == 0 {
         return Err(MediaError::corrupt("file is empty"));
     }
+    Ok(meta.len())
+}
+
+async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
@@ -71,21 +161,56 @@ pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
         .map_err(|e| MediaError::corrupt(format!("unreadable ffprobe output: {e}")))?;
     let info = parse_ffprobe_json(&json)?;
     if is_mov_family(&info.container) {
-        check_iso_boxes(path, meta.len()).await?;
+        check_iso_boxes(path, len).await?;
     }
     Ok(info)
 }
 
-/// Codec headers of the first video and first audio stream, for the stream-copy check.
+/// Codec headers of the first video and first audio stream (cover art excluded), for
+/// the stream-copy check: `(codec name, extradata hash)` as ffprobe prints them with
+/// `-show_data_hash CRC32`, e.g. `("h264", "CRC32:59cc208d")`. Two clips can be joined
+/// by stream copy only if these are equal.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Fingerprint {
+pub struct Fingerprint {
+    /// The first video stream's codec name and extradata hash, if any.
     pub video: Option<(String, String)>,
+    /// The first audio stream's codec name and extradata hash, if any.
     pub audio: Option<(String, String)>,
 }
 
 /// Reads the codec name and a CRC32 of the codec extradata (h264 SPS/PPS, AAC
-/// AudioSpecificConfig) of the first video and audio stream.
+/// AudioSpecificConfig) of the first video and audio stream: natively for MP4/MOV
+/// when the reader is sure, else with [`fingerprint_with_ffprobe`].
 pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Fingerprint, MediaError> {
+    if mp4::enabled() {
+        // Same contract as the ffprobe run: a cancelled or expired request does no work.
+        if opts.cancel.is_cancelled() {
+            return Err(MediaError::Cancelled);
+        }
+        if opts
+            .deadline
+            .is_some_and(|d| std::time::Instant::now() >= d)
+        {
+            return Err(MediaError::Timeout);
+        }
+        match read_native(path, opts).await? {
+            Ok((_, fingerprint)) => return Ok(fingerprint),
+            Err(declined) => tracing::debug!(
+                path = %path.display(),
+                reason = %declined,
+                "native MP4 reader declined; running ffprobe for codec headers"
+            ),
+        }
+    }
+    fingerprint_with_ffprobe(path, opts).await
+}
+
+/// The [`Fingerprint`] of `path` from ffprobe only (`-show_data_hash CRC32`), never
+/// the native reader (for diagnostics and tests). 30 s limit, or `opts`' deadline.
+pub async fn fingerprint_with_ffprobe(
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<Fingerprint, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
