@@ -89,21 +89,7 @@ async fn clips_outside_the_allowed_roots_fail_the_job_and_nothing_is_read() {
         vec![format!("{}/a.mp4", allowed.display()), "file:///etc/passwd".to_string()],
         vec![format!("{}/a.mp4", allowed.display()), format!("{}/jobs/x/clips/000.mp4", dir.path().join("work").display())],
     ] {
-        let now = Utc::now();
-        let job = JobSpec {
-            job_id: "job_b".into(),
-            project_id: "p1".into(),
-            user_id: "u1".into(),
-            clip_paths: clips.clone(),
-            output_path: format!("{}/out.mp4", allowed.display()),
-            orientation: Orientation::Portrait,
-            compression: Compression::Optimized,
-            retry_attempt: 0,
-            force_restart: false,
-            accepted_at: now,
-            deadline: now + chrono::Duration::minutes(5),
-        };
-        let event = envelope::build(types::JOB_VALIDATED, "//test", "v1", "job_b", now, &JobValidated { job: job.clone() }).unwrap();
+        let (job, event) = job_event("job_b", clips.clone(), format!("{}/out.mp4", allowed.display()));
         let ctx = Context::standalone(
             Stage::Download,
             settings.clone(),
