@@ -18,6 +18,7 @@
 mod gcs;
 mod pubsub;
 mod resolver;
+mod unary;
 
 #[cfg(feature = "testing")]
 pub mod testing;

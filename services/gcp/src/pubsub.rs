@@ -53,6 +53,11 @@
 //! per subscription and keeps it for its whole life (peek included); each `PubSubBus`
 //! that is dropped leaves one such dead stream per subscription it read on the
 //! emulator. Real Pub/Sub is not affected.
+//!
+//! Local clusters whose programs get killed (the chaos runs) can set
+//! `REEL_PUBSUB_PULL=unary`: `receive` then polls unary pulls with `returnImmediately`
+//! over the emulator's REST port, which leave nothing registered between calls, and
+//! leases are extended and settled with REST calls (`unary.rs`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, AtomicU64, Ordering};
@@ -101,6 +106,9 @@ pub struct PubSubConfig {
     pub max_outstanding_messages: i64,
     /// Flow control: most bytes received but not yet acked or nacked, per subscription.
     pub max_outstanding_bytes: i64,
+    /// Receive with unary pulls over the emulator's REST port instead of a streaming
+    /// pull (`REEL_PUBSUB_PULL=unary`; emulator only). See `unary.rs` for why.
+    pub unary_pull: bool,
 }
 
 impl PubSubConfig {
@@ -116,6 +124,7 @@ impl PubSubConfig {
             emulator_host: None,
             max_outstanding_messages: Self::DEFAULT_MAX_OUTSTANDING_MESSAGES,
             max_outstanding_bytes: Self::DEFAULT_MAX_OUTSTANDING_BYTES,
+            unary_pull: false,
         }
     }
 
@@ -149,6 +158,18 @@ impl PubSubConfig {
             "REEL_PUBSUB_MAX_OUTSTANDING_BYTES",
             Self::DEFAULT_MAX_OUTSTANDING_BYTES,
         )?;
+        config.unary_pull = match var("REEL_PUBSUB_PULL").as_deref() {
+            None | Some("streaming") => false,
+            Some("unary") if config.emulator_host.is_some() => true,
+            Some("unary") => {
+                return Err(BusError::Other(
+                    "REEL_PUBSUB_PULL=unary is for the emulator (PUBSUB_EMULATOR_HOST); Pub/Sub uses streaming pull".into(),
+                ))
+            }
+            Some(other) => {
+                return Err(BusError::Other(format!("REEL_PUBSUB_PULL={other:?}: expected streaming or unary")))
+            }
+        };
         Ok(config)
     }
 
@@ -256,8 +277,25 @@ fn wkt_duration(d: Duration) -> Result<google_cloud_wkt::Duration, BusError> {
 /// One delivery handed out by `receive`, until it is settled.
 struct Lease {
     subscription: String,
-    handler: Handler,
+    handler: LeaseHandle,
     deadline: Instant,
+}
+
+/// What settles a lease: the crate's handler (streaming pull) or the server's ack id
+/// (unary pull on the emulator).
+enum LeaseHandle {
+    Stream(Handler),
+    Unary(String),
+}
+
+impl LeaseHandle {
+    /// Give the message up without waiting: a streaming lease is nacked; a unary one is
+    /// left to its server-side deadline, after which the emulator redelivers it.
+    fn nack(self) {
+        if let LeaseHandle::Stream(h) = self {
+            h.nack();
+        }
+    }
 }
 
 /// A message pulled by a subscription's stream, waiting to be handed out.
@@ -319,6 +357,10 @@ struct Inner {
     streams: tokio::sync::Mutex<HashMap<String, Arc<SubStream>>>,
     leases: Mutex<HashMap<String, Lease>>,
     attempts: Mutex<AttemptCounter>,
+    /// The REST client when receiving by unary pull.
+    unary: Option<crate::unary::UnaryClient>,
+    /// Ack deadlines of subscriptions read by unary pull.
+    unary_deadlines: tokio::sync::Mutex<HashMap<String, Duration>>,
     bus_id: String,
     next_token: AtomicU64,
     shutdown: CancellationToken,
@@ -377,6 +419,11 @@ impl PubSubBus {
                 .with_endpoint(endpoint)
                 .with_credentials(anonymous());
         }
+        let unary = match (&endpoint, config.unary_pull) {
+            (Some(endpoint), true) => Some(crate::unary::UnaryClient::new(endpoint, &config.project)?),
+            (None, true) => return Err(BusError::Other("unary pull is for the emulator only".into())),
+            _ => None,
+        };
         let inner = Arc::new(Inner {
             topic_admin: topic_admin
                 .build()
@@ -398,6 +445,8 @@ impl PubSubBus {
             streams: tokio::sync::Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
             attempts: Mutex::new(AttemptCounter::default()),
+            unary,
+            unary_deadlines: tokio::sync::Mutex::new(HashMap::new()),
             bus_id: format!("{:08x}", rand_u32()),
             next_token: AtomicU64::new(1),
             shutdown: CancellationToken::new(),
@@ -769,6 +818,60 @@ impl PubSubBus {
     }
 }
 
+impl PubSubBus {
+    fn unary_client(&self) -> Result<&crate::unary::UnaryClient, BusError> {
+        self.inner.unary.as_ref().ok_or_else(|| BusError::Other("not in unary pull mode".into()))
+    }
+
+    /// `receive` by unary pull: poll until a message arrives or `wait` passes.
+    async fn receive_unary(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let client = self.unary_client()?;
+        let ack_deadline = {
+            let known = self.inner.unary_deadlines.lock().await.get(subscription).copied();
+            match known {
+                Some(d) => d,
+                None => {
+                    let d = self.ack_deadline(subscription).await?;
+                    self.inner.unary_deadlines.lock().await.insert(subscription.to_string(), d);
+                    d
+                }
+            }
+        };
+        let until = Instant::now() + wait;
+        loop {
+            if self.inner.shutdown.is_cancelled() {
+                return Err(BusError::Closed);
+            }
+            let pulled = client.pull(subscription, max).await?;
+            if !pulled.is_empty() {
+                let deadline = Instant::now() + ack_deadline;
+                let mut out = Vec::with_capacity(pulled.len());
+                for p in pulled {
+                    let token = self.new_token();
+                    let delivery_attempt = match p.delivery_attempt {
+                        Some(n) => n,
+                        None => self.inner.attempts.lock().unwrap().next(subscription, &p.message_id),
+                    };
+                    self.inner.leases.lock().unwrap().insert(
+                        token.clone(),
+                        Lease { subscription: subscription.to_string(), handler: LeaseHandle::Unary(p.ack_id), deadline },
+                    );
+                    out.push(Delivery { ack_id: token, message_id: p.message_id, message: p.message, delivery_attempt, publish_time: p.publish_time });
+                }
+                return Ok(out);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(crate::unary::POLL.min(until - now)) => {}
+                _ = self.inner.shutdown.cancelled() => return Err(BusError::Closed),
+            }
+        }
+    }
+}
+
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
@@ -866,6 +969,9 @@ impl Bus for PubSubBus {
         if max == 0 {
             return Ok(Vec::new());
         }
+        if self.inner.unary.is_some() {
+            return self.receive_unary(subscription, max, wait).await;
+        }
         let stream = self.stream_for(subscription).await?;
         let pulled = self
             .pull(subscription, &stream, max, wait, Duration::ZERO)
@@ -884,7 +990,7 @@ impl Bus for PubSubBus {
                 token,
                 Lease {
                     subscription: subscription.to_string(),
-                    handler,
+                    handler: LeaseHandle::Stream(handler),
                     deadline,
                 },
             );
@@ -896,29 +1002,35 @@ impl Bus for PubSubBus {
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.take_lease(subscription, ack_id)?;
         match lease.handler {
-            Handler::ExactlyOnce(h) => h
+            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => h
                 .confirmed_ack()
                 .await
                 .map_err(|e| ack_error(&format!("ack on {subscription}"), e)),
-            other => {
+            LeaseHandle::Stream(other) => {
                 other.ack();
                 Ok(())
             }
+            LeaseHandle::Unary(id) => self.unary_client()?.ack(subscription, &id).await,
         }
     }
 
     async fn nack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.take_lease(subscription, ack_id)?;
         match lease.handler {
-            Handler::ExactlyOnce(h) => match h.confirmed_nack().await {
+            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => match h.confirmed_nack().await {
                 // Expired: it is going to be redelivered anyway, which is what a nack wants.
                 Ok(()) | Err(AckError::LeaseExpired) => Ok(()),
                 Err(e) => Err(ack_error(&format!("nack on {subscription}"), e)),
             },
-            other => {
+            LeaseHandle::Stream(other) => {
                 other.nack();
                 Ok(())
             }
+            LeaseHandle::Unary(id) => match self.unary_client()?.modify(subscription, &id, 0).await {
+                // Expired: it is going to be redelivered anyway, which is what a nack wants.
+                Ok(()) | Err(BusError::InvalidAckId(_)) => Ok(()),
+                Err(e) => Err(e),
+            },
         }
     }
 
@@ -931,27 +1043,39 @@ impl Bus for PubSubBus {
         if seconds == 0 {
             return self.nack(subscription, ack_id).await;
         }
-        let mut leases = self.inner.leases.lock().unwrap();
-        let now = Instant::now();
-        match leases.get_mut(ack_id) {
-            Some(lease) if lease.subscription == subscription && lease.deadline > now => {
-                // The crate keeps the server-side lease alive; this is the deadline this bus
-                // enforces (see the module docs).
-                lease.deadline =
-                    now + Duration::from_secs(seconds.min(MAX_ACK_DEADLINE_SECS) as u64);
-                Ok(())
+        let seconds = seconds.min(MAX_ACK_DEADLINE_SECS);
+        // Decided under the lock; a unary lease is then extended on the server, after it.
+        let unary_id: Option<String> = {
+            let mut leases = self.inner.leases.lock().unwrap();
+            let now = Instant::now();
+            match leases.get_mut(ack_id) {
+                Some(lease) if lease.subscription == subscription && lease.deadline > now => {
+                    // The crate keeps the server-side lease of a streamed message alive;
+                    // this is the deadline this bus enforces (see the module docs).
+                    lease.deadline = now + Duration::from_secs(seconds as u64);
+                    match &lease.handler {
+                        LeaseHandle::Unary(id) => Some(id.clone()),
+                        LeaseHandle::Stream(_) => None,
+                    }
+                }
+                Some(lease) if lease.subscription == subscription => {
+                    let lease = leases.remove(ack_id).expect("present");
+                    drop(leases);
+                    lease.handler.nack();
+                    return Err(BusError::InvalidAckId(format!(
+                        "{subscription}: the lease of {ack_id:?} expired"
+                    )));
+                }
+                _ => {
+                    return Err(BusError::InvalidAckId(format!(
+                        "{subscription}: unknown or settled ack id {ack_id:?}"
+                    )))
+                }
             }
-            Some(lease) if lease.subscription == subscription => {
-                let lease = leases.remove(ack_id).expect("present");
-                drop(leases);
-                lease.handler.nack();
-                Err(BusError::InvalidAckId(format!(
-                    "{subscription}: the lease of {ack_id:?} expired"
-                )))
-            }
-            _ => Err(BusError::InvalidAckId(format!(
-                "{subscription}: unknown or settled ack id {ack_id:?}"
-            ))),
+        };
+        match unary_id {
+            Some(id) => self.unary_client()?.modify(subscription, &id, seconds).await,
+            None => Ok(()),
         }
     }
 
@@ -1011,6 +1135,16 @@ impl Bus for PubSubBus {
     async fn peek(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
+        }
+        if self.inner.unary.is_some() {
+            // Unary: take what is there (waiting for the first as a streamed peek does),
+            // then release each at once.
+            let mut out = self.receive_unary(subscription, max, PEEK_FIRST_WAIT).await?;
+            for d in &mut out {
+                let _ = self.nack(subscription, &d.ack_id).await;
+                d.ack_id.clear();
+            }
+            return Ok(out);
         }
         // Through the subscription's own stream, not a second one: the emulator never
         // notices a closed stream and keeps delivering into it (see `close_stream`).
