@@ -248,12 +248,12 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
         c.add(name, Requests, binary(types::STITCH_REQUESTED, ce_id, None, &body), failed(&derived(ce_id), &["invalid_request"]));
     }
     let mut body = c.request("unused");
-    body["jobId"] = json!(12345);
+    body["jobId"] = json!(67890);
     c.add(
         "jobId is a number (bare JSON)",
         Requests,
         raw(body.to_string(), &[]),
-        Expect::FailedWithText { text: "jobId 12345 must be a string", error_type: "invalid_request" },
+        Expect::FailedWithText { text: "jobId 67890 must be a string", error_type: "invalid_request" },
     );
     let mut body = c.request("p_bare_one");
     body["clipPaths"] = json!([clips[0]]);
