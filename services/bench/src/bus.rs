@@ -87,16 +87,27 @@ async fn new_bus(log: Option<&Path>) -> Result<Arc<EmbeddedBus>> {
 /// Idle hops: `n` messages one at a time (plus `warmup` not counted).
 pub async fn idle_hops(label: &str, n: usize, warmup: usize, log: Option<&Path>) -> Result<HopResult> {
     let bus = new_bus(log).await?;
+    let result = idle_hops_on(bus.clone(), TOPIC, SUB, label, n, warmup).await;
+    bus.close();
+    result
+}
+
+/// Idle hops on any bus whose `topic` feeds `sub` (both existing): `n` messages one at
+/// a time (plus `warmup` not counted), latency = `publish` called → `receive(sub, 1, …)`
+/// returned in a receiver task, as the worker calls it. Used for the embedded bus and for
+/// `reel_gcp::PubSubBus` on the Pub/Sub emulator.
+pub async fn idle_hops_on(bus: Arc<dyn Bus>, topic: &str, sub: &str, label: &str, n: usize, warmup: usize) -> Result<HopResult> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let receiver = {
         let bus = bus.clone();
+        let sub = sub.to_string();
         tokio::spawn(async move {
             loop {
-                match bus.receive(SUB, 1, Duration::from_secs(5)).await {
+                match bus.receive(&sub, 1, Duration::from_secs(5)).await {
                     Ok(deliveries) => {
                         let now = Instant::now();
                         for d in deliveries {
-                            let _ = bus.ack(SUB, &d.ack_id).await;
+                            let _ = bus.ack(&sub, &d.ack_id).await;
                             if tx.send(now).is_err() {
                                 return;
                             }
@@ -112,20 +123,25 @@ pub async fn idle_hops(label: &str, n: usize, warmup: usize, log: Option<&Path>)
         })
     };
     let mut latencies_us = Vec::with_capacity(n);
-    for seq in 0..warmup + n {
-        let msg = message(seq);
-        let t0 = Instant::now();
-        bus.publish(TOPIC, msg).await?;
-        let t1 = tokio::time::timeout(Duration::from_secs(5), rx.recv())
-            .await
-            .context("no delivery within 5 s")?
-            .context("receiver stopped")?;
-        if seq >= warmup {
-            latencies_us.push((t1 - t0).as_secs_f64() * 1e6);
+    let result: Result<()> = async {
+        for seq in 0..warmup + n {
+            let msg = message(seq);
+            let t0 = Instant::now();
+            bus.publish(topic, msg).await?;
+            let t1 = tokio::time::timeout(Duration::from_secs(5), rx.recv())
+                .await
+                .context("no delivery within 5 s")?
+                .context("receiver stopped")?;
+            if seq >= warmup {
+                latencies_us.push((t1 - t0).as_secs_f64() * 1e6);
+            }
         }
+        Ok(())
     }
-    bus.close();
+    .await;
+    receiver.abort();
     let _ = receiver.await;
+    result?;
     Ok(HopResult { label: label.to_string(), latencies_us, throughput_per_s: None })
 }
 

@@ -10,8 +10,10 @@
 //! * peak RSS of the reel process (all five stages run in it in embedded mode) and of
 //!   its ffmpeg/ffprobe children, at two clip sizes;
 //! * the embedded bus's per-hop latency;
-//! * (`--cluster`) the emulator measurements: reported as not run until the local
-//!   cluster exists (see `cluster.rs`).
+//! * on the local cluster (the five stage programs on the Pub/Sub emulator and
+//!   fake-gcs-server; `--no-cluster` skips it): one job end to end, per-hop latency,
+//!   each stage process's peak RSS at two clip sizes, and small jobs submitted at once
+//!   (see `cluster.rs`).
 //!
 //! Then writes the markdown report (`--out`, default `docs/BENCHMARKS.md`).
 
@@ -58,10 +60,24 @@ struct Args {
     /// Messages per embedded-bus latency experiment.
     #[arg(long, default_value_t = 1000)]
     messages: usize,
-    /// Also run the emulator/cluster measurements (not available yet: reported as not run).
+    /// Skip the local-cluster measurements (emulators + stage programs).
     #[arg(long)]
+    no_cluster: bool,
+    /// The cluster measurements run by default; accepted for old command lines.
+    #[arg(long, hide = true)]
     cluster: bool,
-    /// Parts to skip (comma-separated): copy, reencode, rss, bus.
+    /// Small jobs (2 clips × 2 s) submitted at once to the cluster (default 50; quick: 10).
+    #[arg(long)]
+    cluster_jobs: Option<usize>,
+    /// Small jobs run one at a time on the cluster, for the idle per-hop latency
+    /// (default 20; quick: 4).
+    #[arg(long)]
+    cluster_idle_jobs: Option<usize>,
+    /// reel-stitch processes during the burst of small jobs.
+    #[arg(long, default_value_t = 1)]
+    cluster_stitch_workers: usize,
+    /// Parts to skip (comma-separated): copy, reencode, rss, bus, cluster (all of the
+    /// cluster), cluster-buffered (the cluster's second burst).
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
 }
@@ -72,7 +88,12 @@ struct Plan {
     copy_large: Vec<ClipSpec>,
     copy_small: Vec<ClipSpec>,
     reencode: Vec<ClipSpec>,
+    /// 2 clips × 2 s: the cluster's small jobs.
+    cluster_tiny: Vec<ClipSpec>,
     runs: usize,
+    cluster_jobs: usize,
+    cluster_idle_jobs: usize,
+    bus_messages: usize,
 }
 
 /// A clip of the mixed re-encode corpus: portrait 1080×1920, landscape 1280×720, and a
@@ -103,7 +124,11 @@ fn plan(quick: bool, runs: Option<usize>) -> Plan {
             copy_large: (0..4).map(|i| small(5, 1 + i)).collect(),
             copy_small: (0..4).map(|i| small(1, 101 + i)).collect(),
             reencode: (0..3).map(|i| mixed(i, 3)).collect(),
+            cluster_tiny: (0..2).map(|i| small(2, 301 + i)).collect(),
             runs: runs.unwrap_or(3),
+            cluster_jobs: 10,
+            cluster_idle_jobs: 4,
+            bus_messages: 100,
         }
     } else {
         Plan {
@@ -111,7 +136,11 @@ fn plan(quick: bool, runs: Option<usize>) -> Plan {
             copy_large: (0..15).map(|i| ClipSpec::portrait(30, 1 + i)).collect(),
             copy_small: (0..15).map(|i| ClipSpec::portrait(3, 101 + i)).collect(),
             reencode: (0..6).map(|i| mixed(i, 10)).collect(),
+            cluster_tiny: (0..2).map(|i| ClipSpec::portrait(2, 301 + i)).collect(),
             runs: runs.unwrap_or(5),
+            cluster_jobs: 50,
+            cluster_idle_jobs: 20,
+            bus_messages: 300,
         }
     }
 }
@@ -277,7 +306,7 @@ pub struct Results {
     pub reencode: Option<Result<PathResult, String>>,
     pub profiles: Vec<Result<Profile, String>>,
     pub bus: Option<Result<BusResults, String>>,
-    pub cluster: Vec<cluster::ClusterRow>,
+    pub cluster: cluster::ClusterReport,
     pub messages: usize,
     pub started: String,
     pub total_seconds: f64,
@@ -351,7 +380,13 @@ fn run(args: Args) -> Result<()> {
     let large = corpus::ensure(&corpus_root, &format!("{}-copy-large", plan.mode), &plan.copy_large, &env.ffmpeg)?;
     let small = corpus::ensure(&corpus_root, &format!("{}-copy-small", plan.mode), &plan.copy_small, &env.ffmpeg)?;
     let mixed = corpus::ensure(&corpus_root, &format!("{}-reencode-mixed", plan.mode), &plan.reencode, &env.ffmpeg)?;
-    for c in [&large, &small, &mixed] {
+    let run_cluster = !(args.no_cluster || skip("cluster"));
+    let tiny = if run_cluster {
+        Some(corpus::ensure(&corpus_root, &format!("{}-cluster-2s", plan.mode), &plan.cluster_tiny, &env.ffmpeg)?)
+    } else {
+        None
+    };
+    for c in [Some(&large), Some(&small), Some(&mixed), tiny.as_ref()].into_iter().flatten() {
         results.corpora.push((c.name.clone(), c.describe(), c.generated, c.generate_seconds));
     }
 
@@ -447,7 +482,27 @@ fn run(args: Args) -> Result<()> {
         results.bus = Some(r.map_err(|e| format!("{e:#}")));
     }
 
-    results.cluster = cluster::run(args.cluster);
+    // The local cluster.
+    match &tiny {
+        None => results.cluster = cluster::not_run("not run: --no-cluster"),
+        Some(tiny) => {
+            let embedded_large_s = match &results.copy {
+                Some(Ok(p)) => p.contenders.get(1).and_then(|c| c.summary()).map(|s| s.median),
+                _ => None,
+            };
+            let opts = cluster::Options {
+                jobs: args.cluster_jobs.unwrap_or(plan.cluster_jobs),
+                idle_jobs: args.cluster_idle_jobs.unwrap_or(plan.cluster_idle_jobs),
+                stitch_workers: args.cluster_stitch_workers.max(1),
+                buffered_burst: !skip("cluster-buffered"),
+                bus_messages: plan.bus_messages,
+                embedded_large_s,
+            };
+            eprintln!("local cluster: {} small jobs at once, {} one at a time", opts.jobs, opts.idle_jobs);
+            results.cluster = cluster::run(&env, &opts, &cluster::Corpora { large: &large, small: &small, tiny }, &rt);
+        }
+    }
+
     results.load.1 = loadavg();
     results.total_seconds = started.elapsed().as_secs_f64();
 

@@ -47,7 +47,8 @@ pub fn unix_ns() -> u128 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0)
 }
 
-fn read_hwm_kib(pid: i32) -> Option<u64> {
+/// `VmHWM` of a live process, KiB (`None` once it is gone or a zombie).
+pub fn read_hwm_kib(pid: i32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let mut hwm = None;
     for line in text.lines() {
@@ -86,6 +87,39 @@ fn wait4(pid: i32) -> Result<(ExitStatus, u64, Duration)> {
         return Err(err).context("wait4");
     }
     Ok((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64, tv(usage.ru_utime) + tv(usage.ru_stime)))
+}
+
+/// Reaps `pid` if it has exited (`wait4` with `WNOHANG`): its exit status, `ru_maxrss`
+/// (KiB: it or its largest reaped descendant) and CPU time (user + system, reaped
+/// descendants included); `None` while it runs.
+pub fn try_wait4(pid: i32) -> Result<Option<(ExitStatus, u64, Duration)>> {
+    let mut status: libc::c_int = 0;
+    // SAFETY: plain syscall with valid out-pointers; rusage is plain old data.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: as above; `pid` is our own unreaped child.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == 0 {
+            return Ok(None);
+        }
+        if r == pid {
+            return Ok(Some((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64, tv(usage.ru_utime) + tv(usage.ru_stime))));
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() == std::io::ErrorKind::Interrupted {
+            continue;
+        }
+        return Err(err).context("wait4");
+    }
+}
+
+/// Whether `pid` has exited (gone, or a zombie waiting to be reaped).
+pub fn exited(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the parenthesised command name, which may contain spaces.
+        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(true),
+        Err(_) => true,
+    }
 }
 
 /// Runs `cmd` to its end (stdin null, stdout to null unless set, stderr to `stderr_log`)

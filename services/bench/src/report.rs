@@ -1,6 +1,6 @@
 //! The markdown report, the machine description and the profile analysis.
 
-use crate::cluster::{ClusterRow, Status};
+use crate::cluster;
 use crate::proc::ToolRun;
 use crate::stats::{self, Summary};
 use crate::{PathResult, Profile, Results};
@@ -414,11 +414,9 @@ pub fn render(res: &Results) -> String {
             let _ = writeln!(w, "| per-hop p50 ≤ {EMBEDDED_HOP_P50_MS} ms, embedded bus | not measured | — |");
         }
     }
-    for row in &res.cluster {
-        if row.target != "—" {
-            let (fig, result) = cluster_cells(row);
-            let _ = writeln!(w, "| {} — {} | {fig} | {result} |", row.what, row.target);
-        }
+    for row in res.cluster.target_rows() {
+        let (fig, result) = cluster::row_cells(row);
+        let _ = writeln!(w, "| {} — {} (emulators) | {fig} | {result} |", row.what, row.target);
     }
     let _ = writeln!(w);
 
@@ -486,16 +484,7 @@ pub fn render(res: &Results) -> String {
     }
 
     // Cluster.
-    let _ = writeln!(w, "## On the emulators / local cluster\n");
-    let _ = writeln!(w, "| measurement | target | figure | result |\n| --- | --- | --- | --- |");
-    for row in &res.cluster {
-        let (fig, result) = cluster_cells(row);
-        let _ = writeln!(w, "| {} | {} | {fig} | {result} |", row.what, row.target);
-    }
-    let _ = writeln!(
-        w,
-        "\nThese need the stage programs running on the Pub/Sub emulator and fake-gcs-server (the local cluster), which is built separately. `services/bench/src/cluster.rs` is where they plug in; the report already has their rows and targets.\n"
-    );
+    res.cluster.render(w);
 
     // Profiles.
     render_profiles(w, res);
@@ -544,14 +533,10 @@ pub fn render(res: &Results) -> String {
     ] {
         let _ = writeln!(w, "- {line}");
     }
-    o
-}
-
-fn cluster_cells(row: &ClusterRow) -> (String, String) {
-    match &row.status {
-        Status::NotRun(why) => ("—".into(), why.clone()),
-        Status::Measured { figure, met: m } => (figure.clone(), m.map(|b| met(b).to_string()).unwrap_or_else(|| "—".into())),
+    for line in res.cluster.method() {
+        let _ = writeln!(w, "- {line}");
     }
+    o
 }
 
 fn one_line(s: &str) -> String {
@@ -849,6 +834,7 @@ pub fn summary_lines(res: &Results) -> String {
     if let Some((p50, p95, _, _)) = hop_summary(res, 0) {
         let _ = writeln!(s, "embedded hop: p50 {} p95 {}", ms(p50), ms(p95));
     }
+    s.push_str(&res.cluster.summary());
     s
 }
 
