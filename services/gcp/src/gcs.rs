@@ -424,6 +424,12 @@ impl GcsStore {
             let ended = fill(body, &mut buf, CHUNK_SIZE + 1, key).await?;
             let last = ended;
             let len = if last { buf.len() } else { CHUNK_SIZE };
+            // The chunk goes to the HTTP client as shared bytes (sliced for a resend, never
+            // copied): one chunk in memory per upload, not two or three.
+            let mut filled = std::mem::replace(&mut buf, Vec::with_capacity(CHUNK_SIZE + 1));
+            buf.extend_from_slice(&filled[len..]);
+            filled.truncate(len);
+            let chunk = bytes::Bytes::from(filled);
             let total = last.then_some(offset + len as u64);
             let mut sent = 0usize; // bytes of this chunk the server has
             let mut attempt = 1;
@@ -435,7 +441,7 @@ impl GcsStore {
                 } else {
                     ChunkSize::new(first, offset + len as u64 - 1, total)
                 };
-                let data = buf[sent..len].to_vec();
+                let data = chunk.slice(sent..len);
                 match session.upload_multiple_chunk(data, &size).await {
                     Ok(UploadStatus::Ok(object)) if last => return Ok(meta_of(&object)),
                     Ok(UploadStatus::Ok(_)) => {
@@ -495,7 +501,6 @@ impl GcsStore {
                 }
             }
             offset += len as u64;
-            buf.drain(..len);
         }
     }
 }

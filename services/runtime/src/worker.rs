@@ -169,7 +169,10 @@ impl Worker {
             };
             let sub = subs[next_sub % subs.len()].clone();
             next_sub += 1;
-            let wait = if subs.len() > 1 { Duration::from_millis(200) } else { Duration::from_secs(1) };
+            // With several subscriptions (validate: requests and storage notifications) a
+            // long wait on one delays what arrives on the other; a short one costs a
+            // look at a local buffer (streaming pull, embedded bus) or one pull.
+            let wait = if subs.len() > 1 { Duration::from_millis(20) } else { Duration::from_secs(1) };
             let received = tokio::select! {
                 r = self.bus.receive(&sub, 1, wait) => r,
                 _ = shutdown.cancelled() => break 'outer,
