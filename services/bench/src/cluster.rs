@@ -30,6 +30,7 @@
 use crate::bus::{self as hopbus, HopResult};
 use crate::corpus::Corpus;
 use crate::{proc, stats, Env};
+use crate::report::secs;
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use reel_events::payload::StitchRequested;
@@ -1250,16 +1251,6 @@ fn ms_s(ms: f64) -> String {
         format!("{ms:.1} ms")
     } else {
         format!("{ms:.0} ms")
-    }
-}
-
-fn secs(s: f64) -> String {
-    if s.is_nan() {
-        "—".into()
-    } else if s < 10.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{s:.1} s")
     }
 }
 

@@ -91,7 +91,7 @@ pub fn timeline(log: &Path) -> Result<Timeline> {
     Ok((out, mode))
 }
 
-fn secs(s: f64) -> String {
+pub(crate) fn secs(s: f64) -> String {
     if s.is_nan() {
         "—".into()
     } else if s < 10.0 {
