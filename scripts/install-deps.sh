@@ -26,6 +26,30 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+if $want_cloud; then
+  # The emulator tests need java (the Pub/Sub emulator is a jar), curl (tests and
+  # scripts talk to the emulators' REST ports) and the emulator itself, which comes
+  # with the gcloud CLI (its Debian package, or a component of an SDK install).
+  missing=()
+  command -v java >/dev/null || missing+=(default-jre-headless)
+  command -v curl >/dev/null || missing+=(curl)
+  if [[ ${#missing[@]} -gt 0 ]]; then
+    echo "installing ${missing[*]} (apt)..." >&2
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq "${missing[@]}" >/dev/null
+  fi
+  if command -v gcloud >/dev/null \
+    && ! ls "$(gcloud info --format='value(installation.sdk_root)' 2>/dev/null)"/platform/pubsub-emulator/lib/cloud-pubsub-emulator-*-all.jar >/dev/null 2>&1; then
+    echo "installing the Pub/Sub emulator..." >&2
+    if dpkg -s google-cloud-cli >/dev/null 2>&1; then
+      DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq google-cloud-cli-pubsub-emulator >/dev/null \
+        || { as_root apt-get update -qq && DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq google-cloud-cli-pubsub-emulator >/dev/null; }
+    else
+      gcloud components install pubsub-emulator --quiet >&2
+    fi
+  fi
+fi
+
 if $want_cloud && [[ -f scripts/lib/emulators.sh ]]; then
   # shellcheck source=lib/emulators.sh
   source scripts/lib/emulators.sh

@@ -201,3 +201,25 @@ pub fn spawn_signal_handler(token: CancellationToken) {
         token.cancel();
     });
 }
+
+/// Checks shared by every stage program's own test (`tests/program.rs` in each stage
+/// crate, which also makes `cargo test` build the binary the end-to-end tests run).
+pub mod testing {
+    use std::path::Path;
+    use std::process::Command;
+
+    /// The program at `exe`, as an operator starts it: `--help` names the modes, and
+    /// without a project it says what is missing and exits non-zero.
+    pub fn assert_operator_surface(exe: &Path) {
+        let out = Command::new(exe).arg("--help").output().expect("run --help");
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for flag in ["--exit-when-idle", "--listen", "--push", "--grace"] {
+            assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
+        }
+        let out = Command::new(exe).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).output().expect("run");
+        assert!(!out.status.success());
+        let text = String::from_utf8_lossy(&out.stderr);
+        assert!(text.contains("GOOGLE_CLOUD_PROJECT"), "{text}");
+    }
+}
