@@ -21,8 +21,10 @@ pub mod options;
 pub mod payload;
 pub mod schema;
 pub mod types;
+pub mod verdict;
 
 pub use clip::{AudioInfo, ClipInfo, VideoInfo};
 pub use cloudevents::{AttributesReader, AttributesWriter, Event};
 pub use options::{Compression, Mode, Orientation};
 pub use types::{ErrorType, Stage};
+pub use verdict::{Classify, Verdict};
