@@ -305,3 +305,51 @@ impl From<&JobSpec> for JobRef {
         JobRef { job_id: spec.job_id.clone(), project_id: spec.project_id.clone(), user_id: spec.user_id.clone() }
     }
 }
+
+/// What any job event says about its job, read once per message by the worker: the ids,
+/// the attempt, whether the request forced a restart, and the job's clock. Work events
+/// carry these in their nested `job` ([`JobSpec`]); a request carries some at the top.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobEnvelope {
+    /// The job's ids.
+    pub job: JobRef,
+    /// Attempt number of the job (0 first).
+    pub retry_attempt: u32,
+    /// Whether the request asked to start over.
+    pub force_restart: bool,
+    /// When validate accepted the job (absent on a request).
+    pub accepted_at: Option<DateTime<Utc>>,
+    /// When the job must be done by (absent on a request).
+    pub deadline: Option<DateTime<Utc>>,
+}
+
+impl JobEnvelope {
+    /// Read the envelope of a payload. Lenient, since the payload itself is decoded (and
+    /// judged) by the handler: a field of the wrong type counts as absent.
+    ///
+    /// ```
+    /// # use reel_events::payload::JobEnvelope;
+    /// let data = serde_json::json!({"job": {"jobId": "j", "retryAttempt": 2, "deadline": "2030-01-01T00:00:00Z"}});
+    /// let envelope = JobEnvelope::from_data(&data, None);
+    /// assert_eq!((envelope.job.job_id.as_str(), envelope.retry_attempt), ("j", 2));
+    /// assert!(envelope.deadline.is_some() && envelope.accepted_at.is_none());
+    /// ```
+    pub fn from_data(data: &serde_json::Value, subject: Option<&str>) -> JobEnvelope {
+        let fields = data.get("job").unwrap_or(data);
+        let time = |key: &str| {
+            let text = fields.get(key)?.as_str()?;
+            DateTime::parse_from_rfc3339(text).ok().map(|t| t.with_timezone(&Utc))
+        };
+        JobEnvelope {
+            job: JobRef::from_data(data, subject),
+            retry_attempt: fields
+                .get("retryAttempt")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
+            force_restart: fields.get("forceRestart").and_then(|v| v.as_bool()).unwrap_or(false),
+            accepted_at: time("acceptedAt"),
+            deadline: time("deadline"),
+        }
+    }
+}

@@ -251,7 +251,9 @@ impl OidcVerifier {
         let set: JwkSet = response.json().await.map_err(|e| format!("not a JWKS: {e}"))?;
         let mut keys = HashMap::new();
         for jwk in &set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
             let rsa = matches!(jwk.algorithm, AlgorithmParameters::RSA(_));
             let alg_ok = jwk.common.key_algorithm.is_none_or(|a| a == KeyAlgorithm::RS256);
             let use_ok = jwk.common.public_key_use.as_ref().is_none_or(|u| *u == PublicKeyUse::Signature);

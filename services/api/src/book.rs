@@ -136,7 +136,9 @@ pub fn is_active(job: &JobState, now: DateTime<Utc>, stale_after: Duration) -> b
     if job.status().is_terminal() {
         return false;
     }
-    let Some((_, attempt)) = job.current() else { return false };
+    let Some((_, attempt)) = job.current() else {
+        return false;
+    };
     match attempt.requested_at.or(attempt.started_at) {
         Some(since) => now - since < stale_after,
         None => true,

@@ -1,4 +1,4 @@
-//! reel-api's own settings, read from the environment.
+//! reel-api's own settings, from the environment variables its `main` passes in.
 //!
 //! The shared [`reel_runtime::Settings`] cover what every program has (`PORT`, the
 //! topic prefix, `JOB_TIMEOUT_MINUTES`, the work root, …); this adds what only the API
@@ -199,12 +199,8 @@ impl ApiConfig {
     }
 
     /// From the process environment.
-    pub fn from_env() -> Result<ApiConfig, ApiConfigError> {
-        let vars: Vec<(String, String)> = std::env::vars().collect();
-        ApiConfig::from_vars(&vars)
-    }
-
-    /// From explicit variables (for tests).
+    /// From the program's environment variables (`reel-api`'s main passes them in; no
+    /// library code reads the environment).
     pub fn from_vars(vars: &[(String, String)]) -> Result<ApiConfig, ApiConfigError> {
         let get = |name: &str| {
             vars.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.trim().to_string()).filter(|v| !v.is_empty())
@@ -235,9 +231,12 @@ impl ApiConfig {
         let auth = if mode == "local" {
             AuthMode::Local(tokens.ok_or_else(|| bad("REEL_API_TOKENS", "local auth needs token=user pairs".into()))?)
         } else {
-            let audiences = list("REEL_API_AUDIENCE")
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| bad("REEL_API_AUDIENCE", "OIDC auth needs the audience tokens must be issued for (e.g. the service URL)".into()))?;
+            let audiences = list("REEL_API_AUDIENCE").filter(|a| !a.is_empty()).ok_or_else(|| {
+                bad(
+                    "REEL_API_AUDIENCE",
+                    "OIDC auth needs the audience tokens must be issued for (e.g. the service URL)".into(),
+                )
+            })?;
             let mut oidc = OidcConfig::google(&audiences[0]);
             oidc.audiences = audiences;
             if let Some(url) = get("REEL_API_JWKS_URL") {
@@ -266,7 +265,10 @@ impl ApiConfig {
         };
         let journal_prefix = get("REEL_API_JOURNAL_PREFIX").unwrap_or_else(|| DEFAULT_JOURNAL_PREFIX.into());
         let snapshot_key = get("REEL_API_SNAPSHOT_KEY").unwrap_or_else(|| DEFAULT_SNAPSHOT_KEY.into());
-        for (name, key) in [("REEL_API_SNAPSHOT_KEY", snapshot_key.as_str()), ("REEL_API_JOURNAL_PREFIX", journal_prefix.trim_end_matches('/'))] {
+        for (name, key) in [
+            ("REEL_API_SNAPSHOT_KEY", snapshot_key.as_str()),
+            ("REEL_API_JOURNAL_PREFIX", journal_prefix.trim_end_matches('/')),
+        ] {
             reel_runtime::store::check_key(key).map_err(|e| bad(name, e.to_string()))?;
         }
         if journal_on && snapshot_key.starts_with(&journal_prefix) {
@@ -284,7 +286,13 @@ impl ApiConfig {
             },
             snapshot_key,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
-            journal_prefix: journal_on.then(|| if journal_prefix.ends_with('/') { journal_prefix } else { format!("{journal_prefix}/") }),
+            journal_prefix: journal_on.then(|| {
+                if journal_prefix.ends_with('/') {
+                    journal_prefix
+                } else {
+                    format!("{journal_prefix}/")
+                }
+            }),
             journal_retention: Duration::from_secs(number("REEL_API_JOURNAL_RETENTION_SECONDS", 300)?),
             batch_window: Duration::from_millis(number("REEL_API_BATCH_MILLIS", 500)?),
             batch_max: 100,
@@ -316,7 +324,11 @@ mod tests {
     fn oidc_needs_an_audience_and_has_google_defaults() {
         let err = ApiConfig::from_vars(&[]).unwrap_err();
         assert_eq!(err.name, "REEL_API_AUDIENCE");
-        let config = ApiConfig::from_vars(&vars(&[("REEL_API_AUDIENCE", "https://reel-api.example"), ("REEL_QUOTA_ACTIVE_JOBS", "5")])).unwrap();
+        let config = ApiConfig::from_vars(&vars(&[
+            ("REEL_API_AUDIENCE", "https://reel-api.example"),
+            ("REEL_QUOTA_ACTIVE_JOBS", "5"),
+        ]))
+        .unwrap();
         let AuthMode::Oidc(oidc) = &config.auth else { panic!("expected oidc") };
         assert_eq!(oidc.jwks_url, GOOGLE_JWKS_URL);
         assert_eq!(oidc.issuers, vec!["https://accounts.google.com", "accounts.google.com"]);

@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 use reel_events::{binding, envelope, AttributesReader, Event};
 use reel_runtime::bus::{Bus, BusError, Delivery};
 use reel_runtime::store::{PutMode, Store, StoreError};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -145,7 +145,8 @@ pub struct Follower {
 impl Follower {
     /// A follower filling `book`.
     pub fn new(book: Arc<JobBook>, bus: Arc<dyn Bus>, store: Arc<dyn Store>, options: FollowerOptions) -> Follower {
-        let instance = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let instance =
+            format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         Follower {
             book,
             bus,
@@ -198,7 +199,9 @@ impl Follower {
         }
         let started = Instant::now();
         while deliveries.len() < self.options.batch_max {
-            let Some(left) = self.options.batch_window.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else { break };
+            let Some(left) = self.options.batch_window.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                break;
+            };
             match self.bus.receive(sub, self.options.batch_max - deliveries.len(), left).await {
                 Ok(more) if more.is_empty() => break,
                 Ok(more) => deliveries.extend(more),
@@ -280,13 +283,17 @@ impl Follower {
     /// Fold every journal object not folded yet (after a restart: all of them; later:
     /// another instance's). Returns (objects, events) folded.
     async fn fold_new_journals(&self) -> Result<(usize, usize), StoreError> {
-        let Some(prefix) = &self.options.journal_prefix else { return Ok((0, 0)) };
+        let Some(prefix) = &self.options.journal_prefix else {
+            return Ok((0, 0));
+        };
         let (mut objects, mut events_folded) = (0, 0);
         for object in self.store.list(prefix).await? {
             if self.journals(|j| j.contains_key(&object.key)) {
                 continue;
             }
-            let Some(bytes) = read_all(self.store.as_ref(), &object.key).await? else { continue };
+            let Some(bytes) = read_all(self.store.as_ref(), &object.key).await? else {
+                continue;
+            };
             match serde_json::from_slice::<Vec<Event>>(&bytes) {
                 Ok(events) => {
                     for event in &events {
@@ -298,7 +305,9 @@ impl Follower {
                 }
                 // Puts are atomic, so this is not a torn write but a foreign object:
                 // leave it for an operator rather than delete what we cannot read.
-                Err(e) => error!(key = %object.key, error = %e, "journal object is unreadable; skipped"),
+                Err(e) => {
+                    error!(key = %object.key, error = %e, "journal object is unreadable; skipped")
+                }
             }
         }
         Ok((objects, events_folded))
@@ -312,7 +321,9 @@ impl Follower {
         match self.fold_new_journals().await {
             Ok((0, _)) => {}
             Ok((objects, events)) => debug!(objects, events, "folded journal objects of another instance"),
-            Err(e) => warn!(error = %e, "could not list the journal; snapshotting what this instance has"),
+            Err(e) => {
+                warn!(error = %e, "could not list the journal; snapshotting what this instance has")
+            }
         }
         // Take the journal list before reading the book: every listed journal's events
         // were folded before its key was listed, so the snapshot below contains them.
@@ -325,7 +336,10 @@ impl Follower {
             let taken_at = Utc::now();
             let body = self.book.read(|jobs| snapshot::encode(jobs, taken_at));
             let size = body.len();
-            let put = self.store.put(&self.options.snapshot_key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite).await;
+            let put = self
+                .store
+                .put(&self.options.snapshot_key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite)
+                .await;
             if let Err(e) = put {
                 self.book.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(e);

@@ -12,29 +12,49 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+/// The status API of reel: job status folded from the event log, cancel, and stitch
+/// requests, for Phoenix and operators.
+///
+/// Configuration comes from the environment (docs/CONFIG.md and docs/API.md): the
+/// shared settings (PORT, GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST, …, or a file in
+/// REEL_CONFIG) and the API's own, of which one is required: REEL_API_AUDIENCE (Google
+/// ID tokens) or REEL_API_TOKENS (token=user,… for local use).
+#[derive(Debug, clap::Parser)]
+#[command(name = "reel-api", version)]
+struct Args {}
+
 fn main() -> ExitCode {
+    let _args = <Args as clap::Parser>::parse();
+    let vars: Vec<(String, String)> = std::env::vars().collect();
+    let (settings, config) =
+        match Settings::load().map_err(anyhow::Error::from).and_then(|s| Ok((s, ApiConfig::from_vars(&vars)?))) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                // Logging is not set up yet: its own settings may be what is wrong.
+                eprintln!("error: {e:#}");
+                return ExitCode::from(2);
+            }
+        };
+    telemetry::init(&settings.log_level, settings.log_format, settings.google_cloud_project.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            error!(error = %e, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run()) {
+    match runtime.block_on(run(settings, config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logged once, in the configured format.
             error!(error = format!("{e:#}"), "reel-api failed");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
 }
 
-async fn run() -> Result<()> {
-    let settings = Settings::load()?;
-    telemetry::init(&settings.log_level, &settings.log_format, settings.google_cloud_project.as_deref());
-    let config = ApiConfig::from_env()?;
-    let port = settings.port;
+async fn run(settings: Settings, config: ApiConfig) -> Result<()> {
+    let port = settings.listen_port();
     let wiring = reel_program::connect(settings).await?;
     let names = wiring.settings.topology().names();
 
@@ -60,7 +80,9 @@ async fn run() -> Result<()> {
     };
     let serving = {
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await })
+        tokio::spawn(async move {
+            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        })
     };
 
     // The follower ends on shutdown (after its last snapshot) or on a fatal error.

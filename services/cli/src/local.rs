@@ -15,7 +15,7 @@ use reel_events::{binding, envelope, types, AttributesReader, Compression, Event
 use reel_runtime::bus::Bus;
 use reel_runtime::embedded::{DirStore, EmbeddedBus, EventLog};
 use reel_runtime::local::LocalResolver;
-use reel_runtime::stage::Handler;
+use reel_runtime::stage::{FromSettings, Handler};
 use reel_runtime::topology::{SubscriptionSpec, Topology};
 use reel_runtime::worker::{Worker, WorkerOptions};
 use reel_runtime::Settings;
@@ -120,9 +120,10 @@ impl LocalPipeline {
         let mut settings = Settings::load()?;
         settings.allowed_roots = vec!["/".into()];
         // Separate local runs may share the state dir; they are not one project's queue.
-        settings.project_lock = false;
+        settings.validate.project_lock = false;
         settings.work_root = Some(state.join("work").display().to_string());
-        if std::env::var_os("TEMP_DIR").is_none() {
+        if settings.temp_dir == Settings::default().temp_dir {
+            // Unless TEMP_DIR says otherwise, scratch lives beside the state.
             settings.temp_dir = state.join("tmp");
         }
         let settings = Arc::new(settings);
@@ -150,7 +151,9 @@ impl LocalPipeline {
             .with_context(|| format!("opening the event log {}", log_path(state).display()))?;
         for stage in Stage::ALL {
             let path = state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()));
-            bus = bus.with_persisted_topic(names.dead_letter_topic(stage), &path).with_context(|| format!("opening {}", path.display()))?;
+            bus = bus
+                .with_persisted_topic(names.dead_letter_topic(stage), &path)
+                .with_context(|| format!("opening {}", path.display()))?;
         }
         let bus = Arc::new(bus);
         bus.ensure_topology(&topology).await?;
@@ -160,16 +163,17 @@ impl LocalPipeline {
         let shutdown = CancellationToken::new();
         let mut workers = tokio::task::JoinSet::new();
         let handlers: Vec<Arc<dyn Handler>> = vec![
-            Arc::new(reel_validate::Validate),
-            Arc::new(reel_download::Download),
-            Arc::new(reel_stitch::Stitch),
-            Arc::new(reel_upload::Upload),
-            Arc::new(reel_finalize::Finalize),
+            Arc::new(reel_validate::Validate::from_settings(&settings)),
+            Arc::new(reel_download::Download::from_settings(&settings)),
+            Arc::new(reel_stitch::Stitch::from_settings(&settings)),
+            Arc::new(reel_upload::Upload::from_settings(&settings)),
+            Arc::new(reel_finalize::Finalize::from_settings(&settings)),
         ];
         for handler in handlers {
-            let mut options = WorkerOptions::for_stage(handler.stage(), &names);
+            let mut options = WorkerOptions::for_stage(handler.stage(), &settings);
             options.shutdown_grace = Duration::from_secs(2);
-            let worker = Arc::new(Worker::new(bus.clone(), handler, settings.clone(), work.clone(), resolver.clone(), options));
+            let worker =
+                Arc::new(Worker::new(bus.clone(), handler, &settings, work.clone(), resolver.clone(), options));
             let stop = shutdown.clone();
             workers.spawn(async move {
                 let _ = worker.run(stop).await;
@@ -180,7 +184,12 @@ impl LocalPipeline {
 
     /// Run one job to its end (or resume it), telling `observer` about its events.
     /// Returns when the job completed, failed or was cancelled, or when `interrupt` fires.
-    pub async fn run(&mut self, job: &StitchJob, observer: &mut dyn Observer, interrupt: CancellationToken) -> Result<RunResult> {
+    pub async fn run(
+        &mut self,
+        job: &StitchJob,
+        observer: &mut dyn Observer,
+        interrupt: CancellationToken,
+    ) -> Result<RunResult> {
         let job_id = job.job_id();
         let names = self.topology.names();
         let history: Vec<Event> = read_log(&self.state)?
@@ -208,7 +217,8 @@ impl LocalPipeline {
                     self.bus.publish(&names.work_topic(next), binding::encode_binary(event)).await?;
                 }
                 None => {
-                    let request = history.iter().filter(|e| e.ty() == types::STITCH_REQUESTED).max_by_key(|e| e.time().copied());
+                    let request =
+                        history.iter().filter(|e| e.ty() == types::STITCH_REQUESTED).max_by_key(|e| e.time().copied());
                     match request {
                         Some(request) => {
                             resumed_from = Some(Stage::Validate);
@@ -236,7 +246,9 @@ impl LocalPipeline {
             };
             for delivery in deliveries {
                 let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
-                let Ok(event) = binding::decode(&delivery.message) else { continue };
+                let Ok(event) = binding::decode(&delivery.message) else {
+                    continue;
+                };
                 if envelope::job_id_of(&event).as_deref() != Some(job_id.as_str()) {
                     continue;
                 }
@@ -320,7 +332,12 @@ pub fn rewrite_dead_letters(state: &Path, stage: Stage, keep: &[reel_runtime::em
 
 impl LocalPipeline {
     /// Send `messages` back to `stage` and wait until their jobs end (or `timeout`).
-    pub async fn replay(&mut self, stage: Stage, messages: Vec<reel_runtime::bus::Message>, timeout: Duration) -> Result<Vec<JobState>> {
+    pub async fn replay(
+        &mut self,
+        stage: Stage,
+        messages: Vec<reel_runtime::bus::Message>,
+        timeout: Duration,
+    ) -> Result<Vec<JobState>> {
         let names = self.topology.names();
         let mut jobs: std::collections::BTreeMap<String, JobState> = Default::default();
         for message in messages {
@@ -335,7 +352,9 @@ impl LocalPipeline {
         while tokio::time::Instant::now() < deadline && jobs.values().any(|j| !j.status().is_terminal()) {
             for delivery in self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)).await? {
                 let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
-                let Ok(event) = binding::decode(&delivery.message) else { continue };
+                let Ok(event) = binding::decode(&delivery.message) else {
+                    continue;
+                };
                 if let Some(state) = envelope::job_id_of(&event).and_then(|j| jobs.get_mut(&j)) {
                     state.apply(&event);
                 }

@@ -32,7 +32,10 @@ pub struct RestPull {
 impl RestPull {
     /// From `GOOGLE_CLOUD_PROJECT` and `PUBSUB_EMULATOR_HOST`.
     pub fn from_env() -> Result<RestPull> {
-        let project = std::env::var("GOOGLE_CLOUD_PROJECT").ok().filter(|p| !p.is_empty()).context("GOOGLE_CLOUD_PROJECT is not set")?;
+        let project = std::env::var("GOOGLE_CLOUD_PROJECT")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .context("GOOGLE_CLOUD_PROJECT is not set")?;
         let emulator = std::env::var("PUBSUB_EMULATOR_HOST").ok().filter(|h| !h.is_empty());
         let http = reqwest::Client::builder().timeout(Duration::from_secs(30)).build()?;
         Ok(match emulator {
@@ -75,16 +78,26 @@ impl RestPull {
 
     /// Pull up to `max` messages (leased for the subscription's ack deadline).
     pub async fn pull(&self, subscription: &str, max: usize) -> Result<Vec<Pulled>> {
-        let reply = self.call(subscription, "pull", serde_json::json!({"maxMessages": max, "returnImmediately": true})).await?;
+        let reply =
+            self.call(subscription, "pull", serde_json::json!({"maxMessages": max, "returnImmediately": true})).await?;
         let mut out = Vec::new();
         for received in reply["receivedMessages"].as_array().into_iter().flatten() {
             let m = &received["message"];
-            let data = m["data"].as_str().map(|d| base64::engine::general_purpose::STANDARD.decode(d)).transpose()?.unwrap_or_default();
-            let attributes: BTreeMap<String, String> = serde_json::from_value(m["attributes"].clone()).unwrap_or_default();
+            let data = m["data"]
+                .as_str()
+                .map(|d| base64::engine::general_purpose::STANDARD.decode(d))
+                .transpose()?
+                .unwrap_or_default();
+            let attributes: BTreeMap<String, String> =
+                serde_json::from_value(m["attributes"].clone()).unwrap_or_default();
             out.push(Pulled {
                 ack_id: received["ackId"].as_str().unwrap_or_default().to_string(),
                 message_id: m["messageId"].as_str().unwrap_or_default().to_string(),
-                message: Message { data, attributes, ordering_key: m["orderingKey"].as_str().unwrap_or_default().to_string() },
+                message: Message {
+                    data,
+                    attributes,
+                    ordering_key: m["orderingKey"].as_str().unwrap_or_default().to_string(),
+                },
                 publish_time: m["publishTime"]
                     .as_str()
                     .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
@@ -128,6 +141,8 @@ impl RestPull {
         if ack_ids.is_empty() {
             return Ok(());
         }
-        self.call(subscription, "modifyAckDeadline", serde_json::json!({"ackIds": ack_ids, "ackDeadlineSeconds": 0})).await.map(|_| ())
+        self.call(subscription, "modifyAckDeadline", serde_json::json!({"ackIds": ack_ids, "ackDeadlineSeconds": 0}))
+            .await
+            .map(|_| ())
     }
 }

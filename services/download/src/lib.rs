@@ -8,17 +8,33 @@
 
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, JobValidated, SkippedClip, WorkClip};
-use reel_events::{types, ClipInfo, ErrorType, Event, Stage};
+use reel_events::{types, Classify, ClipInfo, ErrorType, Event, Stage};
 use reel_media::MediaError;
-use reel_runtime::stage::{check_job_location, decode_payload, store_failure, Context, Failure, Handler, Outcome};
+use reel_runtime::config::{DownloadConfig, Settings};
+use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
 
 /// The download stage.
-#[derive(Debug, Default)]
-pub struct Download;
+#[derive(Debug, Clone, Default)]
+pub struct Download {
+    config: DownloadConfig,
+}
+
+impl Download {
+    /// A download stage with its settings.
+    pub fn new(config: DownloadConfig) -> Download {
+        Download { config }
+    }
+}
+
+impl FromSettings for Download {
+    fn from_settings(settings: &Settings) -> Download {
+        Download::new(settings.download.clone())
+    }
+}
 
 /// Why one clip could not be used, or that the whole job must stop.
 enum ClipError {
@@ -41,7 +57,7 @@ impl Handler for Download {
         // validate refuses a path outside the job's roots; one that got here was put on
         // the work topic past it: fail the job before reading anything.
         for (i, raw) in job.clip_paths.iter().enumerate() {
-            if let Err(f) = check_job_location(&ctx.settings, &format!("clip {}", i + 1), raw, &job.project_id) {
+            if let Err(f) = ctx.boundary.check(&format!("clip {}", i + 1), raw, &job.project_id) {
                 if f.error_type == ErrorType::PermissionDenied {
                     return Outcome::Reject(f);
                 }
@@ -59,7 +75,9 @@ impl Handler for Download {
             if ctx.cancel.is_cancelled() {
                 return Outcome::Retry(Failure::new(ErrorType::Internal, "stopped"));
             }
-            let results = futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, *index, raw))).await;
+            let results =
+                futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, &self.config, *index, raw)))
+                    .await;
             for ((_, raw), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(clip) => clips.push(clip),
@@ -93,15 +111,19 @@ impl Handler for Download {
     }
 }
 
-async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, ClipError> {
-    let location = check_job_location(&ctx.settings, &format!("clip {}", index + 1), raw, &ctx.job.project_id)
+async fn fetch_clip(ctx: &Context, config: &DownloadConfig, index: usize, raw: &str) -> Result<WorkClip, ClipError> {
+    let location = ctx
+        .boundary
+        .check(&format!("clip {}", index + 1), raw, &ctx.job.project_id)
         .map_err(|f| ClipError::Skip(f.message))?;
     let ext = location.extension().unwrap_or_else(|| "bin".into());
     let work_key = format!("{}clips/{index:03}.{ext}", ctx.work_prefix());
     let probe_key = format!("{work_key}.probe.json");
 
     // Resume: a clip fetched and probed by an earlier delivery is reused.
-    if let (Ok(Some(meta)), Some(info)) = (ctx.work.head(&work_key).await, read_probe(ctx.work.as_ref(), &probe_key).await) {
+    if let (Ok(Some(meta)), Some(info)) =
+        (ctx.work.head(&work_key).await, read_probe(ctx.work.as_ref(), &probe_key).await)
+    {
         info!(clip = index, work_key = %work_key, "clip already in the workspace; reusing it");
         return Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info });
     }
@@ -125,15 +147,17 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     if size == 0 {
         return Err(ClipError::Skip("empty file".into()));
     }
-    if size > ctx.settings.max_clip_bytes {
-        return Err(ClipError::Skip(format!("{size} bytes is over the {} byte limit", ctx.settings.max_clip_bytes)));
+    if size > config.max_clip_bytes {
+        return Err(ClipError::Skip(format!("{size} bytes is over the {} byte limit", config.max_clip_bytes)));
     }
 
     // Bring the bytes into the workspace, then probe a local file.
     let local_work = ctx.work.local_path(&work_key);
     let probe_path: PathBuf = match (&local_work, source.local_path(&source_key)) {
         (Some(dest), Some(src)) => {
-            link_or_copy(ctx.work.as_ref(), &work_key, source.as_ref(), &source_key, &src, dest).await.map_err(|e| stop_or_skip("copy", raw, e))?;
+            link_or_copy(ctx.work.as_ref(), &work_key, source.as_ref(), &source_key, &src, dest)
+                .await
+                .map_err(|e| stop_or_skip("copy", raw, e))?;
             dest.clone()
         }
         (Some(dest), None) => {
@@ -144,8 +168,12 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
         (None, _) => {
             let scratch = ctx.scratch.join(format!("clip-{index:03}.{ext}"));
             let body_store: Arc<dyn Store> = source.clone();
-            store::get_to_file(body_store.as_ref(), &source_key, &scratch).await.map_err(|e| stop_or_skip("download", raw, e))?;
-            store::put_file(ctx.work.as_ref(), &work_key, &scratch, PutMode::Overwrite).await.map_err(|e| stop_or_skip("stage", raw, e))?;
+            store::get_to_file(body_store.as_ref(), &source_key, &scratch)
+                .await
+                .map_err(|e| stop_or_skip("download", raw, e))?;
+            store::put_file(ctx.work.as_ref(), &work_key, &scratch, PutMode::Overwrite)
+                .await
+                .map_err(|e| stop_or_skip("stage", raw, e))?;
             scratch
         }
     };
@@ -156,26 +184,32 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
             return Err(ClipError::Skip(format!("not a readable video ({reason})")));
         }
         Err(e) if e.is_transient() => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, format!("probing {raw}: {e}")))))
+            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
+                ErrorType::ResourceExhausted,
+                format!("probing {raw}: {e}"),
+            ))))
         }
         Err(MediaError::NotInstalled(what)) => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::Internal, format!("{what} is not installed")))))
+            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
+                ErrorType::Internal,
+                format!("{what} is not installed"),
+            ))))
         }
         Err(e) => {
             let _ = ctx.work.delete(&work_key).await;
             return Err(ClipError::Skip(format!("cannot probe: {e}")));
         }
     };
-    if info.duration_seconds > ctx.settings.max_clip_seconds {
+    if info.duration_seconds > config.max_clip_seconds {
         let _ = ctx.work.delete(&work_key).await;
         return Err(ClipError::Skip(format!(
             "{:.1} s is over the {:.0} s clip limit",
-            info.duration_seconds, ctx.settings.max_clip_seconds
+            info.duration_seconds, config.max_clip_seconds
         )));
     }
     let json = serde_json::to_vec(&info).expect("ClipInfo serializes");
     if let Err(e) = ctx.work.put(&probe_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
-        return Err(ClipError::Stop(store_failure("saving probe result", &e)));
+        return Err(ClipError::Stop(Outcome::failed("saving probe result", &e)));
     }
     info!(clip = index, work_key = %work_key, bytes = size, "clip fetched");
     Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: size, info })
@@ -210,13 +244,15 @@ async fn read_probe(work: &dyn Store, key: &str) -> Option<ClipInfo> {
     serde_json::from_slice(&text).ok()
 }
 
-/// Permission problems stop the job (fail fast); transient ones retry it; anything
-/// else about one clip skips that clip.
+/// "Corrupt file → skip, continue": an error about one clip skips that clip. What the
+/// storage sorter calls transient retries the job, and a permission error fails it
+/// fast (the matrix's rows for storage); only the clip's own permanent faults skip.
 fn stop_or_skip(what: &str, raw: &str, err: StoreError) -> ClipError {
+    let verdict = err.verdict();
+    if verdict.retryable || verdict.error_type == ErrorType::PermissionDenied {
+        return ClipError::Stop(Outcome::failed(&format!("cannot {what} {raw}"), &err));
+    }
     match err {
-        StoreError::PermissionDenied(_) | StoreError::Transient(_) | StoreError::DiskFull(_) => {
-            ClipError::Stop(store_failure(&format!("cannot {what} {raw}"), &err))
-        }
         StoreError::NotFound(_) => ClipError::Skip("not found".into()),
         other => ClipError::Skip(format!("cannot {what}: {other}")),
     }

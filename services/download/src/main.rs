@@ -1,5 +1,5 @@
-//! `reel-download`: the download stage as a program (pull or push mode; see `reel-program`).
+//! `reel-download`: the download stage as a program (pull or push mode; see reel-program).
 
 fn main() -> std::process::ExitCode {
-    reel_program::main(std::sync::Arc::new(reel_download::Download))
+    reel_program::main::<reel_download::Download>()
 }

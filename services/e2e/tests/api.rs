@@ -106,7 +106,8 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
     cluster.start_api(port2);
     wait_healthy(port2);
     let after = http(port2, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
-    let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
     assert_eq!(a, b);
 
     // No token reaches a log: not the configured ones (sent with every request above),
@@ -129,10 +130,16 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
 fn ffmpeg_children(parent: u32) -> Vec<u32> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         // pid (comm) state ppid ...
-        let Some((comm, rest)) = stat.split_once(") ") else { continue };
+        let Some((comm, rest)) = stat.split_once(") ") else {
+            continue;
+        };
         let ppid: u32 = rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()).unwrap_or(0);
         if ppid == parent && comm.ends_with("(ffmpeg") {
             found.push(pid);

@@ -8,7 +8,10 @@
 use async_trait::async_trait;
 use reel_events::payload::{JobCompleted, ReelUploaded};
 use reel_events::{binding, types, Event, Stage};
-use reel_runtime::stage::{completed_marker_key, decode_payload, store_failure, Context, Handler, Outcome};
+use reel_runtime::config::Settings;
+use reel_runtime::stage::{
+    completed_marker_key, decode_payload, Context, FromSettings, Handler, LateDelivery, Outcome,
+};
 use reel_runtime::store::{delete_prefix, PutMode, StoreError};
 use tokio::io::AsyncReadExt;
 use tracing::{info, warn};
@@ -17,10 +20,21 @@ use tracing::{info, warn};
 #[derive(Debug, Default)]
 pub struct Finalize;
 
+impl FromSettings for Finalize {
+    fn from_settings(_: &Settings) -> Finalize {
+        Finalize
+    }
+}
+
 #[async_trait]
 impl Handler for Finalize {
     fn stage(&self) -> Stage {
         Stage::Finalize
+    }
+
+    /// A redelivery of a completed job re-emits its recorded `job.completed`.
+    fn on_completed_job(&self) -> LateDelivery {
+        LateDelivery::Handle
     }
 
     async fn handle(&self, ctx: &Context, event: &Event) -> Outcome {
@@ -52,11 +66,13 @@ impl Handler for Finalize {
         let completed = ctx.event(event, types::JOB_COMPLETED, job.retry_attempt, &data);
         let record = binding::encode_structured(&completed).data;
         if let Err(e) = ctx.work.put(&marker, Box::pin(std::io::Cursor::new(record)), PutMode::Overwrite).await {
-            return store_failure("recording the completion", &e);
+            return Outcome::failed("recording the completion", &e);
         }
         match delete_prefix(ctx.work.as_ref(), &ctx.work_prefix()).await {
             Ok(n) => info!(files = n, "workspace cleaned"),
-            Err(e) => warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will"),
+            Err(e) => {
+                warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
+            }
         }
         if let Err(e) = reel_runtime::lock::release(ctx.work.as_ref(), &job.project_id, &job.job_id).await {
             warn!(error = %e, "could not release the project lock; it expires on its own");

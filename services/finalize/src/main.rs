@@ -1,5 +1,5 @@
-//! `reel-finalize`: the finalize stage as a program (pull or push mode; see `reel-program`).
+//! `reel-finalize`: the finalize stage as a program (pull or push mode; see reel-program).
 
 fn main() -> std::process::ExitCode {
-    reel_program::main(std::sync::Arc::new(reel_finalize::Finalize))
+    reel_program::main::<reel_finalize::Finalize>()
 }

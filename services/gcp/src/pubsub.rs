@@ -60,16 +60,14 @@
 //! leases are extended and settled with REST calls (`unary.rs`).
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use google_cloud_gax::error::rpc::Code;
-use google_cloud_pubsub::client::{
-    BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin,
-};
+use google_cloud_pubsub::client::{BasePublisher, Publisher, Subscriber, SubscriptionAdmin, TopicAdmin};
 use google_cloud_pubsub::error::{AckError, PublishError};
 use google_cloud_pubsub::model::{DeadLetterPolicy, ExpirationPolicy, Message as PsMessage, RetryPolicy};
 use google_cloud_pubsub::subscriber::handler::Handler;
@@ -132,44 +130,37 @@ impl PubSubConfig {
     /// (`host:port`, optional), and optionally `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES` and
     /// `REEL_PUBSUB_MAX_OUTSTANDING_BYTES`.
     pub fn from_env() -> Result<Self, BusError> {
-        let var = |name: &str| {
-            std::env::var(name)
-                .ok()
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-        };
-        let project = var("GOOGLE_CLOUD_PROJECT")
-            .ok_or_else(|| BusError::Other("GOOGLE_CLOUD_PROJECT is not set".into()))?;
+        let var = |name: &str| std::env::var(name).ok().map(|v| v.trim().to_string()).filter(|v| !v.is_empty());
+        let project =
+            var("GOOGLE_CLOUD_PROJECT").ok_or_else(|| BusError::Other("GOOGLE_CLOUD_PROJECT is not set".into()))?;
         let mut config = PubSubConfig::new(project);
         config.emulator_host = var("PUBSUB_EMULATOR_HOST");
         let number = |name: &str, default: i64| -> Result<i64, BusError> {
             match var(name) {
                 None => Ok(default),
-                Some(v) => v.parse::<i64>().ok().filter(|n| *n > 0).ok_or_else(|| {
-                    BusError::Other(format!("{name}={v:?} is not a positive integer"))
-                }),
+                Some(v) => v
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| BusError::Other(format!("{name}={v:?} is not a positive integer"))),
             }
         };
-        config.max_outstanding_messages = number(
-            "REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES",
-            Self::DEFAULT_MAX_OUTSTANDING_MESSAGES,
-        )?;
-        config.max_outstanding_bytes = number(
-            "REEL_PUBSUB_MAX_OUTSTANDING_BYTES",
-            Self::DEFAULT_MAX_OUTSTANDING_BYTES,
-        )?;
-        config.unary_pull = match var("REEL_PUBSUB_PULL").as_deref() {
-            None | Some("streaming") => false,
-            Some("unary") if config.emulator_host.is_some() => true,
-            Some("unary") => {
-                return Err(BusError::Other(
-                    "REEL_PUBSUB_PULL=unary is for the emulator (PUBSUB_EMULATOR_HOST); Pub/Sub uses streaming pull".into(),
-                ))
-            }
-            Some(other) => {
-                return Err(BusError::Other(format!("REEL_PUBSUB_PULL={other:?}: expected streaming or unary")))
-            }
-        };
+        config.max_outstanding_messages =
+            number("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", Self::DEFAULT_MAX_OUTSTANDING_MESSAGES)?;
+        config.max_outstanding_bytes =
+            number("REEL_PUBSUB_MAX_OUTSTANDING_BYTES", Self::DEFAULT_MAX_OUTSTANDING_BYTES)?;
+        config.unary_pull =
+            match var("REEL_PUBSUB_PULL").as_deref() {
+                None | Some("streaming") => false,
+                Some("unary") if config.emulator_host.is_some() => true,
+                Some("unary") => return Err(BusError::Other(
+                    "REEL_PUBSUB_PULL=unary is for the emulator (PUBSUB_EMULATOR_HOST); Pub/Sub uses streaming pull"
+                        .into(),
+                )),
+                Some(other) => {
+                    return Err(BusError::Other(format!("REEL_PUBSUB_PULL={other:?}: expected streaming or unary")))
+                }
+            };
         Ok(config)
     }
 
@@ -203,16 +194,12 @@ fn bus_error(context: &str, size: Option<usize>, err: &google_cloud_pubsub::Erro
             | Code::Unknown
             | Code::Cancelled => BusError::Transient(text),
             Code::InvalidArgument
-                if message.contains("too large")
-                    || message.contains("exceeds")
-                    || message.contains("maximum") =>
+                if message.contains("too large") || message.contains("exceeds") || message.contains("maximum") =>
             {
                 BusError::TooLarge(size.unwrap_or(0))
             }
             Code::InvalidArgument | Code::FailedPrecondition
-                if message.contains("ack id")
-                    || message.contains("ack_id")
-                    || message.contains("ackid") =>
+                if message.contains("ack id") || message.contains("ack_id") || message.contains("ackid") =>
             {
                 BusError::InvalidAckId(text)
             }
@@ -231,12 +218,7 @@ fn bus_error(context: &str, size: Option<usize>, err: &google_cloud_pubsub::Erro
     if err.is_authentication() {
         return BusError::PermissionDenied(text);
     }
-    if err.is_timeout()
-        || err.is_io()
-        || err.is_connect()
-        || err.is_transport()
-        || err.is_exhausted()
-    {
+    if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted() {
         return BusError::Transient(text);
     }
     BusError::Other(text)
@@ -261,8 +243,7 @@ fn ack_error(context: &str, err: AckError) -> BusError {
 }
 
 fn is_already_exists(err: &google_cloud_pubsub::Error) -> bool {
-    err.status().is_some_and(|s| s.code == Code::AlreadyExists)
-        || err.http_status_code() == Some(409)
+    err.status().is_some_and(|s| s.code == Code::AlreadyExists) || err.http_status_code() == Some(409)
 }
 
 fn builder_error(what: &str, err: impl std::fmt::Display) -> BusError {
@@ -270,8 +251,7 @@ fn builder_error(what: &str, err: impl std::fmt::Display) -> BusError {
 }
 
 fn wkt_duration(d: Duration) -> Result<google_cloud_wkt::Duration, BusError> {
-    google_cloud_wkt::Duration::try_from(d)
-        .map_err(|e| BusError::Other(format!("duration {d:?}: {e}")))
+    google_cloud_wkt::Duration::try_from(d).map_err(|e| BusError::Other(format!("duration {d:?}: {e}")))
 }
 
 /// One delivery handed out by `receive`, until it is settled.
@@ -334,13 +314,9 @@ impl AttemptCounter {
     fn next(&mut self, subscription: &str, message_id: &str) -> u32 {
         let now = Instant::now();
         if self.seen.len() > Self::PRUNE_ABOVE {
-            self.seen
-                .retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+            self.seen.retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
         }
-        let entry = self
-            .seen
-            .entry((subscription.to_string(), message_id.to_string()))
-            .or_insert((0, now));
+        let entry = self.seen.entry((subscription.to_string(), message_id.to_string())).or_insert((0, now));
         entry.0 += 1;
         entry.1 = now;
         entry.0
@@ -380,9 +356,7 @@ pub struct PubSubBus {
 
 impl std::fmt::Debug for PubSubBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PubSubBus")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("PubSubBus").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -406,18 +380,10 @@ impl PubSubBus {
         );
         let mut subscriber = Subscriber::builder();
         if let Some(endpoint) = &endpoint {
-            topic_admin = topic_admin
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous());
-            subscription_admin = subscription_admin
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous());
-            base_publisher = base_publisher
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous());
-            subscriber = subscriber
-                .with_endpoint(endpoint)
-                .with_credentials(anonymous());
+            topic_admin = topic_admin.with_endpoint(endpoint).with_credentials(anonymous());
+            subscription_admin = subscription_admin.with_endpoint(endpoint).with_credentials(anonymous());
+            base_publisher = base_publisher.with_endpoint(endpoint).with_credentials(anonymous());
+            subscriber = subscriber.with_endpoint(endpoint).with_credentials(anonymous());
         }
         let unary = match (&endpoint, config.unary_pull) {
             (Some(endpoint), true) => Some(crate::unary::UnaryClient::new(endpoint, &config.project)?),
@@ -425,22 +391,10 @@ impl PubSubBus {
             _ => None,
         };
         let inner = Arc::new(Inner {
-            topic_admin: topic_admin
-                .build()
-                .await
-                .map_err(|e| builder_error("topic admin", e))?,
-            subscription_admin: subscription_admin
-                .build()
-                .await
-                .map_err(|e| builder_error("subscription admin", e))?,
-            base_publisher: base_publisher
-                .build()
-                .await
-                .map_err(|e| builder_error("publisher", e))?,
-            subscriber: subscriber
-                .build()
-                .await
-                .map_err(|e| builder_error("subscriber", e))?,
+            topic_admin: topic_admin.build().await.map_err(|e| builder_error("topic admin", e))?,
+            subscription_admin: subscription_admin.build().await.map_err(|e| builder_error("subscription admin", e))?,
+            base_publisher: base_publisher.build().await.map_err(|e| builder_error("publisher", e))?,
+            subscriber: subscriber.build().await.map_err(|e| builder_error("subscriber", e))?,
             publishers: Mutex::new(HashMap::new()),
             streams: tokio::sync::Mutex::new(HashMap::new()),
             leases: Mutex::new(HashMap::new()),
@@ -480,10 +434,7 @@ impl PubSubBus {
         if name.starts_with("projects/") {
             name.to_string()
         } else {
-            format!(
-                "projects/{}/subscriptions/{}",
-                self.inner.config.project, name
-            )
+            format!("projects/{}/subscriptions/{}", self.inner.config.project, name)
         }
     }
 
@@ -491,25 +442,11 @@ impl PubSubBus {
     /// publishers. Later calls to `receive` fail with [`BusError::Closed`].
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
-        let publishers: Vec<Publisher> = self
-            .inner
-            .publishers
-            .lock()
-            .unwrap()
-            .values()
-            .cloned()
-            .collect();
+        let publishers: Vec<Publisher> = self.inner.publishers.lock().unwrap().values().cloned().collect();
         for publisher in publishers {
             publisher.flush().await;
         }
-        let leases: Vec<Lease> = self
-            .inner
-            .leases
-            .lock()
-            .unwrap()
-            .drain()
-            .map(|(_, l)| l)
-            .collect();
+        let leases: Vec<Lease> = self.inner.leases.lock().unwrap().drain().map(|(_, l)| l).collect();
         for lease in leases {
             lease.handler.nack();
         }
@@ -519,14 +456,7 @@ impl PubSubBus {
     /// Delete a subscription (tests and tooling). Missing is not an error.
     pub async fn delete_subscription(&self, name: &str) -> Result<(), BusError> {
         let path = self.subscription_path(name);
-        match self
-            .inner
-            .subscription_admin
-            .delete_subscription()
-            .set_subscription(&path)
-            .send()
-            .await
-        {
+        match self.inner.subscription_admin.delete_subscription().set_subscription(&path).send().await {
             Ok(_) => Ok(()),
             Err(e) => match bus_error(&format!("delete subscription {path}"), None, &e) {
                 BusError::NotFound(_) => Ok(()),
@@ -538,14 +468,7 @@ impl PubSubBus {
     /// Delete a topic (tests and tooling). Missing is not an error.
     pub async fn delete_topic(&self, name: &str) -> Result<(), BusError> {
         let path = self.topic_path(name);
-        match self
-            .inner
-            .topic_admin
-            .delete_topic()
-            .set_topic(&path)
-            .send()
-            .await
-        {
+        match self.inner.topic_admin.delete_topic().set_topic(&path).send().await {
             Ok(_) => Ok(()),
             Err(e) => match bus_error(&format!("delete topic {path}"), None, &e) {
                 BusError::NotFound(_) => Ok(()),
@@ -573,21 +496,10 @@ impl PubSubBus {
         format!("{}-{n}", self.inner.bus_id)
     }
 
-    fn delivery(
-        &self,
-        subscription: &str,
-        ack_id: String,
-        message: PsMessage,
-        attempt: Option<i32>,
-    ) -> Delivery {
+    fn delivery(&self, subscription: &str, ack_id: String, message: PsMessage, attempt: Option<i32>) -> Delivery {
         let delivery_attempt = match attempt {
             Some(n) if n > 0 => n as u32,
-            _ => self
-                .inner
-                .attempts
-                .lock()
-                .unwrap()
-                .next(subscription, &message.message_id),
+            _ => self.inner.attempts.lock().unwrap().next(subscription, &message.message_id),
         };
         let publish_time = message
             .publish_time
@@ -618,11 +530,7 @@ impl PubSubBus {
             .send()
             .await
             .map_err(|e| bus_error(&format!("get subscription {path}"), None, &e))?;
-        let secs = if sub.ack_deadline_seconds > 0 {
-            sub.ack_deadline_seconds as u64
-        } else {
-            10
-        };
+        let secs = if sub.ack_deadline_seconds > 0 { sub.ack_deadline_seconds as u64 } else { 10 };
         Ok(Duration::from_secs(secs))
     }
 
@@ -668,7 +576,12 @@ impl PubSubBus {
         // the first open stream, so other workers of the stage would sit idle. There, a
         // message beyond the flow-control limit is released at once (nack) for another
         // worker. Real Pub/Sub honours the limit and never sends one.
-        let release_beyond = self.inner.config.emulator_host.as_ref().map(|_| self.inner.config.max_outstanding_messages.max(1) as usize);
+        let release_beyond = self
+            .inner
+            .config
+            .emulator_host
+            .as_ref()
+            .map(|_| self.inner.config.max_outstanding_messages.max(1) as usize);
         let cancel = self.inner.shutdown.child_token();
         let sub_stream = Arc::new(SubStream {
             rx: tokio::sync::Mutex::new(rx),
@@ -704,9 +617,7 @@ impl PubSubBus {
                     }
                     None => {
                         dead.store(true, Ordering::Release);
-                        let _ = tx.send(Err(BusError::Transient(format!(
-                            "streaming pull on {name} closed"
-                        ))));
+                        let _ = tx.send(Err(BusError::Transient(format!("streaming pull on {name} closed"))));
                         break;
                     }
                 }
@@ -734,11 +645,7 @@ impl PubSubBus {
             let mut rx = stream.rx.lock().await;
             let first_until = Instant::now() + first_wait;
             while pulled.len() < max {
-                let until = if pulled.is_empty() {
-                    first_until
-                } else {
-                    Instant::now() + next_wait
-                };
+                let until = if pulled.is_empty() { first_until } else { Instant::now() + next_wait };
                 let item = match rx.try_recv() {
                     Ok(item) => Some(item),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -784,10 +691,7 @@ impl PubSubBus {
 
     async fn forget_stream(&self, subscription: &str, stream: &Arc<SubStream>) {
         let mut streams = self.inner.streams.lock().await;
-        if streams
-            .get(subscription)
-            .is_some_and(|s| Arc::ptr_eq(s, stream))
-        {
+        if streams.get(subscription).is_some_and(|s| Arc::ptr_eq(s, stream)) {
             streams.remove(subscription);
         }
     }
@@ -795,24 +699,18 @@ impl PubSubBus {
     /// Take the lease of `ack_id` on `subscription` out of the table.
     fn take_lease(&self, subscription: &str, ack_id: &str) -> Result<Lease, BusError> {
         let mut leases = self.inner.leases.lock().unwrap();
-        let lease = leases.remove(ack_id).ok_or_else(|| {
-            BusError::InvalidAckId(format!(
-                "{subscription}: unknown or settled ack id {ack_id:?}"
-            ))
-        })?;
+        let lease = leases
+            .remove(ack_id)
+            .ok_or_else(|| BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}")))?;
         if lease.subscription != subscription {
             let owner = lease.subscription.clone();
             leases.insert(ack_id.to_string(), lease);
-            return Err(BusError::InvalidAckId(format!(
-                "{ack_id:?} belongs to {owner}, not {subscription}"
-            )));
+            return Err(BusError::InvalidAckId(format!("{ack_id:?} belongs to {owner}, not {subscription}")));
         }
         if lease.deadline <= Instant::now() {
             drop(leases);
             lease.handler.nack();
-            return Err(BusError::InvalidAckId(format!(
-                "{subscription}: the lease of {ack_id:?} expired"
-            )));
+            return Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")));
         }
         Ok(lease)
     }
@@ -854,9 +752,19 @@ impl PubSubBus {
                     };
                     self.inner.leases.lock().unwrap().insert(
                         token.clone(),
-                        Lease { subscription: subscription.to_string(), handler: LeaseHandle::Unary(p.ack_id), deadline },
+                        Lease {
+                            subscription: subscription.to_string(),
+                            handler: LeaseHandle::Unary(p.ack_id),
+                            deadline,
+                        },
                     );
-                    out.push(Delivery { ack_id: token, message_id: p.message_id, message: p.message, delivery_attempt, publish_time: p.publish_time });
+                    out.push(Delivery {
+                        ack_id: token,
+                        message_id: p.message_id,
+                        message: p.message,
+                        delivery_attempt,
+                        publish_time: p.publish_time,
+                    });
                 }
                 return Ok(out);
             }
@@ -875,12 +783,7 @@ impl PubSubBus {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
     h.finish() as u32
 }
@@ -911,14 +814,9 @@ fn spawn_reaper(inner: Weak<Inner>, shutdown: CancellationToken) {
             let now = Instant::now();
             let expired: Vec<(String, Lease)> = {
                 let mut leases = inner.leases.lock().unwrap();
-                let ids: Vec<String> = leases
-                    .iter()
-                    .filter(|(_, l)| l.deadline <= now)
-                    .map(|(id, _)| id.clone())
-                    .collect();
-                ids.into_iter()
-                    .filter_map(|id| leases.remove(&id).map(|l| (id, l)))
-                    .collect()
+                let ids: Vec<String> =
+                    leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| id.clone()).collect();
+                ids.into_iter().filter_map(|id| leases.remove(&id).map(|l| (id, l))).collect()
             };
             for (id, lease) in expired {
                 debug!(subscription = %lease.subscription, ack_id = %id, "ack deadline passed; releasing for redelivery");
@@ -951,21 +849,12 @@ impl Bus for PubSubBus {
                     // reel relies on no ordering: do not let one failure block the key.
                     publisher.resume_publish(ordering_key);
                 }
-                Err(publish_error(
-                    &format!("publish to {}", self.topic_path(topic)),
-                    size,
-                    e,
-                ))
+                Err(publish_error(&format!("publish to {}", self.topic_path(topic)), size, e))
             }
         }
     }
 
-    async fn receive(
-        &self,
-        subscription: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError> {
+    async fn receive(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -973,26 +862,15 @@ impl Bus for PubSubBus {
             return self.receive_unary(subscription, max, wait).await;
         }
         let stream = self.stream_for(subscription).await?;
-        let pulled = self
-            .pull(subscription, &stream, max, wait, Duration::ZERO)
-            .await?;
+        let pulled = self.pull(subscription, &stream, max, wait, Duration::ZERO).await?;
         let deadline = Instant::now() + stream.ack_deadline;
         let mut out = Vec::with_capacity(pulled.len());
         for Pulled { message, handler } in pulled {
             let token = self.new_token();
-            let delivery = self.delivery(
-                subscription,
-                token.clone(),
-                message,
-                handler.delivery_attempt(),
-            );
+            let delivery = self.delivery(subscription, token.clone(), message, handler.delivery_attempt());
             self.inner.leases.lock().unwrap().insert(
                 token,
-                Lease {
-                    subscription: subscription.to_string(),
-                    handler: LeaseHandle::Stream(handler),
-                    deadline,
-                },
+                Lease { subscription: subscription.to_string(), handler: LeaseHandle::Stream(handler), deadline },
             );
             out.push(delivery);
         }
@@ -1002,10 +880,9 @@ impl Bus for PubSubBus {
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.take_lease(subscription, ack_id)?;
         match lease.handler {
-            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => h
-                .confirmed_ack()
-                .await
-                .map_err(|e| ack_error(&format!("ack on {subscription}"), e)),
+            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => {
+                h.confirmed_ack().await.map_err(|e| ack_error(&format!("ack on {subscription}"), e))
+            }
             LeaseHandle::Stream(other) => {
                 other.ack();
                 Ok(())
@@ -1034,12 +911,7 @@ impl Bus for PubSubBus {
         }
     }
 
-    async fn modify_deadline(
-        &self,
-        subscription: &str,
-        ack_id: &str,
-        seconds: u32,
-    ) -> Result<(), BusError> {
+    async fn modify_deadline(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError> {
         if seconds == 0 {
             return self.nack(subscription, ack_id).await;
         }
@@ -1062,14 +934,10 @@ impl Bus for PubSubBus {
                     let lease = leases.remove(ack_id).expect("present");
                     drop(leases);
                     lease.handler.nack();
-                    return Err(BusError::InvalidAckId(format!(
-                        "{subscription}: the lease of {ack_id:?} expired"
-                    )));
+                    return Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")));
                 }
                 _ => {
-                    return Err(BusError::InvalidAckId(format!(
-                        "{subscription}: unknown or settled ack id {ack_id:?}"
-                    )))
+                    return Err(BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}")))
                 }
             }
         };
@@ -1100,11 +968,7 @@ impl Bus for PubSubBus {
                 .create_subscription()
                 .set_name(&path)
                 .set_topic(self.topic_path(&spec.topic))
-                .set_ack_deadline_seconds(
-                    spec.ack_deadline
-                        .as_secs()
-                        .clamp(10, MAX_ACK_DEADLINE_SECS as u64) as i32,
-                )
+                .set_ack_deadline_seconds(spec.ack_deadline.as_secs().clamp(10, MAX_ACK_DEADLINE_SECS as u64) as i32)
                 .set_message_retention_duration(wkt_duration(spec.message_retention)?)
                 .set_retry_policy(
                     RetryPolicy::new()
@@ -1149,17 +1013,10 @@ impl Bus for PubSubBus {
         // Through the subscription's own stream, not a second one: the emulator never
         // notices a closed stream and keeps delivering into it (see `close_stream`).
         let stream = self.stream_for(subscription).await?;
-        let pulled = self
-            .pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT)
-            .await?;
+        let pulled = self.pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT).await?;
         let mut out = Vec::with_capacity(pulled.len());
         for Pulled { message, handler } in pulled {
-            out.push(self.delivery(
-                subscription,
-                String::new(),
-                message,
-                handler.delivery_attempt(),
-            ));
+            out.push(self.delivery(subscription, String::new(), message, handler.delivery_attempt()));
             // Modify ack deadline 0: available again (after the retry backoff).
             handler.nack();
         }
@@ -1178,45 +1035,21 @@ mod tests {
 
     #[test]
     fn errors_are_classified_in_one_place() {
-        assert!(matches!(
-            bus_error("x", None, &status(Code::NotFound, "no")),
-            BusError::NotFound(_)
-        ));
-        assert!(matches!(
-            bus_error("x", None, &status(Code::PermissionDenied, "no")),
-            BusError::PermissionDenied(_)
-        ));
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::ResourceExhausted,
-            Code::Internal,
-            Code::Aborted,
-        ] {
-            assert!(
-                bus_error("x", None, &status(code, "busy")).is_transient(),
-                "{code:?}"
-            );
+        assert!(matches!(bus_error("x", None, &status(Code::NotFound, "no")), BusError::NotFound(_)));
+        assert!(matches!(bus_error("x", None, &status(Code::PermissionDenied, "no")), BusError::PermissionDenied(_)));
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::ResourceExhausted, Code::Internal, Code::Aborted]
+        {
+            assert!(bus_error("x", None, &status(code, "busy")).is_transient(), "{code:?}");
         }
         assert!(matches!(
-            bus_error(
-                "x",
-                Some(11_000_000),
-                &status(
-                    Code::InvalidArgument,
-                    "Request payload size exceeds the limit"
-                )
-            ),
+            bus_error("x", Some(11_000_000), &status(Code::InvalidArgument, "Request payload size exceeds the limit")),
             BusError::TooLarge(11_000_000)
         ));
         assert!(matches!(
             bus_error("x", None, &status(Code::InvalidArgument, "Invalid ack ID")),
             BusError::InvalidAckId(_)
         ));
-        assert!(matches!(
-            bus_error("x", None, &status(Code::InvalidArgument, "bad")),
-            BusError::Other(_)
-        ));
+        assert!(matches!(bus_error("x", None, &status(Code::InvalidArgument, "bad")), BusError::Other(_)));
         assert!(is_already_exists(&status(Code::AlreadyExists, "exists")));
     }
 

@@ -44,10 +44,18 @@ impl UnaryClient {
             .timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| BusError::Other(format!("REST client: {e}")))?;
-        Ok(UnaryClient { http, base: format!("{}/v1/projects/{project}/subscriptions", endpoint.trim_end_matches('/')) })
+        Ok(UnaryClient {
+            http,
+            base: format!("{}/v1/projects/{project}/subscriptions", endpoint.trim_end_matches('/')),
+        })
     }
 
-    async fn call(&self, subscription: &str, verb: &str, body: serde_json::Value) -> Result<serde_json::Value, BusError> {
+    async fn call(
+        &self,
+        subscription: &str,
+        verb: &str,
+        body: serde_json::Value,
+    ) -> Result<serde_json::Value, BusError> {
         let url = format!("{}/{subscription}:{verb}", self.base);
         let response = self
             .http
@@ -71,11 +79,13 @@ impl UnaryClient {
 
     /// Up to `max` messages, at once (empty if there are none).
     pub(crate) async fn pull(&self, subscription: &str, max: usize) -> Result<Vec<UnaryPulled>, BusError> {
-        let reply = self.call(subscription, "pull", serde_json::json!({"maxMessages": max, "returnImmediately": true})).await?;
+        let reply =
+            self.call(subscription, "pull", serde_json::json!({"maxMessages": max, "returnImmediately": true})).await?;
         let received = reply.get("receivedMessages").and_then(|v| v.as_array()).cloned().unwrap_or_default();
         let mut out = Vec::with_capacity(received.len());
         for r in received {
-            let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
+            let text =
+                |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
             let Some(m) = r.get("message") else { continue };
             let data = base64::engine::general_purpose::STANDARD
                 .decode(m.get("data").and_then(|d| d.as_str()).unwrap_or_default())
@@ -89,8 +99,14 @@ impl UnaryClient {
                 ack_id: text(&r, "ackId"),
                 message_id: text(m, "messageId"),
                 message: Message { data, attributes, ordering_key: text(m, "orderingKey") },
-                publish_time: DateTime::parse_from_rfc3339(&text(m, "publishTime")).map(|t| t.with_timezone(&Utc)).unwrap_or_else(|_| Utc::now()),
-                delivery_attempt: r.get("deliveryAttempt").and_then(|v| v.as_u64()).filter(|n| *n > 0).map(|n| n as u32),
+                publish_time: DateTime::parse_from_rfc3339(&text(m, "publishTime"))
+                    .map(|t| t.with_timezone(&Utc))
+                    .unwrap_or_else(|_| Utc::now()),
+                delivery_attempt: r
+                    .get("deliveryAttempt")
+                    .and_then(|v| v.as_u64())
+                    .filter(|n| *n > 0)
+                    .map(|n| n as u32),
             });
         }
         Ok(out)
@@ -102,8 +118,12 @@ impl UnaryClient {
 
     /// Set the ack deadline of a leased message (0 = release it for redelivery now).
     pub(crate) async fn modify(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError> {
-        self.call(subscription, "modifyAckDeadline", serde_json::json!({"ackIds": [ack_id], "ackDeadlineSeconds": seconds}))
-            .await
-            .map(|_| ())
+        self.call(
+            subscription,
+            "modifyAckDeadline",
+            serde_json::json!({"ackIds": [ack_id], "ackDeadlineSeconds": seconds}),
+        )
+        .await
+        .map(|_| ())
     }
 }

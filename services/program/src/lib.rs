@@ -23,7 +23,7 @@ use reel_runtime::bus::Bus;
 use reel_runtime::embedded::DirStore;
 use reel_runtime::location::{parse_root, Location, StoreResolver};
 use reel_runtime::prefix::PrefixStore;
-use reel_runtime::stage::Handler;
+use reel_runtime::stage::{FromSettings, Handler};
 use reel_runtime::worker::{Worker, WorkerOptions};
 use reel_runtime::{telemetry, Settings, Store};
 use std::net::SocketAddr;
@@ -35,7 +35,10 @@ use tracing::{error, info};
 
 /// Command-line flags every stage program takes.
 #[derive(Debug, Parser)]
-#[command(version, about = "A reel pipeline stage. Configuration comes from the environment (see docs/CONFIG.md).")]
+#[command(
+    version,
+    about = "A reel pipeline stage. Configuration comes from the environment and REEL_CONFIG (see docs/CONFIG.md)."
+)]
 pub struct Args {
     /// Pull mode: exit after the subscriptions stayed empty for SECS seconds.
     #[arg(long, value_name = "SECS")]
@@ -79,22 +82,44 @@ fn bound_malloc_retention() {
     }
 }
 
-/// Run a stage program; the whole of a stage's `main`.
-pub fn main(handler: Arc<dyn Handler>) -> ExitCode {
+/// The flags, under the program's own name (`reel-validate --version` names
+/// `reel-validate`, not this crate).
+pub fn parse_args() -> Args {
+    use clap::{CommandFactory, FromArgMatches};
+    let name = std::env::args_os()
+        .next()
+        .and_then(|a| std::path::Path::new(&a).file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "reel-stage".into());
+    let matches = Args::command().name(name.clone()).bin_name(name).get_matches();
+    Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Run a stage program; the whole of a stage's `main`: `reel_program::main::<Validate>()`.
+pub fn main<H: FromSettings>() -> ExitCode {
     bound_malloc_retention();
-    let args = Args::parse();
+    let args = parse_args();
+    let settings = match Settings::load() {
+        Ok(s) => s,
+        Err(e) => {
+            // Logging is not set up yet: its own settings may be what is wrong.
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    telemetry::init(&settings.log_level, settings.log_format, settings.google_cloud_project.as_deref());
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("cannot start the async runtime: {e}");
+            error!(error = %e, "cannot start the async runtime");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(handler, args)) {
+    let handler: Arc<dyn Handler> = Arc::new(H::from_settings(&settings));
+    match runtime.block_on(run(handler, settings, args)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Logged once, in the configured format.
             error!(error = format!("{e:#}"), "stage program failed");
-            eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
     }
@@ -116,7 +141,8 @@ pub struct Wiring {
 pub async fn connect(settings: Settings) -> Result<Wiring> {
     let settings = Arc::new(settings);
     let bus: Arc<dyn Bus> = Arc::new(reel_gcp::PubSubBus::from_env().await.context("connecting to Pub/Sub")?);
-    let resolver: Arc<dyn StoreResolver> = Arc::new(reel_gcp::CloudResolver::from_env().await.context("connecting to Cloud Storage")?);
+    let resolver: Arc<dyn StoreResolver> =
+        Arc::new(reel_gcp::CloudResolver::from_env().await.context("connecting to Cloud Storage")?);
     let work = open_work_store(&settings.effective_work_root(), resolver.as_ref())?;
     Ok(Wiring { settings, bus, work, resolver })
 }
@@ -131,42 +157,41 @@ pub fn open_work_store(root: &str, resolver: &dyn StoreResolver) -> Result<Arc<d
                 .map_err(|e| anyhow::anyhow!("work bucket gs://{bucket}: {e}"))?;
             Arc::new(PrefixStore::new(store, &key))
         }
-        Location::Local(path) => Arc::new(DirStore::new(&path).with_context(|| format!("work dir {}", path.display()))?),
+        Location::Local(path) => {
+            Arc::new(DirStore::new(&path).with_context(|| format!("work dir {}", path.display()))?)
+        }
     })
 }
 
-async fn run(handler: Arc<dyn Handler>, args: Args) -> Result<()> {
-    let mut settings = Settings::load()?;
+async fn run(handler: Arc<dyn Handler>, mut settings: Settings, args: Args) -> Result<()> {
     if let Some(c) = args.concurrency {
         settings.concurrency = c.max(1);
     }
-    telemetry::init(&settings.log_level, &settings.log_format, settings.google_cloud_project.as_deref());
     let stage = handler.stage();
     let wiring = connect(settings).await?;
-    let names = wiring.settings.topology().names();
-    let mut options = WorkerOptions::for_stage(stage, &names);
-    options.concurrency = wiring.settings.concurrency;
+    let mut options = WorkerOptions::for_stage(stage, &wiring.settings);
     options.exit_when_idle = args.exit_when_idle.map(Duration::from_secs);
     options.shutdown_grace = Duration::from_secs(args.grace);
     let worker = Arc::new(Worker::new(
         wiring.bus.clone(),
         handler,
-        wiring.settings.clone(),
+        &wiring.settings,
         wiring.work.clone(),
         wiring.resolver.clone(),
         options,
     ));
     let shutdown = CancellationToken::new();
     spawn_signal_handler(shutdown.clone());
-    let listen = args.listen.or_else(|| args.push.then(|| SocketAddr::from(([0, 0, 0, 0], wiring.settings.port))));
+    let listen =
+        args.listen.or_else(|| args.push.then(|| SocketAddr::from(([0, 0, 0, 0], wiring.settings.listen_port()))));
     info!(stage = %stage, mode = if listen.is_some() { "push" } else { "pull" }, "starting");
     match listen {
         Some(addr) => push::serve(worker, addr, shutdown, Duration::from_secs(args.grace)).await?,
         None => {
             // Pull mode serves /healthz and /metrics only where a port is given (Cloud Run
-            // sets PORT); several local workers would otherwise fight over 8080.
-            if wiring.settings.metrics_enabled && std::env::var_os("PORT").is_some() {
-                let addr = SocketAddr::from(([0, 0, 0, 0], wiring.settings.port));
+            // and GKE set PORT); several local workers would otherwise fight over 8080.
+            if let (true, Some(port)) = (wiring.settings.metrics_enabled, wiring.settings.port) {
+                let addr = SocketAddr::from(([0, 0, 0, 0], port));
                 match tokio::net::TcpListener::bind(addr).await {
                     Ok(listener) => {
                         let app = push::metrics_router(worker.clone());
@@ -206,20 +231,47 @@ pub fn spawn_signal_handler(token: CancellationToken) {
 /// crate, which also makes `cargo test` build the binary the end-to-end tests run).
 pub mod testing {
     use std::path::Path;
-    use std::process::Command;
+    use std::process::{Command, Output};
 
-    /// The program at `exe`, as an operator starts it: `--help` names the modes, and
-    /// without a project it says what is missing and exits non-zero.
+    fn run_clean(exe: &Path, vars: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(exe);
+        command.env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default());
+        for (name, value) in vars {
+            command.env(name, value);
+        }
+        command.output().expect("run the program")
+    }
+
+    /// The program at `exe`, as an operator starts it: `--help` names the modes,
+    /// `--version` names the program itself, a bad setting is refused with its name,
+    /// and without a project it says once what is missing and exits non-zero.
     pub fn assert_operator_surface(exe: &Path) {
+        let name = exe.file_stem().expect("a program name").to_string_lossy().to_string();
         let out = Command::new(exe).arg("--help").output().expect("run --help");
         assert!(out.status.success());
         let text = String::from_utf8_lossy(&out.stdout);
         for flag in ["--exit-when-idle", "--listen", "--push", "--grace"] {
             assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
         }
-        let out = Command::new(exe).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).output().expect("run");
+        let out = Command::new(exe).arg("--version").output().expect("run --version");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success() && text.starts_with(&format!("{name} ")), "--version: {text}");
+
+        for (var, value) in [("LOG_LEVEL", "verbose"), ("REEL_LOG_FORMAT", "xml"), ("REEL_CONCURRENCY", "0")] {
+            let out = run_clean(exe, &[(var, value)]);
+            let text = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(2), "{var}={value}: {text}");
+            assert!(text.contains(var), "{var}={value} is not named: {text}");
+        }
+
+        let out = run_clean(exe, &[]);
         assert!(!out.status.success());
-        let text = String::from_utf8_lossy(&out.stderr);
-        assert!(text.contains("GOOGLE_CLOUD_PROJECT"), "{text}");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert_eq!(text.matches("GOOGLE_CLOUD_PROJECT").count(), 1, "the fatal error is logged exactly once:\n{text}");
+        for line in text.lines().filter(|l| !l.trim().is_empty()) {
+            let record: serde_json::Value =
+                serde_json::from_str(line).unwrap_or_else(|_| panic!("not one JSON record: {line}"));
+            assert!(record.get("severity").is_some(), "{line}");
+        }
     }
 }

@@ -55,18 +55,25 @@ struct PushMessage {
     ordering_key: String,
 }
 
-/// The router (exposed for tests).
+/// The push router: `POST /` for messages, and `/healthz` and `/metrics` (exposed for
+/// tests).
 pub fn router(worker: Arc<Worker>, stop: CancellationToken, subscription: String) -> Router {
-    Router::new()
-        .route("/", post(receive))
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/metrics", get(metrics))
-        .with_state(AppState { worker, stop, subscription })
+    operator_routes().route("/", post(receive)).with_state(AppState { worker, stop, subscription })
+}
+
+/// `/healthz` and `/metrics`, the routes every mode serves.
+fn operator_routes() -> Router<AppState> {
+    Router::new().route("/healthz", get(|| async { "ok" })).route("/metrics", get(metrics))
 }
 
 /// Serve until `shutdown`; in-flight requests get `grace` to finish, then are stopped
 /// (and answered 503, so Pub/Sub redelivers them).
-pub async fn serve(worker: Arc<Worker>, addr: SocketAddr, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+pub async fn serve(
+    worker: Arc<Worker>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let subscription = String::new();
     let app = router(worker, stop.clone(), subscription);
@@ -89,9 +96,14 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
     ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.worker.render_metrics())
 }
 
-/// `/healthz` and `/metrics` alone, for pull mode (served when `PORT` is set, as on Cloud Run).
+/// `/healthz` and `/metrics` alone, for pull mode (served when `PORT` is set, as on
+/// Cloud Run or GKE); `POST /` answers 405 there, since pull mode takes no pushes.
 pub fn metrics_router(worker: Arc<Worker>) -> Router {
-    router(worker, CancellationToken::new(), String::new()).route("/", post(|| async { StatusCode::METHOD_NOT_ALLOWED }))
+    operator_routes().route("/", post(|| async { StatusCode::METHOD_NOT_ALLOWED })).with_state(AppState {
+        worker,
+        stop: CancellationToken::new(),
+        subscription: String::new(),
+    })
 }
 
 async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -134,13 +146,22 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u
     if content_type.starts_with("application/cloudevents+json") {
         let mut attributes = BTreeMap::new();
         attributes.insert("content-type".into(), content_type);
-        return Ok((Message { data: body.to_vec(), attributes, ordering_key: String::new() }, String::new(), String::new(), 1));
+        return Ok((
+            Message { data: body.to_vec(), attributes, ordering_key: String::new() },
+            String::new(),
+            String::new(),
+            1,
+        ));
     }
-    let envelope: PushEnvelope = serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
+    let envelope: PushEnvelope =
+        serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
     let data = match envelope.message.data {
-        Some(text) => base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("message.data is not base64: {e}"))?,
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("message.data is not base64: {e}"))?,
         None => Vec::new(),
     };
-    let message = Message { data, attributes: envelope.message.attributes, ordering_key: envelope.message.ordering_key };
+    let message =
+        Message { data, attributes: envelope.message.attributes, ordering_key: envelope.message.ordering_key };
     Ok((message, envelope.message.message_id, envelope.subscription, envelope.delivery_attempt.unwrap_or(1)))
 }

@@ -18,6 +18,7 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 pub use reel_events::message::PubsubMessage as Message;
+use reel_events::{Classify, ErrorType, Verdict};
 
 /// Pub/Sub's message size limit (10 MB, [`Message::wire_size`]); the one limit every
 /// bus, the worker and the dead-letter path use, so that what a bus accepts the worker
@@ -71,10 +72,33 @@ pub enum BusError {
     Other(String),
 }
 
+/// The error matrix for the bus, decided here and nowhere else:
+///
+/// | error | verdict |
+/// | --- | --- |
+/// | `Transient` | retry, `internal` |
+/// | `Closed`, `InvalidAckId` | retry, `internal` (the message comes back) |
+/// | `PermissionDenied` | fail fast, `permission_denied` |
+/// | `TooLarge` | fail, `invalid_request` |
+/// | `NotFound` (topology missing), `Other` | fail, `internal` |
+impl Classify for BusError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            BusError::Transient(_) | BusError::Closed | BusError::InvalidAckId(_) => {
+                Verdict::retry(ErrorType::Internal)
+            }
+            BusError::PermissionDenied(_) => Verdict::reject(ErrorType::PermissionDenied),
+            BusError::TooLarge(_) => Verdict::reject(ErrorType::InvalidRequest),
+            BusError::NotFound(_) | BusError::Other(_) => Verdict::reject(ErrorType::Internal),
+        }
+    }
+}
+
 impl BusError {
-    /// Whether repeating the call may succeed.
+    /// Whether repeating the call may succeed (the verdict's, for adapters that retry
+    /// within one call).
     pub fn is_transient(&self) -> bool {
-        matches!(self, BusError::Transient(_))
+        self.verdict().retryable
     }
 }
 
@@ -90,12 +114,7 @@ pub trait Bus: Send + Sync + 'static {
     /// them (an empty vector when none arrived in time). Each returned delivery is
     /// leased until its ack deadline; it must be acked, nacked or have its deadline
     /// extended, or it is redelivered.
-    async fn receive(
-        &self,
-        subscription: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError>;
+    async fn receive(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
 
     /// Acknowledge: the message will not be delivered again on this subscription.
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError>;
@@ -106,12 +125,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn nack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError>;
 
     /// Extend (or shorten) the lease of a delivery to `seconds` from now.
-    async fn modify_deadline(
-        &self,
-        subscription: &str,
-        ack_id: &str,
-        seconds: u32,
-    ) -> Result<(), BusError>;
+    async fn modify_deadline(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError>;
 
     /// Create every topic and subscription of `topology` that does not exist yet.
     /// Idempotent: existing ones are left as they are.
@@ -121,4 +135,26 @@ pub trait Bus: Send + Sync + 'static {
     /// them (they stay available and their attempt count is not consumed beyond what
     /// the bus requires). Used by `reel dlq list`.
     async fn peek(&self, subscription: &str, max: usize) -> Result<Vec<Delivery>, BusError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The bus's row of the error matrix, one verdict per variant.
+    #[test]
+    fn bus_errors_follow_the_matrix() {
+        let table = [
+            (BusError::Transient("unavailable".into()), Verdict::retry(ErrorType::Internal)),
+            (BusError::Closed, Verdict::retry(ErrorType::Internal)),
+            (BusError::InvalidAckId("x".into()), Verdict::retry(ErrorType::Internal)),
+            (BusError::PermissionDenied("403".into()), Verdict::reject(ErrorType::PermissionDenied)),
+            (BusError::TooLarge(11_000_000), Verdict::reject(ErrorType::InvalidRequest)),
+            (BusError::NotFound("topic".into()), Verdict::reject(ErrorType::Internal)),
+            (BusError::Other("?".into()), Verdict::reject(ErrorType::Internal)),
+        ];
+        for (error, verdict) in table {
+            assert_eq!(error.verdict(), verdict, "{error}");
+        }
+    }
 }

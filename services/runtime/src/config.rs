@@ -1,65 +1,154 @@
-//! Settings, layered: defaults, then a TOML config file, then the environment.
+//! Settings, layered on the `config` crate: defaults, then a TOML file, then the
+//! environment — and validated once, after layering, whatever layer a value came from.
 //!
-//! The environment variables of CONTRACT §7 are honoured under their own names
-//! (`GOOGLE_CLOUD_PROJECT`, `VIDEO_STORAGE_BUCKET`, `JOB_TIMEOUT_MINUTES`, …); every other
-//! setting can be set as `REEL_{FIELD}` in upper case (e.g. `REEL_TOPIC_PREFIX`). The
-//! config file is the path in `REEL_CONFIG`, if set. Unknown keys in the file are
-//! errors, so a typo fails at startup instead of being ignored. See `docs/CONFIG.md`.
+//! ```
+//! # use reel_runtime::config::Settings;
+//! let vars = [("JOB_TIMEOUT_MINUTES".to_string(), "5".to_string())];
+//! let settings = Settings::load_from(None, &vars)?;
+//! assert_eq!(settings.job_timeout_minutes, 5);
+//! let bad = [("REEL_CONCURRENCY".to_string(), "0".to_string())];
+//! let err = Settings::load_from(None, &bad).unwrap_err();
+//! assert!(err.to_string().contains("REEL_CONCURRENCY"));
+//! # Ok::<(), reel_runtime::config::ConfigError>(())
+//! ```
+//!
+//! Where a setting comes from:
+//! - **defaults**: [`Settings::default`];
+//! - **file**: the TOML file named by `REEL_CONFIG`; keys are the field names below,
+//!   per-stage settings in their section (`[download] max_clip_bytes = …`); an unknown
+//!   key is an error, so a typo fails at start instead of being ignored;
+//! - **environment**: the names of CONTRACT §7 as they are ([`CONTRACT_VARIABLES`]:
+//!   `GOOGLE_CLOUD_PROJECT`, `JOB_TIMEOUT_MINUTES`, …), and every other key as
+//!   `REEL_{KEY}` (`REEL_TOPIC_PREFIX`), `REEL_{SECTION}_{KEY}`
+//!   (`REEL_DOWNLOAD_MAX_CLIP_BYTES`) or, where the key is unique, `REEL_{KEY}` for a
+//!   section's key too (`REEL_MAX_CLIPS`). Lists are comma-separated. An empty variable
+//!   counts as unset.
+//!
+//! A bad value from any layer stops the program with a message that names the key and
+//! the layer (`environment variable REEL_CONCURRENCY`, the file's path, or `default`).
+//! Nothing else in reel reads the environment for settings: a program loads
+//! [`Settings`] once and hands each stage and adapter its own typed part. See
+//! docs/CONFIG.md for every key.
 
-use serde::Deserialize;
+use config::{Config, Source, Value, ValueKind};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Every setting of a reel program.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(default, deny_unknown_fields)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct Settings {
     /// Google Cloud project (`GOOGLE_CLOUD_PROJECT`).
     pub google_cloud_project: Option<String>,
     /// The bucket clips, manifests, work files and reels live in (`VIDEO_STORAGE_BUCKET`).
     pub video_storage_bucket: Option<String>,
     /// A job not finished this many minutes after it was accepted fails with `timeout`
-    /// (`JOB_TIMEOUT_MINUTES`, default 15).
+    /// (`JOB_TIMEOUT_MINUTES`, default 15, at least 1).
     pub job_timeout_minutes: u64,
     /// Retries of a transient failure before a stage gives up (`MAX_RETRY_ATTEMPTS`,
     /// default 3: four attempts in all).
     pub max_retry_attempts: u32,
     /// Scratch space for ffmpeg and downloads (`TEMP_DIR`).
     pub temp_dir: PathBuf,
-    /// `error`, `warn`, `info`, `debug`, `trace`, or a tracing filter (`LOG_LEVEL`).
+    /// `error`, `warn`, `info`, `debug`, `trace`, `off`, or tracing directives of the form
+    /// `target=level` (`LOG_LEVEL`, default `info`).
     pub log_level: String,
-    /// `json` (Cloud Logging) or `pretty` (`REEL_LOG_FORMAT`).
-    pub log_format: String,
+    /// `json` (Cloud Logging) or `pretty` (`REEL_LOG_FORMAT`, default `json`).
+    pub log_format: LogFormat,
     /// Whether `/metrics` is served (`METRICS_ENABLED`).
     pub metrics_enabled: bool,
     /// `host:port` of the Pub/Sub emulator (`PUBSUB_EMULATOR_HOST`).
     pub pubsub_emulator_host: Option<String>,
     /// `http://host:port` of the storage emulator (`STORAGE_EMULATOR_HOST`).
     pub storage_emulator_host: Option<String>,
-    /// Port that `reel-api` and push-mode stages listen on (`PORT`, default 8080).
-    pub port: u16,
+    /// Port that `reel-api` and push-mode stages listen on (`PORT`, default 8080); when
+    /// set, a pull-mode stage serves `/healthz` and `/metrics` on it (Cloud Run, GKE).
+    pub port: Option<u16>,
     /// Topic and subscription name prefix (default `reel-`).
     pub topic_prefix: String,
     /// Where jobs' intermediate files live: `gs://bucket/prefix` or a local directory.
     /// Default: `gs://{VIDEO_STORAGE_BUCKET}/work` when a bucket is set.
     pub work_root: Option<String>,
     /// Roots that clip and output paths must lie in (`gs://bucket[/prefix]` or local
-    /// directories). Default: the `VIDEO_STORAGE_BUCKET` bucket.
+    /// directories; `{projectId}` stands for the job's project). Default: the
+    /// `VIDEO_STORAGE_BUCKET` bucket.
     pub allowed_roots: Vec<String>,
-    /// At most this many clips per job.
-    pub max_clips: usize,
-    /// At most this many bytes per clip.
-    pub max_clip_bytes: u64,
-    /// At most this many seconds per clip.
-    pub max_clip_seconds: f64,
-    /// Messages a stage works on at once.
+    /// Messages a stage works on at once (at least 1).
     pub concurrency: usize,
-    /// One active job per project (validate takes a lock). The local CLI turns it off.
-    pub project_lock: bool,
     /// Override the stage subscriptions' ack deadline (seconds, 10–600). A crashed
     /// worker's message is redelivered after this long.
     pub ack_deadline_seconds: Option<u64>,
-    /// Override the subscriptions' minimum retry backoff (seconds).
+    /// Override the subscriptions' minimum retry backoff (seconds, 0–600).
     pub min_backoff_seconds: Option<u64>,
+    /// The validate stage's settings.
+    pub validate: ValidateConfig,
+    /// The download stage's settings.
+    pub download: DownloadConfig,
+    /// How ffmpeg and ffprobe are run (download and stitch).
+    pub media: MediaSettings,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line in Cloud Logging's structure.
+    Json,
+    /// Human-readable, on standard error.
+    Pretty,
+}
+
+/// The validate stage's settings (section `[validate]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ValidateConfig {
+    /// At most this many clips per job (`REEL_MAX_CLIPS`, default 100, at least 2).
+    pub max_clips: usize,
+    /// One active job per project: validate takes a lock (`REEL_PROJECT_LOCK`,
+    /// default true; the local CLI turns it off).
+    pub project_lock: bool,
+}
+
+impl Default for ValidateConfig {
+    fn default() -> Self {
+        ValidateConfig { max_clips: 100, project_lock: true }
+    }
+}
+
+/// The download stage's settings (section `[download]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DownloadConfig {
+    /// At most this many bytes per clip (`REEL_MAX_CLIP_BYTES`, default 2 GiB).
+    pub max_clip_bytes: u64,
+    /// At most this many seconds per clip (`REEL_MAX_CLIP_SECONDS`, default 600).
+    pub max_clip_seconds: f64,
+}
+
+impl Default for DownloadConfig {
+    fn default() -> Self {
+        DownloadConfig { max_clip_bytes: 2 * 1024 * 1024 * 1024, max_clip_seconds: 600.0 }
+    }
+}
+
+/// How ffmpeg and ffprobe are found and used (section `[media]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MediaSettings {
+    /// The ffmpeg program (`REEL_FFMPEG`, default `ffmpeg` on `PATH`).
+    pub ffmpeg: PathBuf,
+    /// The ffprobe program (`REEL_FFPROBE`, default `ffprobe` on `PATH`).
+    pub ffprobe: PathBuf,
+    /// Read MP4/MOV headers in-process instead of running ffprobe (`REEL_NATIVE_PROBE`,
+    /// default true).
+    pub native_probe: bool,
+}
+
+impl Default for MediaSettings {
+    fn default() -> Self {
+        MediaSettings { ffmpeg: "ffmpeg".into(), ffprobe: "ffprobe".into(), native_probe: true }
+    }
 }
 
 impl Default for Settings {
@@ -71,43 +160,72 @@ impl Default for Settings {
             max_retry_attempts: 3,
             temp_dir: std::env::temp_dir().join("reel"),
             log_level: "info".into(),
-            log_format: "json".into(),
+            log_format: LogFormat::Json,
             metrics_enabled: true,
             pubsub_emulator_host: None,
             storage_emulator_host: None,
-            port: 8080,
+            port: None,
             topic_prefix: crate::topology::DEFAULT_PREFIX.into(),
             work_root: None,
             allowed_roots: Vec::new(),
-            max_clips: 100,
-            max_clip_bytes: 2 * 1024 * 1024 * 1024,
-            max_clip_seconds: 600.0,
             concurrency: 1,
-            project_lock: true,
             ack_deadline_seconds: None,
             min_backoff_seconds: None,
+            validate: ValidateConfig::default(),
+            download: DownloadConfig::default(),
+            media: MediaSettings::default(),
         }
     }
 }
 
-/// A setting that could not be read.
+/// The environment variables of CONTRACT §7, read under their own names (every other
+/// key is read as `REEL_…`).
+pub const CONTRACT_VARIABLES: [&str; 10] = [
+    "GOOGLE_CLOUD_PROJECT",
+    "VIDEO_STORAGE_BUCKET",
+    "JOB_TIMEOUT_MINUTES",
+    "MAX_RETRY_ATTEMPTS",
+    "TEMP_DIR",
+    "LOG_LEVEL",
+    "METRICS_ENABLED",
+    "PUBSUB_EMULATOR_HOST",
+    "STORAGE_EMULATOR_HOST",
+    "PORT",
+];
+
+/// The variable naming the config file.
+pub const CONFIG_FILE_VARIABLE: &str = "REEL_CONFIG";
+
+/// Why the settings could not be loaded. The message names the key and the layer.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// The config file could not be read or parsed.
-    #[error("config file {path}: {message}")]
+    #[error("config file {path}: {source}")]
     File {
         /// The file.
         path: PathBuf,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: config::ConfigError,
     },
-    /// An environment variable has a bad value.
-    #[error("environment variable {name}={value:?}: {message}")]
-    Env {
-        /// Variable.
-        name: String,
-        /// Its value.
-        value: String,
+    /// The config file has a key reel does not know.
+    #[error("config file {path}: unknown key `{key}` (see docs/CONFIG.md)")]
+    UnknownKey {
+        /// The file.
+        path: PathBuf,
+        /// The key, dotted for a section's key.
+        key: String,
+    },
+    /// A value has the wrong type (a word where a number belongs, …).
+    #[error("{0}")]
+    Type(#[source] config::ConfigError),
+    /// A value has the right type but is out of range.
+    #[error("{key} from {layer}: {message}")]
+    Invalid {
+        /// The key, dotted for a section's key.
+        key: String,
+        /// Where the value came from: `environment variable X`, the file, or `default`.
+        layer: String,
         /// What is wrong.
         message: String,
     },
@@ -117,75 +235,82 @@ impl Settings {
     /// Defaults, then the file named by `REEL_CONFIG` (if any), then the environment.
     pub fn load() -> Result<Settings, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
-        let file = std::env::var_os("REEL_CONFIG").map(PathBuf::from);
+        let file = std::env::var_os(CONFIG_FILE_VARIABLE).map(PathBuf::from);
         Settings::load_from(file.as_deref(), &vars)
     }
 
-    /// [`Settings::load`] with explicit inputs (for tests).
+    /// [`Settings::load`] with explicit inputs (tests, tools).
     pub fn load_from(file: Option<&Path>, vars: &[(String, String)]) -> Result<Settings, ConfigError> {
-        let mut settings = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?;
-                toml::from_str::<Settings>(&text)
-                    .map_err(|e| ConfigError::File { path: path.to_path_buf(), message: e.to_string() })?
+        let defaults = Settings::default();
+        let known = flatten_keys(&serde_json::to_value(&defaults).expect("settings serialize"));
+        let mut builder = Config::builder().add_source(Config::try_from(&defaults).map_err(ConfigError::Type)?);
+        // Which layer set each key last, for messages about values out of range.
+        let mut layers: BTreeMap<String, String> = BTreeMap::new();
+        if let Some(path) = file {
+            let source = config::File::from(path.to_path_buf()).format(config::FileFormat::Toml).required(true);
+            let file_error = |source| ConfigError::File { path: path.to_path_buf(), source };
+            let in_file = source.collect().map_err(file_error)?;
+            let in_file: serde_json::Value = Value::new(None, in_file).try_deserialize().map_err(file_error)?;
+            if let Some(key) = flatten_keys(&in_file).into_keys().find(|k| !known.contains_key(k)) {
+                return Err(ConfigError::UnknownKey { path: path.to_path_buf(), key });
             }
-            None => Settings::default(),
-        };
-        for (name, value) in vars {
-            settings.apply_env(name, value)?;
+            layers.extend(flatten_keys(&in_file).into_keys().map(|k| (k, format!("config file {}", path.display()))));
+            builder = builder.add_source(source);
         }
+        let environment = Environment::new(vars, &known);
+        layers.extend(environment.layers.clone());
+        builder = builder.add_source(environment);
+        let layered = builder.build().map_err(ConfigError::Type)?;
+        let settings: Settings = layered.try_deserialize().map_err(|e| {
+            // The crate names the key but not always the layer: add it.
+            let text = e.to_string();
+            let key = text.split("key `").nth(1).and_then(|rest| rest.split('`').next()).map(String::from);
+            match key.and_then(|k| layers.get(&k).map(|layer| (k, layer.clone()))) {
+                Some((key, layer)) if !text.contains(&layer) => ConfigError::Invalid { key, layer, message: text },
+                _ => ConfigError::Type(e),
+            }
+        })?;
+        settings.check().map_err(|(key, message)| ConfigError::Invalid {
+            layer: layers.get(key).cloned().unwrap_or_else(|| "default".into()),
+            key: key.to_string(),
+            message,
+        })?;
         Ok(settings)
     }
 
-    fn apply_env(&mut self, name: &str, value: &str) -> Result<(), ConfigError> {
-        let bad = |message: &str| ConfigError::Env { name: name.into(), value: value.into(), message: message.into() };
-        let opt = |v: &str| if v.is_empty() { None } else { Some(v.to_string()) };
-        let boolean = |v: &str| match v.to_ascii_lowercase().as_str() {
-            "1" | "true" | "yes" | "on" => Ok(true),
-            "0" | "false" | "no" | "off" | "" => Ok(false),
-            _ => Err(bad("expected true or false")),
-        };
-        match name {
-            "GOOGLE_CLOUD_PROJECT" => self.google_cloud_project = opt(value),
-            "VIDEO_STORAGE_BUCKET" => self.video_storage_bucket = opt(value),
-            "JOB_TIMEOUT_MINUTES" => {
-                self.job_timeout_minutes = value.parse().ok().filter(|m| *m > 0).ok_or_else(|| bad("expected minutes > 0"))?
-            }
-            "MAX_RETRY_ATTEMPTS" => self.max_retry_attempts = value.parse().map_err(|_| bad("expected a count"))?,
-            "TEMP_DIR"
-                if !value.is_empty() => {
-                    self.temp_dir = PathBuf::from(value)
-                }
-            "LOG_LEVEL"
-                if !value.is_empty() => {
-                    self.log_level = value.to_string()
-                }
-            "METRICS_ENABLED" => self.metrics_enabled = boolean(value)?,
-            "PUBSUB_EMULATOR_HOST" => self.pubsub_emulator_host = opt(value),
-            "STORAGE_EMULATOR_HOST" => self.storage_emulator_host = opt(value),
-            "PORT" => self.port = value.parse().map_err(|_| bad("expected a port number"))?,
-            "REEL_LOG_FORMAT" => self.log_format = value.to_string(),
-            "REEL_TOPIC_PREFIX" => self.topic_prefix = value.to_string(),
-            "REEL_WORK_ROOT" => self.work_root = opt(value),
-            "REEL_ALLOWED_ROOTS" => {
-                self.allowed_roots = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
-            }
-            "REEL_MAX_CLIPS" => self.max_clips = value.parse().map_err(|_| bad("expected a count"))?,
-            "REEL_MAX_CLIP_BYTES" => self.max_clip_bytes = value.parse().map_err(|_| bad("expected bytes"))?,
-            "REEL_MAX_CLIP_SECONDS" => self.max_clip_seconds = value.parse().map_err(|_| bad("expected seconds"))?,
-            "REEL_PROJECT_LOCK" => self.project_lock = boolean(value)?,
-            "REEL_ACK_DEADLINE_SECONDS" => {
-                self.ack_deadline_seconds =
-                    Some(value.parse().ok().filter(|s| (10..=600).contains(s)).ok_or_else(|| bad("expected 10-600 seconds"))?)
-            }
-            "REEL_MIN_BACKOFF_SECONDS" => {
-                self.min_backoff_seconds = Some(value.parse().ok().filter(|s| *s <= 600).ok_or_else(|| bad("expected 0-600 seconds"))?)
-            }
-            "REEL_CONCURRENCY" => {
-                self.concurrency = value.parse().ok().filter(|c| *c > 0).ok_or_else(|| bad("expected a count > 0"))?
-            }
-            _ => {}
+    /// Every rule a value must pass beyond its type: `(key, what is wrong)`.
+    fn check(&self) -> Result<(), (&'static str, String)> {
+        use crate::location::parse_root;
+        if self.job_timeout_minutes == 0 {
+            return Err(("job_timeout_minutes", "expected minutes > 0".into()));
+        }
+        if self.concurrency == 0 {
+            return Err(("concurrency", "expected a count > 0".into()));
+        }
+        if self.ack_deadline_seconds.is_some_and(|s| !(10..=600).contains(&s)) {
+            return Err(("ack_deadline_seconds", "expected 10-600 seconds (Pub/Sub's range)".into()));
+        }
+        if self.min_backoff_seconds.is_some_and(|s| s > 600) {
+            return Err(("min_backoff_seconds", "expected 0-600 seconds (Pub/Sub's range)".into()));
+        }
+        if self.temp_dir.as_os_str().is_empty() {
+            return Err(("temp_dir", "expected a directory".into()));
+        }
+        check_log_level(&self.log_level).map_err(|m| ("log_level", m))?;
+        if self.validate.max_clips < 2 {
+            return Err(("validate.max_clips", "expected at least 2 (a reel needs two clips)".into()));
+        }
+        if self.download.max_clip_bytes == 0 {
+            return Err(("download.max_clip_bytes", "expected bytes > 0".into()));
+        }
+        if !self.download.max_clip_seconds.is_finite() || self.download.max_clip_seconds <= 0.0 {
+            return Err(("download.max_clip_seconds", "expected seconds > 0".into()));
+        }
+        if let Some(root) = &self.work_root {
+            parse_root(root).map_err(|e| ("work_root", e.to_string()))?;
+        }
+        for root in &self.allowed_roots {
+            parse_root(&root.replace("{projectId}", "p")).map_err(|e| ("allowed_roots", format!("{root:?}: {e}")))?;
         }
         Ok(())
     }
@@ -209,6 +334,21 @@ impl Settings {
         self.video_storage_bucket.iter().map(|b| format!("gs://{b}")).collect()
     }
 
+    /// The trust boundary these settings draw (allowed roots and the work area).
+    pub fn boundary(&self) -> crate::stage::Boundary {
+        crate::stage::Boundary::new(self.effective_allowed_roots(), self.effective_work_root())
+    }
+
+    /// The port to listen on: `PORT`, or 8080.
+    pub fn listen_port(&self) -> u16 {
+        self.port.unwrap_or(8080)
+    }
+
+    /// The job timeout as a duration.
+    pub fn job_timeout(&self) -> chrono::Duration {
+        chrono::Duration::minutes(self.job_timeout_minutes as i64)
+    }
+
     /// The topology these settings name.
     pub fn topology(&self) -> crate::topology::Topology {
         let mut topology = crate::topology::Topology::standard(&self.topic_prefix);
@@ -228,6 +368,120 @@ impl Settings {
     }
 }
 
+/// A log level must be one a person means: a level name, or `target=level` directives.
+/// A bare unknown word (`verbose`) would parse as a target name and silently turn
+/// logging off, so it is refused.
+fn check_log_level(text: &str) -> Result<(), String> {
+    const LEVELS: [&str; 6] = ["error", "warn", "info", "debug", "trace", "off"];
+    let bad = || format!("{text:?} is not a log level: use one of {} or target=level directives", LEVELS.join(", "));
+    for directive in text.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let level = directive.rsplit_once('=').map_or(directive, |(_, level)| level);
+        if !LEVELS.contains(&level.to_ascii_lowercase().as_str()) {
+            return Err(bad());
+        }
+    }
+    if text.trim().is_empty() {
+        return Err(bad());
+    }
+    tracing_subscriber::EnvFilter::try_new(text).map(|_| ()).map_err(|e| format!("{text:?}: {e}"))
+}
+
+/// Dotted key → value of every leaf of a table (sections are tables).
+fn flatten_keys(table: &serde_json::Value) -> BTreeMap<String, serde_json::Value> {
+    let mut out = BTreeMap::new();
+    for (key, value) in table.as_object().into_iter().flatten() {
+        match value {
+            serde_json::Value::Object(_) => {
+                for (sub, v) in flatten_keys(value) {
+                    out.insert(format!("{key}.{sub}"), v);
+                }
+            }
+            _ => {
+                out.insert(key.clone(), value.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The environment layer: maps variable names to keys (see the module docs) and
+/// remembers each value's variable as its origin.
+#[derive(Debug, Clone)]
+struct Environment {
+    values: config::Map<String, Value>,
+    /// Key → `environment variable NAME`.
+    layers: BTreeMap<String, String>,
+}
+
+impl Environment {
+    fn new(vars: &[(String, String)], known: &BTreeMap<String, serde_json::Value>) -> Environment {
+        let mut values = config::Map::new();
+        let mut layers = BTreeMap::new();
+        for (name, text) in vars {
+            if text.is_empty() {
+                continue;
+            }
+            let Some(key) = env_key(name, known) else {
+                continue;
+            };
+            let origin = format!("environment variable {name}");
+            let kind = match known.get(&key) {
+                Some(serde_json::Value::Array(_)) => ValueKind::Array(
+                    text.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::new(Some(&origin), s))
+                        .collect(),
+                ),
+                _ => ValueKind::String(text.clone()),
+            };
+            values.insert(key.clone(), Value::new(Some(&origin), kind));
+            layers.insert(key, origin);
+        }
+        Environment { values, layers }
+    }
+}
+
+/// The key a variable sets, if any.
+fn env_key(name: &str, known: &BTreeMap<String, serde_json::Value>) -> Option<String> {
+    if CONTRACT_VARIABLES.contains(&name) {
+        return Some(name.to_ascii_lowercase());
+    }
+    let rest = name.strip_prefix("REEL_")?.to_ascii_lowercase();
+    if rest.is_empty() || CONTRACT_VARIABLES.iter().any(|c| c.eq_ignore_ascii_case(&rest)) {
+        return None;
+    }
+    if known.contains_key(&rest) && !rest.contains('.') {
+        return Some(rest);
+    }
+    // REEL_{SECTION}_{KEY} or REEL_{SECTION}__{KEY}.
+    for section in known.keys().filter_map(|k| k.split_once('.').map(|(s, _)| s)) {
+        if let Some(key) = rest.strip_prefix(section).and_then(|r| r.strip_prefix("__").or_else(|| r.strip_prefix('_')))
+        {
+            let dotted = format!("{section}.{key}");
+            if known.contains_key(&dotted) {
+                return Some(dotted);
+            }
+        }
+    }
+    // REEL_{KEY} for a key that only one section has.
+    let mut matches = known.keys().filter(|k| k.split_once('.').is_some_and(|(_, key)| key == rest));
+    match (matches.next(), matches.next()) {
+        (Some(only), None) => Some(only.clone()),
+        _ => None,
+    }
+}
+
+impl Source for Environment {
+    fn clone_into_box(&self) -> Box<dyn Source + Send + Sync> {
+        Box::new(self.clone())
+    }
+
+    fn collect(&self) -> Result<config::Map<String, Value>, config::ConfigError> {
+        Ok(self.values.clone())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,28 +490,38 @@ mod tests {
         pairs.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
     }
 
+    fn file(text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("reel.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
     #[test]
     fn defaults_match_the_contract() {
         let s = Settings::load_from(None, &[]).unwrap();
         assert_eq!(s.job_timeout_minutes, 15);
         assert_eq!(s.max_retry_attempts, 3);
-        assert_eq!(s.port, 8080);
+        assert_eq!((s.port, s.listen_port()), (None, 8080));
         assert_eq!(s.topic_prefix, "reel-");
+        assert_eq!(s.validate.max_clips, 100);
+        assert!(s.validate.project_lock);
     }
 
     #[test]
     fn environment_wins_over_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("reel.toml");
-        std::fs::write(&file, "job_timeout_minutes = 5\nport = 9000\nvideo_storage_bucket = \"from-file\"\n").unwrap();
+        let (_dir, path) = file(
+            "job_timeout_minutes = 5\nport = 9000\nvideo_storage_bucket = \"from-file\"\npubsub_emulator_host = \"127.0.0.1:1\"\n[download]\nmax_clip_seconds = 30.0\n",
+        );
         let s = Settings::load_from(
-            Some(&file),
+            Some(&path),
             &vars(&[("PORT", "9100"), ("MAX_RETRY_ATTEMPTS", "5"), ("PUBSUB_EMULATOR_HOST", "127.0.0.1:8085")]),
         )
         .unwrap();
         assert_eq!(s.job_timeout_minutes, 5);
-        assert_eq!(s.port, 9100);
+        assert_eq!(s.port, Some(9100));
         assert_eq!(s.max_retry_attempts, 5);
+        assert_eq!(s.download.max_clip_seconds, 30.0);
         assert_eq!(s.video_storage_bucket.as_deref(), Some("from-file"));
         assert_eq!(s.effective_work_root(), "gs://from-file/work");
         assert_eq!(s.effective_allowed_roots(), vec!["gs://from-file".to_string()]);
@@ -265,13 +529,83 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_fail_with_their_name() {
+    fn emulator_hosts_and_project_from_the_file_are_used() {
+        let (_dir, path) = file("google_cloud_project = \"p\"\npubsub_emulator_host = \"127.0.0.1:1\"\nstorage_emulator_host = \"http://127.0.0.1:2\"\n");
+        let s = Settings::load_from(Some(&path), &[]).unwrap();
+        assert_eq!(s.google_cloud_project.as_deref(), Some("p"));
+        assert_eq!(s.pubsub_emulator_host.as_deref(), Some("127.0.0.1:1"));
+        assert_eq!(s.storage_emulator_host.as_deref(), Some("http://127.0.0.1:2"));
+    }
+
+    #[test]
+    fn every_key_has_a_variable() {
+        let s = Settings::load_from(
+            None,
+            &vars(&[
+                ("REEL_MAX_CLIPS", "7"),
+                ("REEL_DOWNLOAD_MAX_CLIP_BYTES", "1000"),
+                ("REEL_DOWNLOAD__MAX_CLIP_SECONDS", "12.5"),
+                ("REEL_PROJECT_LOCK", "false"),
+                ("REEL_ALLOWED_ROOTS", "gs://abc, /tmp/b,"),
+                ("REEL_LOG_FORMAT", "pretty"),
+                ("REEL_NATIVE_PROBE", "0"),
+                ("REEL_FFMPEG", "/opt/ffmpeg"),
+                ("REEL_HOME", "/ignored"),
+                ("TEMP_DIR", ""),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.validate.max_clips, 7);
+        assert_eq!(s.download.max_clip_bytes, 1000);
+        assert_eq!(s.download.max_clip_seconds, 12.5);
+        assert!(!s.validate.project_lock);
+        assert_eq!(s.allowed_roots, vec!["gs://abc".to_string(), "/tmp/b".to_string()]);
+        assert_eq!(s.log_format, LogFormat::Pretty);
+        assert!(!s.media.native_probe);
+        assert_eq!(s.media.ffmpeg, PathBuf::from("/opt/ffmpeg"));
+        assert_eq!(s.temp_dir, Settings::default().temp_dir, "an empty variable counts as unset");
+    }
+
+    #[test]
+    fn bad_values_fail_with_their_name_and_layer() {
         let err = Settings::load_from(None, &vars(&[("JOB_TIMEOUT_MINUTES", "soon")])).unwrap_err();
         assert!(err.to_string().contains("JOB_TIMEOUT_MINUTES"), "{err}");
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("reel.toml");
-        std::fs::write(&file, "job_timeout_minuts = 5\n").unwrap();
-        let err = Settings::load_from(Some(&file), &[]).unwrap_err();
+        let err = Settings::load_from(None, &vars(&[("LOG_LEVEL", "verbose")])).unwrap_err();
+        assert!(err.to_string().contains("LOG_LEVEL") && err.to_string().contains("verbose"), "{err}");
+        let err = Settings::load_from(None, &vars(&[("REEL_LOG_FORMAT", "xml")])).unwrap_err();
+        assert!(err.to_string().contains("REEL_LOG_FORMAT"), "{err}");
+
+        let (_dir, path) = file("job_timeout_minuts = 5\n");
+        let err = Settings::load_from(Some(&path), &[]).unwrap_err();
         assert!(err.to_string().contains("job_timeout_minuts"), "{err}");
+        let (_dir, path) = file("[download]\nmax_clip_byte = 5\n");
+        let err = Settings::load_from(Some(&path), &[]).unwrap_err();
+        assert!(err.to_string().contains("download.max_clip_byte"), "{err}");
+    }
+
+    /// Range checks apply whatever the layer: `concurrency = 0` in the file is refused
+    /// just as `REEL_CONCURRENCY=0` is, and the message names where it came from.
+    #[test]
+    fn file_values_are_checked_like_environment_values() {
+        let (_dir, path) = file("concurrency = 0\n");
+        let err = Settings::load_from(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("concurrency") && err.contains(&path.display().to_string()), "{err}");
+        let err = Settings::load_from(None, &vars(&[("REEL_CONCURRENCY", "0")])).unwrap_err().to_string();
+        assert!(err.contains("environment variable REEL_CONCURRENCY"), "{err}");
+        let (_dir, path) = file("[validate]\nmax_clips = 1\n");
+        let err = Settings::load_from(Some(&path), &[]).unwrap_err().to_string();
+        assert!(err.contains("validate.max_clips"), "{err}");
+        let err = Settings::load_from(None, &vars(&[("REEL_ACK_DEADLINE_SECONDS", "5")])).unwrap_err().to_string();
+        assert!(err.contains("REEL_ACK_DEADLINE_SECONDS"), "{err}");
+    }
+
+    #[test]
+    fn log_levels_people_mean_are_accepted() {
+        for ok in ["info", "DEBUG", "reel_runtime=debug,info", "off"] {
+            assert!(check_log_level(ok).is_ok(), "{ok}");
+        }
+        for bad in ["verbose", "", "loud=debug2"] {
+            assert!(check_log_level(bad).is_err(), "{bad}");
+        }
     }
 }

@@ -10,7 +10,24 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
-use crate::worker::WorkerStats;
+/// Counters a worker keeps (exported as metrics by the programs).
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    /// Messages received.
+    pub received: AtomicU64,
+    /// Outcomes Emit.
+    pub emitted: AtomicU64,
+    /// Outcomes Skip.
+    pub skipped: AtomicU64,
+    /// Nacks.
+    pub retried: AtomicU64,
+    /// Jobs failed.
+    pub failed: AtomicU64,
+    /// Messages dead-lettered by the worker.
+    pub dead_lettered: AtomicU64,
+    /// Jobs cancelled.
+    pub cancelled: AtomicU64,
+}
 
 const BUCKETS: [f64; 12] = [0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
 
@@ -133,7 +150,12 @@ mod tests {
         m.bytes.fetch_add(10_000_000, Ordering::Relaxed);
         m.busy_micros.fetch_add(2_000_000, Ordering::Relaxed);
         let text = render("stitch", &stats, &m);
-        for name in ["job_duration_seconds_bucket", "job_memory_usage_mb", "job_success_rate{stage=\"stitch\"} 0.75", "video_processing_rate_mbps{stage=\"stitch\"} 5.000"] {
+        for name in [
+            "job_duration_seconds_bucket",
+            "job_memory_usage_mb",
+            "job_success_rate{stage=\"stitch\"} 0.75",
+            "video_processing_rate_mbps{stage=\"stitch\"} 5.000",
+        ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
         assert!(text.contains("job_duration_seconds_bucket{stage=\"stitch\",le=\"0.5\"} 1"));

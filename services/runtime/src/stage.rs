@@ -7,7 +7,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reel_events::envelope;
 use reel_events::payload::JobRef;
-use reel_events::{AttributesReader, ErrorType, Event, Stage};
+use reel_events::{AttributesReader, Classify, ErrorType, Event, Stage};
 use serde::Serialize;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -48,14 +48,21 @@ impl std::fmt::Display for Failure {
     }
 }
 
-/// What a handler decided. The worker turns it into bus actions:
+/// What a handler decided. Admission checks (deadline, cancel, completion, size, type)
+/// and stop reasons (shutdown, deadline, cancel) are outcomes too, so one function, the
+/// worker's `settle`, turns every one of them into bus actions:
 ///
-/// | outcome | worker does |
+/// | outcome | settle does |
 /// | --- | --- |
 /// | `Emit(events)` | publish each event to the event log and to its work topic, then ack |
 /// | `Skip(why)` | ack |
+/// | `Requeue(why)` | nack without counting a failure (shutdown: another worker resumes) |
 /// | `Retry(failure)` | nack (redelivery after backoff); after `MAX_RETRY_ATTEMPTS` publish `job.failed` (retryable), dead-letter the message, ack |
 /// | `Reject(failure)` | publish `job.failed`, clean the job's workspace, ack |
+/// | `Cancel` | publish `job.cancelled`, clean the job's workspace, ack |
+/// | `Unprocessable(failure)` | dead-letter the message with the reason, ack (there is no job to fail) |
+///
+/// A job that completed meanwhile is never reported failed or cancelled: settle acks.
 #[derive(Debug)]
 pub enum Outcome {
     /// The work is done; these events follow.
@@ -66,6 +73,45 @@ pub enum Outcome {
     Retry(Failure),
     /// A permanent failure: the job fails.
     Reject(Failure),
+    /// The job was cancelled.
+    Cancel,
+    /// Work was stopped from outside (shutdown): hand the message back, no failure.
+    Requeue(String),
+    /// The message can never be processed (too large, not an event, misrouted).
+    Unprocessable(Failure),
+}
+
+impl Outcome {
+    /// The outcome for an error that knows its [`Verdict`]: `Retry` for a transient
+    /// one, `Reject` for a permanent one, with `what` saying what was being done.
+    pub fn failed<E: Classify + std::fmt::Display>(what: &str, err: &E) -> Outcome {
+        let verdict = err.verdict();
+        let failure = Failure::new(verdict.error_type, format!("{what}: {err}"));
+        if verdict.retryable {
+            Outcome::Retry(failure)
+        } else {
+            Outcome::Reject(failure)
+        }
+    }
+}
+
+/// What the worker does with an event of a job that already completed (a lost ack, a
+/// program killed between publish and ack, a request sent twice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LateDelivery {
+    /// Ack without work, unless the job asks for `forceRestart`: the workspace is gone,
+    /// and redoing the work would fail on it and tell Phoenix a finished job failed.
+    Skip,
+    /// Hand it to the handler, which knows better (validate derives job ids and honours
+    /// `forceRestart` itself; finalize re-emits the recorded `job.completed`).
+    Handle,
+}
+
+/// A handler built at program start from the settings: each stage takes its own typed
+/// part (`settings.validate`, `settings.download`, …), never the whole.
+pub trait FromSettings: Handler + Sized {
+    /// Build the handler.
+    fn from_settings(settings: &Settings) -> Self;
 }
 
 /// One stage's logic.
@@ -79,6 +125,11 @@ pub trait Handler: Send + Sync + 'static {
         vec![self.stage().input_type()]
     }
 
+    /// What to do with an event of a job that already completed.
+    fn on_completed_job(&self) -> LateDelivery {
+        LateDelivery::Skip
+    }
+
     /// Do the stage's work for one event.
     async fn handle(&self, ctx: &Context, event: &Event) -> Outcome;
 }
@@ -88,8 +139,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct Context {
     /// The stage.
     pub stage: Stage,
-    /// Settings.
-    pub settings: Arc<Settings>,
+    /// Where clips and outputs may be (allowed roots, and never the work area).
+    pub boundary: Arc<Boundary>,
     /// The work store, where jobs' intermediate files live under `jobs/{jobId}/`.
     pub work: Arc<dyn Store>,
     /// Resolves clip and output locations to stores.
@@ -108,13 +159,19 @@ pub struct Context {
 
 impl Context {
     /// A context outside the worker (tests, tools): no cancellation, first delivery,
-    /// scratch space under the settings' temp dir.
-    pub fn standalone(stage: Stage, settings: Arc<Settings>, work: Arc<dyn Store>, resolver: Arc<dyn StoreResolver>, job: JobRef) -> Context {
-        let scratch = settings.temp_dir.join(format!("{}-{}", stage, uuid::Uuid::new_v4().simple()));
+    /// scratch space in the system's temp dir.
+    pub fn standalone(
+        stage: Stage,
+        boundary: Boundary,
+        work: Arc<dyn Store>,
+        resolver: Arc<dyn StoreResolver>,
+        job: JobRef,
+    ) -> Context {
+        let scratch = std::env::temp_dir().join(format!("reel-{}-{}", stage, uuid::Uuid::new_v4().simple()));
         let _ = std::fs::create_dir_all(&scratch);
         Context {
             stage,
-            settings,
+            boundary: Arc::new(boundary),
             work,
             resolver,
             cancel: CancellationToken::new(),
@@ -202,58 +259,66 @@ pub fn decode_payload<T: serde::de::DeserializeOwned>(event: &Event) -> Result<T
     })
 }
 
-/// Map a store error to the outcome the error matrix asks for: transient → retry,
-/// permission → fail fast, not found → fail, disk full → retry as resource_exhausted.
-pub fn store_failure(what: &str, err: &crate::store::StoreError) -> Outcome {
-    use crate::store::StoreError as E;
-    let message = format!("{what}: {err}");
-    match err {
-        E::Transient(_) => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-        E::DiskFull(_) => Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message)),
-        E::PermissionDenied(_) => Outcome::Reject(Failure::new(ErrorType::PermissionDenied, message)),
-        E::NotFound(_) => Outcome::Reject(Failure::new(ErrorType::NotFound, message)),
-        E::InvalidKey(..) => Outcome::Reject(Failure::new(ErrorType::InvalidRequest, message)),
-        _ => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-    }
-}
-
-/// Whether `id` is a valid job or project id: 1–128 characters of `A-Z a-z 0-9 _ - .`
-/// (safe in object names, attributes, ordering keys and logs).
+/// Whether `id` is a valid job or project id: 1–128 characters of `A-Z a-z 0-9 _ - .`,
+/// and not `.` or `..` (safe in object names, attributes, ordering keys and logs).
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    !id.is_empty()
+        && id.len() <= 128
+        && id != "."
+        && id != ".."
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
-/// Check a clip or output path of a job of `project_id` against the trust boundary:
-/// it must parse ([`Location::parse`]: no `..`, no ffmpeg protocol, no other scheme),
-/// lie inside one of the allowed roots (where `{projectId}` in a root stands for the
-/// job's project, so `gs://uploads/projects/{projectId}` confines each project to its
-/// own prefix), and not inside the work root (locks, completion records, the API
-/// snapshot and other jobs' workspaces live there). validate checks every request;
-/// download and upload check again before they read or write, so an event put on a
-/// work topic past validate cannot reach further.
-pub fn check_job_location(settings: &Settings, what: &str, raw: &str, project_id: &str) -> Result<crate::location::Location, Failure> {
-    use crate::location::{parse_root, Location};
-    let location = Location::parse(raw, None).map_err(|e| Failure::new(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
-    let roots: Vec<Location> = settings
-        .effective_allowed_roots()
-        .iter()
-        .filter(|r| !r.contains("{projectId}") || valid_id(project_id))
-        .filter_map(|r| parse_root(&r.replace("{projectId}", project_id)).ok())
-        .collect();
-    let denied = |why: String| Failure::new(ErrorType::PermissionDenied, format!("{what} {raw:?} {why}"));
-    if !roots.iter().any(|root| location.is_within(root)) {
-        let allowed: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
-        return Err(denied(format!(
-            "is outside the allowed locations ({})",
-            if allowed.is_empty() { "none configured".into() } else { allowed.join(", ") }
-        )));
+/// The trust boundary: clip and output paths must lie inside one of the allowed roots
+/// (where `{projectId}` in a root stands for the job's project, so
+/// `gs://uploads/projects/{projectId}` confines each project to its own prefix), and
+/// never inside the work area (locks, completion records, the API snapshot and other
+/// jobs' workspaces live there). validate checks every request; download and upload
+/// check again before they read or write, so an event put on a work topic past validate
+/// cannot reach further.
+#[derive(Debug, Clone)]
+pub struct Boundary {
+    allowed_roots: Vec<String>,
+    work_root: String,
+}
+
+impl Boundary {
+    /// A boundary of `allowed_roots` around the work area at `work_root`.
+    pub fn new(allowed_roots: Vec<String>, work_root: String) -> Boundary {
+        Boundary { allowed_roots, work_root }
     }
-    if let Ok(work) = parse_root(&settings.effective_work_root()) {
-        if location.is_within(&work) || location == work {
-            return Err(denied(format!("is inside the work area ({work}), which only the stages may use")));
+
+    /// Check `raw` (a clip or the output, named `what` in messages) of a job of
+    /// `project_id`: `invalid_request` when it does not parse ([`Location::parse`]: no
+    /// `..`, no ffmpeg protocol, no other scheme), `permission_denied` when it is outside
+    /// the allowed roots or inside the work area.
+    ///
+    /// [`Location::parse`]: crate::location::Location::parse
+    pub fn check(&self, what: &str, raw: &str, project_id: &str) -> Result<crate::location::Location, Failure> {
+        use crate::location::{parse_root, Location};
+        let location =
+            Location::parse(raw, None).map_err(|e| Failure::new(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
+        let roots: Vec<Location> = self
+            .allowed_roots
+            .iter()
+            .filter(|r| !r.contains("{projectId}") || valid_id(project_id))
+            .filter_map(|r| parse_root(&r.replace("{projectId}", project_id)).ok())
+            .collect();
+        let denied = |why: String| Failure::new(ErrorType::PermissionDenied, format!("{what} {raw:?} {why}"));
+        if !roots.iter().any(|root| location.is_within(root)) {
+            let allowed: Vec<String> = roots.iter().map(|r| r.to_string()).collect();
+            return Err(denied(format!(
+                "is outside the allowed locations ({})",
+                if allowed.is_empty() { "none configured".into() } else { allowed.join(", ") }
+            )));
         }
+        if let Ok(work) = parse_root(&self.work_root) {
+            if location.is_within(&work) || location == work {
+                return Err(denied(format!("is inside the work area ({work}), which only the stages may use")));
+            }
+        }
+        Ok(location)
     }
-    Ok(location)
 }
 
 /// The key under which finalize records a completed job (holding its `job.completed`
@@ -262,37 +327,57 @@ pub fn completed_marker_key(job_id: &str) -> String {
     format!("control/completed/{job_id}")
 }
 
+/// Whether `job_id` completed (its completion record exists): the one check the worker,
+/// validate and finalize share.
+pub async fn job_completed(work: &dyn Store, job_id: &str) -> Result<bool, crate::store::StoreError> {
+    Ok(!job_id.is_empty() && work.head(&completed_marker_key(job_id)).await?.is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::StoreError;
 
-    fn kind(outcome: Outcome) -> (&'static str, ErrorType) {
-        match outcome {
-            Outcome::Retry(f) => ("retry", f.error_type),
-            Outcome::Reject(f) => ("reject", f.error_type),
-            other => panic!("unexpected {other:?}"),
+    #[test]
+    fn ids_are_safe_names() {
+        for ok in ["job_1", "a.b-c", "X"] {
+            assert!(valid_id(ok), "{ok}");
+        }
+        for bad in ["", ".", "..", "a/b", "a b", &"x".repeat(129)] {
+            assert!(!valid_id(bad), "{bad}");
         }
     }
 
-    /// The error matrix for storage, decided in one place.
     #[test]
-    fn storage_errors_follow_the_matrix() {
-        assert_eq!(kind(store_failure("x", &StoreError::Transient("timeout".into()))), ("retry", ErrorType::Internal));
-        assert_eq!(kind(store_failure("x", &StoreError::PermissionDenied("403".into()))), ("reject", ErrorType::PermissionDenied));
-        assert_eq!(kind(store_failure("x", &StoreError::DiskFull("ENOSPC".into()))), ("retry", ErrorType::ResourceExhausted));
-        assert_eq!(kind(store_failure("x", &StoreError::NotFound("k".into()))), ("reject", ErrorType::NotFound));
-        assert_eq!(kind(store_failure("x", &StoreError::InvalidKey("k".into(), "..".into()))), ("reject", ErrorType::InvalidRequest));
+    fn the_boundary_confines_projects_and_guards_the_work_area() {
+        let b = Boundary::new(
+            vec!["gs://uploads/projects/{projectId}".into(), "/srv/clips".into()],
+            "gs://uploads/work".into(),
+        );
+        assert!(b.check("clip", "gs://uploads/projects/p1/a.mp4", "p1").is_ok());
+        assert_eq!(
+            b.check("clip", "gs://uploads/projects/p2/a.mp4", "p1").unwrap_err().error_type,
+            ErrorType::PermissionDenied
+        );
+        assert!(b.check("clip", "/srv/clips/a.mp4", "p1").is_ok());
+        assert_eq!(
+            b.check("clip", "/srv/clips/../etc/passwd", "p1").unwrap_err().error_type,
+            ErrorType::InvalidRequest
+        );
+        let inside_work = Boundary::new(vec!["gs://uploads".into()], "gs://uploads/work".into());
+        assert_eq!(
+            inside_work.check("output", "gs://uploads/work/control/x.mp4", "p").unwrap_err().error_type,
+            ErrorType::PermissionDenied
+        );
     }
 
-    /// Local disk errors are classified once, where they happen.
     #[test]
-    fn local_disk_errors_are_classified() {
-        let enospc = std::io::Error::from_raw_os_error(28);
-        assert!(matches!(StoreError::from_io("write", enospc), StoreError::DiskFull(_)));
-        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        assert!(matches!(StoreError::from_io("open", denied), StoreError::PermissionDenied(_)));
-        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert!(StoreError::from_io("read", timeout).is_transient());
+    fn classified_errors_become_outcomes() {
+        use crate::store::StoreError;
+        assert!(
+            matches!(Outcome::failed("x", &StoreError::Transient("503".into())), Outcome::Retry(f) if f.error_type == ErrorType::Internal)
+        );
+        assert!(
+            matches!(Outcome::failed("x", &StoreError::NotFound("k".into())), Outcome::Reject(f) if f.error_type == ErrorType::NotFound && f.message.starts_with("x: "))
+        );
     }
 }

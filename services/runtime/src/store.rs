@@ -14,6 +14,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use reel_events::{Classify, ErrorType, Verdict};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -67,15 +68,39 @@ pub enum StoreError {
     /// Local disk is full (ENOSPC). Transient once temp files are cleaned.
     #[error("disk full: {0}")]
     DiskFull(String),
-    /// Anything else, treated as permanent.
+    /// Anything else (a 400, a local I/O error of no known kind). Permanent.
     #[error("storage error: {0}")]
     Other(String),
 }
 
+/// The error matrix for storage, decided here and nowhere else:
+///
+/// | error | verdict |
+/// | --- | --- |
+/// | `Transient` (timeout, 429, 5xx, reset) | retry, `internal` |
+/// | `DiskFull` | retry, `resource_exhausted` (temp files are cleaned between attempts) |
+/// | `PermissionDenied` (401/403) | fail fast, `permission_denied` |
+/// | `NotFound` | fail, `not_found` |
+/// | `InvalidKey` | fail, `invalid_request` |
+/// | `AlreadyExists`, `Other` | fail, `internal` |
+impl Classify for StoreError {
+    fn verdict(&self) -> Verdict {
+        match self {
+            StoreError::Transient(_) => Verdict::retry(ErrorType::Internal),
+            StoreError::DiskFull(_) => Verdict::retry(ErrorType::ResourceExhausted),
+            StoreError::PermissionDenied(_) => Verdict::reject(ErrorType::PermissionDenied),
+            StoreError::NotFound(_) => Verdict::reject(ErrorType::NotFound),
+            StoreError::InvalidKey(..) => Verdict::reject(ErrorType::InvalidRequest),
+            StoreError::AlreadyExists(_) | StoreError::Other(_) => Verdict::reject(ErrorType::Internal),
+        }
+    }
+}
+
 impl StoreError {
-    /// Whether repeating the call may succeed.
+    /// Whether repeating the call may succeed (the verdict's, for adapters that retry
+    /// within one call).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Transient(_) | StoreError::DiskFull(_))
+        self.verdict().retryable
     }
 
     /// Classify a local I/O error (the one place that decides it for local disks).
@@ -107,8 +132,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError>;
 
     /// Stream `body` into `key`. The object becomes visible only once complete.
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode)
-        -> Result<ObjectMeta, StoreError>;
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError>;
 
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
@@ -159,31 +183,19 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
 /// Download `key` into the local file `dest` (streamed), returning bytes written.
 pub async fn get_to_file(store: &dyn Store, key: &str, dest: &Path) -> Result<u64, StoreError> {
     let mut reader = store.get(key).await?;
-    let mut file = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    let mut file =
+        tokio::fs::File::create(dest).await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
     let written = tokio::io::copy(&mut reader, &mut file)
         .await
         .map_err(|e| StoreError::from_io(&format!("download {key}"), e))?;
-    file.flush()
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    file.flush().await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    file.sync_all().await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
     Ok(written)
 }
 
 /// Upload the local file `src` to `key` (streamed).
-pub async fn put_file(
-    store: &dyn Store,
-    key: &str,
-    src: &Path,
-    mode: PutMode,
-) -> Result<ObjectMeta, StoreError> {
-    let file = tokio::fs::File::open(src)
-        .await
-        .map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+pub async fn put_file(store: &dyn Store, key: &str, src: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
     store.put(key, Box::pin(file), mode).await
 }
 
@@ -252,6 +264,34 @@ mod tests {
         // crc32c("hello world") = 0xc99465aa
         assert_eq!(crc32c::crc32c(b"hello world"), 0xc99465aa);
         assert_eq!(crc32c_base64(0xc99465aa), "yZRlqg==");
+    }
+
+    /// Storage's row of the error matrix, one verdict per variant.
+    #[test]
+    fn storage_errors_follow_the_matrix() {
+        let table = [
+            (StoreError::Transient("timeout".into()), Verdict::retry(ErrorType::Internal)),
+            (StoreError::DiskFull("ENOSPC".into()), Verdict::retry(ErrorType::ResourceExhausted)),
+            (StoreError::PermissionDenied("403".into()), Verdict::reject(ErrorType::PermissionDenied)),
+            (StoreError::NotFound("k".into()), Verdict::reject(ErrorType::NotFound)),
+            (StoreError::InvalidKey("k".into(), "..".into()), Verdict::reject(ErrorType::InvalidRequest)),
+            (StoreError::AlreadyExists("k".into()), Verdict::reject(ErrorType::Internal)),
+            (StoreError::Other("400 bad request".into()), Verdict::reject(ErrorType::Internal)),
+        ];
+        for (error, verdict) in table {
+            assert_eq!(error.verdict(), verdict, "{error}");
+        }
+    }
+
+    /// Local disk errors are classified once, where they happen.
+    #[test]
+    fn local_disk_errors_are_classified() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        assert!(matches!(StoreError::from_io("write", enospc), StoreError::DiskFull(_)));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(StoreError::from_io("open", denied), StoreError::PermissionDenied(_)));
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(StoreError::from_io("read", timeout).verdict().retryable);
     }
 
     #[test]

@@ -7,8 +7,10 @@
 //! `logging.googleapis.com/trace` = `projects/{project}/traces/{trace id}` from the
 //! job's W3C `traceparent`, so one job reads as one trace across the five programs.
 
+use crate::config::LogFormat;
 use serde_json::{Map, Value};
 use std::fmt;
+use std::io::IsTerminal;
 use tracing::{Event, Subscriber};
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
@@ -16,19 +18,42 @@ use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber: JSON (Cloud Logging) or human-readable, at `level`
-/// (a level name or an `EnvFilter` directive). Safe to call twice (the second is a no-op).
-pub fn init(level: &str, format: &str, project: Option<&str>) {
+/// (a level name or `EnvFilter` directives, checked by the settings), and make a panic
+/// one `ERROR` record in that format instead of free text on stderr. Safe to call twice
+/// (the second is a no-op).
+pub fn init(level: &str, format: LogFormat, project: Option<&str>) {
     let filter = EnvFilter::try_new(level).unwrap_or_else(|_| EnvFilter::new("info"));
-    if format == "pretty" {
-        let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
-        return;
+    let installed = match format {
+        // Colours only where a person reads a terminal, never into a file or a pipe.
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(std::io::stderr().is_terminal())
+            .with_writer(std::io::stderr)
+            .try_init(),
+        LogFormat::Json => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_ansi(false)
+            .fmt_fields(JsonFields::new())
+            .event_format(CloudLogging { project: project.map(String::from) })
+            .with_writer(std::io::stdout)
+            .try_init(),
+    };
+    if installed.is_ok() {
+        std::panic::set_hook(Box::new(log_panic));
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .fmt_fields(JsonFields::new())
-        .event_format(CloudLogging { project: project.map(String::from) })
-        .with_writer(std::io::stdout)
-        .try_init();
+}
+
+/// A panic as one log record: what, where, and the thread.
+fn log_panic(info: &std::panic::PanicHookInfo<'_>) {
+    let payload = info.payload();
+    let what = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    let location = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+    let thread = std::thread::current().name().unwrap_or("unnamed").to_string();
+    tracing::error!(panic = %what, location = %location, thread = %thread, "panic");
 }
 
 /// The Cloud Logging JSON event format.

@@ -1,19 +1,24 @@
-//! The worker loop: the one place that turns a handler's [`Outcome`] into bus actions.
+//! The worker loop: pull, admit, handle, settle.
 //!
-//! Per message: size check → decode (binary or structured CloudEvent, or a storage
-//! notification) → type check → deadline and cancel check → handler, with its lease
-//! extended, progress published and cancellation watched → outcome → publish, then
-//! ack/nack/dead-letter. Nothing is acked before what follows it is safely published.
-//! A message that can never be processed is dead-lettered at once with its reason; a
-//! worker never panics on input and never stalls other jobs.
+//! Per message: [`Worker::admit`] (size, decoding — binary or structured CloudEvent, or a
+//! storage notification — type, then the job's deadline, cancel marker and completion)
+//! either yields an [`Outcome`] at once or lets the handler run, with its lease
+//! extended, progress published and cancellation watched; a stop from outside
+//! (shutdown, deadline, cancel) becomes an outcome too. Then [`Worker::settle`], the one
+//! place that publishes what follows, acks, nacks, dead-letters or publishes
+//! `job.failed` / `job.cancelled`. Nothing is acked before what follows it is safely
+//! published. A message that can never be processed is dead-lettered at once with its
+//! reason; a worker never panics on input and never stalls other jobs. The runtime
+//! never names a stage: a handler declares what it wants on a late redelivery
+//! ([`Handler::on_completed_job`]).
 
 use chrono::{DateTime, Utc};
 use reel_events::binding::{self, BindingError};
-use reel_events::payload::{JobCancelled, JobFailed, JobProgress, JobRef};
+use reel_events::payload::{JobCancelled, JobEnvelope, JobFailed, JobProgress, JobRef};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::Semaphore;
@@ -23,7 +28,11 @@ use tracing::{error, info, warn, Instrument};
 use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
 use crate::location::StoreResolver;
-use crate::stage::{cancel_marker_key, completed_marker_key, work_prefix, Context, Failure, Handler, Outcome, ProgressReporter};
+pub use crate::metrics::WorkerStats;
+use crate::stage::{
+    cancel_marker_key, job_completed, work_prefix, Boundary, Context, Failure, Handler, LateDelivery, Outcome,
+    ProgressReporter,
+};
 use crate::store::Store;
 use crate::topology::{Names, Topology};
 
@@ -45,22 +54,33 @@ pub struct WorkerOptions {
     pub heartbeat: Duration,
     /// How often the cancel marker and deadline are checked while working.
     pub cancel_poll: Duration,
+    /// Deliveries of a transiently failing message before the job fails
+    /// (`MAX_RETRY_ATTEMPTS` + 1).
+    pub max_retry_attempts: u32,
+    /// Where scratch directories go (`TEMP_DIR`).
+    pub temp_dir: PathBuf,
+    /// `JOB_TIMEOUT_MINUTES`, named in timeout messages.
+    pub job_timeout_minutes: u64,
 }
 
 impl WorkerOptions {
-    /// Defaults for `stage` under `names`.
-    pub fn for_stage(stage: Stage, names: &Names) -> WorkerOptions {
+    /// The options of `stage` under `settings`.
+    pub fn for_stage(stage: Stage, settings: &Settings) -> WorkerOptions {
+        let names = settings.topology().names();
         let mut subscriptions = vec![names.subscription(stage)];
         if stage == Stage::Validate {
             subscriptions.push(names.gcs_subscription());
         }
         WorkerOptions {
             subscriptions,
-            concurrency: 1,
+            concurrency: settings.concurrency,
             exit_when_idle: None,
             shutdown_grace: Duration::from_secs(20),
             heartbeat: Duration::from_secs(4),
             cancel_poll: Duration::from_secs(1),
+            max_retry_attempts: settings.max_retry_attempts,
+            temp_dir: settings.temp_dir.clone(),
+            job_timeout_minutes: settings.job_timeout_minutes,
         }
     }
 }
@@ -82,32 +102,23 @@ enum StopReason {
     Cancelled,
 }
 
-/// Counters a worker keeps (exported as metrics by the programs).
-#[derive(Debug, Default)]
-pub struct WorkerStats {
-    /// Messages received.
-    pub received: AtomicU64,
-    /// Outcomes Emit.
-    pub emitted: AtomicU64,
-    /// Outcomes Skip.
-    pub skipped: AtomicU64,
-    /// Nacks.
-    pub retried: AtomicU64,
-    /// Jobs failed.
-    pub failed: AtomicU64,
-    /// Messages dead-lettered by the worker.
-    pub dead_lettered: AtomicU64,
-    /// Jobs cancelled.
-    pub cancelled: AtomicU64,
+/// One message as settle sees it: where it came from, and (once decoded) its event
+/// and job.
+struct Inbound<'a> {
+    subscription: &'a str,
+    message: &'a Message,
+    delivery_attempt: u32,
+    event: Option<Event>,
+    envelope: JobEnvelope,
 }
 
 /// A stage's worker.
 pub struct Worker {
     bus: Arc<dyn Bus>,
     handler: Arc<dyn Handler>,
-    settings: Arc<Settings>,
     work: Arc<dyn Store>,
     resolver: Arc<dyn StoreResolver>,
+    boundary: Arc<Boundary>,
     topology: Topology,
     options: WorkerOptions,
     /// Counters.
@@ -117,32 +128,45 @@ pub struct Worker {
 }
 
 impl Worker {
-    /// A worker for `handler`.
+    /// A worker for `handler`, with the topology and trust boundary of `settings`.
     pub fn new(
         bus: Arc<dyn Bus>,
         handler: Arc<dyn Handler>,
-        settings: Arc<Settings>,
+        settings: &Settings,
         work: Arc<dyn Store>,
         resolver: Arc<dyn StoreResolver>,
         options: WorkerOptions,
     ) -> Worker {
-        let topology = settings.topology();
-        Worker { bus, handler, settings, work, resolver, topology, options, stats: Arc::default(), metrics: Arc::default() }
+        Worker {
+            bus,
+            handler,
+            work,
+            resolver,
+            boundary: Arc::new(settings.boundary()),
+            topology: settings.topology(),
+            options,
+            stats: Arc::default(),
+            metrics: Arc::default(),
+        }
     }
 
     fn names(&self) -> Names {
         self.topology.names()
     }
 
+    fn stage(&self) -> Stage {
+        self.handler.stage()
+    }
+
     /// The Prometheus text of this worker's metrics.
     pub fn render_metrics(&self) -> String {
-        crate::metrics::render(self.handler.stage().as_str(), &self.stats, &self.metrics)
+        crate::metrics::render(self.stage().as_str(), &self.stats, &self.metrics)
     }
 
     /// Pull and process until `shutdown` fires (then finish or nack in-flight work within
     /// the grace period) or, with `exit_when_idle`, until the subscriptions stay empty.
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken) -> Result<(), BusError> {
-        let stage = self.handler.stage();
+        let stage = self.stage();
         let slots = Arc::new(Semaphore::new(self.options.concurrency.max(1)));
         let work_stop = CancellationToken::new();
         let mut tasks = tokio::task::JoinSet::new();
@@ -150,7 +174,7 @@ impl Worker {
         let subs = self.options.subscriptions.clone();
         let mut next_sub = 0usize;
         info!(stage = %stage, subscriptions = ?subs, "worker started");
-        let temp_dir = self.settings.temp_dir.clone();
+        let temp_dir = self.options.temp_dir.clone();
         let _ = tokio::task::spawn_blocking(move || sweep_orphaned_scratch(&temp_dir)).await;
         'outer: loop {
             while tasks.try_join_next().is_some() {}
@@ -186,22 +210,23 @@ impl Worker {
                     continue;
                 }
             };
-            let Some(delivery) = deliveries.into_iter().next() else { continue };
+            let Some(delivery) = deliveries.into_iter().next() else {
+                continue;
+            };
             last_message = Instant::now();
             let worker = self.clone();
             let stop = work_stop.clone();
             tasks.spawn(async move {
                 let _permit = permit;
-                worker.process_and_settle(&sub, delivery, stop).await;
+                worker.process_delivery(&sub, delivery, stop).await;
             });
         }
         // Shutdown: give in-flight work its grace period, then stop it (it nacks).
         if !tasks.is_empty() {
             info!(stage = %stage, in_flight = tasks.len(), grace_secs = self.options.shutdown_grace.as_secs(), "draining");
-            let drained = tokio::time::timeout(self.options.shutdown_grace, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
+            let drained =
+                tokio::time::timeout(self.options.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
             if drained.is_err() {
                 warn!(stage = %stage, "grace period over; stopping in-flight work");
                 work_stop.cancel();
@@ -212,16 +237,15 @@ impl Worker {
         Ok(())
     }
 
-    async fn process_and_settle(&self, subscription: &str, delivery: Delivery, stop: CancellationToken) {
-        let ack_id = delivery.ack_id.clone();
-        let lease = self.spawn_lease_extender(subscription, &ack_id);
-        let disposition = self
-            .process(subscription, &delivery.message, &delivery.message_id, delivery.delivery_attempt, stop)
-            .await;
+    /// Pull mode: process one delivery, then carry out the disposition on the bus.
+    async fn process_delivery(&self, subscription: &str, delivery: Delivery, stop: CancellationToken) {
+        let lease = self.spawn_lease_extender(subscription, &delivery.ack_id);
+        let disposition =
+            self.process(subscription, &delivery.message, &delivery.message_id, delivery.delivery_attempt, stop).await;
         lease.cancel();
         let result = match disposition {
-            Disposition::Ack => self.bus.ack(subscription, &ack_id).await,
-            Disposition::Nack => self.bus.nack(subscription, &ack_id).await,
+            Disposition::Ack => self.bus.ack(subscription, &delivery.ack_id).await,
+            Disposition::Nack => self.bus.nack(subscription, &delivery.ack_id).await,
         };
         if let Err(e) = result {
             // The message will be redelivered; every stage is idempotent.
@@ -231,11 +255,8 @@ impl Worker {
 
     fn spawn_lease_extender(&self, subscription: &str, ack_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
-        let deadline = self
-            .topology
-            .subscription(subscription)
-            .map(|s| s.ack_deadline)
-            .unwrap_or(Duration::from_secs(60));
+        let deadline =
+            self.topology.subscription(subscription).map(|s| s.ack_deadline).unwrap_or(Duration::from_secs(60));
         let every = (deadline / 2).max(Duration::from_secs(1));
         let (bus, sub, id, t) = (self.bus.clone(), subscription.to_string(), ack_id.to_string(), token.clone());
         tokio::spawn(async move {
@@ -264,36 +285,58 @@ impl Worker {
         stop: CancellationToken,
     ) -> Disposition {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let stage = self.handler.stage();
-        if message.wire_size() > MAX_MESSAGE_BYTES {
-            let reason = format!("message of {} bytes exceeds the {} byte limit", message.wire_size(), MAX_MESSAGE_BYTES);
-            return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
-        }
-        let event = match self.decode(message, message_id) {
+        let mut inbound =
+            Inbound { subscription, message, delivery_attempt, event: None, envelope: JobEnvelope::default() };
+        let event = match self.admit_message(message, message_id) {
             Ok(event) => event,
-            Err(reason) => {
-                warn!(stage = %stage, message_id, reason = %reason, "undecodable message");
-                return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
-            }
+            Err(outcome) => return self.settle(&inbound, outcome).await,
         };
-        if !self.handler.accepts().contains(&event.ty()) {
-            let reason = format!("event type {:?} is not consumed by the {stage} stage", event.ty());
-            warn!(stage = %stage, ce_type = event.ty(), "misrouted event");
-            return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
-        }
         let data = envelope::data_json(&event).unwrap_or(serde_json::Value::Null);
         // Storage notifications name objects, not jobs: validate derives the job id.
-        let job = if event.ty().starts_with("google.cloud.storage.") { JobRef::default() } else { JobRef::from_data(&data, event.subject()) };
+        if !event.ty().starts_with("google.cloud.storage.") {
+            inbound.envelope = JobEnvelope::from_data(&data, event.subject());
+        }
         let span = tracing::info_span!(
             "message",
-            stage = %stage,
-            job_id = %job.job_id,
+            stage = %self.stage(),
+            job_id = %inbound.envelope.job.job_id,
             ce_id = %event.id(),
             ce_type = %event.ty(),
             delivery_attempt,
             trace = envelope::extension_str(&event, envelope::TRACEPARENT).unwrap_or(""),
         );
-        self.process_event(subscription, message, &event, &data, job, delivery_attempt, stop).instrument(span).await
+        inbound.event = Some(event);
+        async {
+            let event = inbound.event.as_ref().expect("decoded above");
+            let outcome = match self.admit_job(&inbound.envelope).await {
+                Some(outcome) => outcome,
+                None => self.run_handler(event, &inbound.envelope, delivery_attempt, stop).await,
+            };
+            self.settle(&inbound, outcome).await
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Admission, part one: is this a message this stage can ever process?
+    fn admit_message(&self, message: &Message, message_id: &str) -> Result<Event, Outcome> {
+        let unprocessable = |reason: String| Outcome::Unprocessable(Failure::new(ErrorType::InvalidRequest, reason));
+        if message.wire_size() > MAX_MESSAGE_BYTES {
+            return Err(unprocessable(format!(
+                "message of {} bytes exceeds the {} byte limit",
+                message.wire_size(),
+                MAX_MESSAGE_BYTES
+            )));
+        }
+        let event = self.decode(message, message_id).map_err(unprocessable)?;
+        if !self.handler.accepts().contains(&event.ty()) {
+            return Err(unprocessable(format!(
+                "event type {:?} is not consumed by the {} stage",
+                event.ty(),
+                self.stage()
+            )));
+        }
+        Ok(event)
     }
 
     fn decode(&self, message: &Message, message_id: &str) -> Result<Event, String> {
@@ -310,77 +353,104 @@ impl Worker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn process_event(
+    /// Admission, part two: may the job's work run now? `None` lets the handler run.
+    async fn admit_job(&self, envelope: &JobEnvelope) -> Option<Outcome> {
+        if let Some(deadline) = envelope.deadline.filter(|d| Utc::now() > *d) {
+            return Some(Outcome::Reject(Failure::new(
+                ErrorType::Timeout,
+                format!(
+                    "the job passed its deadline ({deadline}); JOB_TIMEOUT_MINUTES is {}",
+                    self.options.job_timeout_minutes
+                ),
+            )));
+        }
+        let job_id = envelope.job.job_id.as_str();
+        if !job_id.is_empty() && self.cancel_requested(job_id).await {
+            return Some(Outcome::Cancel);
+        }
+        if self.handler.on_completed_job() == LateDelivery::Skip
+            && !envelope.force_restart
+            && self.completed(job_id).await
+        {
+            return Some(Outcome::Skip("the job already completed".into()));
+        }
+        None
+    }
+
+    /// Run the handler in a scratch directory with its helpers (lease, progress,
+    /// watcher), and say what came of it: the handler's outcome, unless work was stopped
+    /// from outside and produced nothing.
+    async fn run_handler(
         &self,
-        subscription: &str,
-        message: &Message,
         event: &Event,
-        data: &serde_json::Value,
-        job: JobRef,
+        envelope: &JobEnvelope,
         delivery_attempt: u32,
         stop: CancellationToken,
-    ) -> Disposition {
-        let stage = self.handler.stage();
-        let retry_attempt = retry_attempt_of(data);
-        let deadline = deadline_of(data);
-        if let Some(deadline) = deadline {
-            if Utc::now() > deadline {
-                let failure = Failure::new(
-                    ErrorType::Timeout,
-                    format!(
-                        "the job passed its deadline ({deadline}); JOB_TIMEOUT_MINUTES is {}",
-                        self.settings.job_timeout_minutes
-                    ),
-                );
-                return self.fail_job(event, &job, retry_attempt, failure, false, delivery_attempt).await;
-            }
-        }
-        if !job.job_id.is_empty() && self.cancel_requested(&job.job_id).await {
-            return self.cancel_job(event, &job, retry_attempt).await;
-        }
-        if self.completed_already(stage, &job, data).await {
-            // A late redelivery (a lost ack, a program killed between publish and ack, a
-            // request sent twice): the job finished and its workspace is gone. Doing the
-            // work again would fail on the missing workspace and tell Phoenix the job
-            // failed; there is nothing left to do.
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-            info!(reason = "the job already completed", "skipped");
-            return Disposition::Ack;
-        }
-
-        let scratch = scratch_dir(&self.settings.temp_dir, stage);
+    ) -> Outcome {
+        let scratch = scratch_dir(&self.options.temp_dir, self.stage());
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
-            let failure = Failure::new(ErrorType::ResourceExhausted, format!("cannot create scratch dir {}: {e}", scratch.display()));
-            return self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await;
+            return Outcome::Retry(Failure::new(
+                ErrorType::ResourceExhausted,
+                format!("cannot create scratch dir {}: {e}", scratch.display()),
+            ));
         }
-        let cancel = CancellationToken::new();
-        let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
         let progress = ProgressReporter::default();
-        progress.set_accepted_at(accepted_at_of(data));
+        progress.set_accepted_at(envelope.accepted_at);
         let ctx = Context {
-            stage,
-            settings: self.settings.clone(),
+            stage: self.stage(),
+            boundary: self.boundary.clone(),
             work: self.work.clone(),
             resolver: self.resolver.clone(),
-            cancel: cancel.clone(),
+            cancel: CancellationToken::new(),
             delivery_attempt,
-            job: job.clone(),
+            job: envelope.job.clone(),
             scratch: scratch.clone(),
-            progress: progress.clone(),
+            progress,
         };
-        let watcher = self.spawn_watchers(&job, event, retry_attempt, deadline, stop, cancel.clone(), stop_reason.clone(), progress);
+        let watch = Watch {
+            envelope: envelope.clone(),
+            trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from),
+        };
+        let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
         let outcome = self.handler.handle(&ctx, event).await;
         watcher.cancel();
-        cancel.cancel();
+        ctx.cancel.cancel();
         remove_dir_quietly(&scratch).await;
         let elapsed = started.elapsed();
         self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
-        let stopped = *stop_reason.lock().expect("stop lock");
-
+        if let Outcome::Emit(events) = &outcome {
+            let bytes: u64 = events
+                .iter()
+                .filter_map(|e| envelope::data_json(e).ok())
+                .map(|d| crate::metrics::video_bytes(&d))
+                .sum();
+            if bytes > 0 {
+                self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
+                self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+            }
+            info!(elapsed_ms = elapsed.as_millis() as u64, emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(), "stage done");
+        }
+        let stopped = *stopped.lock().expect("stop lock");
         match (outcome, stopped) {
-            (Outcome::Emit(events), _) => {
+            // Finished work stands, whatever stopped it afterwards.
+            (done @ (Outcome::Emit(_) | Outcome::Skip(_)), _) | (done, None) => done,
+            (_, Some(StopReason::Shutdown)) => Outcome::Requeue("stopped by shutdown".into()),
+            (_, Some(StopReason::Cancelled)) => Outcome::Cancel,
+            (_, Some(StopReason::Deadline)) => Outcome::Reject(Failure::new(
+                ErrorType::Timeout,
+                format!(
+                    "the job ran past its deadline (JOB_TIMEOUT_MINUTES={}); work was stopped",
+                    self.options.job_timeout_minutes
+                ),
+            )),
+        }
+    }
+
+    /// The one place that turns an outcome into bus actions (see [`Outcome`]).
+    async fn settle(&self, inbound: &Inbound<'_>, outcome: Outcome) -> Disposition {
+        match outcome {
+            Outcome::Emit(events) => {
                 for next in &events {
                     if let Err(e) = self.publish_event(next).await {
                         warn!(error = %e, "could not publish the next event; will retry");
@@ -389,235 +459,108 @@ impl Worker {
                     }
                 }
                 self.stats.emitted.fetch_add(1, Ordering::Relaxed);
-                let bytes: u64 = events.iter().filter_map(|e| envelope::data_json(e).ok()).map(|d| crate::metrics::video_bytes(&d)).sum();
-                if bytes > 0 {
-                    self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
-                    self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-                }
-                info!(elapsed_ms = elapsed.as_millis() as u64, emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(), "stage done");
                 Disposition::Ack
             }
-            (Outcome::Skip(why), _) => {
+            Outcome::Skip(why) => {
                 self.stats.skipped.fetch_add(1, Ordering::Relaxed);
                 info!(reason = %why, "skipped");
                 Disposition::Ack
             }
-            (_, Some(StopReason::Shutdown)) => {
-                info!("stopped by shutdown; the message will be redelivered");
+            Outcome::Requeue(why) => {
+                info!(reason = %why, "handing the message back; it will be redelivered");
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 Disposition::Nack
             }
-            (_, Some(StopReason::Cancelled)) => self.cancel_job(event, &job, retry_attempt).await,
-            (_, Some(StopReason::Deadline)) => {
-                let failure = Failure::new(
-                    ErrorType::Timeout,
-                    format!("the job ran past its deadline (JOB_TIMEOUT_MINUTES={}); work was stopped", self.settings.job_timeout_minutes),
-                );
-                self.fail_job(event, &job, retry_attempt, failure, false, delivery_attempt).await
+            Outcome::Retry(failure) if inbound.delivery_attempt <= self.options.max_retry_attempts => {
+                warn!(error_type = %failure.error_type, error = %failure.message, delivery_attempt = inbound.delivery_attempt, "transient failure; will retry");
+                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                Disposition::Nack
             }
-            (Outcome::Retry(failure), None) => {
-                self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await
-            }
-            (Outcome::Reject(failure), None) => {
-                if self.completed_already(stage, &job, data).await {
-                    // The job completed while this (duplicate) delivery ran, and took
-                    // its workspace with it: the failure is an artefact of the race.
-                    info!(error = %failure.message, "failed, but the job completed meanwhile; not failing it");
-                    self.stats.skipped.fetch_add(1, Ordering::Relaxed);
-                    return Disposition::Ack;
+            Outcome::Retry(failure) => {
+                error!(error_type = %failure.error_type, error = %failure.message, delivery_attempt = inbound.delivery_attempt, "retries exhausted; failing the job and dead-lettering the message");
+                match self.end_job(inbound, JobEnd::Failed { failure: failure.clone(), retryable: true }).await {
+                    Disposition::Ack => self.dead_letter(inbound, &failure).await,
+                    nack => nack,
                 }
-                self.fail_job(event, &job, retry_attempt, failure, false, delivery_attempt).await
+            }
+            Outcome::Reject(failure) => self.end_job(inbound, JobEnd::Failed { failure, retryable: false }).await,
+            Outcome::Cancel => self.end_job(inbound, JobEnd::Cancelled).await,
+            Outcome::Unprocessable(failure) => {
+                warn!(reason = %failure.message, "unprocessable message");
+                self.dead_letter(inbound, &failure).await
             }
         }
     }
 
-    /// Whether the job this event belongs to already completed, for the stages between
-    /// validate and finalize: validate checks the marker itself (and honours
-    /// `forceRestart`), finalize re-emits the recorded `job.completed`. A forced
-    /// restart runs again whatever the marker says.
-    async fn completed_already(&self, stage: Stage, job: &JobRef, data: &serde_json::Value) -> bool {
-        if !matches!(stage, Stage::Download | Stage::Stitch | Stage::Upload) || job.job_id.is_empty() {
-            return false;
-        }
-        let forced = data.get("job").and_then(|j| j.get("forceRestart")).and_then(|v| v.as_bool()).unwrap_or(false);
-        !forced && matches!(self.work.head(&completed_marker_key(&job.job_id)).await, Ok(Some(_)))
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn spawn_watchers(
-        &self,
-        job: &JobRef,
-        cause: &Event,
-        retry_attempt: u32,
-        deadline: Option<DateTime<Utc>>,
-        stop: CancellationToken,
-        cancel: CancellationToken,
-        reason: Arc<Mutex<Option<StopReason>>>,
-        progress: ProgressReporter,
-    ) -> CancellationToken {
-        let done = CancellationToken::new();
-        let (bus, work, names, stage) = (self.bus.clone(), self.work.clone(), self.names(), self.handler.stage());
-        let (job, heartbeat, poll, d) = (job.clone(), self.options.heartbeat, self.options.cancel_poll, done.clone());
-        let trace = envelope::extension_str(cause, envelope::TRACEPARENT).map(String::from);
-        let marker = cancel_marker_key(&job.job_id);
-        tokio::spawn(async move {
-            let set = |why: StopReason| {
-                let mut slot = reason.lock().expect("stop lock");
-                if slot.is_none() {
-                    *slot = Some(why);
-                }
-                cancel.cancel();
-            };
-            let mut last_published: Option<(u64, Instant)> = None;
-            let mut last_poll = Instant::now();
-            loop {
-                tokio::select! {
-                    _ = d.cancelled() => return,
-                    _ = stop.cancelled() => { set(StopReason::Shutdown); return; }
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-                if deadline.is_some_and(|dl| Utc::now() > dl) {
-                    set(StopReason::Deadline);
-                    return;
-                }
-                if !job.job_id.is_empty() && last_poll.elapsed() >= poll {
-                    last_poll = Instant::now();
-                    if matches!(work.head(&marker).await, Ok(Some(_))) {
-                        set(StopReason::Cancelled);
-                        return;
-                    }
-                }
-                let snapshot = progress.snapshot();
-                let due = match last_published {
-                    None => true,
-                    Some((version, at)) => {
-                        (snapshot.version != version && at.elapsed() >= Duration::from_millis(900)) || at.elapsed() >= heartbeat
-                    }
-                };
-                if due && !job.job_id.is_empty() {
-                    let overall = stage.overall_progress(snapshot.stage_progress);
-                    let eta = snapshot.accepted_at.and_then(|accepted| estimate(accepted, overall));
-                    let data = JobProgress {
-                        job_id: job.job_id.clone(),
-                        project_id: job.project_id.clone(),
-                        stage,
-                        progress: (overall * 10.0).round() / 10.0,
-                        stage_progress: (snapshot.stage_progress * 10.0).round() / 10.0,
-                        estimated_completion: eta,
-                        retry_attempt: Some(retry_attempt),
-                    };
-                    let id = format!("job.progress-{}", uuid::Uuid::new_v4().simple());
-                    if let Ok(mut event) = envelope::build(types::JOB_PROGRESS, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) {
-                        if let Some(tp) = &trace {
-                            event.set_extension(envelope::TRACEPARENT, tp.clone());
-                        }
-                        if let Err(e) = bus.publish(&names.events(), binding::encode_binary(&event)).await {
-                            warn!(error = %e, "could not publish progress");
-                        }
-                    }
-                    last_published = Some((snapshot.version, Instant::now()));
-                }
-            }
-        });
-        done
-    }
-
-    async fn cancel_requested(&self, job_id: &str) -> bool {
-        matches!(self.work.head(&cancel_marker_key(job_id)).await, Ok(Some(_)))
-    }
-
-    /// Publish an event to the log and, for internal work events, to the consuming
-    /// stage's work topic.
-    pub async fn publish_event(&self, event: &Event) -> Result<(), BusError> {
-        publish_event(self.bus.as_ref(), &self.names(), event).await
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn retry_or_give_up(
-        &self,
-        subscription: &str,
-        message: &Message,
-        event: &Event,
-        job: &JobRef,
-        retry_attempt: u32,
-        failure: Failure,
-        delivery_attempt: u32,
-    ) -> Disposition {
-        if delivery_attempt <= self.settings.max_retry_attempts {
-            warn!(error_type = %failure.error_type, error = %failure.message, delivery_attempt, "transient failure; will retry");
-            self.stats.retried.fetch_add(1, Ordering::Relaxed);
-            return Disposition::Nack;
-        }
-        error!(error_type = %failure.error_type, error = %failure.message, delivery_attempt, "retries exhausted; failing the job and dead-lettering the message");
-        if let Disposition::Nack = self.fail_job(event, job, retry_attempt, failure.clone(), true, delivery_attempt).await {
-            return Disposition::Nack;
-        }
-        self.dead_letter(subscription, message, failure.error_type, &failure.message, delivery_attempt).await
-    }
-
-    async fn fail_job(
-        &self,
-        cause: &Event,
-        job: &JobRef,
-        retry_attempt: u32,
-        failure: Failure,
-        retryable: bool,
-        attempts: u32,
-    ) -> Disposition {
-        let stage = self.handler.stage();
-        let job = failure.job.as_ref().unwrap_or(job);
-        warn!(error_type = %failure.error_type, error = %failure.message, job_id = %job.job_id, "job failed");
-        let data = JobFailed {
-            job_id: job.job_id.clone(),
-            project_id: job.project_id.clone(),
-            user_id: job.user_id.clone(),
-            stage,
-            error_type: failure.error_type,
-            message: failure.message.clone(),
-            retryable,
-            attempts,
-            retry_attempt: Some(retry_attempt),
+    /// End the job: unless it completed meanwhile, clean its workspace and lock, then
+    /// publish `job.failed` or `job.cancelled` (clean first, so whoever sees the event
+    /// finds no work files left).
+    async fn end_job(&self, inbound: &Inbound<'_>, end: JobEnd) -> Disposition {
+        let job = match &end {
+            JobEnd::Failed { failure, .. } => failure.job.as_ref().unwrap_or(&inbound.envelope.job),
+            JobEnd::Cancelled => &inbound.envelope.job,
         };
-        let id = envelope::deterministic_id(&job.job_id, retry_attempt, types::JOB_FAILED, stage.as_str());
-        let mut event = match envelope::build(types::JOB_FAILED, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) {
+        if !inbound.envelope.force_restart && self.completed(&job.job_id).await {
+            // A duplicate delivery raced the job's completion, which took the workspace
+            // with it: whatever went wrong here is an artefact of that race.
+            info!(job_id = %job.job_id, "the job completed meanwhile; not reporting it failed or cancelled");
+            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            return Disposition::Ack;
+        }
+        let stage = self.stage();
+        let retry_attempt = inbound.envelope.retry_attempt;
+        let (ty, id_stage, data) = match &end {
+            JobEnd::Failed { failure, retryable } => {
+                warn!(error_type = %failure.error_type, error = %failure.message, job_id = %job.job_id, "job failed");
+                let data = JobFailed {
+                    job_id: job.job_id.clone(),
+                    project_id: job.project_id.clone(),
+                    user_id: job.user_id.clone(),
+                    stage,
+                    error_type: failure.error_type,
+                    message: failure.message.clone(),
+                    retryable: *retryable,
+                    attempts: inbound.delivery_attempt,
+                    retry_attempt: Some(retry_attempt),
+                };
+                (types::JOB_FAILED, stage.as_str(), serde_json::to_value(data))
+            }
+            JobEnd::Cancelled => {
+                info!(job_id = %job.job_id, "job cancelled");
+                let data = JobCancelled {
+                    job_id: job.job_id.clone(),
+                    project_id: job.project_id.clone(),
+                    user_id: job.user_id.clone(),
+                    stage,
+                    retry_attempt: Some(retry_attempt),
+                };
+                (types::JOB_CANCELLED, "", serde_json::to_value(data))
+            }
+        };
+        let id = envelope::deterministic_id(&job.job_id, retry_attempt, ty, id_stage);
+        let built = data.map_err(|e| e.to_string()).and_then(|data| {
+            envelope::build(ty, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data)
+                .map_err(|e| e.to_string())
+        });
+        let mut event = match built {
             Ok(e) => e,
             Err(e) => {
-                error!(error = %e, "cannot build job.failed");
+                error!(error = %e, event_type = ty, "cannot build the event that ends the job");
                 return Disposition::Ack;
             }
         };
-        envelope::carry_trace(cause, &mut event);
-        // Clean first, so whoever sees job.failed finds no work files left.
+        if let Some(cause) = &inbound.event {
+            envelope::carry_trace(cause, &mut event);
+        }
         self.clean_workspace(job).await;
         if let Err(e) = self.publish_event(&event).await {
-            warn!(error = %e, "could not publish job.failed; will retry");
+            warn!(error = %e, event_type = ty, "could not publish the end of the job; will retry");
             return Disposition::Nack;
         }
-        self.stats.failed.fetch_add(1, Ordering::Relaxed);
-        Disposition::Ack
-    }
-
-    async fn cancel_job(&self, cause: &Event, job: &JobRef, retry_attempt: u32) -> Disposition {
-        let stage = self.handler.stage();
-        info!("job cancelled");
-        let data = JobCancelled {
-            job_id: job.job_id.clone(),
-            project_id: job.project_id.clone(),
-            user_id: job.user_id.clone(),
-            stage,
-            retry_attempt: Some(retry_attempt),
+        match end {
+            JobEnd::Failed { .. } => self.stats.failed.fetch_add(1, Ordering::Relaxed),
+            JobEnd::Cancelled => self.stats.cancelled.fetch_add(1, Ordering::Relaxed),
         };
-        let id = envelope::deterministic_id(&job.job_id, retry_attempt, types::JOB_CANCELLED, "");
-        let Ok(mut event) = envelope::build(types::JOB_CANCELLED, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) else {
-            return Disposition::Ack;
-        };
-        envelope::carry_trace(cause, &mut event);
-        self.clean_workspace(job).await;
-        if let Err(e) = self.publish_event(&event).await {
-            warn!(error = %e, "could not publish job.cancelled; will retry");
-            return Disposition::Nack;
-        }
-        self.stats.cancelled.fetch_add(1, Ordering::Relaxed);
         Disposition::Ack
     }
 
@@ -634,20 +577,19 @@ impl Worker {
         }
     }
 
-    async fn dead_letter(
-        &self,
-        subscription: &str,
-        message: &Message,
-        error_type: ErrorType,
-        reason: &str,
-        attempts: u32,
-    ) -> Disposition {
-        let stage = self.handler.stage();
-        let topic = self.names().dead_letter_topic(stage);
-        match dead_letter(self.bus.as_ref(), &topic, subscription, stage, message, error_type, reason, attempts).await {
+    async fn dead_letter(&self, inbound: &Inbound<'_>, failure: &Failure) -> Disposition {
+        let letter = DeadLetter {
+            stage: self.stage(),
+            subscription: inbound.subscription.to_string(),
+            error_type: failure.error_type,
+            reason: failure.message.clone(),
+            attempts: inbound.delivery_attempt,
+        };
+        let topic = self.names().dead_letter_topic(letter.stage);
+        match dead_letter(self.bus.as_ref(), &topic, inbound.message, &letter).await {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
-                warn!(dead_letter_topic = %topic, reason, "message dead-lettered");
+                warn!(dead_letter_topic = %topic, reason = %letter.reason, "message dead-lettered");
                 Disposition::Ack
             }
             Err(e) => {
@@ -655,6 +597,129 @@ impl Worker {
                 Disposition::Nack
             }
         }
+    }
+
+    /// Whether the job completed; an unreadable record counts as not completed (the
+    /// work is idempotent, so doing it again is safe).
+    async fn completed(&self, job_id: &str) -> bool {
+        job_completed(self.work.as_ref(), job_id).await.unwrap_or(false)
+    }
+
+    async fn cancel_requested(&self, job_id: &str) -> bool {
+        matches!(self.work.head(&cancel_marker_key(job_id)).await, Ok(Some(_)))
+    }
+
+    /// Publish an event to the log and, for internal work events, to the consuming
+    /// stage's work topic.
+    pub async fn publish_event(&self, event: &Event) -> Result<(), BusError> {
+        publish_event(self.bus.as_ref(), &self.names(), event).await
+    }
+
+    /// While the handler works: stop it on shutdown, deadline or cancel marker (and say
+    /// which), and publish `job.progress` at least every heartbeat. Returns the token
+    /// that ends the watcher and the slot holding the stop reason.
+    fn spawn_watcher(
+        &self,
+        watch: Watch,
+        ctx: &Context,
+        stop: CancellationToken,
+    ) -> (CancellationToken, Arc<Mutex<Option<StopReason>>>) {
+        let done = CancellationToken::new();
+        let reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
+        let (bus, work, names, stage) = (self.bus.clone(), self.work.clone(), self.names(), self.stage());
+        let (heartbeat, poll, d, slot) =
+            (self.options.heartbeat, self.options.cancel_poll, done.clone(), reason.clone());
+        let (cancel, progress) = (ctx.cancel.clone(), ctx.progress.clone());
+        tokio::spawn(async move {
+            let job = &watch.envelope.job;
+            let marker = cancel_marker_key(&job.job_id);
+            let set = |why: StopReason| {
+                slot.lock().expect("stop lock").get_or_insert(why);
+                cancel.cancel();
+            };
+            let mut last_published: Option<(u64, Instant)> = None;
+            let mut last_poll = Instant::now();
+            loop {
+                tokio::select! {
+                    _ = d.cancelled() => return,
+                    _ = stop.cancelled() => { set(StopReason::Shutdown); return; }
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                if watch.envelope.deadline.is_some_and(|dl| Utc::now() > dl) {
+                    set(StopReason::Deadline);
+                    return;
+                }
+                if job.job_id.is_empty() {
+                    continue;
+                }
+                if last_poll.elapsed() >= poll {
+                    last_poll = Instant::now();
+                    if matches!(work.head(&marker).await, Ok(Some(_))) {
+                        set(StopReason::Cancelled);
+                        return;
+                    }
+                }
+                let snapshot = progress.snapshot();
+                let due = match last_published {
+                    None => true,
+                    Some((version, at)) => {
+                        (snapshot.version != version && at.elapsed() >= Duration::from_millis(900))
+                            || at.elapsed() >= heartbeat
+                    }
+                };
+                if due {
+                    if let Some(event) = watch.progress_event(stage, &snapshot) {
+                        if let Err(e) = bus.publish(&names.events(), binding::encode_binary(&event)).await {
+                            warn!(error = %e, "could not publish progress");
+                        }
+                    }
+                    last_published = Some((snapshot.version, Instant::now()));
+                }
+            }
+        });
+        (done, reason)
+    }
+}
+
+/// How a job ends when it does not complete.
+enum JobEnd {
+    Failed { failure: Failure, retryable: bool },
+    Cancelled,
+}
+
+/// What the progress watcher needs of the message.
+struct Watch {
+    envelope: JobEnvelope,
+    trace: Option<String>,
+}
+
+impl Watch {
+    fn progress_event(&self, stage: Stage, snapshot: &crate::stage::ProgressState) -> Option<Event> {
+        let job = &self.envelope.job;
+        let overall = stage.overall_progress(snapshot.stage_progress);
+        let data = JobProgress {
+            job_id: job.job_id.clone(),
+            project_id: job.project_id.clone(),
+            stage,
+            progress: (overall * 10.0).round() / 10.0,
+            stage_progress: (snapshot.stage_progress * 10.0).round() / 10.0,
+            estimated_completion: snapshot.accepted_at.and_then(|accepted| estimate(accepted, overall)),
+            retry_attempt: Some(self.envelope.retry_attempt),
+        };
+        let id = format!("job.progress-{}", uuid::Uuid::new_v4().simple());
+        let mut event = envelope::build(
+            types::JOB_PROGRESS,
+            &envelope::source_for(stage.as_str()),
+            id,
+            &job.job_id,
+            Utc::now(),
+            &data,
+        )
+        .ok()?;
+        if let Some(tp) = &self.trace {
+            event.set_extension(envelope::TRACEPARENT, tp.clone());
+        }
+        Some(event)
     }
 }
 
@@ -674,26 +739,31 @@ pub mod dead_letter_attrs {
     pub const SUBSCRIPTION: &str = "reel-dl-subscription";
 }
 
+/// Why a message is dead-lettered: the attributes it gets.
+#[derive(Debug, Clone)]
+pub struct DeadLetter {
+    /// The stage that gave up.
+    pub stage: Stage,
+    /// The subscription the message came from.
+    pub subscription: String,
+    /// The contract errorType.
+    pub error_type: ErrorType,
+    /// Why, for a person.
+    pub reason: String,
+    /// Delivery attempts made.
+    pub attempts: u32,
+}
+
 /// Move `message` to `topic` with the failure attributes (the caller acks afterwards).
-#[allow(clippy::too_many_arguments)]
-pub async fn dead_letter(
-    bus: &dyn Bus,
-    topic: &str,
-    subscription: &str,
-    stage: Stage,
-    message: &Message,
-    error_type: ErrorType,
-    reason: &str,
-    attempts: u32,
-) -> Result<(), BusError> {
+pub async fn dead_letter(bus: &dyn Bus, topic: &str, message: &Message, letter: &DeadLetter) -> Result<(), BusError> {
     let mut copy = message.clone();
     let mut attributes: BTreeMap<String, String> = copy.attributes.clone();
-    attributes.insert(dead_letter_attrs::STAGE.into(), stage.as_str().into());
-    attributes.insert(dead_letter_attrs::ERROR_TYPE.into(), error_type.as_str().into());
-    attributes.insert(dead_letter_attrs::ATTEMPTS.into(), attempts.to_string());
-    attributes.insert(dead_letter_attrs::REASON.into(), reason.chars().take(1000).collect());
+    attributes.insert(dead_letter_attrs::STAGE.into(), letter.stage.as_str().into());
+    attributes.insert(dead_letter_attrs::ERROR_TYPE.into(), letter.error_type.as_str().into());
+    attributes.insert(dead_letter_attrs::ATTEMPTS.into(), letter.attempts.to_string());
+    attributes.insert(dead_letter_attrs::REASON.into(), letter.reason.chars().take(1000).collect());
     attributes.insert(dead_letter_attrs::AT.into(), Utc::now().to_rfc3339());
-    attributes.insert(dead_letter_attrs::SUBSCRIPTION.into(), subscription.into());
+    attributes.insert(dead_letter_attrs::SUBSCRIPTION.into(), letter.subscription.clone());
     copy.attributes = attributes;
     // An oversized message cannot be republished whole: keep its head for the operator.
     if copy.wire_size() > MAX_MESSAGE_BYTES {
@@ -713,24 +783,6 @@ pub async fn publish_event(bus: &dyn Bus, names: &Names, event: &Event) -> Resul
     Ok(())
 }
 
-fn retry_attempt_of(data: &serde_json::Value) -> u32 {
-    data.get("job")
-        .unwrap_or(data)
-        .get("retryAttempt")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as u32
-}
-
-fn deadline_of(data: &serde_json::Value) -> Option<DateTime<Utc>> {
-    let text = data.get("job")?.get("deadline")?.as_str()?;
-    DateTime::parse_from_rfc3339(text).ok().map(|d| d.with_timezone(&Utc))
-}
-
-fn accepted_at_of(data: &serde_json::Value) -> Option<DateTime<Utc>> {
-    let text = data.get("job")?.get("acceptedAt")?.as_str()?;
-    DateTime::parse_from_rfc3339(text).ok().map(|d| d.with_timezone(&Utc))
-}
-
 /// ETA from the job's progress rate: elapsed × 100 / progress.
 fn estimate(accepted: DateTime<Utc>, overall: f64) -> Option<DateTime<Utc>> {
     if overall < 3.0 {
@@ -744,7 +796,7 @@ fn estimate(accepted: DateTime<Utc>, overall: f64) -> Option<DateTime<Utc>> {
 /// A delivery's scratch directory: `TEMP_DIR/{stage}-{pid}-{uuid}`. The pid lets a
 /// worker that starts later remove what a killed process left (see
 /// [`sweep_orphaned_scratch`]).
-fn scratch_dir(temp_dir: &std::path::Path, stage: Stage) -> PathBuf {
+fn scratch_dir(temp_dir: &Path, stage: Stage) -> PathBuf {
     temp_dir.join(format!("{}-{}-{}", stage, std::process::id(), uuid::Uuid::new_v4().simple()))
 }
 
@@ -752,14 +804,20 @@ fn scratch_dir(temp_dir: &std::path::Path, stage: Stage) -> PathBuf {
 /// kill): nothing else would ever remove them. Several programs may share `TEMP_DIR`,
 /// so a directory of a live process (or one not named by [`scratch_dir`]) is left
 /// alone. Returns how many were removed.
-pub fn sweep_orphaned_scratch(temp_dir: &std::path::Path) -> usize {
-    let Ok(entries) = std::fs::read_dir(temp_dir) else { return 0 };
+pub fn sweep_orphaned_scratch(temp_dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(temp_dir) else {
+        return 0;
+    };
     let mut removed = 0;
     for entry in entries.flatten() {
         let name = entry.file_name().to_string_lossy().to_string();
         let mut parts = name.splitn(3, '-');
-        let (Some(stage), Some(pid), Some(id)) = (parts.next(), parts.next(), parts.next()) else { continue };
-        let Ok(pid) = pid.parse::<u32>() else { continue };
+        let (Some(stage), Some(pid), Some(id)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let Ok(pid) = pid.parse::<u32>() else {
+            continue;
+        };
         if stage.parse::<Stage>().is_err() || id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             continue;
         }
@@ -771,7 +829,9 @@ pub fn sweep_orphaned_scratch(temp_dir: &std::path::Path) -> usize {
                 removed += 1;
                 info!(path = %entry.path().display(), pid, "removed scratch left by a process that is gone");
             }
-            Err(e) => warn!(path = %entry.path().display(), error = %e, "could not remove orphaned scratch"),
+            Err(e) => {
+                warn!(path = %entry.path().display(), error = %e, "could not remove orphaned scratch")
+            }
         }
     }
     removed
@@ -781,18 +841,21 @@ pub fn sweep_orphaned_scratch(temp_dir: &std::path::Path) -> usize {
 /// zombie, killed but not yet reaped by its parent, counts as gone; elsewhere assume it
 /// runs, so nothing of a live process is ever removed).
 fn process_alive(pid: u32) -> bool {
-    let proc_root = std::path::Path::new("/proc");
+    let proc_root = Path::new("/proc");
     if !proc_root.join("self").exists() {
         return true;
     }
     match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
         // "pid (comm) state …"; comm may contain spaces and parentheses.
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_none_or(|state| state != "Z" && state != "X"),
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
 }
 
-async fn remove_dir_quietly(path: &PathBuf) {
+async fn remove_dir_quietly(path: &Path) {
     if let Err(e) = tokio::fs::remove_dir_all(path).await {
         if e.kind() != std::io::ErrorKind::NotFound {
             warn!(path = %path.display(), error = %e, "could not remove scratch dir");

@@ -1,5 +1,5 @@
-//! `reel-stitch`: the stitch stage as a program (pull or push mode; see `reel-program`).
+//! `reel-stitch`: the stitch stage as a program (pull or push mode; see reel-program).
 
 fn main() -> std::process::ExitCode {
-    reel_program::main(std::sync::Arc::new(reel_stitch::Stitch))
+    reel_program::main::<reel_stitch::Stitch>()
 }

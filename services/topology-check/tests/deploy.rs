@@ -90,7 +90,10 @@ fn every_program_has_a_multi_stage_non_root_dockerfile() {
         assert_eq!(froms.len(), 2, "{program}: a builder and a runtime stage");
         assert!(froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS build"), "{program}: {}", froms[0]);
         assert_eq!(froms[1], "FROM debian:bookworm-slim", "{program}");
-        assert!(text.contains(&format!("cargo build --release --locked -p reel-{program} --bin reel-{program}")), "{program}");
+        assert!(
+            text.contains(&format!("cargo build --release --locked -p reel-{program} --bin reel-{program}")),
+            "{program}"
+        );
         assert!(text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/reel-{program}\"]")), "{program}");
         let user = text.lines().rfind(|l| l.starts_with("USER ")).unwrap_or_else(|| panic!("{program}: no USER"));
         assert!(!user.contains("root") && !user.starts_with("USER 0"), "{program} runs as {user}");
@@ -101,14 +104,19 @@ fn every_program_has_a_multi_stage_non_root_dockerfile() {
         assert_eq!(installs_ffmpeg, wants_ffmpeg, "{program}: ffmpeg installed = {installs_ffmpeg}");
         let ignore = root.join(format!("docker/reel-{program}.Dockerfile.dockerignore"));
         let ignored = std::fs::read_to_string(&ignore).unwrap_or_else(|e| panic!("{}: {e}", ignore.display()));
-        assert!(ignored.lines().any(|l| l.trim() == "target/"), "{program}: target/ must stay out of the build context");
+        assert!(
+            ignored.lines().any(|l| l.trim() == "target/"),
+            "{program}: target/ must stay out of the build context"
+        );
     }
 }
 
 #[test]
 fn the_deploy_script_passes_shellcheck() {
     match Command::new("shellcheck").arg(repo_root().join("scripts/deploy.sh")).output() {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => eprintln!("SKIPPED shellcheck: not installed"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("SKIPPED shellcheck: not installed")
+        }
         Err(e) => panic!("running shellcheck: {e}"),
         Ok(out) => assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout)),
     }

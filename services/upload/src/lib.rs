@@ -8,13 +8,20 @@
 use async_trait::async_trait;
 use reel_events::payload::{ReelStitched, ReelUploaded};
 use reel_events::{types, ErrorType, Event, Stage};
-use reel_runtime::stage::{check_job_location, decode_payload, store_failure, Context, Failure, Handler, Outcome};
+use reel_runtime::config::Settings;
+use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{crc32c_base64, ObjectMeta, PutMode, StoreError};
 use tracing::info;
 
 /// The upload stage.
 #[derive(Debug, Default)]
 pub struct Upload;
+
+impl FromSettings for Upload {
+    fn from_settings(_: &Settings) -> Upload {
+        Upload
+    }
+}
 
 #[async_trait]
 impl Handler for Upload {
@@ -38,15 +45,16 @@ impl Handler for Upload {
             };
             Outcome::Emit(vec![ctx.event(event, types::REEL_UPLOADED, job.retry_attempt, &data)])
         };
-        let matches = |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
+        let matches =
+            |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
 
-        let location = match check_job_location(&ctx.settings, "outputPath", &job.output_path, &job.project_id) {
+        let location = match ctx.boundary.check("outputPath", &job.output_path, &job.project_id) {
             Ok(l) => l,
             Err(f) => return Outcome::Reject(f),
         };
         let (store, key) = match ctx.resolver.resolve(&location) {
             Ok(x) => x,
-            Err(e) => return store_failure("opening the output location", &e),
+            Err(e) => return Outcome::failed("opening the output location", &e),
         };
         match store.head(&key).await {
             Ok(Some(meta)) if matches(&meta) => {
@@ -56,11 +64,14 @@ impl Handler for Upload {
             Ok(Some(_)) if !job.force_restart => {
                 return Outcome::Reject(Failure::new(
                     ErrorType::InvalidRequest,
-                    format!("{} already exists and is a different file; choose another outputPath or send forceRestart", job.output_path),
+                    format!(
+                        "{} already exists and is a different file; choose another outputPath or send forceRestart",
+                        job.output_path
+                    ),
                 ))
             }
             Ok(_) => {}
-            Err(e) => return store_failure("checking the output location", &e),
+            Err(e) => return Outcome::failed("checking the output location", &e),
         }
         let mode = if job.force_restart { PutMode::Overwrite } else { PutMode::CreateOnly };
         ctx.progress.report(5.0);
@@ -69,7 +80,7 @@ impl Handler for Upload {
             (Some(src), Some(dest)) if mode == PutMode::CreateOnly && link(&src, &dest).await => store.head(&key).await,
             _ => match ctx.work.get(&input.work_key).await {
                 Ok(body) => store.put(&key, body, mode).await.map(Some),
-                Err(e) => return store_failure("reading the reel from the workspace", &e),
+                Err(e) => return Outcome::failed("reading the reel from the workspace", &e),
             },
         };
         let meta = match written {
@@ -79,10 +90,15 @@ impl Handler for Upload {
                 // Another delivery won the race; verify what it wrote.
                 match store.head(&key).await {
                     Ok(Some(meta)) if matches(&meta) => return emit(),
-                    _ => return Outcome::Reject(Failure::new(ErrorType::InvalidRequest, format!("{} was written by someone else meanwhile", job.output_path))),
+                    _ => {
+                        return Outcome::Reject(Failure::new(
+                            ErrorType::InvalidRequest,
+                            format!("{} was written by someone else meanwhile", job.output_path),
+                        ))
+                    }
                 }
             }
-            Err(e) => return store_failure(&format!("writing {}", job.output_path), &e),
+            Err(e) => return Outcome::failed(&format!("writing {}", job.output_path), &e),
         };
         if !matches(&meta) {
             let _ = store.delete(&key).await;

@@ -1,5 +1,5 @@
-//! `reel-upload`: the upload stage as a program (pull or push mode; see `reel-program`).
+//! `reel-upload`: the upload stage as a program (pull or push mode; see reel-program).
 
 fn main() -> std::process::ExitCode {
-    reel_program::main(std::sync::Arc::new(reel_upload::Upload))
+    reel_program::main::<reel_upload::Upload>()
 }

@@ -10,9 +10,10 @@ use chrono::Utc;
 use reel_events::binding::STORAGE_OBJECT_FINALIZED;
 use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
+use reel_runtime::config::{Settings, ValidateConfig};
 use reel_runtime::location::Location;
 use reel_runtime::lock;
-use reel_runtime::stage::{check_job_location, completed_marker_key, store_failure, valid_id, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{job_completed, valid_id, Context, Failure, FromSettings, Handler, LateDelivery, Outcome};
 use reel_runtime::store::StoreError;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -21,13 +22,42 @@ use tokio::io::AsyncReadExt;
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
 /// The validate stage.
-#[derive(Debug, Default)]
-pub struct Validate;
+#[derive(Debug, Clone)]
+pub struct Validate {
+    config: ValidateConfig,
+    /// How long an accepted job has (`JOB_TIMEOUT_MINUTES`).
+    job_timeout: chrono::Duration,
+}
+
+impl Validate {
+    /// A validate stage with its settings and the job timeout.
+    pub fn new(config: ValidateConfig, job_timeout: chrono::Duration) -> Validate {
+        Validate { config, job_timeout }
+    }
+}
+
+impl Default for Validate {
+    fn default() -> Validate {
+        Validate::from_settings(&Settings::default())
+    }
+}
+
+impl FromSettings for Validate {
+    fn from_settings(settings: &Settings) -> Validate {
+        Validate::new(settings.validate.clone(), settings.job_timeout())
+    }
+}
 
 #[async_trait]
 impl Handler for Validate {
     fn stage(&self) -> Stage {
         Stage::Validate
+    }
+
+    /// Requests may carry no job id (validate derives one) and may force a restart of a
+    /// completed job: validate checks completion itself.
+    fn on_completed_job(&self) -> LateDelivery {
+        LateDelivery::Handle
     }
 
     fn accepts(&self) -> Vec<&'static str> {
@@ -72,12 +102,12 @@ impl Handler for Validate {
                 }
             };
             job.job_id = job_id.clone();
-            return attribute(validate_request(ctx, event, &job_id, data, None).await, job);
+            return attribute(self.validate_request(ctx, event, &job_id, data, None).await, job);
         }
         if event.ty() != STORAGE_OBJECT_FINALIZED {
             return Outcome::Skip(format!("storage event {} does not start jobs", event.ty()));
         }
-        manifest(ctx, event).await
+        self.manifest(ctx, event).await
     }
 }
 
@@ -104,72 +134,6 @@ pub fn traceparent_for(job_id: &str, retry_attempt: u32) -> String {
     format!("00-{}-{}-01", &hex[..32], &hex[32..48])
 }
 
-
-/// Handle a manifest upload: `manifests/{projectId}/*.json` in the bucket.
-async fn manifest(ctx: &Context, event: &Event) -> Outcome {
-    let data = envelope::data_json(event).unwrap_or_default();
-    let bucket = data.get("bucket").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let name = data.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_string();
-    let generation = match data.get("generation") {
-        Some(serde_json::Value::String(s)) => s.clone(),
-        Some(v) => v.to_string(),
-        None => String::new(),
-    };
-    let Some(rest) = name.strip_prefix("manifests/") else {
-        return Outcome::Skip(format!("object {name} is not a manifest"));
-    };
-    let Some((project_from_path, file)) = rest.split_once('/') else {
-        return Outcome::Skip(format!("object {name} is not under manifests/{{projectId}}/"));
-    };
-    if !file.ends_with(".json") || file.contains('/') || project_from_path.is_empty() {
-        return Outcome::Skip(format!("object {name} is not a manifests/{{projectId}}/*.json manifest"));
-    }
-    let job_id = derived_job_id(&[&bucket, &name, &generation]);
-    let location = Location::Gcs { bucket: bucket.clone(), key: name.clone() };
-    let (store, key) = match ctx.resolver.resolve(&location) {
-        Ok(x) => x,
-        Err(e) => return store_failure(&format!("cannot open gs://{bucket}"), &e),
-    };
-    let mut body = Vec::new();
-    match store.get(&key).await {
-        Ok(reader) => {
-            let mut limited = reader.take(MAX_MANIFEST_BYTES + 1);
-            if let Err(e) = limited.read_to_end(&mut body).await {
-                return store_failure(&format!("cannot read manifest gs://{bucket}/{name}"), &StoreError::Transient(e.to_string()));
-            }
-        }
-        Err(StoreError::NotFound(_)) => return Outcome::Skip(format!("manifest gs://{bucket}/{name} is gone")),
-        Err(e) => return store_failure(&format!("cannot read manifest gs://{bucket}/{name}"), &e),
-    }
-    let failed = |message: String| {
-        // The failure must be attributable: fold it under the derived job id.
-        Outcome::Reject(Failure::new(ErrorType::InvalidRequest, message))
-    };
-    if body.len() as u64 > MAX_MANIFEST_BYTES {
-        return with_job(failed(format!("manifest gs://{bucket}/{name} is larger than {MAX_MANIFEST_BYTES} bytes")), &job_id, project_from_path);
-    }
-    let value: serde_json::Value = match serde_json::from_slice(&body) {
-        Ok(v) => v,
-        Err(e) => return with_job(failed(format!("manifest gs://{bucket}/{name} is not valid JSON: {e}")), &job_id, project_from_path),
-    };
-    if let Some(project) = value.get("projectId").and_then(|v| v.as_str()) {
-        if project != project_from_path {
-            return with_job(
-                Outcome::Reject(Failure::new(
-                    ErrorType::PermissionDenied,
-                    format!("manifest under manifests/{project_from_path}/ asks for project {project:?}; a manifest may only request jobs for its own project"),
-                )),
-                &job_id,
-                project_from_path,
-            );
-        }
-    }
-    let mut job = JobRef::from_data(&value, None);
-    job.job_id = job_id.clone();
-    job.project_id = project_from_path.to_string();
-    attribute(validate_request(ctx, event, &job_id, value, Some(project_from_path.to_string())).await, job)
-}
-
 /// The worker attributes failures to the job of the incoming event; a manifest event's
 /// job id is derived here, so carry it in the failure message's context.
 fn with_job(outcome: Outcome, job_id: &str, project: &str) -> Outcome {
@@ -184,121 +148,216 @@ fn attribute(outcome: Outcome, job: JobRef) -> Outcome {
     }
 }
 
-async fn validate_request(
-    ctx: &Context,
-    event: &Event,
-    job_id: &str,
-    mut data: serde_json::Value,
-    project_from_manifest: Option<String>,
-) -> Outcome {
-    if !valid_id(job_id) {
-        return reject(ErrorType::InvalidRequest, format!("jobId {job_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - ."));
-    }
-    if let (Some(project), Some(map)) = (&project_from_manifest, data.as_object_mut()) {
-        map.entry("projectId").or_insert_with(|| project.clone().into());
-    }
-    let request: StitchRequested = match serde_json::from_value(data.clone()) {
-        Ok(r) => r,
-        Err(e) => {
-            let message = format!("invalid stitch.requested: {e}");
-            // Fewer than two clips is its own error type even when the rest is fine.
-            let clips = data.get("clipPaths").and_then(|v| v.as_array()).map(|a| a.len());
-            if clips.is_some_and(|n| n < 2) && e.to_string().contains("clipPaths") {
-                return reject(ErrorType::InsufficientClips, message);
+impl Validate {
+    /// Handle a manifest upload: `manifests/{projectId}/*.json` in the bucket.
+    async fn manifest(&self, ctx: &Context, event: &Event) -> Outcome {
+        let data = envelope::data_json(event).unwrap_or_default();
+        let bucket = data.get("bucket").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let name = data.get("name").and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        let generation = match data.get("generation") {
+            Some(serde_json::Value::String(s)) => s.clone(),
+            Some(v) => v.to_string(),
+            None => String::new(),
+        };
+        let Some(rest) = name.strip_prefix("manifests/") else {
+            return Outcome::Skip(format!("object {name} is not a manifest"));
+        };
+        let Some((project_from_path, file)) = rest.split_once('/') else {
+            return Outcome::Skip(format!("object {name} is not under manifests/{{projectId}}/"));
+        };
+        if !file.ends_with(".json") || file.contains('/') || project_from_path.is_empty() {
+            return Outcome::Skip(format!("object {name} is not a manifests/{{projectId}}/*.json manifest"));
+        }
+        let job_id = derived_job_id(&[&bucket, &name, &generation]);
+        let location = Location::Gcs { bucket: bucket.clone(), key: name.clone() };
+        let (store, key) = match ctx.resolver.resolve(&location) {
+            Ok(x) => x,
+            Err(e) => return Outcome::failed(&format!("cannot open gs://{bucket}"), &e),
+        };
+        let mut body = Vec::new();
+        match store.get(&key).await {
+            Ok(reader) => {
+                let mut limited = reader.take(MAX_MANIFEST_BYTES + 1);
+                if let Err(e) = limited.read_to_end(&mut body).await {
+                    return Outcome::failed(
+                        &format!("cannot read manifest gs://{bucket}/{name}"),
+                        &StoreError::Transient(e.to_string()),
+                    );
+                }
             }
-            return reject(ErrorType::InvalidRequest, message);
+            Err(StoreError::NotFound(_)) => return Outcome::Skip(format!("manifest gs://{bucket}/{name} is gone")),
+            Err(e) => return Outcome::failed(&format!("cannot read manifest gs://{bucket}/{name}"), &e),
         }
-    };
-    if let Some(outcome) = check_request(ctx, &request) {
-        return outcome;
-    }
-    if !request.force_restart.unwrap_or(false) {
-        match ctx.work.head(&completed_marker_key(job_id)).await {
-            Ok(Some(_)) => return Outcome::Skip(format!("job {job_id} already completed; send forceRestart to redo it")),
-            Ok(None) => {}
-            Err(e) => return store_failure("cannot check for an earlier completion", &e),
+        let failed = |message: String| {
+            // The failure must be attributable: fold it under the derived job id.
+            Outcome::Reject(Failure::new(ErrorType::InvalidRequest, message))
+        };
+        if body.len() as u64 > MAX_MANIFEST_BYTES {
+            return with_job(
+                failed(format!("manifest gs://{bucket}/{name} is larger than {MAX_MANIFEST_BYTES} bytes")),
+                &job_id,
+                project_from_path,
+            );
         }
-    }
-    let accepted_at = Utc::now();
-    let spec = JobSpec {
-        job_id: job_id.to_string(),
-        project_id: request.project_id.clone(),
-        user_id: request.user_id.clone(),
-        clip_paths: request.clip_paths.clone(),
-        output_path: request.output_path.clone(),
-        orientation: request.orientation,
-        compression: request.compression,
-        retry_attempt: request.retry_attempt.unwrap_or(0),
-        force_restart: request.force_restart.unwrap_or(false),
-        accepted_at,
-        deadline: accepted_at + chrono::Duration::minutes(ctx.settings.job_timeout_minutes as i64),
-    };
-    if ctx.settings.project_lock {
-        // One active job per project, atomically; the lock outlives the job's deadline a
-        // little so a crashed job cannot hold the project forever.
-        let expires = spec.deadline + chrono::Duration::minutes(5);
-        match lock::acquire(ctx.work.as_ref(), &spec.project_id, job_id, expires, spec.force_restart).await {
-            Ok(lock::Acquire::Acquired) => {}
-            Ok(lock::Acquire::Held(other)) => {
-                return reject(
-                    ErrorType::JobAlreadyRunning,
-                    format!(
-                        "project {} already has job {} running (until {} at the latest); wait, cancel it, or send forceRestart",
-                        spec.project_id, other.job_id, other.expires_at
-                    ),
+        let value: serde_json::Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(e) => {
+                return with_job(
+                    failed(format!("manifest gs://{bucket}/{name} is not valid JSON: {e}")),
+                    &job_id,
+                    project_from_path,
                 )
             }
-            Err(e) => return store_failure("taking the project lock", &e),
+        };
+        if let Some(project) = value.get("projectId").and_then(|v| v.as_str()) {
+            if project != project_from_path {
+                return with_job(
+                    Outcome::Reject(Failure::new(
+                        ErrorType::PermissionDenied,
+                        format!("manifest under manifests/{project_from_path}/ asks for project {project:?}; a manifest may only request jobs for its own project"),
+                    )),
+                    &job_id,
+                    project_from_path,
+                );
+            }
         }
+        let mut job = JobRef::from_data(&value, None);
+        job.job_id = job_id.clone();
+        job.project_id = project_from_path.to_string();
+        attribute(self.validate_request(ctx, event, &job_id, value, Some(project_from_path.to_string())).await, job)
     }
-    let retry_attempt = spec.retry_attempt;
-    let mut child = ctx.clone();
-    child.job.job_id = job_id.to_string();
-    let mut next = child.event(event, types::JOB_VALIDATED, retry_attempt, &JobValidated { job: spec });
-    if envelope::extension_str(&next, envelope::TRACEPARENT).is_none() {
-        // A job without a caller's trace starts its own: one job, one trace.
-        next.set_extension(envelope::TRACEPARENT, traceparent_for(job_id, retry_attempt));
-    }
-    Outcome::Emit(vec![next])
-}
 
-/// Every rule a request must pass; `None` when it passes.
-fn check_request(ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
-    if request.project_id.trim().is_empty() || !valid_id(&request.project_id) {
-        return Some(reject(ErrorType::InvalidRequest, format!("projectId {:?} must be 1-128 characters of A-Z a-z 0-9 _ - .", request.project_id)));
-    }
-    if request.user_id.trim().is_empty() {
-        return Some(reject(ErrorType::InvalidRequest, "userId is required"));
-    }
-    if request.clip_paths.len() < 2 {
-        return Some(reject(
-            ErrorType::InsufficientClips,
-            format!("a reel needs at least 2 clips; the request has {}", request.clip_paths.len()),
-        ));
-    }
-    let max = ctx.settings.max_clips;
-    if request.clip_paths.len() > max {
-        return Some(reject(ErrorType::InvalidRequest, format!("{} clips requested; the limit is {max}", request.clip_paths.len())));
-    }
-    let check = |what: &str, raw: &str| -> Result<Location, Outcome> {
-        check_job_location(&ctx.settings, what, raw, &request.project_id).map_err(Outcome::Reject)
-    };
-    for (i, raw) in request.clip_paths.iter().enumerate() {
-        if let Err(outcome) = check(&format!("clip {}", i + 1), raw) {
-            return Some(outcome);
+    async fn validate_request(
+        &self,
+        ctx: &Context,
+        event: &Event,
+        job_id: &str,
+        mut data: serde_json::Value,
+        project_from_manifest: Option<String>,
+    ) -> Outcome {
+        if !valid_id(job_id) {
+            return reject(
+                ErrorType::InvalidRequest,
+                format!("jobId {job_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - ."),
+            );
         }
-    }
-    match check("outputPath", &request.output_path) {
-        Err(outcome) => return Some(outcome),
-        Ok(output) => {
-            let ext = output.extension().unwrap_or_default();
-            if !matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
-                return Some(reject(ErrorType::InvalidRequest, format!("outputPath {:?} must end in .mp4 (reels are MP4)", request.output_path)));
+        if let (Some(project), Some(map)) = (&project_from_manifest, data.as_object_mut()) {
+            map.entry("projectId").or_insert_with(|| project.clone().into());
+        }
+        let request: StitchRequested = match serde_json::from_value(data.clone()) {
+            Ok(r) => r,
+            Err(e) => {
+                let message = format!("invalid stitch.requested: {e}");
+                // Fewer than two clips is its own error type even when the rest is fine.
+                let clips = data.get("clipPaths").and_then(|v| v.as_array()).map(|a| a.len());
+                if clips.is_some_and(|n| n < 2) && e.to_string().contains("clipPaths") {
+                    return reject(ErrorType::InsufficientClips, message);
+                }
+                return reject(ErrorType::InvalidRequest, message);
             }
-            if request.clip_paths.iter().any(|c| Location::parse(c, None).ok().as_ref() == Some(&output)) {
-                return Some(reject(ErrorType::InvalidRequest, "outputPath must not be one of the clips"));
+        };
+        if let Some(outcome) = self.check_request(ctx, &request) {
+            return outcome;
+        }
+        if !request.force_restart.unwrap_or(false) {
+            match job_completed(ctx.work.as_ref(), job_id).await {
+                Ok(true) => {
+                    return Outcome::Skip(format!("job {job_id} already completed; send forceRestart to redo it"))
+                }
+                Ok(false) => {}
+                Err(e) => return Outcome::failed("cannot check for an earlier completion", &e),
             }
         }
+        let accepted_at = Utc::now();
+        let spec = JobSpec {
+            job_id: job_id.to_string(),
+            project_id: request.project_id.clone(),
+            user_id: request.user_id.clone(),
+            clip_paths: request.clip_paths.clone(),
+            output_path: request.output_path.clone(),
+            orientation: request.orientation,
+            compression: request.compression,
+            retry_attempt: request.retry_attempt.unwrap_or(0),
+            force_restart: request.force_restart.unwrap_or(false),
+            accepted_at,
+            deadline: accepted_at + self.job_timeout,
+        };
+        if self.config.project_lock {
+            // One active job per project, atomically; the lock outlives the job's deadline a
+            // little so a crashed job cannot hold the project forever.
+            let expires = spec.deadline + chrono::Duration::minutes(5);
+            match lock::acquire(ctx.work.as_ref(), &spec.project_id, job_id, expires, spec.force_restart).await {
+                Ok(lock::Acquire::Acquired) => {}
+                Ok(lock::Acquire::Held(other)) => {
+                    return reject(
+                        ErrorType::JobAlreadyRunning,
+                        format!(
+                            "project {} already has job {} running (until {} at the latest); wait, cancel it, or send forceRestart",
+                            spec.project_id, other.job_id, other.expires_at
+                        ),
+                    )
+                }
+                Err(e) => return Outcome::failed("taking the project lock", &e),
+            }
+        }
+        let retry_attempt = spec.retry_attempt;
+        let mut child = ctx.clone();
+        child.job.job_id = job_id.to_string();
+        let mut next = child.event(event, types::JOB_VALIDATED, retry_attempt, &JobValidated { job: spec });
+        if envelope::extension_str(&next, envelope::TRACEPARENT).is_none() {
+            // A job without a caller's trace starts its own: one job, one trace.
+            next.set_extension(envelope::TRACEPARENT, traceparent_for(job_id, retry_attempt));
+        }
+        Outcome::Emit(vec![next])
     }
-    None
+
+    /// Every rule a request must pass; `None` when it passes.
+    fn check_request(&self, ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
+        if request.project_id.trim().is_empty() || !valid_id(&request.project_id) {
+            return Some(reject(
+                ErrorType::InvalidRequest,
+                format!("projectId {:?} must be 1-128 characters of A-Z a-z 0-9 _ - .", request.project_id),
+            ));
+        }
+        if request.user_id.trim().is_empty() {
+            return Some(reject(ErrorType::InvalidRequest, "userId is required"));
+        }
+        if request.clip_paths.len() < 2 {
+            return Some(reject(
+                ErrorType::InsufficientClips,
+                format!("a reel needs at least 2 clips; the request has {}", request.clip_paths.len()),
+            ));
+        }
+        let max = self.config.max_clips;
+        if request.clip_paths.len() > max {
+            return Some(reject(
+                ErrorType::InvalidRequest,
+                format!("{} clips requested; the limit is {max}", request.clip_paths.len()),
+            ));
+        }
+        let check = |what: &str, raw: &str| -> Result<Location, Outcome> {
+            ctx.boundary.check(what, raw, &request.project_id).map_err(Outcome::Reject)
+        };
+        for (i, raw) in request.clip_paths.iter().enumerate() {
+            if let Err(outcome) = check(&format!("clip {}", i + 1), raw) {
+                return Some(outcome);
+            }
+        }
+        match check("outputPath", &request.output_path) {
+            Err(outcome) => return Some(outcome),
+            Ok(output) => {
+                let ext = output.extension().unwrap_or_default();
+                if !matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
+                    return Some(reject(
+                        ErrorType::InvalidRequest,
+                        format!("outputPath {:?} must end in .mp4 (reels are MP4)", request.output_path),
+                    ));
+                }
+                if request.clip_paths.iter().any(|c| Location::parse(c, None).ok().as_ref() == Some(&output)) {
+                    return Some(reject(ErrorType::InvalidRequest, "outputPath must not be one of the clips"));
+                }
+            }
+        }
+        None
+    }
 }

@@ -1,5 +1,5 @@
-//! `reel-validate`: the validate stage as a program (pull or push mode; see `reel-program`).
+//! `reel-validate`: the validate stage as a program (pull or push mode; see reel-program).
 
 fn main() -> std::process::ExitCode {
-    reel_program::main(std::sync::Arc::new(reel_validate::Validate))
+    reel_program::main::<reel_validate::Validate>()
 }

@@ -5,7 +5,7 @@ use reel_events::payload::{JobRef, JobValidated};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Stage};
 use reel_runtime::embedded::DirStore;
 use reel_runtime::local::LocalResolver;
-use reel_runtime::stage::{Context, Handler, Outcome};
+use reel_runtime::stage::{Context, FromSettings, Handler, Outcome};
 use reel_runtime::Settings;
 use std::sync::Arc;
 
@@ -31,12 +31,12 @@ async fn run(f: &Fixture, data: serde_json::Value) -> Outcome {
     let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), &job_id, Utc::now(), &data).unwrap();
     let ctx = Context::standalone(
         Stage::Validate,
-        f.settings.clone(),
+        f.settings.boundary(),
         f.work.clone(),
         Arc::new(LocalResolver::new()),
         JobRef::from_data(&data, None),
     );
-    reel_validate::Validate.handle(&ctx, &event).await
+    reel_validate::Validate::from_settings(&f.settings).handle(&ctx, &event).await
 }
 
 fn uuid() -> String {
@@ -79,8 +79,14 @@ async fn each_rule_names_its_error_type() {
         (request("p1", &["gs://clips/a.mp4"], "gs://clips/o.mp4"), ErrorType::InsufficientClips),
         (request("p1", &[], "gs://clips/o.mp4"), ErrorType::InsufficientClips),
         (request("p1", &["gs://clips/a.mp4", "http://evil/b.mp4"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
-        (request("p1", &["gs://clips/a.mp4", "concat:gs://clips/a.mp4|x"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
-        (request("p1", &["gs://clips/a.mp4", "gs://clips/../etc/b.mp4"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
+        (
+            request("p1", &["gs://clips/a.mp4", "concat:gs://clips/a.mp4|x"], "gs://clips/o.mp4"),
+            ErrorType::InvalidRequest,
+        ),
+        (
+            request("p1", &["gs://clips/a.mp4", "gs://clips/../etc/b.mp4"], "gs://clips/o.mp4"),
+            ErrorType::InvalidRequest,
+        ),
         (request("p1", &["gs://clips/a.mp4", "gs://other/b.mp4"], "gs://clips/o.mp4"), ErrorType::PermissionDenied),
         (request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://other/o.mp4"), ErrorType::PermissionDenied),
         (request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.gif"), ErrorType::InvalidRequest),
@@ -93,7 +99,7 @@ async fn each_rule_names_its_error_type() {
         assert!(job.is_some_and(|j| j.job_id.starts_with("job_")), "failure is attributed to a job");
     }
     // The clip count limit (REEL_MAX_CLIPS, 100 by default): one more is refused.
-    let many: Vec<String> = (0..=f.settings.max_clips).map(|i| format!("gs://clips/{i}.mp4")).collect();
+    let many: Vec<String> = (0..=f.settings.validate.max_clips).map(|i| format!("gs://clips/{i}.mp4")).collect();
     let many: Vec<&str> = many.iter().map(String::as_str).collect();
     let (got, message, _) = failure(run(&f, request("p1", &many, "gs://clips/o.mp4")).await);
     assert_eq!(got, ErrorType::InvalidRequest);
@@ -141,7 +147,11 @@ async fn one_active_job_per_project() {
 #[tokio::test]
 async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
     let f = fixture(&["gs://uploads/projects/{projectId}"]);
-    let own = request("p1", &["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"], "gs://uploads/projects/p1/out.mp4");
+    let own = request(
+        "p1",
+        &["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"],
+        "gs://uploads/projects/p1/out.mp4",
+    );
     assert!(matches!(run(&f, own).await, Outcome::Emit(_)));
     for (clips, output) in [
         (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p2/b.mp4"], "gs://uploads/projects/p1/out.mp4"),
@@ -178,12 +188,24 @@ async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
 #[tokio::test]
 async fn an_invalid_job_id_fails_under_a_derived_id() {
     let f = fixture(&["gs://clips"]);
-    for bad in [serde_json::json!(12345), serde_json::json!("p/slash"), serde_json::json!("x".repeat(10_000)), serde_json::json!("p_\u{1b}[31m\r\n")] {
+    for bad in [
+        serde_json::json!(12345),
+        serde_json::json!("p/slash"),
+        serde_json::json!("x".repeat(10_000)),
+        serde_json::json!("p_\u{1b}[31m\r\n"),
+    ] {
         let mut data = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
         data["jobId"] = bad.clone();
         let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), "subject", Utc::now(), &data).unwrap();
-        let ctx = Context::standalone(Stage::Validate, f.settings.clone(), f.work.clone(), Arc::new(LocalResolver::new()), JobRef::default());
-        let (got, message, job) = failure(reel_validate::Validate.handle(&ctx, &event).await);
+        let ctx = Context::standalone(
+            Stage::Validate,
+            f.settings.boundary(),
+            f.work.clone(),
+            Arc::new(LocalResolver::new()),
+            JobRef::default(),
+        );
+        let (got, message, job) =
+            failure(reel_validate::Validate::from_settings(&f.settings).handle(&ctx, &event).await);
         assert_eq!(got, ErrorType::InvalidRequest, "{bad}: {message}");
         let job = job.expect("the failure names a job");
         assert!(job.job_id.starts_with("job_") && job.job_id.len() < 40, "derived id: {}", job.job_id);

@@ -297,16 +297,20 @@ impl EmbeddedBus {
         let publish_time = Utc::now();
         if let Some(log) = self.logs.get(topic) {
             let record = LoggedMessage { message_id: message_id.clone(), publish_time, message };
-            log.append(&record).map_err(|e| {
-                BusError::Transient(format!("appending to event log {}: {e}", log.path().display()))
-            })?;
+            log.append(&record)
+                .map_err(|e| BusError::Transient(format!("appending to event log {}: {e}", log.path().display())))?;
             return Ok(self.enqueue(topic, message_id, record.message, publish_time));
         }
         Ok(self.enqueue(topic, message_id, message, publish_time))
     }
 
     fn enqueue(&self, topic: &str, message_id: String, message: Message, publish_time: DateTime<Utc>) -> String {
-        let pending = Pending { message_id: Arc::from(message_id.as_str()), message: Arc::new(message), publish_time, attempts: 0 };
+        let pending = Pending {
+            message_id: Arc::from(message_id.as_str()),
+            message: Arc::new(message),
+            publish_time,
+            attempts: 0,
+        };
         let mut notifies = Vec::new();
         {
             let mut state = self.lock();
@@ -330,9 +334,7 @@ impl EmbeddedBus {
         for Forward { subscription, topic, pending } in forwards {
             let mut message = (*pending.message).clone();
             message.attributes.insert(ATTR_DEAD_LETTER_SOURCE_SUBSCRIPTION.to_string(), subscription.clone());
-            message
-                .attributes
-                .insert(ATTR_DEAD_LETTER_SOURCE_DELIVERY_COUNT.to_string(), pending.attempts.to_string());
+            message.attributes.insert(ATTR_DEAD_LETTER_SOURCE_DELIVERY_COUNT.to_string(), pending.attempts.to_string());
             message.attributes.insert(
                 ATTR_DEAD_LETTER_SOURCE_TOPIC_PUBLISH_TIME.to_string(),
                 pending.publish_time.to_rfc3339_opts(SecondsFormat::AutoSi, true),
@@ -458,7 +460,9 @@ impl Bus for EmbeddedBus {
                 sub.sweep(now, topics, &mut forwards);
                 let mut deliveries = Vec::new();
                 while deliveries.len() < max {
-                    let Some(pending) = sub.ready.pop_front() else { break };
+                    let Some(pending) = sub.ready.pop_front() else {
+                        break;
+                    };
                     if let Some(topic) = sub.dead_letter_for(&pending, topics) {
                         forwards.push(Forward { subscription: sub.spec.name.clone(), topic, pending });
                         continue;
@@ -503,13 +507,15 @@ impl Bus for EmbeddedBus {
         if seconds == 0 {
             return self.settle(subscription, ack_id, true);
         }
-        self.with_sub(subscription, |sub, now, _, _, _| match sub.leased.get_mut(ack_id) {
-            Some(lease) => {
-                lease.deadline = now + Duration::from_secs(u64::from(seconds));
-                // Receivers sleeping until the old deadline recompute their wake-up.
-                (Ok(()), true)
+        self.with_sub(subscription, |sub, now, _, _, _| {
+            match sub.leased.get_mut(ack_id) {
+                Some(lease) => {
+                    lease.deadline = now + Duration::from_secs(u64::from(seconds));
+                    // Receivers sleeping until the old deadline recompute their wake-up.
+                    (Ok(()), true)
+                }
+                None => (Err(BusError::InvalidAckId(ack_id.to_string())), false),
             }
-            None => (Err(BusError::InvalidAckId(ack_id.to_string())), false),
         })?
     }
 
