@@ -125,9 +125,13 @@ enum Command {
 enum DlqCommand {
     /// Peek at the dead letters of STAGE: job, event type, attempts, errorType, reason, age.
     List {
+        /// The stage whose dead-letter queue to read.
+        #[arg(value_name = "STAGE", value_parser = stage_value())]
         stage: reel_events::Stage,
-        #[arg(long, default_value_t = 100)]
+        /// Show at most N letters.
+        #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
+        /// Print one JSON object per letter instead of a table.
         #[arg(long)]
         json: bool,
         /// The local queue ($REEL_HOME) even when cloud settings are present.
@@ -136,26 +140,44 @@ enum DlqCommand {
     },
     /// Send dead letters back to STAGE; each is removed only after its republish is confirmed.
     Replay {
+        /// The stage whose dead letters to send back to it.
+        #[arg(value_name = "STAGE", value_parser = stage_value())]
         stage: reel_events::Stage,
-        #[arg(long)]
+        /// Only the letters of this job.
+        #[arg(long, value_name = "JOB_ID")]
         job: Option<String>,
-        #[arg(long)]
+        /// Only letters that died with this errorType (e.g. resource_exhausted).
+        #[arg(long, value_name = "ERROR_TYPE")]
         error_type: Option<String>,
-        #[arg(long, default_value_t = usize::MAX)]
-        limit: usize,
+        /// Replay at most N letters (default: every one that matches).
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Say what would be replayed, and change nothing.
         #[arg(long)]
         dry_run: bool,
+        /// The local queue ($REEL_HOME) even when cloud settings are present.
         #[arg(long)]
         local: bool,
     },
     /// Drop the dead letters of one job.
     Purge {
+        /// The stage whose dead-letter queue to purge.
+        #[arg(value_name = "STAGE", value_parser = stage_value())]
         stage: reel_events::Stage,
-        #[arg(long, required = true)]
+        /// The job whose letters to drop.
+        #[arg(long, value_name = "JOB_ID", required = true)]
         job: String,
+        /// The local queue ($REEL_HOME) even when cloud settings are present.
         #[arg(long)]
         local: bool,
     },
+}
+
+/// STAGE's values, listed in `--help` and in the error for a wrong one.
+fn stage_value() -> impl clap::builder::TypedValueParser<Value = reel_events::Stage> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::PossibleValuesParser::new(reel_events::Stage::ALL.map(|s| s.as_str()))
+        .map(|s| s.parse::<reel_events::Stage>().expect("a listed stage parses"))
 }
 
 /// Cloud mode when the environment names a project or an emulator.
@@ -308,7 +330,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
             }
         }
         DlqCommand::Replay { stage, job, error_type, limit, dry_run, local } => {
-            let filter = cloud::Filter { job, error_type, limit };
+            let filter = cloud::Filter { job, error_type, limit: limit.unwrap_or(usize::MAX) };
             if cloud_configured() && !local {
                 cloud::dlq_replay(stage, filter, dry_run, false).await?;
             } else {
