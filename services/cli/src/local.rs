@@ -115,9 +115,8 @@ const WATCH_SUBSCRIPTION: &str = "reel-cli-watch";
 
 impl LocalPipeline {
     /// Start the five stages on the embedded bus.
-    pub async fn start(state: &Path) -> Result<LocalPipeline> {
+    pub async fn start(state: &Path, mut settings: Settings) -> Result<LocalPipeline> {
         std::fs::create_dir_all(state).with_context(|| format!("creating the state directory {}", state.display()))?;
-        let mut settings = Settings::load()?;
         settings.allowed_roots = vec!["/".into()];
         // Separate local runs may share the state dir; they are not one project's queue.
         settings.validate.project_lock = false;

@@ -9,6 +9,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::{Parser, Subcommand};
 use reel_events::fold::Status;
 use reel_events::{Compression, Orientation};
+use reel_runtime::config::{LogFormat, Settings};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -180,14 +181,32 @@ fn stage_value() -> impl clap::builder::TypedValueParser<Value = reel_events::St
         .map(|s| s.parse::<reel_events::Stage>().expect("a listed stage parses"))
 }
 
-/// Cloud mode when the environment names a project or an emulator.
+/// The settings, loaded once for the whole command.
+static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+
+fn settings() -> &'static Settings {
+    SETTINGS.get().expect("settings are loaded first in main")
+}
+
+/// Cloud mode when the settings name a project or an emulator.
 fn cloud_configured() -> bool {
-    std::env::var_os("PUBSUB_EMULATOR_HOST").is_some() || std::env::var_os("GOOGLE_CLOUD_PROJECT").is_some()
+    settings().pubsub_emulator_host.is_some() || settings().google_cloud_project.is_some()
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    // The CLI talks to people: only errors, readable, on stderr, unless LOG_LEVEL or
+    // REEL_LOG_FORMAT ask for more.
+    let defaults = Settings { log_level: "error".into(), log_format: LogFormat::Pretty, ..Settings::default() };
+    let loaded = match Settings::load_over(defaults) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    reel_runtime::telemetry::init(&loaded.log_level, loaded.log_format, loaded.google_cloud_project.as_deref());
+    let _ = SETTINGS.set(loaded);
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
@@ -196,15 +215,6 @@ fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
-}
-
-fn init_logging() {
-    // The CLI talks to people: quiet logs on stderr unless LOG_LEVEL asks for more.
-    let level = std::env::var("LOG_LEVEL").unwrap_or_else(|_| "error".into());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(level).unwrap_or_else(|_| "error".into()))
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
@@ -364,7 +374,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
                     println!("dry run: nothing changed");
                     return Ok(ExitCode::SUCCESS);
                 }
-                let mut pipeline = local::LocalPipeline::start(&state).await?;
+                let mut pipeline = local::LocalPipeline::start(&state, settings().clone()).await?;
                 let messages = replay.iter().map(|(_, m)| cloud::for_replay(&m.message)).collect();
                 // The republish is confirmed (in-process) before the queue file is rewritten.
                 let result = pipeline.replay(stage, messages, std::time::Duration::from_secs(900)).await;
@@ -466,9 +476,8 @@ async fn stitch(
 fn check_tools() -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let executable = |p: &Path| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
-    for (var, name) in [("REEL_FFMPEG", "ffmpeg"), ("REEL_FFPROBE", "ffprobe")] {
-        let program = std::env::var_os(var).filter(|v| !v.is_empty()).unwrap_or_else(|| name.into());
-        let program = Path::new(&program);
+    for program in [&settings().media.ffmpeg, &settings().media.ffprobe] {
+        let program = program.as_path();
         let found = if program.components().count() > 1 {
             executable(program)
         } else {
@@ -498,7 +507,7 @@ async fn guess_orientation(clips: &[PathBuf]) -> Orientation {
 
 async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
     let state_dir = local::state_dir();
-    let mut pipeline = local::LocalPipeline::start(&state_dir).await?;
+    let mut pipeline = local::LocalPipeline::start(&state_dir, settings().clone()).await?;
     let interrupt = CancellationToken::new();
     let on_signal = interrupt.clone();
     tokio::spawn(async move {

@@ -234,14 +234,27 @@ pub enum ConfigError {
 impl Settings {
     /// Defaults, then the file named by `REEL_CONFIG` (if any), then the environment.
     pub fn load() -> Result<Settings, ConfigError> {
+        Settings::load_over(Settings::default())
+    }
+
+    /// [`Settings::load`] over a program's own defaults (the `reel` command line logs
+    /// only errors, for people, unless told otherwise).
+    pub fn load_over(defaults: Settings) -> Result<Settings, ConfigError> {
         let vars: Vec<(String, String)> = std::env::vars().collect();
         let file = std::env::var_os(CONFIG_FILE_VARIABLE).map(PathBuf::from);
-        Settings::load_from(file.as_deref(), &vars)
+        Settings::load_layers(defaults, file.as_deref(), &vars)
     }
 
     /// [`Settings::load`] with explicit inputs (tests, tools).
     pub fn load_from(file: Option<&Path>, vars: &[(String, String)]) -> Result<Settings, ConfigError> {
-        let defaults = Settings::default();
+        Settings::load_layers(Settings::default(), file, vars)
+    }
+
+    fn load_layers(
+        defaults: Settings,
+        file: Option<&Path>,
+        vars: &[(String, String)],
+    ) -> Result<Settings, ConfigError> {
         let known = flatten_keys(&serde_json::to_value(&defaults).expect("settings serialize"));
         let mut builder = Config::builder().add_source(Config::try_from(&defaults).map_err(ConfigError::Type)?);
         // Which layer set each key last, for messages about values out of range.
