@@ -9,7 +9,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, JobValidated, SkippedClip, WorkClip};
 use reel_events::{types, ClipInfo, ErrorType, Event, Stage};
-use reel_media::MediaError;
+use reel_media::{Classify, MediaConfig, MediaError, ProbeLimits};
 use reel_runtime::stage::{check_job_location, decode_payload, store_failure, Context, Failure, Handler, Outcome};
 use reel_runtime::store::{self, PutMode, Store, StoreError};
 use std::path::{Path, PathBuf};
@@ -149,17 +149,17 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
             scratch
         }
     };
-    let info = match reel_media::probe(&probe_path).await {
+    // The probe refuses a clip beyond the bounds (frame size, frame rate, this stage's
+    // clip length) before anything decodes it; such a clip is skipped like a corrupt one.
+    let media = MediaConfig::default().set_limits(ProbeLimits::default().set_max_duration_seconds(ctx.settings.max_clip_seconds));
+    let info = match reel_media::probe(&media, &probe_path).await {
         Ok(info) => info,
         Err(MediaError::Corrupt { reason }) => {
             let _ = ctx.work.delete(&work_key).await;
             return Err(ClipError::Skip(format!("not a readable video ({reason})")));
         }
-        Err(e) if e.is_transient() => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, format!("probing {raw}: {e}")))))
-        }
-        Err(MediaError::NotInstalled(what)) => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::Internal, format!("{what} is not installed")))))
+        Err(e) if e.verdict().retryable => {
+            return Err(ClipError::Stop(Outcome::Retry(Failure::new(e.verdict().error_type, format!("probing {raw}: {e}")))))
         }
         Err(e) => {
             let _ = ctx.work.delete(&work_key).await;

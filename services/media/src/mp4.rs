@@ -69,8 +69,8 @@
 //!
 //! # Forcing ffprobe
 //!
-//! Set `REEL_NATIVE_PROBE=0` (or `false`, `off`, `no`) to skip this reader everywhere
-//! and use ffprobe, e.g. to rule it out when debugging.
+//! Set [`MediaConfig::native_probe`](crate::MediaConfig::native_probe) to `false` to
+//! skip this reader everywhere and use ffprobe, e.g. to rule it out when debugging.
 
 use crate::probe::{normalise_rotation, Fingerprint};
 use reel_events::{AudioInfo, ClipInfo, VideoInfo};
@@ -81,9 +81,6 @@ use std::path::Path;
 /// ffprobe's `format_name` for the QuickTime / ISO-BMFF demuxer.
 pub(crate) const MOV_FORMAT_NAME: &str = "mov,mp4,m4a,3gp,3g2,mj2";
 
-/// The variable that turns the native reader off (`0`, `false`, `off`, `no`).
-pub const NATIVE_PROBE_ENV: &str = "REEL_NATIVE_PROBE";
-
 const MAX_TOP_LEVEL_BOXES: u32 = 10_000;
 const MAX_CHILDREN: usize = 1_024;
 const MAX_BOXES: u32 = 50_000;
@@ -92,17 +89,6 @@ const MAX_STSD_BYTES: u64 = 1 << 20;
 const MAX_SMALL_BOX_READ: u64 = 256;
 /// `hvcC` arrays and NAL counts in one config, each.
 const MAX_PARAMETER_SETS: usize = 64;
-
-/// Whether the native reader is enabled (`REEL_NATIVE_PROBE` is not `0`/`false`/`off`/`no`).
-pub(crate) fn enabled() -> bool {
-    match std::env::var(NATIVE_PROBE_ENV) {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "false" | "off" | "no"
-        ),
-        Err(_) => true,
-    }
-}
 
 /// The native reader is not sure about a file; ask ffprobe. Holds the reason, for logs.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,12 +3,13 @@
 //! MP4/MOV (ISO-BMFF) headers are read in-process by [`crate::mp4`], which answers
 //! only when it is sure to give ffprobe's answer; everything else (other containers,
 //! codecs or layouts it does not know, anything odd) goes to ffprobe as before.
-//! `REEL_NATIVE_PROBE=0` sends everything to ffprobe.
+//! [`MediaConfig::native_probe`] `false` sends everything to ffprobe. Whichever path
+//! answers, the clip must then fit [`MediaConfig::limits`](crate::ProbeLimits).
 
 use crate::error::MediaError;
 use crate::mp4;
 use crate::process::{self, Stdout, Tool};
-use crate::{file_url, RunOptions};
+use crate::{file_url, MediaConfig, RunOptions};
 use reel_events::{AudioInfo, ClipInfo, VideoInfo};
 use serde_json::Value;
 use std::ffi::OsString;
@@ -29,22 +30,33 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Probes `path`: MP4/MOV headers natively when the reader is sure (see
 /// [`probe_native`]), otherwise ffprobe (`-v error -protocol_whitelist file
 /// -format_whitelist INPUT_FORMATS -show_streams -show_format -of json`, no shell,
-/// 30 s limit). Both give the same [`ClipInfo`]; `REEL_NATIVE_PROBE=0` forces ffprobe.
+/// 30 s limit). Both give the same [`ClipInfo`]; `config.native_probe = false` forces
+/// ffprobe. Either way the clip must fit `config.limits` ([`ProbeLimits`]).
 ///
-/// Errors: `Io` if the file cannot be opened (missing, permissions); `Corrupt` if
+/// ```no_run
+/// # async fn demo(path: &std::path::Path) -> Result<(), reel_media::MediaError> {
+/// let info = reel_media::probe(&reel_media::MediaConfig::default(), path).await?;
+/// println!("{}x{}", info.video.width, info.video.height);
+/// # Ok(()) }
+/// ```
+///
+/// Errors: `OutOfBounds` if the clip declares frames, a frame rate or a duration
+/// beyond the limits; `Io` if the file cannot be opened (missing, permissions); `Corrupt` if
 /// ffprobe cannot read it, it has no video stream, no positive duration, is a still
 /// image, or is an MP4/MOV whose box structure runs past the end of the file
 /// (a truncated download); `Timeout` after 30 s; `NotInstalled` without ffprobe.
 /// The native reader decides no error itself (except `Timeout` if reading the headers
 /// takes 30 s, as the ffprobe run would): whatever it is unsure about, ffprobe
 /// decides, so the errors are those of [`probe_with_ffprobe`].
-pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
+///
+/// [`ProbeLimits`]: crate::ProbeLimits
+pub async fn probe(config: &MediaConfig, path: &Path) -> Result<ClipInfo, MediaError> {
     let len = probe_input_len(path).await?;
-    if mp4::enabled() {
+    if config.native_probe {
         match read_native(path, &RunOptions::new()).await? {
             Ok((info, _)) => {
                 check_iso_boxes(path, len).await?;
-                return Ok(info);
+                return within_limits(config, info);
             }
             Err(declined) => tracing::debug!(
                 path = %path.display(),
@@ -53,13 +65,20 @@ pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
             ),
         }
     }
-    run_ffprobe(path, len).await
+    within_limits(config, run_ffprobe(config, path, len).await?)
 }
 
 /// [`probe`] with ffprobe only, never the native reader (for diagnostics and tests).
-pub async fn probe_with_ffprobe(path: &Path) -> Result<ClipInfo, MediaError> {
+/// The clip must fit `config.limits` all the same.
+pub async fn probe_with_ffprobe(config: &MediaConfig, path: &Path) -> Result<ClipInfo, MediaError> {
     let len = probe_input_len(path).await?;
-    run_ffprobe(path, len).await
+    within_limits(config, run_ffprobe(config, path, len).await?)
+}
+
+/// The one bounds check of both probe paths: nothing beyond the limits gets to ffmpeg.
+fn within_limits(config: &MediaConfig, info: ClipInfo) -> Result<ClipInfo, MediaError> {
+    config.limits.check(&info)?;
+    Ok(info)
 }
 
 /// What the native MP4/MOV reader makes of one file (see [`probe_native`]).
@@ -80,9 +99,10 @@ pub enum NativeProbe {
     Declined(String),
 }
 
-/// Runs only the native ISO-BMFF reader on `path`, with no ffprobe fallback and
-/// regardless of `REEL_NATIVE_PROBE`: for diagnostics and the differential tests.
-/// Reads only headers (a few KB); never fails, a problem is a `Declined`.
+/// Runs only the native ISO-BMFF reader on `path`, with no ffprobe fallback, whatever
+/// [`MediaConfig::native_probe`] says and without the [`ProbeLimits`](crate::ProbeLimits)
+/// check: for diagnostics and the differential tests. Reads only headers (a few KB);
+/// never fails, a problem is a `Declined`.
 pub async fn probe_native(path: &Path) -> NativeProbe {
     match read_native(path, &RunOptions::new()).await {
         Ok(Ok((info, fingerprint))) => NativeProbe::Read { info, fingerprint },
@@ -128,7 +148,7 @@ async fn probe_input_len(path: &Path) -> Result<u64, MediaError> {
     Ok(meta.len())
 }
 
-async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
+async fn run_ffprobe(config: &MediaConfig, path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
@@ -147,7 +167,7 @@ async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     .chain(std::iter::once(file_url(path)))
     .collect();
     let opts = RunOptions::new().with_timeout(PROBE_TIMEOUT);
-    let fin = process::run(Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
+    let fin = process::run(config, Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
     if !fin.status.success() {
         let reason = fin.stderr_tail.trim();
         return Err(MediaError::corrupt(if reason.is_empty() {
@@ -181,8 +201,12 @@ pub struct Fingerprint {
 /// Reads the codec name and a CRC32 of the codec extradata (h264 SPS/PPS, AAC
 /// AudioSpecificConfig) of the first video and audio stream: natively for MP4/MOV
 /// when the reader is sure, else with [`fingerprint_with_ffprobe`].
-pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Fingerprint, MediaError> {
-    if mp4::enabled() {
+pub(crate) async fn fingerprint(
+    config: &MediaConfig,
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<Fingerprint, MediaError> {
+    if config.native_probe {
         // Same contract as the ffprobe run: a cancelled or expired request does no work.
         if opts.cancel.is_cancelled() {
             return Err(MediaError::Cancelled);
@@ -202,12 +226,13 @@ pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Finger
             ),
         }
     }
-    fingerprint_with_ffprobe(path, opts).await
+    fingerprint_with_ffprobe(config, path, opts).await
 }
 
 /// The [`Fingerprint`] of `path` from ffprobe only (`-show_data_hash CRC32`), never
 /// the native reader (for diagnostics and tests). 30 s limit, or `opts`' deadline.
 pub async fn fingerprint_with_ffprobe(
+    config: &MediaConfig,
     path: &Path,
     opts: &RunOptions,
 ) -> Result<Fingerprint, MediaError> {
@@ -235,7 +260,7 @@ pub async fn fingerprint_with_ffprobe(
         cancel: opts.cancel.clone(),
         deadline: Some(opts.deadline.map_or(limit, |d| d.min(limit))),
     };
-    let fin = process::run(Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
+    let fin = process::run(config, Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
     if !fin.status.success() {
         return Err(MediaError::corrupt(format!(
             "{}: {}",

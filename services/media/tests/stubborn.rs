@@ -1,5 +1,4 @@
 //! An "ffmpeg" that ignores SIGTERM is killed after the grace period.
-//! Its own test binary, because it points `REEL_FFMPEG` at a stub.
 
 use reel_media::*;
 use std::os::unix::fs::PermissionsExt;
@@ -15,8 +14,7 @@ fn sigterm_ignored_then_killed() {
     )
     .unwrap();
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Safety: this binary has exactly one test, so no other thread reads the environment.
-    unsafe { std::env::set_var("REEL_FFMPEG", &stub) };
+    let config = MediaConfig::default().with_ffmpeg(&stub);
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -49,6 +47,7 @@ fn sigterm_ignored_then_killed() {
         )
     };
     let res = rt.block_on(normalize_clip(
+        &config,
         &stub,
         &info,
         &target,

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched};
 use reel_events::{types, ErrorType, Event, Mode, Stage};
-use reel_media::{CancelToken, MediaError, RunOptions};
+use reel_media::{CancelToken, Classify, MediaConfig, MediaError, ProbeLimits, RunOptions};
 use reel_runtime::stage::{decode_payload, store_failure, Context, Failure, Handler, Outcome};
 use reel_runtime::store::{self, PutMode};
 use std::path::PathBuf;
@@ -82,9 +82,9 @@ impl Handler for Stitch {
             (Mode::Copy, _) => {
                 let progress = ctx.progress.clone();
                 let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
-                match reel_media::concat_copy(&inputs, &target_path, &opts, &mut on_progress).await {
+                match reel_media::concat_copy(&media_config(), &inputs, &target_path, &opts, &mut on_progress).await {
                     Ok(()) => Ok(()),
-                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull(_))) => Err(e),
+                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => Err(e),
                     Err(e) => {
                         // A stream copy that ffmpeg refuses is not the end: re-encode instead.
                         warn!(error = %e, "stream copy failed; falling back to re-encode");
@@ -95,7 +95,7 @@ impl Handler for Stitch {
                 }
             }
             (Mode::Reencode, Some(target)) => reencode(ctx, &input, &inputs, target, &target_path, &opts, total_seconds).await,
-            (Mode::Reencode, None) => Err(MediaError::Failed { status: "plan".into(), stderr_tail: "re-encode plan without a target".into() }),
+            (Mode::Reencode, None) => Err(MediaError::Io(std::io::Error::other("re-encode plan without a target"))),
         };
         if let Err(e) = result {
             return media_failure("stitching", e);
@@ -105,7 +105,9 @@ impl Handler for Stitch {
         }
 
         // Check what ffmpeg wrote before anyone downstream sees it.
-        let info = match reel_media::probe(&target_path).await {
+        // The reel is as long as all its clips together: only the per-clip duration bound is lifted.
+        let reel_config = media_config().set_limits(ProbeLimits::default().set_max_duration_seconds(f64::INFINITY));
+        let info = match reel_media::probe(&reel_config, &target_path).await {
             Ok(info) => info,
             Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("the stitched reel does not probe: {e}"))),
         };
@@ -181,7 +183,7 @@ async fn reencode(
             let base = *done_seconds.lock().expect("lock");
             let progress = ctx.progress.clone();
             let mut on_progress = move |secs: f64| progress.report((base + secs) * 95.0 / total_seconds);
-            reel_media::normalize_clip(path, &clip.info, target, &seg_path, opts, &mut on_progress).await?;
+            reel_media::normalize_clip(&media_config(), path, &clip.info, target, &seg_path, opts, &mut on_progress).await?;
             if local.is_none() {
                 store::put_file(ctx.work.as_ref(), &key, &seg_path, PutMode::Overwrite)
                     .await
@@ -194,7 +196,13 @@ async fn reencode(
     }
     let progress = ctx.progress.clone();
     let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
-    reel_media::concat_copy(&segments, output, opts, &mut on_progress).await
+    reel_media::concat_copy(&media_config(), &segments, output, opts, &mut on_progress).await
+}
+
+/// How this stage runs ffmpeg. The defaults until the stage's settings carry a
+/// `MediaConfig` (ffmpeg and ffprobe from `PATH`, native MP4 reading on).
+fn media_config() -> MediaConfig {
+    MediaConfig::default()
 }
 
 async fn local_copy(ctx: &Context, key: &str) -> Result<PathBuf, Outcome> {
@@ -217,21 +225,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> 
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The error matrix for ffmpeg.
+/// An ffmpeg failure as an outcome: `MediaError`'s own verdict decides (reel-media's
+/// error matrix, docs/MEDIA.md).
 fn media_failure(what: &str, err: MediaError) -> Outcome {
-    let message = format!("{what}: {err}");
-    match err {
-        MediaError::Corrupt { .. } => Outcome::Reject(Failure::new(ErrorType::CorruptInput, message)),
-        MediaError::DiskFull(_) => Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message)),
-        MediaError::Timeout => Outcome::Reject(Failure::new(ErrorType::Timeout, message)),
-        MediaError::Cancelled => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-        MediaError::NotInstalled(_) => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-        // SIGKILL from outside is what the kernel's OOM killer sends: retry, recorded as
-        // resource_exhausted (on Cloud Run, replay to a larger-memory tier).
-        MediaError::Failed { ref status, .. } if status.contains("SIGKILL") || status.contains("signal: 9") => {
-            Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message))
-        }
-        _ => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
+    let verdict = err.verdict();
+    let failure = Failure::new(verdict.error_type, format!("{what}: {err}"));
+    if verdict.retryable {
+        Outcome::Retry(failure)
+    } else {
+        Outcome::Reject(failure)
     }
 }
 
@@ -239,8 +241,9 @@ fn media_failure(what: &str, err: MediaError) -> Outcome {
 mod tests {
     use super::*;
 
-    /// The error matrix for ffmpeg: corrupt → fail with corrupt_input; disk full or out of
-    /// memory (ffmpeg killed) → retry as resource_exhausted or internal; timeout → timeout.
+    /// The error matrix for ffmpeg (every row is tested in reel-media): corrupt → fail with
+    /// corrupt_input; disk full or out of memory (ffmpeg killed) → retry as
+    /// resource_exhausted; stalled → retry as timeout; a non-zero exit → corrupt_input.
     #[test]
     fn ffmpeg_errors_follow_the_matrix() {
         let kind = |e| match media_failure("stitching", e) {
@@ -249,15 +252,11 @@ mod tests {
             other => panic!("{other:?}"),
         };
         assert_eq!(kind(MediaError::Corrupt { reason: "moov atom not found".into() }), ("reject", ErrorType::CorruptInput));
-        assert_eq!(kind(MediaError::DiskFull("No space left on device".into())), ("retry", ErrorType::ResourceExhausted));
-        assert_eq!(kind(MediaError::Timeout), ("reject", ErrorType::Timeout));
-        assert_eq!(
-            kind(MediaError::Failed { status: "signal: 9 (SIGKILL)".into(), stderr_tail: String::new() }),
-            ("retry", ErrorType::ResourceExhausted)
-        );
-        assert_eq!(
-            kind(MediaError::Failed { status: "exit status: 1".into(), stderr_tail: "Invalid data".into() }),
-            ("retry", ErrorType::Internal)
-        );
+        assert_eq!(kind(MediaError::DiskFull { detail: "No space left on device".into(), source: None }), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(kind(MediaError::Timeout), ("retry", ErrorType::Timeout));
+        // Raw wait statuses: killed by signal 9, and exited with code 1.
+        let status = <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw;
+        assert_eq!(kind(MediaError::Failed { status: status(9), stderr_tail: String::new() }), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(kind(MediaError::Failed { status: status(1 << 8), stderr_tail: "Invalid data".into() }), ("reject", ErrorType::CorruptInput));
     }
 }
