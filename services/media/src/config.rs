@@ -175,8 +175,13 @@ impl ProbeLimits {
             }
         }
         // A NaN duration is refused too: it is not known to be within the bound.
-        let within = info.duration_seconds.partial_cmp(&self.max_duration_seconds);
-        if !matches!(within, Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)) {
+        let within = info
+            .duration_seconds
+            .partial_cmp(&self.max_duration_seconds);
+        if !matches!(
+            within,
+            Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+        ) {
             return Err(LimitExceeded::Duration {
                 seconds: info.duration_seconds,
                 max: self.max_duration_seconds,

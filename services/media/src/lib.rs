@@ -51,6 +51,7 @@
 //! ```
 
 mod cancel;
+mod clip;
 mod config;
 mod encode;
 mod error;

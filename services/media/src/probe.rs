@@ -6,6 +6,8 @@
 //! [`MediaConfig::native_probe`] `false` sends everything to ffprobe. Whichever path
 //! answers, the clip must then fit [`MediaConfig::limits`](crate::ProbeLimits).
 
+use crate::clip::normalise_rotation;
+pub use crate::clip::Fingerprint;
 use crate::error::MediaError;
 use crate::mp4;
 use crate::process::{self, Stdout, Tool};
@@ -184,18 +186,6 @@ async fn run_ffprobe(config: &MediaConfig, path: &Path, len: u64) -> Result<Clip
         check_iso_boxes(path, len).await?;
     }
     Ok(info)
-}
-
-/// Codec headers of the first video and first audio stream (cover art excluded), for
-/// the stream-copy check: `(codec name, extradata hash)` as ffprobe prints them with
-/// `-show_data_hash CRC32`, e.g. `("h264", "CRC32:59cc208d")`. Two clips can be joined
-/// by stream copy only if these are equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    /// The first video stream's codec name and extradata hash, if any.
-    pub video: Option<(String, String)>,
-    /// The first audio stream's codec name and extradata hash, if any.
-    pub audio: Option<(String, String)>,
 }
 
 /// Reads the codec name and a CRC32 of the codec extradata (h264 SPS/PPS, AAC
@@ -409,12 +399,6 @@ pub(crate) fn rotation_of(stream: &Value) -> u32 {
         Some(deg) if deg.is_finite() => normalise_rotation(deg),
         _ => 0,
     }
-}
-
-/// Snaps any angle to the nearest of 0, 90, 180, 270.
-pub(crate) fn normalise_rotation(deg: f64) -> u32 {
-    let quarter = (deg / 90.0).round() as i64;
-    (quarter.rem_euclid(4) * 90) as u32
 }
 
 fn valid_fraction(r: &str) -> bool {
