@@ -484,6 +484,7 @@ pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), Me
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reel_events::Classify;
     use serde_json::json;
 
     #[test]
@@ -549,6 +550,83 @@ mod tests {
             parse_ffprobe_json(&no_duration),
             Err(MediaError::Corrupt { .. })
         ));
+    }
+
+    /// Issue 12: a clip of a few hundred bytes that declares 16000x16000 frames (256 M
+    /// pixels, 384 MB a frame) is refused by both probe paths as out of bounds, before
+    /// ffmpeg could decode it.
+    #[tokio::test]
+    async fn both_probe_paths_refuse_frames_beyond_the_limits() {
+        use crate::{LimitExceeded, ProbeLimits};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.mp4");
+        std::fs::write(&path, mp4::testfile::file_declaring_frames(16000, 16000)).unwrap();
+
+        // The native reader reads it (so `probe` answers without ffprobe) ...
+        match probe_native(&path).await {
+            NativeProbe::Read { info, .. } => {
+                assert_eq!((info.video.width, info.video.height), (16000, 16000))
+            }
+            other => panic!("the native reader declined: {other:?}"),
+        }
+        // ... and both paths refuse it.
+        let config = MediaConfig::default();
+        for (how, result) in [
+            ("native", probe(&config, &path).await),
+            ("ffprobe", probe_with_ffprobe(&config, &path).await),
+        ] {
+            let e = result.expect_err(how);
+            assert!(
+                matches!(
+                    e,
+                    MediaError::OutOfBounds(LimitExceeded::FrameSize {
+                        width: 16000,
+                        height: 16000,
+                        ..
+                    })
+                ),
+                "{how}: {e:?}"
+            );
+            assert_eq!(
+                e.to_string(),
+                "clip out of bounds: 16000x16000 frames are over the 8192x8192 limit"
+            );
+            assert_eq!(
+                e.verdict(),
+                reel_events::Verdict::reject(reel_events::ErrorType::InvalidRequest)
+            );
+        }
+
+        // With the bounds raised, both paths report the declared size: the refusal was
+        // the bound, not an unreadable file.
+        let raised = MediaConfig::default().set_limits(ProbeLimits::default().set_max_frame(
+            16000,
+            16000,
+            u64::MAX,
+        ));
+        for (how, result) in [
+            ("native", probe(&raised, &path).await),
+            ("ffprobe", probe_with_ffprobe(&raised, &path).await),
+        ] {
+            let info = result.unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!(
+                (info.video.width, info.video.height),
+                (16000, 16000),
+                "{how}"
+            );
+        }
+
+        // 16384x16384: the native path refuses it as out of bounds; ffprobe already finds
+        // the size invalid (libavutil's image size check) and reports no frame size, so
+        // its path refuses it as corrupt. Refused either way.
+        std::fs::write(&path, mp4::testfile::file_declaring_frames(16384, 16384)).unwrap();
+        let e = probe(&config, &path).await.unwrap_err();
+        assert!(
+            matches!(e, MediaError::OutOfBounds(LimitExceeded::FrameSize { .. })),
+            "{e:?}"
+        );
+        let e = probe_with_ffprobe(&config, &path).await.unwrap_err();
+        assert!(!e.verdict().retryable, "{e:?}");
     }
 
     #[test]

@@ -115,6 +115,73 @@ pub(crate) fn audio_stsd(asc: &[u8]) -> Vec<u8> {
 
 /// A small faststart MP4: 96x54 h264 at 30 fps (timescale 15360) plus stereo AAC.
 pub(crate) fn sample_file(rotation_matrix: [i32; 9]) -> Vec<u8> {
+    file_with_video(rotation_matrix, video_stsd(96, 54, AVCC_96X54))
+}
+
+/// A 2.5 s faststart MP4 whose only h264 parameter set declares `width` × `height`
+/// frames (multiples of 16) at 30 fps, with stereo AAC: a few hundred bytes that ask
+/// for frames of any size. Its media data is a few zero bytes; only headers are real.
+pub(crate) fn file_declaring_frames(width: u16, height: u16) -> Vec<u8> {
+    let avcc = avcc_for_frames(width, height);
+    file_with_video(IDENTITY, video_stsd(width, height, &avcc))
+}
+
+/// An `avcC` with one Constrained Baseline SPS for `width` × `height` (multiples of 16,
+/// no cropping) and libx264's PPS.
+pub(crate) fn avcc_for_frames(width: u16, height: u16) -> Vec<u8> {
+    assert!(width.is_multiple_of(16) && height.is_multiple_of(16));
+    let mut bits = Vec::new();
+    let mut put = |value: u32, count: u32| {
+        for i in (0..count).rev() {
+            bits.push((value >> i) & 1 == 1);
+        }
+    };
+    // Exp-Golomb: as many zeros as the significant bits of value + 1, less one, then it.
+    let ue = |put: &mut dyn FnMut(u32, u32), value: u32| {
+        let coded = value + 1;
+        let len = 32 - coded.leading_zeros();
+        put(0, len - 1);
+        put(coded, len);
+    };
+    put(66, 8); // profile_idc: Baseline
+    put(0xc0, 8); // constraint_set0/1: Constrained Baseline
+    put(62, 8); // level_idc 6.2, the largest
+    ue(&mut put, 0); // seq_parameter_set_id
+    ue(&mut put, 0); // log2_max_frame_num_minus4
+    ue(&mut put, 2); // pic_order_cnt_type
+    ue(&mut put, 1); // max_num_ref_frames
+    put(0, 1); // gaps_in_frame_num_value_allowed_flag
+    ue(&mut put, u32::from(width / 16) - 1); // pic_width_in_mbs_minus1
+    ue(&mut put, u32::from(height / 16) - 1); // pic_height_in_map_units_minus1
+    put(0b110, 3); // frame_mbs_only, direct_8x8_inference, no frame_cropping
+    put(0, 1); // no VUI
+    put(1, 1); // rbsp_stop_one_bit
+    let mut rbsp: Vec<u8> = bits
+        .chunks(8)
+        .map(|c| c.iter().fold(0u8, |byte, &bit| byte << 1 | u8::from(bit)) << (8 - c.len()))
+        .collect();
+    // Emulation prevention: no 00 00 0x (x <= 3) inside a NAL unit.
+    let mut sps = vec![0x67];
+    let mut zeros = 0;
+    for byte in rbsp.drain(..) {
+        if zeros >= 2 && byte <= 3 {
+            sps.push(3);
+            zeros = 0;
+        }
+        zeros = if byte == 0 { zeros + 1 } else { 0 };
+        sps.push(byte);
+    }
+    let pps = [0x68, 0xce, 0x0f, 0xc8];
+    let mut avcc = vec![1, 66, 0xc0, 62, 0xff, 0xe1];
+    avcc.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    avcc.extend(sps);
+    avcc.push(1);
+    avcc.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    avcc.extend_from_slice(&pps);
+    avcc
+}
+
+fn file_with_video(rotation_matrix: [i32; 9], video_stsd: Vec<u8>) -> Vec<u8> {
     let mut mvhd = vec![0u8; 8];
     mvhd.extend_from_slice(&1000u32.to_be_bytes());
     mvhd.extend_from_slice(&2500u32.to_be_bytes());
@@ -126,7 +193,7 @@ pub(crate) fn sample_file(rotation_matrix: [i32; 9]) -> Vec<u8> {
         b"vide",
         15360,
         rotation_matrix,
-        tables(video_stsd(96, 54, AVCC_96X54), &[(75, 512)]),
+        tables(video_stsd, &[(75, 512)]),
     ));
     moov.extend(trak(
         b"soun",
