@@ -69,8 +69,8 @@ pub use encode::{
 pub use error::MediaError;
 pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use probe::{
-    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_with_ffprobe, Fingerprint,
-    NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
+    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_native_bytes,
+    probe_with_ffprobe, Fingerprint, NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
 };
 /// Re-exported so that `.verdict()` works with `reel_media::*` in scope.
 pub use reel_events::{Classify, Verdict};

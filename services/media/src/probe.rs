@@ -113,6 +113,16 @@ pub async fn probe_native(path: &Path) -> NativeProbe {
     }
 }
 
+/// [`probe_native`] on a file held in memory: the reader alone, no file system, no
+/// ffprobe, no limits. Its entry for fuzzing (`fuzz/fuzz_targets/mp4.rs`); never
+/// panics, whatever the bytes.
+pub fn probe_native_bytes(bytes: &[u8]) -> NativeProbe {
+    match mp4::read(std::io::Cursor::new(bytes), bytes.len() as u64) {
+        Ok((info, fingerprint)) => NativeProbe::Read { info, fingerprint },
+        Err(declined) => NativeProbe::Declined(declined.0),
+    }
+}
+
 /// The native reader on a blocking thread (it does small synchronous reads), under
 /// the same limits as an ffprobe run: `opts`' cancel token and deadline, and at most
 /// [`PROBE_TIMEOUT`], so a hung filesystem gives `Timeout` rather than a stuck task.
@@ -627,6 +637,22 @@ mod tests {
         );
         let e = probe_with_ffprobe(&config, &path).await.unwrap_err();
         assert!(!e.verdict().retryable, "{e:?}");
+    }
+
+    /// The fuzz target's seeds (`fuzz/seeds/mp4/`) must reach the whole reader, not just
+    /// its early declines, or the fuzzer starts from nothing.
+    #[test]
+    fn fuzz_seeds_are_read_natively() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/mp4");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&seeds).unwrap() {
+            let path = entry.unwrap().path();
+            match probe_native_bytes(&std::fs::read(&path).unwrap()) {
+                NativeProbe::Read { .. } => read += 1,
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        assert!(read >= 3, "{read} seeds");
     }
 
     #[test]
