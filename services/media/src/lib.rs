@@ -15,7 +15,7 @@
 //! The crate reads no environment: a [`MediaConfig`] passed to every call names the
 //! binaries (default: `ffmpeg` / `ffprobe` on `PATH`), turns the native MP4/MOV header
 //! reader on or off, and bounds what a clip may declare ([`ProbeLimits`]). Every
-//! [`MediaError`] knows its own [`Verdict`](reel_events::Verdict) ([`Classify`]).
+//! [`MediaError`] knows its own [`Verdict`] ([`Classify`]).
 //! See `docs/MEDIA.md` for the rules and the exact ffmpeg settings.
 //!
 //! ```no_run
