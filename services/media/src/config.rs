@@ -71,6 +71,32 @@ impl MediaConfig {
         self
     }
 
+    /// Checks the configuration once, where it is built, so that a bad value fails at
+    /// startup rather than refusing every clip later: both programs named, every bound
+    /// positive (a duration bound may be `f64::INFINITY`), the frame rate bound finite.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.ffmpeg.as_os_str().is_empty() || self.ffprobe.as_os_str().is_empty() {
+            return Err("media: ffmpeg and ffprobe must name a program".into());
+        }
+        let l = &self.limits;
+        if l.max_width == 0 || l.max_height == 0 || l.max_pixels == 0 {
+            return Err("media: frame size limits must be positive".into());
+        }
+        if !(l.max_fps.is_finite() && l.max_fps > 0.0) {
+            return Err(format!(
+                "media: max_fps must be a positive number, not {}",
+                l.max_fps
+            ));
+        }
+        if l.max_duration_seconds.is_nan() || l.max_duration_seconds <= 0.0 {
+            return Err(format!(
+                "media: max_duration_seconds must be positive, not {}",
+                l.max_duration_seconds
+            ));
+        }
+        Ok(())
+    }
+
     pub(crate) fn ffmpeg(&self) -> &Path {
         &self.ffmpeg
     }
@@ -313,5 +339,28 @@ mod tests {
         assert_eq!(config.limits.max_width, 8192);
         let typo = serde_json::from_value::<MediaConfig>(serde_json::json!({"native_prob": false}));
         assert!(typo.is_err());
+    }
+
+    #[test]
+    fn validation_catches_bounds_that_would_refuse_every_clip() {
+        assert_eq!(MediaConfig::default().validate(), Ok(()));
+        let unbounded = ProbeLimits::default().set_max_duration_seconds(f64::INFINITY);
+        assert_eq!(
+            MediaConfig::default().set_limits(unbounded).validate(),
+            Ok(())
+        );
+        for bad in [
+            ProbeLimits::default().set_max_frame(0, 1080, 1 << 30),
+            ProbeLimits::default().set_max_fps(0.0),
+            ProbeLimits::default().set_max_fps(f64::NAN),
+            ProbeLimits::default().set_max_duration_seconds(0.0),
+            ProbeLimits::default().set_max_duration_seconds(f64::NAN),
+        ] {
+            assert!(
+                MediaConfig::default().set_limits(bad).validate().is_err(),
+                "{bad:?}"
+            );
+        }
+        assert!(MediaConfig::default().with_ffprobe("").validate().is_err());
     }
 }
