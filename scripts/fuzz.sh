@@ -5,6 +5,8 @@
 #             wrap_bare_request) on any message
 #   payload   every payload type of events/src/payload.rs from any bytes
 #   fold      the job-state fold on any sequence of events, any order, any repeats
+#   mp4       reel-media's native MP4/MOV header reader on any file (hostile sizes,
+#             offsets, nesting, parameter sets); seeds are tiny ffmpeg-made clips
 #
 #   scripts/fuzz.sh [SECONDS] [TARGET...]     default: 30 seconds each, all targets
 #
@@ -18,14 +20,15 @@
 # in unsafe code are not, and reel's own code has no unsafe). cargo-fuzz is installed
 # from crates.io when missing. The seed corpus is fuzz/seeds/TARGET (checked in); what
 # the fuzzer learns goes to fuzz/corpus/TARGET (not checked in). The same properties
-# run bounded on every `cargo test`: events/tests/hostile.rs.
+# run bounded on every `cargo test`: events/tests/hostile.rs (mp4: the hostile-input
+# tests of services/media/src/mp4/tests.rs).
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-30}"
 shift || true
 targets=("$@")
-[ "${#targets[@]}" -gt 0 ] || targets=(binding payload fold)
+[ "${#targets[@]}" -gt 0 ] || targets=(binding payload fold mp4)
 case "$seconds" in '' | *[!0-9]*) echo "usage: $0 [SECONDS] [TARGET...]" >&2; exit 2 ;; esac
 
 if ! command -v cargo-fuzz >/dev/null 2>&1; then
@@ -52,6 +55,8 @@ for target in "${targets[@]}"; do
     case "$target" in
     binding | payload) args+=(-dict=dict/reel.dict -max_len=8192) ;;
     fold) args+=(-max_len=1024) ;;
+    # The seeds are ~2-5 KB clips; room to grow boxes without wasting runs on huge inputs.
+    mp4) args+=(-max_len=65536) ;;
     esac
     log="artifacts/$target/last-run.log"
     echo "== $target" >&2

@@ -728,7 +728,9 @@ impl Ctx<'_> {
                 }
                 let _ = self.store.delete(&test_key).await;
             }
-            let info = reel_media::probe(&local).await.map_err(|e| format!("ffprobe of the output: {e}"))?;
+            let info = reel_media::probe(&crate::recipe::probe_config(), &local)
+                .await
+                .map_err(|e| format!("ffprobe of the output: {e}"))?;
             let tolerance = 0.1 + 0.05 * clips as f64;
             if (info.duration_seconds - expected).abs() > tolerance {
                 return Err(format!(
@@ -892,7 +894,10 @@ fn listens(pid: i32, port: u16) -> bool {
 async fn probe_sum(corpus: &Corpus) -> Result<f64> {
     let mut sum = 0.0;
     for c in &corpus.clips {
-        sum += reel_media::probe(c).await.with_context(|| format!("probing {}", c.display()))?.duration_seconds;
+        sum += reel_media::probe(&crate::recipe::probe_config(), c)
+            .await
+            .with_context(|| format!("probing {}", c.display()))?
+            .duration_seconds;
     }
     Ok(sum)
 }

@@ -570,7 +570,12 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
         }
     }
     let mut notes = Vec::new();
-    let (b, r) = rt.block_on(async { (reel_media::probe(&bare_out).await, reel_media::probe(&reel_out).await) });
+    let (b, r) = rt.block_on(async {
+        (
+            reel_media::probe(&crate::recipe::probe_config(), &bare_out).await,
+            reel_media::probe(&crate::recipe::probe_config(), &reel_out).await,
+        )
+    });
     match (b, r) {
         (Ok(b), Ok(r)) => notes.push(format!(
             "Both outputs checked with ffprobe: bare {:.2} s / {:.0} MB, reel {:.2} s / {:.0} MB.",
@@ -628,7 +633,9 @@ fn probe_all(corpus: &Corpus, rt: &tokio::runtime::Runtime) -> Result<Vec<(PathB
     rt.block_on(async {
         let mut out = Vec::new();
         for c in &corpus.clips {
-            let info = reel_media::probe(c).await.with_context(|| format!("probing {}", c.display()))?;
+            let info = reel_media::probe(&crate::recipe::probe_config(), c)
+                .await
+                .with_context(|| format!("probing {}", c.display()))?;
             out.push((c.clone(), info));
         }
         Ok(out)
@@ -710,7 +717,11 @@ fn reencode_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::R
     let outs = rt.block_on(async {
         let mut v = Vec::new();
         for p in [&bare_out, &reel_out, &fc_out] {
-            v.push(reel_media::probe(p).await.map(|i| (i.duration_seconds, i.video.width, i.video.height)));
+            v.push(
+                reel_media::probe(&crate::recipe::probe_config(), p)
+                    .await
+                    .map(|i| (i.duration_seconds, i.video.width, i.video.height)),
+            );
         }
         v
     });

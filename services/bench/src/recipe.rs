@@ -1,77 +1,36 @@
 //! The bare-ffmpeg contenders: the commands a person would run by hand.
 //!
 //! The re-encode ones use the same filter graph and x264/AAC settings as reel's
-//! `normalize_clip` (services/media/src/encode.rs, docs/MEDIA.md), rebuilt here from
-//! `reel_media::EncodeTarget`; [`compare_with_reel`] checks them against the commands
-//! reel really ran (captured through the ffmpeg wrapper) so that drift is caught.
+//! `normalize_clip` (docs/MEDIA.md), taken from reel-media itself
+//! (`EncodeTarget::filter_chains`, `EncodeTarget::encoder_args`), never re-typed here;
+//! [`compare_with_reel`] still checks them against the commands reel really ran
+//! (captured through the ffmpeg wrapper), which also covers the arguments around them.
 
 use reel_events::ClipInfo;
-use reel_media::EncodeTarget;
+use reel_media::{EncodeTarget, MediaConfig, ProbeLimits};
 use std::path::{Path, PathBuf};
 
 fn s(list: &[&str]) -> Vec<String> {
     list.iter().map(|x| x.to_string()).collect()
 }
 
-/// Frames and audio samples of a normalised segment (as reel's `segment_length`).
-pub fn segment_length(seconds: f64, fps: u32, sample_rate: u32) -> (u64, u64) {
-    let frames = ((seconds * fps as f64).round() as u64).max(1);
-    let samples = (frames as u128 * sample_rate as u128 / fps as u128) as u64;
-    (frames, samples)
-}
-
-/// The video and audio chains of one input, reading `[{i}:V:0]` / `[{i}:a:0]` and
-/// writing `[{v}]` / `[{a}]`.
-fn chains(i: usize, info: &ClipInfo, t: &EncodeTarget, v: &str, a: &str) -> (String, String) {
-    let (frames, samples) = segment_length(info.duration_seconds, t.fps, t.sample_rate);
-    let (w, h, fps, sr) = (t.width, t.height, t.fps, t.sample_rate);
-    let video = format!(
-        "[{i}:V:0]fps={fps},scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
-         pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,setsar=1,format=yuv420p,\
-         tpad=stop_mode=clone:stop=-1,trim=end_frame={frames}[{v}]"
-    );
-    let audio = if info.audio.is_some() {
-        format!(
-            "[{i}:a:0]aresample={sr}:async=1:first_pts=0,\
-             aformat=sample_fmts=fltp:sample_rates={sr}:channel_layouts=stereo,\
-             apad,atrim=end_sample={samples}[{a}]"
-        )
-    } else {
-        format!("anullsrc=channel_layout=stereo:sample_rate={sr},atrim=end_sample={samples}[{a}]")
-    };
-    (video, audio)
+/// How the bench probes clips and reels: reel's defaults, without the per-clip duration
+/// bound (a reel is as long as all its clips).
+pub fn probe_config() -> MediaConfig {
+    MediaConfig::default().set_limits(ProbeLimits::default().set_max_duration_seconds(f64::INFINITY))
 }
 
 /// reel's per-clip graph (outputs `[v]` and `[a]`).
 pub fn normalize_graph(info: &ClipInfo, t: &EncodeTarget) -> String {
-    let (v, a) = chains(0, info, t, "v", "a");
+    let (v, a) = t.filter_chains(info, 0, "v", "a");
     format!("{v};{a}")
 }
 
-/// Everything after the graph up to the output: maps, x264, AAC, muxer (as reel).
+/// Everything after the graph up to the output: maps, then reel's x264, AAC and muxer
+/// arguments.
 pub fn encoder_args(t: &EncodeTarget) -> Vec<String> {
-    let mut a = s(&["-map", "[v]", "-map", "[a]", "-c:v", "libx264", "-preset", t.preset, "-crf"]);
-    a.push(t.crf.to_string());
-    a.extend(s(&["-profile:v", "high", "-pix_fmt", "yuv420p", "-g"]));
-    a.push((t.fps * 2).to_string());
-    a.extend(s(&["-x264-params", "stitchable=1", "-c:a", "aac", "-b:a"]));
-    a.push(format!("{}k", t.audio_bitrate_k));
-    a.push("-ar".into());
-    a.push(t.sample_rate.to_string());
-    a.extend(s(&[
-        "-ac",
-        "2",
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-        "-max_muxing_queue_size",
-        "4096",
-        "-movflags",
-        "+faststart",
-        "-f",
-        "mp4",
-    ]));
+    let mut a = s(&["-map", "[v]", "-map", "[a]"]);
+    a.extend(t.encoder_args());
     a
 }
 
@@ -117,7 +76,7 @@ pub fn filter_complex_args(inputs: &[(PathBuf, ClipInfo)], t: &EncodeTarget, out
     let mut pads = String::new();
     for (i, (path, info)) in inputs.iter().enumerate() {
         a.extend(["-i".into(), path.display().to_string()]);
-        let (v, au) = chains(i, info, t, &format!("v{i}"), &format!("a{i}"));
+        let (v, au) = t.filter_chains(info, i, &format!("v{i}"), &format!("a{i}"));
         graph.push(v);
         graph.push(au);
         pads.push_str(&format!("[v{i}][a{i}]"));

@@ -497,7 +497,7 @@ fn check_tools() -> Result<()> {
 /// The first readable clip's displayed shape decides the default orientation.
 async fn guess_orientation(clips: &[PathBuf]) -> Orientation {
     for clip in clips {
-        if let Ok(info) = reel_media::probe(clip).await {
+        if let Ok(info) = reel_media::probe(&reel_media::MediaConfig::default(), clip).await {
             let (w, h) = info.video.display_size();
             return Orientation::closest_to(w, h);
         }
@@ -539,7 +539,8 @@ async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
 
 async fn demo(dir: &Path) -> Result<ExitCode> {
     use reel_media::SampleSpec;
-    reel_media::ffmpeg_version().map_err(|e| anyhow::anyhow!("{e}; install ffmpeg (apt-get install ffmpeg)"))?;
+    let media = reel_media::MediaConfig::default();
+    reel_media::ffmpeg_version(&media).map_err(|e| anyhow::anyhow!("{e}; install ffmpeg (apt-get install ffmpeg)"))?;
     let clips_dir = dir.join("clips");
     std::fs::create_dir_all(&clips_dir).with_context(|| format!("creating {}", clips_dir.display()))?;
     let specs = [
@@ -565,7 +566,9 @@ async fn demo(dir: &Path) -> Result<ExitCode> {
     for (name, spec) in &specs {
         let path = clips_dir.join(name);
         if !path.exists() {
-            reel_media::make_sample_clip(&path, spec).await.with_context(|| format!("making {}", path.display()))?;
+            reel_media::make_sample_clip(&media, &path, spec)
+                .await
+                .with_context(|| format!("making {}", path.display()))?;
         }
         paths.push(path);
     }

@@ -8,8 +8,8 @@
 
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, JobValidated, SkippedClip, WorkClip};
-use reel_events::{types, Classify, ClipInfo, ErrorType, Event, Stage};
-use reel_media::MediaError;
+use reel_events::{types, ClipInfo, ErrorType, Event, Stage};
+use reel_media::{Classify, MediaConfig, MediaError};
 use reel_runtime::config::{DownloadConfig, Settings};
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode, Store, StoreError};
@@ -21,18 +21,21 @@ use tracing::{info, warn};
 #[derive(Debug, Clone, Default)]
 pub struct Download {
     config: DownloadConfig,
+    /// How clips are probed, with this stage's per-clip duration bound.
+    media: MediaConfig,
 }
 
 impl Download {
-    /// A download stage with its settings.
-    pub fn new(config: DownloadConfig) -> Download {
-        Download { config }
+    /// A download stage with its settings and how it runs ffprobe.
+    pub fn new(config: DownloadConfig, media: MediaConfig) -> Download {
+        let limits = media.limits.set_max_duration_seconds(config.max_clip_seconds);
+        Download { config, media: media.set_limits(limits) }
     }
 }
 
 impl FromSettings for Download {
     fn from_settings(settings: &Settings) -> Download {
-        Download::new(settings.download.clone())
+        Download::new(settings.download.clone(), settings.media.clone())
     }
 }
 
@@ -75,9 +78,10 @@ impl Handler for Download {
             if ctx.cancel.is_cancelled() {
                 return Outcome::Retry(Failure::new(ErrorType::Internal, "stopped"));
             }
-            let results =
-                futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, &self.config, *index, raw)))
-                    .await;
+            let results = futures::future::join_all(
+                chunk.iter().map(|(index, raw)| fetch_clip(ctx, &self.config, &self.media, *index, raw)),
+            )
+            .await;
             for ((_, raw), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(clip) => clips.push(clip),
@@ -111,7 +115,13 @@ impl Handler for Download {
     }
 }
 
-async fn fetch_clip(ctx: &Context, config: &DownloadConfig, index: usize, raw: &str) -> Result<WorkClip, ClipError> {
+async fn fetch_clip(
+    ctx: &Context,
+    config: &DownloadConfig,
+    media: &MediaConfig,
+    index: usize,
+    raw: &str,
+) -> Result<WorkClip, ClipError> {
     let location = ctx
         .boundary
         .check(&format!("clip {}", index + 1), raw, &ctx.job.project_id)
@@ -177,22 +187,18 @@ async fn fetch_clip(ctx: &Context, config: &DownloadConfig, index: usize, raw: &
             scratch
         }
     };
-    let info = match reel_media::probe(&probe_path).await {
+    // The probe refuses a clip beyond the bounds (frame size, frame rate, this stage's
+    // clip length) before anything decodes it; such a clip is skipped like a corrupt one.
+    let info = match reel_media::probe(media, &probe_path).await {
         Ok(info) => info,
         Err(MediaError::Corrupt { reason }) => {
             let _ = ctx.work.delete(&work_key).await;
             return Err(ClipError::Skip(format!("not a readable video ({reason})")));
         }
-        Err(e) if e.is_transient() => {
+        Err(e) if e.verdict().retryable => {
             return Err(ClipError::Stop(Outcome::Retry(Failure::new(
-                ErrorType::ResourceExhausted,
+                e.verdict().error_type,
                 format!("probing {raw}: {e}"),
-            ))))
-        }
-        Err(MediaError::NotInstalled(what)) => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
-                ErrorType::Internal,
-                format!("{what} is not installed"),
             ))))
         }
         Err(e) => {

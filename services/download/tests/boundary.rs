@@ -51,9 +51,9 @@ async fn clips_over_the_size_or_duration_limit_are_skipped_with_the_limit_named(
         label: "x".into(),
     };
     let (short1, short2, long) = (dir.path().join("s1.mp4"), dir.path().join("s2.mp4"), dir.path().join("long.mp4"));
-    reel_media::make_sample_clip(&short1, &spec(1.0)).await.unwrap();
-    reel_media::make_sample_clip(&short2, &spec(1.0)).await.unwrap();
-    reel_media::make_sample_clip(&long, &spec(3.0)).await.unwrap();
+    reel_media::make_sample_clip(&reel_media::MediaConfig::default(), &short1, &spec(1.0)).await.unwrap();
+    reel_media::make_sample_clip(&reel_media::MediaConfig::default(), &short2, &spec(1.0)).await.unwrap();
+    reel_media::make_sample_clip(&reel_media::MediaConfig::default(), &long, &spec(3.0)).await.unwrap();
     let big = std::fs::metadata(&long).unwrap().len();
     let small = std::fs::metadata(&short1).unwrap().len().max(std::fs::metadata(&short2).unwrap().len());
     assert!(big > small, "the long clip is the largest ({big} vs {small})");

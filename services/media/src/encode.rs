@@ -3,7 +3,7 @@
 use crate::error::MediaError;
 use crate::probe::{check_iso_boxes, fingerprint, Fingerprint, INPUT_FORMATS};
 use crate::process::{self, Stdout, Tool};
-use crate::{file_url, EncodeTarget, RunOptions};
+use crate::{file_url, EncodeTarget, MediaConfig, RunOptions};
 use reel_events::ClipInfo;
 use std::ffi::OsString;
 use std::io;
@@ -48,7 +48,8 @@ impl TempFile {
             if len == 0 { Err(MediaError::corrupt("empty output")) } else { check_iso_boxes(&self.path, len).await };
         if let Err(e) = check {
             return Err(MediaError::Failed {
-                status: "exit status: 0".into(),
+                // Only ever called after ffmpeg exited 0.
+                status: std::process::ExitStatus::default(),
                 stderr_tail: format!("ffmpeg reported success but wrote a broken file: {e}"),
             });
         }
@@ -131,12 +132,16 @@ fn concat_list(inputs: &[PathBuf]) -> Result<Vec<u8>, MediaError> {
 /// (it is not in `ClipInfo`); [`concat_copy`] checks it itself before joining,
 /// so call this only to decide early. MP4/MOV headers are read natively (well under
 /// a millisecond each); only files the native reader declines cost an ffprobe run.
-pub async fn check_copy_compatible(inputs: &[PathBuf], opts: &RunOptions) -> Result<(), MediaError> {
+pub async fn check_copy_compatible(
+    config: &MediaConfig,
+    inputs: &[PathBuf],
+    opts: &RunOptions,
+) -> Result<(), MediaError> {
     // A few at a time: native reads are quick; an ffprobe fallback is mostly process start-up.
     let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
     let mut fingerprints = Vec::with_capacity(inputs.len());
     for chunk in inputs.chunks(width) {
-        let results = futures::future::join_all(chunk.iter().map(|input| fingerprint(input, opts))).await;
+        let results = futures::future::join_all(chunk.iter().map(|input| fingerprint(config, input, opts))).await;
         for result in results {
             fingerprints.push(result?);
         }
@@ -186,6 +191,7 @@ pub async fn check_copy_compatible(inputs: &[PathBuf], opts: &RunOptions) -> Res
 /// fail with [`MediaError::Incompatible`] instead of producing a broken file.
 /// `on_progress` receives seconds of output written so far.
 pub async fn concat_copy(
+    config: &MediaConfig,
     inputs: &[PathBuf],
     output: &Path,
     opts: &RunOptions,
@@ -202,7 +208,7 @@ pub async fn concat_copy(
             return Err(invalid_input(format!("{} is not a regular file", input.display())));
         }
     }
-    check_copy_compatible(inputs, opts).await?;
+    check_copy_compatible(config, inputs, opts).await?;
     let list_bytes = concat_list(inputs)?;
     let list = TempFile::beside(output, "concat.txt")?;
     tokio::fs::write(&list.path, &list_bytes).await.map_err(|e| MediaError::from_io(e, "writing the concat list"))?;
@@ -240,7 +246,7 @@ pub async fn concat_copy(
     ]));
     args.push(file_url(&tmp.path));
 
-    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
+    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
     tmp.verify_and_persist(output).await?;
     drop(list);
     Ok(())
@@ -261,6 +267,7 @@ pub async fn concat_copy(
 /// Written to a temporary name next to `output` and renamed at the end.
 /// `on_progress` receives seconds of output written so far.
 pub async fn normalize_clip(
+    config: &MediaConfig,
     input: &Path,
     info: &ClipInfo,
     target: &EncodeTarget,
@@ -279,47 +286,10 @@ pub async fn normalize_clip(
     args.extend(args_of(&["-protocol_whitelist", "file", "-format_whitelist", INPUT_FORMATS, "-i"]));
     args.push(file_url(input));
     args.extend(args_of(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]));
-    let gop = (target.fps * 2).to_string();
-    let crf = target.crf.to_string();
-    let abr = format!("{}k", target.audio_bitrate_k);
-    let rate = target.sample_rate.to_string();
-    args.extend(args_of(&[
-        "-c:v",
-        "libx264",
-        "-preset",
-        target.preset,
-        "-crf",
-        &crf,
-        "-profile:v",
-        "high",
-        "-pix_fmt",
-        "yuv420p",
-        "-g",
-        &gop,
-        "-x264-params",
-        "stitchable=1",
-        "-c:a",
-        "aac",
-        "-b:a",
-        &abr,
-        "-ar",
-        &rate,
-        "-ac",
-        "2",
-        "-map_metadata",
-        "-1",
-        "-map_chapters",
-        "-1",
-        "-max_muxing_queue_size",
-        "4096",
-        "-movflags",
-        "+faststart",
-        "-f",
-        "mp4",
-    ]));
+    args.extend(target.encoder_args().into_iter().map(OsString::from));
     args.push(file_url(&tmp.path));
 
-    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
+    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
     tmp.verify_and_persist(output).await
 }
 
@@ -342,26 +312,93 @@ pub(crate) fn segment_length(seconds: f64, fps: u32, sample_rate: u32) -> (u64, 
 
 /// The `-filter_complex` graph of [`normalize_clip`], outputs `[v]` and `[a]`.
 pub(crate) fn normalize_filtergraph(info: &ClipInfo, t: &EncodeTarget) -> String {
-    let (frames, samples) = segment_length(info.duration_seconds, t.fps, t.sample_rate);
-    let (w, h, fps, sr) = (t.width, t.height, t.fps, t.sample_rate);
-    // `0:V:0`: the first real video stream (not cover art), autorotated by ffmpeg.
-    let video = format!(
-        "[0:V:0]fps={fps},\
-         scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
-         pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,\
-         setsar=1,format=yuv420p,\
-         tpad=stop_mode=clone:stop=-1,trim=end_frame={frames}[v]"
-    );
-    let audio = if info.audio.is_some() {
-        format!(
-            "[0:a:0]aresample={sr}:async=1:first_pts=0,\
-             aformat=sample_fmts=fltp:sample_rates={sr}:channel_layouts=stereo,\
-             apad,atrim=end_sample={samples}[a]"
-        )
-    } else {
-        format!("anullsrc=channel_layout=stereo:sample_rate={sr},atrim=end_sample={samples}[a]")
-    };
+    let (video, audio) = t.filter_chains(info, 0, "v", "a");
     format!("{video};{audio}")
+}
+
+/// reel's recipe for a normalised segment, in one place: [`normalize_clip`] runs it,
+/// and the benchmark's bare-ffmpeg contenders (services/bench/src/recipe.rs) rebuild
+/// their commands from it, so the two cannot drift apart.
+impl EncodeTarget {
+    /// The encoder and muxer arguments of every normalised segment, from `-c:v` to
+    /// `-f mp4` (the output follows): libx264 with this target's `-preset` and `-crf`,
+    /// High profile, `yuv420p`, a keyframe every 2 s, `stitchable=1` (so segments of one
+    /// target share their stream headers and join by stream copy); AAC stereo at this
+    /// target's bitrate and sample rate; metadata and chapters dropped; `+faststart`.
+    ///
+    /// ```
+    /// use reel_events::{Compression, Orientation};
+    /// let args = reel_media::EncodeTarget::new(Orientation::Portrait, Compression::Small).encoder_args();
+    /// assert_eq!(args[..6], ["-c:v", "libx264", "-preset", "veryfast", "-crf", "28"]);
+    /// ```
+    pub fn encoder_args(&self) -> Vec<String> {
+        let (gop, crf) = ((self.fps * 2).to_string(), self.crf.to_string());
+        let (abr, rate) = (format!("{}k", self.audio_bitrate_k), self.sample_rate.to_string());
+        [
+            "-c:v",
+            "libx264",
+            "-preset",
+            self.preset,
+            "-crf",
+            &crf,
+            "-profile:v",
+            "high",
+            "-pix_fmt",
+            "yuv420p",
+            "-g",
+            &gop,
+            "-x264-params",
+            "stitchable=1",
+            "-c:a",
+            "aac",
+            "-b:a",
+            &abr,
+            "-ar",
+            &rate,
+            "-ac",
+            "2",
+            "-map_metadata",
+            "-1",
+            "-map_chapters",
+            "-1",
+            "-max_muxing_queue_size",
+            "4096",
+            "-movflags",
+            "+faststart",
+            "-f",
+            "mp4",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect()
+    }
+
+    /// The video and audio filter chains that make `info`'s clip (ffmpeg input number
+    /// `input`) into this target, writing the pads `[video_out]` and `[audio_out]`:
+    /// fitted and padded to the frame, this frame rate, exactly `round(duration × fps)`
+    /// frames and as many samples (silence when the clip has no audio).
+    pub fn filter_chains(&self, info: &ClipInfo, input: usize, video_out: &str, audio_out: &str) -> (String, String) {
+        let (frames, samples) = segment_length(info.duration_seconds, self.fps, self.sample_rate);
+        let (w, h, fps, sr) = (self.width, self.height, self.fps, self.sample_rate);
+        // `V:0`: the first real video stream (not cover art), autorotated by ffmpeg.
+        let video = format!(
+            "[{input}:V:0]fps={fps},\
+             scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+             pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,\
+             setsar=1,format=yuv420p,\
+             tpad=stop_mode=clone:stop=-1,trim=end_frame={frames}[{video_out}]"
+        );
+        let audio = if info.audio.is_some() {
+            format!(
+                "[{input}:a:0]aresample={sr}:async=1:first_pts=0,\
+                 aformat=sample_fmts=fltp:sample_rates={sr}:channel_layouts=stereo,\
+                 apad,atrim=end_sample={samples}[{audio_out}]"
+            )
+        } else {
+            format!("anullsrc=channel_layout=stereo:sample_rate={sr},atrim=end_sample={samples}[{audio_out}]")
+        };
+        (video, audio)
+    }
 }
 
 /// What [`make_sample_clip`] makes.
@@ -388,7 +425,7 @@ static DRAWTEXT: AtomicU8 = AtomicU8::new(0);
 
 /// Makes a test clip: lavfi `testsrc2` (+ `sine`), h264 yuv420p (+ AAC) in MP4,
 /// written to a temporary name and renamed onto `output`.
-pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), MediaError> {
+pub async fn make_sample_clip(config: &MediaConfig, output: &Path, spec: &SampleSpec) -> Result<(), MediaError> {
     if spec.width == 0 || spec.height == 0 || spec.width % 2 == 1 || spec.height % 2 == 1 {
         return Err(invalid_input(format!("sample size {}x{} must be positive and even", spec.width, spec.height)));
     }
@@ -398,7 +435,7 @@ pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), Me
     let label = sanitize_label(&spec.label);
     let want_text = !label.trim().is_empty() && DRAWTEXT.load(Ordering::Relaxed) != 2;
     if want_text {
-        match sample_run(output, spec, Some(&label)).await {
+        match sample_run(config, output, spec, Some(&label)).await {
             Ok(()) => {
                 DRAWTEXT.store(1, Ordering::Relaxed);
                 return Ok(());
@@ -410,14 +447,19 @@ pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), Me
             Err(e) => return Err(e),
         }
     }
-    sample_run(output, spec, None).await
+    sample_run(config, output, spec, None).await
 }
 
 fn sanitize_label(label: &str) -> String {
     label.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || " _.-#+".contains(c) { c } else { '_' }).collect()
 }
 
-async fn sample_run(output: &Path, spec: &SampleSpec, label: Option<&str>) -> Result<(), MediaError> {
+async fn sample_run(
+    config: &MediaConfig,
+    output: &Path,
+    spec: &SampleSpec,
+    label: Option<&str>,
+) -> Result<(), MediaError> {
     let secs = format!("{:.3}", spec.seconds);
     let tmp = TempFile::beside(output, "part.mp4")?;
     let mut args = args_of(COMMON);
@@ -450,26 +492,23 @@ async fn sample_run(output: &Path, spec: &SampleSpec, label: Option<&str>) -> Re
     args.extend(args_of(&["-t", &secs, "-movflags", "+faststart", "-f", "mp4"]));
     args.push(file_url(&tmp.path));
     let mut ignore = |_: f64| {};
-    process::run(Tool::Ffmpeg, &args, &RunOptions::new(), Stdout::Progress(&mut ignore)).await?.into_success()?;
+    process::run(config, Tool::Ffmpeg, &args, &RunOptions::new(), Stdout::Progress(&mut ignore))
+        .await?
+        .into_success()?;
     tmp.verify_and_persist(output).await
 }
 
 /// The first line of `ffmpeg -version`, e.g. `ffmpeg version 5.1.6-0+deb12u1 Copyright ...`.
-pub fn ffmpeg_version() -> Result<String, MediaError> {
-    let out = std::process::Command::new(Tool::Ffmpeg.program())
+pub fn ffmpeg_version(config: &MediaConfig) -> Result<String, MediaError> {
+    let program = Tool::Ffmpeg.program(config);
+    let out = std::process::Command::new(program)
         .arg("-version")
         .stdin(std::process::Stdio::null())
         .output()
-        .map_err(|e| {
-            if e.kind() == io::ErrorKind::NotFound {
-                MediaError::NotInstalled("ffmpeg".into())
-            } else {
-                MediaError::Io(e)
-            }
-        })?;
+        .map_err(|e| process::spawn_error(program, e))?;
     if !out.status.success() {
         return Err(MediaError::Failed {
-            status: out.status.to_string(),
+            status: out.status,
             stderr_tail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
         });
     }

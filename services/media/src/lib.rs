@@ -12,8 +12,10 @@
 //! `-progress pipe:1`, and stopped (SIGTERM, SIGKILL after 2 s) on cancel or deadline.
 //! Every input is opened as a `file:` URL under `-protocol_whitelist file` and
 //! `-format_whitelist` [`INPUT_FORMATS`] (so no playlist or script can open more files).
-//! `REEL_FFMPEG` / `REEL_FFPROBE` override the binaries (default: `PATH`);
-//! `REEL_NATIVE_PROBE=0` turns the native MP4/MOV header reader off (ffprobe only).
+//! The crate reads no environment: a [`MediaConfig`] passed to every call names the
+//! binaries (default: `ffmpeg` / `ffprobe` on `PATH`), turns the native MP4/MOV header
+//! reader on or off, and bounds what a clip may declare ([`ProbeLimits`]). Every
+//! [`MediaError`] knows its own [`Verdict`] ([`Classify`]).
 //! See `docs/MEDIA.md` for the rules and the exact ffmpeg settings.
 //!
 //! ```no_run
@@ -21,16 +23,17 @@
 //! use reel_events::{Compression, Mode, Orientation};
 //! use reel_media::*;
 //!
+//! let config = MediaConfig::default();
 //! let (orientation, compression) = (Orientation::Portrait, Compression::Optimized);
 //! let mut infos = Vec::new();
 //! for c in &clips {
-//!     infos.push(probe(c).await?);
+//!     infos.push(probe(&config, c).await?);
 //! }
 //! let opts = RunOptions::new().with_timeout(std::time::Duration::from_secs(600));
 //! let out = dir.join("reel.mp4");
 //! let plan = plan(&infos, orientation, compression);
 //! if plan.mode == Mode::Copy {
-//!     match concat_copy(&clips, &out, &opts, &mut |_| {}).await {
+//!     match concat_copy(&config, &clips, &out, &opts, &mut |_| {}).await {
 //!         // Same parameters but different codec headers: re-encode after all.
 //!         Err(MediaError::Incompatible { .. }) => {}
 //!         done => return done,
@@ -40,14 +43,16 @@
 //! let mut segments = Vec::new();
 //! for (i, (clip, info)) in clips.iter().zip(&infos).enumerate() {
 //!     let seg = dir.join(format!("seg{i}.mp4"));
-//!     normalize_clip(clip, info, &target, &seg, &opts, &mut |s| println!("{s:.1}s")).await?;
+//!     normalize_clip(&config, clip, info, &target, &seg, &opts, &mut |s| println!("{s:.1}s")).await?;
 //!     segments.push(seg);
 //! }
-//! concat_copy(&segments, &out, &opts, &mut |_| {}).await
+//! concat_copy(&config, &segments, &out, &opts, &mut |_| {}).await
 //! # }
 //! ```
 
 mod cancel;
+mod clip;
+mod config;
 mod encode;
 mod error;
 mod mp4;
@@ -56,14 +61,16 @@ mod probe;
 mod process;
 
 pub use cancel::{CancelToken, RunOptions};
+pub use config::{LimitExceeded, MediaConfig, ProbeLimits};
 pub use encode::{check_copy_compatible, concat_copy, ffmpeg_version, make_sample_clip, normalize_clip, SampleSpec};
 pub use error::MediaError;
-pub use mp4::NATIVE_PROBE_ENV;
 pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use probe::{
-    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_with_ffprobe, Fingerprint, NativeProbe,
-    INPUT_FORMATS, PROBE_TIMEOUT,
+    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_native_bytes, probe_with_ffprobe, Fingerprint,
+    NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
 };
+/// Re-exported so that `.verdict()` works with `reel_media::*` in scope.
+pub use reel_events::{Classify, Verdict};
 
 use std::ffi::OsString;
 use std::path::Path;

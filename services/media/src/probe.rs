@@ -3,12 +3,15 @@
 //! MP4/MOV (ISO-BMFF) headers are read in-process by [`crate::mp4`], which answers
 //! only when it is sure to give ffprobe's answer; everything else (other containers,
 //! codecs or layouts it does not know, anything odd) goes to ffprobe as before.
-//! `REEL_NATIVE_PROBE=0` sends everything to ffprobe.
+//! [`MediaConfig::native_probe`] `false` sends everything to ffprobe. Whichever path
+//! answers, the clip must then fit [`MediaConfig::limits`](crate::ProbeLimits).
 
+use crate::clip::normalise_rotation;
+pub use crate::clip::Fingerprint;
 use crate::error::MediaError;
 use crate::mp4;
 use crate::process::{self, Stdout, Tool};
-use crate::{file_url, RunOptions};
+use crate::{file_url, MediaConfig, RunOptions};
 use reel_events::{AudioInfo, ClipInfo, VideoInfo};
 use serde_json::Value;
 use std::ffi::OsString;
@@ -29,22 +32,33 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Probes `path`: MP4/MOV headers natively when the reader is sure (see
 /// [`probe_native`]), otherwise ffprobe (`-v error -protocol_whitelist file
 /// -format_whitelist INPUT_FORMATS -show_streams -show_format -of json`, no shell,
-/// 30 s limit). Both give the same [`ClipInfo`]; `REEL_NATIVE_PROBE=0` forces ffprobe.
+/// 30 s limit). Both give the same [`ClipInfo`]; `config.native_probe = false` forces
+/// ffprobe. Either way the clip must fit `config.limits` ([`ProbeLimits`]).
 ///
-/// Errors: `Io` if the file cannot be opened (missing, permissions); `Corrupt` if
+/// ```no_run
+/// # async fn demo(path: &std::path::Path) -> Result<(), reel_media::MediaError> {
+/// let info = reel_media::probe(&reel_media::MediaConfig::default(), path).await?;
+/// println!("{}x{}", info.video.width, info.video.height);
+/// # Ok(()) }
+/// ```
+///
+/// Errors: `OutOfBounds` if the clip declares frames, a frame rate or a duration
+/// beyond the limits; `Io` if the file cannot be opened (missing, permissions); `Corrupt` if
 /// ffprobe cannot read it, it has no video stream, no positive duration, is a still
 /// image, or is an MP4/MOV whose box structure runs past the end of the file
 /// (a truncated download); `Timeout` after 30 s; `NotInstalled` without ffprobe.
 /// The native reader decides no error itself (except `Timeout` if reading the headers
 /// takes 30 s, as the ffprobe run would): whatever it is unsure about, ffprobe
 /// decides, so the errors are those of [`probe_with_ffprobe`].
-pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
+///
+/// [`ProbeLimits`]: crate::ProbeLimits
+pub async fn probe(config: &MediaConfig, path: &Path) -> Result<ClipInfo, MediaError> {
     let len = probe_input_len(path).await?;
-    if mp4::enabled() {
+    if config.native_probe {
         match read_native(path, &RunOptions::new()).await? {
             Ok((info, _)) => {
                 check_iso_boxes(path, len).await?;
-                return Ok(info);
+                return within_limits(config, info);
             }
             Err(declined) => tracing::debug!(
                 path = %path.display(),
@@ -53,13 +67,20 @@ pub async fn probe(path: &Path) -> Result<ClipInfo, MediaError> {
             ),
         }
     }
-    run_ffprobe(path, len).await
+    within_limits(config, run_ffprobe(config, path, len).await?)
 }
 
 /// [`probe`] with ffprobe only, never the native reader (for diagnostics and tests).
-pub async fn probe_with_ffprobe(path: &Path) -> Result<ClipInfo, MediaError> {
+/// The clip must fit `config.limits` all the same.
+pub async fn probe_with_ffprobe(config: &MediaConfig, path: &Path) -> Result<ClipInfo, MediaError> {
     let len = probe_input_len(path).await?;
-    run_ffprobe(path, len).await
+    within_limits(config, run_ffprobe(config, path, len).await?)
+}
+
+/// The one bounds check of both probe paths: nothing beyond the limits gets to ffmpeg.
+fn within_limits(config: &MediaConfig, info: ClipInfo) -> Result<ClipInfo, MediaError> {
+    config.limits.check(&info)?;
+    Ok(info)
 }
 
 /// What the native MP4/MOV reader makes of one file (see [`probe_native`]).
@@ -80,14 +101,25 @@ pub enum NativeProbe {
     Declined(String),
 }
 
-/// Runs only the native ISO-BMFF reader on `path`, with no ffprobe fallback and
-/// regardless of `REEL_NATIVE_PROBE`: for diagnostics and the differential tests.
-/// Reads only headers (a few KB); never fails, a problem is a `Declined`.
+/// Runs only the native ISO-BMFF reader on `path`, with no ffprobe fallback, whatever
+/// [`MediaConfig::native_probe`] says and without the [`ProbeLimits`](crate::ProbeLimits)
+/// check: for diagnostics and the differential tests. Reads only headers (a few KB);
+/// never fails, a problem is a `Declined`.
 pub async fn probe_native(path: &Path) -> NativeProbe {
     match read_native(path, &RunOptions::new()).await {
         Ok(Ok((info, fingerprint))) => NativeProbe::Read { info, fingerprint },
         Ok(Err(declined)) => NativeProbe::Declined(declined.0),
         Err(e) => NativeProbe::Declined(format!("reading the headers: {e}")),
+    }
+}
+
+/// [`probe_native`] on a file held in memory: the reader alone, no file system, no
+/// ffprobe, no limits. Its entry for fuzzing (`fuzz/fuzz_targets/mp4.rs`); never
+/// panics, whatever the bytes.
+pub fn probe_native_bytes(bytes: &[u8]) -> NativeProbe {
+    match mp4::read(std::io::Cursor::new(bytes), bytes.len() as u64) {
+        Ok((info, fingerprint)) => NativeProbe::Read { info, fingerprint },
+        Err(declined) => NativeProbe::Declined(declined.0),
     }
 }
 
@@ -125,7 +157,7 @@ async fn probe_input_len(path: &Path) -> Result<u64, MediaError> {
     Ok(meta.len())
 }
 
-async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
+async fn run_ffprobe(config: &MediaConfig, path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
@@ -144,7 +176,7 @@ async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     .chain(std::iter::once(file_url(path)))
     .collect();
     let opts = RunOptions::new().with_timeout(PROBE_TIMEOUT);
-    let fin = process::run(Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
+    let fin = process::run(config, Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
     if !fin.status.success() {
         let reason = fin.stderr_tail.trim();
         return Err(MediaError::corrupt(if reason.is_empty() {
@@ -163,23 +195,15 @@ async fn run_ffprobe(path: &Path, len: u64) -> Result<ClipInfo, MediaError> {
     Ok(info)
 }
 
-/// Codec headers of the first video and first audio stream (cover art excluded), for
-/// the stream-copy check: `(codec name, extradata hash)` as ffprobe prints them with
-/// `-show_data_hash CRC32`, e.g. `("h264", "CRC32:59cc208d")`. Two clips can be joined
-/// by stream copy only if these are equal.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Fingerprint {
-    /// The first video stream's codec name and extradata hash, if any.
-    pub video: Option<(String, String)>,
-    /// The first audio stream's codec name and extradata hash, if any.
-    pub audio: Option<(String, String)>,
-}
-
 /// Reads the codec name and a CRC32 of the codec extradata (h264 SPS/PPS, AAC
 /// AudioSpecificConfig) of the first video and audio stream: natively for MP4/MOV
 /// when the reader is sure, else with [`fingerprint_with_ffprobe`].
-pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Fingerprint, MediaError> {
-    if mp4::enabled() {
+pub(crate) async fn fingerprint(
+    config: &MediaConfig,
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<Fingerprint, MediaError> {
+    if config.native_probe {
         // Same contract as the ffprobe run: a cancelled or expired request does no work.
         if opts.cancel.is_cancelled() {
             return Err(MediaError::Cancelled);
@@ -196,12 +220,16 @@ pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Finger
             ),
         }
     }
-    fingerprint_with_ffprobe(path, opts).await
+    fingerprint_with_ffprobe(config, path, opts).await
 }
 
 /// The [`Fingerprint`] of `path` from ffprobe only (`-show_data_hash CRC32`), never
 /// the native reader (for diagnostics and tests). 30 s limit, or `opts`' deadline.
-pub async fn fingerprint_with_ffprobe(path: &Path, opts: &RunOptions) -> Result<Fingerprint, MediaError> {
+pub async fn fingerprint_with_ffprobe(
+    config: &MediaConfig,
+    path: &Path,
+    opts: &RunOptions,
+) -> Result<Fingerprint, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
@@ -224,7 +252,7 @@ pub async fn fingerprint_with_ffprobe(path: &Path, opts: &RunOptions) -> Result<
     let limit = std::time::Instant::now() + PROBE_TIMEOUT;
     let opts =
         RunOptions { cancel: opts.cancel.clone(), deadline: Some(opts.deadline.map_or(limit, |d| d.min(limit))) };
-    let fin = process::run(Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
+    let fin = process::run(config, Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
     if !fin.status.success() {
         return Err(MediaError::corrupt(format!(
             "{}: {}",
@@ -342,12 +370,6 @@ pub(crate) fn rotation_of(stream: &Value) -> u32 {
     }
 }
 
-/// Snaps any angle to the nearest of 0, 90, 180, 270.
-pub(crate) fn normalise_rotation(deg: f64) -> u32 {
-    let quarter = (deg / 90.0).round() as i64;
-    (quarter.rem_euclid(4) * 90) as u32
-}
-
 fn valid_fraction(r: &str) -> bool {
     match r.split_once('/') {
         Some((n, d)) => n.parse::<u64>().is_ok_and(|n| n > 0) && d.parse::<u64>().is_ok_and(|d| d > 0),
@@ -422,6 +444,7 @@ pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), Me
 #[cfg(test)]
 mod tests {
     use super::*;
+    use reel_events::Classify;
     use serde_json::json;
 
     #[test]
@@ -475,6 +498,73 @@ mod tests {
         let no_duration = json!({"streams": [{"codec_type": "video", "codec_name": "h264", "width": 5, "height": 5}],
                                  "format": {"format_name": "matroska,webm"}});
         assert!(matches!(parse_ffprobe_json(&no_duration), Err(MediaError::Corrupt { .. })));
+    }
+
+    /// Issue 12: a clip of a few hundred bytes that declares 16000x16000 frames (256 M
+    /// pixels, 384 MB a frame) is refused by both probe paths as out of bounds, before
+    /// ffmpeg could decode it.
+    #[tokio::test]
+    async fn both_probe_paths_refuse_frames_beyond_the_limits() {
+        use crate::{LimitExceeded, ProbeLimits};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("huge.mp4");
+        std::fs::write(&path, mp4::testfile::file_declaring_frames(16000, 16000)).unwrap();
+
+        // The native reader reads it (so `probe` answers without ffprobe) ...
+        match probe_native(&path).await {
+            NativeProbe::Read { info, .. } => {
+                assert_eq!((info.video.width, info.video.height), (16000, 16000))
+            }
+            other => panic!("the native reader declined: {other:?}"),
+        }
+        // ... and both paths refuse it.
+        let config = MediaConfig::default();
+        for (how, result) in
+            [("native", probe(&config, &path).await), ("ffprobe", probe_with_ffprobe(&config, &path).await)]
+        {
+            let e = result.expect_err(how);
+            assert!(
+                matches!(e, MediaError::OutOfBounds(LimitExceeded::FrameSize { width: 16000, height: 16000, .. })),
+                "{how}: {e:?}"
+            );
+            assert_eq!(e.to_string(), "clip out of bounds: 16000x16000 frames are over the 8192x8192 limit");
+            assert_eq!(e.verdict(), reel_events::Verdict::reject(reel_events::ErrorType::InvalidRequest));
+        }
+
+        // With the bounds raised, both paths report the declared size: the refusal was
+        // the bound, not an unreadable file.
+        let raised = MediaConfig::default().set_limits(ProbeLimits::default().set_max_frame(16000, 16000, u64::MAX));
+        for (how, result) in
+            [("native", probe(&raised, &path).await), ("ffprobe", probe_with_ffprobe(&raised, &path).await)]
+        {
+            let info = result.unwrap_or_else(|e| panic!("{how}: {e}"));
+            assert_eq!((info.video.width, info.video.height), (16000, 16000), "{how}");
+        }
+
+        // 16384x16384: the native path refuses it as out of bounds; ffprobe already finds
+        // the size invalid (libavutil's image size check) and reports no frame size, so
+        // its path refuses it as corrupt. Refused either way.
+        std::fs::write(&path, mp4::testfile::file_declaring_frames(16384, 16384)).unwrap();
+        let e = probe(&config, &path).await.unwrap_err();
+        assert!(matches!(e, MediaError::OutOfBounds(LimitExceeded::FrameSize { .. })), "{e:?}");
+        let e = probe_with_ffprobe(&config, &path).await.unwrap_err();
+        assert!(!e.verdict().retryable, "{e:?}");
+    }
+
+    /// The fuzz target's seeds (`fuzz/seeds/mp4/`) must reach the whole reader, not just
+    /// its early declines, or the fuzzer starts from nothing.
+    #[test]
+    fn fuzz_seeds_are_read_natively() {
+        let seeds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/mp4");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&seeds).unwrap() {
+            let path = entry.unwrap().path();
+            match probe_native_bytes(&std::fs::read(&path).unwrap()) {
+                NativeProbe::Read { .. } => read += 1,
+                other => panic!("{}: {other:?}", path.display()),
+            }
+        }
+        assert!(read >= 3, "{read} seeds");
     }
 
     #[test]

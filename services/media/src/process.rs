@@ -2,8 +2,9 @@
 //! and stopped (SIGTERM, then SIGKILL) on cancel or deadline.
 
 use crate::error::{stderr_says_disk_full, MediaError};
-use crate::RunOptions;
+use crate::{MediaConfig, RunOptions};
 use std::ffi::OsString;
+use std::path::Path;
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader};
@@ -31,15 +32,11 @@ impl Tool {
         }
     }
 
-    /// The program to execute: `$REEL_FFMPEG` / `$REEL_FFPROBE`, else the bare name on `PATH`.
-    pub(crate) fn program(self) -> OsString {
-        let var = match self {
-            Tool::Ffmpeg => "REEL_FFMPEG",
-            Tool::Ffprobe => "REEL_FFPROBE",
-        };
-        match std::env::var_os(var) {
-            Some(v) if !v.is_empty() => v,
-            _ => OsString::from(self.name()),
+    /// The program to execute, as `config` names it.
+    pub(crate) fn program(self, config: &MediaConfig) -> &Path {
+        match self {
+            Tool::Ffmpeg => config.ffmpeg(),
+            Tool::Ffprobe => config.ffprobe(),
         }
     }
 }
@@ -68,20 +65,21 @@ impl Finished {
     /// failure too.
     pub(crate) fn into_success(self) -> Result<Finished, MediaError> {
         if stderr_says_disk_full(&self.stderr_tail) {
-            return Err(MediaError::DiskFull(self.stderr_tail.trim().to_string()));
+            return Err(MediaError::disk_full_said(&self.stderr_tail));
         }
         let output_broken =
             ["Error writing trailer", "Error closing file"].iter().any(|m| self.stderr_tail.contains(m));
         if self.status.success() && !output_broken {
             return Ok(self);
         }
-        Err(MediaError::Failed { status: self.status.to_string(), stderr_tail: self.stderr_tail.trim().to_string() })
+        Err(MediaError::Failed { status: self.status, stderr_tail: self.stderr_tail.trim().to_string() })
     }
 }
 
-fn spawn_error(tool: Tool, e: std::io::Error) -> MediaError {
+/// The error of a program that would not start: `NotInstalled` when it is not there.
+pub(crate) fn spawn_error(program: &Path, e: std::io::Error) -> MediaError {
     if e.kind() == std::io::ErrorKind::NotFound {
-        MediaError::NotInstalled(format!("{} ({:?})", tool.name(), tool.program()))
+        MediaError::NotInstalled { program: program.to_path_buf(), source: e }
     } else {
         MediaError::Io(e)
     }
@@ -91,6 +89,7 @@ fn spawn_error(tool: Tool, e: std::io::Error) -> MediaError {
 ///
 /// `grace` is whether to send SIGTERM first (ffmpeg) or kill at once (ffprobe).
 pub(crate) async fn run(
+    config: &MediaConfig,
     tool: Tool,
     args: &[OsString],
     opts: &RunOptions,
@@ -105,9 +104,10 @@ pub(crate) async fn run(
         }
     }
     tracing::debug!(tool = tool.name(), args = ?args, "running");
-    let mut cmd = Command::new(tool.program());
+    let program = tool.program(config);
+    let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
-    let mut child = cmd.spawn().map_err(|e| spawn_error(tool, e))?;
+    let mut child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let pid = child.id();
     let out = child.stdout.take().expect("stdout piped");
     let err = child.stderr.take().expect("stderr piped");

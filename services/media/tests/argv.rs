@@ -1,11 +1,13 @@
 //! Every ffmpeg and ffprobe that reel starts is told to open plain files only
 //! (`-protocol_whitelist file` before its input), so no clip, playlist or concat list can
 //! make it open a URL, a device or another protocol. Checked on the real command lines:
-//! `REEL_FFMPEG` / `REEL_FFPROBE` point at a wrapper that records its arguments and runs
-//! the real program.
+//! the configured ffmpeg / ffprobe are a wrapper that records its arguments and runs the
+//! real program.
 
 use reel_events::{Compression, Orientation};
-use reel_media::{concat_copy, make_sample_clip, normalize_clip, plan, probe, EncodeTarget, RunOptions, SampleSpec};
+use reel_media::{
+    concat_copy, make_sample_clip, normalize_clip, plan, probe, EncodeTarget, MediaConfig, RunOptions, SampleSpec,
+};
 use std::path::{Path, PathBuf};
 
 fn wrapper(dir: &Path, real: &str, log: &Path) -> PathBuf {
@@ -48,8 +50,9 @@ fn every_ffmpeg_and_ffprobe_invocation_whitelists_the_file_protocol_only() {
     // Clips made before the wrappers are in place (make_sample_clip reads no input file).
     let spec = |w, h| SampleSpec { width: w, height: h, seconds: 1.0, fps: 10, audio: true, label: "x".into() };
     let (a, b, mkv) = (dir.path().join("a.mp4"), dir.path().join("b.mp4"), dir.path().join("c.mkv"));
-    rt.block_on(make_sample_clip(&a, &spec(160, 120))).unwrap();
-    rt.block_on(make_sample_clip(&b, &spec(160, 120))).unwrap();
+    let plain = MediaConfig::default();
+    rt.block_on(make_sample_clip(&plain, &a, &spec(160, 120))).unwrap();
+    rt.block_on(make_sample_clip(&plain, &b, &spec(160, 120))).unwrap();
     let status = std::process::Command::new("ffmpeg")
         .args(["-v", "error", "-y", "-i"])
         .arg(&a)
@@ -59,22 +62,25 @@ fn every_ffmpeg_and_ffprobe_invocation_whitelists_the_file_protocol_only() {
         .unwrap();
     assert!(status.success());
 
-    std::env::set_var("REEL_FFMPEG", &ffmpeg);
-    std::env::set_var("REEL_FFPROBE", &ffprobe);
     // The probe path ffprobe takes (also for MP4 when native reading is off).
-    std::env::set_var("REEL_NATIVE_PROBE", "0");
+    let recorded = MediaConfig::default().with_ffmpeg(&ffmpeg).with_ffprobe(&ffprobe).set_native_probe(false);
     rt.block_on(async {
-        let info_a = probe(&a).await.unwrap();
-        probe(&mkv).await.unwrap();
+        let info_a = probe(&recorded, &a).await.unwrap();
+        probe(&recorded, &mkv).await.unwrap();
         let p = plan(&[info_a.clone(), info_a.clone()], Orientation::Landscape, Compression::Optimized);
         let target = p.target.unwrap_or_else(|| EncodeTarget::new(Orientation::Landscape, Compression::Optimized));
         let seg = dir.path().join("seg.mp4");
-        normalize_clip(&a, &info_a, &target, &seg, &RunOptions::new(), &mut |_| {}).await.unwrap();
-        concat_copy(&[a.clone(), b.clone()], &dir.path().join("joined.mp4"), &RunOptions::new(), &mut |_| {})
-            .await
-            .unwrap();
+        normalize_clip(&recorded, &a, &info_a, &target, &seg, &RunOptions::new(), &mut |_| {}).await.unwrap();
+        concat_copy(
+            &recorded,
+            &[a.clone(), b.clone()],
+            &dir.path().join("joined.mp4"),
+            &RunOptions::new(),
+            &mut |_| {},
+        )
+        .await
+        .unwrap();
     });
-    std::env::remove_var("REEL_NATIVE_PROBE");
 
     let text = std::fs::read_to_string(&log).expect("the wrappers ran");
     let lines: Vec<&str> = text.lines().collect();

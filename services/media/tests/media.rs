@@ -6,10 +6,15 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+/// The configuration every test here runs with: ffmpeg and ffprobe from `PATH`.
+fn media() -> MediaConfig {
+    MediaConfig::default()
+}
+
 fn sample(dir: &Path, name: &str, width: u32, height: u32, seconds: f64, audio: bool) -> PathBuf {
     let path = dir.join(name);
     let spec = SampleSpec { width, height, seconds, fps: 30, audio, label: name.to_string() };
-    block(make_sample_clip(&path, &spec)).unwrap_or_else(|e| panic!("make_sample_clip {name}: {e}"));
+    block(make_sample_clip(&media(), &path, &spec)).unwrap_or_else(|e| panic!("make_sample_clip {name}: {e}"));
     path
 }
 
@@ -76,7 +81,7 @@ fn leftovers(dir: &Path) -> Vec<String> {
 
 #[test]
 fn version() {
-    let v = ffmpeg_version().unwrap();
+    let v = ffmpeg_version(&media()).unwrap();
     assert!(v.starts_with("ffmpeg version"), "{v}");
 }
 
@@ -84,7 +89,7 @@ fn version() {
 fn probe_generated_clip() {
     let dir = tempfile::tempdir().unwrap();
     let clip = sample(dir.path(), "a.mp4", 320, 240, 1.0, true);
-    let info = block(probe(&clip)).unwrap();
+    let info = block(probe(&media(), &clip)).unwrap();
     assert!((info.duration_seconds - 1.0).abs() < 0.1, "{info:?}");
     assert!(is_mov_family(&info.container), "{}", info.container);
     assert_eq!(info.video.codec, "h264");
@@ -103,7 +108,7 @@ fn probe_generated_clip() {
 fn probe_without_audio() {
     let dir = tempfile::tempdir().unwrap();
     let clip = sample(dir.path(), "silent.mp4", 160, 90, 1.0, false);
-    let info = block(probe(&clip)).unwrap();
+    let info = block(probe(&media(), &clip)).unwrap();
     assert!(info.audio.is_none());
     assert_eq!((info.video.width, info.video.height), (160, 90));
 }
@@ -114,35 +119,35 @@ fn probe_rejects_garbage_and_truncation() {
     let garbage = dir.path().join("garbage.mp4");
     let bytes: Vec<u8> = (0u32..20_000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&garbage, bytes).unwrap();
-    let e = block(probe(&garbage)).unwrap_err();
+    let e = block(probe(&media(), &garbage)).unwrap_err();
     assert!(matches!(e, MediaError::Corrupt { .. }), "{e:?}");
-    assert!(!e.is_transient());
+    assert_eq!(e.verdict(), Verdict::reject(reel_events::ErrorType::CorruptInput));
 
     // Playlists and scripts that would open other files are refused, whatever the name.
     let inner = sample(dir.path(), "inner.mp4", 160, 90, 1.0, false);
     let hls = dir.path().join("playlist.mp4");
     let m3u = format!("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n", inner.display());
     std::fs::write(&hls, m3u).unwrap();
-    let e = block(probe(&hls)).unwrap_err();
+    let e = block(probe(&media(), &hls)).unwrap_err();
     assert!(matches!(e, MediaError::Corrupt { .. }), "{e:?}");
     let script = dir.path().join("script.mp4");
     std::fs::write(&script, "ffconcat version 1.0\nfile 'inner.mp4'\n").unwrap();
-    let e = block(probe(&script)).unwrap_err();
+    let e = block(probe(&media(), &script)).unwrap_err();
     assert!(matches!(e, MediaError::Corrupt { .. }), "{e:?}");
 
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a video at all\n").unwrap();
-    assert!(matches!(block(probe(&text)), Err(MediaError::Corrupt { .. })));
+    assert!(matches!(block(probe(&media(), &text)), Err(MediaError::Corrupt { .. })));
 
     // faststart (index first): ffprobe alone would accept the truncated file.
     let clip = sample(dir.path(), "full.mp4", 320, 240, 1.0, true);
     let data = std::fs::read(&clip).unwrap();
     let cut = dir.path().join("cut.mp4");
     std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
-    let e = block(probe(&cut)).unwrap_err();
+    let e = block(probe(&media(), &cut)).unwrap_err();
     assert!(matches!(&e, MediaError::Corrupt { reason } if reason.contains("truncated")), "{e:?}");
     std::fs::write(&cut, &data[..data.len() - 1]).unwrap();
-    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
+    assert!(matches!(block(probe(&media(), &cut)), Err(MediaError::Corrupt { .. })));
 
     // index last (plain ffmpeg output): the moov box is missing.
     let plain = dir.path().join("plain.mp4");
@@ -156,12 +161,12 @@ fn probe_rejects_garbage_and_truncation() {
     assert!(st.success());
     let data = std::fs::read(&plain).unwrap();
     std::fs::write(&cut, &data[..data.len() * 2 / 3]).unwrap();
-    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
+    assert!(matches!(block(probe(&media(), &cut)), Err(MediaError::Corrupt { .. })));
 
     std::fs::write(&cut, b"").unwrap();
-    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
+    assert!(matches!(block(probe(&media(), &cut)), Err(MediaError::Corrupt { .. })));
 
-    let missing = block(probe(&dir.path().join("nope.mp4"))).unwrap_err();
+    let missing = block(probe(&media(), &dir.path().join("nope.mp4"))).unwrap_err();
     assert!(matches!(&missing, MediaError::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{missing:?}");
 }
 
@@ -173,7 +178,7 @@ fn probe_rotation() {
     for (tag, want) in [(90, 270), (270, 90), (180, 180)] {
         let rotated = dir.path().join(format!("rot{tag}.mp4"));
         remux_rotated(&clip, &rotated, tag);
-        let info = block(probe(&rotated)).unwrap();
+        let info = block(probe(&media(), &rotated)).unwrap();
         assert_eq!(info.video.rotation, want, "rotate={tag}");
         assert_eq!((info.video.width, info.video.height), (320, 180));
         let shown = if want == 180 { (320, 180) } else { (180, 320) };
@@ -192,7 +197,7 @@ fn concat_copy_identical_clips_with_awkward_names() {
         std::fs::copy(&one, &p).unwrap();
         inputs.push(p);
     }
-    let infos: Vec<_> = inputs.iter().map(|p| block(probe(p)).unwrap()).collect();
+    let infos: Vec<_> = inputs.iter().map(|p| block(probe(&media(), p)).unwrap()).collect();
     let plan = plan(&infos, Orientation::Landscape, Compression::Optimized);
     assert_eq!(plan.mode, reel_events::Mode::Copy, "{}", plan.reason);
 
@@ -204,12 +209,12 @@ fn concat_copy_identical_clips_with_awkward_names() {
         calls += 1;
     };
     let t = Instant::now();
-    block(concat_copy(&inputs, &out, &RunOptions::new(), &mut cb)).unwrap();
+    block(concat_copy(&media(), &inputs, &out, &RunOptions::new(), &mut cb)).unwrap();
     eprintln!("concat_copy of 3 clips: {:?}", t.elapsed());
     assert!(calls > 0);
     let want: f64 = infos.iter().map(|i| i.duration_seconds).sum();
     assert!((last - want).abs() < 0.3, "progress {last} vs {want}");
-    let info = block(probe(&out)).unwrap();
+    let info = block(probe(&media(), &out)).unwrap();
     assert!((info.duration_seconds - want).abs() <= 0.2, "{} vs {want}", info.duration_seconds);
     assert_eq!(decode_errors(&out), "");
     assert_eq!(stream_types(&out), ["video", "audio"]);
@@ -222,12 +227,12 @@ fn concat_copy_keeps_rotation() {
     let clip = sample(dir.path(), "phone.mp4", 320, 180, 1.0, true);
     let rotated = dir.path().join("phone90.mp4");
     remux_rotated(&clip, &rotated, 270);
-    let info = block(probe(&rotated)).unwrap();
+    let info = block(probe(&media(), &rotated)).unwrap();
     let plan = plan(&[info.clone(), info.clone()], Orientation::Portrait, Compression::Original);
     assert_eq!(plan.mode, reel_events::Mode::Copy, "{}", plan.reason);
     let out = dir.path().join("reel.mp4");
-    block(concat_copy(&[rotated.clone(), rotated], &out, &RunOptions::new(), &mut |_| {})).unwrap();
-    let joined = block(probe(&out)).unwrap();
+    block(concat_copy(&media(), &[rotated.clone(), rotated], &out, &RunOptions::new(), &mut |_| {})).unwrap();
+    let joined = block(probe(&media(), &out)).unwrap();
     assert_eq!(joined.video.rotation, 90);
     assert_eq!(joined.video.display_size(), (180, 320));
 }
@@ -236,14 +241,15 @@ fn concat_copy_keeps_rotation() {
 fn concat_copy_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.mp4");
-    let e = block(concat_copy(&[], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    let e = block(concat_copy(&media(), &[], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput), "{e:?}");
-    let e = block(concat_copy(&[dir.path().join("missing.mp4")], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    let e = block(concat_copy(&media(), &[dir.path().join("missing.mp4")], &out, &RunOptions::new(), &mut |_| {}))
+        .unwrap_err();
     assert!(matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::NotFound), "{e:?}");
     // A non-media input is refused; nothing is left behind.
     let junk = dir.path().join("junk.mp4");
     std::fs::write(&junk, b"junk junk junk").unwrap();
-    let e = block(concat_copy(&[junk], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    let e = block(concat_copy(&media(), &[junk], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(&e, MediaError::Corrupt { .. }), "{e:?}");
     assert!(!out.exists());
 
@@ -259,16 +265,16 @@ fn concat_copy_errors() {
         .status()
         .unwrap();
     assert!(st.success());
-    let infos = [block(probe(&a)).unwrap(), block(probe(&b)).unwrap()];
+    let infos = [block(probe(&media(), &a)).unwrap(), block(probe(&media(), &b)).unwrap()];
     let p = plan(&infos, Orientation::Landscape, Compression::Optimized);
     assert_eq!(p.mode, reel_events::Mode::Copy, "{}", p.reason);
     let inputs = [a.clone(), b];
-    let e = block(check_copy_compatible(&inputs, &RunOptions::new())).unwrap_err();
+    let e = block(check_copy_compatible(&media(), &inputs, &RunOptions::new())).unwrap_err();
     assert!(matches!(&e, MediaError::Incompatible { reason } if reason.contains("input 2")), "{e:?}");
-    let e = block(concat_copy(&inputs, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    let e = block(concat_copy(&media(), &inputs, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(&e, MediaError::Incompatible { .. }), "{e:?}");
-    assert!(!e.is_transient());
-    block(check_copy_compatible(&[a.clone(), a], &RunOptions::new())).unwrap();
+    assert_eq!(e.verdict(), Verdict::reject(reel_events::ErrorType::Internal));
+    block(check_copy_compatible(&media(), &[a.clone(), a], &RunOptions::new())).unwrap();
     assert!(!out.exists());
     assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
@@ -282,7 +288,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
     let land = sample(dir.path(), "land.mp4", 320, 180, 1.5, true);
     let phone = dir.path().join("phone's clip.mp4");
     remux_rotated(&land, &phone, 270);
-    let infos = [block(probe(&silent)).unwrap(), block(probe(&phone)).unwrap()];
+    let infos = [block(probe(&media(), &silent)).unwrap(), block(probe(&media(), &phone)).unwrap()];
     assert_eq!(infos[1].video.rotation, 90);
 
     let plan = plan(&infos, Orientation::Portrait, Compression::Optimized);
@@ -295,7 +301,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
         let seg = dir.path().join(format!("seg {i}.mp4"));
         let mut progressed = 0.0;
         let t = Instant::now();
-        block(normalize_clip(src, info, &target, &seg, &RunOptions::new(), &mut |s| progressed = s)).unwrap();
+        block(normalize_clip(&media(), src, info, &target, &seg, &RunOptions::new(), &mut |s| progressed = s)).unwrap();
         eprintln!(
             "normalize_clip {i} ({}x{} -> 1080x1920, {}): {:?}",
             info.video.width,
@@ -304,7 +310,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
             t.elapsed()
         );
         assert!(progressed > 0.5, "progress {progressed}");
-        let s = block(probe(&seg)).unwrap();
+        let s = block(probe(&media(), &seg)).unwrap();
         assert_eq!((s.video.width, s.video.height, s.video.rotation), (1080, 1920, 0));
         assert_eq!(s.video.frame_rate, "30/1");
         assert_eq!(s.video.pix_fmt, "yuv420p");
@@ -323,8 +329,8 @@ fn normalize_mixed_clips_to_portrait_and_join() {
     assert!(top_luma(&segments[1], 0.5, 8) > 40.0, "rotated clip should fill the portrait frame");
 
     let out = dir.path().join("reel.mp4");
-    block(concat_copy(&segments, &out, &RunOptions::new(), &mut |_| {})).unwrap();
-    let reel = block(probe(&out)).unwrap();
+    block(concat_copy(&media(), &segments, &out, &RunOptions::new(), &mut |_| {})).unwrap();
+    let reel = block(probe(&media(), &out)).unwrap();
     assert_eq!((reel.video.width, reel.video.height), (1080, 1920));
     assert_eq!(stream_types(&out), ["video", "audio"]);
     let want: f64 = infos.iter().map(|i| i.duration_seconds).sum();
@@ -343,7 +349,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
 /// an hour of output, i.e. runs far longer than any test waits.
 fn endless_job(dir: &Path) -> (PathBuf, reel_events::ClipInfo, EncodeTarget) {
     let clip = sample(dir, "short.mp4", 160, 90, 0.5, true);
-    let mut info = block(probe(&clip)).unwrap();
+    let mut info = block(probe(&media(), &clip)).unwrap();
     info.duration_seconds = 3600.0;
     let target =
         EncodeTarget { width: 320, height: 240, ..EncodeTarget::new(Orientation::Landscape, Compression::Optimized) };
@@ -405,7 +411,7 @@ fn cancel_stops_ffmpeg_promptly() {
         let mut cb = |s: f64| {
             let _ = tx.send(s);
         };
-        let res = normalize_clip(&clip, &info, &target, &out, &opts, &mut cb).await;
+        let res = normalize_clip(&media(), &clip, &info, &target, &out, &opts, &mut cb).await;
         let returned = Instant::now();
         let at = fired.lock().unwrap().expect("cancel fired");
         canceller.await.unwrap();
@@ -421,7 +427,7 @@ fn cancel_stops_ffmpeg_promptly() {
     assert_eq!(children_mentioning(dir.path()), 0, "ffmpeg still running");
 
     // An already-cancelled token never starts ffmpeg.
-    let res = block(normalize_clip(&clip, &info, &target, &out, &opts, &mut |_| {}));
+    let res = block(normalize_clip(&media(), &clip, &info, &target, &out, &opts, &mut |_| {}));
     assert!(matches!(res, Err(MediaError::Cancelled)), "{res:?}");
 }
 
@@ -432,11 +438,11 @@ fn deadline_times_out() {
     let out = dir.path().join("never.mp4");
     let opts = RunOptions::new().with_timeout(Duration::from_millis(1500));
     let t = Instant::now();
-    let res = block(normalize_clip(&clip, &info, &target, &out, &opts, &mut |_| {}));
+    let res = block(normalize_clip(&media(), &clip, &info, &target, &out, &opts, &mut |_| {}));
     let took = t.elapsed();
     eprintln!("deadline 1.5 s -> returned after {took:?}");
     assert!(matches!(res, Err(MediaError::Timeout)), "{res:?}");
-    assert!(res.unwrap_err().is_transient());
+    assert_eq!(res.unwrap_err().verdict(), Verdict::retry(reel_events::ErrorType::Timeout));
     assert!(took < Duration::from_millis(1500 + 2500), "{took:?}");
     assert!(!out.exists());
     assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
@@ -446,9 +452,9 @@ fn deadline_times_out() {
 fn sample_clip_validation() {
     let dir = tempfile::tempdir().unwrap();
     let bad = SampleSpec { width: 161, height: 90, seconds: 1.0, fps: 30, audio: false, label: String::new() };
-    assert!(block(make_sample_clip(&dir.path().join("x.mp4"), &bad)).is_err());
+    assert!(block(make_sample_clip(&media(), &dir.path().join("x.mp4"), &bad)).is_err());
     let bad = SampleSpec { width: 160, height: 90, seconds: 0.0, fps: 30, audio: false, label: String::new() };
-    assert!(block(make_sample_clip(&dir.path().join("x.mp4"), &bad)).is_err());
+    assert!(block(make_sample_clip(&media(), &dir.path().join("x.mp4"), &bad)).is_err());
 }
 
 /// Needs a tiny filesystem, e.g. `mount -t tmpfs -o size=64k tmpfs /tmp/fullfs`, named by
@@ -461,16 +467,17 @@ fn disk_full_is_reported() {
     };
     let dir = tempfile::tempdir().unwrap();
     let clip = sample(dir.path(), "a.mp4", 320, 240, 2.0, true);
-    let info = block(probe(&clip)).unwrap();
+    let info = block(probe(&media(), &clip)).unwrap();
     let target = EncodeTarget::new(Orientation::Portrait, Compression::HighQuality);
     let out = full.join("seg.mp4");
-    let e = block(normalize_clip(&clip, &info, &target, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
-    assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
-    assert!(e.is_transient());
+    let e = block(normalize_clip(&media(), &clip, &info, &target, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    assert!(matches!(e, MediaError::DiskFull { .. }), "{e:?}");
+    assert_eq!(e.verdict(), Verdict::retry(reel_events::ErrorType::ResourceExhausted));
     assert!(!out.exists());
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
-    let e = block(concat_copy(&[clip.clone(), clip.clone()], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
-    assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
+    let e =
+        block(concat_copy(&media(), &[clip.clone(), clip.clone()], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    assert!(matches!(e, MediaError::DiskFull { .. }), "{e:?}");
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
 
     // Completely full: writing our own concat list fails.
@@ -480,8 +487,8 @@ fn disk_full_is_reported() {
         let mut f = std::fs::File::create(&filler).unwrap();
         while f.write_all(&[0u8; 4096]).is_ok() {}
     }
-    let e = block(concat_copy(&[clip.clone(), clip], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    let e = block(concat_copy(&media(), &[clip.clone(), clip], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     std::fs::remove_file(&filler).unwrap();
-    assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
+    assert!(matches!(e, MediaError::DiskFull { .. }), "{e:?}");
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
 }

@@ -12,6 +12,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
+/// The configuration of the differential tests: ffmpeg and ffprobe from `PATH`.
+fn media() -> MediaConfig {
+    MediaConfig::default()
+}
+
 fn block<F: std::future::Future>(f: F) -> F::Output {
     tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
@@ -280,8 +285,8 @@ fn native_reader_agrees_with_ffprobe_or_declines() {
 fn check_against_ffprobe(path: &Path, expect: Expect) -> (String, Vec<String>) {
     let mut failures = Vec::new();
     let name = path.file_name().unwrap().to_string_lossy().into_owned();
-    let by_ffprobe = block(probe_with_ffprobe(path));
-    let headers_by_ffprobe = block(fingerprint_with_ffprobe(path, &RunOptions::new()));
+    let by_ffprobe = block(probe_with_ffprobe(&media(), path));
+    let headers_by_ffprobe = block(fingerprint_with_ffprobe(&media(), path, &RunOptions::new()));
     let report = match block(probe_native(path)) {
         NativeProbe::Read { info, fingerprint } => {
             match (&by_ffprobe, &headers_by_ffprobe) {
@@ -293,9 +298,9 @@ fn check_against_ffprobe(path: &Path, expect: Expect) -> (String, Vec<String>) {
                         failures.push(format!("{name}: native {fingerprint:?}\n    ffprobe {want_headers:?}"));
                     }
                     // The wired-up probe answers natively with the same result.
-                    match block(probe(path)) {
+                    match block(probe(&media(), path)) {
                         Ok(auto) if same_clip(&auto, want) => {}
-                        other => failures.push(format!("{name}: probe() gave {other:?}")),
+                        other => failures.push(format!("{name}: probe(&media(), ) gave {other:?}")),
                     }
                 }
                 _ => failures
@@ -406,8 +411,8 @@ fn hostile_files_never_panic_and_stay_corrupt() {
         let path = dir.path().join(format!("hostile{i}.mp4"));
         std::fs::write(&path, bytes).unwrap();
         let native = block(probe_native(&path));
-        let auto = block(probe(&path));
-        let by_ffprobe = block(probe_with_ffprobe(&path));
+        let auto = block(probe(&media(), &path));
+        let by_ffprobe = block(probe_with_ffprobe(&media(), &path));
         match &native {
             NativeProbe::Declined(reason) if reason.starts_with("native reader failed") => {
                 failures.push(format!("{name}: panicked: {reason}"))
@@ -437,8 +442,9 @@ fn hostile_files_never_panic_and_stay_corrupt() {
 /// copy path uses them: `probe` each clip, then `check_copy_compatible`; first checks
 /// every clip the native reader reads against ffprobe. `REEL_PROBE_TIMING_DIR` (an
 /// absolute path) picks another directory, e.g. of real phone clips. Compare
-/// `REEL_NATIVE_PROBE=0 cargo test -p reel-media --release --test native_probe -- --ignored --nocapture`
-/// with the same command without the variable.
+/// `REEL_PROBE_TIMING_FFPROBE_ONLY=1 cargo test -p reel-media --release --test native_probe -- --ignored --nocapture`
+/// (every clip through ffprobe: `MediaConfig::native_probe` off) with the same command
+/// without the variable.
 #[test]
 #[ignore = "timing on the benchmark corpus; run by hand"]
 fn time_probing_a_clip_directory() {
@@ -452,14 +458,16 @@ fn time_probing_a_clip_directory() {
         .filter(|p| p.extension().is_some_and(|x| x == "mp4"))
         .collect();
     clips.sort();
-    let mode = std::env::var("REEL_NATIVE_PROBE").unwrap_or_else(|_| "default (native)".into());
+    let ffprobe_only = std::env::var_os("REEL_PROBE_TIMING_FFPROBE_ONLY").is_some();
+    let config = MediaConfig::default().set_native_probe(!ffprobe_only);
+    let mode = if ffprobe_only { "ffprobe only" } else { "native" };
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // Differential check first: any directory of real clips is a corpus too.
     for clip in &clips {
         match rt.block_on(probe_native(clip)) {
             NativeProbe::Read { info, fingerprint } => {
-                let want = rt.block_on(probe_with_ffprobe(clip)).unwrap();
-                let want_headers = rt.block_on(fingerprint_with_ffprobe(clip, &RunOptions::new())).unwrap();
+                let want = rt.block_on(probe_with_ffprobe(&media(), clip)).unwrap();
+                let want_headers = rt.block_on(fingerprint_with_ffprobe(&media(), clip, &RunOptions::new())).unwrap();
                 assert!(same_clip(&info, &want), "{}: {info:?} vs {want:?}", clip.display());
                 assert_eq!(fingerprint, want_headers, "{}", clip.display());
             }
@@ -470,19 +478,19 @@ fn time_probing_a_clip_directory() {
     for round in 0..3 {
         let t = Instant::now();
         for clip in &clips {
-            rt.block_on(probe(clip)).unwrap();
+            rt.block_on(probe(&config, clip)).unwrap();
         }
         let probed = t.elapsed();
         let t = Instant::now();
         // Mixed corpora are not copy-compatible; the time to find out still counts.
-        let verdict = match rt.block_on(check_copy_compatible(&clips, &RunOptions::new())) {
+        let verdict = match rt.block_on(check_copy_compatible(&config, &clips, &RunOptions::new())) {
             Ok(()) => "compatible".to_string(),
             Err(MediaError::Incompatible { reason }) => reason,
             Err(e) => panic!("{e}"),
         };
         let checked = t.elapsed();
         eprintln!(
-            "REEL_NATIVE_PROBE={mode} round {round}: {} clips: probe {probed:?}, \
+            "{mode} round {round}: {} clips: probe {probed:?}, \
              check_copy_compatible {checked:?} ({verdict})",
             clips.len()
         );

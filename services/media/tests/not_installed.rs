@@ -1,26 +1,25 @@
 //! With the binaries pointed somewhere that does not exist, every call says
-//! `NotInstalled`. Its own test binary, because it changes the environment.
+//! `NotInstalled`, names the program, and is retried (an operator fixes the image).
 
+use reel_events::ErrorType;
 use reel_media::*;
 
 #[test]
 fn missing_binaries_are_reported() {
-    // Safety: this binary has exactly one test, so no other thread reads the environment.
-    unsafe {
-        std::env::set_var("REEL_FFMPEG", "/nonexistent/ffmpeg");
-        std::env::set_var("REEL_FFPROBE", "/nonexistent/ffprobe");
-    }
+    let config = MediaConfig::default().with_ffmpeg("/nonexistent/ffmpeg").with_ffprobe("/nonexistent/ffprobe");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a.mp4");
     std::fs::write(&file, b"whatever").unwrap();
 
-    let e = rt.block_on(probe(&file)).unwrap_err();
-    assert!(matches!(e, MediaError::NotInstalled(_)), "{e:?}");
-    let e = ffmpeg_version().unwrap_err();
-    assert!(matches!(e, MediaError::NotInstalled(_)), "{e:?}");
+    let e = rt.block_on(probe(&config, &file)).unwrap_err();
+    assert!(matches!(e, MediaError::NotInstalled { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/ffprobe"), "{e}");
+    let e = ffmpeg_version(&config).unwrap_err();
+    assert!(matches!(e, MediaError::NotInstalled { .. }), "{e:?}");
+    assert!(e.to_string().contains("/nonexistent/ffmpeg"), "{e}");
     let spec = SampleSpec { width: 160, height: 90, seconds: 1.0, fps: 30, audio: true, label: "x".into() };
-    let e = rt.block_on(make_sample_clip(&dir.path().join("b.mp4"), &spec)).unwrap_err();
-    assert!(matches!(e, MediaError::NotInstalled(_)), "{e:?}");
-    assert!(!e.is_transient());
+    let e = rt.block_on(make_sample_clip(&config, &dir.path().join("b.mp4"), &spec)).unwrap_err();
+    assert!(matches!(e, MediaError::NotInstalled { .. }), "{e:?}");
+    assert_eq!(e.verdict(), Verdict::retry(ErrorType::Internal));
 }

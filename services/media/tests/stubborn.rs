@@ -1,5 +1,4 @@
 //! An "ffmpeg" that ignores SIGTERM is killed after the grace period.
-//! Its own test binary, because it points `REEL_FFMPEG` at a stub.
 
 use reel_media::*;
 use std::os::unix::fs::PermissionsExt;
@@ -11,8 +10,7 @@ fn sigterm_ignored_then_killed() {
     let stub = dir.path().join("ffmpeg");
     std::fs::write(&stub, "#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.1; done\n").unwrap();
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
-    // Safety: this binary has exactly one test, so no other thread reads the environment.
-    unsafe { std::env::set_var("REEL_FFMPEG", &stub) };
+    let config = MediaConfig::default().with_ffmpeg(&stub);
 
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let out = dir.path().join("x.mp4");
@@ -38,7 +36,7 @@ fn sigterm_ignored_then_killed() {
         height: 90,
         ..EncodeTarget::new(reel_events::Orientation::Landscape, reel_events::Compression::Small)
     };
-    let res = rt.block_on(normalize_clip(&stub, &info, &target, &out, &opts, &mut |_| {}));
+    let res = rt.block_on(normalize_clip(&config, &stub, &info, &target, &out, &opts, &mut |_| {}));
     let took = t.elapsed();
     assert!(matches!(res, Err(MediaError::Timeout)), "{res:?}");
     // 0.3 s deadline + 2 s grace after SIGTERM, then SIGKILL.

@@ -31,6 +31,7 @@
 //! docs/CONFIG.md for every key.
 
 use config::{Config, Source, Value, ValueKind};
+use reel_media::MediaConfig;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -85,8 +86,9 @@ pub struct Settings {
     pub validate: ValidateConfig,
     /// The download stage's settings.
     pub download: DownloadConfig,
-    /// How ffmpeg and ffprobe are run (download and stitch).
-    pub media: MediaSettings,
+    /// How ffmpeg and ffprobe are run and the bounds every clip must fit (download and
+    /// stitch; `reel_media::MediaConfig`, whose fields are the keys of `[media]`).
+    pub media: MediaConfig,
 }
 
 /// Log line format.
@@ -132,25 +134,6 @@ impl Default for DownloadConfig {
     }
 }
 
-/// How ffmpeg and ffprobe are found and used (section `[media]`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct MediaSettings {
-    /// The ffmpeg program (`REEL_FFMPEG`, default `ffmpeg` on `PATH`).
-    pub ffmpeg: PathBuf,
-    /// The ffprobe program (`REEL_FFPROBE`, default `ffprobe` on `PATH`).
-    pub ffprobe: PathBuf,
-    /// Read MP4/MOV headers in-process instead of running ffprobe (`REEL_NATIVE_PROBE`,
-    /// default true).
-    pub native_probe: bool,
-}
-
-impl Default for MediaSettings {
-    fn default() -> Self {
-        MediaSettings { ffmpeg: "ffmpeg".into(), ffprobe: "ffprobe".into(), native_probe: true }
-    }
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -173,7 +156,7 @@ impl Default for Settings {
             min_backoff_seconds: None,
             validate: ValidateConfig::default(),
             download: DownloadConfig::default(),
-            media: MediaSettings::default(),
+            media: MediaConfig::default(),
         }
     }
 }
@@ -319,6 +302,7 @@ impl Settings {
         if !self.download.max_clip_seconds.is_finite() || self.download.max_clip_seconds <= 0.0 {
             return Err(("download.max_clip_seconds", "expected seconds > 0".into()));
         }
+        self.media.validate().map_err(|m| ("media", m))?;
         if let Some(root) = &self.work_root {
             parse_root(root).map_err(|e| ("work_root", e.to_string()))?;
         }
@@ -455,7 +439,9 @@ impl Environment {
     }
 }
 
-/// The key a variable sets, if any.
+/// The key a variable sets, if any: a contract variable's own key, or the key whose
+/// dotted name with `.` written `_` or `__` follows `REEL_` (`REEL_MEDIA_LIMITS_MAX_FPS`),
+/// or the one key whose last part follows `REEL_` (`REEL_MAX_CLIPS`).
 fn env_key(name: &str, known: &BTreeMap<String, serde_json::Value>) -> Option<String> {
     if CONTRACT_VARIABLES.contains(&name) {
         return Some(name.to_ascii_lowercase());
@@ -464,22 +450,11 @@ fn env_key(name: &str, known: &BTreeMap<String, serde_json::Value>) -> Option<St
     if rest.is_empty() || CONTRACT_VARIABLES.iter().any(|c| c.eq_ignore_ascii_case(&rest)) {
         return None;
     }
-    if known.contains_key(&rest) && !rest.contains('.') {
-        return Some(rest);
+    if let Some(key) = known.keys().find(|k| k.replace('.', "_") == rest || k.replace('.', "__") == rest) {
+        return Some(key.clone());
     }
-    // REEL_{SECTION}_{KEY} or REEL_{SECTION}__{KEY}.
-    for section in known.keys().filter_map(|k| k.split_once('.').map(|(s, _)| s)) {
-        if let Some(key) = rest.strip_prefix(section).and_then(|r| r.strip_prefix("__").or_else(|| r.strip_prefix('_')))
-        {
-            let dotted = format!("{section}.{key}");
-            if known.contains_key(&dotted) {
-                return Some(dotted);
-            }
-        }
-    }
-    // REEL_{KEY} for a key that only one section has.
-    let mut matches = known.keys().filter(|k| k.split_once('.').is_some_and(|(_, key)| key == rest));
-    match (matches.next(), matches.next()) {
+    let mut by_last_part = known.keys().filter(|k| k.contains('.') && k.rsplit('.').next() == Some(rest.as_str()));
+    match (by_last_part.next(), by_last_part.next()) {
         (Some(only), None) => Some(only.clone()),
         _ => None,
     }
@@ -562,6 +537,7 @@ mod tests {
                 ("REEL_ALLOWED_ROOTS", "gs://abc, /tmp/b,"),
                 ("REEL_LOG_FORMAT", "pretty"),
                 ("REEL_NATIVE_PROBE", "0"),
+                ("REEL_MEDIA_LIMITS_MAX_FPS", "120"),
                 ("REEL_FFMPEG", "/opt/ffmpeg"),
                 ("REEL_HOME", "/ignored"),
                 ("TEMP_DIR", ""),
@@ -575,6 +551,7 @@ mod tests {
         assert_eq!(s.allowed_roots, vec!["gs://abc".to_string(), "/tmp/b".to_string()]);
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(!s.media.native_probe);
+        assert_eq!(s.media.limits.max_fps, 120.0);
         assert_eq!(s.media.ffmpeg, PathBuf::from("/opt/ffmpeg"));
         assert_eq!(s.temp_dir, Settings::default().temp_dir, "an empty variable counts as unset");
     }

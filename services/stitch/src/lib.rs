@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched};
 use reel_events::{types, ErrorType, Event, Mode, Stage};
-use reel_media::{CancelToken, MediaError, RunOptions};
+use reel_media::{CancelToken, Classify, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode};
@@ -19,12 +19,22 @@ use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// The stitch stage.
-#[derive(Debug, Default)]
-pub struct Stitch;
+#[derive(Debug, Clone, Default)]
+pub struct Stitch {
+    /// How ffmpeg runs.
+    media: MediaConfig,
+}
+
+impl Stitch {
+    /// A stitch stage that runs ffmpeg as `media` says.
+    pub fn new(media: MediaConfig) -> Stitch {
+        Stitch { media }
+    }
+}
 
 impl FromSettings for Stitch {
-    fn from_settings(_: &Settings) -> Stitch {
-        Stitch
+    fn from_settings(settings: &Settings) -> Stitch {
+        Stitch::new(settings.media.clone())
     }
 }
 
@@ -76,6 +86,7 @@ impl Handler for Stitch {
         }
         let total_seconds: f64 = input.clips.iter().map(|c| c.info.duration_seconds.max(0.0)).sum::<f64>().max(0.001);
         let opts = RunOptions { cancel: CancelToken::from(ctx.cancel.clone()), deadline: None };
+        let run = Run { ctx, media: &self.media, opts: &opts, total_seconds };
         let out_path = ctx.scratch.join("reel.mp4");
         let local_reel = ctx.work.local_path(&reel_key);
         let target_path = local_reel.clone().unwrap_or_else(|| out_path.clone());
@@ -94,24 +105,20 @@ impl Handler for Stitch {
             (Mode::Copy, _) => {
                 let progress = ctx.progress.clone();
                 let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
-                match reel_media::concat_copy(&inputs, &target_path, &opts, &mut on_progress).await {
+                match reel_media::concat_copy(&self.media, &inputs, &target_path, &opts, &mut on_progress).await {
                     Ok(()) => Ok(()),
-                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull(_))) => Err(e),
+                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => Err(e),
                     Err(e) => {
                         // A stream copy that ffmpeg refuses is not the end: re-encode instead.
                         warn!(error = %e, "stream copy failed; falling back to re-encode");
                         mode = Mode::Reencode;
                         let target = reel_media::EncodeTarget::new(job.orientation, job.compression);
-                        reencode(ctx, &input, &inputs, &target, &target_path, &opts, total_seconds).await
+                        reencode(&run, &input, &inputs, &target, &target_path).await
                     }
                 }
             }
-            (Mode::Reencode, Some(target)) => {
-                reencode(ctx, &input, &inputs, target, &target_path, &opts, total_seconds).await
-            }
-            (Mode::Reencode, None) => {
-                Err(MediaError::Failed { status: "plan".into(), stderr_tail: "re-encode plan without a target".into() })
-            }
+            (Mode::Reencode, Some(target)) => reencode(&run, &input, &inputs, target, &target_path).await,
+            (Mode::Reencode, None) => Err(MediaError::Io(std::io::Error::other("re-encode plan without a target"))),
         };
         if let Err(e) = result {
             return media_failure("stitching", e);
@@ -121,7 +128,9 @@ impl Handler for Stitch {
         }
 
         // Check what ffmpeg wrote before anyone downstream sees it.
-        let info = match reel_media::probe(&target_path).await {
+        // The reel is as long as all its clips together: only the per-clip duration bound is lifted.
+        let reel_config = self.media.clone().set_limits(self.media.limits.set_max_duration_seconds(f64::INFINITY));
+        let info = match reel_media::probe(&reel_config, &target_path).await {
             Ok(info) => info,
             Err(e) => {
                 return Outcome::Retry(Failure::new(
@@ -185,14 +194,13 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
 /// Normalise each clip into `norm/NNN.mp4` in the workspace (reusing any already
 /// there), then join the segments by stream copy.
 async fn reencode(
-    ctx: &Context,
+    run: &Run<'_>,
     input: &ClipsDownloaded,
     inputs: &[PathBuf],
     target: &reel_media::EncodeTarget,
     output: &std::path::Path,
-    opts: &RunOptions,
-    total_seconds: f64,
 ) -> Result<(), MediaError> {
+    let Run { ctx, media, opts, total_seconds } = *run;
     let prefix = ctx.work_prefix();
     let done_seconds = Arc::new(Mutex::new(0.0f64));
     let mut segments = Vec::new();
@@ -216,7 +224,7 @@ async fn reencode(
             let base = *done_seconds.lock().expect("lock");
             let progress = ctx.progress.clone();
             let mut on_progress = move |secs: f64| progress.report((base + secs) * 95.0 / total_seconds);
-            reel_media::normalize_clip(path, &clip.info, target, &seg_path, opts, &mut on_progress).await?;
+            reel_media::normalize_clip(media, path, &clip.info, target, &seg_path, opts, &mut on_progress).await?;
             if local.is_none() {
                 store::put_file(ctx.work.as_ref(), &key, &seg_path, PutMode::Overwrite)
                     .await
@@ -229,7 +237,17 @@ async fn reencode(
     }
     let progress = ctx.progress.clone();
     let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
-    reel_media::concat_copy(&segments, output, opts, &mut on_progress).await
+    reel_media::concat_copy(media, &segments, output, opts, &mut on_progress).await
+}
+
+/// What every ffmpeg run of one delivery shares.
+#[derive(Clone, Copy)]
+struct Run<'a> {
+    ctx: &'a Context,
+    media: &'a MediaConfig,
+    opts: &'a RunOptions,
+    /// Seconds of video in all clips, for progress.
+    total_seconds: f64,
 }
 
 async fn local_copy(ctx: &Context, key: &str) -> Result<PathBuf, Outcome> {
@@ -252,21 +270,15 @@ async fn read_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> 
     serde_json::from_slice(&bytes).ok()
 }
 
-/// The error matrix for ffmpeg.
+/// An ffmpeg failure as an outcome: `MediaError`'s own verdict decides (reel-media's
+/// error matrix, docs/MEDIA.md).
 fn media_failure(what: &str, err: MediaError) -> Outcome {
-    let message = format!("{what}: {err}");
-    match err {
-        MediaError::Corrupt { .. } => Outcome::Reject(Failure::new(ErrorType::CorruptInput, message)),
-        MediaError::DiskFull(_) => Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message)),
-        MediaError::Timeout => Outcome::Reject(Failure::new(ErrorType::Timeout, message)),
-        MediaError::Cancelled => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-        MediaError::NotInstalled(_) => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
-        // SIGKILL from outside is what the kernel's OOM killer sends: retry, recorded as
-        // resource_exhausted (on Cloud Run, replay to a larger-memory tier).
-        MediaError::Failed { ref status, .. } if status.contains("SIGKILL") || status.contains("signal: 9") => {
-            Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, message))
-        }
-        _ => Outcome::Retry(Failure::new(ErrorType::Internal, message)),
+    let verdict = err.verdict();
+    let failure = Failure::new(verdict.error_type, format!("{what}: {err}"));
+    if verdict.retryable {
+        Outcome::Retry(failure)
+    } else {
+        Outcome::Reject(failure)
     }
 }
 
@@ -274,8 +286,9 @@ fn media_failure(what: &str, err: MediaError) -> Outcome {
 mod tests {
     use super::*;
 
-    /// The error matrix for ffmpeg: corrupt → fail with corrupt_input; disk full or out of
-    /// memory (ffmpeg killed) → retry as resource_exhausted or internal; timeout → timeout.
+    /// The error matrix for ffmpeg (every row is tested in reel-media): corrupt → fail with
+    /// corrupt_input; disk full or out of memory (ffmpeg killed) → retry as
+    /// resource_exhausted; stalled → retry as timeout; a non-zero exit → corrupt_input.
     #[test]
     fn ffmpeg_errors_follow_the_matrix() {
         let kind = |e| match media_failure("stitching", e) {
@@ -288,17 +301,19 @@ mod tests {
             ("reject", ErrorType::CorruptInput)
         );
         assert_eq!(
-            kind(MediaError::DiskFull("No space left on device".into())),
+            kind(MediaError::DiskFull { detail: "No space left on device".into(), source: None }),
             ("retry", ErrorType::ResourceExhausted)
         );
-        assert_eq!(kind(MediaError::Timeout), ("reject", ErrorType::Timeout));
+        assert_eq!(kind(MediaError::Timeout), ("retry", ErrorType::Timeout));
+        // Raw wait statuses: killed by signal 9, and exited with code 1.
+        let status = <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw;
         assert_eq!(
-            kind(MediaError::Failed { status: "signal: 9 (SIGKILL)".into(), stderr_tail: String::new() }),
+            kind(MediaError::Failed { status: status(9), stderr_tail: String::new() }),
             ("retry", ErrorType::ResourceExhausted)
         );
         assert_eq!(
-            kind(MediaError::Failed { status: "exit status: 1".into(), stderr_tail: "Invalid data".into() }),
-            ("retry", ErrorType::Internal)
+            kind(MediaError::Failed { status: status(1 << 8), stderr_tail: "Invalid data".into() }),
+            ("reject", ErrorType::CorruptInput)
         );
     }
 }

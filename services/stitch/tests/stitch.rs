@@ -50,8 +50,8 @@ impl Rig {
             let work_key = format!("jobs/{job_id}/clips/{index:03}.mp4");
             let path = self.work.local_path(&work_key).unwrap();
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            reel_media::make_sample_clip(&path, clip).await.unwrap();
-            let info = reel_media::probe(&path).await.unwrap();
+            reel_media::make_sample_clip(&self.settings.media, &path, clip).await.unwrap();
+            let info = reel_media::probe(&self.settings.media, &path).await.unwrap();
             let size_bytes = std::fs::metadata(&path).unwrap().len();
             work_clips.push(WorkClip { index, source_path: job.clip_paths[index].clone(), work_key, size_bytes, info });
         }
@@ -90,7 +90,7 @@ async fn matching_clips_are_joined_by_stream_copy_and_a_redelivery_reuses_the_re
     assert_eq!(stitched.reel.mode, Mode::Copy);
     assert!((stitched.reel.duration_seconds - 2.5).abs() < 0.3, "{}", stitched.reel.duration_seconds);
     let reel = rig.work.local_path(&stitched.work_key).unwrap();
-    let info = reel_media::probe(&reel).await.unwrap();
+    let info = reel_media::probe(&rig.settings.media, &reel).await.unwrap();
     assert_eq!((info.video.width, info.video.height), (320, 180));
     assert_eq!(std::fs::metadata(&reel).unwrap().len(), stitched.reel.size_bytes);
 
@@ -107,7 +107,7 @@ async fn clips_of_different_shapes_are_re_encoded_to_the_orientation() {
         rig.downloaded("job_mixed", &[spec(320, 180, 1.0), spec(240, 320, 1.0)], Compression::Small).await;
     let stitched = rig.run(&job, &event).await;
     assert_eq!(stitched.reel.mode, Mode::Reencode);
-    let info = reel_media::probe(&rig.work.local_path(&stitched.work_key).unwrap()).await.unwrap();
+    let info = reel_media::probe(&rig.settings.media, &rig.work.local_path(&stitched.work_key).unwrap()).await.unwrap();
     assert!(info.video.width > info.video.height, "landscape: {}x{}", info.video.width, info.video.height);
     assert!(info.audio.is_some(), "the reel has sound");
 }
