@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use reel_gcp::testing::Emulators;
+use reel_testkit::Emulators;
 use reel_gcp::PubSubBus;
 
 reel_runtime::bus_conformance_tests!(async {
