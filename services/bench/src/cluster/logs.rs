@@ -213,6 +213,27 @@ mod tests {
         }
     }
 
+    /// A "stage done" line at `ms` (since the epoch).
+    fn done(
+        stage: usize,
+        ce_id: &str,
+        job: &str,
+        ms: i128,
+        elapsed_ms: f64,
+        emitted: &str,
+        attempt: u32,
+    ) -> Done {
+        Done {
+            stage_index: Some(stage),
+            ce_id: ce_id.into(),
+            job: job.into(),
+            time_ns: ms * 1_000_000,
+            elapsed_ms,
+            emitted: vec![emitted.into()],
+            attempt,
+        }
+    }
+
     #[test]
     fn hops_are_output_minus_input_minus_handler() {
         let events = vec![
@@ -221,33 +242,12 @@ mod tests {
             seen("d1", "job.downloaded", "j", 2100),
         ];
         let done = vec![
-            Done {
-                stage_index: Some(0),
-                ce_id: "r1".into(),
-                job: "j".into(),
-                time_ns: 1105 * 1_000_000,
-                elapsed_ms: 60.0,
-                emitted: vec!["job.validated".into()],
-                attempt: 1,
-            },
-            Done {
-                stage_index: Some(1),
-                ce_id: "v1".into(),
-                job: "j".into(),
-                time_ns: 2105 * 1_000_000,
-                elapsed_ms: 990.0,
-                emitted: vec!["job.downloaded".into()],
-                attempt: 1,
-            },
+            done(0, "r1", "j", 1105, 60.0, "job.validated", 1),
+            done(1, "v1", "j", 2105, 990.0, "job.downloaded", 1),
             // Another job's line is ignored.
             Done {
-                stage_index: Some(1),
-                ce_id: "x".into(),
-                job: "k".into(),
-                time_ns: 0,
-                elapsed_ms: 1.0,
                 emitted: vec![],
-                attempt: 2,
+                ..done(1, "x", "k", 0, 1.0, "", 2)
             },
         ];
         let jobs: HashSet<String> = ["j".to_string()].into();
@@ -262,15 +262,7 @@ mod tests {
     #[test]
     fn missing_events_are_counted_not_guessed() {
         let events = vec![seen("r1", "stitch.requested", "j", 1000)];
-        let done = vec![Done {
-            stage_index: Some(0),
-            ce_id: "r1".into(),
-            job: "j".into(),
-            time_ns: 1105 * 1_000_000,
-            elapsed_ms: 60.0,
-            emitted: vec!["job.validated".into()],
-            attempt: 1,
-        }];
+        let done = vec![done(0, "r1", "j", 1105, 60.0, "job.validated", 1)];
         let (samples, gaps, _) = hop_samples(&events, &done, &["j".to_string()].into());
         assert!(samples.is_empty());
         assert_eq!(gaps.values().sum::<usize>(), 1);

@@ -43,6 +43,16 @@ fn failed_or_not_run(rep: &ClusterReport) -> Status {
     }
 }
 
+/// The median hop into stage `i`, ms (NaN without samples).
+fn stage_p50(samples: &[HopSample], i: usize) -> f64 {
+    let values: Vec<f64> = samples
+        .iter()
+        .filter(|s| s.stage == i)
+        .map(|s| s.ms)
+        .collect();
+    pct(&values, 50.0)
+}
+
 fn hop_values(samples: &[HopSample]) -> Vec<f64> {
     samples.iter().map(|s| s.ms).collect()
 }
@@ -131,19 +141,7 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
     } else {
         let p50 = pct(&idle, 50.0);
         let worst = (0..5)
-            .map(|i| {
-                (
-                    i,
-                    pct(
-                        &rep.hops_idle
-                            .iter()
-                            .filter(|s| s.stage == i)
-                            .map(|s| s.ms)
-                            .collect::<Vec<_>>(),
-                        50.0,
-                    ),
-                )
-            })
+            .map(|i| (i, stage_p50(&rep.hops_idle, i)))
             .filter(|(_, v)| !v.is_nan())
             .max_by(|a, b| a.1.total_cmp(&b.1));
         let worst = worst
@@ -390,16 +388,7 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
     }
     // Where the hops' time goes.
     if let Some(Ok(h)) = &rep.bus_hops {
-        let by_stage = |i: usize| {
-            pct(
-                &rep.hops_idle
-                    .iter()
-                    .filter(|s| s.stage == i)
-                    .map(|s| s.ms)
-                    .collect::<Vec<_>>(),
-                50.0,
-            )
-        };
+        let by_stage = |i: usize| stage_p50(&rep.hops_idle, i);
         let others = pct(
             &(1..5)
                 .map(by_stage)
@@ -481,7 +470,7 @@ impl ClusterReport {
                 let (fig, result) = cells(row);
                 let _ = writeln!(w, "| {} | {} | {fig} | {result} |", row.what, row.target);
             }
-            let _ = writeln!(w, "\nSkipped in this run (`--no-cluster`). `services/bench/src/cluster.rs` measures them.\n");
+            let _ = writeln!(w, "\nSkipped in this run (`--no-cluster`). `services/bench/src/cluster/` measures them.\n");
             return;
         }
         for line in &self.config {
