@@ -73,20 +73,18 @@ trap 'exit 130' INT TERM
 log() { echo "[chaos $(date +%T)] $*" >&2; }
 die() { log "FAIL: $*"; exit 1; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-
 # --- build and start ---------------------------------------------------------------
 reel_install_emulators
 log "building the programs (release)"
 cargo build --release --quiet --manifest-path "$root/Cargo.toml" \
-    --bin reel --bin reel-validate --bin reel-download --bin reel-stitch --bin reel-upload --bin reel-finalize
+    --bin reel --bin reel-validate --bin reel-download --bin reel-stitch --bin reel-upload --bin reel-finalize \
+    --bin reel-cluster
 bin="$root/target/release"
 
-pubsub_port="$(free_port)"
-gcs_port="$(free_port)"
-export PUBSUB_EMULATOR_HOST="127.0.0.1:$pubsub_port"
-export STORAGE_EMULATOR_HOST="http://127.0.0.1:$gcs_port"
-export GOOGLE_CLOUD_PROJECT="reel-chaos"
+# The emulators on free ports (the test kit's harness), their PIDs in DIR/*.pid.
+eval "$(env -u REEL_GCS_NOTIFY_TOPIC GOOGLE_CLOUD_PROJECT=reel-chaos PUBSUB_PORT=0 GCS_PORT=0 "$bin/reel-cluster" emulators "$dir")"
+pubsub_port="${PUBSUB_EMULATOR_HOST##*:}"
+gcs_port="${STORAGE_EMULATOR_HOST##*:}"
 export VIDEO_STORAGE_BUCKET="reel-chaos-$RANDOM$RANDOM"
 export REEL_TOPIC_PREFIX="chaos-"
 export TEMP_DIR="$dir/tmp"
@@ -109,8 +107,6 @@ mkdir -p "$TEMP_DIR"
 bucket="$VIDEO_STORAGE_BUCKET"
 prefix="$REEL_TOPIC_PREFIX"
 
-reel_start_pubsub "$pubsub_port" "$dir"
-reel_start_gcs "$gcs_port" "$dir"
 "$bin/reel" setup >"$dir/setup.log" 2>&1 || { cat "$dir/setup.log" >&2; die "reel setup failed"; }
 rest="http://$PUBSUB_EMULATOR_HOST/v1/projects/$GOOGLE_CLOUD_PROJECT"
 

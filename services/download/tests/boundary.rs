@@ -1,39 +1,18 @@
 //! Download re-checks the trust boundary: a `job.validated` put on its work topic past
 //! validate cannot make it read outside the allowed roots.
 
-use chrono::Utc;
-use reel_events::payload::{JobRef, JobSpec, JobValidated};
-use reel_events::{envelope, types, Compression, ErrorType, Orientation, Stage};
+use reel_events::payload::{JobRef, JobSpec};
+use reel_events::{envelope, ErrorType, Stage};
 use reel_runtime::embedded::DirStore;
 use reel_runtime::local::LocalResolver;
 use reel_runtime::stage::{Context, FromSettings, Handler, Outcome};
 use reel_runtime::{Settings, Store};
+use reel_testkit::fixtures;
 use std::sync::Arc;
 
 fn job_event(job_id: &str, clips: Vec<String>, output: String) -> (JobSpec, reel_events::Event) {
-    let now = Utc::now();
-    let job = JobSpec {
-        job_id: job_id.into(),
-        project_id: "p1".into(),
-        user_id: "u1".into(),
-        clip_paths: clips,
-        output_path: output,
-        orientation: Orientation::Portrait,
-        compression: Compression::Optimized,
-        retry_attempt: 0,
-        force_restart: false,
-        accepted_at: now,
-        deadline: now + chrono::Duration::minutes(5),
-    };
-    let event = envelope::build(
-        types::JOB_VALIDATED,
-        "//test",
-        format!("v-{job_id}"),
-        job_id,
-        now,
-        &JobValidated { job: job.clone() },
-    )
-    .unwrap();
+    let job = JobSpec { clip_paths: clips, output_path: output, ..fixtures::job_spec(job_id) };
+    let event = fixtures::job_validated(&job);
     (job, event)
 }
 

@@ -1,14 +1,12 @@
 //! reel-api in the cluster: a reel requested over HTTP, followed to completion with
 //! `reel status --api`, another user's view, cancel, and a restart with the same state.
 
-use reel_e2e::{make_clip, Cluster};
+use reel_testkit::fixtures::make_clip;
+use reel_testkit::ports::free_port;
+use reel_testkit::Cluster;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// (status, body) of one HTTP/1.1 request.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
@@ -47,12 +45,12 @@ fn wait_healthy(port: u16) {
 async fn a_reel_requested_over_http_is_followed_to_the_end() {
     let mut cluster = Cluster::start().await;
     cluster.start_all();
-    let port = free_port();
+    let port = free_port().unwrap();
     let api = cluster.start_api(port);
     wait_healthy(port);
     let mut clips = Vec::new();
     for i in 0..2 {
-        let local = cluster.dir.path().join(format!("a{i}.mp4"));
+        let local = cluster.dir().join(format!("a{i}.mp4"));
         make_clip(&local, 320, 240, 1.0);
         cluster.upload(&local, &format!("clips/a{i}.mp4")).await;
         clips.push(format!("gs://{}/clips/a{i}.mp4", cluster.bucket));
@@ -102,7 +100,7 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
     cluster.signal(api, libc::SIGTERM);
     let status = cluster.programs[api].child.wait().unwrap();
     assert!(status.success());
-    let port2 = free_port();
+    let port2 = free_port().unwrap();
     cluster.start_api(port2);
     wait_healthy(port2);
     let after = http(port2, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
@@ -115,7 +113,7 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
     let jwtish = "eyJhbGciOiJSUzI1NiIsImtpZCI6Im1hbGxvcnkifQ.eyJzdWIiOiJtYWxsb3J5In0.c2lnbmF0dXJl";
     assert_eq!(http(port2, "GET", "/api/projects/pa/jobs", Some(jwtish), "").0, 401);
     assert_eq!(http(port2, "GET", "/api/projects/pa/jobs", Some("tok-alice-tampered"), "").0, 401);
-    let logs: Vec<&reel_e2e::Program> = cluster.programs.iter().filter(|p| p.name == "api").collect();
+    let logs: Vec<&reel_testkit::Program> = cluster.programs.iter().filter(|p| p.name == "api").collect();
     assert_eq!(logs.len(), 2);
     for program in logs {
         let text = program.log_text();
@@ -153,12 +151,12 @@ async fn cancel_during_stitching_stops_ffmpeg_and_cleans_the_workspace() {
     let mut cluster = Cluster::start().await;
     cluster.start_all();
     let stitch_pid = cluster.programs[2].child.id();
-    let port = free_port();
+    let port = free_port().unwrap();
     cluster.start_api(port);
     wait_healthy(port);
     let mut clips = Vec::new();
     for i in 0..3 {
-        let local = cluster.dir.path().join(format!("long{i}.mp4"));
+        let local = cluster.dir().join(format!("long{i}.mp4"));
         make_clip(&local, 640, 360, 6.0);
         cluster.upload(&local, &format!("clips/long{i}.mp4")).await;
         clips.push(format!("gs://{}/clips/long{i}.mp4", cluster.bucket));

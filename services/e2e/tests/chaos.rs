@@ -4,8 +4,9 @@
 //! one playable output of the expected duration each, no `job.failed`, no dead letters,
 //! no duplicate `job.completed` ids, no temp files left.
 
-use reel_e2e::{check_playable, make_clip, Cluster};
 use reel_events::{types, AttributesReader};
+use reel_testkit::fixtures::{check_playable, make_clip};
+use reel_testkit::Cluster;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
@@ -71,7 +72,7 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     }
     let mut clips = Vec::new();
     for i in 0..2 {
-        let local = cluster.dir.path().join(format!("c{i}.mp4"));
+        let local = cluster.dir().join(format!("c{i}.mp4"));
         make_clip(&local, 320, 240, CLIP_SECONDS);
         cluster.upload(&local, &format!("clips/c{i}.mp4")).await;
         clips.push(format!("gs://{}/clips/c{i}.mp4", cluster.bucket));
@@ -106,9 +107,8 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
         if last_kill.elapsed() >= KILL_EVERY && kills.len() < MAX_KILLS {
             let slot = rng.below(slots.len());
             let (stage, n) = slots[slot].clone();
-            cluster.signal(n, libc::SIGKILL);
-            let _ = cluster.programs[n].child.wait();
-            slots[slot].1 = cluster.start_program(&stage, &[]);
+            cluster.kill(n);
+            slots[slot].1 = cluster.restart(n);
             kills.push(stage);
             last_kill = Instant::now();
         }
@@ -137,7 +137,7 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     let outputs = store.list("reels/").await.unwrap();
     assert_eq!(outputs.len(), JOBS, "outputs: {outputs:?}");
     for n in 1..=JOBS {
-        let local = cluster.dir.path().join(format!("out-{n}.mp4"));
+        let local = cluster.dir().join(format!("out-{n}.mp4"));
         assert!(cluster.download(&format!("reels/job-{n}.mp4"), &local).await, "no output for job {n}");
         let (duration, video, audio) = check_playable(&local);
         assert_eq!((video, audio), (1, 1), "job {n}");
@@ -154,7 +154,7 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     }
     // Nothing left in TEMP_DIR: programs stopped cleanly removed their scratch, and each
     // restarted program removed what its killed predecessor left.
-    let tmp = cluster.dir.path().join("tmp");
+    let tmp = cluster.dir().join("tmp");
     let left: Vec<std::path::PathBuf> =
         std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "temp files left: {left:?}");

@@ -1,9 +1,10 @@
 //! The pipeline on Pub/Sub and Cloud Storage (their emulators), each stage its own
 //! program, as CONTRACT §2–4 and issue 3 describe.
 
-use reel_e2e::{check_playable, make_clip, Cluster};
 use reel_events::{types, AttributesReader};
 use reel_runtime::bus::Bus;
+use reel_testkit::fixtures::{check_playable, make_clip};
+use reel_testkit::Cluster;
 use std::time::{Duration, Instant};
 
 const JOB_TIMEOUT: Duration = Duration::from_secs(150);
@@ -11,7 +12,7 @@ const JOB_TIMEOUT: Duration = Duration::from_secs(150);
 async fn with_clips(cluster: &Cluster, n: usize, seconds: f64) -> Vec<String> {
     let mut paths = Vec::new();
     for i in 0..n {
-        let local = cluster.dir.path().join(format!("clip {i}.mp4"));
+        let local = cluster.dir().join(format!("clip {i}.mp4"));
         make_clip(&local, 320, 240, seconds);
         let key = format!("clips/clip {i}.mp4");
         cluster.upload(&local, &key).await;
@@ -30,7 +31,7 @@ fn submit(cluster: &Cluster, project: &str, clips: &[String], output: &str, extr
 }
 
 async fn assert_reel(cluster: &Cluster, key: &str, seconds: f64) {
-    let local = cluster.dir.path().join(format!("out-{}.mp4", uuid::Uuid::new_v4().simple()));
+    let local = cluster.dir().join(format!("out-{}.mp4", uuid::Uuid::new_v4().simple()));
     assert!(cluster.download(key, &local).await, "no reel at gs://{}/{key}", cluster.bucket);
     let (duration, video, audio) = check_playable(&local);
     assert_eq!((video, audio), (1, 1));
@@ -93,7 +94,7 @@ async fn a_manifest_upload_starts_exactly_one_job() {
         "outputPath": format!("gs://{}/reels/from-manifest.mp4", cluster.bucket),
         "orientation": "landscape", "compression": "small"
     });
-    let local = cluster.dir.path().join("m.json");
+    let local = cluster.dir().join("m.json");
     std::fs::write(&local, serde_json::to_vec(&manifest).unwrap()).unwrap();
     cluster.upload(&local, "manifests/proj7/req-1.json").await;
     let done = cluster.wait_for(None, types::JOB_COMPLETED, JOB_TIMEOUT).await;
@@ -250,9 +251,8 @@ async fn a_stage_killed_mid_job_is_redelivered_and_the_job_completes_once() {
     let output = format!("gs://{}/reels/killed.mp4", cluster.bucket);
     let job = submit(&cluster, "pk", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     wait_for_stage_progress(&mut cluster, &job, "stitch").await;
-    cluster.signal(stitch, libc::SIGKILL);
-    let _ = cluster.programs[stitch].child.wait();
-    cluster.start_program("stitch", &[]);
+    cluster.kill(stitch);
+    cluster.restart(stitch);
     cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     let events = cluster.events_of(&job).await;
@@ -294,7 +294,7 @@ async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
     let log = cluster.programs[stitch].log_text();
     assert!(log.contains("SIGTERM"), "{log}");
     // No scratch files left by the stopped stage.
-    let tmp = cluster.dir.path().join("tmp");
+    let tmp = cluster.dir().join("tmp");
     let leftovers: Vec<_> =
         std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");

@@ -2,17 +2,15 @@
 //! emulators.
 
 use base64::Engine;
-use reel_e2e::{make_clip, Cluster};
 use reel_events::payload::StitchRequested;
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation};
 use reel_runtime::bus::Bus;
+use reel_testkit::fixtures::make_clip;
+use reel_testkit::ports::free_port;
+use reel_testkit::Cluster;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// A minimal HTTP/1.1 POST; returns the status code.
 fn post(port: u16, headers: &[(&str, &str)], body: &[u8]) -> u16 {
@@ -29,14 +27,6 @@ fn post(port: u16, headers: &[(&str, &str)], body: &[u8]) -> u16 {
     let mut response = String::new();
     let _ = stream.read_to_string(&mut response);
     response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0)
-}
-
-fn wait_port(port: u16) {
-    let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(start.elapsed() < Duration::from_secs(20), "port {port} never opened");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 fn request(cluster: &Cluster, job: &str, clips: &[String]) -> StitchRequested {
@@ -56,7 +46,7 @@ fn request(cluster: &Cluster, job: &str, clips: &[String]) -> StitchRequested {
 async fn clips(cluster: &Cluster, n: usize) -> Vec<String> {
     let mut out = Vec::new();
     for i in 0..n {
-        let local = cluster.dir.path().join(format!("c{i}.mp4"));
+        let local = cluster.dir().join(format!("c{i}.mp4"));
         make_clip(&local, 320, 240, 1.0);
         cluster.upload(&local, &format!("clips/c{i}.mp4")).await;
         out.push(format!("gs://{}/clips/c{i}.mp4", cluster.bucket));
@@ -67,10 +57,10 @@ async fn clips(cluster: &Cluster, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn push_mode_accepts_pubsub_envelopes_and_eventarc_events() {
     let mut cluster = Cluster::start().await;
-    let port = free_port();
+    let port = free_port().unwrap();
     let listen = format!("127.0.0.1:{port}");
     cluster.start_program("validate", &["--listen", &listen]);
-    wait_port(port);
+    assert!(reel_testkit::ports::wait_until_open(port, Duration::from_secs(20)), "port {port} never opened");
     let clips = clips(&cluster, 2).await;
 
     // A Pub/Sub push envelope carrying a binary-mode event.
@@ -290,7 +280,7 @@ async fn a_replay_killed_half_way_loses_nothing_and_duplicates_nothing() {
     }
     cluster.start_all();
     // Kill the replay as soon as it has republished something.
-    let mut child = std::process::Command::new(reel_e2e::bin_dir().join("reel"))
+    let mut child = std::process::Command::new(reel_testkit::cluster::bin_dir().join("reel"))
         .args(["dlq", "replay", "validate"])
         .envs(&cluster.env)
         .stdout(std::process::Stdio::piped())
@@ -335,7 +325,7 @@ async fn a_download_killed_mid_job_resumes_without_fetching_clips_again() {
     // Clips large enough that fetching them takes a moment each.
     let mut paths = Vec::new();
     for i in 0..6 {
-        let local = cluster.dir.path().join(format!("big{i}.mp4"));
+        let local = cluster.dir().join(format!("big{i}.mp4"));
         let status = std::process::Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=1280x720:rate=30:duration=4"])
             .args(["-f", "lavfi", "-i", "sine=duration=4", "-vf", "noise=alls=40:allf=t"])
@@ -367,10 +357,9 @@ async fn a_download_killed_mid_job_resumes_without_fetching_clips_again() {
         assert!(start.elapsed() < Duration::from_secs(60), "download never started");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    cluster.signal(download, libc::SIGKILL);
-    let _ = cluster.programs[download].child.wait();
+    cluster.kill(download);
     let before = cluster.programs[download].log_text().matches("\"clip fetched\"").count();
-    let again = cluster.start_program("download", &[]);
+    let again = cluster.restart(download);
     cluster.wait_for(Some("job_resume"), types::JOB_COMPLETED, Duration::from_secs(150)).await;
     let log = cluster.programs[again].log_text();
     let reused = log.matches("reusing it").count();
@@ -380,5 +369,5 @@ async fn a_download_killed_mid_job_resumes_without_fetching_clips_again() {
 }
 
 fn names(cluster: &Cluster) -> reel_runtime::topology::Names {
-    reel_runtime::topology::Names::new(&cluster.prefix)
+    cluster.names()
 }

@@ -9,11 +9,12 @@
 //! The test prints its table (message → expected → observed); docs/RELIABILITY.md
 //! keeps a copy.
 
-use reel_e2e::{check_playable, make_clip, Cluster};
 use reel_events::payload::{JobSpec, JobValidated};
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Event, Orientation, Stage};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::topology::Names;
+use reel_testkit::fixtures::{check_playable, make_clip};
+use reel_testkit::Cluster;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::fmt;
@@ -141,19 +142,16 @@ fn nested(levels: usize) -> String {
 }
 
 fn spec(corpus: &Corpus, job: &str) -> JobSpec {
-    let now = chrono::Utc::now();
+    let sample = reel_testkit::fixtures::job_spec(job);
     JobSpec {
-        job_id: job.into(),
         project_id: format!("proj-{job}"),
         user_id: "mallory".into(),
         clip_paths: corpus.clips.clone(),
         output_path: format!("gs://{}/reels/{job}.mp4", corpus.bucket),
         orientation: Orientation::Landscape,
         compression: Compression::Small,
-        retry_attempt: 0,
-        force_restart: false,
-        accepted_at: now,
-        deadline: now + chrono::Duration::minutes(15),
+        deadline: sample.accepted_at + chrono::Duration::minutes(15),
+        ..sample
     }
 }
 
@@ -540,7 +538,7 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
     cluster.start_all();
     let mut clips = Vec::new();
     for i in 0..2 {
-        let local = cluster.dir.path().join(format!("c{i}.mp4"));
+        let local = cluster.dir().join(format!("c{i}.mp4"));
         make_clip(&local, 320, 240, 1.0);
         cluster.upload(&local, &format!("clips/c{i}.mp4")).await;
         clips.push(format!("gs://{}/clips/c{i}.mp4", cluster.bucket));
@@ -646,7 +644,7 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
         events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
     let valid_failures: Vec<Value> =
         events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
-    let local = cluster.dir.path().join("valid.mp4");
+    let local = cluster.dir().join("valid.mp4");
     let reel_ok = cluster.download(&format!("reels/{valid_job}.mp4"), &local).await;
 
     // The programs' logs stay for a look afterwards.
@@ -699,7 +697,7 @@ async fn a_duplicate_request_does_not_fail_a_completed_job() {
     cluster.start_all();
     let mut clips = Vec::new();
     for i in 0..2 {
-        let local = cluster.dir.path().join(format!("c{i}.mp4"));
+        let local = cluster.dir().join(format!("c{i}.mp4"));
         make_clip(&local, 320, 240, 1.0);
         cluster.upload(&local, &format!("clips/c{i}.mp4")).await;
         clips.push(format!("gs://{}/clips/c{i}.mp4", cluster.bucket));
@@ -751,7 +749,7 @@ async fn a_duplicate_request_does_not_fail_a_completed_job() {
         events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
     let completed: std::collections::BTreeSet<String> =
         events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
-    let local = cluster.dir.path().join("dup.mp4");
+    let local = cluster.dir().join("dup.mp4");
     let reel_ok = cluster.download(&format!("reels/{job}.mp4"), &local).await;
     println!("duplicate request: failures after the duplicate request {early_failures:?}; after late redeliveries {failures:?}; job.completed ids {completed:?}");
     assert!(early_failures.is_empty(), "the duplicate request failed the completed job: {early_failures:?}");

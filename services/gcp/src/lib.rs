@@ -7,8 +7,6 @@
 //!   precondition, server-side copy;
 //! - [`CloudResolver`]: [`reel_runtime::location::StoreResolver`] for `gs://` and local
 //!   locations;
-//! - `testing` (feature `testing`): starts the Pub/Sub emulator and fake-gcs-server as
-//!   child processes for tests.
 //!
 //! Both adapters talk to the emulators when `PUBSUB_EMULATOR_HOST` (`host:port`) and
 //! `STORAGE_EMULATOR_HOST` (`http://host:port`) are set, with anonymous credentials;
@@ -19,9 +17,6 @@ mod gcs;
 mod pubsub;
 mod resolver;
 mod unary;
-
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use gcs::{GcsClient, GcsStore, UploadStrategy, CHUNK_SIZE};
 pub use pubsub::{PubSubBus, PubSubConfig, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT};

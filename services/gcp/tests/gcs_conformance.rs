@@ -3,6 +3,6 @@
 
 use std::sync::Arc;
 
-use reel_gcp::testing::Emulators;
+use reel_testkit::Emulators;
 
 reel_runtime::store_conformance_tests!(async { Arc::new(Emulators::shared().store("reel-conformance").await) });

@@ -3,12 +3,13 @@
 
 use std::time::Duration;
 
-use reel_gcp::testing::{unique, EmulatorOptions, Emulators};
 use reel_gcp::{CloudResolver, GcsStore, UploadStrategy};
 use reel_runtime::bus::Bus;
 use reel_runtime::location::{Location, StoreResolver};
 use reel_runtime::store::{ByteReader, PutMode, Store, StoreError};
-use reel_runtime::topology::{SubscriptionSpec, TopicSpec, Topology};
+use reel_runtime::topology::{TopicSpec, Topology};
+use reel_testkit::fixtures::subscription;
+use reel_testkit::{unique, EmulatorOptions, Emulators};
 use tokio::io::AsyncReadExt;
 
 const CHUNK: usize = reel_gcp::CHUNK_SIZE;
@@ -123,10 +124,12 @@ async fn the_resolver_maps_buckets_and_local_paths() {
 #[tokio::test]
 async fn uploads_publish_object_finalize_notifications() {
     let topic = unique("gcs-notifications");
-    let emulators =
-        Emulators::start_with(EmulatorOptions { pubsub: true, gcs: true, gcs_notification_topic: Some(topic.clone()) })
-            .await
-            .unwrap();
+    let emulators = Emulators::start_with(EmulatorOptions {
+        gcs_notification_topic: Some(topic.clone()),
+        ..EmulatorOptions::default()
+    })
+    .await
+    .unwrap();
     let pids = emulators.pids();
     assert_eq!(pids.len(), 2);
     let bus = emulators.bus().await;
@@ -134,17 +137,7 @@ async fn uploads_publish_object_finalize_notifications() {
     let topology = Topology {
         prefix: String::new(),
         topics: vec![TopicSpec { name: topic.clone(), retention: None }],
-        subscriptions: vec![SubscriptionSpec {
-            name: sub.clone(),
-            topic: topic.clone(),
-            ack_deadline: Duration::from_secs(10),
-            dead_letter_topic: None,
-            max_delivery_attempts: 5,
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(10),
-            message_retention: Duration::from_secs(600),
-            exactly_once: false,
-        }],
+        subscriptions: vec![subscription(&sub, &topic)],
     };
     bus.ensure_topology(&topology).await.unwrap();
     let store = emulators.store("uploads").await;

@@ -4,22 +4,22 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use reel_gcp::testing::{unique, Emulators};
 use reel_gcp::PubSubBus;
 use reel_runtime::bus::{Bus, BusError, Message};
 use reel_runtime::topology::{SubscriptionSpec, TopicSpec, Topology};
+use reel_testkit::fixtures::subscription;
+use reel_testkit::{unique, Emulators};
 
+/// The test kit's subscription, with quick redelivery (min backoff 0, max 1 s) and a
+/// 10 s ack deadline.
 fn sub_spec(name: &str, topic: &str, dead_letter: Option<&str>, exactly_once: bool) -> SubscriptionSpec {
     SubscriptionSpec {
-        name: name.into(),
-        topic: topic.into(),
         ack_deadline: Duration::from_secs(10),
         dead_letter_topic: dead_letter.map(str::to_string),
-        max_delivery_attempts: 5,
-        min_backoff: Duration::from_secs(0),
+        min_backoff: Duration::ZERO,
         max_backoff: Duration::from_secs(1),
-        message_retention: Duration::from_secs(3600),
         exactly_once,
+        ..subscription(name, topic)
     }
 }
 

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use reel_gcp::testing::Emulators;
 use reel_gcp::PubSubBus;
+use reel_testkit::Emulators;
 
 reel_runtime::bus_conformance_tests!(async {
     let mut config = Emulators::shared().pubsub_config();

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 use chrono::Utc;
 use reel_events::payload::{JobSpec, JobValidated};
-use reel_events::{binding, envelope, types, AttributesReader, Compression, ErrorType, Event, Orientation, Stage};
+use reel_events::{binding, envelope, types, AttributesReader, ErrorType, Event, Stage};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::embedded::{DirStore, EmbeddedBus};
 use reel_runtime::local::LocalResolver;
@@ -13,6 +13,7 @@ use reel_runtime::stage::{cancel_marker_key, completed_marker_key, Context, Fail
 use reel_runtime::topology::{Names, SubscriptionSpec};
 use reel_runtime::worker::{dead_letter_attrs, Worker, WorkerOptions};
 use reel_runtime::{PutMode, Settings, Store};
+use reel_testkit::fixtures;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -95,15 +96,11 @@ async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
     }
     let names = topology.names();
     topology.subscriptions.push(SubscriptionSpec {
-        name: WATCH.into(),
-        topic: names.events(),
         ack_deadline: Duration::from_secs(10),
-        dead_letter_topic: None,
-        max_delivery_attempts: 5,
         min_backoff: Duration::ZERO,
         max_backoff: Duration::from_secs(1),
         message_retention: Duration::from_secs(600),
-        exactly_once: false,
+        ..fixtures::subscription(WATCH, &names.events())
     });
     let bus = Arc::new(EmbeddedBus::new());
     bus.ensure_topology(&topology).await.unwrap();
@@ -132,21 +129,8 @@ async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
 }
 
 fn job_event(job_id: &str, deadline_in: chrono::Duration) -> Event {
-    let now = Utc::now();
-    let job = JobSpec {
-        job_id: job_id.into(),
-        project_id: "p".into(),
-        user_id: "u".into(),
-        clip_paths: vec!["/a.mp4".into(), "/b.mp4".into()],
-        output_path: "/o.mp4".into(),
-        orientation: Orientation::Portrait,
-        compression: Compression::Optimized,
-        retry_attempt: 0,
-        force_restart: false,
-        accepted_at: now,
-        deadline: now + deadline_in,
-    };
-    envelope::build(types::JOB_VALIDATED, "//test", format!("v-{job_id}"), job_id, now, &JobValidated { job }).unwrap()
+    let sample = fixtures::job_spec(job_id);
+    fixtures::job_validated(&JobSpec { deadline: sample.accepted_at + deadline_in, ..sample })
 }
 
 impl Rig {

@@ -3,11 +3,12 @@
 
 use chrono::Utc;
 use reel_events::payload::{JobRef, JobSpec, ReelFacts, ReelStitched};
-use reel_events::{envelope, types, Compression, ErrorType, Mode, Orientation, Stage};
+use reel_events::{envelope, types, ErrorType, Mode, Stage};
 use reel_runtime::embedded::DirStore;
 use reel_runtime::local::LocalResolver;
 use reel_runtime::stage::{Context, Handler, Outcome};
 use reel_runtime::{PutMode, Settings, Store};
+use reel_testkit::fixtures;
 use std::sync::Arc;
 
 #[tokio::test]
@@ -33,17 +34,10 @@ async fn an_output_outside_the_allowed_roots_fails_the_job_and_nothing_is_writte
     ] {
         let now = Utc::now();
         let job = JobSpec {
-            job_id: "job_u".into(),
-            project_id: "p1".into(),
-            user_id: "u1".into(),
             clip_paths: vec![format!("{}/a.mp4", allowed.display()), format!("{}/b.mp4", allowed.display())],
             output_path: output.clone(),
-            orientation: Orientation::Portrait,
-            compression: Compression::Optimized,
-            retry_attempt: 0,
             force_restart: true,
-            accepted_at: now,
-            deadline: now + chrono::Duration::minutes(5),
+            ..fixtures::job_spec("job_u")
         };
         let data = ReelStitched {
             job: job.clone(),
