@@ -2,29 +2,16 @@
 //! that makes a redelivery harmless, and the clean-up it owes.
 
 use chrono::Utc;
-use reel_events::payload::{JobCompleted, JobRef, JobSpec, ReelFacts, ReelUploaded, SkippedClip};
-use reel_events::{envelope, types, AttributesReader, Compression, ErrorType, Event, Mode, Orientation, Stage};
-use reel_runtime::embedded::DirStore;
-use reel_runtime::local::LocalResolver;
-use reel_runtime::stage::{completed_marker_key, Context, FromSettings, Handler, Outcome};
-use reel_runtime::{lock, PutMode, Settings, Store};
-use std::sync::Arc;
+use reel_events::payload::{JobCompleted, JobSpec, ReelFacts, ReelUploaded, SkippedClip};
+use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Mode};
+use reel_finalize::Finalize;
+use reel_runtime::stage::{completed_marker_key, Outcome};
+use reel_runtime::{lock, PutMode, Store};
+use reel_testkit::fixtures;
+use reel_testkit::stage::StageHarness;
 
 fn uploaded(job_id: &str) -> (JobSpec, Event) {
-    let now = Utc::now();
-    let job = JobSpec {
-        job_id: job_id.into(),
-        project_id: "proj_f".into(),
-        user_id: "user_f".into(),
-        clip_paths: vec!["/clips/a.mp4".into(), "/clips/b.mp4".into(), "/clips/c.mp4".into()],
-        output_path: "/reels/out.mp4".into(),
-        orientation: Orientation::Portrait,
-        compression: Compression::Original,
-        retry_attempt: 0,
-        force_restart: false,
-        accepted_at: now,
-        deadline: now + chrono::Duration::minutes(15),
-    };
+    let job = JobSpec { project_id: "proj_f".into(), user_id: "user_f".into(), ..fixtures::job_spec(job_id) };
     let data = ReelUploaded {
         job: job.clone(),
         output_path: job.output_path.clone(),
@@ -32,35 +19,11 @@ fn uploaded(job_id: &str) -> (JobSpec, Event) {
         skipped_clips: vec![SkippedClip { path: "/clips/c.mp4".into(), reason: "not a readable video".into() }],
         warnings: vec!["skipped /clips/c.mp4: not a readable video".into()],
     };
-    let event =
-        envelope::build(types::REEL_UPLOADED, "//reel/upload", format!("u-{job_id}"), job_id, now, &data).unwrap();
-    (job, event)
+    (job, StageHarness::event(types::REEL_UPLOADED, job_id, &data))
 }
 
-struct Rig {
-    _dir: tempfile::TempDir,
-    work: Arc<DirStore>,
-    settings: Settings,
-}
-
-fn rig() -> Rig {
-    let dir = tempfile::tempdir().unwrap();
-    let work = Arc::new(DirStore::new(dir.path().join("work")).unwrap());
-    let settings = Settings { temp_dir: dir.path().join("tmp"), ..Settings::default() };
-    Rig { _dir: dir, work, settings }
-}
-
-impl Rig {
-    async fn run(&self, job: &JobSpec, event: &Event) -> Outcome {
-        let ctx = Context::standalone(
-            Stage::Finalize,
-            self.settings.boundary(),
-            self.work.clone(),
-            Arc::new(LocalResolver::new()),
-            JobRef::from(job),
-        );
-        reel_finalize::Finalize::from_settings(&self.settings).handle(&ctx, event).await
-    }
+fn rig() -> StageHarness {
+    StageHarness::new()
 }
 
 #[tokio::test]
@@ -75,7 +38,7 @@ async fn the_completed_event_carries_the_contract_fields_and_the_job_is_cleaned_
         lock::Acquire::Acquired
     );
 
-    let Outcome::Emit(events) = rig.run(&job, &event).await else { panic!("finalize did not complete the job") };
+    let Outcome::Emit(events) = rig.run::<Finalize>(&event).await else { panic!("finalize did not complete the job") };
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].ty(), types::JOB_COMPLETED);
     assert_eq!(events[0].subject(), Some(job.job_id.as_str()));
@@ -84,7 +47,7 @@ async fn the_completed_event_carries_the_contract_fields_and_the_job_is_cleaned_
         (completed.job_id.as_str(), completed.project_id.as_str(), completed.user_id.as_str()),
         ("job_fin", "proj_f", "user_f")
     );
-    assert_eq!(completed.output_path, "/reels/out.mp4");
+    assert_eq!(completed.output_path, job.output_path);
     assert_eq!((completed.size_bytes, completed.duration_seconds, completed.crc32c.as_str()), (1234, 6.5, "yZRlqg=="));
     assert_eq!(completed.mode, Mode::Copy);
     assert_eq!(completed.skipped_clips.len(), 1);
@@ -99,9 +62,9 @@ async fn the_completed_event_carries_the_contract_fields_and_the_job_is_cleaned_
 #[tokio::test]
 async fn a_redelivery_re_emits_the_very_same_event() {
     let rig = rig();
-    let (job, event) = uploaded("job_twice");
-    let Outcome::Emit(first) = rig.run(&job, &event).await else { panic!("first delivery") };
-    let Outcome::Emit(second) = rig.run(&job, &event).await else { panic!("second delivery") };
+    let (_, event) = uploaded("job_twice");
+    let Outcome::Emit(first) = rig.run::<Finalize>(&event).await else { panic!("first delivery") };
+    let Outcome::Emit(second) = rig.run::<Finalize>(&event).await else { panic!("second delivery") };
     assert_eq!(first[0].id(), second[0].id(), "the fold sees a duplicate, not a second completion");
     assert_eq!(envelope::data_json(&first[0]).unwrap(), envelope::data_json(&second[0]).unwrap());
 }
@@ -109,11 +72,10 @@ async fn a_redelivery_re_emits_the_very_same_event() {
 #[tokio::test]
 async fn a_malformed_payload_fails_the_job_as_invalid_request() {
     let rig = rig();
-    let (job, _) = uploaded("job_bad");
     let event =
         envelope::build(types::REEL_UPLOADED, "//x", "bad-1", "job_bad", Utc::now(), &serde_json::json!({"job": 3}))
             .unwrap();
-    match rig.run(&job, &event).await {
+    match rig.run::<Finalize>(&event).await {
         Outcome::Reject(f) => assert_eq!(f.error_type, ErrorType::InvalidRequest),
         other => panic!("expected a rejection, got {other:?}"),
     }

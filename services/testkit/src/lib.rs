@@ -10,10 +10,8 @@
 //!   and the event log seen through a subscription of its own;
 //! - [`fixtures`]: sample values (a subscription, a job, unique names) and clips made
 //!   with ffmpeg.
-//! - *(to come, after the runtime's redesign)* `stage`: one stage handler in process —
-//!   a `Settings`, a directory store and a `Context`, no bus — for the stage crates'
-//!   tests. It belongs here as its own module; nothing else in the kit depends on
-//!   `Settings` or `Context` internals, so the redesign does not reach the rest.
+//! - [`stage`]: one stage handler in process — a `Settings`, a directory store and a
+//!   `Context`, no bus — for the stage crates' tests.
 //!
 //! A dev-dependency only: no production program links it (the bench is not one). The
 //! binary `reel-cluster` (`start|stop|env|status`) is what `scripts/cluster.sh` runs.
@@ -33,6 +31,7 @@ pub mod emulators;
 pub mod fixtures;
 pub mod ports;
 pub mod process;
+pub mod stage;
 
 pub use cluster::{Cluster, ClusterOptions, Program};
 pub use emulators::{EmulatorOptions, Emulators, PROJECT};

@@ -2,41 +2,19 @@
 
 use chrono::Utc;
 use reel_events::payload::{JobRef, JobValidated};
-use reel_events::{envelope, types, AttributesReader, ErrorType, Stage};
-use reel_runtime::embedded::DirStore;
-use reel_runtime::local::LocalResolver;
-use reel_runtime::stage::{Context, FromSettings, Handler, Outcome};
-use reel_runtime::Settings;
-use std::sync::Arc;
+use reel_events::{envelope, types, AttributesReader, ErrorType};
+use reel_runtime::stage::Outcome;
+use reel_testkit::stage::StageHarness;
+use reel_validate::Validate;
 
-struct Fixture {
-    _dir: tempfile::TempDir,
-    work: Arc<DirStore>,
-    settings: Arc<Settings>,
+fn fixture(roots: &[&str]) -> StageHarness {
+    StageHarness::with_settings(|s| s.allowed_roots = roots.iter().map(|r| r.to_string()).collect())
 }
 
-fn fixture(roots: &[&str]) -> Fixture {
-    let dir = tempfile::tempdir().unwrap();
-    let work = Arc::new(DirStore::new(dir.path().join("work")).unwrap());
-    let settings = Settings {
-        allowed_roots: roots.iter().map(|r| r.to_string()).collect(),
-        temp_dir: dir.path().join("tmp"),
-        ..Settings::default()
-    };
-    Fixture { _dir: dir, work, settings: Arc::new(settings) }
-}
-
-async fn run(f: &Fixture, data: serde_json::Value) -> Outcome {
+async fn run(f: &StageHarness, data: serde_json::Value) -> Outcome {
     let job_id = data.get("jobId").and_then(|v| v.as_str()).unwrap_or("").to_string();
     let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), &job_id, Utc::now(), &data).unwrap();
-    let ctx = Context::standalone(
-        Stage::Validate,
-        f.settings.boundary(),
-        f.work.clone(),
-        Arc::new(LocalResolver::new()),
-        JobRef::from_data(&data, None),
-    );
-    reel_validate::Validate::from_settings(&f.settings).handle(&ctx, &event).await
+    f.run::<Validate>(&event).await
 }
 
 fn uuid() -> String {
@@ -164,10 +142,9 @@ async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
         assert!(message.contains("gs://uploads/projects/p1"), "the message names the project's root: {message}");
     }
 
-    let mut settings = (*f.settings).clone();
-    settings.allowed_roots = vec!["gs://bucket".into()];
-    settings.work_root = Some("gs://bucket/work".into());
-    let f = Fixture { settings: Arc::new(settings), ..f };
+    let mut f = f;
+    f.settings.allowed_roots = vec!["gs://bucket".into()];
+    f.settings.work_root = Some("gs://bucket/work".into());
     for (clip, output) in [
         ("gs://bucket/work/control/api-snapshot.json", "gs://bucket/out.mp4"),
         ("gs://bucket/work/jobs/other_job/clips/000.mp4", "gs://bucket/out.mp4"),
@@ -197,15 +174,7 @@ async fn an_invalid_job_id_fails_under_a_derived_id() {
         let mut data = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
         data["jobId"] = bad.clone();
         let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), "subject", Utc::now(), &data).unwrap();
-        let ctx = Context::standalone(
-            Stage::Validate,
-            f.settings.boundary(),
-            f.work.clone(),
-            Arc::new(LocalResolver::new()),
-            JobRef::default(),
-        );
-        let (got, message, job) =
-            failure(reel_validate::Validate::from_settings(&f.settings).handle(&ctx, &event).await);
+        let (got, message, job) = failure(f.run::<Validate>(&event).await);
         assert_eq!(got, ErrorType::InvalidRequest, "{bad}: {message}");
         let job = job.expect("the failure names a job");
         assert!(job.job_id.starts_with("job_") && job.job_id.len() < 40, "derived id: {}", job.job_id);
