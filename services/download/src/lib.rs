@@ -195,12 +195,7 @@ async fn fetch_clip(
             let _ = ctx.work.delete(&work_key).await;
             return Err(ClipError::Skip(format!("not a readable video ({reason})")));
         }
-        Err(e) if e.verdict().retryable => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
-                e.verdict().error_type,
-                format!("probing {raw}: {e}"),
-            ))))
-        }
+        Err(e) if e.verdict().retryable => return Err(ClipError::Stop(Outcome::failed(&format!("probing {raw}"), &e))),
         Err(e) => {
             let _ = ctx.work.delete(&work_key).await;
             return Err(ClipError::Skip(format!("cannot probe: {e}")));

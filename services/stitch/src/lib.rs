@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched};
 use reel_events::{types, ErrorType, Event, Mode, Stage};
-use reel_media::{CancelToken, Classify, MediaConfig, MediaError, RunOptions};
+use reel_media::{CancelToken, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode};
@@ -121,7 +121,7 @@ impl Handler for Stitch {
             (Mode::Reencode, None) => Err(MediaError::Io(std::io::Error::other("re-encode plan without a target"))),
         };
         if let Err(e) = result {
-            return media_failure("stitching", e);
+            return Outcome::failed("stitching", &e);
         }
         if mode == Mode::Reencode && plan.mode == Mode::Copy {
             warnings.push("stream copy failed; the reel was re-encoded".to_string());
@@ -268,52 +268,4 @@ async fn read_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> 
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).await.ok()?;
     serde_json::from_slice(&bytes).ok()
-}
-
-/// An ffmpeg failure as an outcome: `MediaError`'s own verdict decides (reel-media's
-/// error matrix, docs/MEDIA.md).
-fn media_failure(what: &str, err: MediaError) -> Outcome {
-    let verdict = err.verdict();
-    let failure = Failure::new(verdict.error_type, format!("{what}: {err}"));
-    if verdict.retryable {
-        Outcome::Retry(failure)
-    } else {
-        Outcome::Reject(failure)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The error matrix for ffmpeg (every row is tested in reel-media): corrupt → fail with
-    /// corrupt_input; disk full or out of memory (ffmpeg killed) → retry as
-    /// resource_exhausted; stalled → retry as timeout; a non-zero exit → corrupt_input.
-    #[test]
-    fn ffmpeg_errors_follow_the_matrix() {
-        let kind = |e| match media_failure("stitching", e) {
-            Outcome::Retry(f) => ("retry", f.error_type),
-            Outcome::Reject(f) => ("reject", f.error_type),
-            other => panic!("{other:?}"),
-        };
-        assert_eq!(
-            kind(MediaError::Corrupt { reason: "moov atom not found".into() }),
-            ("reject", ErrorType::CorruptInput)
-        );
-        assert_eq!(
-            kind(MediaError::DiskFull { detail: "No space left on device".into(), source: None }),
-            ("retry", ErrorType::ResourceExhausted)
-        );
-        assert_eq!(kind(MediaError::Timeout), ("retry", ErrorType::Timeout));
-        // Raw wait statuses: killed by signal 9, and exited with code 1.
-        let status = <std::process::ExitStatus as std::os::unix::process::ExitStatusExt>::from_raw;
-        assert_eq!(
-            kind(MediaError::Failed { status: status(9), stderr_tail: String::new() }),
-            ("retry", ErrorType::ResourceExhausted)
-        );
-        assert_eq!(
-            kind(MediaError::Failed { status: status(1 << 8), stderr_tail: "Invalid data".into() }),
-            ("reject", ErrorType::CorruptInput)
-        );
-    }
 }
