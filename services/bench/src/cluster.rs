@@ -837,11 +837,10 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
     eprintln!("cluster: starting the Pub/Sub emulator and fake-gcs-server on free ports");
     let emulators = start_emulators().await?;
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut config = emulators.pubsub_config();
     // The bench reads the event log in bulk: no flow-control limit of its own.
-    config.max_outstanding_messages = 100_000;
+    let config = emulators.pubsub_config().set_max_outstanding_messages(100_000);
     let bus = Arc::new(PubSubBus::connect(config).await.context("connecting to the Pub/Sub emulator")?);
-    let client = GcsClient::connect(Some(emulators.storage_url())).await.context("connecting to fake-gcs-server")?;
+    let client = GcsClient::connect(reel_gcp::GcsConfig::new().with_emulator(&emulators.storage_url())).await.context("connecting to fake-gcs-server")?;
     let bucket = format!("reel-bench-{run_id}");
     let store = client.store(&bucket);
     store.create_bucket_if_missing(emulators.project()).await.context("creating the bucket")?;
@@ -1518,7 +1517,7 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
     if let Some(b) = rep.bursts.iter().find(|b| b.max_outstanding == 1 && b.attempts.values().any(|a| a.1 > 1)) {
         let worst = b.attempts.iter().max_by_key(|(_, a)| a.1).map(|(k, a)| format!("{k}: up to attempt {}", a.1)).unwrap_or_default();
         rep.notes.push(format!(
-            "Why `{}` redelivers ({worst}){}: with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES=1` the emulator still pours a stage's whole backlog into its one streaming pull (it ignores flow control); `reel_gcp::PubSubBus` releases every message beyond the limit at once with a nack (services/gcp/src/pubsub.rs), the emulator redelivers it only after the subscription's retry backoff (1 s, growing to 60 s), and every round counts as a delivery attempt, so a message released {} times goes to the dead-letter topic. Real Pub/Sub honours the flow-control limit and keeps the backlog on the server; the second burst (messages buffered, leased, in each program) shows what the programs themselves sustain.",
+            "Why `{}` redelivers ({worst}){}: with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES=1` the emulator still pours a stage's whole backlog into its one streaming pull (it ignores flow control); `reel_gcp::PubSubBus` releases every message beyond the limit at once with a nack (services/gcp/src/pubsub/streaming.rs), the emulator redelivers it only after the subscription's retry backoff (1 s, growing to 60 s), and every round counts as a delivery attempt, so a message released {} times goes to the dead-letter topic. Real Pub/Sub honours the flow-control limit and keeps the backlog on the server; the second burst (messages buffered, leased, in each program) shows what the programs themselves sustain.",
             b.phase,
             if b.dead_lettered.is_empty() { String::new() } else { ", and why requests were dead-lettered".to_string() },
             reel_runtime::topology::PUBSUB_MAX_DELIVERY_ATTEMPTS

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{mpsc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use crate::{GcsClient, GcsStore, PubSubBus, PubSubConfig};
+use crate::{GcsClient, GcsConfig, GcsStore, PubSubBus, PubSubConfig};
 
 /// How long an emulator may take to open its port.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
@@ -501,9 +501,7 @@ impl Emulators {
 
     /// A bus configuration pointing at the Pub/Sub emulator.
     pub fn pubsub_config(&self) -> PubSubConfig {
-        let mut config = PubSubConfig::new(self.project.clone());
-        config.emulator_host = Some(self.pubsub_host());
-        config
+        PubSubConfig::new(self.project.clone()).with_emulator(&self.pubsub_host())
     }
 
     /// A new bus on the Pub/Sub emulator (on the caller's runtime).
@@ -515,7 +513,7 @@ impl Emulators {
 
     /// A new Cloud Storage client on fake-gcs-server (on the caller's runtime).
     pub async fn gcs_client(&self) -> GcsClient {
-        GcsClient::connect(Some(self.storage_url()))
+        GcsClient::connect(GcsConfig::new().with_emulator(&self.storage_url()))
             .await
             .expect("connect to fake-gcs-server")
     }

@@ -60,6 +60,26 @@ pub struct Settings {
     pub ack_deadline_seconds: Option<u64>,
     /// Override the subscriptions' minimum retry backoff (seconds).
     pub min_backoff_seconds: Option<u64>,
+    /// How stage programs pull from Pub/Sub (`REEL_PUBSUB_PULL`: `streaming`, the
+    /// default, or `unary`, emulator only).
+    pub pubsub_pull: PubSubPull,
+    /// Pub/Sub flow control: messages a program holds unsettled per subscription
+    /// (`REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`; default: the adapter's, 10).
+    pub pubsub_max_outstanding_messages: Option<u64>,
+    /// Pub/Sub flow control: bytes a program holds unsettled per subscription
+    /// (`REEL_PUBSUB_MAX_OUTSTANDING_BYTES`; default: the adapter's, 64 MiB).
+    pub pubsub_max_outstanding_bytes: Option<u64>,
+}
+
+/// How a program pulls from Pub/Sub ([`Settings::pubsub_pull`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubPull {
+    /// A streaming pull per subscription (production).
+    #[default]
+    Streaming,
+    /// Polled unary pulls; the emulator only (it never closes a killed program's stream).
+    Unary,
 }
 
 impl Default for Settings {
@@ -86,6 +106,9 @@ impl Default for Settings {
             project_lock: true,
             ack_deadline_seconds: None,
             min_backoff_seconds: None,
+            pubsub_pull: PubSubPull::Streaming,
+            pubsub_max_outstanding_messages: None,
+            pubsub_max_outstanding_bytes: None,
         }
     }
 }
@@ -182,6 +205,21 @@ impl Settings {
             "REEL_MIN_BACKOFF_SECONDS" => {
                 self.min_backoff_seconds = Some(value.parse().ok().filter(|s| *s <= 600).ok_or_else(|| bad("expected 0-600 seconds"))?)
             }
+            "REEL_PUBSUB_PULL" => {
+                self.pubsub_pull = match value {
+                    "" | "streaming" => PubSubPull::Streaming,
+                    "unary" => PubSubPull::Unary,
+                    _ => return Err(bad("expected streaming or unary")),
+                }
+            }
+            "REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES" => {
+                self.pubsub_max_outstanding_messages =
+                    Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("expected a count > 0"))?)
+            }
+            "REEL_PUBSUB_MAX_OUTSTANDING_BYTES" => {
+                self.pubsub_max_outstanding_bytes =
+                    Some(value.parse().ok().filter(|n| *n > 0).ok_or_else(|| bad("expected bytes > 0"))?)
+            }
             "REEL_CONCURRENCY" => {
                 self.concurrency = value.parse().ok().filter(|c| *c > 0).ok_or_else(|| bad("expected a count > 0"))?
             }
@@ -273,5 +311,23 @@ mod tests {
         std::fs::write(&file, "job_timeout_minuts = 5\n").unwrap();
         let err = Settings::load_from(Some(&file), &[]).unwrap_err();
         assert!(err.to_string().contains("job_timeout_minuts"), "{err}");
+    }
+
+    #[test]
+    fn pubsub_pull_and_flow_control() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!(s.pubsub_pull, PubSubPull::Streaming);
+        assert_eq!(s.pubsub_max_outstanding_messages, None);
+        let s = Settings::load_from(
+            None,
+            &vars(&[("REEL_PUBSUB_PULL", "unary"), ("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", "1")]),
+        )
+        .unwrap();
+        assert_eq!(s.pubsub_pull, PubSubPull::Unary);
+        assert_eq!(s.pubsub_max_outstanding_messages, Some(1));
+        for (name, value) in [("REEL_PUBSUB_PULL", "sometimes"), ("REEL_PUBSUB_MAX_OUTSTANDING_BYTES", "0")] {
+            let err = Settings::load_from(None, &vars(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
+        }
     }
 }
