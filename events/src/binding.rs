@@ -103,9 +103,7 @@ pub fn encode_structured(event: &Event) -> PubsubMessage {
 pub fn decode(message: &PubsubMessage) -> Result<Event, BindingError> {
     let attrs = &message.attributes;
     let content_type = attrs.get(CONTENT_TYPE).or_else(|| attrs.get("ce-datacontenttype"));
-    let is_structured_type = content_type
-        .map(|ct| media_type(ct) == STRUCTURED_CONTENT_TYPE)
-        .unwrap_or(false);
+    let is_structured_type = content_type.map(|ct| media_type(ct) == STRUCTURED_CONTENT_TYPE).unwrap_or(false);
     if is_structured_type || (!attrs.contains_key("ce-specversion") && looks_structured(&message.data)) {
         return decode_structured(&message.data);
     }
@@ -194,10 +192,7 @@ fn looks_structured(body: &[u8]) -> bool {
     if first != Some(&b'{') {
         return false;
     }
-    serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .and_then(|v| v.get("specversion").cloned())
-        .is_some()
+    serde_json::from_slice::<serde_json::Value>(body).ok().and_then(|v| v.get("specversion").cloned()).is_some()
 }
 
 fn media_type(content_type: &str) -> String {
@@ -285,8 +280,5 @@ pub fn wrap_bare_request(message: &PubsubMessage, message_id: &str) -> Result<Ev
     if let Some(job_id) = value.get("jobId").and_then(|v| v.as_str()) {
         builder = builder.subject(job_id.to_string());
     }
-    builder
-        .data("application/json", value)
-        .build()
-        .map_err(|e| BindingError::Structured(e.to_string()))
+    builder.data("application/json", value).build().map_err(|e| BindingError::Structured(e.to_string()))
 }

@@ -146,21 +146,17 @@ impl JobState {
         let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
         max_nonempty(&mut self.project_id, text(job, "projectId"));
         max_nonempty(&mut self.user_id, text(job, "userId"));
-        let attempt_no = job
-            .get("retryAttempt")
-            .or_else(|| data.get("retryAttempt"))
-            .and_then(|v| v.as_u64())
-            .unwrap_or(0) as u32;
+        let attempt_no =
+            job.get("retryAttempt").or_else(|| data.get("retryAttempt")).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         let time = event.time().copied().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let stamp: Stamp = (time, event.id().to_string());
         let state = self.attempts.entry(attempt_no).or_default();
         let ty = event.ty();
 
         if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
-            if ty != types::JOB_COMPLETED
-                && state.completed.is_none() {
-                    max_opt(&mut state.output_path, output.to_string());
-                }
+            if ty != types::JOB_COMPLETED && state.completed.is_none() {
+                max_opt(&mut state.output_path, output.to_string());
+            }
         }
         for w in data.get("warnings").and_then(|v| v.as_array()).into_iter().flatten() {
             if let Some(w) = w.as_str() {
@@ -173,7 +169,8 @@ impl JobState {
             }
         }
 
-        let stage_of = |v: &serde_json::Value| v.get("stage").and_then(|s| serde_json::from_value::<Stage>(s.clone()).ok());
+        let stage_of =
+            |v: &serde_json::Value| v.get("stage").and_then(|s| serde_json::from_value::<Stage>(s.clone()).ok());
         match ty {
             types::STITCH_REQUESTED => {
                 state.raise(Status::Queued);

@@ -120,14 +120,10 @@ macro_rules! wire_enum {
         impl FromStr for $t {
             type Err = String;
             fn from_str(s: &str) -> Result<Self, Self::Err> {
-                Self::ALL
-                    .iter()
-                    .copied()
-                    .find(|v| v.as_str() == s)
-                    .ok_or_else(|| {
-                        let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
-                        format!("unknown {} {:?}; expected one of: {}", $what, s, known.join(", "))
-                    })
+                Self::ALL.iter().copied().find(|v| v.as_str() == s).ok_or_else(|| {
+                    let known: Vec<&str> = Self::ALL.iter().map(|v| v.as_str()).collect();
+                    format!("unknown {} {:?}; expected one of: {}", $what, s, known.join(", "))
+                })
             }
         }
     };

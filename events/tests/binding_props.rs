@@ -2,11 +2,11 @@
 //! for what is not a CloudEvent.
 
 use chrono::{DateTime, TimeZone, Utc};
+use cloudevents::{EventBuilder, EventBuilderV10};
 use proptest::prelude::*;
 use reel_events::binding::{self, BindingError};
 use reel_events::message::PubsubMessage;
 use reel_events::{AttributesReader, Event};
-use cloudevents::{EventBuilder, EventBuilderV10};
 use std::collections::BTreeMap;
 
 fn json_value() -> impl Strategy<Value = serde_json::Value> {
@@ -85,7 +85,13 @@ fn binary(attrs: &[(&str, &str)], data: &str) -> PubsubMessage {
 #[test]
 fn accepts_ce_datacontenttype_instead_of_content_type() {
     let m = binary(
-        &[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "//x"), ("ce-type", "t"), ("ce-datacontenttype", "application/json")],
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "1"),
+            ("ce-source", "//x"),
+            ("ce-type", "t"),
+            ("ce-datacontenttype", "application/json"),
+        ],
         r#"{"a":1}"#,
     );
     let e = binding::decode(&m).unwrap();
@@ -120,7 +126,10 @@ fn broken_messages_get_specific_errors() {
     assert!(matches!(binding::decode(&binary(&json, "{not json")), Err(BindingError::Json(_))));
     assert_eq!(binding::decode(&binary(&[], "hello")), Err(BindingError::NotACloudEvent));
     assert!(matches!(
-        binding::decode(&binary(&[("content-type", "application/cloudevents+json")], r#"{"specversion":"2.0","id":"1","source":"s","type":"t"}"#)),
+        binding::decode(&binary(
+            &[("content-type", "application/cloudevents+json")],
+            r#"{"specversion":"2.0","id":"1","source":"s","type":"t"}"#
+        )),
         Err(BindingError::SpecVersion(_))
     ));
 }

@@ -109,7 +109,13 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                 types::JOB_CANCELLED,
                 80,
                 &format!("cancel{a}"),
-                &JobCancelled { job_id: "job_1".into(), project_id: "proj".into(), user_id: "user".into(), stage: Stage::Download, retry_attempt: Some(attempt) },
+                &JobCancelled {
+                    job_id: "job_1".into(),
+                    project_id: "proj".into(),
+                    user_id: "user".into(),
+                    stage: Stage::Download,
+                    retry_attempt: Some(attempt),
+                },
             ));
             // A late failure report must not undo the cancel.
             events.push(ev(

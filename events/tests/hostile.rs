@@ -22,8 +22,19 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
         any::<u64>().prop_map(serde_json::Value::from),
         (-1e300f64..1e300).prop_map(serde_json::Value::from),
         "[a-zA-Z0-9 _./:é✓\\-]{0,12}".prop_map(serde_json::Value::from),
-        prop::sample::select(vec!["", "1.0", "job_1", "gs://b/a.mp4", "2024-01-01T00:00:00Z", "stitch", "copy", "portrait", "not_found", "../x"])
-            .prop_map(serde_json::Value::from),
+        prop::sample::select(vec![
+            "",
+            "1.0",
+            "job_1",
+            "gs://b/a.mp4",
+            "2024-01-01T00:00:00Z",
+            "stitch",
+            "copy",
+            "portrait",
+            "not_found",
+            "../x"
+        ])
+        .prop_map(serde_json::Value::from),
     ];
     leaf.prop_recursive(3, 24, 4, |inner| {
         prop_oneof![
@@ -31,8 +42,18 @@ fn json_value() -> impl Strategy<Value = serde_json::Value> {
             prop::collection::btree_map(
                 prop_oneof![
                     "[a-z][a-zA-Z]{0,8}",
-                    prop::sample::select(vec!["specversion", "id", "source", "type", "data", "data_base64", "jobId", "job", "stage"])
-                        .prop_map(String::from)
+                    prop::sample::select(vec![
+                        "specversion",
+                        "id",
+                        "source",
+                        "type",
+                        "data",
+                        "data_base64",
+                        "jobId",
+                        "job",
+                        "stage"
+                    ])
+                    .prop_map(String::from)
                 ],
                 inner,
                 0..4
@@ -47,7 +68,12 @@ fn body() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         prop::collection::vec(any::<u8>(), 0..64),
         json_value().prop_map(|v| serde_json::to_vec(&v).unwrap()),
-        (json_value(), prop::option::of("[ -~]{0,8}"), prop::option::of("[a-z.]{0,20}"), prop::sample::select(vec!["1.0", "0.3", ""]))
+        (
+            json_value(),
+            prop::option::of("[ -~]{0,8}"),
+            prop::option::of("[a-z.]{0,20}"),
+            prop::sample::select(vec!["1.0", "0.3", ""])
+        )
             .prop_map(|(data, id, ty, spec)| {
                 let mut event = serde_json::json!({"specversion": spec, "source": "//t", "data": data});
                 if let Some(id) = id {
@@ -74,7 +100,11 @@ fn mutated_payload() -> impl Strategy<Value = serde_json::Value> {
 }
 
 fn message() -> impl Strategy<Value = PubsubMessage> {
-    let value = prop_oneof![prop::sample::select(checks::INTERESTING_VALUES.to_vec()).prop_map(String::from), "[ -~]{0,16}", ".{0,8}"];
+    let value = prop_oneof![
+        prop::sample::select(checks::INTERESTING_VALUES.to_vec()).prop_map(String::from),
+        "[ -~]{0,16}",
+        ".{0,8}"
+    ];
     (body(), prop::collection::vec((any::<u8>(), value), 0..8), "[a-z0-9_]{0,8}")
         .prop_map(|(data, attributes, key)| checks::message_from_parts(data, attributes, key))
 }
@@ -142,7 +172,13 @@ fn nested(levels: usize) -> Vec<u8> {
 
 fn binary(data: Vec<u8>, content_type: &str) -> PubsubMessage {
     let mut message = PubsubMessage { data, ..Default::default() };
-    for (k, v) in [("ce-specversion", "1.0"), ("ce-id", "x"), ("ce-source", "//t"), ("ce-type", types::STITCH_REQUESTED), ("content-type", content_type)] {
+    for (k, v) in [
+        ("ce-specversion", "1.0"),
+        ("ce-id", "x"),
+        ("ce-source", "//t"),
+        ("ce-type", types::STITCH_REQUESTED),
+        ("content-type", content_type),
+    ] {
         message.attributes.insert(k.into(), v.into());
     }
     message
@@ -175,20 +211,36 @@ fn invalid_utf8_and_binary_bodies_are_refused_or_kept_as_bytes() {
     // Declared as text, invalid UTF-8 is kept as bytes (the handler then refuses it).
     let event = binding::decode(&binary(junk.clone(), "text/plain")).unwrap();
     assert!(envelope::data_json(&event).is_err());
-    assert!(matches!(binding::decode(&PubsubMessage { data: junk.clone(), ..Default::default() }), Err(BindingError::NotACloudEvent)));
+    assert!(matches!(
+        binding::decode(&PubsubMessage { data: junk.clone(), ..Default::default() }),
+        Err(BindingError::NotACloudEvent)
+    ));
     assert!(binding::wrap_bare_request(&PubsubMessage { data: junk, ..Default::default() }, "1").is_err());
 }
 
 #[test]
 fn each_required_attribute_missing_is_named() {
-    for (name, expected) in [("ce-specversion", None), ("ce-id", Some("ce-id")), ("ce-source", Some("ce-source")), ("ce-type", Some("ce-type"))] {
+    for (name, expected) in [
+        ("ce-specversion", None),
+        ("ce-id", Some("ce-id")),
+        ("ce-source", Some("ce-source")),
+        ("ce-type", Some("ce-type")),
+    ] {
         let mut message = binary(b"{}".to_vec(), "application/json");
         message.attributes.remove(name);
         let err = binding::decode(&message).unwrap_err();
         match expected {
             Some(attr) => assert_eq!(err, BindingError::Missing(attr), "{name}"),
             // Without specversion the message is neither binary nor structured.
-            None => assert!(matches!(err, BindingError::Missing("ce-specversion") | BindingError::NotACloudEvent | BindingError::Missing("specversion")), "{err:?}"),
+            None => assert!(
+                matches!(
+                    err,
+                    BindingError::Missing("ce-specversion")
+                        | BindingError::NotACloudEvent
+                        | BindingError::Missing("specversion")
+                ),
+                "{err:?}"
+            ),
         }
         // Present but empty counts as missing.
         let mut message = binary(b"{}".to_vec(), "application/json");
@@ -215,7 +267,9 @@ fn a_big_request_decodes_without_trouble() {
 #[test]
 fn storage_notifications_with_odd_attributes_do_not_panic() {
     let mut m = PubsubMessage::default();
-    for (k, v) in [("eventType", "OBJECT_FINALIZE"), ("bucketId", ""), ("objectId", ""), ("payloadFormat", "JSON_API_V1")] {
+    for (k, v) in
+        [("eventType", "OBJECT_FINALIZE"), ("bucketId", ""), ("objectId", ""), ("payloadFormat", "JSON_API_V1")]
+    {
         m.attributes.insert(k.into(), v.into());
     }
     for body in [&b""[..], b"[]", b"null", b"{\"bucket\": 7}", b"\xff"] {

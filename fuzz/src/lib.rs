@@ -202,7 +202,9 @@ pub fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
             _ => false,
         },
         (Array(x), Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y)),
-        (Object(x), Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w))),
+        (Object(x), Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w)))
+        }
         _ => a == b,
     }
 }
@@ -210,14 +212,25 @@ pub fn json_close(a: &serde_json::Value, b: &serde_json::Value) -> bool {
 /// Valid examples of every payload, as JSON: the seeds that mutations start from.
 pub fn payload_samples() -> Vec<(&'static str, serde_json::Value)> {
     let spec = sample_spec(0);
-    let facts = ReelFacts { size_bytes: 1234, duration_seconds: 4.02, crc32c: "AAAAAA==".into(), mode: reel_events::Mode::Copy };
+    let facts = ReelFacts {
+        size_bytes: 1234,
+        duration_seconds: 4.02,
+        crc32c: "AAAAAA==".into(),
+        mode: reel_events::Mode::Copy,
+    };
     let info: ClipInfo = serde_json::from_value(serde_json::json!({
         "durationSeconds": 2.0, "container": "mov,mp4,m4a,3gp,3g2,mj2",
         "video": {"codec": "h264", "width": 320, "height": 240, "pixFmt": "yuv420p", "frameRate": "30/1", "timeBase": "1/15360", "rotation": 0},
         "audio": {"codec": "aac", "sampleRate": 48000, "channels": 2, "channelLayout": "stereo", "timeBase": "1/48000"}
     }))
     .expect("a ClipInfo sample");
-    let clip = WorkClip { index: 0, source_path: "gs://b/a.mp4".into(), work_key: "jobs/job_1/clips/000.mp4".into(), size_bytes: 10, info };
+    let clip = WorkClip {
+        index: 0,
+        source_path: "gs://b/a.mp4".into(),
+        work_key: "jobs/job_1/clips/000.mp4".into(),
+        size_bytes: 10,
+        info,
+    };
     let skipped = SkippedClip { path: "gs://b/c.mp4".into(), reason: "corrupt".into() };
     vec![
         (types::STITCH_REQUESTED, v(&sample_request())),
@@ -225,21 +238,50 @@ pub fn payload_samples() -> Vec<(&'static str, serde_json::Value)> {
         (types::JOB_VALIDATED, v(&JobValidated { job: spec.clone() })),
         (
             types::CLIPS_DOWNLOADED,
-            v(&ClipsDownloaded { job: spec.clone(), clips: vec![clip.clone()], skipped_clips: vec![skipped.clone()], warnings: vec!["w".into()] }),
+            v(&ClipsDownloaded {
+                job: spec.clone(),
+                clips: vec![clip.clone()],
+                skipped_clips: vec![skipped.clone()],
+                warnings: vec!["w".into()],
+            }),
         ),
         (
             types::REEL_STITCHED,
-            v(&ReelStitched { job: spec.clone(), work_key: "jobs/job_1/reel.mp4".into(), reel: facts.clone(), skipped_clips: vec![], warnings: vec![] }),
+            v(&ReelStitched {
+                job: spec.clone(),
+                work_key: "jobs/job_1/reel.mp4".into(),
+                reel: facts.clone(),
+                skipped_clips: vec![],
+                warnings: vec![],
+            }),
         ),
         (
             types::REEL_UPLOADED,
-            v(&ReelUploaded { job: spec.clone(), output_path: "gs://b/out.mp4".into(), reel: facts, skipped_clips: vec![skipped], warnings: vec![] }),
+            v(&ReelUploaded {
+                job: spec.clone(),
+                output_path: "gs://b/out.mp4".into(),
+                reel: facts,
+                skipped_clips: vec![skipped],
+                warnings: vec![],
+            }),
         ),
         (types::JOB_PROGRESS, v(&sample_progress(Stage::Stitch, 42.0, 0))),
         (types::JOB_COMPLETED, v(&sample_completed(0))),
         (types::JOB_FAILED, v(&sample_failed(Stage::Download, ErrorType::NotFound, 0))),
-        (types::JOB_CANCELLED, v(&JobCancelled { job_id: "job_1".into(), project_id: "proj".into(), user_id: "user".into(), stage: Stage::Stitch, retry_attempt: None })),
-        (types::CANCEL_REQUESTED, v(&CancelRequested { job_id: "job_1".into(), project_id: "proj".into(), user_id: "user".into() })),
+        (
+            types::JOB_CANCELLED,
+            v(&JobCancelled {
+                job_id: "job_1".into(),
+                project_id: "proj".into(),
+                user_id: "user".into(),
+                stage: Stage::Stitch,
+                retry_attempt: None,
+            }),
+        ),
+        (
+            types::CANCEL_REQUESTED,
+            v(&CancelRequested { job_id: "job_1".into(), project_id: "proj".into(), user_id: "user".into() }),
+        ),
         ("WorkClip", v(&clip)),
     ]
 }
@@ -324,7 +366,9 @@ pub fn build_event(spec: &EventSpec, n: usize) -> Event {
     let attempt = u32::from(spec.attempt % 4);
     let stage = Stage::ALL[spec.number as usize % 5];
     let mut data = match ty {
-        types::STITCH_REQUESTED => serde_json::to_value(StitchRequested { retry_attempt: Some(attempt), ..sample_request() }),
+        types::STITCH_REQUESTED => {
+            serde_json::to_value(StitchRequested { retry_attempt: Some(attempt), ..sample_request() })
+        }
         types::JOB_VALIDATED => serde_json::to_value(JobValidated { job: sample_spec(attempt) }),
         types::CLIPS_DOWNLOADED | types::REEL_STITCHED | types::REEL_UPLOADED => {
             let mut v = payload_samples().into_iter().find(|(t, _)| *t == ty).map(|(_, v)| v).expect("sample");
@@ -350,7 +394,11 @@ pub fn build_event(spec: &EventSpec, n: usize) -> Event {
             stage,
             retry_attempt: Some(attempt),
         }),
-        types::CANCEL_REQUESTED => serde_json::to_value(CancelRequested { job_id: "job_1".into(), project_id: "proj".into(), user_id: "user".into() }),
+        types::CANCEL_REQUESTED => serde_json::to_value(CancelRequested {
+            job_id: "job_1".into(),
+            project_id: "proj".into(),
+            user_id: "user".into(),
+        }),
         _ => Ok(serde_json::json!({"jobId": "job_1", "something": spec.number})),
     }
     .expect("payload serializes");
@@ -359,7 +407,15 @@ pub fn build_event(spec: &EventSpec, n: usize) -> Event {
         let with = serde_json::from_str(junk).unwrap_or_else(|_| serde_json::Value::String(junk.clone()));
         mutate(&mut data, usize::from(*pick), with);
     }
-    let sources = ["//reel/validate", "//reel/download", "//reel/stitch", "//reel/upload", "//reel/finalize", "//reel/api", "//reel/cli"];
+    let sources = [
+        "//reel/validate",
+        "//reel/download",
+        "//reel/stitch",
+        "//reel/upload",
+        "//reel/finalize",
+        "//reel/api",
+        "//reel/cli",
+    ];
     let source = sources[spec.source as usize % sources.len()];
     let time = Utc.timestamp_opt(1_700_000_000 + i64::from(spec.time % 64), 0).single().expect("time");
     let id = format!("{}-{n}", ty.rsplit('.').next().unwrap_or("e"));
@@ -424,7 +480,11 @@ pub fn check_fold(pool: Vec<Event>, order: &[usize]) {
     let mut sorted = events.clone();
     sorted.sort_by(|a, b| (a.id(), a.source().to_string()).cmp(&(b.id(), b.source().to_string())));
     assert_eq!(forwards, statuses(sorted.into_iter()), "folding the events sorted by id changed the state");
-    assert_eq!(forwards, statuses(events.iter().chain(events.iter()).copied()), "folding every event twice changed the state");
+    assert_eq!(
+        forwards,
+        statuses(events.iter().chain(events.iter()).copied()),
+        "folding every event twice changed the state"
+    );
     for (job, status) in &forwards {
         assert_eq!(&status.job_id, job);
     }

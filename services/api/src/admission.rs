@@ -107,7 +107,9 @@ mod tests {
         let mut state = JobState::new(id);
         state.project_id = project.into();
         state.user_id = user.into();
-        state.attempts.insert(0, AttemptState { status: Some(status), requested_at: Some(requested), ..Default::default() });
+        state
+            .attempts
+            .insert(0, AttemptState { status: Some(status), requested_at: Some(requested), ..Default::default() });
         (id.to_string(), state)
     }
 
@@ -117,8 +119,14 @@ mod tests {
         let stale = Duration::minutes(20);
         let quotas = Quotas { active_jobs: 0, jobs_per_hour: 0 };
         let jobs: BTreeMap<_, _> = [job("j1", "p", "bob", Status::Running, now - Duration::minutes(1))].into();
-        assert_eq!(decide(&jobs, "p", "alice", false, quotas, stale, now), Decision::AlreadyRunning { job_id: "j1".into(), mine: false });
-        assert_eq!(decide(&jobs, "p", "bob", false, quotas, stale, now), Decision::AlreadyRunning { job_id: "j1".into(), mine: true });
+        assert_eq!(
+            decide(&jobs, "p", "alice", false, quotas, stale, now),
+            Decision::AlreadyRunning { job_id: "j1".into(), mine: false }
+        );
+        assert_eq!(
+            decide(&jobs, "p", "bob", false, quotas, stale, now),
+            Decision::AlreadyRunning { job_id: "j1".into(), mine: true }
+        );
         assert_eq!(decide(&jobs, "p", "alice", true, quotas, stale, now), Decision::Accept);
         assert_eq!(decide(&jobs, "q", "alice", false, quotas, stale, now), Decision::Accept);
         // Finished or abandoned jobs do not hold the project.

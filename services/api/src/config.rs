@@ -235,9 +235,12 @@ impl ApiConfig {
         let auth = if mode == "local" {
             AuthMode::Local(tokens.ok_or_else(|| bad("REEL_API_TOKENS", "local auth needs token=user pairs".into()))?)
         } else {
-            let audiences = list("REEL_API_AUDIENCE")
-                .filter(|a| !a.is_empty())
-                .ok_or_else(|| bad("REEL_API_AUDIENCE", "OIDC auth needs the audience tokens must be issued for (e.g. the service URL)".into()))?;
+            let audiences = list("REEL_API_AUDIENCE").filter(|a| !a.is_empty()).ok_or_else(|| {
+                bad(
+                    "REEL_API_AUDIENCE",
+                    "OIDC auth needs the audience tokens must be issued for (e.g. the service URL)".into(),
+                )
+            })?;
             let mut oidc = OidcConfig::google(&audiences[0]);
             oidc.audiences = audiences;
             if let Some(url) = get("REEL_API_JWKS_URL") {
@@ -266,7 +269,10 @@ impl ApiConfig {
         };
         let journal_prefix = get("REEL_API_JOURNAL_PREFIX").unwrap_or_else(|| DEFAULT_JOURNAL_PREFIX.into());
         let snapshot_key = get("REEL_API_SNAPSHOT_KEY").unwrap_or_else(|| DEFAULT_SNAPSHOT_KEY.into());
-        for (name, key) in [("REEL_API_SNAPSHOT_KEY", snapshot_key.as_str()), ("REEL_API_JOURNAL_PREFIX", journal_prefix.trim_end_matches('/'))] {
+        for (name, key) in [
+            ("REEL_API_SNAPSHOT_KEY", snapshot_key.as_str()),
+            ("REEL_API_JOURNAL_PREFIX", journal_prefix.trim_end_matches('/')),
+        ] {
             reel_runtime::store::check_key(key).map_err(|e| bad(name, e.to_string()))?;
         }
         if journal_on && snapshot_key.starts_with(&journal_prefix) {
@@ -284,7 +290,13 @@ impl ApiConfig {
             },
             snapshot_key,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
-            journal_prefix: journal_on.then(|| if journal_prefix.ends_with('/') { journal_prefix } else { format!("{journal_prefix}/") }),
+            journal_prefix: journal_on.then(|| {
+                if journal_prefix.ends_with('/') {
+                    journal_prefix
+                } else {
+                    format!("{journal_prefix}/")
+                }
+            }),
             journal_retention: Duration::from_secs(number("REEL_API_JOURNAL_RETENTION_SECONDS", 300)?),
             batch_window: Duration::from_millis(number("REEL_API_BATCH_MILLIS", 500)?),
             batch_max: 100,
@@ -316,7 +328,11 @@ mod tests {
     fn oidc_needs_an_audience_and_has_google_defaults() {
         let err = ApiConfig::from_vars(&[]).unwrap_err();
         assert_eq!(err.name, "REEL_API_AUDIENCE");
-        let config = ApiConfig::from_vars(&vars(&[("REEL_API_AUDIENCE", "https://reel-api.example"), ("REEL_QUOTA_ACTIVE_JOBS", "5")])).unwrap();
+        let config = ApiConfig::from_vars(&vars(&[
+            ("REEL_API_AUDIENCE", "https://reel-api.example"),
+            ("REEL_QUOTA_ACTIVE_JOBS", "5"),
+        ]))
+        .unwrap();
         let AuthMode::Oidc(oidc) = &config.auth else { panic!("expected oidc") };
         assert_eq!(oidc.jwks_url, GOOGLE_JWKS_URL);
         assert_eq!(oidc.issuers, vec!["https://accounts.google.com", "accounts.google.com"]);

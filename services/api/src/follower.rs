@@ -26,8 +26,8 @@ use chrono::{DateTime, Utc};
 use reel_events::{binding, envelope, AttributesReader, Event};
 use reel_runtime::bus::{Bus, BusError, Delivery};
 use reel_runtime::store::{PutMode, Store, StoreError};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
@@ -145,7 +145,8 @@ pub struct Follower {
 impl Follower {
     /// A follower filling `book`.
     pub fn new(book: Arc<JobBook>, bus: Arc<dyn Bus>, store: Arc<dyn Store>, options: FollowerOptions) -> Follower {
-        let instance = format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
+        let instance =
+            format!("{}-{}", Utc::now().format("%Y%m%dT%H%M%S%.3fZ"), &uuid::Uuid::new_v4().simple().to_string()[..8]);
         Follower {
             book,
             bus,
@@ -198,7 +199,9 @@ impl Follower {
         }
         let started = Instant::now();
         while deliveries.len() < self.options.batch_max {
-            let Some(left) = self.options.batch_window.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else { break };
+            let Some(left) = self.options.batch_window.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+                break;
+            };
             match self.bus.receive(sub, self.options.batch_max - deliveries.len(), left).await {
                 Ok(more) if more.is_empty() => break,
                 Ok(more) => deliveries.extend(more),
@@ -325,7 +328,10 @@ impl Follower {
             let taken_at = Utc::now();
             let body = self.book.read(|jobs| snapshot::encode(jobs, taken_at));
             let size = body.len();
-            let put = self.store.put(&self.options.snapshot_key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite).await;
+            let put = self
+                .store
+                .put(&self.options.snapshot_key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite)
+                .await;
             if let Err(e) = put {
                 self.book.stats.snapshot_failures.fetch_add(1, Ordering::Relaxed);
                 return Err(e);

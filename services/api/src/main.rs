@@ -60,7 +60,9 @@ async fn run() -> Result<()> {
     };
     let serving = {
         let shutdown = shutdown.clone();
-        tokio::spawn(async move { axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await })
+        tokio::spawn(async move {
+            axum::serve(listener, app(state)).with_graceful_shutdown(shutdown.cancelled_owned()).await
+        })
     };
 
     // The follower ends on shutdown (after its last snapshot) or on a fatal error.

@@ -63,7 +63,12 @@ pub fn render(book: &JobBook, now: DateTime<Utc>) -> String {
     let _ = writeln!(out, "job_duration_seconds_count {}", completed.len());
 
     let hour_ago = now - Duration::hours(1);
-    header(&mut out, "job_success_rate", "gauge", "Completed jobs / (completed + failed), by when they ended; NaN without any.");
+    header(
+        &mut out,
+        "job_success_rate",
+        "gauge",
+        "Completed jobs / (completed + failed), by when they ended; NaN without any.",
+    );
     for (window, since) in [("1h", Some(hour_ago)), ("all", None)] {
         let ended = |s: &&JobStatus| s.completed_at.is_some_and(|t| since.is_none_or(|from| t >= from));
         let ok = statuses.iter().filter(ended).filter(|s| s.status == Status::Completed).count();
@@ -93,20 +98,54 @@ pub fn render(book: &JobBook, now: DateTime<Utc>) -> String {
     let _ = writeln!(out, "reel_api_ready {}", u8::from(book.is_ready()));
     header(&mut out, "reel_api_jobs", "gauge", "Jobs in the folded state.");
     let _ = writeln!(out, "reel_api_jobs {}", statuses.len());
-    counter(&mut out, "reel_api_events_folded_total", "Events folded from the event log.", stats.events_folded.load(Ordering::Relaxed));
-    header(&mut out, "reel_api_messages_skipped_total", "counter", "Messages on the event log acked without folding, by reason.");
-    let _ = writeln!(out, "reel_api_messages_skipped_total{{reason=\"undecodable\"}} {}", stats.undecodable.load(Ordering::Relaxed));
-    let _ = writeln!(out, "reel_api_messages_skipped_total{{reason=\"no_job\"}} {}", stats.without_job.load(Ordering::Relaxed));
-    counter(&mut out, "reel_api_snapshots_written_total", "Snapshots written to the store.", stats.snapshots_written.load(Ordering::Relaxed));
-    counter(&mut out, "reel_api_snapshot_failures_total", "Snapshot writes that failed.", stats.snapshot_failures.load(Ordering::Relaxed));
+    counter(
+        &mut out,
+        "reel_api_events_folded_total",
+        "Events folded from the event log.",
+        stats.events_folded.load(Ordering::Relaxed),
+    );
+    header(
+        &mut out,
+        "reel_api_messages_skipped_total",
+        "counter",
+        "Messages on the event log acked without folding, by reason.",
+    );
+    let _ = writeln!(
+        out,
+        "reel_api_messages_skipped_total{{reason=\"undecodable\"}} {}",
+        stats.undecodable.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "reel_api_messages_skipped_total{{reason=\"no_job\"}} {}",
+        stats.without_job.load(Ordering::Relaxed)
+    );
+    counter(
+        &mut out,
+        "reel_api_snapshots_written_total",
+        "Snapshots written to the store.",
+        stats.snapshots_written.load(Ordering::Relaxed),
+    );
+    counter(
+        &mut out,
+        "reel_api_snapshot_failures_total",
+        "Snapshot writes that failed.",
+        stats.snapshot_failures.load(Ordering::Relaxed),
+    );
     counter(
         &mut out,
         "reel_api_journal_failures_total",
         "Journal writes that failed (the batch was left for redelivery).",
         stats.journal_failures.load(Ordering::Relaxed),
     );
-    header(&mut out, "reel_api_last_snapshot_timestamp_seconds", "gauge", "Unix time of the last snapshot written or loaded (0: none).");
-    let _ = writeln!(out, "reel_api_last_snapshot_timestamp_seconds {}", stats.last_snapshot_unix.load(Ordering::Relaxed));
+    header(
+        &mut out,
+        "reel_api_last_snapshot_timestamp_seconds",
+        "gauge",
+        "Unix time of the last snapshot written or loaded (0: none).",
+    );
+    let _ =
+        writeln!(out, "reel_api_last_snapshot_timestamp_seconds {}", stats.last_snapshot_unix.load(Ordering::Relaxed));
     out
 }
 

@@ -46,7 +46,11 @@ impl FromRequestParts<AppState> for User {
 }
 
 /// `GET /api/jobs/{jobId}/status`.
-pub async fn job_status(State(state): State<AppState>, user: User, Path(job_id): Path<String>) -> Result<Json<JobStatus>, ApiError> {
+pub async fn job_status(
+    State(state): State<AppState>,
+    user: User,
+    Path(job_id): Path<String>,
+) -> Result<Json<JobStatus>, ApiError> {
     state
         .book()
         .read(|jobs| jobs.get(&job_id).filter(|j| owned_by(j, &user.id)).map(JobState::to_status))
@@ -93,7 +97,11 @@ struct CancelMarker<'a> {
 
 /// `POST /api/jobs/{jobId}/cancel`: write the cancel marker the stages watch, and put a
 /// `job.cancel_requested` on the log. A finished job answers `success: false`.
-pub async fn cancel_job(State(state): State<AppState>, user: User, Path(job_id): Path<String>) -> Result<Json<CancelAnswer>, ApiError> {
+pub async fn cancel_job(
+    State(state): State<AppState>,
+    user: User,
+    Path(job_id): Path<String>,
+) -> Result<Json<CancelAnswer>, ApiError> {
     let found = state.book().read(|jobs| {
         jobs.get(&job_id)
             .filter(|j| owned_by(j, &user.id))
@@ -107,18 +115,21 @@ pub async fn cancel_job(State(state): State<AppState>, user: User, Path(job_id):
         }));
     }
     let now = Utc::now();
-    let marker = serde_json::to_vec(&CancelMarker { job_id: &job_id, user_id: &user.id, requested_at: now }).expect("marker serializes");
+    let marker = serde_json::to_vec(&CancelMarker { job_id: &job_id, user_id: &user.id, requested_at: now })
+        .expect("marker serializes");
     let key = cancel_marker_key(&job_id);
     if let Err(e) = state.inner.work.put(&key, Box::pin(std::io::Cursor::new(marker)), PutMode::Overwrite).await {
         warn!(job_id = %job_id, error = %e, "could not write the cancel marker");
         return Err(ApiError::unavailable(format!("could not record the cancellation: {e}; try again"), 2));
     }
-    let payload = CancelRequested { job_id: job_id.clone(), project_id: status.project_id.clone(), user_id: user.id.clone() };
+    let payload =
+        CancelRequested { job_id: job_id.clone(), project_id: status.project_id.clone(), user_id: user.id.clone() };
     let mut data = serde_json::to_value(&payload).expect("payload serializes");
     // So the fold files the request under the attempt being cancelled (an addition).
     data["retryAttempt"] = attempt.into();
     let id = envelope::deterministic_id(&job_id, attempt, types::CANCEL_REQUESTED, "api");
-    let event = envelope::build(types::CANCEL_REQUESTED, SOURCE, id, &job_id, now, &data).expect("cancel_requested builds");
+    let event =
+        envelope::build(types::CANCEL_REQUESTED, SOURCE, id, &job_id, now, &data).expect("cancel_requested builds");
     if let Err(e) = publish_event(state.inner.bus.as_ref(), &state.inner.names, &event).await {
         // The marker is what stops the stages; the event only tells the log.
         warn!(job_id = %job_id, error = %e, "could not publish job.cancel_requested; the marker is written");
@@ -170,14 +181,23 @@ pub struct Accepted {
 }
 
 fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// `POST /api/projects/{projectId}/stitch`: validate, admit (409, 429), publish
 /// `stitch.requested` to the requests topic and the log, fold it, answer 202.
-pub async fn stitch(State(state): State<AppState>, user: User, Path(project_id): Path<String>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn stitch(
+    State(state): State<AppState>,
+    user: User,
+    Path(project_id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     if !valid_id(&project_id) {
-        return Err(ApiError::bad_request(format!("projectId {project_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - .")));
+        return Err(ApiError::bad_request(format!(
+            "projectId {project_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - ."
+        )));
     }
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("the body is not JSON: {e}")))?;
@@ -190,11 +210,15 @@ pub async fn stitch(State(state): State<AppState>, user: User, Path(project_id):
     // Fewer than two clips is its own error type, as in the validate stage.
     if let Some(clips) = value.get("clipPaths").and_then(|v| v.as_array()) {
         if clips.len() < 2 {
-            return Err(ApiError::new(StatusCode::BAD_REQUEST, format!("a reel needs at least 2 clips; the request has {}", clips.len()))
-                .typed(ErrorType::InsufficientClips));
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("a reel needs at least 2 clips; the request has {}", clips.len()),
+            )
+            .typed(ErrorType::InsufficientClips));
         }
     }
-    let body: StitchBody = serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid stitch request: {e}")))?;
+    let body: StitchBody =
+        serde_json::from_value(value).map_err(|e| ApiError::bad_request(format!("invalid stitch request: {e}")))?;
     if body.project_id.as_ref().is_some_and(|p| *p != project_id) {
         return Err(ApiError::bad_request("projectId in the body differs from the one in the path"));
     }
@@ -227,7 +251,8 @@ pub async fn stitch(State(state): State<AppState>, user: User, Path(project_id):
     };
     let now = Utc::now();
     let event_id = format!("stitch.requested-{}", uuid::Uuid::new_v4().simple());
-    let event = envelope::build(types::STITCH_REQUESTED, SOURCE, event_id, &job_id, now, &request).expect("stitch.requested builds");
+    let event = envelope::build(types::STITCH_REQUESTED, SOURCE, event_id, &job_id, now, &request)
+        .expect("stitch.requested builds");
 
     // Decide and fold under one lock, so two requests for one project cannot both pass.
     let quotas = state.inner.config.quotas;
@@ -254,7 +279,9 @@ pub async fn stitch(State(state): State<AppState>, user: User, Path(project_id):
         }
         Decision::QuotaExceeded { message, retry_after } => {
             info!(user_quota = %message, retry_after, "quota exceeded");
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message).typed(ErrorType::QuotaExceeded).retry_after(retry_after));
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
+                .typed(ErrorType::QuotaExceeded)
+                .retry_after(retry_after));
         }
     }
 

@@ -201,7 +201,8 @@ async fn the_user_is_the_configured_claim_and_isolation_follows_it() {
     let api = spawn(config).await;
     let alice = format!("Bearer {}", sign(&claims("alice"), KEY_A, "key-a"));
     let bob = format!("Bearer {}", sign(&claims("bob"), KEY_A, "key-a"));
-    let (status, _, body) = call(&api.app, Method::POST, "/api/projects/p/stitch", Some(&alice), Some(stitch_body())).await;
+    let (status, _, body) =
+        call(&api.app, Method::POST, "/api/projects/p/stitch", Some(&alice), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let job = body["jobId"].as_str().unwrap();
     let (_, _, mine) = call(&api.app, Method::GET, &format!("/api/jobs/{job}/status"), Some(&alice), None).await;

@@ -8,8 +8,8 @@ use chrono::{Duration, Utc};
 use common::*;
 use reel_api::config::Quotas;
 use reel_events::{types, AttributesReader};
-use reel_runtime::stage::cancel_marker_key;
 use reel_runtime::bus::Bus;
+use reel_runtime::stage::cancel_marker_key;
 use reel_runtime::store::Store;
 use serde_json::json;
 
@@ -38,7 +38,8 @@ async fn every_api_route_needs_a_known_token() {
 #[tokio::test]
 async fn stitch_answers_202_and_the_job_is_queued_at_once() {
     let api = spawn(local_config()).await;
-    let (status, headers, body) = api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, headers, body) =
+        api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{body}");
     let job_id = body["jobId"].as_str().unwrap().to_string();
     assert!(job_id.starts_with("job_") && job_id.len() == 36, "{job_id}");
@@ -129,10 +130,12 @@ async fn bad_stitch_requests_answer_400_with_a_message() {
 #[tokio::test]
 async fn a_second_job_for_a_busy_project_is_409_unless_forced() {
     let api = spawn(local_config()).await;
-    let (status, _, first) = api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, _, first) =
+        api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let first = first["jobId"].as_str().unwrap().to_string();
-    let (status, _, body) = api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, _, body) =
+        api.call(Method::POST, "/api/projects/proj_1/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::CONFLICT, "{body}");
     assert_eq!(body["errorType"], "job_already_running");
     assert_eq!(body["runningJobId"], first.as_str());
@@ -165,7 +168,15 @@ async fn simultaneous_requests_for_one_project_start_one_job() {
         .map(|_| {
             let app = api.app.clone();
             tokio::spawn(async move {
-                call(&app, Method::POST, "/api/projects/proj_race/stitch", Some(&format!("Bearer {ALICE}")), Some(stitch_body())).await.0
+                call(
+                    &app,
+                    Method::POST,
+                    "/api/projects/proj_race/stitch",
+                    Some(&format!("Bearer {ALICE}")),
+                    Some(stitch_body()),
+                )
+                .await
+                .0
             })
         })
         .collect();
@@ -181,10 +192,12 @@ async fn quotas_answer_429_with_retry_after() {
     config.quotas = Quotas { active_jobs: 2, jobs_per_hour: 3 };
     let api = spawn(config).await;
     for project in ["p1", "p2"] {
-        let (status, _, _) = api.call(Method::POST, &format!("/api/projects/{project}/stitch"), Some(ALICE), Some(stitch_body())).await;
+        let (status, _, _) =
+            api.call(Method::POST, &format!("/api/projects/{project}/stitch"), Some(ALICE), Some(stitch_body())).await;
         assert_eq!(status, StatusCode::ACCEPTED);
     }
-    let (status, headers, body) = api.call(Method::POST, "/api/projects/p3/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, headers, body) =
+        api.call(Method::POST, "/api/projects/p3/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["errorType"], "quota_exceeded");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -194,7 +207,8 @@ async fn quotas_answer_429_with_retry_after() {
     assert_eq!(status, StatusCode::ACCEPTED);
 
     // Finish Alice's jobs: the active quota frees up, the hourly one (3) is hit after one more.
-    let ids: Vec<String> = api.book.read(|jobs| jobs.values().filter(|j| j.user_id == "alice").map(|j| j.job_id.clone()).collect());
+    let ids: Vec<String> =
+        api.book.read(|jobs| jobs.values().filter(|j| j.user_id == "alice").map(|j| j.job_id.clone()).collect());
     for id in &ids {
         let project = api.book.status(id).unwrap().project_id;
         let end = job_events(id, &project, "alice", Utc::now() - Duration::seconds(80), End::Completed);
@@ -203,7 +217,8 @@ async fn quotas_answer_429_with_retry_after() {
     api.drain().await;
     let (status, _, _) = api.call(Method::POST, "/api/projects/p3b/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, headers, body) = api.call(Method::POST, "/api/projects/p4/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, headers, body) =
+        api.call(Method::POST, "/api/projects/p4/stitch", Some(ALICE), Some(stitch_body())).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body["error"].as_str().unwrap().contains("hour"), "{body}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
@@ -308,7 +323,10 @@ async fn metrics_describe_the_jobs() {
     api.publish_log(&job_events("job_1", "p1", "alice", t0, End::Completed)).await;
     api.publish_log(&job_events("job_2", "p2", "alice", t0, End::Failed)).await;
     api.publish_log(&job_events("job_3", "p3", "bob", t0, End::Running)).await;
-    api.bus.publish(&api.names.events(), reel_runtime::bus::Message { data: b"garbage".to_vec(), ..Default::default() }).await.unwrap();
+    api.bus
+        .publish(&api.names.events(), reel_runtime::bus::Message { data: b"garbage".to_vec(), ..Default::default() })
+        .await
+        .unwrap();
     api.drain().await;
     let (status, headers, body) = api.call(Method::GET, "/metrics", None, None).await;
     assert_eq!(status, StatusCode::OK);

@@ -43,7 +43,8 @@ async fn every_route_is_documented_and_every_documented_route_exists() {
         let method = Method::from_bytes(method.as_bytes()).unwrap();
         let body = (method == Method::POST).then(stitch_body);
         let (status, _, answer) = api.call(method.clone(), &uri, Some(ALICE), body).await;
-        let fallback = status == StatusCode::NOT_FOUND && answer["error"].as_str().is_some_and(|e| e.contains("no such route"));
+        let fallback =
+            status == StatusCode::NOT_FOUND && answer["error"].as_str().is_some_and(|e| e.contains("no such route"));
         assert!(!fallback && status != StatusCode::METHOD_NOT_ALLOWED, "{method} {uri}: {status} {answer}");
     }
     let (status, _, answer) = api.call(Method::GET, "/api/nothing", Some(ALICE), None).await;
@@ -65,25 +66,43 @@ fn job_status_schema_matches_the_generated_one() {
     let doc = document();
     let ours = &doc["components"]["schemas"]["JobStatus"];
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../schemas/JobStatus.json");
-    let generated: Value = serde_json::from_str(&std::fs::read_to_string(path).expect("schemas/JobStatus.json")).unwrap();
+    let generated: Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("schemas/JobStatus.json")).unwrap();
     let keys = |v: &Value| v["properties"].as_object().unwrap().keys().cloned().collect::<BTreeSet<_>>();
     assert_eq!(keys(ours), keys(&generated), "JobStatus properties differ from schemas/JobStatus.json");
-    let required = |v: &Value| v["required"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<BTreeSet<_>>();
+    let required = |v: &Value| {
+        v["required"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect::<BTreeSet<_>>()
+    };
     assert_eq!(required(ours), required(&generated), "JobStatus required fields differ");
     // The enums agree too.
     let consts = |v: &Value, def: &str| -> BTreeSet<String> {
         v["$defs"][def]["oneOf"].as_array().unwrap().iter().map(|x| x["const"].as_str().unwrap().to_string()).collect()
     };
     let enum_of = |name: &str| -> BTreeSet<String> {
-        doc["components"]["schemas"][name]["enum"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_string()).collect()
+        doc["components"]["schemas"][name]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_str().unwrap().to_string())
+            .collect()
     };
     for def in ["Status", "Stage", "ErrorType"] {
         assert_eq!(enum_of(def), consts(&generated, def), "{def} values differ");
     }
     // Every contract field of CONTRACT §5 is there.
     for field in [
-        "jobId", "projectId", "status", "stage", "progress", "startedAt", "estimatedCompletion", "completedAt", "outputPath", "error",
-        "warnings", "retryCount",
+        "jobId",
+        "projectId",
+        "status",
+        "stage",
+        "progress",
+        "startedAt",
+        "estimatedCompletion",
+        "completedAt",
+        "outputPath",
+        "error",
+        "warnings",
+        "retryCount",
     ] {
         assert!(ours["properties"].get(field).is_some(), "{field}");
     }

@@ -25,8 +25,11 @@ fn workload() -> Vec<Event> {
         ("job_b2", "proj_d", "bob", End::Completed),
         ("job_b3", "proj_e", "bob", End::Running),
     ];
-    let per_job: Vec<Vec<Event>> =
-        jobs.iter().enumerate().map(|(i, (id, p, u, end))| job_events(id, p, u, t0 + Duration::seconds(7 * i as i64), *end)).collect();
+    let per_job: Vec<Vec<Event>> = jobs
+        .iter()
+        .enumerate()
+        .map(|(i, (id, p, u, end))| job_events(id, p, u, t0 + Duration::seconds(7 * i as i64), *end))
+        .collect();
     let mut all = Vec::new();
     for step in 0..per_job.iter().map(Vec::len).max().unwrap() {
         for events in &per_job {
@@ -52,7 +55,8 @@ fn expected(events: &[Event]) -> BTreeMap<String, JobState> {
 
 async fn assert_same_state(api: &TestApi, events: &[Event]) {
     let want = expected(events);
-    let got: BTreeMap<String, JobState> = api.book.read(|jobs| jobs.iter().map(|(id, s)| (id.clone(), essence(s))).collect());
+    let got: BTreeMap<String, JobState> =
+        api.book.read(|jobs| jobs.iter().map(|(id, s)| (id.clone(), essence(s))).collect());
     assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
     for (id, state) in &want {
         assert_eq!(got[id].to_status(), state.to_status(), "JobStatus of {id}");
@@ -128,7 +132,8 @@ async fn another_instances_journal_is_folded_before_snapshotting() {
     let events = workload();
     let (mine, theirs) = events.split_at(events.len() / 2);
     let a = spawn(local_config()).await;
-    let b = with_parts(tempfile::tempdir().unwrap(), a.bus.clone(), a.store.clone(), a.settings.clone(), a.config.clone());
+    let b =
+        with_parts(tempfile::tempdir().unwrap(), a.bus.clone(), a.store.clone(), a.settings.clone(), a.config.clone());
     b.follower.restore().await.unwrap();
     a.publish_log(mine).await;
     a.drain().await;
@@ -138,7 +143,8 @@ async fn another_instances_journal_is_folded_before_snapshotting() {
     a.follower.snapshot().await.unwrap();
     b.follower.snapshot().await.unwrap();
     assert_same_state(&b, &events).await;
-    let c = with_parts(tempfile::tempdir().unwrap(), a.bus.clone(), a.store.clone(), a.settings.clone(), a.config.clone());
+    let c =
+        with_parts(tempfile::tempdir().unwrap(), a.bus.clone(), a.store.clone(), a.settings.clone(), a.config.clone());
     c.follower.restore().await.unwrap();
     assert_same_state(&c, &events).await;
 }

@@ -96,7 +96,14 @@ pub async fn idle_hops(label: &str, n: usize, warmup: usize, log: Option<&Path>)
 /// a time (plus `warmup` not counted), latency = `publish` called → `receive(sub, 1, …)`
 /// returned in a receiver task, as the worker calls it. Used for the embedded bus and for
 /// `reel_gcp::PubSubBus` on the Pub/Sub emulator.
-pub async fn idle_hops_on(bus: Arc<dyn Bus>, topic: &str, sub: &str, label: &str, n: usize, warmup: usize) -> Result<HopResult> {
+pub async fn idle_hops_on(
+    bus: Arc<dyn Bus>,
+    topic: &str,
+    sub: &str,
+    label: &str,
+    n: usize,
+    warmup: usize,
+) -> Result<HopResult> {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
     let receiver = {
         let bus = bus.clone();
@@ -158,7 +165,8 @@ pub async fn burst(label: &str, n: usize) -> Result<HopResult> {
                         let now = Instant::now();
                         for d in deliveries {
                             let _ = bus.ack(SUB, &d.ack_id).await;
-                            let seq = d.message.attributes.get("seq").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
+                            let seq =
+                                d.message.attributes.get("seq").and_then(|s| s.parse().ok()).unwrap_or(usize::MAX);
                             if tx.send((seq, now)).is_err() {
                                 return;
                             }
@@ -190,11 +198,7 @@ pub async fn burst(label: &str, n: usize) -> Result<HopResult> {
     }
     bus.close();
     let _ = receiver.await;
-    let latencies_us = sent
-        .iter()
-        .zip(&got)
-        .filter_map(|(s, g)| g.map(|g| (g - *s).as_secs_f64() * 1e6))
-        .collect();
+    let latencies_us = sent.iter().zip(&got).filter_map(|(s, g)| g.map(|g| (g - *s).as_secs_f64() * 1e6)).collect();
     let secs = (last - start).as_secs_f64();
     Ok(HopResult { label: label.to_string(), latencies_us, throughput_per_s: (secs > 0.0).then(|| n as f64 / secs) })
 }

@@ -29,8 +29,8 @@
 
 use crate::bus::{self as hopbus, HopResult};
 use crate::corpus::Corpus;
-use crate::{proc, stats, Env};
 use crate::report::secs;
+use crate::{proc, stats, Env};
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use reel_events::payload::StitchRequested;
@@ -303,7 +303,12 @@ pub fn not_run(why: &str) -> ClusterReport {
         ("peak RSS of each stage process (cluster mode), two clip sizes", "≤ 50 MiB, flat"),
         ("throughput: small jobs (2 clips × 2 s) submitted at once: jobs/min, all completed", "all completed"),
     ] {
-        rep.rows.push(ClusterRow { what: what.into(), target: target.into(), status: Status::NotRun(why.into()), in_targets: target != "—" });
+        rep.rows.push(ClusterRow {
+            what: what.into(),
+            target: target.into(),
+            status: Status::NotRun(why.into()),
+            in_targets: target != "—",
+        });
     }
     rep
 }
@@ -394,7 +399,9 @@ struct Stack {
 
 impl Stack {
     fn terminal(&self, job: &str) -> Option<&Seen> {
-        self.events.iter().find(|e| e.job == job && matches!(e.ty.as_str(), "job.completed" | "job.failed" | "job.cancelled"))
+        self.events
+            .iter()
+            .find(|e| e.job == job && matches!(e.ty.as_str(), "job.completed" | "job.failed" | "job.cancelled"))
     }
 }
 
@@ -460,7 +467,16 @@ impl Ctx<'_> {
                 || k.starts_with("GOOGLE_")
                 || matches!(
                     k.as_ref(),
-                    "PUBSUB_EMULATOR_HOST" | "STORAGE_EMULATOR_HOST" | "TEMP_DIR" | "LOG_LEVEL" | "XDG_STATE_HOME" | "PORT" | "VIDEO_STORAGE_BUCKET" | "JOB_TIMEOUT_MINUTES" | "MAX_RETRY_ATTEMPTS" | "METRICS_ENABLED"
+                    "PUBSUB_EMULATOR_HOST"
+                        | "STORAGE_EMULATOR_HOST"
+                        | "TEMP_DIR"
+                        | "LOG_LEVEL"
+                        | "XDG_STATE_HOME"
+                        | "PORT"
+                        | "VIDEO_STORAGE_BUCKET"
+                        | "JOB_TIMEOUT_MINUTES"
+                        | "MAX_RETRY_ATTEMPTS"
+                        | "METRICS_ENABLED"
                 )
             {
                 cmd.env_remove(k.as_ref());
@@ -491,7 +507,11 @@ impl Ctx<'_> {
         }
         let names = Names::new(&prefix);
         let watch = format!("{prefix}bench-watch");
-        let topology = Topology { prefix: prefix.clone(), topics: vec![], subscriptions: vec![subscription(&watch, &names.events())] };
+        let topology = Topology {
+            prefix: prefix.clone(),
+            topics: vec![],
+            subscriptions: vec![subscription(&watch, &names.events())],
+        };
         self.bus.ensure_topology(&topology).await.context("creating the bench's event-log subscription")?;
 
         let mut programs = Programs::default();
@@ -516,7 +536,8 @@ impl Ctx<'_> {
                         Ok(())
                     });
                 }
-                let child = cmd.spawn().with_context(|| format!("starting reel-{stage} (built by scripts/bench.sh)"))?;
+                let child =
+                    cmd.spawn().with_context(|| format!("starting reel-{stage} (built by scripts/bench.sh)"))?;
                 programs.0.push(Proc { stage: stage.into(), instance, child, log, reaped: false });
             }
         }
@@ -545,7 +566,8 @@ impl Ctx<'_> {
     /// Everything new on the stack's event log.
     async fn pull(&self, st: &mut Stack) -> Result<()> {
         loop {
-            let batch = self.bus.receive(&st.watch, 1000, Duration::from_millis(100)).await.context("reading the event log")?;
+            let batch =
+                self.bus.receive(&st.watch, 1000, Duration::from_millis(100)).await.context("reading the event log")?;
             if batch.is_empty() {
                 return Ok(());
             }
@@ -592,7 +614,9 @@ impl Ctx<'_> {
     async fn submit(&self, st: &Stack, clips: &[String], project: &str, output_key: &str) -> Result<Submitted> {
         let (job, event) = self.request(clips, project, output_key)?;
         let t0_ns = ns_now();
-        reel_runtime::worker::publish_event(self.bus.as_ref(), &st.names, &event).await.context("publishing stitch.requested")?;
+        reel_runtime::worker::publish_event(self.bus.as_ref(), &st.names, &event)
+            .await
+            .context("publishing stitch.requested")?;
         Ok(Submitted { job, t0_ns, output_key: output_key.into() })
     }
 
@@ -625,7 +649,12 @@ impl Ctx<'_> {
                 return Ok(pending);
             }
             if jobs.len() > 1 && last_print.elapsed() > Duration::from_secs(10) {
-                eprintln!("  {} of {} job(s) finished after {:.0} s", jobs.len() - pending, jobs.len(), start.elapsed().as_secs_f64());
+                eprintln!(
+                    "  {} of {} job(s) finished after {:.0} s",
+                    jobs.len() - pending,
+                    jobs.len(),
+                    start.elapsed().as_secs_f64()
+                );
                 last_print = Instant::now();
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -637,15 +666,26 @@ impl Ctx<'_> {
         let start = Instant::now();
         let mut paths = Vec::new();
         for clip in &corpus.clips {
-            let key = format!("clips/{}/{}", corpus.name, clip.file_name().and_then(|n| n.to_str()).unwrap_or("clip.mp4"));
+            let key =
+                format!("clips/{}/{}", corpus.name, clip.file_name().and_then(|n| n.to_str()).unwrap_or("clip.mp4"));
             reel_runtime::store::put_file(&self.store, &key, clip, PutMode::Overwrite)
                 .await
                 .with_context(|| format!("uploading {} to fake-gcs-server", clip.display()))?;
             paths.push(format!("gs://{}/{key}", self.bucket));
         }
-        eprintln!("  uploaded {} ({:.0} MB) in {:.1} s", corpus.name, corpus.total_bytes() as f64 / 1e6, start.elapsed().as_secs_f64());
+        eprintln!(
+            "  uploaded {} ({:.0} MB) in {:.1} s",
+            corpus.name,
+            corpus.total_bytes() as f64 / 1e6,
+            start.elapsed().as_secs_f64()
+        );
         self.transfers.lock().expect("transfers").push((
-            format!("PUT of {} clips of {:.1} MB (`{}`), one after another", corpus.clips.len(), corpus.mean_mb(), corpus.name),
+            format!(
+                "PUT of {} clips of {:.1} MB (`{}`), one after another",
+                corpus.clips.len(),
+                corpus.mean_mb(),
+                corpus.name
+            ),
             corpus.total_bytes() as f64 / 1e6,
             start.elapsed().as_secs_f64(),
         ));
@@ -655,25 +695,44 @@ impl Ctx<'_> {
     /// Downloads an output and checks its duration against the clips'.
     /// With `time_transfers`, the download is timed, and so is a PUT of the same file as
     /// one object (then deleted): what the stitch stage does with the reel.
-    async fn check_output(&self, key: &str, expected: f64, clips: usize, time_transfers: bool) -> Result<(f64, f64), String> {
+    async fn check_output(
+        &self,
+        key: &str,
+        expected: f64,
+        clips: usize,
+        time_transfers: bool,
+    ) -> Result<(f64, f64), String> {
         let local = self.dir.join(format!("check-{}.mp4", uuid::Uuid::new_v4().simple()));
         let r = async {
             let start = Instant::now();
-            let bytes = reel_runtime::store::get_to_file(&self.store, key, &local).await.map_err(|e| format!("download of {key}: {e}"))?;
+            let bytes = reel_runtime::store::get_to_file(&self.store, key, &local)
+                .await
+                .map_err(|e| format!("download of {key}: {e}"))?;
             if time_transfers {
                 let mb = bytes as f64 / 1e6;
-                self.transfers.lock().expect("transfers").push((format!("GET of a {mb:.0} MB reel to a local file"), mb, start.elapsed().as_secs_f64()));
+                self.transfers.lock().expect("transfers").push((
+                    format!("GET of a {mb:.0} MB reel to a local file"),
+                    mb,
+                    start.elapsed().as_secs_f64(),
+                ));
                 let test_key = format!("bench/put-test-{}.mp4", uuid::Uuid::new_v4().simple());
                 let start = Instant::now();
                 if reel_runtime::store::put_file(&self.store, &test_key, &local, PutMode::Overwrite).await.is_ok() {
-                    self.transfers.lock().expect("transfers").push((format!("PUT of the same {mb:.0} MB file as one object"), mb, start.elapsed().as_secs_f64()));
+                    self.transfers.lock().expect("transfers").push((
+                        format!("PUT of the same {mb:.0} MB file as one object"),
+                        mb,
+                        start.elapsed().as_secs_f64(),
+                    ));
                 }
                 let _ = self.store.delete(&test_key).await;
             }
             let info = reel_media::probe(&local).await.map_err(|e| format!("ffprobe of the output: {e}"))?;
             let tolerance = 0.1 + 0.05 * clips as f64;
             if (info.duration_seconds - expected).abs() > tolerance {
-                return Err(format!("output is {:.2} s, the clips {:.2} s (tolerance {:.2} s)", info.duration_seconds, expected, tolerance));
+                return Err(format!(
+                    "output is {:.2} s, the clips {:.2} s (tolerance {:.2} s)",
+                    info.duration_seconds, expected, tolerance
+                ));
             }
             Ok((info.duration_seconds, bytes as f64 / 1e6))
         }
@@ -697,7 +756,12 @@ impl Ctx<'_> {
         st.programs
             .0
             .iter()
-            .map(|p| ProcStat { stage: p.stage.clone(), instance: p.instance, hwm_kib: proc::read_hwm_kib(p.pid()), ..Default::default() })
+            .map(|p| ProcStat {
+                stage: p.stage.clone(),
+                instance: p.instance,
+                hwm_kib: proc::read_hwm_kib(p.pid()),
+                ..Default::default()
+            })
             .collect()
     }
 
@@ -781,14 +845,16 @@ fn subscription(name: &str, topic: &str) -> SubscriptionSpec {
 async fn start_emulators() -> Result<Emulators> {
     let mut last = String::new();
     for _ in 0..3 {
-        let emulators = Emulators::start_with(EmulatorOptions { pubsub: true, gcs: true, gcs_notification_topic: None })
-            .await
-            .context("starting the emulators (scripts/install-deps.sh --cloud installs them)")?;
+        let emulators =
+            Emulators::start_with(EmulatorOptions { pubsub: true, gcs: true, gcs_notification_topic: None })
+                .await
+                .context("starting the emulators (scripts/install-deps.sh --cloud installs them)")?;
         tokio::time::sleep(Duration::from_millis(500)).await;
         let port = |addr: String| addr.rsplit(':').next().and_then(|p| p.parse::<u16>().ok()).unwrap_or(0);
         let ports = [port(emulators.pubsub_host()), port(emulators.storage_url())];
         let pids = emulators.pids();
-        let owned = pids.len() == 2 && pids.iter().zip(ports).all(|(pid, port)| !proc::exited(*pid as i32) && listens(*pid as i32, port));
+        let owned = pids.len() == 2
+            && pids.iter().zip(ports).all(|(pid, port)| !proc::exited(*pid as i32) && listens(*pid as i32, port));
         if owned {
             return Ok(emulators);
         }
@@ -812,7 +878,9 @@ fn listens(pid: i32, port: u16) -> bool {
         }
     }
     let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
-    fds.flatten().any(|fd| std::fs::read_link(fd.path()).map(|l| inodes.contains(&l.to_string_lossy().to_string())).unwrap_or(false))
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path()).map(|l| inodes.contains(&l.to_string_lossy().to_string())).unwrap_or(false)
+    })
 }
 
 async fn probe_sum(corpus: &Corpus) -> Result<f64> {
@@ -840,7 +908,9 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
     // The bench reads the event log in bulk: no flow-control limit of its own.
     let config = emulators.pubsub_config().set_max_outstanding_messages(100_000);
     let bus = Arc::new(PubSubBus::connect(config).await.context("connecting to the Pub/Sub emulator")?);
-    let client = GcsClient::connect(reel_gcp::GcsConfig::new().with_emulator(&emulators.storage_url())).await.context("connecting to fake-gcs-server")?;
+    let client = GcsClient::connect(reel_gcp::GcsConfig::new().with_emulator(&emulators.storage_url()))
+        .await
+        .context("connecting to fake-gcs-server")?;
     let bucket = format!("reel-bench-{run_id}");
     let store = client.store(&bucket);
     store.create_bucket_if_missing(emulators.project()).await.context("creating the bucket")?;
@@ -856,7 +926,11 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
         pubsub_host: emulators.pubsub_host(),
         storage_url: emulators.storage_url(),
         transfers: Default::default(),
-        emulator_pids: ["Pub/Sub emulator", "fake-gcs-server"].iter().map(|n| n.to_string()).zip(emulators.pids().into_iter().map(|p| p as i32)).collect(),
+        emulator_pids: ["Pub/Sub emulator", "fake-gcs-server"]
+            .iter()
+            .map(|n| n.to_string())
+            .zip(emulators.pids().into_iter().map(|p| p as i32))
+            .collect(),
     };
     rep.config.push(format!(
         "Pub/Sub emulator (gcloud SDK) and fake-gcs-server (in-memory backend, no storage notifications: requests are published directly, as `reel submit` does) on free ports, started and stopped by PID by the bench; bucket `{bucket}`, a fresh topic prefix `b{run_id}-PHASE-` and fresh programs per phase."
@@ -873,10 +947,22 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
         let prefix = format!("b{run_id}-hop-");
         let topic = format!("{prefix}topic");
         let sub = format!("{prefix}sub");
-        let topology = Topology { prefix, topics: vec![TopicSpec { name: topic.clone(), retention: None }], subscriptions: vec![subscription(&sub, &topic)] };
+        let topology = Topology {
+            prefix,
+            topics: vec![TopicSpec { name: topic.clone(), retention: None }],
+            subscriptions: vec![subscription(&sub, &topic)],
+        };
         let r = async {
             bus.ensure_topology(&topology).await?;
-            hopbus::idle_hops_on(bus.clone(), &topic, &sub, "PubSubBus on the emulator, idle hop", opts.bus_messages, 20).await
+            hopbus::idle_hops_on(
+                bus.clone(),
+                &topic,
+                &sub,
+                "PubSubBus on the emulator, idle hop",
+                opts.bus_messages,
+                20,
+            )
+            .await
         }
         .await;
         rep.bus_hops = Some(r.map_err(|e| format!("{e:#}")));
@@ -890,11 +976,16 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
 
     // Phases large and small: one job each, RSS; small also runs the idle small jobs.
     for (phase, corpus, paths) in [("large", corpora.large, &large_paths), ("small", corpora.small, &small_paths)] {
-        eprintln!("cluster: phase {phase}: one job of {} × {:.1} MB on fresh programs", corpus.clips.len(), corpus.mean_mb());
+        eprintln!(
+            "cluster: phase {phase}: one job of {} × {:.1} MB on fresh programs",
+            corpus.clips.len(),
+            corpus.mean_mb()
+        );
         let (cpu0, wall0) = (ctx.emulators_cpu(), Instant::now());
         let mut st = ctx.start_stack(phase, 1, &[]).await?;
         let expected = probe_sum(corpus).await?;
-        let sub = ctx.submit(&st, paths, &format!("bench-{phase}"), &format!("reels/{phase}/{}.mp4", corpus.name)).await?;
+        let sub =
+            ctx.submit(&st, paths, &format!("bench-{phase}"), &format!("reels/{phase}/{}.mp4", corpus.name)).await?;
         let timeout = Duration::from_secs(60 + (corpus.total_bytes() / 1_000_000).max(60));
         let pending = ctx.wait_jobs(&mut st, std::slice::from_ref(&sub.job), timeout).await?;
         let mut stats = Ctx::snapshot(&st);
@@ -918,10 +1009,13 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
                 run.wall_s = (done.publish_ns - sub.t0_ns) as f64 / 1e9;
                 run.mode = done.data.get("mode").and_then(|m| m.as_str()).unwrap_or("?").to_string();
                 eprintln!("  job completed in {:.2} s (mode {}); checking the output", run.wall_s, run.mode);
-                run.check = ctx.check_output(&sub.output_key, expected, corpus.clips.len(), phase == "large").await.map(|(d, mb)| {
-                    run.output_s = Some(d);
-                    run.output_mb = mb;
-                });
+                run.check = ctx
+                    .check_output(&sub.output_key, expected, corpus.clips.len(), phase == "large")
+                    .await
+                    .map(|(d, mb)| {
+                        run.output_s = Some(d);
+                        run.output_mb = mb;
+                    });
             }
             Some(other) => run.failure = Some(format!("{}: {}", other.ty, other.data)),
             None => {}
@@ -930,10 +1024,13 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
         if phase == "small" && opts.idle_jobs > 0 {
             eprintln!("cluster: {} small jobs (2 × 2 s) one at a time", opts.idle_jobs);
             for i in 0..opts.idle_jobs {
-                let s = ctx.submit(&st, &tiny_paths, &format!("bench-idle-{i}"), &format!("reels/idle/{i}.mp4")).await?;
+                let s =
+                    ctx.submit(&st, &tiny_paths, &format!("bench-idle-{i}"), &format!("reels/idle/{i}.mp4")).await?;
                 let pending = ctx.wait_jobs(&mut st, std::slice::from_ref(&s.job), Duration::from_secs(120)).await?;
                 match st.terminal(&s.job) {
-                    Some(done) if done.ty == "job.completed" => rep.idle_job_s.push((done.publish_ns - s.t0_ns) as f64 / 1e9),
+                    Some(done) if done.ty == "job.completed" => {
+                        rep.idle_job_s.push((done.publish_ns - s.t0_ns) as f64 / 1e9)
+                    }
                     Some(other) => bail!("idle job {} ended with {}: {}", s.job, other.ty, other.data),
                     None => bail!("idle job {} not finished within 120 s ({pending} pending)", s.job),
                 }
@@ -957,7 +1054,8 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
             .enumerate()
             .map(|(i, _)| {
                 let hop = samples.iter().find(|s| s.stage == i && s.job == sub.job).map(|s| s.ms);
-                let handler = done.iter().filter(|d| d.stage_index == Some(i) && d.job == sub.job).map(|d| d.elapsed_ms).next();
+                let handler =
+                    done.iter().filter(|d| d.stage_index == Some(i) && d.job == sub.job).map(|d| d.elapsed_ms).next();
                 (hop, handler)
             })
             .collect();
@@ -979,7 +1077,8 @@ async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, rep: &mut Clu
         variants.push(("burst-buffered", opts.jobs.max(1)));
     }
     for (name, outstanding) in variants {
-        let b = burst_phase(&ctx, rep, opts, name, outstanding, &tiny_paths, tiny_expected, corpora.tiny.mean_mb()).await?;
+        let b =
+            burst_phase(&ctx, rep, opts, name, outstanding, &tiny_paths, tiny_expected, corpora.tiny.mean_mb()).await?;
         rep.bursts.push(b);
     }
     rep.transfers = ctx.transfers.lock().expect("transfers").clone();
@@ -1057,8 +1156,10 @@ async fn burst_phase(
         }
     }
     burst.secs = (last - t0) as f64 / 1e9;
-    if let Some((_, _, key)) = requests.iter().find(|(j, _, _)| st.terminal(j).is_some_and(|e| e.ty == "job.completed")) {
-        burst.sample_check = Some(ctx.check_output(key, tiny_expected, 2, false).await.map(|(d, _)| (d, tiny_expected)));
+    if let Some((_, _, key)) = requests.iter().find(|(j, _, _)| st.terminal(j).is_some_and(|e| e.ty == "job.completed"))
+    {
+        burst.sample_check =
+            Some(ctx.check_output(key, tiny_expected, 2, false).await.map(|(d, _)| (d, tiny_expected)));
     }
     // What the emulator dead-lettered (after the subscription's max delivery attempts).
     for stage in reel_events::Stage::ALL {
@@ -1132,7 +1233,9 @@ fn parse_logs(programs: &[Proc]) -> (Vec<Done>, Issues) {
         for line in text.lines() {
             let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
                 if !line.trim().is_empty() {
-                    *issues.entry((p.stage.clone(), "non-JSON".into(), line.chars().take(120).collect())).or_default() += 1;
+                    *issues
+                        .entry((p.stage.clone(), "non-JSON".into(), line.chars().take(120).collect()))
+                        .or_default() += 1;
                 }
                 continue;
             };
@@ -1148,7 +1251,10 @@ fn parse_logs(programs: &[Proc]) -> (Vec<Done>, Issues) {
             if s("message") != "stage done" {
                 continue;
             }
-            let time_ns = chrono::DateTime::parse_from_rfc3339(&s("time")).ok().and_then(|t| t.timestamp_nanos_opt()).unwrap_or(0) as i128;
+            let time_ns = chrono::DateTime::parse_from_rfc3339(&s("time"))
+                .ok()
+                .and_then(|t| t.timestamp_nanos_opt())
+                .unwrap_or(0) as i128;
             let emitted = match v.get("emitted") {
                 Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_str()).map(short).collect(),
                 Some(serde_json::Value::String(text)) => text.split('"').skip(1).step_by(2).map(short).collect(),
@@ -1183,7 +1289,11 @@ fn parse_logs(programs: &[Proc]) -> (Vec<Done>, Issues) {
 /// input side, the consumer's on the output side), which cancel; `elapsed_ms` is
 /// truncated to whole milliseconds. Returns the samples, the hops that could not be
 /// computed by reason, and how many "stage done" lines came from a redelivery.
-fn hop_samples(events: &[Seen], done: &[Done], jobs: &HashSet<String>) -> (Vec<HopSample>, BTreeMap<String, usize>, usize) {
+fn hop_samples(
+    events: &[Seen],
+    done: &[Done],
+    jobs: &HashSet<String>,
+) -> (Vec<HopSample>, BTreeMap<String, usize>, usize) {
     let mut samples = Vec::new();
     let mut gaps: BTreeMap<String, usize> = BTreeMap::new();
     let mut redeliveries = 0;
@@ -1215,7 +1325,12 @@ fn hop_samples(events: &[Seen], done: &[Done], jobs: &HashSet<String>) -> (Vec<H
         // for the two clocks' reading order), the latest such.
         let out = events
             .iter()
-            .filter(|e| e.job == d.job && &e.ty == out_ty && e.publish_ns >= input.publish_ns && e.publish_ns <= d.time_ns + 20_000_000)
+            .filter(|e| {
+                e.job == d.job
+                    && &e.ty == out_ty
+                    && e.publish_ns >= input.publish_ns
+                    && e.publish_ns <= d.time_ns + 20_000_000
+            })
             .max_by_key(|e| e.publish_ns);
         let Some(out) = out else {
             *gaps.entry(format!("{}: output event {out_ty} not on the log", STAGES[stage])).or_default() += 1;
@@ -1296,16 +1411,28 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
         let status = match rep.jobs.iter().find(|j| j.phase == name) {
             Some(j) if j.failure.is_none() && j.wall_s > 0.0 => {
                 let check = match &j.check {
-                    Ok(()) => format!("output checked: ffprobe {:.2} s vs {:.2} s of clips, {:.0} MB, mode {}", j.output_s.unwrap_or(f64::NAN), j.expected_s, j.output_mb, j.mode),
+                    Ok(()) => format!(
+                        "output checked: ffprobe {:.2} s vs {:.2} s of clips, {:.0} MB, mode {}",
+                        j.output_s.unwrap_or(f64::NAN),
+                        j.expected_s,
+                        j.output_mb,
+                        j.mode
+                    ),
                     Err(e) => format!("output check failed: {e}"),
                 };
                 let embedded = match (name, opts.embedded_large_s) {
-                    ("large", Some(e)) => format!("; embedded `reel stitch` on the same clips: {} median ({:.1}×)", secs(e), j.wall_s / e),
+                    ("large", Some(e)) => {
+                        format!("; embedded `reel stitch` on the same clips: {} median ({:.1}×)", secs(e), j.wall_s / e)
+                    }
                     _ => String::new(),
                 };
                 Status::Measured {
                     figure: format!("{}{embedded}; {check}", secs(j.wall_s)),
-                    result: if j.check.is_ok() { "completed, output verified".into() } else { "**output check failed**".into() },
+                    result: if j.check.is_ok() {
+                        "completed, output verified".into()
+                    } else {
+                        "**output check failed**".into()
+                    },
                 }
             }
             Some(j) => Status::Failed(j.failure.clone().unwrap_or_else(|| "no job.completed".into())),
@@ -1318,14 +1445,18 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
         rows.push(ClusterRow {
             what: format!("small job end to end (2 clips × 2 s, {:.1} MB each), one at a time", corpora.tiny.mean_mb()),
             target: "—".into(),
-            status: Status::Measured { figure: format!("median {} ({} – {}, {} jobs)", secs(s.median), secs(s.min), secs(s.max), s.n), result: "—".into() },
+            status: Status::Measured {
+                figure: format!("median {} ({} – {}, {} jobs)", secs(s.median), secs(s.min), secs(s.max), s.n),
+                result: "—".into(),
+            },
             in_targets: false,
         });
     }
 
     // Hops.
     let idle = hop_values(&rep.hops_idle);
-    let what = "per-hop latency on the Pub/Sub emulator (publish → handler start), p50 / p95, jobs one at a time".to_string();
+    let what =
+        "per-hop latency on the Pub/Sub emulator (publish → handler start), p50 / p95, jobs one at a time".to_string();
     let status = if idle.is_empty() {
         fail.clone()
     } else {
@@ -1334,24 +1465,47 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
             .map(|i| (i, pct(&rep.hops_idle.iter().filter(|s| s.stage == i).map(|s| s.ms).collect::<Vec<_>>(), 50.0)))
             .filter(|(_, v)| !v.is_nan())
             .max_by(|a, b| a.1.total_cmp(&b.1));
-        let worst = worst.map(|(i, v)| format!("; slowest hop {} → {} p50 {}", INPUTS[i], STAGES[i], ms_s(v))).unwrap_or_default();
+        let worst = worst
+            .map(|(i, v)| format!("; slowest hop {} → {} p50 {}", INPUTS[i], STAGES[i], ms_s(v)))
+            .unwrap_or_default();
         Status::Measured {
-            figure: format!("p50 {} / p95 {} over {} hops of {} jobs{worst}", ms_s(p50), ms_s(pct(&idle, 95.0)), idle.len(), idle.len() / 5),
-            result: if p50 <= HOP_P50_TARGET_MS { met(true) } else { format!("{} by {}", met(false), ms_s(p50 - HOP_P50_TARGET_MS)) },
+            figure: format!(
+                "p50 {} / p95 {} over {} hops of {} jobs{worst}",
+                ms_s(p50),
+                ms_s(pct(&idle, 95.0)),
+                idle.len(),
+                idle.len() / 5
+            ),
+            result: if p50 <= HOP_P50_TARGET_MS {
+                met(true)
+            } else {
+                format!("{} by {}", met(false), ms_s(p50 - HOP_P50_TARGET_MS))
+            },
         }
     };
     rows.push(ClusterRow { what, target: format!("p50 ≤ {HOP_P50_TARGET_MS:.0} ms"), status, in_targets: true });
     match &rep.bus_hops {
         Some(Ok(h)) => rows.push(ClusterRow {
-            what: "… the bus alone: `PubSubBus` publish → `receive` returned on the emulator, one message at a time".into(),
+            what: "… the bus alone: `PubSubBus` publish → `receive` returned on the emulator, one message at a time"
+                .into(),
             target: "—".into(),
             status: Status::Measured {
-                figure: format!("p50 {} / p95 {} over {} messages", ms_s(pct(&h.latencies_us, 50.0) / 1000.0), ms_s(pct(&h.latencies_us, 95.0) / 1000.0), h.latencies_us.len()),
+                figure: format!(
+                    "p50 {} / p95 {} over {} messages",
+                    ms_s(pct(&h.latencies_us, 50.0) / 1000.0),
+                    ms_s(pct(&h.latencies_us, 95.0) / 1000.0),
+                    h.latencies_us.len()
+                ),
                 result: "—".into(),
             },
             in_targets: false,
         }),
-        Some(Err(e)) => rows.push(ClusterRow { what: "… the bus alone (`PubSubBus` on the emulator)".into(), target: "—".into(), status: Status::Failed(e.clone()), in_targets: false }),
+        Some(Err(e)) => rows.push(ClusterRow {
+            what: "… the bus alone (`PubSubBus` on the emulator)".into(),
+            target: "—".into(),
+            status: Status::Failed(e.clone()),
+            in_targets: false,
+        }),
         None => {}
     }
     for b in rep.bursts.iter().filter(|b| !b.hops.is_empty()) {
@@ -1375,12 +1529,20 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
             let all: Vec<(String, &str, u64)> = rep
                 .rss
                 .iter()
-                .flat_map(|ph| ph.procs.iter().filter_map(move |p| p.hwm_kib.map(|k| (ph.phase.clone(), p.stage.as_str(), k))))
+                .flat_map(|ph| {
+                    ph.procs.iter().filter_map(move |p| p.hwm_kib.map(|k| (ph.phase.clone(), p.stage.as_str(), k)))
+                })
                 .collect();
             let worst = all.iter().max_by_key(|x| x.2);
             let per: Vec<String> = STAGES
                 .iter()
-                .map(|st| format!("{st} {:.1} / {:.1}", stage_hwm(l, st).map(mib).unwrap_or(f64::NAN), stage_hwm(s, st).map(mib).unwrap_or(f64::NAN)))
+                .map(|st| {
+                    format!(
+                        "{st} {:.1} / {:.1}",
+                        stage_hwm(l, st).map(mib).unwrap_or(f64::NAN),
+                        stage_hwm(s, st).map(mib).unwrap_or(f64::NAN)
+                    )
+                })
                 .collect();
             match worst {
                 Some((ph, st, k)) => Status::Measured {
@@ -1391,7 +1553,11 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
                         per.join(", "),
                         mib(*k)
                     ),
-                    result: if mib(*k) <= STAGE_RSS_MIB { met(true) } else { format!("{} by {:.1} MiB", met(false), mib(*k) - STAGE_RSS_MIB) },
+                    result: if mib(*k) <= STAGE_RSS_MIB {
+                        met(true)
+                    } else {
+                        format!("{} by {:.1} MiB", met(false), mib(*k) - STAGE_RSS_MIB)
+                    },
                 },
                 None => Status::Failed("no VmHWM read".into()),
             }
@@ -1402,11 +1568,15 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
     let what = "… and flat with clip size (each stage: large within 10 % + 2 MiB of small)".to_string();
     let status = match (large, small) {
         (Some(l), Some(s)) => {
-            let diffs: Vec<(&str, u64, u64)> = STAGES.iter().filter_map(|st| Some((*st, stage_hwm(l, st)?, stage_hwm(s, st)?))).collect();
+            let diffs: Vec<(&str, u64, u64)> =
+                STAGES.iter().filter_map(|st| Some((*st, stage_hwm(l, st)?, stage_hwm(s, st)?))).collect();
             if diffs.is_empty() {
                 Status::Failed("no VmHWM read".into())
             } else {
-                let grow = diffs.iter().max_by(|a, b| (mib(a.1) - mib(a.2)).total_cmp(&(mib(b.1) - mib(b.2)))).expect("non-empty");
+                let grow = diffs
+                    .iter()
+                    .max_by(|a, b| (mib(a.1) - mib(a.2)).total_cmp(&(mib(b.1) - mib(b.2))))
+                    .expect("non-empty");
                 let not_flat: Vec<&str> = diffs.iter().filter(|d| !flat(d.1, d.2)).map(|d| d.0).collect();
                 Status::Measured {
                     figure: format!(
@@ -1418,7 +1588,11 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
                         mib(grow.2),
                         s.clip_mb
                     ),
-                    result: if not_flat.is_empty() { met(true) } else { format!("{} ({})", met(false), not_flat.join(", ")) },
+                    result: if not_flat.is_empty() {
+                        met(true)
+                    } else {
+                        format!("{} ({})", met(false), not_flat.join(", "))
+                    },
                 }
             }
         }
@@ -1428,8 +1602,16 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
 
     // Bursts: the first (the e2e settings) is the target's; a buffered one is a variant.
     if rep.bursts.is_empty() {
-        let what = format!("throughput: {} jobs of 2 clips × 2 s submitted at once to the local cluster: jobs/min, all completed", opts.jobs);
-        rows.push(ClusterRow { what, target: format!("all {} completed", opts.jobs), status: fail.clone(), in_targets: true });
+        let what = format!(
+            "throughput: {} jobs of 2 clips × 2 s submitted at once to the local cluster: jobs/min, all completed",
+            opts.jobs
+        );
+        rows.push(ClusterRow {
+            what,
+            target: format!("all {} completed", opts.jobs),
+            status: fail.clone(),
+            in_targets: true,
+        });
     }
     for (i, b) in rep.bursts.iter().enumerate() {
         let what = if i == 0 {
@@ -1447,7 +1629,11 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
         let lat = if b.latencies_s.is_empty() {
             String::new()
         } else {
-            format!("; per job publish → completed p50 {} / max {}", secs(pct(&b.latencies_s, 50.0)), secs(pct(&b.latencies_s, 100.0)))
+            format!(
+                "; per job publish → completed p50 {} / max {}",
+                secs(pct(&b.latencies_s, 50.0)),
+                secs(pct(&b.latencies_s, 100.0))
+            )
         };
         let check = match &b.sample_check {
             Some(Ok((d, e))) => format!("; one output checked ({d:.2} s vs {e:.2} s)"),
@@ -1460,7 +1646,11 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
             format!(
                 "; **dead-lettered by the emulator after {} delivery attempts**: {}",
                 reel_runtime::topology::PUBSUB_MAX_DELIVERY_ATTEMPTS,
-                b.dead_lettered.iter().map(|(k, v)| format!("{v} on {k}'s subscription")).collect::<Vec<_>>().join(", ")
+                b.dead_lettered
+                    .iter()
+                    .map(|(k, v)| format!("{v} on {k}'s subscription"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             )
         };
         let status = Status::Measured {
@@ -1496,7 +1686,8 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
     }
     // Where the hops' time goes.
     if let Some(Ok(h)) = &rep.bus_hops {
-        let by_stage = |i: usize| pct(&rep.hops_idle.iter().filter(|s| s.stage == i).map(|s| s.ms).collect::<Vec<_>>(), 50.0);
+        let by_stage =
+            |i: usize| pct(&rep.hops_idle.iter().filter(|s| s.stage == i).map(|s| s.ms).collect::<Vec<_>>(), 50.0);
         let others = pct(&(1..5).map(by_stage).filter(|v| !v.is_nan()).collect::<Vec<_>>(), 50.0);
         let mut text = format!(
             "Every hop includes the emulator's delivery: the bus alone (`PubSubBus` publish → `receive` returned, no worker, no storage) takes p50 {} on the emulator; the hops into download, stitch, upload and finalize have a median p50 of {}.",
@@ -1515,7 +1706,12 @@ fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corpora) {
 
     // Why a burst with the e2e settings redelivers (and may dead-letter).
     if let Some(b) = rep.bursts.iter().find(|b| b.max_outstanding == 1 && b.attempts.values().any(|a| a.1 > 1)) {
-        let worst = b.attempts.iter().max_by_key(|(_, a)| a.1).map(|(k, a)| format!("{k}: up to attempt {}", a.1)).unwrap_or_default();
+        let worst = b
+            .attempts
+            .iter()
+            .max_by_key(|(_, a)| a.1)
+            .map(|(k, a)| format!("{k}: up to attempt {}", a.1))
+            .unwrap_or_default();
         rep.notes.push(format!(
             "Why `{}` redelivers ({worst}){}: with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES=1` the emulator still pours a stage's whole backlog into its one streaming pull (it ignores flow control); `reel_gcp::PubSubBus` releases every message beyond the limit at once with a nack (services/gcp/src/pubsub/streaming.rs), the emulator redelivers it only after the subscription's retry backoff (1 s, growing to 60 s), and every round counts as a delivery attempt, so a message released {} times goes to the dead-letter topic. Real Pub/Sub honours the flow-control limit and keeps the backlog on the server; the second burst (messages buffered, leased, in each program) shows what the programs themselves sustain.",
             b.phase,
@@ -1541,7 +1737,12 @@ impl ClusterReport {
                 Status::NotRun(why) => why.clone(),
             };
             let what: String = r.what.chars().take(100).collect();
-            let _ = writeln!(s, "cluster: {what}{}: {}", if what.len() < r.what.len() { "…" } else { "" }, text.replace("**", ""));
+            let _ = writeln!(
+                s,
+                "cluster: {what}{}: {}",
+                if what.len() < r.what.len() { "…" } else { "" },
+                text.replace("**", "")
+            );
         }
         s
     }
@@ -1555,7 +1756,8 @@ impl ClusterReport {
                 let (fig, result) = cells(row);
                 let _ = writeln!(w, "| {} | {} | {fig} | {result} |", row.what, row.target);
             }
-            let _ = writeln!(w, "\nSkipped in this run (`--no-cluster`). `services/bench/src/cluster.rs` measures them.\n");
+            let _ =
+                writeln!(w, "\nSkipped in this run (`--no-cluster`). `services/bench/src/cluster.rs` measures them.\n");
             return;
         }
         for line in &self.config {
@@ -1597,14 +1799,22 @@ impl ClusterReport {
                             format!(
                                 "{}{}",
                                 p.hwm_kib.map(|k| format!("{:.1} MiB", mib(k))).unwrap_or_else(|| "—".into()),
-                                p.tree_maxrss_kib.filter(|t| Some(*t) > p.hwm_kib).map(|t| format!(" [{:.0}]", mib(t))).unwrap_or_default()
+                                p.tree_maxrss_kib
+                                    .filter(|t| Some(*t) > p.hwm_kib)
+                                    .map(|t| format!(" [{:.0}]", mib(t)))
+                                    .unwrap_or_default()
                             )
                         })
                         .collect();
                     let _ = write!(line, " {} |", if cell.is_empty() { "—".into() } else { cell.join("; ") });
                 }
-                let f = match (phase(self, "large").and_then(|p| stage_hwm(p, stage)), phase(self, "small").and_then(|p| stage_hwm(p, stage))) {
-                    (Some(l), Some(s)) => format!("{:+.1} MiB: {}", mib(l) - mib(s), if flat(l, s) { "yes" } else { "**no**" }),
+                let f = match (
+                    phase(self, "large").and_then(|p| stage_hwm(p, stage)),
+                    phase(self, "small").and_then(|p| stage_hwm(p, stage)),
+                ) {
+                    (Some(l), Some(s)) => {
+                        format!("{:+.1} MiB: {}", mib(l) - mib(s), if flat(l, s) { "yes" } else { "**no**" })
+                    }
                     _ => "—".into(),
                 };
                 let _ = writeln!(w, "{line} {f} |");
@@ -1628,7 +1838,13 @@ impl ClusterReport {
                         .procs
                         .iter()
                         .filter(|p| p.stage == stage)
-                        .map(|p| format!("{} ({})", p.cpu_s.map(secs).unwrap_or_else(|| "—".into()), if p.exit.is_empty() { "?" } else { &p.exit }))
+                        .map(|p| {
+                            format!(
+                                "{} ({})",
+                                p.cpu_s.map(secs).unwrap_or_else(|| "—".into()),
+                                if p.exit.is_empty() { "?" } else { &p.exit }
+                            )
+                        })
                         .collect();
                     let _ = write!(line, " {} |", cell.join("; "));
                 }
@@ -1637,7 +1853,12 @@ impl ClusterReport {
             for name in ["Pub/Sub emulator", "fake-gcs-server"] {
                 let mut line = format!("| {name} |");
                 for ph in &self.rss {
-                    let v = ph.emulators_cpu_s.iter().find(|(n, _)| n == name).map(|(_, s)| secs(*s)).unwrap_or_else(|| "—".into());
+                    let v = ph
+                        .emulators_cpu_s
+                        .iter()
+                        .find(|(n, _)| n == name)
+                        .map(|(_, s)| secs(*s))
+                        .unwrap_or_else(|| "—".into());
                     let _ = write!(line, " {v} |");
                 }
                 let _ = writeln!(w, "{line}");
@@ -1700,7 +1921,8 @@ impl ClusterReport {
             let _ = writeln!(w);
             for b in &self.bursts {
                 if !b.attempts.is_empty() {
-                    let list: Vec<String> = b.attempts.iter().map(|(k, (n, max))| format!("{k} {n} runs, up to attempt {max}")).collect();
+                    let list: Vec<String> =
+                        b.attempts.iter().map(|(k, (n, max))| format!("{k} {n} runs, up to attempt {max}")).collect();
                     let _ = writeln!(w, "Handler runs in {} (delivery attempts): {}.\n", b.phase, list.join("; "));
                 }
             }
@@ -1722,12 +1944,21 @@ impl ClusterReport {
             }
             let _ = writeln!(w, "### The {} job on the cluster, stage by stage ({} wall)\n", j.phase, secs(j.wall_s));
             let _ = writeln!(w, "Workload: {}.\n", j.workload);
-            let _ = writeln!(w, "| stage | hop into it (publish → handler start) | handler (its `elapsed_ms`) |\n| --- | --- | --- |");
+            let _ = writeln!(
+                w,
+                "| stage | hop into it (publish → handler start) | handler (its `elapsed_ms`) |\n| --- | --- | --- |"
+            );
             let (mut hops, mut handlers) = (0.0, 0.0);
             for (i, (hop, handler)) in j.stages.iter().enumerate() {
                 hops += hop.unwrap_or(0.0);
                 handlers += handler.unwrap_or(0.0);
-                let _ = writeln!(w, "| {} | {} | {} |", STAGES[i], hop.map(ms_s).unwrap_or_else(|| "—".into()), handler.map(|h| secs(h / 1000.0)).unwrap_or_else(|| "—".into()));
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} |",
+                    STAGES[i],
+                    hop.map(ms_s).unwrap_or_else(|| "—".into()),
+                    handler.map(|h| secs(h / 1000.0)).unwrap_or_else(|| "—".into())
+                );
             }
             let _ = writeln!(
                 w,
@@ -1747,11 +1978,20 @@ impl ClusterReport {
                 }
                 let _ = writeln!(w);
             }
-            let _ = writeln!(w, "{}: the {} requests were published concurrently in {}.\n", b.phase, b.jobs, secs(b.publish_s));
+            let _ = writeln!(
+                w,
+                "{}: the {} requests were published concurrently in {}.\n",
+                b.phase,
+                b.jobs,
+                secs(b.publish_s)
+            );
         }
 
         if self.log_issues.is_empty() {
-            let _ = writeln!(w, "No WARNING or ERROR lines (and no lines that are not JSON) in the stage programs' logs.\n");
+            let _ = writeln!(
+                w,
+                "No WARNING or ERROR lines (and no lines that are not JSON) in the stage programs' logs.\n"
+            );
         } else {
             let _ = writeln!(w, "### Warnings and errors in the stage programs' logs\n");
             let _ = writeln!(w, "| phase | stage | severity | message | lines |\n| --- | --- | --- | --- | --- |");
@@ -1764,7 +2004,12 @@ impl ClusterReport {
             let _ = writeln!(w, "{n}\n");
         }
         if let Some(d) = &self.logs_dir {
-            let _ = writeln!(w, "The programs' logs of this run: `{}` (one JSON line per record). The cluster part took {:.0} s.\n", d.display(), self.seconds);
+            let _ = writeln!(
+                w,
+                "The programs' logs of this run: `{}` (one JSON line per record). The cluster part took {:.0} s.\n",
+                d.display(),
+                self.seconds
+            );
         }
     }
 
@@ -1800,7 +2045,13 @@ mod tests {
     use super::*;
 
     fn seen(id: &str, ty: &str, job: &str, ms: i128) -> Seen {
-        Seen { id: id.into(), ty: ty.into(), job: job.into(), publish_ns: ms * 1_000_000, data: serde_json::Value::Null }
+        Seen {
+            id: id.into(),
+            ty: ty.into(),
+            job: job.into(),
+            publish_ns: ms * 1_000_000,
+            data: serde_json::Value::Null,
+        }
     }
 
     #[test]
@@ -1811,10 +2062,34 @@ mod tests {
             seen("d1", "job.downloaded", "j", 2100),
         ];
         let done = vec![
-            Done { stage_index: Some(0), ce_id: "r1".into(), job: "j".into(), time_ns: 1105 * 1_000_000, elapsed_ms: 60.0, emitted: vec!["job.validated".into()], attempt: 1 },
-            Done { stage_index: Some(1), ce_id: "v1".into(), job: "j".into(), time_ns: 2105 * 1_000_000, elapsed_ms: 990.0, emitted: vec!["job.downloaded".into()], attempt: 1 },
+            Done {
+                stage_index: Some(0),
+                ce_id: "r1".into(),
+                job: "j".into(),
+                time_ns: 1105 * 1_000_000,
+                elapsed_ms: 60.0,
+                emitted: vec!["job.validated".into()],
+                attempt: 1,
+            },
+            Done {
+                stage_index: Some(1),
+                ce_id: "v1".into(),
+                job: "j".into(),
+                time_ns: 2105 * 1_000_000,
+                elapsed_ms: 990.0,
+                emitted: vec!["job.downloaded".into()],
+                attempt: 1,
+            },
             // Another job's line is ignored.
-            Done { stage_index: Some(1), ce_id: "x".into(), job: "k".into(), time_ns: 0, elapsed_ms: 1.0, emitted: vec![], attempt: 2 },
+            Done {
+                stage_index: Some(1),
+                ce_id: "x".into(),
+                job: "k".into(),
+                time_ns: 0,
+                elapsed_ms: 1.0,
+                emitted: vec![],
+                attempt: 2,
+            },
         ];
         let jobs: HashSet<String> = ["j".to_string()].into();
         let (samples, gaps, redeliveries) = hop_samples(&events, &done, &jobs);
@@ -1828,7 +2103,15 @@ mod tests {
     #[test]
     fn missing_events_are_counted_not_guessed() {
         let events = vec![seen("r1", "stitch.requested", "j", 1000)];
-        let done = vec![Done { stage_index: Some(0), ce_id: "r1".into(), job: "j".into(), time_ns: 1105 * 1_000_000, elapsed_ms: 60.0, emitted: vec!["job.validated".into()], attempt: 1 }];
+        let done = vec![Done {
+            stage_index: Some(0),
+            ce_id: "r1".into(),
+            job: "j".into(),
+            time_ns: 1105 * 1_000_000,
+            elapsed_ms: 60.0,
+            emitted: vec!["job.validated".into()],
+            attempt: 1,
+        }];
         let (samples, gaps, _) = hop_samples(&events, &done, &["j".to_string()].into());
         assert!(samples.is_empty());
         assert_eq!(gaps.values().sum::<usize>(), 1);

@@ -37,7 +37,17 @@ impl ClipSpec {
     /// A 1080×1920 30 fps clip at 13 Mbit/s with strong noise and 48 kHz stereo
     /// audio: the seed workload's format (~1.68 MB per second: ~50 MB per 30 s).
     pub fn portrait(seconds: u32, seed: u32) -> ClipSpec {
-        ClipSpec { width: 1080, height: 1920, fps: 30, seconds, video_kbps: 13_000, noise: 20, sample_rate: 48_000, channels: 2, seed }
+        ClipSpec {
+            width: 1080,
+            height: 1920,
+            fps: 30,
+            seconds,
+            video_kbps: 13_000,
+            noise: 20,
+            sample_rate: 48_000,
+            channels: 2,
+            seed,
+        }
     }
 
     /// One-line description, e.g. `1080x1920 30fps 30s h264 12000k / aac 48000Hz 2ch`.
@@ -51,7 +61,8 @@ impl ClipSpec {
     /// The ffmpeg arguments that write this clip to `out`.
     pub fn ffmpeg_args(&self, out: &Path) -> Vec<String> {
         let s = self.seconds;
-        let mut a: Vec<String> = ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"].iter().map(|x| x.to_string()).collect();
+        let mut a: Vec<String> =
+            ["-hide_banner", "-nostdin", "-loglevel", "error", "-y"].iter().map(|x| x.to_string()).collect();
         a.extend([
             "-f".into(),
             "lavfi".into(),
@@ -67,11 +78,9 @@ impl ClipSpec {
         }
         let k = self.video_kbps;
         a.extend(
-            [
-                "-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p",
-            ]
-            .iter()
-            .map(|x| x.to_string()),
+            ["-map", "0:v:0", "-map", "1:a:0", "-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p"]
+                .iter()
+                .map(|x| x.to_string()),
         );
         a.extend([
             "-b:v".into(),
@@ -147,7 +156,12 @@ impl Corpus {
             }
         }
         let parts: Vec<String> = kinds.iter().map(|(k, n)| format!("{n} × {k}")).collect();
-        format!("{} (mean {:.1} MB per clip, {:.0} MB in all)", parts.join(" + "), self.mean_mb(), self.total_bytes() as f64 / 1e6)
+        format!(
+            "{} (mean {:.1} MB per clip, {:.0} MB in all)",
+            parts.join(" + "),
+            self.mean_mb(),
+            self.total_bytes() as f64 / 1e6
+        )
     }
 
     /// Reads every clip once so that all contenders start with a warm page cache.

@@ -118,7 +118,12 @@ fn mixed(i: u32, seconds: u32) -> ClipSpec {
 
 fn plan(quick: bool, runs: Option<usize>) -> Plan {
     if quick {
-        let small = |seconds, seed| ClipSpec { width: 540, height: 960, video_kbps: 3_000, ..ClipSpec::portrait(seconds, seed) };
+        let small = |seconds, seed| ClipSpec {
+            width: 540,
+            height: 960,
+            video_kbps: 3_000,
+            ..ClipSpec::portrait(seconds, seed)
+        };
         Plan {
             mode: "quick",
             copy_large: (0..4).map(|i| small(5, 1 + i)).collect(),
@@ -178,14 +183,24 @@ impl Env {
 
     /// `reel stitch CLIPS -o OUT EXTRA --quiet` with a fresh `REEL_HOME` and nothing of
     /// the caller's reel/cloud settings in its environment.
-    fn reel_cmd(&self, home: &Path, clips: &[PathBuf], out: &Path, extra: &[&str], wrappers: Option<&(PathBuf, PathBuf)>) -> Command {
+    fn reel_cmd(
+        &self,
+        home: &Path,
+        clips: &[PathBuf],
+        out: &Path,
+        extra: &[&str],
+        wrappers: Option<&(PathBuf, PathBuf)>,
+    ) -> Command {
         let mut cmd = Command::new(&self.reel);
         cmd.arg("stitch").args(clips).arg("-o").arg(out).args(extra).arg("--quiet");
         for (k, _) in std::env::vars_os() {
             let k = k.to_string_lossy();
             if k.starts_with("REEL_")
                 || k.starts_with("GOOGLE_")
-                || matches!(k.as_ref(), "PUBSUB_EMULATOR_HOST" | "STORAGE_EMULATOR_HOST" | "TEMP_DIR" | "LOG_LEVEL" | "XDG_STATE_HOME")
+                || matches!(
+                    k.as_ref(),
+                    "PUBSUB_EMULATOR_HOST" | "STORAGE_EMULATOR_HOST" | "TEMP_DIR" | "LOG_LEVEL" | "XDG_STATE_HOME"
+                )
             {
                 cmd.env_remove(k.as_ref());
             }
@@ -321,7 +336,9 @@ pub struct Results {
 }
 
 fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg").map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")).unwrap_or_default()
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
 }
 
 fn main() {
@@ -426,7 +443,9 @@ fn run(args: Args) -> Result<()> {
         let tools = results.profiles.first().and_then(|p| p.as_ref().ok()).map(|p| p.tools.clone());
         if let Some(tools) = tools {
             eprintln!("what-if: reel's ffprobe passes and a CRC32C pass over {} clips", large.clips.len());
-            results.whatif = Some(whatif::run(&env, &large.clips, large.total_bytes(), &tools, plan.runs).map_err(|e| format!("{e:#}")));
+            results.whatif = Some(
+                whatif::run(&env, &large.clips, large.total_bytes(), &tools, plan.runs).map_err(|e| format!("{e:#}")),
+            );
         }
     }
 
@@ -526,7 +545,10 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
     let reel_out = out_dir.join("reel.mp4");
     let bare_args = recipe::concat_args(&list, &bare_out, false);
     let mut bare = Contender::new("bare ffmpeg (concat demuxer, -c copy)", format!("ffmpeg {}", bare_args.join(" ")));
-    let mut reel = Contender::new("reel stitch", format!("reel stitch CLIP×{} -o OUT (fresh REEL_HOME per run)", corpus.clips.len()));
+    let mut reel = Contender::new(
+        "reel stitch",
+        format!("reel stitch CLIP×{} -o OUT (fresh REEL_HOME per run)", corpus.clips.len()),
+    );
     let log = env.log("copy");
     // One warm-up each (not counted), then alternate.
     for round in 0..=runs {
@@ -593,7 +615,11 @@ fn bare_concat_once(env: &Env, corpus: &Corpus) -> Result<u64> {
     let list = env.work.join(format!("{}.concat.txt", corpus.name));
     std::fs::write(&list, recipe::concat_list(&corpus.clips))?;
     let dir = env.fresh_dir("out")?;
-    let m = proc::run(&mut env.ffmpeg_cmd(&recipe::concat_args(&list, &dir.join("bare.mp4"), false)), false, &env.log("bare-once"))?;
+    let m = proc::run(
+        &mut env.ffmpeg_cmd(&recipe::concat_args(&list, &dir.join("bare.mp4"), false)),
+        false,
+        &env.log("bare-once"),
+    )?;
     remove(&dir);
     Ok(m.tree_maxrss_kib)
 }
@@ -614,7 +640,11 @@ fn reencode_target() -> EncodeTarget {
 }
 
 /// The bare per-clip commands (segments in `seg_dir`) and the concat of the segments.
-fn bare_reencode_cmds(infos: &[(PathBuf, reel_events::ClipInfo)], seg_dir: &Path, out: &Path) -> Result<(Vec<Vec<String>>, Vec<String>, PathBuf)> {
+fn bare_reencode_cmds(
+    infos: &[(PathBuf, reel_events::ClipInfo)],
+    seg_dir: &Path,
+    out: &Path,
+) -> Result<(Vec<Vec<String>>, Vec<String>, PathBuf)> {
     let t = reencode_target();
     let segs: Vec<PathBuf> = (0..infos.len()).map(|i| seg_dir.join(format!("seg{i:03}.mp4"))).collect();
     let per_clip = infos.iter().zip(&segs).map(|((p, info), s)| recipe::normalize_args(p, info, &t, s)).collect();
@@ -636,10 +666,22 @@ fn reencode_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::R
     let extra = ["--compression", "optimized", "--orientation", "portrait"];
     let mut bare = Contender::new(
         "bare ffmpeg, per clip + concat (reel's graph and settings)",
-        format!("{} × `ffmpeg -i CLIP -filter_complex <reel's graph> {} SEG`, then `ffmpeg {}`", per_clip.len(), recipe::encoder_args(&t).join(" "), concat.join(" ")),
+        format!(
+            "{} × `ffmpeg -i CLIP -filter_complex <reel's graph> {} SEG`, then `ffmpeg {}`",
+            per_clip.len(),
+            recipe::encoder_args(&t).join(" "),
+            concat.join(" ")
+        ),
     );
-    let mut reel = Contender::new("reel stitch --compression optimized", format!("reel stitch CLIP×{} -o OUT {}", corpus.clips.len(), extra.join(" ")));
-    let mut fc = Contender::new("bare ffmpeg, one filter_complex concat (reference)", "ffmpeg -i CLIP… -filter_complex '<reel's chains per clip>;…concat=n=N:v=1:a=1[v][a]' <same encoder args> OUT".into());
+    let mut reel = Contender::new(
+        "reel stitch --compression optimized",
+        format!("reel stitch CLIP×{} -o OUT {}", corpus.clips.len(), extra.join(" ")),
+    );
+    let mut fc = Contender::new(
+        "bare ffmpeg, one filter_complex concat (reference)",
+        "ffmpeg -i CLIP… -filter_complex '<reel's chains per clip>;…concat=n=N:v=1:a=1[v][a]' <same encoder args> OUT"
+            .into(),
+    );
     let log = env.log("reencode");
     for round in 1..=runs {
         for s in std::fs::read_dir(&seg_dir)?.flatten() {
@@ -648,7 +690,8 @@ fn reencode_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::R
             }
         }
         remove(&bare_out);
-        let mut cmds: Vec<Command> = per_clip.iter().chain(std::iter::once(&concat)).map(|a| env.ffmpeg_cmd(a)).collect();
+        let mut cmds: Vec<Command> =
+            per_clip.iter().chain(std::iter::once(&concat)).map(|a| env.ffmpeg_cmd(a)).collect();
         bare.runs.push(proc::run_sequence(&mut cmds, false, &log)?);
         remove(&reel_out);
         let home = env.fresh_dir("home")?;
@@ -705,7 +748,8 @@ fn profile(env: &Env, corpus: &Corpus, extra: &[&str], label: &str) -> Result<Pr
     let wrappers = proc::write_wrappers(&dir, &env.bench_exe, &env.ffmpeg, &env.ffprobe, &tool_log)?;
     let home = dir.join("home");
     let out = dir.join("reel.mp4");
-    let m = proc::run(&mut env.reel_cmd(&home, &corpus.clips, &out, extra, Some(&wrappers)), true, &env.log("profile"))?;
+    let m =
+        proc::run(&mut env.reel_cmd(&home, &corpus.clips, &out, extra, Some(&wrappers)), true, &env.log("profile"))?;
     let ended_ns = proc::unix_ns();
     let tools = proc::read_tool_log(&tool_log);
     let (timeline, mode) = report::timeline(&home.join("events.jsonl"))?;
@@ -734,10 +778,16 @@ fn profile(env: &Env, corpus: &Corpus, extra: &[&str], label: &str) -> Result<Pr
 }
 
 /// Compares the bench's per-clip commands with those reel ran in `profile`.
-fn check_commands(env: &Env, corpus: &Corpus, profile: &Profile, rt: &tokio::runtime::Runtime) -> Result<usize, String> {
+fn check_commands(
+    env: &Env,
+    corpus: &Corpus,
+    profile: &Profile,
+    rt: &tokio::runtime::Runtime,
+) -> Result<usize, String> {
     let infos = probe_all(corpus, rt).map_err(|e| format!("{e:#}"))?;
     let (ours, _, _) = bare_reencode_cmds(&infos, &env.work, Path::new("/unused.mp4")).map_err(|e| format!("{e:#}"))?;
-    let mut reels: Vec<&ToolRun> = profile.tools.iter().filter(|t| t.tool == "ffmpeg" && t.args.iter().any(|a| a == "-filter_complex")).collect();
+    let mut reels: Vec<&ToolRun> =
+        profile.tools.iter().filter(|t| t.tool == "ffmpeg" && t.args.iter().any(|a| a == "-filter_complex")).collect();
     reels.sort_by_key(|t| t.start_unix_ns);
     let reels: Vec<Vec<String>> = reels.into_iter().map(|t| t.args.clone()).collect();
     recipe::compare_with_reel(&ours, &reels)

@@ -103,7 +103,11 @@ pub fn try_wait4(pid: i32) -> Result<Option<(ExitStatus, u64, Duration)>> {
             return Ok(None);
         }
         if r == pid {
-            return Ok(Some((ExitStatus::from_raw(status), usage.ru_maxrss.max(0) as u64, tv(usage.ru_utime) + tv(usage.ru_stime))));
+            return Ok(Some((
+                ExitStatus::from_raw(status),
+                usage.ru_maxrss.max(0) as u64,
+                tv(usage.ru_utime) + tv(usage.ru_stime),
+            )));
         }
         let err = std::io::Error::last_os_error();
         if err.kind() == std::io::ErrorKind::Interrupted {
@@ -255,7 +259,13 @@ pub fn wrap_main(args: &[OsString]) -> i32 {
 
 /// Writes `dir/NAME-wrap` scripts for ffmpeg and ffprobe that log to `log`; returns
 /// (ffmpeg wrapper, ffprobe wrapper).
-pub fn write_wrappers(dir: &Path, bench_exe: &Path, ffmpeg: &Path, ffprobe: &Path, log: &Path) -> Result<(PathBuf, PathBuf)> {
+pub fn write_wrappers(
+    dir: &Path,
+    bench_exe: &Path,
+    ffmpeg: &Path,
+    ffprobe: &Path,
+    log: &Path,
+) -> Result<(PathBuf, PathBuf)> {
     std::fs::create_dir_all(dir)?;
     let quote = |p: &Path| -> Result<String> {
         let b = p.as_os_str().as_bytes();
@@ -278,9 +288,5 @@ pub fn write_wrappers(dir: &Path, bench_exe: &Path, ffmpeg: &Path, ffprobe: &Pat
 
 /// Reads a `__wrap` log (missing file: empty).
 pub fn read_tool_log(log: &Path) -> Vec<ToolRun> {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| serde_json::from_str(l).ok())
-        .collect()
+    std::fs::read_to_string(log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
 }

@@ -199,7 +199,8 @@ mod tests {
              [0:a:0]aresample=48000:async=1:first_pts=0,\
              aformat=sample_fmts=fltp:sample_rates=48000:channel_layouts=stereo,apad,atrim=end_sample=96000[a]"
         );
-        assert!(normalize_graph(&info(false), &t).ends_with("anullsrc=channel_layout=stereo:sample_rate=48000,atrim=end_sample=96000[a]"));
+        assert!(normalize_graph(&info(false), &t)
+            .ends_with("anullsrc=channel_layout=stereo:sample_rate=48000,atrim=end_sample=96000[a]"));
     }
 
     #[test]

@@ -36,12 +36,18 @@ pub fn machine(ffmpeg: &Path) -> Vec<(String, String)> {
         .and_then(|v| v.trim_end_matches("kB").trim().parse::<f64>().ok())
         .map(|kib| format!("{:.1} GiB", kib / 1024.0 / 1024.0))
         .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
+    let kernel =
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_string()).unwrap_or_default();
     let ffv = std::process::Command::new(ffmpeg)
         .arg("-version")
         .output()
         .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().map(|l| l.split(" Copyright").next().unwrap_or(l).to_string()))
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .map(|l| l.split(" Copyright").next().unwrap_or(l).to_string())
+        })
         .unwrap_or_else(|| "unknown".into());
     let rev = std::process::Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
@@ -174,7 +180,8 @@ pub fn phases(p: &Profile) -> Vec<Phase> {
 
 /// Length of the union of `[start, end)` intervals clipped to `[lo, hi)`, ns.
 pub fn union_within(intervals: &[(u128, u128)], lo: u128, hi: u128) -> u128 {
-    let mut v: Vec<(u128, u128)> = intervals.iter().map(|&(s, e)| (s.max(lo), e.min(hi))).filter(|(s, e)| s < e).collect();
+    let mut v: Vec<(u128, u128)> =
+        intervals.iter().map(|&(s, e)| (s.max(lo), e.min(hi))).filter(|(s, e)| s < e).collect();
     v.sort();
     let mut total = 0;
     let mut cur: Option<(u128, u128)> = None;
@@ -229,9 +236,13 @@ type PhaseRow = (String, f64, Vec<(&'static str, usize, f64)>, f64, f64);
 fn breakdown(p: &Profile) -> Vec<PhaseRow> {
     let mut rows = Vec::new();
     for ph in phases(p) {
-        let tools: Vec<&ToolRun> = p.tools.iter().filter(|t| t.start_unix_ns >= ph.start && t.start_unix_ns < ph.end).collect();
-        let intervals: Vec<(u128, u128)> = tools.iter().map(|t| (t.start_unix_ns, t.start_unix_ns + t.wall_ns)).collect();
-        let child = union_within(&intervals, ph.start, ph.end.max(intervals.iter().map(|i| i.1).max().unwrap_or(0))) as f64 / 1e9;
+        let tools: Vec<&ToolRun> =
+            p.tools.iter().filter(|t| t.start_unix_ns >= ph.start && t.start_unix_ns < ph.end).collect();
+        let intervals: Vec<(u128, u128)> =
+            tools.iter().map(|t| (t.start_unix_ns, t.start_unix_ns + t.wall_ns)).collect();
+        let child = union_within(&intervals, ph.start, ph.end.max(intervals.iter().map(|i| i.1).max().unwrap_or(0)))
+            as f64
+            / 1e9;
         let wall = (ph.end - ph.start) as f64 / 1e9;
         let mut kinds: Vec<(&'static str, usize, f64)> = Vec::new();
         for t in tools {
@@ -320,12 +331,18 @@ pub fn render(res: &Results) -> String {
     let _ = writeln!(w, "## Targets (issue 7)\n");
     let _ = writeln!(w, "| target | figure | result |");
     let _ = writeln!(w, "| --- | --- | --- |");
-    for (path, label) in [(&res.copy, "copy path ≤ 1.25 × bare ffmpeg"), (&res.reencode, "re-encode path ≤ 1.05 × bare ffmpeg")] {
+    for (path, label) in
+        [(&res.copy, "copy path ≤ 1.25 × bare ffmpeg"), (&res.reencode, "re-encode path ≤ 1.05 × bare ffmpeg")]
+    {
         match path {
             Some(Ok(r)) => match path_ratio(r, 1) {
                 Some((ratio, c, b)) => {
                     let ok = ratio <= r.target_ratio;
-                    let by = if ok { String::new() } else { format!(" by {:.2}× ({:+.2} s)", ratio - r.target_ratio, c.median - b.median * r.target_ratio) };
+                    let by = if ok {
+                        String::new()
+                    } else {
+                        format!(" by {:.2}× ({:+.2} s)", ratio - r.target_ratio, c.median - b.median * r.target_ratio)
+                    };
                     let fastest = stats::ratio(c.min, b.min).unwrap_or(f64::NAN);
                     let cpu = cpu_ratio(r).unwrap_or(f64::NAN);
                     let spread = c.relative_spread().max(b.relative_spread());
@@ -337,7 +354,10 @@ pub fn render(res: &Results) -> String {
                             if ok { "missed" } else { "met" }
                         )
                     } else if spread > NOISY_SPREAD {
-                        format!(" (wall times noisy, spread up to {:.0} %, but the fastest-run and CPU-time ratios agree)", spread * 100.0)
+                        format!(
+                            " (wall times noisy, spread up to {:.0} %, but the fastest-run and CPU-time ratios agree)",
+                            spread * 100.0
+                        )
                     } else {
                         String::new()
                     };
@@ -376,7 +396,16 @@ pub fn render(res: &Results) -> String {
             .profiles
             .iter()
             .filter_map(|p| p.as_ref().ok())
-            .filter_map(|p| p.reel_hwm_kib.map(|k| format!("{:.1} MiB ({}, {:.1} MB clips)", mib(k.max(p.reel_hwm_timed_kib.unwrap_or(0))), p.label, p.clip_mb)))
+            .filter_map(|p| {
+                p.reel_hwm_kib.map(|k| {
+                    format!(
+                        "{:.1} MiB ({}, {:.1} MB clips)",
+                        mib(k.max(p.reel_hwm_timed_kib.unwrap_or(0))),
+                        p.label,
+                        p.clip_mb
+                    )
+                })
+            })
             .collect();
         let _ = writeln!(
             w,
@@ -471,7 +500,16 @@ pub fn render(res: &Results) -> String {
                 let p = |q| stats::percentile(l, q).map(ms).unwrap_or_else(|| "—".into());
                 let max = l.iter().copied().fold(0.0, f64::max);
                 let tp = h.throughput_per_s.map(|t| format!("{t:.0} msg/s")).unwrap_or_else(|| "—".into());
-                let _ = writeln!(w, "| {} | {} | {} | {} | {} | {} | {tp} |", h.label, l.len(), p(50.0), p(95.0), p(99.0), ms(max));
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} | {} | {} | {} | {tp} |",
+                    h.label,
+                    l.len(),
+                    p(50.0),
+                    p(95.0),
+                    p(99.0),
+                    ms(max)
+                );
             }
             let _ = writeln!(w);
         }
@@ -501,7 +539,14 @@ pub fn render(res: &Results) -> String {
             );
             let _ = writeln!(w, "| variant | median | min – max |\n| --- | --- | --- |");
             for v in &wi.variants {
-                let _ = writeln!(w, "| {} | {} | {} – {} |", v.what, secs(v.summary.median), secs(v.summary.min), secs(v.summary.max));
+                let _ = writeln!(
+                    w,
+                    "| {} | {} | {} – {} |",
+                    v.what,
+                    secs(v.summary.median),
+                    secs(v.summary.min),
+                    secs(v.summary.max)
+                );
             }
             let _ = writeln!(w);
         }
@@ -593,7 +638,10 @@ fn render_path(w: &mut String, r: &PathResult, res: &Results) {
                 let _ = writeln!(w, "Same commands: the bench's {n} per-clip commands are identical to the ones reel ran (captured through `REEL_FFMPEG`), from `-filter_complex` to the output: same graph, same x264/AAC settings.\n");
             }
             Some(Err(e)) => {
-                let _ = writeln!(w, "**Command check failed**: {e}. The bare contender may not do the same work as reel.\n");
+                let _ = writeln!(
+                    w,
+                    "**Command check failed**: {e}. The bare contender may not do the same work as reel.\n"
+                );
             }
             None => {}
         }
@@ -652,7 +700,14 @@ fn render_profiles(w: &mut String, res: &Results) {
         let _ = writeln!(w, "What starting one child process costs before it reads a byte:\n");
         let _ = writeln!(w, "| command | median wall | min – max | peak RSS |\n| --- | --- | --- | --- |");
         for (name, s, rss) in &res.spawn_floor {
-            let _ = writeln!(w, "| `{name}` | {:.0} ms | {:.0} – {:.0} ms | {:.1} MiB |", s.median * 1000.0, s.min * 1000.0, s.max * 1000.0, mib(*rss));
+            let _ = writeln!(
+                w,
+                "| `{name}` | {:.0} ms | {:.0} – {:.0} ms | {:.1} MiB |",
+                s.median * 1000.0,
+                s.min * 1000.0,
+                s.max * 1000.0,
+                mib(*rss)
+            );
         }
         let _ = writeln!(w);
     }
@@ -668,10 +723,18 @@ fn render_profiles(w: &mut String, res: &Results) {
         let _ = writeln!(w, "| phase | wall | child processes (runs = summed time) | wall-clock with a child running | reel's own time |\n| --- | --- | --- | --- | --- |");
         for (name, wall, kinds, child, own) in breakdown(p) {
             let k: Vec<String> = kinds.iter().map(|(k, n, s)| format!("{k}: {n} × = {}", secs(*s))).collect();
-            let _ = writeln!(w, "| {name} | {} | {} | {} | {} |", secs(wall), if k.is_empty() { "—".into() } else { k.join("; ") }, secs(child), secs(own));
+            let _ = writeln!(
+                w,
+                "| {name} | {} | {} | {} | {} |",
+                secs(wall),
+                if k.is_empty() { "—".into() } else { k.join("; ") },
+                secs(child),
+                secs(own)
+            );
         }
         let _ = writeln!(w);
-        let _ = writeln!(w, "| child process | runs | total | mean | largest peak RSS |\n| --- | --- | --- | --- | --- |");
+        let _ =
+            writeln!(w, "| child process | runs | total | mean | largest peak RSS |\n| --- | --- | --- | --- | --- |");
         for (k, n, total, mean_ms, rss) in by_kind(p) {
             let _ = writeln!(w, "| {k} | {n} | {} | {mean_ms:.0} ms | {:.1} MiB |", secs(total), mib(rss));
         }
@@ -688,7 +751,8 @@ pub fn findings(res: &Results) -> Vec<String> {
         let extra = c.median - b.median;
         let mut parts = Vec::new();
         let kinds = by_kind(p);
-        let overhead: Vec<&(&'static str, usize, f64, f64, u64)> = kinds.iter().filter(|k| !is_main_work(k.0)).collect();
+        let overhead: Vec<&(&'static str, usize, f64, f64, u64)> =
+            kinds.iter().filter(|k| !is_main_work(k.0)).collect();
         let (n_over, t_over, wall_over, conc) = overhead_children(p);
         if n_over > 0 {
             let list: Vec<String> = overhead.iter().map(|k| format!("{} × {} = {}", k.1, k.0, secs(k.2))).collect();
@@ -710,8 +774,13 @@ pub fn findings(res: &Results) -> Vec<String> {
         let own_total: f64 = rows.iter().map(|r| r.4).sum();
         let mut own_sorted: Vec<&PhaseRow> = rows.iter().collect();
         own_sorted.sort_by(|a, b| b.4.total_cmp(&a.4));
-        let top: Vec<String> = own_sorted.iter().take(3).filter(|r| r.4 >= 0.005).map(|r| format!("{} {}", r.0, secs(r.4))).collect();
-        parts.push(format!("reel's own work outside any child process took {} (largest: {})", secs(own_total), top.join(", ")));
+        let top: Vec<String> =
+            own_sorted.iter().take(3).filter(|r| r.4 >= 0.005).map(|r| format!("{} {}", r.0, secs(r.4))).collect();
+        parts.push(format!(
+            "reel's own work outside any child process took {} (largest: {})",
+            secs(own_total),
+            top.join(", ")
+        ));
         let verdict = if ratio <= r.target_ratio { "meets" } else { "misses" };
         out.push(format!(
             "{}: reel {verdict} the target at {ratio:.2}× ({} vs {}, {:+.2} s). In the profiled run ({} wall): {}.",
@@ -824,12 +893,27 @@ pub fn summary_lines(res: &Results) -> String {
     for (path, name) in [(&res.copy, "copy"), (&res.reencode, "re-encode")] {
         if let Some(Ok(r)) = path {
             if let Some((ratio, c, b)) = path_ratio(r, 1) {
-                let _ = writeln!(s, "{name}: reel {} vs bare {} = {ratio:.2}× (target ≤ {:.2}×: {})", secs(c.median), secs(b.median), r.target_ratio, met(ratio <= r.target_ratio));
+                let _ = writeln!(
+                    s,
+                    "{name}: reel {} vs bare {} = {ratio:.2}× (target ≤ {:.2}×: {})",
+                    secs(c.median),
+                    secs(b.median),
+                    r.target_ratio,
+                    met(ratio <= r.target_ratio)
+                );
             }
         }
     }
     for p in res.profiles.iter().filter_map(|p| p.as_ref().ok()) {
-        let _ = writeln!(s, "RSS {} @ {:.1} MB clips: reel {} ffmpeg {} ffprobe {}", p.label, p.clip_mb, mib_s(p.reel_hwm_kib), mib_s(max_rss_of(p, "ffmpeg")), mib_s(max_rss_of(p, "ffprobe")));
+        let _ = writeln!(
+            s,
+            "RSS {} @ {:.1} MB clips: reel {} ffmpeg {} ffprobe {}",
+            p.label,
+            p.clip_mb,
+            mib_s(p.reel_hwm_kib),
+            mib_s(max_rss_of(p, "ffmpeg")),
+            mib_s(max_rss_of(p, "ffprobe"))
+        );
     }
     if let Some((p50, p95, _, _)) = hop_summary(res, 0) {
         let _ = writeln!(s, "embedded hop: p50 {} p95 {}", ms(p50), ms(p95));

@@ -48,7 +48,13 @@ fn url(p: &Path) -> String {
 }
 
 /// Runs `args_for(clip)` for every clip with `parallel` at a time; wall seconds.
-fn batch(env: &Env, tool: &Path, clips: &[PathBuf], parallel: usize, args_for: &(dyn Fn(&Path) -> Vec<String> + Sync)) -> Result<f64> {
+fn batch(
+    env: &Env,
+    tool: &Path,
+    clips: &[PathBuf],
+    parallel: usize,
+    args_for: &(dyn Fn(&Path) -> Vec<String> + Sync),
+) -> Result<f64> {
     let next = AtomicUsize::new(0);
     let log = env.work.join("logs").join("whatif.stderr");
     let start = Instant::now();
@@ -97,7 +103,8 @@ fn crc_pass(clips: &[PathBuf]) -> Result<f64> {
 /// ffprobe commands from `tools` (a profiled copy-path run).
 pub fn run(env: &Env, clips: &[PathBuf], bytes: u64, tools: &[ToolRun], reps: usize) -> Result<WhatIf> {
     let probe = template(tools, "ffprobe: probe").context("no probe in the profiled run")?;
-    let fingerprint = template(tools, "ffprobe: codec-header fingerprint").context("no fingerprint in the profiled run")?;
+    let fingerprint =
+        template(tools, "ffprobe: codec-header fingerprint").context("no fingerprint in the profiled run")?;
     let merged: Vec<String> = {
         let mut a = probe.clone();
         a.extend(["-show_data_hash".to_string(), "CRC32".to_string()]);

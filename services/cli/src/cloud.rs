@@ -40,7 +40,10 @@ pub async fn setup(create_buckets: bool) -> Result<()> {
             "  {} <- {}{}",
             s.name,
             s.topic,
-            s.dead_letter_topic.as_ref().map(|d| format!(" (dead letters -> {d} after {} attempts)", s.max_delivery_attempts)).unwrap_or_default()
+            s.dead_letter_topic
+                .as_ref()
+                .map(|d| format!(" (dead letters -> {d} after {} attempts)", s.max_delivery_attempts))
+                .unwrap_or_default()
         );
     }
     let emulator = settings.storage_emulator_host.is_some();
@@ -57,7 +60,11 @@ pub async fn setup(create_buckets: bool) -> Result<()> {
         buckets.sort();
         buckets.dedup();
         for bucket in buckets {
-            let created = client.store(&bucket).create_bucket_if_missing(&project).await.with_context(|| format!("creating bucket {bucket}"))?;
+            let created = client
+                .store(&bucket)
+                .create_bucket_if_missing(&project)
+                .await
+                .with_context(|| format!("creating bucket {bucket}"))?;
             println!("bucket gs://{bucket}{}", if created { " (created)" } else { "" });
         }
     }
@@ -127,14 +134,27 @@ pub fn describe(message: &Message, message_id: &str, published: DateTime<Utc>) -
     let job_id = event
         .as_ref()
         .and_then(envelope::job_id_of)
-        .or_else(|| serde_json::from_slice::<serde_json::Value>(&message.data).ok().and_then(|v| v.get("jobId").and_then(|j| j.as_str()).map(String::from)))
+        .or_else(|| {
+            serde_json::from_slice::<serde_json::Value>(&message.data)
+                .ok()
+                .and_then(|v| v.get("jobId").and_then(|j| j.as_str()).map(String::from))
+        })
         .unwrap_or_else(|| "-".into());
-    let event_type = event.as_ref().map(|e| e.ty().to_string()).or_else(|| attr("eventType")).unwrap_or_else(|| "(not a CloudEvent)".into());
-    let when = attr(dl::AT).and_then(|t| DateTime::parse_from_rfc3339(&t).ok()).map(|t| t.with_timezone(&Utc)).unwrap_or(published);
+    let event_type = event
+        .as_ref()
+        .map(|e| e.ty().to_string())
+        .or_else(|| attr("eventType"))
+        .unwrap_or_else(|| "(not a CloudEvent)".into());
+    let when = attr(dl::AT)
+        .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+        .map(|t| t.with_timezone(&Utc))
+        .unwrap_or(published);
     DeadLetter {
         job_id,
         event_type,
-        attempts: attr(dl::ATTEMPTS).or_else(|| attr("CloudPubSubDeadLetterSourceDeliveryCount")).unwrap_or_else(|| "?".into()),
+        attempts: attr(dl::ATTEMPTS)
+            .or_else(|| attr("CloudPubSubDeadLetterSourceDeliveryCount"))
+            .unwrap_or_else(|| "?".into()),
         error_type: attr(dl::ERROR_TYPE).unwrap_or_else(|| "-".into()),
         reason: attr(dl::REASON).unwrap_or_else(|| "delivery attempts exhausted (Pub/Sub dead-lettered it)".into()),
         age_seconds: (Utc::now() - when).num_seconds(),
@@ -186,7 +206,8 @@ pub struct Filter {
 
 impl Filter {
     fn matches(&self, letter: &DeadLetter) -> bool {
-        self.job.as_ref().is_none_or(|j| &letter.job_id == j) && self.error_type.as_ref().is_none_or(|t| &letter.error_type == t)
+        self.job.as_ref().is_none_or(|j| &letter.job_id == j)
+            && self.error_type.as_ref().is_none_or(|t| &letter.error_type == t)
     }
 }
 
@@ -206,7 +227,10 @@ pub fn for_replay(message: &Message) -> Message {
 
 /// The topic a dead letter of `stage` goes back to.
 pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topology::Names) -> String {
-    if stage == Stage::Validate && message.attributes.contains_key("eventType") && message.attributes.contains_key("bucketId") {
+    if stage == Stage::Validate
+        && message.attributes.contains_key("eventType")
+        && message.attributes.contains_key("bucketId")
+    {
         names.gcs_notifications()
     } else {
         names.work_topic(stage)
@@ -222,7 +246,9 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
     let rest = connect_pull(&settings)?;
     let names = settings.topology().names();
     let sub = names.dead_letter_subscription(stage);
-    let resolver = CloudResolver::connect(reel_program::adapters(&settings)?.storage).await.context("connecting to Cloud Storage")?;
+    let resolver = CloudResolver::connect(reel_program::adapters(&settings)?.storage)
+        .await
+        .context("connecting to Cloud Storage")?;
     let work = reel_program::open_work_store(&settings.effective_work_root(), &resolver)?;
     let pulled = rest.pull_all(&sub, 10_000).await?;
     let (mut done, mut skipped) = (0usize, 0usize);
@@ -236,7 +262,13 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
             continue;
         }
         if dry_run {
-            println!("would {} {} ({}, {})", if purge { "purge" } else { "replay" }, letter.job_id, letter.event_type, letter.error_type);
+            println!(
+                "would {} {} ({}, {})",
+                if purge { "purge" } else { "replay" },
+                letter.job_id,
+                letter.event_type,
+                letter.error_type
+            );
             done += 1;
             keep.push(p.ack_id);
             continue;
@@ -265,7 +297,8 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
             }
             Err(e) => {
                 keep.push(p.ack_id);
-                failure = Some(format!("republishing {} failed ({e}); it stays in the dead-letter queue", letter.job_id));
+                failure =
+                    Some(format!("republishing {} failed ({e}); it stays in the dead-letter queue", letter.job_id));
             }
         }
     }
@@ -275,7 +308,11 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
         bail!(failure);
     }
     let verb = if purge { "purged" } else { "replayed" };
-    println!("{}{done} {verb}, {skipped} skipped (completed), {} left in the dead-letter queue", if dry_run { "dry run: " } else { "" }, keep.len());
+    println!(
+        "{}{done} {verb}, {skipped} skipped (completed), {} left in the dead-letter queue",
+        if dry_run { "dry run: " } else { "" },
+        keep.len()
+    );
     Ok(())
 }
 

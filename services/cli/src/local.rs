@@ -150,7 +150,9 @@ impl LocalPipeline {
             .with_context(|| format!("opening the event log {}", log_path(state).display()))?;
         for stage in Stage::ALL {
             let path = state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()));
-            bus = bus.with_persisted_topic(names.dead_letter_topic(stage), &path).with_context(|| format!("opening {}", path.display()))?;
+            bus = bus
+                .with_persisted_topic(names.dead_letter_topic(stage), &path)
+                .with_context(|| format!("opening {}", path.display()))?;
         }
         let bus = Arc::new(bus);
         bus.ensure_topology(&topology).await?;
@@ -169,7 +171,8 @@ impl LocalPipeline {
         for handler in handlers {
             let mut options = WorkerOptions::for_stage(handler.stage(), &names);
             options.shutdown_grace = Duration::from_secs(2);
-            let worker = Arc::new(Worker::new(bus.clone(), handler, settings.clone(), work.clone(), resolver.clone(), options));
+            let worker =
+                Arc::new(Worker::new(bus.clone(), handler, settings.clone(), work.clone(), resolver.clone(), options));
             let stop = shutdown.clone();
             workers.spawn(async move {
                 let _ = worker.run(stop).await;
@@ -180,7 +183,12 @@ impl LocalPipeline {
 
     /// Run one job to its end (or resume it), telling `observer` about its events.
     /// Returns when the job completed, failed or was cancelled, or when `interrupt` fires.
-    pub async fn run(&mut self, job: &StitchJob, observer: &mut dyn Observer, interrupt: CancellationToken) -> Result<RunResult> {
+    pub async fn run(
+        &mut self,
+        job: &StitchJob,
+        observer: &mut dyn Observer,
+        interrupt: CancellationToken,
+    ) -> Result<RunResult> {
         let job_id = job.job_id();
         let names = self.topology.names();
         let history: Vec<Event> = read_log(&self.state)?
@@ -208,7 +216,8 @@ impl LocalPipeline {
                     self.bus.publish(&names.work_topic(next), binding::encode_binary(event)).await?;
                 }
                 None => {
-                    let request = history.iter().filter(|e| e.ty() == types::STITCH_REQUESTED).max_by_key(|e| e.time().copied());
+                    let request =
+                        history.iter().filter(|e| e.ty() == types::STITCH_REQUESTED).max_by_key(|e| e.time().copied());
                     match request {
                         Some(request) => {
                             resumed_from = Some(Stage::Validate);
@@ -320,7 +329,12 @@ pub fn rewrite_dead_letters(state: &Path, stage: Stage, keep: &[reel_runtime::em
 
 impl LocalPipeline {
     /// Send `messages` back to `stage` and wait until their jobs end (or `timeout`).
-    pub async fn replay(&mut self, stage: Stage, messages: Vec<reel_runtime::bus::Message>, timeout: Duration) -> Result<Vec<JobState>> {
+    pub async fn replay(
+        &mut self,
+        stage: Stage,
+        messages: Vec<reel_runtime::bus::Message>,
+        timeout: Duration,
+    ) -> Result<Vec<JobState>> {
         let names = self.topology.names();
         let mut jobs: std::collections::BTreeMap<String, JobState> = Default::default();
         for message in messages {

@@ -194,15 +194,37 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             cloud::setup(buckets).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit { clips, output, project, user, orientation, compression, job_id, force_restart, structured } => {
+        Command::Submit {
+            clips,
+            output,
+            project,
+            user,
+            orientation,
+            compression,
+            job_id,
+            force_restart,
+            structured,
+        } => {
             let user = user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
-            let job = cloud::submit(cloud::Submit { clips, output, project, user, orientation, compression, job_id, force_restart, structured }).await?;
+            let job = cloud::submit(cloud::Submit {
+                clips,
+                output,
+                project,
+                user,
+                orientation,
+                compression,
+                job_id,
+                force_restart,
+                structured,
+            })
+            .await?;
             println!("{job}");
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
         Command::Status { job, json, api: Some(api), token } => {
-            let status: reel_events::fold::JobStatus = api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;
+            let status: reel_events::fold::JobStatus =
+                api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&status)?);
             } else {
@@ -333,7 +355,13 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
         }
         DlqCommand::Purge { stage, job, local } => {
             if cloud_configured() && !local {
-                cloud::dlq_replay(stage, cloud::Filter { job: Some(job), error_type: None, limit: usize::MAX }, false, true).await?;
+                cloud::dlq_replay(
+                    stage,
+                    cloud::Filter { job: Some(job), error_type: None, limit: usize::MAX },
+                    false,
+                    true,
+                )
+                .await?;
             } else {
                 let all = local::dead_letters(&state, stage)?;
                 let before = all.len();
@@ -383,7 +411,8 @@ fn prepare(clips: Vec<PathBuf>, output: PathBuf) -> Result<(Vec<PathBuf>, PathBu
         }
         Err(e) => bail!("cannot write {}: {e}", output.display()),
     }
-    let output = std::fs::canonicalize(parent).unwrap_or(parent.to_path_buf()).join(output.file_name().unwrap_or_default());
+    let output =
+        std::fs::canonicalize(parent).unwrap_or(parent.to_path_buf()).join(output.file_name().unwrap_or_default());
     if absolute.contains(&output) {
         bail!("the output {} is one of the clips", output.display());
     }
@@ -420,10 +449,14 @@ fn check_tools() -> Result<()> {
         let found = if program.components().count() > 1 {
             executable(program)
         } else {
-            std::env::var_os("PATH").is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
+            std::env::var_os("PATH")
+                .is_some_and(|path| std::env::split_paths(&path).any(|dir| executable(&dir.join(program))))
         };
         if !found {
-            anyhow::bail!("{} is not installed or not on PATH; install ffmpeg (apt-get install ffmpeg)", program.display());
+            anyhow::bail!(
+                "{} is not installed or not on PATH; install ffmpeg (apt-get install ffmpeg)",
+                program.display()
+            );
         }
     }
     Ok(())
@@ -478,10 +511,22 @@ async fn demo(dir: &Path) -> Result<ExitCode> {
     let clips_dir = dir.join("clips");
     std::fs::create_dir_all(&clips_dir).with_context(|| format!("creating {}", clips_dir.display()))?;
     let specs = [
-        ("01-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "one".into() }),
-        ("02-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "two".into() }),
-        ("03-portrait.mp4", SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "three".into() }),
-        ("04-landscape-silent.mp4", SampleSpec { width: 640, height: 360, seconds: 3.0, fps: 25, audio: false, label: "four".into() }),
+        (
+            "01-portrait.mp4",
+            SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "one".into() },
+        ),
+        (
+            "02-portrait.mp4",
+            SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "two".into() },
+        ),
+        (
+            "03-portrait.mp4",
+            SampleSpec { width: 720, height: 1280, seconds: 3.0, fps: 30, audio: true, label: "three".into() },
+        ),
+        (
+            "04-landscape-silent.mp4",
+            SampleSpec { width: 640, height: 360, seconds: 3.0, fps: 25, audio: false, label: "four".into() },
+        ),
     ];
     println!("making sample clips in {}", clips_dir.display());
     let mut paths = Vec::new();

@@ -30,7 +30,15 @@ impl Sandbox {
     fn clip(&self, name: &str, w: u32, h: u32, seconds: f64, audio: bool, extra: &[&str]) -> PathBuf {
         let out = self.path(name);
         let mut cmd = Command::new("ffmpeg");
-        cmd.args(["-v", "error", "-y", "-f", "lavfi", "-i", &format!("testsrc2=size={w}x{h}:rate=30:duration={seconds}")]);
+        cmd.args([
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            &format!("testsrc2=size={w}x{h}:rate=30:duration={seconds}"),
+        ]);
         if audio {
             cmd.args(["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={seconds}")]);
         }
@@ -106,7 +114,8 @@ fn decodes_cleanly(path: &Path) {
 #[test]
 fn clips_of_one_format_are_joined_by_stream_copy() {
     let sb = Sandbox::new();
-    let clips: Vec<PathBuf> = (0..3).map(|i| sb.clip(&format!("c{i}.mp4"), 360, 640, 1.0 + i as f64 * 0.5, true, &[])).collect();
+    let clips: Vec<PathBuf> =
+        (0..3).map(|i| sb.clip(&format!("c{i}.mp4"), 360, 640, 1.0 + i as f64 * 0.5, true, &[])).collect();
     let mut args = vec!["stitch"];
     let names: Vec<String> = clips.iter().map(|c| c.display().to_string()).collect();
     args.extend(names.iter().map(String::as_str));
@@ -156,7 +165,17 @@ fn mixed_clips_are_reencoded_to_the_orientation_with_audio_for_silent_and_rotate
     assert!((p.duration - 3.0).abs() <= 0.2, "duration {}", p.duration);
     decodes_cleanly(&sb.path("reel.mp4"));
 
-    let out = sb.reel(&["stitch", a.to_str().unwrap(), b.to_str().unwrap(), "-o", "square.mp4", "--orientation", "square", "--compression", "small"]);
+    let out = sb.reel(&[
+        "stitch",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "-o",
+        "square.mp4",
+        "--orientation",
+        "square",
+        "--compression",
+        "small",
+    ]);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(probe(&sb.path("square.mp4")).video, vec![(1080, 1080)]);
 }
@@ -217,7 +236,11 @@ fn bad_input_exits_non_zero_naming_the_problem() {
 
     // Without ffmpeg (or ffprobe) it says what to install, before doing anything.
     for (var, missing) in [("REEL_FFMPEG", "ffmpeg"), ("REEL_FFPROBE", "ffprobe"), ("PATH", "ffmpeg")] {
-        let value = if var == "PATH" { sb.path("empty-bin").display().to_string() } else { sb.path(&format!("no-{missing}")).display().to_string() };
+        let value = if var == "PATH" {
+            sb.path("empty-bin").display().to_string()
+        } else {
+            sb.path(&format!("no-{missing}")).display().to_string()
+        };
         let out = Command::new(env!("CARGO_BIN_EXE_reel"))
             .args(["stitch", a, b, "-o", "o.mp4"])
             .current_dir(sb.dir.path())
@@ -227,7 +250,10 @@ fn bad_input_exits_non_zero_naming_the_problem() {
             .unwrap();
         assert!(!out.status.success(), "{var}: succeeded without {missing}");
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains("not installed") && stderr.contains("apt-get install ffmpeg") && stderr.contains(missing), "{var}: {stderr}");
+        assert!(
+            stderr.contains("not installed") && stderr.contains("apt-get install ffmpeg") && stderr.contains(missing),
+            "{var}: {stderr}"
+        );
         assert!(!sb.path("o.mp4").exists());
     }
 
@@ -245,10 +271,18 @@ fn bad_input_exits_non_zero_naming_the_problem() {
 #[test]
 fn killed_mid_job_and_run_again_resumes_without_redoing_finished_stages() {
     let sb = Sandbox::new();
-    let clips: Vec<PathBuf> = (0..4).map(|i| sb.clip(&format!("k{i}.mp4"), 320 + 16 * i, 240, 2.0, true, &[])).collect();
+    let clips: Vec<PathBuf> =
+        (0..4).map(|i| sb.clip(&format!("k{i}.mp4"), 320 + 16 * i, 240, 2.0, true, &[])).collect();
     let mut args: Vec<String> = vec!["stitch".into()];
     args.extend(clips.iter().map(|c| c.display().to_string()));
-    args.extend(["-o".into(), "out.mp4".into(), "--compression".into(), "high_quality".into(), "--orientation".into(), "landscape".into()]);
+    args.extend([
+        "-o".into(),
+        "out.mp4".into(),
+        "--compression".into(),
+        "high_quality".into(),
+        "--orientation".into(),
+        "landscape".into(),
+    ]);
     let mut child = Command::new(env!("CARGO_BIN_EXE_reel"))
         .args(&args)
         .current_dir(sb.dir.path())

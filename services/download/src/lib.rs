@@ -59,7 +59,8 @@ impl Handler for Download {
             if ctx.cancel.is_cancelled() {
                 return Outcome::Retry(Failure::new(ErrorType::Internal, "stopped"));
             }
-            let results = futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, *index, raw))).await;
+            let results =
+                futures::future::join_all(chunk.iter().map(|(index, raw)| fetch_clip(ctx, *index, raw))).await;
             for ((_, raw), result) in chunk.iter().zip(results) {
                 match result {
                     Ok(clip) => clips.push(clip),
@@ -101,7 +102,9 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     let probe_key = format!("{work_key}.probe.json");
 
     // Resume: a clip fetched and probed by an earlier delivery is reused.
-    if let (Ok(Some(meta)), Some(info)) = (ctx.work.head(&work_key).await, read_probe(ctx.work.as_ref(), &probe_key).await) {
+    if let (Ok(Some(meta)), Some(info)) =
+        (ctx.work.head(&work_key).await, read_probe(ctx.work.as_ref(), &probe_key).await)
+    {
         info!(clip = index, work_key = %work_key, "clip already in the workspace; reusing it");
         return Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info });
     }
@@ -133,7 +136,9 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
     let local_work = ctx.work.local_path(&work_key);
     let probe_path: PathBuf = match (&local_work, source.local_path(&source_key)) {
         (Some(dest), Some(src)) => {
-            link_or_copy(ctx.work.as_ref(), &work_key, source.as_ref(), &source_key, &src, dest).await.map_err(|e| stop_or_skip("copy", raw, e))?;
+            link_or_copy(ctx.work.as_ref(), &work_key, source.as_ref(), &source_key, &src, dest)
+                .await
+                .map_err(|e| stop_or_skip("copy", raw, e))?;
             dest.clone()
         }
         (Some(dest), None) => {
@@ -144,8 +149,12 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
         (None, _) => {
             let scratch = ctx.scratch.join(format!("clip-{index:03}.{ext}"));
             let body_store: Arc<dyn Store> = source.clone();
-            store::get_to_file(body_store.as_ref(), &source_key, &scratch).await.map_err(|e| stop_or_skip("download", raw, e))?;
-            store::put_file(ctx.work.as_ref(), &work_key, &scratch, PutMode::Overwrite).await.map_err(|e| stop_or_skip("stage", raw, e))?;
+            store::get_to_file(body_store.as_ref(), &source_key, &scratch)
+                .await
+                .map_err(|e| stop_or_skip("download", raw, e))?;
+            store::put_file(ctx.work.as_ref(), &work_key, &scratch, PutMode::Overwrite)
+                .await
+                .map_err(|e| stop_or_skip("stage", raw, e))?;
             scratch
         }
     };
@@ -156,10 +165,16 @@ async fn fetch_clip(ctx: &Context, index: usize, raw: &str) -> Result<WorkClip, 
             return Err(ClipError::Skip(format!("not a readable video ({reason})")));
         }
         Err(e) if e.is_transient() => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, format!("probing {raw}: {e}")))))
+            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
+                ErrorType::ResourceExhausted,
+                format!("probing {raw}: {e}"),
+            ))))
         }
         Err(MediaError::NotInstalled(what)) => {
-            return Err(ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::Internal, format!("{what} is not installed")))))
+            return Err(ClipError::Stop(Outcome::Retry(Failure::new(
+                ErrorType::Internal,
+                format!("{what} is not installed"),
+            ))))
         }
         Err(e) => {
             let _ = ctx.work.delete(&work_key).await;

@@ -25,7 +25,15 @@ fn job_event(job_id: &str, clips: Vec<String>, output: String) -> (JobSpec, reel
         accepted_at: now,
         deadline: now + chrono::Duration::minutes(5),
     };
-    let event = envelope::build(types::JOB_VALIDATED, "//test", format!("v-{job_id}"), job_id, now, &JobValidated { job: job.clone() }).unwrap();
+    let event = envelope::build(
+        types::JOB_VALIDATED,
+        "//test",
+        format!("v-{job_id}"),
+        job_id,
+        now,
+        &JobValidated { job: job.clone() },
+    )
+    .unwrap();
     (job, event)
 }
 
@@ -34,7 +42,14 @@ fn job_event(job_id: &str, clips: Vec<String>, output: String) -> (JobSpec, reel
 #[tokio::test]
 async fn clips_over_the_size_or_duration_limit_are_skipped_with_the_limit_named() {
     let dir = tempfile::tempdir().unwrap();
-    let spec = |seconds: f64| reel_media::SampleSpec { width: 160, height: 120, seconds, fps: 10, audio: false, label: "x".into() };
+    let spec = |seconds: f64| reel_media::SampleSpec {
+        width: 160,
+        height: 120,
+        seconds,
+        fps: 10,
+        audio: false,
+        label: "x".into(),
+    };
     let (short1, short2, long) = (dir.path().join("s1.mp4"), dir.path().join("s2.mp4"), dir.path().join("long.mp4"));
     reel_media::make_sample_clip(&short1, &spec(1.0)).await.unwrap();
     reel_media::make_sample_clip(&short2, &spec(1.0)).await.unwrap();
@@ -61,7 +76,9 @@ async fn clips_over_the_size_or_duration_limit_are_skipped_with_the_limit_named(
             Arc::new(LocalResolver::new()),
             JobRef { job_id: job.job_id.clone(), project_id: job.project_id.clone(), user_id: job.user_id.clone() },
         );
-        let Outcome::Emit(events) = reel_download::Download.handle(&ctx, &event).await else { panic!("{limits:?}: the job did not go on") };
+        let Outcome::Emit(events) = reel_download::Download.handle(&ctx, &event).await else {
+            panic!("{limits:?}: the job did not go on")
+        };
         let data: reel_events::payload::ClipsDownloaded = envelope::decode(&events[0]).unwrap();
         assert_eq!(data.clips.len(), 2, "{limits:?}");
         assert_eq!(data.skipped_clips.len(), 1, "{limits:?}");
@@ -87,7 +104,10 @@ async fn clips_outside_the_allowed_roots_fail_the_job_and_nothing_is_read() {
     for clips in [
         vec![format!("{}/a.mp4", allowed.display()), outside.display().to_string()],
         vec![format!("{}/a.mp4", allowed.display()), "file:///etc/passwd".to_string()],
-        vec![format!("{}/a.mp4", allowed.display()), format!("{}/jobs/x/clips/000.mp4", dir.path().join("work").display())],
+        vec![
+            format!("{}/a.mp4", allowed.display()),
+            format!("{}/jobs/x/clips/000.mp4", dir.path().join("work").display()),
+        ],
     ] {
         let (job, event) = job_event("job_b", clips.clone(), format!("{}/out.mp4", allowed.display()));
         let ctx = Context::standalone(

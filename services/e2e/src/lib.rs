@@ -13,7 +13,8 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 /// The programs the tests run.
-pub const PROGRAMS: [&str; 7] = ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
+pub const PROGRAMS: [&str; 7] =
+    ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
 
 /// The directory holding the workspace's binaries, built once per test run.
 pub fn bin_dir() -> &'static Path {
@@ -112,7 +113,8 @@ impl Cluster {
         let out = cluster.reel(&["setup"]);
         assert!(out.status.success(), "reel setup failed: {}", String::from_utf8_lossy(&out.stderr));
         // A subscription of our own on the event log, to see what the pipeline says.
-        let mut topology = reel_runtime::topology::Topology { prefix: prefix.clone(), topics: vec![], subscriptions: vec![] };
+        let mut topology =
+            reel_runtime::topology::Topology { prefix: prefix.clone(), topics: vec![], subscriptions: vec![] };
         topology.subscriptions.push(SubscriptionSpec {
             name: cluster.watch.clone(),
             topic: format!("{prefix}events"),
@@ -238,13 +240,24 @@ impl Cluster {
         let start = Instant::now();
         loop {
             self.pull().await;
-            if let Some(e) = self.seen.iter().find(|e| e.ty() == ty && job.is_none_or(|j| envelope::job_id_of(e).as_deref() == Some(j))) {
+            if let Some(e) = self
+                .seen
+                .iter()
+                .find(|e| e.ty() == ty && job.is_none_or(|j| envelope::job_id_of(e).as_deref() == Some(j)))
+            {
                 return e.clone();
             }
             if start.elapsed() > timeout {
-                let types: Vec<String> =
-                    self.seen.iter().map(|e| format!("{} {}", envelope::job_id_of(e).unwrap_or_default(), e.ty())).collect();
-                let logs: String = self.programs.iter().map(|p| format!("\n--- {} ---\n{}", p.name, tail(&p.log_text(), 3000))).collect();
+                let types: Vec<String> = self
+                    .seen
+                    .iter()
+                    .map(|e| format!("{} {}", envelope::job_id_of(e).unwrap_or_default(), e.ty()))
+                    .collect();
+                let logs: String = self
+                    .programs
+                    .iter()
+                    .map(|p| format!("\n--- {} ---\n{}", p.name, tail(&p.log_text(), 3000)))
+                    .collect();
                 panic!("no {ty} for {job:?} within {timeout:?}; seen: {types:#?}{logs}");
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -284,12 +297,17 @@ pub fn make_clip(path: &Path, w: u32, h: u32, seconds: f64) {
 
 /// ffprobe: (duration, video streams, audio streams); and `ffmpeg -v error … -f null -` is silent.
 pub fn check_playable(path: &Path) -> (f64, usize, usize) {
-    let out = Command::new("ffprobe").args(["-v", "error", "-show_streams", "-show_format", "-of", "json"]).arg(path).output().unwrap();
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-show_streams", "-show_format", "-of", "json"])
+        .arg(path)
+        .output()
+        .unwrap();
     assert!(out.status.success(), "ffprobe failed");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let streams = v["streams"].as_array().unwrap();
     let count = |t: &str| streams.iter().filter(|s| s["codec_type"] == t).count();
-    let decode = Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
+    let decode =
+        Command::new("ffmpeg").args(["-v", "error", "-i"]).arg(path).args(["-f", "null", "-"]).output().unwrap();
     assert!(decode.stderr.is_empty(), "decode errors: {}", String::from_utf8_lossy(&decode.stderr));
     (v["format"]["duration"].as_str().unwrap().parse().unwrap(), count("video"), count("audio"))
 }

@@ -106,7 +106,8 @@ async fn a_reel_requested_over_http_is_followed_to_the_end() {
     cluster.start_api(port2);
     wait_healthy(port2);
     let after = http(port2, "GET", &format!("/api/jobs/{job}/status"), Some("tok-alice"), "").1;
-    let (a, b): (serde_json::Value, serde_json::Value) = (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
+    let (a, b): (serde_json::Value, serde_json::Value) =
+        (serde_json::from_str(&before).unwrap(), serde_json::from_str(&after).unwrap());
     assert_eq!(a, b);
 
     // No token reaches a log: not the configured ones (sent with every request above),

@@ -35,7 +35,21 @@ fn submit(cluster: &Cluster, n: usize, clips: &[String]) -> String {
     // Every other job re-encodes, so that stitch has work in flight long enough to be
     // killed in the middle of it.
     let compression = if n % 2 == 1 { "small" } else { "optimized" };
-    let mut args = vec!["submit", "--project", &project, "--user", "chaos", "--job-id", &job, "-o", &output, "--orientation", "landscape", "--compression", compression];
+    let mut args = vec![
+        "submit",
+        "--project",
+        &project,
+        "--user",
+        "chaos",
+        "--job-id",
+        &job,
+        "-o",
+        &output,
+        "--orientation",
+        "landscape",
+        "--compression",
+        compression,
+    ];
     args.extend(clips.iter().map(String::as_str));
     let out = cluster.reel(&args);
     assert!(out.status.success(), "reel submit: {}", String::from_utf8_lossy(&out.stderr));
@@ -64,10 +78,9 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     }
 
     let started = Instant::now();
-    let seed: u64 = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
+    let seed: u64 = std::env::var("CHAOS_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+    });
     let mut rng = XorShift(seed.max(1));
     let mut jobs: Vec<String> = Vec::new();
     let mut kills: Vec<String> = Vec::new();
@@ -79,7 +92,11 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
             done.insert(e.subject().unwrap_or_default().to_string());
         }
         let failed = cluster.events_of_any(types::JOB_FAILED).await;
-        assert!(failed.is_empty(), "a job failed under chaos (seed {seed}): {:?}", failed.iter().map(reel_events::envelope::data_json).collect::<Vec<_>>());
+        assert!(
+            failed.is_empty(),
+            "a job failed under chaos (seed {seed}): {:?}",
+            failed.iter().map(reel_events::envelope::data_json).collect::<Vec<_>>()
+        );
         if done.len() >= JOBS {
             break;
         }
@@ -95,7 +112,11 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
             kills.push(stage);
             last_kill = Instant::now();
         }
-        assert!(Instant::now() < deadline, "only {} of {JOBS} jobs completed in time (seed {seed}, kills {kills:?})", done.len());
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {JOBS} jobs completed in time (seed {seed}, kills {kills:?})",
+            done.len()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let elapsed = started.elapsed();
@@ -134,7 +155,8 @@ async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     // Nothing left in TEMP_DIR: programs stopped cleanly removed their scratch, and each
     // restarted program removed what its killed predecessor left.
     let tmp = cluster.dir.path().join("tmp");
-    let left: Vec<std::path::PathBuf> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let left: Vec<std::path::PathBuf> =
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(left.is_empty(), "temp files left: {left:?}");
 
     // Redeliveries, from the programs' JSON logs: one per (stage, event id, attempt > 1).

@@ -150,7 +150,12 @@ async fn generation(cluster: &Cluster, key: &str) -> String {
 }
 
 async fn cluster_failures(cluster: &mut Cluster) -> Vec<serde_json::Value> {
-    cluster.events_of_any(types::JOB_FAILED).await.iter().map(|e| reel_events::envelope::data_json(e).unwrap()).collect()
+    cluster
+        .events_of_any(types::JOB_FAILED)
+        .await
+        .iter()
+        .map(|e| reel_events::envelope::data_json(e).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -290,7 +295,8 @@ async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
     assert!(log.contains("SIGTERM"), "{log}");
     // No scratch files left by the stopped stage.
     let tmp = cluster.dir.path().join("tmp");
-    let leftovers: Vec<_> = std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(&tmp).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
     assert!(leftovers.is_empty(), "scratch left behind: {leftovers:?}");
     cluster.start_program("stitch", &[]);
     cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
@@ -302,7 +308,8 @@ async fn wait_for_stage_progress(cluster: &mut Cluster, job: &str, stage: &str) 
     loop {
         let events = cluster.events_of(job).await;
         if events.iter().any(|e| {
-            e.ty() == types::JOB_PROGRESS && reel_events::envelope::data_json(e).map(|d| d["stage"] == stage).unwrap_or(false)
+            e.ty() == types::JOB_PROGRESS
+                && reel_events::envelope::data_json(e).map(|d| d["stage"] == stage).unwrap_or(false)
         }) {
             return;
         }

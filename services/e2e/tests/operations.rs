@@ -18,7 +18,8 @@ fn free_port() -> u16 {
 fn post(port: u16, headers: &[(&str, &str)], body: &[u8]) -> u16 {
     let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
     stream.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut request = format!("POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
+    let mut request =
+        format!("POST / HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-length: {}\r\nconnection: close\r\n", body.len());
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
@@ -73,7 +74,15 @@ async fn push_mode_accepts_pubsub_envelopes_and_eventarc_events() {
     let clips = clips(&cluster, 2).await;
 
     // A Pub/Sub push envelope carrying a binary-mode event.
-    let event = envelope::build(types::STITCH_REQUESTED, "//test", "push-1", "job_push1", chrono::Utc::now(), &request(&cluster, "job_push1", &clips)).unwrap();
+    let event = envelope::build(
+        types::STITCH_REQUESTED,
+        "//test",
+        "push-1",
+        "job_push1",
+        chrono::Utc::now(),
+        &request(&cluster, "job_push1", &clips),
+    )
+    .unwrap();
     let message = binding::encode_binary(&event);
     let envelope = serde_json::json!({
         "message": {
@@ -110,7 +119,13 @@ async fn push_mode_accepts_pubsub_envelopes_and_eventarc_events() {
     let body = serde_json::to_vec(&bad).unwrap();
     let status = post(
         port,
-        &[("ce-specversion", "1.0"), ("ce-id", "eventarc-2"), ("ce-source", "//t"), ("ce-type", types::STITCH_REQUESTED), ("content-type", "application/json")],
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", "eventarc-2"),
+            ("ce-source", "//t"),
+            ("ce-type", types::STITCH_REQUESTED),
+            ("content-type", "application/json"),
+        ],
         &body,
     );
     assert_eq!(status, 204);
@@ -138,8 +153,18 @@ async fn push_mode_accepts_pubsub_envelopes_and_eventarc_events() {
 async fn exit_when_idle_runs_the_backlog_then_stops() {
     let mut cluster = Cluster::start().await;
     let clips = clips(&cluster, 2).await;
-    let event = envelope::build(types::STITCH_REQUESTED, "//test", "idle-1", "job_idle", chrono::Utc::now(), &request(&cluster, "job_idle", &clips)).unwrap();
-    reel_runtime::worker::publish_event(cluster.bus(), &reel_runtime::topology::Names::new(&cluster.prefix), &event).await.unwrap();
+    let event = envelope::build(
+        types::STITCH_REQUESTED,
+        "//test",
+        "idle-1",
+        "job_idle",
+        chrono::Utc::now(),
+        &request(&cluster, "job_idle", &clips),
+    )
+    .unwrap();
+    reel_runtime::worker::publish_event(cluster.bus(), &reel_runtime::topology::Names::new(&cluster.prefix), &event)
+        .await
+        .unwrap();
     let n = cluster.start_program("validate", &["--exit-when-idle", "3"]);
     cluster.wait_for(Some("job_idle"), types::JOB_VALIDATED, Duration::from_secs(30)).await;
     let start = Instant::now();
@@ -163,7 +188,15 @@ async fn dead_letters_are_listed_replayed_and_purged_without_loss() {
 
     // Three dead letters as a stage would leave them: two jobs and a poison message.
     for job in ["job_dl1", "job_dl2"] {
-        let event = envelope::build(types::STITCH_REQUESTED, "//test", format!("dl-{job}"), job, chrono::Utc::now(), &request(&cluster, job, &clips)).unwrap();
+        let event = envelope::build(
+            types::STITCH_REQUESTED,
+            "//test",
+            format!("dl-{job}"),
+            job,
+            chrono::Utc::now(),
+            &request(&cluster, job, &clips),
+        )
+        .unwrap();
         let mut m = binding::encode_binary(&event);
         m.attributes.insert("reel-dl-stage".into(), "validate".into());
         m.attributes.insert("reel-dl-error-type".into(), "internal".into());
@@ -191,7 +224,11 @@ async fn dead_letters_are_listed_replayed_and_purged_without_loss() {
 
     // dry run changes nothing.
     let out = cluster.reel(&["dlq", "replay", "validate", "--job", "job_dl1", "--dry-run"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("would replay job_dl1"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("would replay job_dl1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // replay one job: it runs to the end; the others stay.
     for stage in ["validate", "download", "stitch", "upload", "finalize"] {
@@ -214,10 +251,22 @@ async fn dead_letters_are_listed_replayed_and_purged_without_loss() {
     assert_eq!(listed[0]["jobId"], "job_dl2");
 
     // A replay of a job that already completed is skipped, and reported.
-    let event = envelope::build(types::STITCH_REQUESTED, "//test", "dl-again", "job_dl1", chrono::Utc::now(), &request(&cluster, "job_dl1", &clips)).unwrap();
+    let event = envelope::build(
+        types::STITCH_REQUESTED,
+        "//test",
+        "dl-again",
+        "job_dl1",
+        chrono::Utc::now(),
+        &request(&cluster, "job_dl1", &clips),
+    )
+    .unwrap();
     cluster.bus().publish(&dlq, binding::encode_binary(&event)).await.unwrap();
     let out = cluster.reel(&["dlq", "replay", "validate", "--job", "job_dl1"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("skipped job_dl1"), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("skipped job_dl1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +277,15 @@ async fn a_replay_killed_half_way_loses_nothing_and_duplicates_nothing() {
     let dlq = names.dead_letter_topic(reel_events::Stage::Validate);
     let jobs: Vec<String> = (0..8).map(|i| format!("job_half{i}")).collect();
     for job in &jobs {
-        let event = envelope::build(types::STITCH_REQUESTED, "//test", format!("h-{job}"), job, chrono::Utc::now(), &request(&cluster, job, &clips)).unwrap();
+        let event = envelope::build(
+            types::STITCH_REQUESTED,
+            "//test",
+            format!("h-{job}"),
+            job,
+            chrono::Utc::now(),
+            &request(&cluster, job, &clips),
+        )
+        .unwrap();
         cluster.bus().publish(&dlq, binding::encode_binary(&event)).await.unwrap();
     }
     cluster.start_all();
@@ -296,7 +353,8 @@ async fn a_download_killed_mid_job_resumes_without_fetching_clips_again() {
     let download = cluster.start_program("download", &[]);
     let mut req = request(&cluster, "job_resume", &paths);
     req.compression = Compression::Optimized;
-    let event = envelope::build(types::STITCH_REQUESTED, "//test", "resume-1", "job_resume", chrono::Utc::now(), &req).unwrap();
+    let event =
+        envelope::build(types::STITCH_REQUESTED, "//test", "resume-1", "job_resume", chrono::Utc::now(), &req).unwrap();
     reel_runtime::worker::publish_event(cluster.bus(), &names(&cluster), &event).await.unwrap();
     // Kill download once some, not all, clips are in the workspace.
     let start = Instant::now();

@@ -106,7 +106,16 @@ fn raw(data: impl Into<Vec<u8>>, pairs: &[(&str, &str)]) -> Message {
 
 /// A binary-mode CloudEvent with JSON data.
 fn binary(ty: &str, id: &str, subject: Option<&str>, data: &Value) -> Message {
-    let mut m = raw(serde_json::to_vec(data).unwrap(), &[("ce-specversion", "1.0"), ("ce-id", id), ("ce-source", "//mallory"), ("ce-type", ty), ("content-type", "application/json")]);
+    let mut m = raw(
+        serde_json::to_vec(data).unwrap(),
+        &[
+            ("ce-specversion", "1.0"),
+            ("ce-id", id),
+            ("ce-source", "//mallory"),
+            ("ce-type", ty),
+            ("content-type", "application/json"),
+        ],
+    );
     if let Some(s) = subject {
         m.attributes.insert("ce-subject".into(), s.into());
     }
@@ -164,11 +173,16 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     c.dead("binary mode with an empty ce-id", Requests, with(ce_good("p_emptyid"), "ce-id", ""));
     c.dead("specversion 0.3", Requests, with(ce_good("p_spec03"), "ce-specversion", "0.3"));
     c.dead("specversion 2.0, structured", Requests, {
-        let event = json!({"specversion": "2.0", "id": "s1", "source": "//m", "type": types::STITCH_REQUESTED, "data": good});
+        let event =
+            json!({"specversion": "2.0", "id": "s1", "source": "//m", "type": types::STITCH_REQUESTED, "data": good});
         raw(event.to_string(), &[("content-type", "application/cloudevents+json")])
     });
     c.dead("unknown type", Requests, with(ce_good("p_unknown"), "ce-type", "phoenix.reel.v1.job.teleported"));
-    c.dead("another stage's type (job.validated)", Requests, with(ce_good("p_misrouted"), "ce-type", types::JOB_VALIDATED));
+    c.dead(
+        "another stage's type (job.validated)",
+        Requests,
+        with(ce_good("p_misrouted"), "ce-type", types::JOB_VALIDATED),
+    );
     c.dead("binary mode, body not JSON", Requests, {
         let mut m = ce_good("p_badbody");
         m.data = b"{\"jobId\": ".to_vec();
@@ -181,7 +195,11 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     });
     c.dead("ce-time not RFC 3339", Requests, with(ce_good("p_badtime"), "ce-time", "yesterday at noon"));
     c.dead("ce-dataschema not a URI", Requests, with(ce_good("p_badschema"), "ce-dataschema", "not a uri"));
-    c.dead("structured, body not JSON", Requests, raw("{\"specversion\": \"1.0\",", &[("content-type", "application/cloudevents+json")]));
+    c.dead(
+        "structured, body not JSON",
+        Requests,
+        raw("{\"specversion\": \"1.0\",", &[("content-type", "application/cloudevents+json")]),
+    );
     c.dead("structured, no type", Requests, {
         let event = json!({"specversion": "1.0", "id": "s2", "source": "//m", "data": good});
         raw(event.to_string(), &[("content-type", "application/cloudevents+json")])
@@ -193,18 +211,38 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
         m
     });
     c.dead("10,000 levels of nesting in a structured event's data", Requests, {
-        let text = format!(r#"{{"specversion":"1.0","id":"s3","source":"//m","type":"{}","data":{}}}"#, types::STITCH_REQUESTED, nested(10_000));
+        let text = format!(
+            r#"{{"specversion":"1.0","id":"s3","source":"//m","type":"{}","data":{}}}"#,
+            types::STITCH_REQUESTED,
+            nested(10_000)
+        );
         raw(text, &[("content-type", "application/cloudevents+json")])
     });
     c.dead("9.9 MB of garbage", Requests, raw(vec![b'x'; 9_900_000], &[]));
-    c.dead("storage notification, body not JSON", Notifications, raw(
-        "not json",
-        &[("eventType", "OBJECT_FINALIZE"), ("bucketId", bucket), ("objectId", "manifests/p/x.json"), ("objectGeneration", "1"), ("payloadFormat", "JSON_API_V1")],
-    ));
+    c.dead(
+        "storage notification, body not JSON",
+        Notifications,
+        raw(
+            "not json",
+            &[
+                ("eventType", "OBJECT_FINALIZE"),
+                ("bucketId", bucket),
+                ("objectId", "manifests/p/x.json"),
+                ("objectGeneration", "1"),
+                ("payloadFormat", "JSON_API_V1"),
+            ],
+        ),
+    );
 
     // --- A CloudEvent whose request is wrong: validate fails the job, clearly. ----------
     c.bad_request("clipPaths is a string", "p_clipstring", "clipPaths", json!("gs://b/a.mp4"), "invalid_request");
-    c.bad_request("clipPaths holds a number and a null", "p_clipnull", "clipPaths", json!([1, null]), "invalid_request");
+    c.bad_request(
+        "clipPaths holds a number and a null",
+        "p_clipnull",
+        "clipPaths",
+        json!([1, null]),
+        "invalid_request",
+    );
     c.bad_request("projectId is a number", "p_projnum", "projectId", json!(42), "invalid_request");
     c.bad_request("projectId is empty", "p_projempty", "projectId", json!(""), "invalid_request");
     c.bad_request("projectId with a slash", "p_projslash", "projectId", json!("../other-project"), "invalid_request");
@@ -220,20 +258,98 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     c.bad_request("10,000 clips", "p_10kclips", "clipPaths", json!(many), "invalid_request");
     let huge: Vec<String> = (0..79_800).map(|i| format!("gs://{bucket}/clips/{i:0>90}.mp4")).collect();
     c.bad_request("9.9 MB request (79,800 clips)", "p_huge", "clipPaths", json!(huge), "invalid_request");
-    c.bad_request("http:// clip", "p_http", "clipPaths", json!([clips[0], "http://169.254.169.254/computeMetadata/v1/"]), "invalid_request");
-    c.bad_request("https:// clip", "p_https", "clipPaths", json!([clips[0], "https://evil.example/a.mp4"]), "invalid_request");
-    c.bad_request("concat: clip", "p_concat", "clipPaths", json!([clips[0], "concat:/etc/passwd|/etc/shadow"]), "invalid_request");
-    c.bad_request("subfile: clip", "p_subfile", "clipPaths", json!([clips[0], "subfile:,,start,0,end,0,,:/etc/passwd"]), "invalid_request");
-    c.bad_request("file:///etc/passwd clip", "p_passwd", "clipPaths", json!([clips[0], "file:///etc/passwd"]), "permission_denied");
-    c.bad_request("/etc/passwd plain path", "p_plainpasswd", "clipPaths", json!([clips[0], "/etc/passwd"]), "permission_denied");
-    c.bad_request("'..' in a gs:// clip", "p_dotdot", "clipPaths", json!([clips[0], format!("gs://{bucket}/clips/../control/locks/x")]), "invalid_request");
-    c.bad_request("'..' percent-encoded in file://", "p_dotdot2", "clipPaths", json!([clips[0], "file:///srv/%2e%2e/etc/passwd"]), "invalid_request");
-    c.bad_request("clip in another bucket", "p_otherbucket", "clipPaths", json!([clips[0], "gs://someone-elses-bucket/a.mp4"]), "permission_denied");
-    c.bad_request("output in another bucket", "p_otherout", "outputPath", json!("gs://someone-elses-bucket/reel.mp4"), "permission_denied");
-    c.bad_request("output is http://", "p_httpout", "outputPath", json!("http://evil.example/upload.mp4"), "invalid_request");
-    c.bad_request("output is not .mp4", "p_outext", "outputPath", json!(format!("gs://{bucket}/reels/x.sh")), "invalid_request");
+    c.bad_request(
+        "http:// clip",
+        "p_http",
+        "clipPaths",
+        json!([clips[0], "http://169.254.169.254/computeMetadata/v1/"]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "https:// clip",
+        "p_https",
+        "clipPaths",
+        json!([clips[0], "https://evil.example/a.mp4"]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "concat: clip",
+        "p_concat",
+        "clipPaths",
+        json!([clips[0], "concat:/etc/passwd|/etc/shadow"]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "subfile: clip",
+        "p_subfile",
+        "clipPaths",
+        json!([clips[0], "subfile:,,start,0,end,0,,:/etc/passwd"]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "file:///etc/passwd clip",
+        "p_passwd",
+        "clipPaths",
+        json!([clips[0], "file:///etc/passwd"]),
+        "permission_denied",
+    );
+    c.bad_request(
+        "/etc/passwd plain path",
+        "p_plainpasswd",
+        "clipPaths",
+        json!([clips[0], "/etc/passwd"]),
+        "permission_denied",
+    );
+    c.bad_request(
+        "'..' in a gs:// clip",
+        "p_dotdot",
+        "clipPaths",
+        json!([clips[0], format!("gs://{bucket}/clips/../control/locks/x")]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "'..' percent-encoded in file://",
+        "p_dotdot2",
+        "clipPaths",
+        json!([clips[0], "file:///srv/%2e%2e/etc/passwd"]),
+        "invalid_request",
+    );
+    c.bad_request(
+        "clip in another bucket",
+        "p_otherbucket",
+        "clipPaths",
+        json!([clips[0], "gs://someone-elses-bucket/a.mp4"]),
+        "permission_denied",
+    );
+    c.bad_request(
+        "output in another bucket",
+        "p_otherout",
+        "outputPath",
+        json!("gs://someone-elses-bucket/reel.mp4"),
+        "permission_denied",
+    );
+    c.bad_request(
+        "output is http://",
+        "p_httpout",
+        "outputPath",
+        json!("http://evil.example/upload.mp4"),
+        "invalid_request",
+    );
+    c.bad_request(
+        "output is not .mp4",
+        "p_outext",
+        "outputPath",
+        json!(format!("gs://{bucket}/reels/x.sh")),
+        "invalid_request",
+    );
     c.bad_request("output is one of the clips", "p_outclip", "outputPath", json!(clips[0]), "invalid_request");
-    c.bad_request("control character in a clip path", "p_ctrl", "clipPaths", json!([clips[0], format!("gs://{bucket}/clips/a\u{7}\n.mp4")]), "invalid_request");
+    c.bad_request(
+        "control character in a clip path",
+        "p_ctrl",
+        "clipPaths",
+        json!([clips[0], format!("gs://{bucket}/clips/a\u{7}\n.mp4")]),
+        "invalid_request",
+    );
     // A job id that is not one fails under the id derived from the event's source and
     // id (never echoed into ce-subject or an ordering key).
     let derived = |ce_id: &str| reel_validate::derived_job_id(&["//mallory", ce_id]);
@@ -245,7 +361,12 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     ] {
         let mut body = c.request("unused");
         body["jobId"] = bad;
-        c.add(name, Requests, binary(types::STITCH_REQUESTED, ce_id, None, &body), failed(&derived(ce_id), &["invalid_request"]));
+        c.add(
+            name,
+            Requests,
+            binary(types::STITCH_REQUESTED, ce_id, None, &body),
+            failed(&derived(ce_id), &["invalid_request"]),
+        );
     }
     let mut body = c.request("unused");
     body["jobId"] = json!(67890);
@@ -257,7 +378,12 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     );
     let mut body = c.request("p_bare_one");
     body["clipPaths"] = json!([clips[0]]);
-    c.add("bare JSON request, one clip", Requests, raw(body.to_string(), &[]), failed("p_bare_one", &["insufficient_clips"]));
+    c.add(
+        "bare JSON request, one clip",
+        Requests,
+        raw(body.to_string(), &[]),
+        failed("p_bare_one", &["insufficient_clips"]),
+    );
     let event = json!({"specversion": "1.0", "id": "s4", "source": "//m", "type": types::STITCH_REQUESTED, "subject": "p_structbad",
         "data": {"jobId": "p_structbad", "projectId": "proj-sb", "userId": "u", "clipPaths": "nope", "outputPath": "x", "orientation": "portrait", "compression": "small"}});
     c.add(
@@ -285,21 +411,33 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     let mut past = spec(&c, "p_v_past");
     past.accepted_at = chrono::Utc::now() - chrono::Duration::hours(2);
     past.deadline = chrono::Utc::now() - chrono::Duration::hours(1);
-    let m = binary(types::JOB_VALIDATED, "v1", Some("p_v_past"), &serde_json::to_value(JobValidated { job: past }).unwrap());
+    let m = binary(
+        types::JOB_VALIDATED,
+        "v1",
+        Some("p_v_past"),
+        &serde_json::to_value(JobValidated { job: past }).unwrap(),
+    );
     c.add("job.validated, deadline in the past", Download, m, failed("p_v_past", &["timeout"]));
     let m = binary(types::JOB_VALIDATED, "v2", Some("p_v_nojob"), &json!({"jobId": "p_v_nojob", "clips": []}));
     c.add("job.validated without its job", Download, m, failed("p_v_nojob", &["invalid_request"]));
     let mut v = serde_json::to_value(JobValidated { job: spec(&c, "p_v_neg") }).unwrap();
     v["job"]["retryAttempt"] = json!(-5);
-    c.add("job.validated, retryAttempt -5", Download, binary(types::JOB_VALIDATED, "v3", Some("p_v_neg"), &v), failed("p_v_neg", &["invalid_request"]));
+    c.add(
+        "job.validated, retryAttempt -5",
+        Download,
+        binary(types::JOB_VALIDATED, "v3", Some("p_v_neg"), &v),
+        failed("p_v_neg", &["invalid_request"]),
+    );
     // Paths validate would refuse, injected past it: download checks the roots again.
     let mut s = spec(&c, "p_v_local");
     s.clip_paths = vec!["file:///etc/passwd".into(), "/etc/hostname".into()];
-    let m = binary(types::JOB_VALIDATED, "v4", Some("p_v_local"), &serde_json::to_value(JobValidated { job: s }).unwrap());
+    let m =
+        binary(types::JOB_VALIDATED, "v4", Some("p_v_local"), &serde_json::to_value(JobValidated { job: s }).unwrap());
     c.add("job.validated with /etc/passwd clips", Download, m, failed("p_v_local", &["permission_denied"]));
     let mut s = spec(&c, "p_v_other");
     s.clip_paths = vec!["gs://someone-elses-bucket/a.mp4".into(), "gs://someone-elses-bucket/b.mp4".into()];
-    let m = binary(types::JOB_VALIDATED, "v5", Some("p_v_other"), &serde_json::to_value(JobValidated { job: s }).unwrap());
+    let m =
+        binary(types::JOB_VALIDATED, "v5", Some("p_v_other"), &serde_json::to_value(JobValidated { job: s }).unwrap());
     c.add("job.validated with another bucket's clips", Download, m, failed("p_v_other", &["permission_denied"]));
     c
 }
@@ -314,7 +452,10 @@ fn observed(p: &Poison, index: usize, dead: &[(Stage, BTreeMap<String, String>)]
     let mut seen = Seen::default();
     for (stage, attributes) in dead {
         if attributes.get(TAG) == Some(&index.to_string()) {
-            let reason = attributes.get("reel-dl-reason").cloned().unwrap_or_else(|| "(Pub/Sub dead-lettered it: no reason)".into());
+            let reason = attributes
+                .get("reel-dl-reason")
+                .cloned()
+                .unwrap_or_else(|| "(Pub/Sub dead-lettered it: no reason)".into());
             seen.dead_letters.push((*stage, reason));
         }
     }
@@ -325,7 +466,10 @@ fn observed(p: &Poison, index: usize, dead: &[(Stage, BTreeMap<String, String>)]
             Expect::DeadLetter(_) => false,
         };
         if matches {
-            seen.failures.push((f["errorType"].as_str().unwrap_or("?").to_string(), f["message"].as_str().unwrap_or("").to_string()));
+            seen.failures.push((
+                f["errorType"].as_str().unwrap_or("?").to_string(),
+                f["message"].as_str().unwrap_or("").to_string(),
+            ));
         }
     }
     seen
@@ -335,10 +479,14 @@ fn satisfied(p: &Poison, seen: &Seen) -> bool {
     match &p.expect {
         Expect::DeadLetter(stage) => seen.dead_letters.iter().any(|(s, _)| s == stage) && seen.failures.is_empty(),
         Expect::Failed { error_types, .. } => {
-            !seen.failures.is_empty() && seen.failures.iter().all(|(t, _)| error_types.contains(&t.as_str())) && seen.dead_letters.is_empty()
+            !seen.failures.is_empty()
+                && seen.failures.iter().all(|(t, _)| error_types.contains(&t.as_str()))
+                && seen.dead_letters.is_empty()
         }
         Expect::FailedWithText { error_type, .. } => {
-            !seen.failures.is_empty() && seen.failures.iter().all(|(t, _)| t == error_type) && seen.dead_letters.is_empty()
+            !seen.failures.is_empty()
+                && seen.failures.iter().all(|(t, _)| t == error_type)
+                && seen.dead_letters.is_empty()
         }
     }
 }
@@ -400,7 +548,9 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
     // can also get a job.failed: see `a_duplicate_request_does_not_fail_a_completed_job`.)
     let valid_job = "poison_valid_job";
     let request = corpus.request(valid_job);
-    let valid: Event = envelope::build(types::STITCH_REQUESTED, "//phoenix", "ce-valid-1", valid_job, chrono::Utc::now(), &request).unwrap();
+    let valid: Event =
+        envelope::build(types::STITCH_REQUESTED, "//phoenix", "ce-valid-1", valid_job, chrono::Utc::now(), &request)
+            .unwrap();
     let half = corpus.items.len() / 2;
 
     // Publish a few at a time: the next message goes out when an earlier one has an
@@ -415,7 +565,8 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
     loop {
         drain(&cluster, Stage::Validate, &mut dead).await;
         drain(&cluster, Stage::Download, &mut dead).await;
-        failures = cluster.events_of_any(types::JOB_FAILED).await.iter().filter_map(|e| envelope::data_json(e).ok()).collect();
+        failures =
+            cluster.events_of_any(types::JOB_FAILED).await.iter().filter_map(|e| envelope::data_json(e).ok()).collect();
         let answered = |i: usize| {
             let seen = observed(&corpus.items[i], i, &dead, &failures);
             !seen.dead_letters.is_empty() || !seen.failures.is_empty()
@@ -423,15 +574,24 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
         let mut open = (0..next).filter(|i| !answered(*i)).count();
         while next < corpus.items.len() && open < WINDOW {
             if next == half {
-                cluster.bus().publish(&Names::new(&cluster.prefix).requests(), binding::encode_binary(&valid)).await.expect("publish the valid job");
+                cluster
+                    .bus()
+                    .publish(&Names::new(&cluster.prefix).requests(), binding::encode_binary(&valid))
+                    .await
+                    .expect("publish the valid job");
             }
             let p = &corpus.items[next];
-            cluster.bus().publish(&topic(&cluster, p.topic), p.message.clone()).await.unwrap_or_else(|e| panic!("publish {:?}: {e}", p.name));
+            cluster
+                .bus()
+                .publish(&topic(&cluster, p.topic), p.message.clone())
+                .await
+                .unwrap_or_else(|e| panic!("publish {:?}: {e}", p.name));
             next += 1;
             open += 1;
         }
         let done = cluster.events_of(valid_job).await.iter().any(|e| e.ty() == types::JOB_COMPLETED);
-        let pending = corpus.items.iter().enumerate().filter(|(i, p)| !satisfied(p, &observed(p, *i, &dead, &failures))).count();
+        let pending =
+            corpus.items.iter().enumerate().filter(|(i, p)| !satisfied(p, &observed(p, *i, &dead, &failures))).count();
         if (next == corpus.items.len() && pending == 0 && done) || Instant::now() > deadline {
             break;
         }
@@ -442,7 +602,8 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
     tokio::time::sleep(Duration::from_secs(3)).await;
     drain(&cluster, Stage::Validate, &mut dead).await;
     drain(&cluster, Stage::Download, &mut dead).await;
-    failures = cluster.events_of_any(types::JOB_FAILED).await.iter().filter_map(|e| envelope::data_json(e).ok()).collect();
+    failures =
+        cluster.events_of_any(types::JOB_FAILED).await.iter().filter_map(|e| envelope::data_json(e).ok()).collect();
 
     // The table.
     println!("\n| # | message | topic | expected | observed | ok |\n| --- | --- | --- | --- | --- | --- |");
@@ -455,7 +616,14 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
             Topic::Notifications => "gcs-notifications",
             Topic::Download => "work-download",
         };
-        println!("| {} | {} | {topic} | {} | {} | {} |", i + 1, p.name, p.expect, describe(&seen), if ok { "yes" } else { "**NO**" });
+        println!(
+            "| {} | {} | {topic} | {} | {} | {} |",
+            i + 1,
+            p.name,
+            p.expect,
+            describe(&seen),
+            if ok { "yes" } else { "**NO**" }
+        );
         if !ok {
             bad.push(format!("{} ({}): expected {}, observed {}", i + 1, p.name, p.expect, describe(&seen)));
         }
@@ -470,8 +638,10 @@ async fn every_poison_message_is_dead_lettered_or_fails_its_job_and_nothing_dies
 
     // The valid job: completed exactly once, one playable reel of 2 s, never failed.
     let events = cluster.events_of(valid_job).await;
-    let completed: std::collections::BTreeSet<String> = events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
-    let valid_failures: Vec<Value> = events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
+    let completed: std::collections::BTreeSet<String> =
+        events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
+    let valid_failures: Vec<Value> =
+        events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
     let local = cluster.dir.path().join("valid.mp4");
     let reel_ok = cluster.download(&format!("reels/{valid_job}.mp4"), &local).await;
 
@@ -539,7 +709,15 @@ async fn a_duplicate_request_does_not_fail_a_completed_job() {
     let mut early_failures: Vec<(String, Value)> = Vec::new();
     for (n, lag) in lags.iter().enumerate() {
         let job = format!("dup_job_{n}");
-        let request: Event = envelope::build(types::STITCH_REQUESTED, "//phoenix", format!("ce-dup-{n}"), &job, chrono::Utc::now(), &corpus.request(&job)).unwrap();
+        let request: Event = envelope::build(
+            types::STITCH_REQUESTED,
+            "//phoenix",
+            format!("ce-dup-{n}"),
+            &job,
+            chrono::Utc::now(),
+            &corpus.request(&job),
+        )
+        .unwrap();
         cluster.bus().publish(&names.requests(), binding::encode_binary(&request)).await.unwrap();
         if let Some(ty) = lag {
             cluster.wait_for(Some(&job), ty, Duration::from_secs(120)).await;
@@ -565,8 +743,10 @@ async fn a_duplicate_request_does_not_fail_a_completed_job() {
     }
     tokio::time::sleep(Duration::from_secs(25)).await;
     let events = cluster.events_of(job).await;
-    let failures: Vec<Value> = events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
-    let completed: std::collections::BTreeSet<String> = events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
+    let failures: Vec<Value> =
+        events.iter().filter(|e| e.ty() == types::JOB_FAILED).filter_map(|e| envelope::data_json(e).ok()).collect();
+    let completed: std::collections::BTreeSet<String> =
+        events.iter().filter(|e| e.ty() == types::JOB_COMPLETED).map(|e| e.id().to_string()).collect();
     let local = cluster.dir.path().join("dup.mp4");
     let reel_ok = cluster.download(&format!("reels/{job}.mp4"), &local).await;
     println!("duplicate request: failures after the duplicate request {early_failures:?}; after late redeliveries {failures:?}; job.completed ids {completed:?}");

@@ -33,9 +33,7 @@ use gcloud_storage::http::objects::get::GetObjectRequest;
 use gcloud_storage::http::objects::list::ListObjectsRequest;
 use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadType};
 use gcloud_storage::http::objects::Object;
-use gcloud_storage::http::resumable_upload_client::{
-    ChunkSize, ResumableUploadClient, UploadStatus,
-};
+use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 use gcloud_storage::http::Error as GcsError;
 use reel_runtime::store::{check_key, ByteReader, ObjectMeta, PutMode, Store, StoreError};
 use tokio::io::AsyncReadExt;
@@ -67,9 +65,7 @@ fn store_error(key: &str, context: &str, err: &GcsError) -> StoreError {
         GcsError::Response(response) => by_status(response.code),
         GcsError::HttpClient(e) | GcsError::RawResponse(e, _) => match e.status() {
             Some(status) => by_status(status.as_u16()),
-            None if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() => {
-                StoreError::Transient(text)
-            }
+            None if e.is_timeout() || e.is_connect() || e.is_request() || e.is_body() => StoreError::Transient(text),
             None => StoreError::Other(text),
         },
         // Middleware errors are the retry/transport layer's; a failed token fetch is
@@ -77,8 +73,7 @@ fn store_error(key: &str, context: &str, err: &GcsError) -> StoreError {
         GcsError::HttpMiddleware(_) => StoreError::Transient(text),
         GcsError::TokenSource(_) => {
             let lower = text.to_ascii_lowercase();
-            if lower.contains("timeout") || lower.contains("timed out") || lower.contains("connect")
-            {
+            if lower.contains("timeout") || lower.contains("timed out") || lower.contains("connect") {
                 StoreError::Transient(text)
             } else {
                 StoreError::PermissionDenied(text)
@@ -141,10 +136,7 @@ fn meta_of(object: &Object) -> ObjectMeta {
 }
 
 fn content_type(key: &str) -> &'static str {
-    let ext = key
-        .rsplit_once('.')
-        .map(|(_, e)| e.to_ascii_lowercase())
-        .unwrap_or_default();
+    let ext = key.rsplit_once('.').map(|(_, e)| e.to_ascii_lowercase()).unwrap_or_default();
     match ext.as_str() {
         "mp4" | "m4v" => "video/mp4",
         "mov" => "video/quicktime",
@@ -158,12 +150,7 @@ fn content_type(key: &str) -> &'static str {
 }
 
 /// Read until `buf` holds `want` bytes or the reader ends. Returns whether it ended.
-async fn fill(
-    body: &mut ByteReader,
-    buf: &mut Vec<u8>,
-    want: usize,
-    key: &str,
-) -> Result<bool, StoreError> {
+async fn fill(body: &mut ByteReader, buf: &mut Vec<u8>, want: usize, key: &str) -> Result<bool, StoreError> {
     while buf.len() < want {
         let start = buf.len();
         buf.resize(want, 0);
@@ -260,9 +247,7 @@ pub struct GcsClient {
 
 impl std::fmt::Debug for GcsClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GcsClient")
-            .field("emulator", &self.emulator)
-            .finish_non_exhaustive()
+        f.debug_struct("GcsClient").field("emulator", &self.emulator).finish_non_exhaustive()
     }
 }
 
@@ -276,10 +261,7 @@ impl GcsClient {
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the HTTP client: {e}")))?;
         let http = reqwest_middleware::ClientBuilder::new(http).build();
-        let mut client_config = ClientConfig {
-            http: Some(http),
-            ..Default::default()
-        };
+        let mut client_config = ClientConfig { http: Some(http), ..Default::default() };
         if let Some(endpoint) = config.endpoint() {
             client_config.storage_endpoint = endpoint.to_string();
         }
@@ -287,16 +269,12 @@ impl GcsClient {
             client_config.anonymous()
         } else {
             client_config.with_auth().await.map_err(|e| {
-                StoreError::PermissionDenied(format!(
-                    "no Google Cloud credentials for Cloud Storage: {e}"
-                ))
+                StoreError::PermissionDenied(format!("no Google Cloud credentials for Cloud Storage: {e}"))
             })?
         };
         Ok(GcsClient {
             client: Client::new(client_config),
-            emulator: config
-                .is_emulator()
-                .then(|| config.endpoint().unwrap_or_default().to_string()),
+            emulator: config.is_emulator().then(|| config.endpoint().unwrap_or_default().to_string()),
         })
     }
 
@@ -307,12 +285,7 @@ impl GcsClient {
 
     /// The store of `bucket`.
     pub fn store(&self, bucket: &str) -> GcsStore {
-        GcsStore {
-            client: self.clone(),
-            bucket: bucket.to_string(),
-            strategy: UploadStrategy::Auto,
-            page_size: 1000,
-        }
+        GcsStore { client: self.clone(), bucket: bucket.to_string(), strategy: UploadStrategy::Auto, page_size: 1000 }
     }
 }
 
@@ -354,29 +327,18 @@ impl GcsStore {
     pub async fn create_bucket_if_missing(&self, project: &str) -> Result<bool, StoreError> {
         let request = InsertBucketRequest {
             name: self.bucket.clone(),
-            param: InsertBucketParam {
-                project: project.to_string(),
-                ..Default::default()
-            },
+            param: InsertBucketParam { project: project.to_string(), ..Default::default() },
             ..Default::default()
         };
         match self.client.client.insert_bucket(&request).await {
             Ok(_) => Ok(true),
             Err(e) if http_status(&e) == Some(409) => Ok(false),
-            Err(e) => Err(store_error(
-                "",
-                &format!("create bucket {}", self.bucket),
-                &e,
-            )),
+            Err(e) => Err(store_error("", &format!("create bucket {}", self.bucket), &e)),
         }
     }
 
     fn get_request(&self, key: &str) -> GetObjectRequest {
-        GetObjectRequest {
-            bucket: self.bucket.clone(),
-            object: key.to_string(),
-            ..Default::default()
-        }
+        GetObjectRequest { bucket: self.bucket.clone(), object: key.to_string(), ..Default::default() }
     }
 
     fn use_multipart(&self, mode: PutMode) -> bool {
@@ -387,22 +349,14 @@ impl GcsStore {
         }
     }
 
-    async fn put_multipart(
-        &self,
-        key: &str,
-        body: ByteReader,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put_multipart(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
             if_generation_match: (mode == PutMode::CreateOnly).then_some(0),
             ..Default::default()
         };
-        let metadata = Object {
-            name: key.to_string(),
-            content_type: Some(content_type(key).to_string()),
-            ..Default::default()
-        };
+        let metadata =
+            Object { name: key.to_string(), content_type: Some(content_type(key).to_string()), ..Default::default() };
         let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
         let object = self
             .client
@@ -413,12 +367,7 @@ impl GcsStore {
         Ok(meta_of(&object))
     }
 
-    async fn put_resumable(
-        &self,
-        key: &str,
-        mut body: ByteReader,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put_resumable(&self, key: &str, mut body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
         let context = format!("upload gs://{}/{key}", self.bucket);
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
@@ -478,9 +427,7 @@ impl GcsStore {
                 match session.upload_multiple_chunk(data, &size).await {
                     Ok(UploadStatus::Ok(object)) if last => return Ok(meta_of(&object)),
                     Ok(UploadStatus::Ok(_)) => {
-                        return Err(StoreError::Other(format!(
-                            "{context}: the server finished the upload early"
-                        )))
+                        return Err(StoreError::Other(format!("{context}: the server finished the upload early")))
                     }
                     Ok(UploadStatus::ResumeIncomplete(range))
                         if !last && range.last_byte + 1 >= offset + len as u64 =>
@@ -491,18 +438,14 @@ impl GcsStore {
                         // The server kept less than was sent: send the rest again.
                         let have = (range.last_byte + 1).saturating_sub(offset) as usize;
                         if have <= sent && attempt >= ATTEMPTS {
-                            return Err(StoreError::Transient(format!(
-                                "{context}: the upload makes no progress"
-                            )));
+                            return Err(StoreError::Transient(format!("{context}: the upload makes no progress")));
                         }
                         attempt += 1;
                         sent = have.min(len);
                     }
                     Ok(UploadStatus::NotStarted) => {
                         if offset > 0 || attempt >= ATTEMPTS {
-                            return Err(StoreError::Transient(format!(
-                                "{context}: the server has none of the upload"
-                            )));
+                            return Err(StoreError::Transient(format!("{context}: the server has none of the upload")));
                         }
                         attempt += 1;
                         sent = 0;
@@ -513,14 +456,12 @@ impl GcsStore {
                             return Err(err);
                         }
                         attempt += 1;
-                        tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 2)))
-                            .await;
+                        tokio::time::sleep(Duration::from_millis(200 * 4u64.pow(attempt - 2))).await;
                         // Ask what the server has, then send the rest of this chunk.
                         match session.status(total).await {
                             Ok(UploadStatus::Ok(object)) if last => return Ok(meta_of(&object)),
                             Ok(UploadStatus::ResumeIncomplete(range)) => {
-                                sent = ((range.last_byte + 1).saturating_sub(offset) as usize)
-                                    .min(len);
+                                sent = ((range.last_byte + 1).saturating_sub(offset) as usize).min(len);
                             }
                             Ok(_) => sent = 0,
                             Err(e) => {
@@ -593,12 +534,7 @@ impl Store for GcsStore {
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
     }
 
-    async fn put(
-        &self,
-        key: &str,
-        body: ByteReader,
-        mode: PutMode,
-    ) -> Result<ObjectMeta, StoreError> {
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
         check_key(key)?;
         if self.use_multipart(mode) {
             self.put_multipart(key, body, mode).await
@@ -623,9 +559,7 @@ impl Store for GcsStore {
                     .client
                     .list_objects(&request)
                     .await
-                    .map_err(|e| {
-                        store_error(prefix, &format!("list gs://{}/{prefix}", self.bucket), &e)
-                    })
+                    .map_err(|e| store_error(prefix, &format!("list gs://{}/{prefix}", self.bucket), &e))
             })
             .await?;
             out.extend(page.items.iter().flatten().map(meta_of));
@@ -641,11 +575,8 @@ impl Store for GcsStore {
 
     async fn delete(&self, key: &str) -> Result<bool, StoreError> {
         check_key(key)?;
-        let request = DeleteObjectRequest {
-            bucket: self.bucket.clone(),
-            object: key.to_string(),
-            ..Default::default()
-        };
+        let request =
+            DeleteObjectRequest { bucket: self.bucket.clone(), object: key.to_string(), ..Default::default() };
         let result = retry(|| async {
             self.client
                 .client
@@ -707,36 +638,17 @@ mod tests {
     fn statuses_are_classified_in_one_place() {
         let response = |code: u16| {
             GcsError::Response(
-                serde_json::from_value(
-                    serde_json::json!({"code": code, "errors": [], "message": "m"}),
-                )
-                .unwrap(),
+                serde_json::from_value(serde_json::json!({"code": code, "errors": [], "message": "m"})).unwrap(),
             )
         };
-        assert!(matches!(
-            store_error("k", "c", &response(401)),
-            StoreError::PermissionDenied(_)
-        ));
-        assert!(matches!(
-            store_error("k", "c", &response(403)),
-            StoreError::PermissionDenied(_)
-        ));
-        assert!(
-            matches!(store_error("k", "c", &response(404)), StoreError::NotFound(k) if k == "k")
-        );
-        assert!(
-            matches!(store_error("k", "c", &response(412)), StoreError::AlreadyExists(k) if k == "k")
-        );
+        assert!(matches!(store_error("k", "c", &response(401)), StoreError::PermissionDenied(_)));
+        assert!(matches!(store_error("k", "c", &response(403)), StoreError::PermissionDenied(_)));
+        assert!(matches!(store_error("k", "c", &response(404)), StoreError::NotFound(k) if k == "k"));
+        assert!(matches!(store_error("k", "c", &response(412)), StoreError::AlreadyExists(k) if k == "k"));
         for code in [408, 429, 500, 502, 503, 504] {
-            assert!(
-                store_error("k", "c", &response(code)).is_transient(),
-                "{code}"
-            );
+            assert!(store_error("k", "c", &response(code)).is_transient(), "{code}");
         }
-        assert!(matches!(
-            store_error("k", "c", &response(400)),
-            StoreError::Other(_)
-        ));
+        assert!(matches!(store_error("k", "c", &response(400)), StoreError::Other(_)));
     }
 
     #[test]

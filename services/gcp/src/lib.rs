@@ -27,8 +27,7 @@ pub mod testing;
 
 pub use gcs::{GcsClient, GcsConfig, GcsStore, UploadStrategy, CHUNK_SIZE};
 pub use pubsub::{
-    PubSubBus, PubSubConfig, PullMode, UnaryPull, UnaryPulled, MAX_LEASE, MAX_MESSAGE_BYTES,
-    PUBLISH_RETRY_LIMIT,
+    PubSubBus, PubSubConfig, PullMode, UnaryPull, UnaryPulled, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT,
 };
 pub use resolver::CloudResolver;
 

@@ -20,21 +20,14 @@ pub struct CloudResolver {
 impl std::fmt::Debug for CloudResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let buckets: Vec<String> = self.buckets.lock().unwrap().keys().cloned().collect();
-        f.debug_struct("CloudResolver")
-            .field("gcs", &self.gcs)
-            .field("buckets", &buckets)
-            .finish()
+        f.debug_struct("CloudResolver").field("gcs", &self.gcs).field("buckets", &buckets).finish()
     }
 }
 
 impl CloudResolver {
     /// A resolver on `gcs`; without a client, `gs://` locations fail to resolve.
     pub fn new(gcs: Option<GcsClient>) -> Self {
-        CloudResolver {
-            gcs,
-            buckets: Mutex::new(HashMap::new()),
-            local: Mutex::new(None),
-        }
+        CloudResolver { gcs, buckets: Mutex::new(HashMap::new()), local: Mutex::new(None) }
     }
 
     /// A resolver with a [`GcsClient`] built from `config`.
@@ -47,8 +40,7 @@ impl CloudResolver {
         if let Some(store) = local.as_ref() {
             return Ok(store.clone());
         }
-        let store: Arc<dyn Store> =
-            Arc::new(DirStore::new("/").map_err(|e| StoreError::from_io("/", e))?);
+        let store: Arc<dyn Store> = Arc::new(DirStore::new("/").map_err(|e| StoreError::from_io("/", e))?);
         *local = Some(store.clone());
         Ok(store)
     }
@@ -58,9 +50,10 @@ impl StoreResolver for CloudResolver {
     fn resolve(&self, location: &Location) -> Result<(Arc<dyn Store>, String), StoreError> {
         match location {
             Location::Gcs { bucket, key } => {
-                let client = self.gcs.as_ref().ok_or_else(|| {
-                    StoreError::Other(format!("{location}: no Cloud Storage client is configured"))
-                })?;
+                let client = self
+                    .gcs
+                    .as_ref()
+                    .ok_or_else(|| StoreError::Other(format!("{location}: no Cloud Storage client is configured")))?;
                 let mut buckets = self.buckets.lock().unwrap();
                 let store = buckets
                     .entry(bucket.clone())
@@ -71,9 +64,7 @@ impl StoreResolver for CloudResolver {
             Location::Local(path) => {
                 let key = path
                     .to_str()
-                    .ok_or_else(|| {
-                        StoreError::InvalidKey(path.display().to_string(), "not UTF-8".into())
-                    })?
+                    .ok_or_else(|| StoreError::InvalidKey(path.display().to_string(), "not UTF-8".into()))?
                     .trim_start_matches('/')
                     .to_string();
                 Ok((self.local_store()?, key))

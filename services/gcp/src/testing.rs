@@ -48,11 +48,7 @@ pub struct EmulatorOptions {
 
 impl Default for EmulatorOptions {
     fn default() -> Self {
-        EmulatorOptions {
-            pubsub: true,
-            gcs: true,
-            gcs_notification_topic: None,
-        }
+        EmulatorOptions { pubsub: true, gcs: true, gcs_notification_topic: None }
     }
 }
 
@@ -127,40 +123,20 @@ fn spawn_from_long_lived_thread(command: Command) -> io::Result<Child> {
         .unwrap()
         .send((command, reply_tx))
         .map_err(|_| io::Error::other("emulator spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("emulator spawner thread is gone"))?
+    reply_rx.recv().map_err(|_| io::Error::other("emulator spawner thread is gone"))?
 }
 
 /// A child in its own process group that dies with this process.
-fn spawn_child(
-    program: &Path,
-    args: &[String],
-    env: &[(String, String)],
-    log: &Path,
-) -> io::Result<Child> {
+fn spawn_child(program: &Path, args: &[String], env: &[(String, String)], log: &Path) -> io::Result<Child> {
     let out = std::fs::File::create(log)?;
     let err = out.try_clone()?;
     let mut command = Command::new(program);
-    command
-        .args(args)
-        .envs(env.iter().cloned())
-        .stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .process_group(0);
+    command.args(args).envs(env.iter().cloned()).stdin(Stdio::null()).stdout(out).stderr(err).process_group(0);
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: only async-signal-safe calls (prctl, getppid, kill/_exit semantics).
     unsafe {
         command.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(io::Error::last_os_error());
             }
             // The parent may have died between fork and prctl: then nobody would kill us.
@@ -178,11 +154,7 @@ fn spawn_child(
 fn record_pid(pid: u32, name: &str, port: u16) {
     use std::io::Write;
     if let Some(path) = std::env::var_os("REEL_EMULATOR_PID_LOG") {
-        if let Ok(mut file) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
+        if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
             let _ = writeln!(file, "{pid} {name} {port}");
         }
     }
@@ -196,22 +168,15 @@ fn remove_stale_log_dirs() {
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        let Some(rest) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("reel-emulators-"))
-        else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix("reel-emulators-")) else {
             continue;
         };
-        let Some(pid) = rest
-            .split('-')
-            .next()
-            .and_then(|p| p.parse::<libc::pid_t>().ok())
-        else {
+        let Some(pid) = rest.split('-').next().and_then(|p| p.parse::<libc::pid_t>().ok()) else {
             continue;
         };
         // SAFETY: kill with signal 0 only checks whether the process exists.
-        let alive = unsafe { libc::kill(pid, 0) } == 0
-            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
+        let alive =
+            unsafe { libc::kill(pid, 0) } == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM);
         if !alive {
             let _ = std::fs::remove_dir_all(entry.path());
         }
@@ -228,22 +193,11 @@ fn wait_ready(child: &mut Child, port: u16, name: &str, log: &Path) -> io::Resul
     loop {
         if let Some(status) = child.try_wait()? {
             let tail = std::fs::read_to_string(log).unwrap_or_default();
-            let tail: String = tail
-                .lines()
-                .rev()
-                .take(15)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .rev()
-                .collect::<Vec<_>>()
-                .join("\n");
-            return Err(io::Error::other(format!(
-                "{name} exited during startup ({status}):\n{tail}"
-            )));
+            let tail: String =
+                tail.lines().rev().take(15).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            return Err(io::Error::other(format!("{name} exited during startup ({status}):\n{tail}")));
         }
-        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
-            .is_ok()
-        {
+        if TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -284,9 +238,7 @@ impl Process {
                     if child.try_wait()?.is_none() {
                         return Ok(Process { child, port });
                     }
-                    last = Some(io::Error::other(format!(
-                        "{name} exited right after startup"
-                    )));
+                    last = Some(io::Error::other(format!("{name} exited right after startup")));
                 }
                 Err(e) => {
                     kill_group(&mut child);
@@ -341,19 +293,11 @@ fn start_pubsub(jar: &Path, dir: &Path) -> io::Result<Process> {
 /// `notify`: (topic, Pub/Sub emulator port) for OBJECT_FINALIZE notifications.
 fn start_gcs(bin: &Path, dir: &Path, notify: Option<(String, u16)>) -> io::Result<Process> {
     Process::start("gcs", dir, |port| {
-        let mut args: Vec<String> = [
-            "-scheme",
-            "http",
-            "-host",
-            "127.0.0.1",
-            "-backend",
-            "memory",
-            "-log-level",
-            "warn",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> =
+            ["-scheme", "http", "-host", "127.0.0.1", "-backend", "memory", "-log-level", "warn"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         args.extend(["-port".into(), port.to_string()]);
         // Resumable uploads are continued at the URL the server hands out.
         args.extend(["-external-url".into(), format!("http://127.0.0.1:{port}")]);
@@ -368,10 +312,7 @@ fn start_gcs(bin: &Path, dir: &Path, notify: Option<(String, u16)>) -> io::Resul
                 "finalize".into(),
             ]);
             // fake-gcs-server finds the Pub/Sub emulator through its environment.
-            env.push((
-                "PUBSUB_EMULATOR_HOST".to_string(),
-                format!("127.0.0.1:{pubsub_port}"),
-            ));
+            env.push(("PUBSUB_EMULATOR_HOST".to_string(), format!("127.0.0.1:{pubsub_port}")));
         }
         (bin.to_path_buf(), args, env)
     })
@@ -397,22 +338,13 @@ impl Emulators {
 
     /// Start what `options` asks for.
     pub async fn start_with(options: EmulatorOptions) -> io::Result<Emulators> {
-        tokio::task::spawn_blocking(move || Self::start_blocking(options))
-            .await
-            .map_err(io::Error::other)?
+        tokio::task::spawn_blocking(move || Self::start_blocking(options)).await.map_err(io::Error::other)?
     }
 
     fn empty() -> io::Result<Emulators> {
         remove_stale_log_dirs();
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("reel-emulators-{}-", std::process::id()))
-            .tempdir()?;
-        Ok(Emulators {
-            pubsub: OnceLock::new(),
-            gcs: OnceLock::new(),
-            project: PROJECT.to_string(),
-            dir,
-        })
+        let dir = tempfile::Builder::new().prefix(&format!("reel-emulators-{}-", std::process::id())).tempdir()?;
+        Ok(Emulators { pubsub: OnceLock::new(), gcs: OnceLock::new(), project: PROJECT.to_string(), dir })
     }
 
     /// Start what `options` asks for, blocking the calling thread.
@@ -428,16 +360,10 @@ impl Emulators {
         if options.gcs {
             let notify = match (options.gcs_notification_topic, pubsub_port) {
                 (Some(topic), Some(port)) => Some((topic, port)),
-                (Some(_), None) => {
-                    return Err(io::Error::other(
-                        "GCS notifications need the Pub/Sub emulator",
-                    ))
-                }
+                (Some(_), None) => return Err(io::Error::other("GCS notifications need the Pub/Sub emulator")),
                 (None, _) => None,
             };
-            let _ = emulators
-                .gcs
-                .set(start_gcs(&bins.fake_gcs, emulators.dir.path(), notify)?);
+            let _ = emulators.gcs.set(start_gcs(&bins.fake_gcs, emulators.dir.path(), notify)?);
         }
         Ok(emulators)
     }
@@ -446,9 +372,7 @@ impl Emulators {
     /// killed when the process exits (by the parent-death signal; see the module docs).
     pub fn shared() -> &'static Emulators {
         static SHARED: OnceLock<Emulators> = OnceLock::new();
-        SHARED.get_or_init(|| {
-            Self::empty().unwrap_or_else(|e| panic!("cannot create the emulators' log dir: {e}"))
-        })
+        SHARED.get_or_init(|| Self::empty().unwrap_or_else(|e| panic!("cannot create the emulators' log dir: {e}")))
     }
 
     fn pubsub_process(&self) -> &Process {
@@ -491,12 +415,7 @@ impl Emulators {
 
     /// The PIDs of the processes this value started (and will kill).
     pub fn pids(&self) -> Vec<u32> {
-        self.pubsub
-            .get()
-            .into_iter()
-            .chain(self.gcs.get())
-            .map(Process::pid)
-            .collect()
+        self.pubsub.get().into_iter().chain(self.gcs.get()).map(Process::pid).collect()
     }
 
     /// A bus configuration pointing at the Pub/Sub emulator.
@@ -506,9 +425,7 @@ impl Emulators {
 
     /// A new bus on the Pub/Sub emulator (on the caller's runtime).
     pub async fn bus(&self) -> PubSubBus {
-        PubSubBus::connect(self.pubsub_config())
-            .await
-            .expect("connect to the Pub/Sub emulator")
+        PubSubBus::connect(self.pubsub_config()).await.expect("connect to the Pub/Sub emulator")
     }
 
     /// A new Cloud Storage client on fake-gcs-server (on the caller's runtime).
@@ -521,10 +438,7 @@ impl Emulators {
     /// The store of `bucket` on fake-gcs-server, creating the bucket if needed.
     pub async fn store(&self, bucket: &str) -> GcsStore {
         let store = self.gcs_client().await.store(bucket);
-        store
-            .create_bucket_if_missing(&self.project)
-            .await
-            .expect("create the bucket");
+        store.create_bucket_if_missing(&self.project).await.expect("create the bucket");
         store
     }
 
@@ -539,9 +453,6 @@ pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let n = N.fetch_add(1, Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
     format!("{prefix}-{}-{n}-{nanos:x}", std::process::id())
 }

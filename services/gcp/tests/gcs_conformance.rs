@@ -5,6 +5,4 @@ use std::sync::Arc;
 
 use reel_gcp::testing::Emulators;
 
-reel_runtime::store_conformance_tests!(async {
-    Arc::new(Emulators::shared().store("reel-conformance").await)
-});
+reel_runtime::store_conformance_tests!(async { Arc::new(Emulators::shared().store("reel-conformance").await) });

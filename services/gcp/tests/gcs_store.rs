@@ -14,9 +14,7 @@ use tokio::io::AsyncReadExt;
 const CHUNK: usize = reel_gcp::CHUNK_SIZE;
 
 fn bytes(seed: u8, len: usize) -> Vec<u8> {
-    (0..len)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
-        .collect()
+    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
 }
 
 fn body(data: &[u8]) -> ByteReader {
@@ -25,21 +23,12 @@ fn body(data: &[u8]) -> ByteReader {
 
 async fn read_all(store: &dyn Store, key: &str) -> Vec<u8> {
     let mut out = Vec::new();
-    store
-        .get(key)
-        .await
-        .unwrap()
-        .read_to_end(&mut out)
-        .await
-        .unwrap();
+    store.get(key).await.unwrap().read_to_end(&mut out).await.unwrap();
     out
 }
 
 async fn store(strategy: UploadStrategy) -> GcsStore {
-    Emulators::shared()
-        .store("reel-gcs-tests")
-        .await
-        .with_upload_strategy(strategy)
+    Emulators::shared().store("reel-gcs-tests").await.with_upload_strategy(strategy)
 }
 
 #[tokio::test]
@@ -47,10 +36,7 @@ async fn both_upload_paths_round_trip_at_chunk_boundaries() {
     for strategy in [UploadStrategy::Resumable, UploadStrategy::Multipart] {
         let store = store(strategy).await;
         let p = unique("sizes");
-        for (i, len) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3]
-            .into_iter()
-            .enumerate()
-        {
+        for (i, len) in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 3].into_iter().enumerate() {
             let key = format!("{p}/{i}.bin");
             let data = bytes(i as u8, len);
             let meta = store
@@ -62,18 +48,10 @@ async fn both_upload_paths_round_trip_at_chunk_boundaries() {
             assert_eq!(meta.key, key);
             assert!(meta.generation > 0);
             let head = store.head(&key).await.unwrap().unwrap();
-            assert_eq!(
-                (head.size, head.crc32c, head.generation),
-                (meta.size, meta.crc32c, meta.generation)
-            );
+            assert_eq!((head.size, head.crc32c, head.generation), (meta.size, meta.crc32c, meta.generation));
             assert_eq!(read_all(&store, &key).await, data, "{strategy:?} {len}");
         }
-        assert_eq!(
-            reel_runtime::store::delete_prefix(&store, &p)
-                .await
-                .unwrap(),
-            6
-        );
+        assert_eq!(reel_runtime::store::delete_prefix(&store, &p).await.unwrap(), 6);
     }
 }
 
@@ -81,18 +59,12 @@ async fn both_upload_paths_round_trip_at_chunk_boundaries() {
 async fn create_only_is_enforced_on_the_emulator_by_multipart() {
     let store = store(UploadStrategy::Auto).await;
     let key = format!("{}/once", unique("create"));
-    store
-        .put(&key, body(b"one"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    store.put(&key, body(b"one"), PutMode::CreateOnly).await.unwrap();
     assert!(
         matches!(store.put(&key, body(b"two"), PutMode::CreateOnly).await, Err(StoreError::AlreadyExists(k)) if k == key)
     );
     // Overwrite is a resumable upload and replaces.
-    let meta = store
-        .put(&key, body(b"three"), PutMode::Overwrite)
-        .await
-        .unwrap();
+    let meta = store.put(&key, body(b"three"), PutMode::Overwrite).await.unwrap();
     assert_eq!(meta.size, 5);
     assert_eq!(read_all(&store, &key).await, b"three");
 }
@@ -102,18 +74,9 @@ async fn list_follows_every_page() {
     let store = store(UploadStrategy::Auto).await.with_list_page_size(2);
     let p = unique("pages");
     for i in 0..7 {
-        store
-            .put(&format!("{p}/k{i}"), body(&[i]), PutMode::CreateOnly)
-            .await
-            .unwrap();
+        store.put(&format!("{p}/k{i}"), body(&[i]), PutMode::CreateOnly).await.unwrap();
     }
-    let listed: Vec<String> = store
-        .list(&format!("{p}/"))
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|m| m.key)
-        .collect();
+    let listed: Vec<String> = store.list(&format!("{p}/")).await.unwrap().into_iter().map(|m| m.key).collect();
     let want: Vec<String> = (0..7).map(|i| format!("{p}/k{i}")).collect();
     assert_eq!(listed, want);
 }
@@ -123,20 +86,11 @@ async fn a_missing_bucket_is_not_found_and_creation_is_idempotent() {
     let emulators = Emulators::shared();
     let client = emulators.gcs_client().await;
     let missing = client.store(&unique("no-such-bucket"));
-    assert!(matches!(
-        missing.put("k", body(b"x"), PutMode::Overwrite).await,
-        Err(StoreError::NotFound(_))
-    ));
+    assert!(matches!(missing.put("k", body(b"x"), PutMode::Overwrite).await, Err(StoreError::NotFound(_))));
     assert!(missing.list("").await.is_err());
     let bucket = client.store(&unique("bucket"));
-    assert!(bucket
-        .create_bucket_if_missing(emulators.project())
-        .await
-        .unwrap());
-    assert!(!bucket
-        .create_bucket_if_missing(emulators.project())
-        .await
-        .unwrap());
+    assert!(bucket.create_bucket_if_missing(emulators.project()).await.unwrap());
+    assert!(!bucket.create_bucket_if_missing(emulators.project()).await.unwrap());
     assert!(bucket.describe().starts_with("gs://bucket-"));
 }
 
@@ -146,27 +100,12 @@ async fn the_resolver_maps_buckets_and_local_paths() {
     let resolver = CloudResolver::new(Some(emulators.gcs_client().await));
     let gcs = emulators.store("reel-resolver").await;
     let key = format!("{}/clip.mp4", unique("res"));
-    gcs.put(&key, body(b"video"), PutMode::Overwrite)
-        .await
-        .unwrap();
-    let (store, k) = resolver
-        .resolve(&Location::Gcs {
-            bucket: "reel-resolver".into(),
-            key: key.clone(),
-        })
-        .unwrap();
+    gcs.put(&key, body(b"video"), PutMode::Overwrite).await.unwrap();
+    let (store, k) = resolver.resolve(&Location::Gcs { bucket: "reel-resolver".into(), key: key.clone() }).unwrap();
     assert_eq!(k, key);
     assert_eq!(read_all(&*store, &k).await, b"video");
-    let (again, _) = resolver
-        .resolve(&Location::Gcs {
-            bucket: "reel-resolver".into(),
-            key: "x".into(),
-        })
-        .unwrap();
-    assert!(
-        std::sync::Arc::ptr_eq(&store, &again),
-        "one store per bucket"
-    );
+    let (again, _) = resolver.resolve(&Location::Gcs { bucket: "reel-resolver".into(), key: "x".into() }).unwrap();
+    assert!(std::sync::Arc::ptr_eq(&store, &again), "one store per bucket");
 
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("local.mp4");
@@ -176,12 +115,7 @@ async fn the_resolver_maps_buckets_and_local_paths() {
     assert_eq!(read_all(&*local, &k).await, b"local bytes");
 
     let offline = CloudResolver::new(None);
-    assert!(offline
-        .resolve(&Location::Gcs {
-            bucket: "b".into(),
-            key: "k".into()
-        })
-        .is_err());
+    assert!(offline.resolve(&Location::Gcs { bucket: "b".into(), key: "k".into() }).is_err());
 }
 
 /// fake-gcs-server publishes OBJECT_FINALIZE notifications to the Pub/Sub emulator: the
@@ -189,23 +123,17 @@ async fn the_resolver_maps_buckets_and_local_paths() {
 #[tokio::test]
 async fn uploads_publish_object_finalize_notifications() {
     let topic = unique("gcs-notifications");
-    let emulators = Emulators::start_with(EmulatorOptions {
-        pubsub: true,
-        gcs: true,
-        gcs_notification_topic: Some(topic.clone()),
-    })
-    .await
-    .unwrap();
+    let emulators =
+        Emulators::start_with(EmulatorOptions { pubsub: true, gcs: true, gcs_notification_topic: Some(topic.clone()) })
+            .await
+            .unwrap();
     let pids = emulators.pids();
     assert_eq!(pids.len(), 2);
     let bus = emulators.bus().await;
     let sub = unique("gcs-sub");
     let topology = Topology {
         prefix: String::new(),
-        topics: vec![TopicSpec {
-            name: topic.clone(),
-            retention: None,
-        }],
+        topics: vec![TopicSpec { name: topic.clone(), retention: None }],
         subscriptions: vec![SubscriptionSpec {
             name: sub.clone(),
             topic: topic.clone(),
@@ -220,30 +148,15 @@ async fn uploads_publish_object_finalize_notifications() {
     };
     bus.ensure_topology(&topology).await.unwrap();
     let store = emulators.store("uploads").await;
-    let meta = store
-        .put("incoming/manifest.json", body(b"{}"), PutMode::CreateOnly)
-        .await
-        .unwrap();
+    let meta = store.put("incoming/manifest.json", body(b"{}"), PutMode::CreateOnly).await.unwrap();
     let got = bus.receive(&sub, 1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got.len(), 1, "no notification");
     let attrs = &got[0].message.attributes;
-    assert_eq!(
-        attrs.get("eventType").map(String::as_str),
-        Some("OBJECT_FINALIZE")
-    );
+    assert_eq!(attrs.get("eventType").map(String::as_str), Some("OBJECT_FINALIZE"));
     assert_eq!(attrs.get("bucketId").map(String::as_str), Some("uploads"));
-    assert_eq!(
-        attrs.get("objectId").map(String::as_str),
-        Some("incoming/manifest.json")
-    );
-    assert_eq!(
-        attrs.get("objectGeneration"),
-        Some(&meta.generation.to_string())
-    );
-    assert_eq!(
-        attrs.get("payloadFormat").map(String::as_str),
-        Some("JSON_API_V1")
-    );
+    assert_eq!(attrs.get("objectId").map(String::as_str), Some("incoming/manifest.json"));
+    assert_eq!(attrs.get("objectGeneration"), Some(&meta.generation.to_string()));
+    assert_eq!(attrs.get("payloadFormat").map(String::as_str), Some("JSON_API_V1"));
     let object: serde_json::Value = serde_json::from_slice(&got[0].message.data).unwrap();
     assert_eq!(object["name"], "incoming/manifest.json");
     bus.ack(&sub, &got[0].ack_id).await.unwrap();
@@ -252,9 +165,6 @@ async fn uploads_publish_object_finalize_notifications() {
     // Dropping kills exactly those processes.
     tokio::time::sleep(Duration::from_millis(200)).await;
     for pid in pids {
-        assert!(
-            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
-            "emulator {pid} still running"
-        );
+        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "emulator {pid} still running");
     }
 }

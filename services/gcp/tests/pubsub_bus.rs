@@ -9,12 +9,7 @@ use reel_gcp::PubSubBus;
 use reel_runtime::bus::{Bus, BusError, Message};
 use reel_runtime::topology::{SubscriptionSpec, TopicSpec, Topology};
 
-fn sub_spec(
-    name: &str,
-    topic: &str,
-    dead_letter: Option<&str>,
-    exactly_once: bool,
-) -> SubscriptionSpec {
+fn sub_spec(name: &str, topic: &str, dead_letter: Option<&str>, exactly_once: bool) -> SubscriptionSpec {
     SubscriptionSpec {
         name: name.into(),
         topic: topic.into(),
@@ -42,48 +37,24 @@ async fn fixture(dead_letter: bool, exactly_once: bool) -> Fixture {
     let sub = unique("s");
     let dlq = unique("dlq");
     let dlq_sub = unique("dlq-s");
-    let mut topics = vec![TopicSpec {
-        name: topic.clone(),
-        retention: Some(Duration::from_secs(3600)),
-    }];
-    let mut subscriptions = vec![sub_spec(
-        &sub,
-        &topic,
-        dead_letter.then_some(dlq.as_str()),
-        exactly_once,
-    )];
+    let mut topics = vec![TopicSpec { name: topic.clone(), retention: Some(Duration::from_secs(3600)) }];
+    let mut subscriptions = vec![sub_spec(&sub, &topic, dead_letter.then_some(dlq.as_str()), exactly_once)];
     if dead_letter {
-        topics.push(TopicSpec {
-            name: dlq.clone(),
-            retention: None,
-        });
+        topics.push(TopicSpec { name: dlq.clone(), retention: None });
         subscriptions.push(sub_spec(&dlq_sub, &dlq, None, false));
     }
-    let topology = Topology {
-        prefix: String::new(),
-        topics,
-        subscriptions,
-    };
+    let topology = Topology { prefix: String::new(), topics, subscriptions };
     bus.ensure_topology(&topology).await.unwrap();
     // Idempotent: a second call finds everything there.
     bus.ensure_topology(&topology).await.unwrap();
-    Fixture {
-        bus,
-        topic,
-        sub,
-        dlq_sub,
-    }
+    Fixture { bus, topic, sub, dlq_sub }
 }
 
 fn message(data: &[u8]) -> Message {
     let mut attributes = BTreeMap::new();
     attributes.insert("ce-type".to_string(), "reel.test".to_string());
     attributes.insert("ce-id".to_string(), "42".to_string());
-    Message {
-        data: data.to_vec(),
-        attributes,
-        ordering_key: "job-1".into(),
-    }
+    Message { data: data.to_vec(), attributes, ordering_key: "job-1".into() }
 }
 
 #[tokio::test]
@@ -91,11 +62,7 @@ async fn binary_message_round_trip_with_attributes_and_ordering_key() {
     let f = fixture(false, false).await;
     let data: Vec<u8> = (0..=255u8).collect();
     let id = f.bus.publish(&f.topic, message(&data)).await.unwrap();
-    let got = f
-        .bus
-        .receive(&f.sub, 10, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let got = f.bus.receive(&f.sub, 10, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got.len(), 1);
     let d = &got[0];
     assert_eq!(d.message_id, id);
@@ -104,16 +71,8 @@ async fn binary_message_round_trip_with_attributes_and_ordering_key() {
     assert!((chrono::Utc::now() - d.publish_time).num_seconds().abs() < 60);
     f.bus.ack(&f.sub, &d.ack_id).await.unwrap();
     // Settled: a second ack is refused, and nothing comes back.
-    assert!(matches!(
-        f.bus.ack(&f.sub, &d.ack_id).await,
-        Err(BusError::InvalidAckId(_))
-    ));
-    assert!(f
-        .bus
-        .receive(&f.sub, 10, Duration::from_millis(1500))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(matches!(f.bus.ack(&f.sub, &d.ack_id).await, Err(BusError::InvalidAckId(_))));
+    assert!(f.bus.receive(&f.sub, 10, Duration::from_millis(1500)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -121,20 +80,12 @@ async fn nack_redelivers_and_attempts_count_up_without_dead_letter_policy() {
     let f = fixture(false, false).await;
     f.bus.publish(&f.topic, message(b"again")).await.unwrap();
     for attempt in 1..=3 {
-        let got = f
-            .bus
-            .receive(&f.sub, 1, Duration::from_secs(10))
-            .await
-            .unwrap();
+        let got = f.bus.receive(&f.sub, 1, Duration::from_secs(10)).await.unwrap();
         assert_eq!(got.len(), 1, "attempt {attempt}");
         assert_eq!(got[0].delivery_attempt, attempt);
         f.bus.nack(&f.sub, &got[0].ack_id).await.unwrap();
     }
-    let got = f
-        .bus
-        .receive(&f.sub, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let got = f.bus.receive(&f.sub, 1, Duration::from_secs(10)).await.unwrap();
     f.bus.ack(&f.sub, &got[0].ack_id).await.unwrap();
 }
 
@@ -145,11 +96,7 @@ async fn dead_letter_policy_reports_attempts_and_forwards_after_max() {
     let mut seen = Vec::new();
     let until = Instant::now() + Duration::from_secs(30);
     while Instant::now() < until {
-        let got = f
-            .bus
-            .receive(&f.sub, 1, Duration::from_secs(2))
-            .await
-            .unwrap();
+        let got = f.bus.receive(&f.sub, 1, Duration::from_secs(2)).await.unwrap();
         let Some(d) = got.into_iter().next() else {
             if seen.len() >= 5 {
                 break;
@@ -160,11 +107,7 @@ async fn dead_letter_policy_reports_attempts_and_forwards_after_max() {
         f.bus.nack(&f.sub, &d.ack_id).await.unwrap();
     }
     assert_eq!(seen, vec![1, 2, 3, 4, 5], "server-reported attempts");
-    let dead = f
-        .bus
-        .receive(&f.dlq_sub, 1, Duration::from_secs(15))
-        .await
-        .unwrap();
+    let dead = f.bus.receive(&f.dlq_sub, 1, Duration::from_secs(15)).await.unwrap();
     assert_eq!(dead.len(), 1, "forwarded to the dead-letter topic");
     assert_eq!(dead[0].message.data, b"poison");
     assert_ne!(dead[0].message_id, "", "{id}");
@@ -175,34 +118,17 @@ async fn dead_letter_policy_reports_attempts_and_forwards_after_max() {
 async fn an_expired_lease_is_redelivered() {
     let f = fixture(false, false).await;
     f.bus.publish(&f.topic, message(b"slow")).await.unwrap();
-    let first = f
-        .bus
-        .receive(&f.sub, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let first = f.bus.receive(&f.sub, 1, Duration::from_secs(10)).await.unwrap();
     // Shorten the lease to one second and let it pass.
-    f.bus
-        .modify_deadline(&f.sub, &first[0].ack_id, 1)
-        .await
-        .unwrap();
+    f.bus.modify_deadline(&f.sub, &first[0].ack_id, 1).await.unwrap();
     tokio::time::sleep(Duration::from_millis(1600)).await;
-    assert!(matches!(
-        f.bus.ack(&f.sub, &first[0].ack_id).await,
-        Err(BusError::InvalidAckId(_))
-    ));
-    let again = f
-        .bus
-        .receive(&f.sub, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    assert!(matches!(f.bus.ack(&f.sub, &first[0].ack_id).await, Err(BusError::InvalidAckId(_))));
+    let again = f.bus.receive(&f.sub, 1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].message_id, first[0].message_id);
     assert_eq!(again[0].delivery_attempt, 2);
     // Extending keeps it.
-    f.bus
-        .modify_deadline(&f.sub, &again[0].ack_id, 60)
-        .await
-        .unwrap();
+    f.bus.modify_deadline(&f.sub, &again[0].ack_id, 60).await.unwrap();
     f.bus.ack(&f.sub, &again[0].ack_id).await.unwrap();
 }
 
@@ -217,12 +143,7 @@ async fn peek_leaves_messages_available() {
     let mut got = Vec::new();
     let until = Instant::now() + Duration::from_secs(15);
     while got.len() < 3 && Instant::now() < until {
-        for d in f
-            .bus
-            .receive(&f.sub, 10, Duration::from_secs(2))
-            .await
-            .unwrap()
-        {
+        for d in f.bus.receive(&f.sub, 10, Duration::from_secs(2)).await.unwrap() {
             f.bus.ack(&f.sub, &d.ack_id).await.unwrap();
             got.push(d.message.data[0]);
         }
@@ -235,58 +156,27 @@ async fn peek_leaves_messages_available() {
 async fn exactly_once_acks_are_confirmed() {
     let f = fixture(true, true).await;
     f.bus.publish(&f.topic, message(b"once")).await.unwrap();
-    let got = f
-        .bus
-        .receive(&f.sub, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let got = f.bus.receive(&f.sub, 1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].delivery_attempt, 1);
     f.bus.ack(&f.sub, &got[0].ack_id).await.unwrap();
-    assert!(f
-        .bus
-        .receive(&f.sub, 1, Duration::from_millis(1500))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(f.bus.receive(&f.sub, 1, Duration::from_millis(1500)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn errors_say_what_happened() {
     let f = fixture(false, false).await;
+    assert!(matches!(f.bus.publish("no-such-topic", message(b"x")).await, Err(BusError::NotFound(_))));
     assert!(matches!(
-        f.bus.publish("no-such-topic", message(b"x")).await,
+        f.bus.receive("no-such-subscription", 1, Duration::from_secs(1)).await,
         Err(BusError::NotFound(_))
     ));
-    assert!(matches!(
-        f.bus
-            .receive("no-such-subscription", 1, Duration::from_secs(1))
-            .await,
-        Err(BusError::NotFound(_))
-    ));
-    assert!(matches!(
-        f.bus.peek("no-such-subscription", 1).await,
-        Err(BusError::NotFound(_))
-    ));
-    let big = Message {
-        data: vec![0; 10_000_001],
-        ..Default::default()
-    };
-    assert!(matches!(
-        f.bus.publish(&f.topic, big).await,
-        Err(BusError::TooLarge(_))
-    ));
-    assert!(matches!(
-        f.bus.ack(&f.sub, "nonsense").await,
-        Err(BusError::InvalidAckId(_))
-    ));
+    assert!(matches!(f.bus.peek("no-such-subscription", 1).await, Err(BusError::NotFound(_))));
+    let big = Message { data: vec![0; 10_000_001], ..Default::default() };
+    assert!(matches!(f.bus.publish(&f.topic, big).await, Err(BusError::TooLarge(_))));
+    assert!(matches!(f.bus.ack(&f.sub, "nonsense").await, Err(BusError::InvalidAckId(_))));
     // Nothing unpublishable was left behind on the topic.
-    assert!(f
-        .bus
-        .receive(&f.sub, 1, Duration::from_millis(500))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(f.bus.receive(&f.sub, 1, Duration::from_millis(500)).await.unwrap().is_empty());
 }
 
 #[tokio::test]
@@ -297,11 +187,7 @@ async fn the_standard_topology_is_created_idempotently() {
     bus.ensure_topology(&topology).await.unwrap();
     let names = topology.names();
     let sub = names.subscription(reel_events::Stage::Download);
-    assert!(bus
-        .receive(&sub, 1, Duration::from_millis(200))
-        .await
-        .unwrap()
-        .is_empty());
+    assert!(bus.receive(&sub, 1, Duration::from_millis(200)).await.unwrap().is_empty());
 }
 
 /// Subscriptions are created never to expire: Pub/Sub deletes one idle for 31 days by

@@ -11,16 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 
 /// Arguments every ffmpeg run starts with: quiet, machine-readable progress on stdout.
-const COMMON: &[&str] = &[
-    "-hide_banner",
-    "-nostdin",
-    "-loglevel",
-    "error",
-    "-nostats",
-    "-progress",
-    "pipe:1",
-    "-y",
-];
+const COMMON: &[&str] = &["-hide_banner", "-nostdin", "-loglevel", "error", "-nostats", "-progress", "pipe:1", "-y"];
 
 fn args_of(list: &[&str]) -> Vec<OsString> {
     list.iter().map(OsString::from).collect()
@@ -36,35 +27,25 @@ impl TempFile {
     /// `.<output name>.<pid>.<n>.<suffix>` in `output`'s directory.
     fn beside(output: &Path, suffix: &str) -> io::Result<Self> {
         static COUNTER: AtomicU64 = AtomicU64::new(0);
-        let name = output.file_name().ok_or_else(|| {
-            io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name")
-        })?;
+        let name = output
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "output path has no file name"))?;
         let dir = match output.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
         let mut tmp = OsString::from(".");
         tmp.push(name);
-        tmp.push(format!(
-            ".{}.{}.{suffix}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        Ok(Self {
-            path: dir.join(tmp),
-            keep: false,
-        })
+        tmp.push(format!(".{}.{}.{suffix}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        Ok(Self { path: dir.join(tmp), keep: false })
     }
 
     /// Checks that the finished MP4 is structurally whole (every top-level box
     /// fits in the file), then [`persist`](Self::persist)s it.
     async fn verify_and_persist(self, dest: &Path) -> Result<(), MediaError> {
         let len = tokio::fs::metadata(&self.path).await?.len();
-        let check = if len == 0 {
-            Err(MediaError::corrupt("empty output"))
-        } else {
-            check_iso_boxes(&self.path, len).await
-        };
+        let check =
+            if len == 0 { Err(MediaError::corrupt("empty output")) } else { check_iso_boxes(&self.path, len).await };
         if let Err(e) = check {
             return Err(MediaError::Failed {
                 status: "exit status: 0".into(),
@@ -150,10 +131,7 @@ fn concat_list(inputs: &[PathBuf]) -> Result<Vec<u8>, MediaError> {
 /// (it is not in `ClipInfo`); [`concat_copy`] checks it itself before joining,
 /// so call this only to decide early. MP4/MOV headers are read natively (well under
 /// a millisecond each); only files the native reader declines cost an ffprobe run.
-pub async fn check_copy_compatible(
-    inputs: &[PathBuf],
-    opts: &RunOptions,
-) -> Result<(), MediaError> {
+pub async fn check_copy_compatible(inputs: &[PathBuf], opts: &RunOptions) -> Result<(), MediaError> {
     // A few at a time: native reads are quick; an ffprobe fallback is mostly process start-up.
     let width = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(2, 8);
     let mut fingerprints = Vec::with_capacity(inputs.len());
@@ -170,10 +148,7 @@ pub async fn check_copy_compatible(
             continue;
         };
         let n = i + 1;
-        for (what, mine, theirs) in [
-            ("video", &fp.video, &f1.video),
-            ("audio", &fp.audio, &f1.audio),
-        ] {
+        for (what, mine, theirs) in [("video", &fp.video, &f1.video), ("audio", &fp.audio, &f1.audio)] {
             match (mine, theirs) {
                 (Some((c, h)), Some((c1, h1))) if c == c1 && h == h1 => {}
                 (Some((c, _)), Some((c1, _))) if c != c1 => {
@@ -183,21 +158,15 @@ pub async fn check_copy_compatible(
                 }
                 (Some((c, _)), Some(_)) => {
                     return Err(MediaError::Incompatible {
-                        reason: format!(
-                        "input {n} has different {c} {what} codec headers (extradata) than input 1"
-                    ),
+                        reason: format!("input {n} has different {c} {what} codec headers (extradata) than input 1"),
                     })
                 }
                 (None, None) => {}
                 (None, Some(_)) => {
-                    return Err(MediaError::Incompatible {
-                        reason: format!("input {n} has no {what}, input 1 has"),
-                    })
+                    return Err(MediaError::Incompatible { reason: format!("input {n} has no {what}, input 1 has") })
                 }
                 (Some(_), None) => {
-                    return Err(MediaError::Incompatible {
-                        reason: format!("input {n} has {what}, input 1 has none"),
-                    })
+                    return Err(MediaError::Incompatible { reason: format!("input {n} has {what}, input 1 has none") })
                 }
             }
         }
@@ -230,18 +199,13 @@ pub async fn concat_copy(
             .await
             .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", input.display())))?;
         if !meta.is_file() {
-            return Err(invalid_input(format!(
-                "{} is not a regular file",
-                input.display()
-            )));
+            return Err(invalid_input(format!("{} is not a regular file", input.display())));
         }
     }
     check_copy_compatible(inputs, opts).await?;
     let list_bytes = concat_list(inputs)?;
     let list = TempFile::beside(output, "concat.txt")?;
-    tokio::fs::write(&list.path, &list_bytes)
-        .await
-        .map_err(|e| MediaError::from_io(e, "writing the concat list"))?;
+    tokio::fs::write(&list.path, &list_bytes).await.map_err(|e| MediaError::from_io(e, "writing the concat list"))?;
     let tmp = TempFile::beside(output, "part.mp4")?;
 
     let formats = format!("concat,{INPUT_FORMATS}");
@@ -276,9 +240,7 @@ pub async fn concat_copy(
     ]));
     args.push(file_url(&tmp.path));
 
-    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress))
-        .await?
-        .into_success()?;
+    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
     tmp.verify_and_persist(output).await?;
     drop(list);
     Ok(())
@@ -314,22 +276,9 @@ pub async fn normalize_clip(
     let tmp = TempFile::beside(output, "part.mp4")?;
 
     let mut args = args_of(COMMON);
-    args.extend(args_of(&[
-        "-protocol_whitelist",
-        "file",
-        "-format_whitelist",
-        INPUT_FORMATS,
-        "-i",
-    ]));
+    args.extend(args_of(&["-protocol_whitelist", "file", "-format_whitelist", INPUT_FORMATS, "-i"]));
     args.push(file_url(input));
-    args.extend(args_of(&[
-        "-filter_complex",
-        &graph,
-        "-map",
-        "[v]",
-        "-map",
-        "[a]",
-    ]));
+    args.extend(args_of(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]));
     let gop = (target.fps * 2).to_string();
     let crf = target.crf.to_string();
     let abr = format!("{}k", target.audio_bitrate_k);
@@ -370,18 +319,13 @@ pub async fn normalize_clip(
     ]));
     args.push(file_url(&tmp.path));
 
-    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress))
-        .await?
-        .into_success()?;
+    process::run(Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
     tmp.verify_and_persist(output).await
 }
 
 fn check_target(t: &EncodeTarget) -> Result<(), MediaError> {
     if t.width == 0 || t.height == 0 || t.width % 2 == 1 || t.height % 2 == 1 {
-        return Err(invalid_input(format!(
-            "target {}x{} must be positive and even",
-            t.width, t.height
-        )));
+        return Err(invalid_input(format!("target {}x{} must be positive and even", t.width, t.height)));
     }
     if t.fps == 0 || t.sample_rate == 0 {
         return Err(invalid_input("target fps and sample rate must be positive"));
@@ -446,10 +390,7 @@ static DRAWTEXT: AtomicU8 = AtomicU8::new(0);
 /// written to a temporary name and renamed onto `output`.
 pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), MediaError> {
     if spec.width == 0 || spec.height == 0 || spec.width % 2 == 1 || spec.height % 2 == 1 {
-        return Err(invalid_input(format!(
-            "sample size {}x{} must be positive and even",
-            spec.width, spec.height
-        )));
+        return Err(invalid_input(format!("sample size {}x{} must be positive and even", spec.width, spec.height)));
     }
     if !(spec.seconds.is_finite() && spec.seconds > 0.0) || spec.fps == 0 {
         return Err(invalid_input("sample seconds and fps must be positive"));
@@ -462,9 +403,7 @@ pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), Me
                 DRAWTEXT.store(1, Ordering::Relaxed);
                 return Ok(());
             }
-            Err(MediaError::Failed { stderr_tail, .. })
-                if DRAWTEXT.load(Ordering::Relaxed) == 0 =>
-            {
+            Err(MediaError::Failed { stderr_tail, .. }) if DRAWTEXT.load(Ordering::Relaxed) == 0 => {
                 tracing::info!(%stderr_tail, "drawtext unusable; sample clips will have no label");
                 DRAWTEXT.store(2, Ordering::Relaxed);
             }
@@ -475,24 +414,10 @@ pub async fn make_sample_clip(output: &Path, spec: &SampleSpec) -> Result<(), Me
 }
 
 fn sanitize_label(label: &str) -> String {
-    label
-        .chars()
-        .take(64)
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || " _.-#+".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect()
+    label.chars().take(64).map(|c| if c.is_ascii_alphanumeric() || " _.-#+".contains(c) { c } else { '_' }).collect()
 }
 
-async fn sample_run(
-    output: &Path,
-    spec: &SampleSpec,
-    label: Option<&str>,
-) -> Result<(), MediaError> {
+async fn sample_run(output: &Path, spec: &SampleSpec, label: Option<&str>) -> Result<(), MediaError> {
     let secs = format!("{:.3}", spec.seconds);
     let tmp = TempFile::beside(output, "part.mp4")?;
     let mut args = args_of(COMMON);
@@ -500,18 +425,10 @@ async fn sample_run(
         "-f",
         "lavfi",
         "-i",
-        &format!(
-            "testsrc2=size={}x{}:rate={}:duration={secs}",
-            spec.width, spec.height, spec.fps
-        ),
+        &format!("testsrc2=size={}x{}:rate={}:duration={secs}", spec.width, spec.height, spec.fps),
     ]));
     if spec.audio {
-        args.extend(args_of(&[
-            "-f",
-            "lavfi",
-            "-i",
-            &format!("sine=frequency=440:sample_rate=48000:duration={secs}"),
-        ]));
+        args.extend(args_of(&["-f", "lavfi", "-i", &format!("sine=frequency=440:sample_rate=48000:duration={secs}")]));
     }
     if let Some(text) = label {
         let size = (spec.height / 8).max(8);
@@ -525,32 +442,15 @@ async fn sample_run(
     }
     let gop = spec.fps.to_string();
     args.extend(args_of(&[
-        "-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt",
-        "yuv420p", "-g", &gop,
+        "-map", "0:v:0", "-c:v", "libx264", "-preset", "veryfast", "-crf", "23", "-pix_fmt", "yuv420p", "-g", &gop,
     ]));
     if spec.audio {
-        args.extend(args_of(&[
-            "-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-ac", "2",
-        ]));
+        args.extend(args_of(&["-map", "1:a:0", "-c:a", "aac", "-b:a", "128k", "-ac", "2"]));
     }
-    args.extend(args_of(&[
-        "-t",
-        &secs,
-        "-movflags",
-        "+faststart",
-        "-f",
-        "mp4",
-    ]));
+    args.extend(args_of(&["-t", &secs, "-movflags", "+faststart", "-f", "mp4"]));
     args.push(file_url(&tmp.path));
     let mut ignore = |_: f64| {};
-    process::run(
-        Tool::Ffmpeg,
-        &args,
-        &RunOptions::new(),
-        Stdout::Progress(&mut ignore),
-    )
-    .await?
-    .into_success()?;
+    process::run(Tool::Ffmpeg, &args, &RunOptions::new(), Stdout::Progress(&mut ignore)).await?.into_success()?;
     tmp.verify_and_persist(output).await
 }
 
@@ -593,10 +493,7 @@ mod tests {
     fn list_rejects_newlines() {
         assert!(concat_list(&[PathBuf::from("/tmp/a\nb.mp4")]).is_err());
         let l = concat_list(&[PathBuf::from("/tmp/x y.mp4")]).unwrap();
-        assert_eq!(
-            l,
-            b"ffconcat version 1.0\nfile 'file:/tmp/x y.mp4'\n".to_vec()
-        );
+        assert_eq!(l, b"ffconcat version 1.0\nfile 'file:/tmp/x y.mp4'\n".to_vec());
     }
 
     #[test]
@@ -628,22 +525,14 @@ mod tests {
                 time_base: "1/44100".into(),
             }),
         };
-        let t = EncodeTarget::new(
-            reel_events::Orientation::Portrait,
-            reel_events::Compression::Optimized,
-        );
+        let t = EncodeTarget::new(reel_events::Orientation::Portrait, reel_events::Compression::Optimized);
         let g = normalize_filtergraph(&info, &t);
         assert!(g.contains("trim=end_frame=60[v]"), "{g}");
         assert!(g.contains("[0:a:0]aresample=48000"), "{g}");
         assert!(g.contains("atrim=end_sample=96000[a]"), "{g}");
         info.audio = None;
         let g = normalize_filtergraph(&info, &t);
-        assert!(
-            g.contains(
-                "anullsrc=channel_layout=stereo:sample_rate=48000,atrim=end_sample=96000[a]"
-            ),
-            "{g}"
-        );
+        assert!(g.contains("anullsrc=channel_layout=stereo:sample_rate=48000,atrim=end_sample=96000[a]"), "{g}");
     }
 
     #[test]

@@ -74,17 +74,12 @@ impl MediaError {
                     | io::ErrorKind::InvalidData
                     | io::ErrorKind::Unsupported
             ),
-            Self::NotInstalled(_)
-            | Self::Corrupt { .. }
-            | Self::Incompatible { .. }
-            | Self::Cancelled => false,
+            Self::NotInstalled(_) | Self::Corrupt { .. } | Self::Incompatible { .. } | Self::Cancelled => false,
         }
     }
 
     pub(crate) fn corrupt(reason: impl Into<String>) -> Self {
-        Self::Corrupt {
-            reason: reason.into(),
-        }
+        Self::Corrupt { reason: reason.into() }
     }
 
     /// Maps an I/O error from our own file handling, turning ENOSPC into `DiskFull`.
@@ -118,22 +113,12 @@ mod tests {
         assert!(!MediaError::corrupt("x").is_transient());
         assert!(!MediaError::Incompatible { reason: "x".into() }.is_transient());
         assert!(!MediaError::NotInstalled("ffmpeg".into()).is_transient());
-        assert!(!MediaError::Failed {
-            status: "exit status: 1".into(),
-            stderr_tail: String::new()
-        }
-        .is_transient());
-        assert!(MediaError::Failed {
-            status: "signal: 9 (SIGKILL)".into(),
-            stderr_tail: String::new()
-        }
-        .is_transient());
+        assert!(!MediaError::Failed { status: "exit status: 1".into(), stderr_tail: String::new() }.is_transient());
+        assert!(MediaError::Failed { status: "signal: 9 (SIGKILL)".into(), stderr_tail: String::new() }.is_transient());
         assert!(!MediaError::Io(io::Error::from(io::ErrorKind::NotFound)).is_transient());
         assert!(MediaError::Io(io::Error::from(io::ErrorKind::ConnectionReset)).is_transient());
         let e = MediaError::from_io(io::Error::from_raw_os_error(28), "writing list");
         assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
-        assert!(stderr_says_disk_full(
-            "av_interleaved_write_frame(): No space left on device"
-        ));
+        assert!(stderr_says_disk_full("av_interleaved_write_frame(): No space left on device"));
     }
 }

@@ -56,16 +56,13 @@ mod probe;
 mod process;
 
 pub use cancel::{CancelToken, RunOptions};
-pub use encode::{
-    check_copy_compatible, concat_copy, ffmpeg_version, make_sample_clip, normalize_clip,
-    SampleSpec,
-};
+pub use encode::{check_copy_compatible, concat_copy, ffmpeg_version, make_sample_clip, normalize_clip, SampleSpec};
 pub use error::MediaError;
-pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use mp4::NATIVE_PROBE_ENV;
+pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use probe::{
-    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_with_ffprobe,
-    Fingerprint, NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
+    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_with_ffprobe, Fingerprint, NativeProbe,
+    INPUT_FORMATS, PROBE_TIMEOUT,
 };
 
 use std::ffi::OsString;

@@ -96,10 +96,7 @@ const MAX_PARAMETER_SETS: usize = 64;
 /// Whether the native reader is enabled (`REEL_NATIVE_PROBE` is not `0`/`false`/`off`/`no`).
 pub(crate) fn enabled() -> bool {
     match std::env::var(NATIVE_PROBE_ENV) {
-        Ok(v) => !matches!(
-            v.trim().to_ascii_lowercase().as_str(),
-            "0" | "false" | "off" | "no"
-        ),
+        Ok(v) => !matches!(v.trim().to_ascii_lowercase().as_str(), "0" | "false" | "off" | "no"),
         Err(_) => true,
     }
 }
@@ -133,12 +130,7 @@ pub(crate) fn read_path(path: &Path) -> Res<(ClipInfo, Fingerprint)> {
 
 /// Reads the headers of an ISO-BMFF file of `len` bytes from `reader`.
 pub(crate) fn read<R: Read + Seek>(reader: R, len: u64) -> Res<(ClipInfo, Fingerprint)> {
-    let mut src = Source {
-        reader,
-        len,
-        reads: 0,
-        boxes: 0,
-    };
+    let mut src = Source { reader, len, reads: 0, boxes: 0 };
     let moov = find_moov(&mut src)?;
     let movie = read_moov(&mut src, &moov)?;
     describe(movie)
@@ -148,15 +140,7 @@ pub(crate) fn read<R: Read + Seek>(reader: R, len: u64) -> Res<(ClipInfo, Finger
 // Box structure
 
 fn fourcc(kind: [u8; 4]) -> String {
-    kind.iter()
-        .map(|&b| {
-            if b.is_ascii_graphic() || b == b' ' {
-                b as char
-            } else {
-                '?'
-            }
-        })
-        .collect()
+    kind.iter().map(|&b| if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' }).collect()
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -192,9 +176,7 @@ impl<R: Read + Seek> Source<R> {
         if end.is_none_or(|e| e > self.len) {
             return decline("read past the end of the file");
         }
-        self.reader
-            .seek(SeekFrom::Start(pos))
-            .map_err(io_declined)?;
+        self.reader.seek(SeekFrom::Start(pos)).map_err(io_declined)?;
         self.reader.read_exact(buf).map_err(io_declined)
     }
 
@@ -224,9 +206,7 @@ impl<R: Read + Seek> Source<R> {
         let kind = [raw[4], raw[5], raw[6], raw[7]];
         let (size, header_len) = match size32 {
             0 => (room, 8),
-            1 if avail < 16 => {
-                return decline(format!("'{}' box: 64-bit size cut short", fourcc(kind)))
-            }
+            1 if avail < 16 => return decline(format!("'{}' box: 64-bit size cut short", fourcc(kind))),
             1 => (be64(&raw[8..16]), 16),
             n => (u64::from(n), 8),
         };
@@ -234,15 +214,8 @@ impl<R: Read + Seek> Source<R> {
             return decline(format!("'{}' box of size {size}", fourcc(kind)));
         }
         match pos.checked_add(size) {
-            Some(end) if end <= limit => Ok(Some(BoxHeader {
-                kind,
-                body: pos + header_len,
-                end,
-            })),
-            _ => decline(format!(
-                "'{}' box at {pos} runs past its parent",
-                fourcc(kind)
-            )),
+            Some(end) if end <= limit => Ok(Some(BoxHeader { kind, body: pos + header_len, end })),
+            _ => decline(format!("'{}' box at {pos} runs past its parent", fourcc(kind))),
         }
     }
 
@@ -366,12 +339,7 @@ fn read_moov<R: Read + Seek>(src: &mut Source<R>, moov: &BoxHeader) -> Res<Movie
     let Some((timescale, duration, matrix)) = mvhd else {
         return decline("no 'mvhd' box");
     };
-    Ok(Movie {
-        timescale,
-        duration,
-        matrix,
-        tracks,
-    })
+    Ok(Movie { timescale, duration, matrix, tracks })
 }
 
 fn parse_mvhd(p: &[u8]) -> Res<(u32, u64, [i32; 9])> {
@@ -443,9 +411,7 @@ fn read_trak<R: Read + Seek>(src: &mut Source<R>, trak: &BoxHeader) -> Res<Track
     let mut stbl = None;
     for child in src.children(&minf)? {
         match &child.kind {
-            b"hdlr" => track
-                .minf_handlers
-                .push(parse_hdlr(&src.payload(&child, MAX_SMALL_BOX_READ)?)?),
+            b"hdlr" => track.minf_handlers.push(parse_hdlr(&src.payload(&child, MAX_SMALL_BOX_READ)?)?),
             b"stbl" => set_once(&mut stbl, child, child.kind)?,
             _ => {}
         }
@@ -490,11 +456,7 @@ fn read_trak<R: Read + Seek>(src: &mut Source<R>, trak: &BoxHeader) -> Res<Track
                 c.skip(4)?;
                 let sample_size = c.u32()?;
                 let count = c.u32()?;
-                let need = if sample_size == 0 {
-                    12 + 4 * u64::from(count)
-                } else {
-                    12
-                };
+                let need = if sample_size == 0 { 12 + 4 * u64::from(count) } else { 12 };
                 if child.body_len() < need {
                     return decline("'stsz' box is shorter than its entries");
                 }
@@ -540,10 +502,7 @@ fn table_count(p: &[u8], body_len: u64, entry_size: u64, kind: [u8; 4]) -> Res<u
     c.skip(4)?;
     let count = c.u32()?;
     if body_len < 8 + u64::from(count) * entry_size {
-        return decline(format!(
-            "'{}' box is shorter than its {count} entries",
-            fourcc(kind)
-        ));
+        return decline(format!("'{}' box is shorter than its {count} entries", fourcc(kind)));
     }
     Ok(count)
 }
@@ -585,10 +544,8 @@ fn parse_hdlr(p: &[u8]) -> Res<[u8; 4]> {
 
 /// Sample-entry formats of non-audio, non-video tracks that libavformat can never
 /// turn into an audio or video stream (timecode, subtitles, captions, metadata).
-const HARMLESS_FORMATS: &[&[u8; 4]] = &[
-    b"tmcd", b"text", b"tx3g", b"c608", b"c708", b"wvtt", b"stpp", b"mebx", b"gpmd", b"mett",
-    b"metx", b"urim",
-];
+const HARMLESS_FORMATS: &[&[u8; 4]] =
+    &[b"tmcd", b"text", b"tx3g", b"c608", b"c708", b"wvtt", b"stpp", b"mebx", b"gpmd", b"mett", b"metx", b"urim"];
 
 /// Handlers whose tracks libavformat makes audio, video or subtitle streams.
 const STREAM_HANDLERS: &[&[u8; 4]] = &[b"vide", b"soun", b"m1a ", b"subp", b"clcp"];
@@ -615,11 +572,7 @@ fn describe(movie: Movie) -> Res<(ClipInfo, Fingerprint)> {
     let mut video_track = None;
     let mut audio_track = None;
     for track in &movie.tracks {
-        if track
-            .minf_handlers
-            .iter()
-            .any(|h| STREAM_HANDLERS.contains(&h) && *h != track.handler)
-        {
+        if track.minf_handlers.iter().any(|h| STREAM_HANDLERS.contains(&h) && *h != track.handler) {
             return decline("a track has conflicting handlers");
         }
         match &track.handler {
@@ -639,11 +592,7 @@ fn describe(movie: Movie) -> Res<(ClipInfo, Fingerprint)> {
                 // its sample entry is an audio or video format; allow only known others.
                 if let Some(format) = first_entry_format(track)? {
                     if !HARMLESS_FORMATS.contains(&&format) {
-                        return decline(format!(
-                            "'{}' track with '{}' samples",
-                            fourcc(*other),
-                            fourcc(format)
-                        ));
+                        return decline(format!("'{}' track with '{}' samples", fourcc(*other), fourcc(format)));
                     }
                 }
             }
@@ -661,16 +610,8 @@ fn describe(movie: Movie) -> Res<(ClipInfo, Fingerprint)> {
         None => (None, None),
     };
     Ok((
-        ClipInfo {
-            duration_seconds,
-            container: MOV_FORMAT_NAME.to_string(),
-            video,
-            audio,
-        },
-        Fingerprint {
-            video: Some(video_headers),
-            audio: audio_headers,
-        },
+        ClipInfo { duration_seconds, container: MOV_FORMAT_NAME.to_string(), video, audio },
+        Fingerprint { video: Some(video_headers), audio: audio_headers },
     ))
 }
 
@@ -692,11 +633,7 @@ fn first_entry_format(track: &Track) -> Res<Option<[u8; 4]>> {
 /// mandatory atoms" check, a valid timescale) and returns the timescale.
 fn checked_timescale(track: &Track) -> Res<u32> {
     let has = |v: Option<u32>| v.is_some_and(|n| n > 0);
-    if !(has(track.chunk_count)
-        && has(track.stsc_count)
-        && has(track.sample_count)
-        && has(track.stts.map(|s| s.0)))
-    {
+    if !(has(track.chunk_count) && has(track.stsc_count) && has(track.sample_count) && has(track.stts.map(|s| s.0))) {
         return decline("track with missing or empty sample tables");
     }
     if track.timescale == 0 || track.timescale > i32::MAX as u32 {
@@ -794,12 +731,7 @@ fn describe_video(track: &Track) -> Res<(VideoInfo, (String, String))> {
                 }
             }
             b"pasp" | b"btrt" | b"fiel" | b"clli" | b"mdcv" => {}
-            _ => {
-                return decline(format!(
-                    "unexpected '{}' box in the video sample entry",
-                    fourcc(kind)
-                ))
-            }
+            _ => return decline(format!("unexpected '{}' box in the video sample entry", fourcc(kind))),
         }
     }
     let Some(config) = config else {
@@ -850,17 +782,11 @@ fn parse_colr(body: &[u8]) -> Res<Colr> {
         b"nclx" => {
             let (_, _, matrix) = (c.u16()?, c.u16()?, c.u16()?);
             let full = c.u8()? >> 7 == 1;
-            Ok(Colr {
-                full_range: Some(full),
-                matrix: Some(matrix),
-            })
+            Ok(Colr { full_range: Some(full), matrix: Some(matrix) })
         }
         b"nclc" => {
             let (_, _, matrix) = (c.u16()?, c.u16()?, c.u16()?);
-            Ok(Colr {
-                full_range: None,
-                matrix: Some(matrix),
-            })
+            Ok(Colr { full_range: None, matrix: Some(matrix) })
         }
         b"prof" | b"rICC" => Ok(Colr::default()),
         other => decline(format!("'colr' type '{}'", fourcc(*other))),
@@ -974,19 +900,12 @@ fn describe_audio(track: &Track) -> Res<(AudioInfo, (String, String))> {
                     match &inner {
                         b"esds" => take_esds(inner_body)?,
                         b"frma" | b"mp4a" | [0, 0, 0, 0] => {}
-                        _ => {
-                            return decline(format!("unexpected '{}' box in 'wave'", fourcc(inner)))
-                        }
+                        _ => return decline(format!("unexpected '{}' box in 'wave'", fourcc(inner))),
                     }
                 }
             }
             b"chan" | b"btrt" => {}
-            _ => {
-                return decline(format!(
-                    "unexpected '{}' box in the audio sample entry",
-                    fourcc(kind)
-                ))
-            }
+            _ => return decline(format!("unexpected '{}' box in the audio sample entry", fourcc(kind))),
         }
     }
     let Some(esds) = esds else {
@@ -1051,9 +970,8 @@ struct AudioConfig {
     layout: &'static str,
 }
 
-const AAC_SAMPLE_RATES: [u32; 13] = [
-    96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350,
-];
+const AAC_SAMPLE_RATES: [u32; 13] =
+    [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
 
 /// The AudioSpecificConfig of an AAC-LC stream, as the AAC decoder reads it
 /// (libavcodec `ff_mpeg4audio_get_config_gb` with the sync-extension scan).
@@ -1098,11 +1016,7 @@ fn parse_audio_specific_config(dsi: &[u8]) -> Res<AudioConfig> {
         7 => (8, "7.1"),
         other => return decline(format!("AAC channel configuration {other}")),
     };
-    Ok(AudioConfig {
-        sample_rate,
-        channels,
-        layout,
-    })
+    Ok(AudioConfig { sample_rate, channels, layout })
 }
 
 fn aac_object_type(b: &mut Bits<'_>) -> Res<u32> {
@@ -1285,11 +1199,7 @@ fn parse_h264_sps(nal: &[u8]) -> Res<Sps> {
     if crop_right * step_x >= coded_width || crop_bottom * step_y >= coded_height {
         return decline("SPS cropping larger than the frame");
     }
-    let (full_range, matrix) = if b.bit()? == 1 {
-        vui_colour(&mut b)?
-    } else {
-        (None, None)
-    };
+    let (full_range, matrix) = if b.bit()? == 1 { vui_colour(&mut b)? } else { (None, None) };
     Ok(Sps {
         chroma_format_idc,
         bit_depth,
@@ -1412,11 +1322,7 @@ fn parse_hevc_sps(nal: &[u8]) -> Res<Sps> {
         return decline("bad log2_max_pic_order_cnt_lsb");
     }
     let ordering_for_all = b.bit()? == 1;
-    let first = if ordering_for_all {
-        0
-    } else {
-        max_sub_layers - 1
-    };
+    let first = if ordering_for_all { 0 } else { max_sub_layers - 1 };
     for _ in first..max_sub_layers {
         b.ue()?;
         b.ue()?;
@@ -1482,11 +1388,7 @@ fn parse_hevc_sps(nal: &[u8]) -> Res<Sps> {
         }
     }
     b.skip(2)?; // temporal MVP, strong intra smoothing
-    let (full_range, matrix) = if b.bit()? == 1 {
-        vui_colour(&mut b)?
-    } else {
-        (None, None)
-    };
+    let (full_range, matrix) = if b.bit()? == 1 { vui_colour(&mut b)? } else { (None, None) };
     Ok(Sps {
         chroma_format_idc,
         bit_depth,
@@ -1527,11 +1429,7 @@ const CRC32_TABLE: [u32; 256] = {
         let mut c = i as u32;
         let mut k = 0;
         while k < 8 {
-            c = if c & 1 != 0 {
-                0xEDB8_8320 ^ (c >> 1)
-            } else {
-                c >> 1
-            };
+            c = if c & 1 != 0 { 0xEDB8_8320 ^ (c >> 1) } else { c >> 1 };
             k += 1;
         }
         table[i] = c;
@@ -1541,9 +1439,7 @@ const CRC32_TABLE: [u32; 256] = {
 };
 
 fn crc32(data: &[u8]) -> u32 {
-    !data.iter().fold(!0u32, |c, &b| {
-        CRC32_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8)
-    })
+    !data.iter().fold(!0u32, |c, &b| CRC32_TABLE[((c ^ u32::from(b)) & 0xff) as usize] ^ (c >> 8))
 }
 
 /// ffprobe's `extradata_hash` with `-show_data_hash CRC32`.
@@ -1676,10 +1572,7 @@ impl<'a> Bits<'a> {
     }
 
     fn peek(&self, n: u32) -> Res<u32> {
-        let mut copy = Bits {
-            data: self.data,
-            pos: self.pos,
-        };
+        let mut copy = Bits { data: self.data, pos: self.pos };
         copy.bits(n)
     }
 
@@ -1721,23 +1614,23 @@ mod tests {
     /// The `avcC` libx264 (`-preset ultrafast`, so constrained baseline) writes for
     /// 96x54: 96x64 coded, cropped by 10 rows. ffprobe: `CRC32:85008759`.
     const AVCC_96X54: &[u8] = &[
-        0x01, 0x42, 0xc0, 0x0a, 0xff, 0xe1, 0x00, 0x17, 0x67, 0x42, 0xc0, 0x0a, 0xda, 0x18, 0x9f,
-        0x9b, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x22,
-        0x6a, 0x01, 0x00, 0x04, 0x68, 0xce, 0x0f, 0xc8,
+        0x01, 0x42, 0xc0, 0x0a, 0xff, 0xe1, 0x00, 0x17, 0x67, 0x42, 0xc0, 0x0a, 0xda, 0x18, 0x9f, 0x9b, 0x01, 0x10,
+        0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x22, 0x6a, 0x01, 0x00, 0x04, 0x68, 0xce,
+        0x0f, 0xc8,
     ];
     const ASC_STEREO_48K: &[u8] = &[0x11, 0x90, 0x56, 0xe5, 0x00];
     /// The SPS NAL unit libx264 (`-profile:v high444 -pix_fmt yuv444p`) writes for
     /// 96x54: High 4:4:4 Predictive, so it has the chroma format and bit-depth fields.
     const H264_SPS_444_96X54: &[u8] = &[
-        0x67, 0xf4, 0x00, 0x0a, 0x91, 0x96, 0x86, 0x27, 0xe2, 0xf0, 0x11, 0x00, 0x00, 0x03, 0x00,
-        0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x12, 0x26, 0xa0,
+        0x67, 0xf4, 0x00, 0x0a, 0x91, 0x96, 0x86, 0x27, 0xe2, 0xf0, 0x11, 0x00, 0x00, 0x03, 0x00, 0x01, 0x00, 0x00,
+        0x03, 0x00, 0x3c, 0x0f, 0x12, 0x26, 0xa0,
     ];
     /// The SPS NAL unit libx265 (`-preset ultrafast`) writes into `hvcC` for 96x54
     /// (coded 96x56, conformance window 2 rows), 4:2:0 8-bit.
     const HEVC_SPS_96X54: &[u8] = &[
-        0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00,
-        0x03, 0x00, 0x1e, 0xa0, 0x30, 0x81, 0x07, 0xcd, 0x96, 0x56, 0x54, 0xa4, 0xc2, 0xf0, 0x16,
-        0x80, 0x80, 0x00, 0x00, 0x03, 0x00, 0x80, 0x00, 0x00, 0x0f, 0x04,
+        0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x1e,
+        0xa0, 0x30, 0x81, 0x07, 0xcd, 0x96, 0x56, 0x54, 0xa4, 0xc2, 0xf0, 0x16, 0x80, 0x80, 0x00, 0x00, 0x03, 0x00,
+        0x80, 0x00, 0x00, 0x0f, 0x04,
     ];
 
     fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -1766,14 +1659,8 @@ mod tests {
         let samples: u32 = stts.iter().map(|s| s.0).sum();
         let mut stsz_p = 100u32.to_be_bytes().to_vec();
         stsz_p.extend_from_slice(&samples.to_be_bytes());
-        let stsc_p = [1u32, 1, samples, 1]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect::<Vec<_>>();
-        let stco_p = [1u32, 0]
-            .iter()
-            .flat_map(|v| v.to_be_bytes())
-            .collect::<Vec<_>>();
+        let stsc_p = [1u32, 1, samples, 1].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<_>>();
+        let stco_p = [1u32, 0].iter().flat_map(|v| v.to_be_bytes()).collect::<Vec<_>>();
         let mut stbl = stsd;
         stbl.extend(full(b"stts", 0, &stts_p));
         stbl.extend(full(b"stsc", 0, &stsc_p));
@@ -1850,18 +1737,8 @@ mod tests {
         mvhd.extend(matrix_bytes(IDENTITY));
         mvhd.extend_from_slice(&[0u8; 28]);
         let mut moov = full(b"mvhd", 0, &mvhd);
-        moov.extend(trak(
-            b"vide",
-            15360,
-            rotation_matrix,
-            tables(video_stsd(96, 54, AVCC_96X54), &[(75, 512)]),
-        ));
-        moov.extend(trak(
-            b"soun",
-            48000,
-            IDENTITY,
-            tables(audio_stsd(ASC_STEREO_48K), &[(117, 1024), (1, 832)]),
-        ));
+        moov.extend(trak(b"vide", 15360, rotation_matrix, tables(video_stsd(96, 54, AVCC_96X54), &[(75, 512)])));
+        moov.extend(trak(b"soun", 48000, IDENTITY, tables(audio_stsd(ASC_STEREO_48K), &[(117, 1024), (1, 832)])));
         let mut file = boxed(b"ftyp", b"isom\0\0\x02\0isomiso2avc1mp41");
         file.extend(boxed(b"moov", &moov));
         file.extend(boxed(b"mdat", &[0u8; 64]));
@@ -1884,20 +1761,10 @@ mod tests {
         assert_eq!(info.video.time_base, "1/15360");
         assert_eq!(info.video.rotation, 0);
         let audio = info.audio.unwrap();
-        assert_eq!(
-            (
-                audio.sample_rate,
-                audio.channels,
-                audio.channel_layout.as_str()
-            ),
-            (48000, 2, "stereo")
-        );
+        assert_eq!((audio.sample_rate, audio.channels, audio.channel_layout.as_str()), (48000, 2, "stereo"));
         assert_eq!(audio.time_base, "1/48000");
         assert_eq!(fp.video.unwrap(), ("h264".into(), "CRC32:85008759".into()));
-        assert_eq!(
-            fp.audio.unwrap(),
-            ("aac".into(), extradata_hash(ASC_STEREO_48K))
-        );
+        assert_eq!(fp.audio.unwrap(), ("aac".into(), extradata_hash(ASC_STEREO_48K)));
     }
 
     #[test]
@@ -1926,41 +1793,15 @@ mod tests {
         let sps = parse_h264_sps(avcc_sps(AVCC_96X54).unwrap()).unwrap();
         assert_eq!(
             sps,
-            Sps {
-                chroma_format_idc: 1,
-                bit_depth: 8,
-                width: 96,
-                height: 54,
-                full_range: None,
-                matrix: None
-            }
+            Sps { chroma_format_idc: 1, bit_depth: 8, width: 96, height: 54, full_range: None, matrix: None }
         );
         let high444 = parse_h264_sps(H264_SPS_444_96X54).unwrap();
-        assert_eq!(
-            (
-                high444.chroma_format_idc,
-                high444.bit_depth,
-                high444.width,
-                high444.height
-            ),
-            (3, 8, 96, 54)
-        );
+        assert_eq!((high444.chroma_format_idc, high444.bit_depth, high444.width, high444.height), (3, 8, 96, 54));
         let hevc = parse_hevc_sps(HEVC_SPS_96X54).unwrap();
-        assert_eq!(
-            (
-                hevc.chroma_format_idc,
-                hevc.bit_depth,
-                hevc.width,
-                hevc.height
-            ),
-            (1, 8, 96, 54)
-        );
+        assert_eq!((hevc.chroma_format_idc, hevc.bit_depth, hevc.width, hevc.height), (1, 8, 96, 54));
         assert_eq!(unescape(&[0, 0, 3, 1, 0, 0, 3]), vec![0, 0, 1, 0, 0]);
         let asc = parse_audio_specific_config(ASC_STEREO_48K).unwrap();
-        assert_eq!(
-            (asc.sample_rate, asc.channels, asc.layout),
-            (48000, 2, "stereo")
-        );
+        assert_eq!((asc.sample_rate, asc.channels, asc.layout), (48000, 2, "stereo"));
         // 22.05 kHz LC with no SBR signalling: the decoder might find SBR.
         assert!(parse_audio_specific_config(&[0x13, 0x90]).is_err());
         // ... but not when the sync extension rules it out.
@@ -2088,14 +1929,9 @@ mod tests {
     #[test]
     fn huge_exp_golomb_values_never_panic() {
         fn insert_bits(bytes: &[u8], at: usize, pattern: &[u8]) -> Vec<u8> {
-            let mut bits: Vec<u8> = bytes
-                .iter()
-                .flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1))
-                .collect();
+            let mut bits: Vec<u8> = bytes.iter().flat_map(|b| (0..8).rev().map(move |i| (b >> i) & 1)).collect();
             bits.splice(at..at, pattern.iter().copied());
-            bits.chunks(8)
-                .map(|c| c.iter().fold(0u8, |acc, &bit| acc << 1 | bit) << (8 - c.len()))
-                .collect()
+            bits.chunks(8).map(|c| c.iter().fold(0u8, |acc, &bit| acc << 1 | bit) << (8 - c.len())).collect()
         }
         /// RBSP to NAL payload: an emulation-prevention byte before 00..03 after two zeros.
         fn escape(rbsp: &[u8]) -> Vec<u8> {
@@ -2115,11 +1951,7 @@ mod tests {
         let mut check = Bits::new(&[0, 0, 0, 1, 0xff, 0xff, 0xff, 0xfe]);
         assert_eq!(check.ue().unwrap(), u32::MAX - 1);
         let h264_sps = avcc_sps(AVCC_96X54).unwrap().to_vec();
-        for (sps, header_len) in [
-            (&h264_sps[..], 1),
-            (H264_SPS_444_96X54, 1),
-            (HEVC_SPS_96X54, 2),
-        ] {
+        for (sps, header_len) in [(&h264_sps[..], 1), (H264_SPS_444_96X54, 1), (HEVC_SPS_96X54, 2)] {
             let rbsp = unescape(&sps[header_len..]);
             assert_eq!(unescape(&escape(&rbsp)), rbsp);
             for at in 0..rbsp.len() * 8 {

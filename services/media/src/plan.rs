@@ -57,15 +57,7 @@ impl EncodeTarget {
             Compression::HighQuality => ("medium", 18, 192),
             Compression::Small => ("veryfast", 28, 96),
         };
-        Self {
-            width,
-            height,
-            fps: TARGET_FPS,
-            sample_rate: TARGET_SAMPLE_RATE,
-            preset,
-            crf,
-            audio_bitrate_k,
-        }
+        Self { width, height, fps: TARGET_FPS, sample_rate: TARGET_SAMPLE_RATE, preset, crf, audio_bitrate_k }
     }
 }
 
@@ -122,11 +114,7 @@ fn layout_or_channels(layout: &str, channels: u32) -> String {
 }
 
 /// The first reason stream copy is impossible, or `None` when it is possible.
-fn copy_blocker(
-    clips: &[ClipInfo],
-    orientation: Orientation,
-    compression: Compression,
-) -> Option<String> {
+fn copy_blocker(clips: &[ClipInfo], orientation: Orientation, compression: Compression) -> Option<String> {
     if !compression.allows_stream_copy() {
         return Some(format!("compression {compression} always re-encodes"));
     }
@@ -137,10 +125,7 @@ fn copy_blocker(
     // Properties of the first clip that make it copyable at all.
     let v1 = &first.video;
     if !is_mov_family(&first.container) {
-        return Some(format!(
-            "clip 1 is in a {} container, not mp4/mov",
-            first.container
-        ));
+        return Some(format!("clip 1 is in a {} container, not mp4/mov", first.container));
     }
     if v1.codec != "h264" && v1.codec != "hevc" {
         return Some(format!("clip 1 is {} video, not h264/hevc", v1.codec));
@@ -151,27 +136,18 @@ fn copy_blocker(
     let (dw, dh) = v1.display_size();
     let shown = Orientation::closest_to(dw, dh);
     if shown != orientation {
-        return Some(format!(
-            "the clips are {shown} (displayed {dw}x{dh}) but the reel is {orientation}"
-        ));
+        return Some(format!("the clips are {shown} (displayed {dw}x{dh}) but the reel is {orientation}"));
     }
 
     for (i, c) in clips.iter().enumerate().skip(1) {
         let n = i + 1;
         let v = &c.video;
         if !is_mov_family(&c.container) {
-            return Some(format!(
-                "clip {n} is in a {} container, not mp4/mov",
-                c.container
-            ));
+            return Some(format!("clip {n} is in a {} container, not mp4/mov", c.container));
         }
         let checks: [(&str, String, String); 5] = [
             ("video codec", v.codec.clone(), v1.codec.clone()),
-            (
-                "",
-                format!("{}x{}", v.width, v.height),
-                format!("{}x{}", v1.width, v1.height),
-            ),
+            ("", format!("{}x{}", v.width, v.height), format!("{}x{}", v1.width, v1.height)),
             ("pixel format", v.pix_fmt.clone(), v1.pix_fmt.clone()),
             ("frame rate", v.frame_rate.clone(), v1.frame_rate.clone()),
             ("video time base", v.time_base.clone(), v1.time_base.clone()),
@@ -186,10 +162,7 @@ fn copy_blocker(
             }
         }
         if v.rotation != v1.rotation {
-            return Some(format!(
-                "clip {n} is rotated {}°, clip 1 is rotated {}°",
-                v.rotation, v1.rotation
-            ));
+            return Some(format!("clip {n} is rotated {}°, clip 1 is rotated {}°", v.rotation, v1.rotation));
         }
     }
 
@@ -205,10 +178,7 @@ fn copy_blocker(
             return Some("clip 1 has no audio".into());
         };
         if a.sample_rate != a1.sample_rate {
-            return Some(format!(
-                "clip {n} has {} Hz audio, clip 1 has {} Hz",
-                a.sample_rate, a1.sample_rate
-            ));
+            return Some(format!("clip {n} has {} Hz audio, clip 1 has {} Hz", a.sample_rate, a1.sample_rate));
         }
         if a.channels != a1.channels || a.channel_layout != a1.channel_layout {
             return Some(format!(
@@ -218,10 +188,7 @@ fn copy_blocker(
             ));
         }
         if a.time_base != a1.time_base {
-            return Some(format!(
-                "clip {n} has audio time base {}, clip 1 has {}",
-                a.time_base, a1.time_base
-            ));
+            return Some(format!("clip {n} has audio time base {}, clip 1 has {}", a.time_base, a1.time_base));
         }
     }
     None
@@ -273,31 +240,19 @@ mod tests {
         assert_eq!(p.mode, Mode::Reencode);
         assert!(p.reason.contains("high_quality"), "{}", p.reason);
         let t = p.target.unwrap();
-        assert_eq!(
-            (t.width, t.height, t.preset, t.crf, t.audio_bitrate_k),
-            (1080, 1920, "medium", 18, 192)
-        );
+        assert_eq!((t.width, t.height, t.preset, t.crf, t.audio_bitrate_k), (1080, 1920, "medium", 18, 192));
         let p = plan(&clips, Orientation::Portrait, Compression::Small);
         assert_eq!(p.mode, Mode::Reencode);
         let t = p.target.unwrap();
-        assert_eq!(
-            (t.preset, t.crf, t.audio_bitrate_k, t.fps, t.sample_rate),
-            ("veryfast", 28, 96, 30, 48000)
-        );
+        assert_eq!((t.preset, t.crf, t.audio_bitrate_k, t.fps, t.sample_rate), ("veryfast", 28, 96, 30, 48000));
     }
 
     #[test]
     fn preset_table() {
         let t = EncodeTarget::new(Orientation::Landscape, Compression::Original);
-        assert_eq!(
-            (t.width, t.height, t.preset, t.crf, t.audio_bitrate_k),
-            (1920, 1080, "veryfast", 18, 192)
-        );
+        assert_eq!((t.width, t.height, t.preset, t.crf, t.audio_bitrate_k), (1920, 1080, "veryfast", 18, 192));
         let t = EncodeTarget::new(Orientation::Square, Compression::Optimized);
-        assert_eq!(
-            (t.width, t.height, t.preset, t.crf, t.audio_bitrate_k),
-            (1080, 1080, "veryfast", 23, 128)
-        );
+        assert_eq!((t.width, t.height, t.preset, t.crf, t.audio_bitrate_k), (1080, 1080, "veryfast", 23, 128));
     }
 
     #[test]
@@ -305,11 +260,7 @@ mod tests {
         let clips = vec![clip(1080, 1920), clip(1280, 720)];
         let p = plan(&clips, Orientation::Portrait, Compression::Optimized);
         assert_eq!(p.mode, Mode::Reencode);
-        assert!(
-            p.reason.contains("clip 2 is 1280x720, clip 1 is 1080x1920"),
-            "{}",
-            p.reason
-        );
+        assert!(p.reason.contains("clip 2 is 1280x720, clip 1 is 1080x1920"), "{}", p.reason);
         assert_eq!(p.target.unwrap().width, 1080);
     }
 
@@ -320,10 +271,7 @@ mod tests {
         assert_eq!(p.mode, Mode::Reencode);
         assert!(p.reason.contains("landscape"), "{}", p.reason);
         // ...but the same clips copy into a landscape reel.
-        assert_eq!(
-            plan(&clips, Orientation::Landscape, Compression::Original).mode,
-            Mode::Copy
-        );
+        assert_eq!(plan(&clips, Orientation::Landscape, Compression::Original).mode, Mode::Copy);
     }
 
     #[test]
@@ -331,10 +279,7 @@ mod tests {
         let mut c = clip(1920, 1080);
         c.video.rotation = 90;
         let clips = vec![c.clone(), c.clone()];
-        assert_eq!(
-            plan(&clips, Orientation::Portrait, Compression::Optimized).mode,
-            Mode::Copy
-        );
+        assert_eq!(plan(&clips, Orientation::Portrait, Compression::Optimized).mode, Mode::Copy);
         let mut other = c.clone();
         other.video.rotation = 270;
         let p = plan(&[c, other], Orientation::Portrait, Compression::Optimized);
@@ -346,39 +291,23 @@ mod tests {
     fn audio_rules() {
         let mut silent = clip(1080, 1920);
         silent.audio = None;
-        let p = plan(
-            &[silent.clone(), silent.clone()],
-            Orientation::Portrait,
-            Compression::Original,
-        );
+        let p = plan(&[silent.clone(), silent.clone()], Orientation::Portrait, Compression::Original);
         assert_eq!(p.mode, Mode::Reencode);
         assert!(p.reason.contains("no clip has audio"), "{}", p.reason);
 
-        let p = plan(
-            &[clip(1080, 1920), silent],
-            Orientation::Portrait,
-            Compression::Original,
-        );
+        let p = plan(&[clip(1080, 1920), silent], Orientation::Portrait, Compression::Original);
         assert_eq!(p.mode, Mode::Reencode);
         assert!(p.reason.contains("clip 2 has no audio"), "{}", p.reason);
 
         let mut other_rate = clip(1080, 1920);
         other_rate.audio.as_mut().unwrap().sample_rate = 44100;
-        let p = plan(
-            &[clip(1080, 1920), other_rate],
-            Orientation::Portrait,
-            Compression::Original,
-        );
+        let p = plan(&[clip(1080, 1920), other_rate], Orientation::Portrait, Compression::Original);
         assert_eq!(p.mode, Mode::Reencode);
         assert!(p.reason.contains("44100"), "{}", p.reason);
 
         let mut mp3 = clip(1080, 1920);
         mp3.audio.as_mut().unwrap().codec = "mp3".into();
-        let p = plan(
-            &[mp3.clone(), mp3],
-            Orientation::Portrait,
-            Compression::Original,
-        );
+        let p = plan(&[mp3.clone(), mp3], Orientation::Portrait, Compression::Original);
         assert_eq!(p.mode, Mode::Reencode);
     }
 
@@ -397,33 +326,19 @@ mod tests {
                 a.channels = 1;
                 a.channel_layout = "mono".into();
             }),
-            ("audio time base", |c| {
-                c.audio.as_mut().unwrap().time_base = "1/44100".into()
-            }),
+            ("audio time base", |c| c.audio.as_mut().unwrap().time_base = "1/44100".into()),
         ];
         for (what, tweak) in tweaks {
             let mut other = base.clone();
             tweak(&mut other);
-            let p = plan(
-                &[base.clone(), other],
-                Orientation::Portrait,
-                Compression::Optimized,
-            );
+            let p = plan(&[base.clone(), other], Orientation::Portrait, Compression::Optimized);
             assert_eq!(p.mode, Mode::Reencode, "{what}");
             assert!(p.reason.contains("clip 2"), "{what}: {}", p.reason);
         }
         // hevc copies like h264.
         let mut hevc = base.clone();
         hevc.video.codec = "hevc".into();
-        assert_eq!(
-            plan(
-                &[hevc.clone(), hevc],
-                Orientation::Portrait,
-                Compression::Optimized
-            )
-            .mode,
-            Mode::Copy
-        );
+        assert_eq!(plan(&[hevc.clone(), hevc], Orientation::Portrait, Compression::Optimized).mode, Mode::Copy);
     }
 
     #[test]

@@ -117,10 +117,7 @@ async fn probe_input_len(path: &Path) -> Result<u64, MediaError> {
     // Distinguish "not there / not readable" (Io) from "not a video" (Corrupt).
     let meta = tokio::fs::metadata(path).await?;
     if !meta.is_file() {
-        return Err(MediaError::corrupt(format!(
-            "{} is not a regular file",
-            path.display()
-        )));
+        return Err(MediaError::corrupt(format!("{} is not a regular file", path.display())));
     }
     if meta.len() == 0 {
         return Err(MediaError::corrupt("file is empty"));
@@ -187,10 +184,7 @@ pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Finger
         if opts.cancel.is_cancelled() {
             return Err(MediaError::Cancelled);
         }
-        if opts
-            .deadline
-            .is_some_and(|d| std::time::Instant::now() >= d)
-        {
+        if opts.deadline.is_some_and(|d| std::time::Instant::now() >= d) {
             return Err(MediaError::Timeout);
         }
         match read_native(path, opts).await? {
@@ -207,10 +201,7 @@ pub(crate) async fn fingerprint(path: &Path, opts: &RunOptions) -> Result<Finger
 
 /// The [`Fingerprint`] of `path` from ffprobe only (`-show_data_hash CRC32`), never
 /// the native reader (for diagnostics and tests). 30 s limit, or `opts`' deadline.
-pub async fn fingerprint_with_ffprobe(
-    path: &Path,
-    opts: &RunOptions,
-) -> Result<Fingerprint, MediaError> {
+pub async fn fingerprint_with_ffprobe(path: &Path, opts: &RunOptions) -> Result<Fingerprint, MediaError> {
     let args: Vec<OsString> = [
         "-v",
         "error",
@@ -231,49 +222,31 @@ pub async fn fingerprint_with_ffprobe(
     .chain(std::iter::once(file_url(path)))
     .collect();
     let limit = std::time::Instant::now() + PROBE_TIMEOUT;
-    let opts = RunOptions {
-        cancel: opts.cancel.clone(),
-        deadline: Some(opts.deadline.map_or(limit, |d| d.min(limit))),
-    };
+    let opts =
+        RunOptions { cancel: opts.cancel.clone(), deadline: Some(opts.deadline.map_or(limit, |d| d.min(limit))) };
     let fin = process::run(Tool::Ffprobe, &args, &opts, Stdout::Collect).await?;
     if !fin.status.success() {
         return Err(MediaError::corrupt(format!(
             "{}: {}",
             path.display(),
-            fin.stderr_tail
-                .trim()
-                .lines()
-                .last()
-                .unwrap_or("ffprobe failed")
+            fin.stderr_tail.trim().lines().last().unwrap_or("ffprobe failed")
         )));
     }
     let json: Value = serde_json::from_slice(&fin.stdout)
         .map_err(|e| MediaError::corrupt(format!("unreadable ffprobe output: {e}")))?;
-    let streams = json
-        .get("streams")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let streams = json.get("streams").and_then(Value::as_array).cloned().unwrap_or_default();
     let pick = |kind: &str| {
         streams
             .iter()
             .find(|s| {
                 str_field(s, "codec_type").as_deref() == Some(kind)
-                    && s.pointer("/disposition/attached_pic")
-                        .and_then(Value::as_i64)
-                        != Some(1)
+                    && s.pointer("/disposition/attached_pic").and_then(Value::as_i64) != Some(1)
             })
             .map(|s| {
-                (
-                    str_field(s, "codec_name").unwrap_or_default(),
-                    str_field(s, "extradata_hash").unwrap_or_default(),
-                )
+                (str_field(s, "codec_name").unwrap_or_default(), str_field(s, "extradata_hash").unwrap_or_default())
             })
     };
-    Ok(Fingerprint {
-        video: pick("video"),
-        audio: pick("audio"),
-    })
+    Ok(Fingerprint { video: pick("video"), audio: pick("audio") })
 }
 
 /// Whether an ffprobe `format_name` is the QuickTime / ISO-BMFF family (mp4, mov, m4a, 3gp).
@@ -286,44 +259,27 @@ pub(crate) fn parse_ffprobe_json(json: &Value) -> Result<ClipInfo, MediaError> {
     let format = json.get("format").cloned().unwrap_or(Value::Null);
     let container = str_field(&format, "format_name").unwrap_or_default();
     if container == "image2" || container.ends_with("_pipe") || container == "tty" {
-        return Err(MediaError::corrupt(format!(
-            "not a video (format {container})"
-        )));
+        return Err(MediaError::corrupt(format!("not a video (format {container})")));
     }
-    let streams = json
-        .get("streams")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
+    let streams = json.get("streams").and_then(Value::as_array).map(Vec::as_slice).unwrap_or_default();
 
     let video_stream = streams
         .iter()
         .find(|s| {
             str_field(s, "codec_type").as_deref() == Some("video")
-                && s.pointer("/disposition/attached_pic")
-                    .and_then(Value::as_i64)
-                    != Some(1)
+                && s.pointer("/disposition/attached_pic").and_then(Value::as_i64) != Some(1)
         })
         .ok_or_else(|| MediaError::corrupt("no video stream"))?;
     let video = parse_video(video_stream)?;
 
-    let audio = streams
-        .iter()
-        .find(|s| str_field(s, "codec_type").as_deref() == Some("audio"))
-        .map(parse_audio);
+    let audio = streams.iter().find(|s| str_field(s, "codec_type").as_deref() == Some("audio")).map(parse_audio);
 
-    let duration_seconds = num_field(&format, "duration")
-        .or_else(|| num_field(video_stream, "duration"))
-        .unwrap_or(0.0);
+    let duration_seconds =
+        num_field(&format, "duration").or_else(|| num_field(video_stream, "duration")).unwrap_or(0.0);
     if !(duration_seconds.is_finite() && duration_seconds > 0.0) {
         return Err(MediaError::corrupt("no positive duration"));
     }
-    Ok(ClipInfo {
-        duration_seconds,
-        container,
-        video,
-        audio,
-    })
+    Ok(ClipInfo { duration_seconds, container, video, audio })
 }
 
 fn parse_video(s: &Value) -> Result<VideoInfo, MediaError> {
@@ -394,9 +350,7 @@ pub(crate) fn normalise_rotation(deg: f64) -> u32 {
 
 fn valid_fraction(r: &str) -> bool {
     match r.split_once('/') {
-        Some((n, d)) => {
-            n.parse::<u64>().is_ok_and(|n| n > 0) && d.parse::<u64>().is_ok_and(|d| d > 0)
-        }
+        Some((n, d)) => n.parse::<u64>().is_ok_and(|n| n > 0) && d.parse::<u64>().is_ok_and(|d| d > 0),
         None => false,
     }
 }
@@ -427,10 +381,7 @@ pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), Me
     let mut boxes = 0u32;
     while pos < file_len {
         if file_len - pos < 8 {
-            return Err(MediaError::corrupt(format!(
-                "truncated MP4: {} stray bytes at the end",
-                file_len - pos
-            )));
+            return Err(MediaError::corrupt(format!("truncated MP4: {} stray bytes at the end", file_len - pos)));
         }
         f.seek(SeekFrom::Start(pos)).await?;
         let mut hdr = [0u8; 16];
@@ -442,18 +393,14 @@ pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), Me
             0 => return Ok(()), // "extends to end of file": fine by definition
             1 => {
                 if want < 16 {
-                    return Err(MediaError::corrupt(format!(
-                        "truncated MP4: '{kind}' box header"
-                    )));
+                    return Err(MediaError::corrupt(format!("truncated MP4: '{kind}' box header")));
                 }
                 u64::from_be_bytes(hdr[8..16].try_into().expect("8 bytes"))
             }
             s => s,
         };
         if size < 8 {
-            return Err(MediaError::corrupt(format!(
-                "bad MP4 box '{kind}' of size {size} at {pos}"
-            )));
+            return Err(MediaError::corrupt(format!("bad MP4 box '{kind}' of size {size} at {pos}")));
         }
         let end = pos.saturating_add(size);
         if end > file_len {
@@ -514,32 +461,20 @@ mod tests {
         assert_eq!(info.video.frame_rate, "30000/1001");
         assert_eq!(info.duration_seconds, 3.5);
         let a = info.audio.unwrap();
-        assert_eq!(
-            (a.sample_rate, a.channels, a.channel_layout.as_str()),
-            (44100, 1, "mono")
-        );
+        assert_eq!((a.sample_rate, a.channels, a.channel_layout.as_str()), (44100, 1, "mono"));
     }
 
     #[test]
     fn rejects_non_videos() {
         let audio_only = json!({"streams": [{"codec_type": "audio", "codec_name": "mp3"}],
                                 "format": {"format_name": "mp3", "duration": "3"}});
-        assert!(matches!(
-            parse_ffprobe_json(&audio_only),
-            Err(MediaError::Corrupt { .. })
-        ));
+        assert!(matches!(parse_ffprobe_json(&audio_only), Err(MediaError::Corrupt { .. })));
         let image = json!({"streams": [{"codec_type": "video", "codec_name": "png", "width": 5, "height": 5}],
                            "format": {"format_name": "png_pipe"}});
-        assert!(matches!(
-            parse_ffprobe_json(&image),
-            Err(MediaError::Corrupt { .. })
-        ));
+        assert!(matches!(parse_ffprobe_json(&image), Err(MediaError::Corrupt { .. })));
         let no_duration = json!({"streams": [{"codec_type": "video", "codec_name": "h264", "width": 5, "height": 5}],
                                  "format": {"format_name": "matroska,webm"}});
-        assert!(matches!(
-            parse_ffprobe_json(&no_duration),
-            Err(MediaError::Corrupt { .. })
-        ));
+        assert!(matches!(parse_ffprobe_json(&no_duration), Err(MediaError::Corrupt { .. })));
     }
 
     #[test]

@@ -70,16 +70,12 @@ impl Finished {
         if stderr_says_disk_full(&self.stderr_tail) {
             return Err(MediaError::DiskFull(self.stderr_tail.trim().to_string()));
         }
-        let output_broken = ["Error writing trailer", "Error closing file"]
-            .iter()
-            .any(|m| self.stderr_tail.contains(m));
+        let output_broken =
+            ["Error writing trailer", "Error closing file"].iter().any(|m| self.stderr_tail.contains(m));
         if self.status.success() && !output_broken {
             return Ok(self);
         }
-        Err(MediaError::Failed {
-            status: self.status.to_string(),
-            stderr_tail: self.stderr_tail.trim().to_string(),
-        })
+        Err(MediaError::Failed { status: self.status.to_string(), stderr_tail: self.stderr_tail.trim().to_string() })
     }
 }
 
@@ -110,11 +106,7 @@ pub(crate) async fn run(
     }
     tracing::debug!(tool = tool.name(), args = ?args, "running");
     let mut cmd = Command::new(tool.program());
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
+    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
     let mut child = cmd.spawn().map_err(|e| spawn_error(tool, e))?;
     let pid = child.id();
     let out = child.stdout.take().expect("stdout piped");
@@ -123,11 +115,8 @@ pub(crate) async fn run(
     let deadline = opts.deadline.map(tokio::time::Instant::from_std);
     let stopped: Result<Finished, MediaError> = {
         let work = async {
-            let (out_res, err_tail, status) = tokio::join!(
-                read_stdout(out, &mut stdout_mode),
-                read_stderr_tail(err),
-                child.wait()
-            );
+            let (out_res, err_tail, status) =
+                tokio::join!(read_stdout(out, &mut stdout_mode), read_stderr_tail(err), child.wait());
             (out_res, err_tail, status)
         };
         tokio::pin!(work);
@@ -174,10 +163,7 @@ async fn stop_child(child: &mut Child, pid: Option<u32>, graceful: bool) {
     let _ = child.kill().await;
 }
 
-async fn read_stdout(
-    out: impl AsyncRead + Unpin,
-    mode: &mut Stdout<'_>,
-) -> Result<Vec<u8>, MediaError> {
+async fn read_stdout(out: impl AsyncRead + Unpin, mode: &mut Stdout<'_>) -> Result<Vec<u8>, MediaError> {
     match mode {
         Stdout::Collect => {
             let mut buf = Vec::new();
@@ -210,9 +196,7 @@ async fn read_stdout(
 /// `out_time_us=` and `out_time_ms=` (both microseconds in ffmpeg 5) -> seconds.
 pub(crate) fn parse_progress_line(line: &str) -> Option<f64> {
     let line = line.trim();
-    let value = line
-        .strip_prefix("out_time_us=")
-        .or_else(|| line.strip_prefix("out_time_ms="))?;
+    let value = line.strip_prefix("out_time_us=").or_else(|| line.strip_prefix("out_time_ms="))?;
     let us: i64 = value.trim().parse().ok()?;
     Some((us.max(0) as f64) / 1_000_000.0)
 }

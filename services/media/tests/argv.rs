@@ -70,14 +70,19 @@ fn every_ffmpeg_and_ffprobe_invocation_whitelists_the_file_protocol_only() {
         let target = p.target.unwrap_or_else(|| EncodeTarget::new(Orientation::Landscape, Compression::Optimized));
         let seg = dir.path().join("seg.mp4");
         normalize_clip(&a, &info_a, &target, &seg, &RunOptions::new(), &mut |_| {}).await.unwrap();
-        concat_copy(&[a.clone(), b.clone()], &dir.path().join("joined.mp4"), &RunOptions::new(), &mut |_| {}).await.unwrap();
+        concat_copy(&[a.clone(), b.clone()], &dir.path().join("joined.mp4"), &RunOptions::new(), &mut |_| {})
+            .await
+            .unwrap();
     });
     std::env::remove_var("REEL_NATIVE_PROBE");
 
     let text = std::fs::read_to_string(&log).expect("the wrappers ran");
     let lines: Vec<&str> = text.lines().collect();
     assert!(lines.iter().any(|l| l.starts_with("ffprobe")), "no ffprobe ran: {text}");
-    assert!(lines.iter().filter(|l| l.starts_with("ffmpeg")).count() >= 2, "normalize and concat did not both run ffmpeg: {text}");
+    assert!(
+        lines.iter().filter(|l| l.starts_with("ffmpeg")).count() >= 2,
+        "normalize and concat did not both run ffmpeg: {text}"
+    );
     let mut opened = 0;
     for line in &lines {
         opened += inputs_whitelisted(line).unwrap_or_else(|e| panic!("{e}"));

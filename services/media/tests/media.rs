@@ -8,26 +8,14 @@ use std::time::{Duration, Instant};
 
 fn sample(dir: &Path, name: &str, width: u32, height: u32, seconds: f64, audio: bool) -> PathBuf {
     let path = dir.join(name);
-    let spec = SampleSpec {
-        width,
-        height,
-        seconds,
-        fps: 30,
-        audio,
-        label: name.to_string(),
-    };
-    block(make_sample_clip(&path, &spec))
-        .unwrap_or_else(|e| panic!("make_sample_clip {name}: {e}"));
+    let spec = SampleSpec { width, height, seconds, fps: 30, audio, label: name.to_string() };
+    block(make_sample_clip(&path, &spec)).unwrap_or_else(|e| panic!("make_sample_clip {name}: {e}"));
     path
 }
 
 /// Each test owns a small current-thread runtime; ffmpeg does the heavy lifting.
 fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 /// Stream-copies `input` to `output` with a legacy `rotate` tag, as phones write it.
@@ -51,31 +39,17 @@ fn decode_errors(path: &Path) -> String {
         .args(["-f", "null", "-"])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "decode failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "decode failed: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout)
 }
 
 fn stream_types(path: &Path) -> Vec<String> {
     let out = Command::new("ffprobe")
-        .args([
-            "-v",
-            "error",
-            "-show_entries",
-            "stream=codec_type",
-            "-of",
-            "csv=p=0",
-        ])
+        .args(["-v", "error", "-show_entries", "stream=codec_type", "-of", "csv=p=0"])
         .arg(path)
         .output()
         .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| l.trim().to_string())
-        .collect()
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| l.trim().to_string()).collect()
 }
 
 /// Mean luma of the top `rows` of a frame at `at` seconds, frame scaled to 54x96.
@@ -83,23 +57,10 @@ fn top_luma(path: &Path, at: f64, rows: usize) -> f64 {
     let out = Command::new("ffmpeg")
         .args(["-nostdin", "-v", "error", "-ss", &format!("{at}"), "-i"])
         .arg(path)
-        .args([
-            "-frames:v",
-            "1",
-            "-vf",
-            "scale=54:96,format=gray",
-            "-f",
-            "rawvideo",
-            "pipe:1",
-        ])
+        .args(["-frames:v", "1", "-vf", "scale=54:96,format=gray", "-f", "rawvideo", "pipe:1"])
         .output()
         .unwrap();
-    assert_eq!(
-        out.stdout.len(),
-        54 * 96,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(out.stdout.len(), 54 * 96, "{}", String::from_utf8_lossy(&out.stderr));
     let top = &out.stdout[..54 * rows];
     top.iter().map(|&b| b as f64).sum::<f64>() / top.len() as f64
 }
@@ -133,16 +94,9 @@ fn probe_generated_clip() {
     assert_eq!(info.video.rotation, 0);
     assert!(!info.video.time_base.is_empty());
     let a = info.audio.expect("audio");
-    assert_eq!(
-        (a.codec.as_str(), a.sample_rate, a.channels),
-        ("aac", 48000, 2)
-    );
+    assert_eq!((a.codec.as_str(), a.sample_rate, a.channels), ("aac", 48000, 2));
     assert_eq!(a.channel_layout, "stereo");
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
 
 #[test]
@@ -158,9 +112,7 @@ fn probe_without_audio() {
 fn probe_rejects_garbage_and_truncation() {
     let dir = tempfile::tempdir().unwrap();
     let garbage = dir.path().join("garbage.mp4");
-    let bytes: Vec<u8> = (0u32..20_000)
-        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
-        .collect();
+    let bytes: Vec<u8> = (0u32..20_000).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&garbage, bytes).unwrap();
     let e = block(probe(&garbage)).unwrap_err();
     assert!(matches!(e, MediaError::Corrupt { .. }), "{e:?}");
@@ -169,10 +121,7 @@ fn probe_rejects_garbage_and_truncation() {
     // Playlists and scripts that would open other files are refused, whatever the name.
     let inner = sample(dir.path(), "inner.mp4", 160, 90, 1.0, false);
     let hls = dir.path().join("playlist.mp4");
-    let m3u = format!(
-        "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n",
-        inner.display()
-    );
+    let m3u = format!("#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n", inner.display());
     std::fs::write(&hls, m3u).unwrap();
     let e = block(probe(&hls)).unwrap_err();
     assert!(matches!(e, MediaError::Corrupt { .. }), "{e:?}");
@@ -183,10 +132,7 @@ fn probe_rejects_garbage_and_truncation() {
 
     let text = dir.path().join("notes.txt");
     std::fs::write(&text, "not a video at all\n").unwrap();
-    assert!(matches!(
-        block(probe(&text)),
-        Err(MediaError::Corrupt { .. })
-    ));
+    assert!(matches!(block(probe(&text)), Err(MediaError::Corrupt { .. })));
 
     // faststart (index first): ffprobe alone would accept the truncated file.
     let clip = sample(dir.path(), "full.mp4", 320, 240, 1.0, true);
@@ -194,15 +140,9 @@ fn probe_rejects_garbage_and_truncation() {
     let cut = dir.path().join("cut.mp4");
     std::fs::write(&cut, &data[..data.len() / 2]).unwrap();
     let e = block(probe(&cut)).unwrap_err();
-    assert!(
-        matches!(&e, MediaError::Corrupt { reason } if reason.contains("truncated")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, MediaError::Corrupt { reason } if reason.contains("truncated")), "{e:?}");
     std::fs::write(&cut, &data[..data.len() - 1]).unwrap();
-    assert!(matches!(
-        block(probe(&cut)),
-        Err(MediaError::Corrupt { .. })
-    ));
+    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
 
     // index last (plain ffmpeg output): the moov box is missing.
     let plain = dir.path().join("plain.mp4");
@@ -216,22 +156,13 @@ fn probe_rejects_garbage_and_truncation() {
     assert!(st.success());
     let data = std::fs::read(&plain).unwrap();
     std::fs::write(&cut, &data[..data.len() * 2 / 3]).unwrap();
-    assert!(matches!(
-        block(probe(&cut)),
-        Err(MediaError::Corrupt { .. })
-    ));
+    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
 
     std::fs::write(&cut, b"").unwrap();
-    assert!(matches!(
-        block(probe(&cut)),
-        Err(MediaError::Corrupt { .. })
-    ));
+    assert!(matches!(block(probe(&cut)), Err(MediaError::Corrupt { .. })));
 
     let missing = block(probe(&dir.path().join("nope.mp4"))).unwrap_err();
-    assert!(
-        matches!(&missing, MediaError::Io(e) if e.kind() == std::io::ErrorKind::NotFound),
-        "{missing:?}"
-    );
+    assert!(matches!(&missing, MediaError::Io(e) if e.kind() == std::io::ErrorKind::NotFound), "{missing:?}");
 }
 
 #[test]
@@ -279,18 +210,10 @@ fn concat_copy_identical_clips_with_awkward_names() {
     let want: f64 = infos.iter().map(|i| i.duration_seconds).sum();
     assert!((last - want).abs() < 0.3, "progress {last} vs {want}");
     let info = block(probe(&out)).unwrap();
-    assert!(
-        (info.duration_seconds - want).abs() <= 0.2,
-        "{} vs {want}",
-        info.duration_seconds
-    );
+    assert!((info.duration_seconds - want).abs() <= 0.2, "{} vs {want}", info.duration_seconds);
     assert_eq!(decode_errors(&out), "");
     assert_eq!(stream_types(&out), ["video", "audio"]);
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
 
 #[test]
@@ -300,20 +223,10 @@ fn concat_copy_keeps_rotation() {
     let rotated = dir.path().join("phone90.mp4");
     remux_rotated(&clip, &rotated, 270);
     let info = block(probe(&rotated)).unwrap();
-    let plan = plan(
-        &[info.clone(), info.clone()],
-        Orientation::Portrait,
-        Compression::Original,
-    );
+    let plan = plan(&[info.clone(), info.clone()], Orientation::Portrait, Compression::Original);
     assert_eq!(plan.mode, reel_events::Mode::Copy, "{}", plan.reason);
     let out = dir.path().join("reel.mp4");
-    block(concat_copy(
-        &[rotated.clone(), rotated],
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    block(concat_copy(&[rotated.clone(), rotated], &out, &RunOptions::new(), &mut |_| {})).unwrap();
     let joined = block(probe(&out)).unwrap();
     assert_eq!(joined.video.rotation, 90);
     assert_eq!(joined.video.display_size(), (180, 320));
@@ -324,21 +237,9 @@ fn concat_copy_errors() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out.mp4");
     let e = block(concat_copy(&[], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
-    assert!(
-        matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput),
-        "{e:?}"
-    );
-    let e = block(concat_copy(
-        &[dir.path().join("missing.mp4")],
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap_err();
-    assert!(
-        matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::NotFound),
-        "{e:?}"
-    );
+    assert!(matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::InvalidInput), "{e:?}");
+    let e = block(concat_copy(&[dir.path().join("missing.mp4")], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
+    assert!(matches!(&e, MediaError::Io(io) if io.kind() == std::io::ErrorKind::NotFound), "{e:?}");
     // A non-media input is refused; nothing is left behind.
     let junk = dir.path().join("junk.mp4");
     std::fs::write(&junk, b"junk junk junk").unwrap();
@@ -363,20 +264,13 @@ fn concat_copy_errors() {
     assert_eq!(p.mode, reel_events::Mode::Copy, "{}", p.reason);
     let inputs = [a.clone(), b];
     let e = block(check_copy_compatible(&inputs, &RunOptions::new())).unwrap_err();
-    assert!(
-        matches!(&e, MediaError::Incompatible { reason } if reason.contains("input 2")),
-        "{e:?}"
-    );
+    assert!(matches!(&e, MediaError::Incompatible { reason } if reason.contains("input 2")), "{e:?}");
     let e = block(concat_copy(&inputs, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(&e, MediaError::Incompatible { .. }), "{e:?}");
     assert!(!e.is_transient());
     block(check_copy_compatible(&[a.clone(), a], &RunOptions::new())).unwrap();
     assert!(!out.exists());
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
 
 #[test]
@@ -388,10 +282,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
     let land = sample(dir.path(), "land.mp4", 320, 180, 1.5, true);
     let phone = dir.path().join("phone's clip.mp4");
     remux_rotated(&land, &phone, 270);
-    let infos = [
-        block(probe(&silent)).unwrap(),
-        block(probe(&phone)).unwrap(),
-    ];
+    let infos = [block(probe(&silent)).unwrap(), block(probe(&phone)).unwrap()];
     assert_eq!(infos[1].video.rotation, 90);
 
     let plan = plan(&infos, Orientation::Portrait, Compression::Optimized);
@@ -404,15 +295,7 @@ fn normalize_mixed_clips_to_portrait_and_join() {
         let seg = dir.path().join(format!("seg {i}.mp4"));
         let mut progressed = 0.0;
         let t = Instant::now();
-        block(normalize_clip(
-            src,
-            info,
-            &target,
-            &seg,
-            &RunOptions::new(),
-            &mut |s| progressed = s,
-        ))
-        .unwrap();
+        block(normalize_clip(src, info, &target, &seg, &RunOptions::new(), &mut |s| progressed = s)).unwrap();
         eprintln!(
             "normalize_clip {i} ({}x{} -> 1080x1920, {}): {:?}",
             info.video.width,
@@ -422,17 +305,11 @@ fn normalize_mixed_clips_to_portrait_and_join() {
         );
         assert!(progressed > 0.5, "progress {progressed}");
         let s = block(probe(&seg)).unwrap();
-        assert_eq!(
-            (s.video.width, s.video.height, s.video.rotation),
-            (1080, 1920, 0)
-        );
+        assert_eq!((s.video.width, s.video.height, s.video.rotation), (1080, 1920, 0));
         assert_eq!(s.video.frame_rate, "30/1");
         assert_eq!(s.video.pix_fmt, "yuv420p");
         let a = s.audio.as_ref().expect("every segment has audio");
-        assert_eq!(
-            (a.codec.as_str(), a.sample_rate, a.channels),
-            ("aac", 48000, 2)
-        );
+        assert_eq!((a.codec.as_str(), a.sample_rate, a.channels), ("aac", 48000, 2));
         assert!(
             (s.duration_seconds - info.duration_seconds).abs() < 0.05,
             "{} vs {}",
@@ -442,38 +319,18 @@ fn normalize_mixed_clips_to_portrait_and_join() {
         segments.push(seg);
     }
     // The 4:3 clip is letterboxed (black bars top and bottom); the upright phone clip fills the frame.
-    assert!(
-        top_luma(&segments[0], 0.5, 8) < 20.0,
-        "expected black padding on top"
-    );
-    assert!(
-        top_luma(&segments[1], 0.5, 8) > 40.0,
-        "rotated clip should fill the portrait frame"
-    );
+    assert!(top_luma(&segments[0], 0.5, 8) < 20.0, "expected black padding on top");
+    assert!(top_luma(&segments[1], 0.5, 8) > 40.0, "rotated clip should fill the portrait frame");
 
     let out = dir.path().join("reel.mp4");
-    block(concat_copy(
-        &segments,
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap();
+    block(concat_copy(&segments, &out, &RunOptions::new(), &mut |_| {})).unwrap();
     let reel = block(probe(&out)).unwrap();
     assert_eq!((reel.video.width, reel.video.height), (1080, 1920));
     assert_eq!(stream_types(&out), ["video", "audio"]);
     let want: f64 = infos.iter().map(|i| i.duration_seconds).sum();
-    assert!(
-        (reel.duration_seconds - want).abs() <= 0.2,
-        "{} vs {want}",
-        reel.duration_seconds
-    );
+    assert!((reel.duration_seconds - want).abs() <= 0.2, "{} vs {want}", reel.duration_seconds);
     assert_eq!(decode_errors(&out), "");
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
     if let Some(keep) = std::env::var_os("REEL_MEDIA_KEEP") {
         for (i, seg) in segments.iter().enumerate() {
             std::fs::copy(seg, Path::new(&keep).join(format!("seg{i}.mp4"))).unwrap();
@@ -488,11 +345,8 @@ fn endless_job(dir: &Path) -> (PathBuf, reel_events::ClipInfo, EncodeTarget) {
     let clip = sample(dir, "short.mp4", 160, 90, 0.5, true);
     let mut info = block(probe(&clip)).unwrap();
     info.duration_seconds = 3600.0;
-    let target = EncodeTarget {
-        width: 320,
-        height: 240,
-        ..EncodeTarget::new(Orientation::Landscape, Compression::Optimized)
-    };
+    let target =
+        EncodeTarget { width: 320, height: 240, ..EncodeTarget::new(Orientation::Landscape, Compression::Optimized) };
     (clip, info, target)
 }
 
@@ -529,10 +383,7 @@ fn cancel_stops_ffmpeg_promptly() {
     let out = dir.path().join("never.mp4");
     let opts = RunOptions::new();
     let cancel = opts.cancel.clone();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let (res, since_cancel, progressed) = rt.block_on(async {
         let (tx, mut rx) = tokio::sync::watch::channel(0.0f64);
         let fired = std::sync::Arc::new(std::sync::Mutex::new(None::<Instant>));
@@ -546,11 +397,7 @@ fn cancel_stops_ffmpeg_promptly() {
                 }
             }
             #[cfg(target_os = "linux")]
-            assert_eq!(
-                children_mentioning(&watched),
-                1,
-                "the running ffmpeg is visible"
-            );
+            assert_eq!(children_mentioning(&watched), 1, "the running ffmpeg is visible");
             let _ = &watched;
             *fired2.lock().unwrap() = Some(Instant::now());
             cancel.cancel();
@@ -569,23 +416,12 @@ fn cancel_stops_ffmpeg_promptly() {
     assert!(matches!(res, Err(MediaError::Cancelled)), "{res:?}");
     assert!(since_cancel < Duration::from_secs(3), "{since_cancel:?}");
     assert!(!out.exists());
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
     #[cfg(target_os = "linux")]
     assert_eq!(children_mentioning(dir.path()), 0, "ffmpeg still running");
 
     // An already-cancelled token never starts ffmpeg.
-    let res = block(normalize_clip(
-        &clip,
-        &info,
-        &target,
-        &out,
-        &opts,
-        &mut |_| {},
-    ));
+    let res = block(normalize_clip(&clip, &info, &target, &out, &opts, &mut |_| {}));
     assert!(matches!(res, Err(MediaError::Cancelled)), "{res:?}");
 }
 
@@ -596,47 +432,22 @@ fn deadline_times_out() {
     let out = dir.path().join("never.mp4");
     let opts = RunOptions::new().with_timeout(Duration::from_millis(1500));
     let t = Instant::now();
-    let res = block(normalize_clip(
-        &clip,
-        &info,
-        &target,
-        &out,
-        &opts,
-        &mut |_| {},
-    ));
+    let res = block(normalize_clip(&clip, &info, &target, &out, &opts, &mut |_| {}));
     let took = t.elapsed();
     eprintln!("deadline 1.5 s -> returned after {took:?}");
     assert!(matches!(res, Err(MediaError::Timeout)), "{res:?}");
     assert!(res.unwrap_err().is_transient());
     assert!(took < Duration::from_millis(1500 + 2500), "{took:?}");
     assert!(!out.exists());
-    assert!(
-        leftovers(dir.path()).is_empty(),
-        "{:?}",
-        leftovers(dir.path())
-    );
+    assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
 }
 
 #[test]
 fn sample_clip_validation() {
     let dir = tempfile::tempdir().unwrap();
-    let bad = SampleSpec {
-        width: 161,
-        height: 90,
-        seconds: 1.0,
-        fps: 30,
-        audio: false,
-        label: String::new(),
-    };
+    let bad = SampleSpec { width: 161, height: 90, seconds: 1.0, fps: 30, audio: false, label: String::new() };
     assert!(block(make_sample_clip(&dir.path().join("x.mp4"), &bad)).is_err());
-    let bad = SampleSpec {
-        width: 160,
-        height: 90,
-        seconds: 0.0,
-        fps: 30,
-        audio: false,
-        label: String::new(),
-    };
+    let bad = SampleSpec { width: 160, height: 90, seconds: 0.0, fps: 30, audio: false, label: String::new() };
     assert!(block(make_sample_clip(&dir.path().join("x.mp4"), &bad)).is_err());
 }
 
@@ -653,26 +464,12 @@ fn disk_full_is_reported() {
     let info = block(probe(&clip)).unwrap();
     let target = EncodeTarget::new(Orientation::Portrait, Compression::HighQuality);
     let out = full.join("seg.mp4");
-    let e = block(normalize_clip(
-        &clip,
-        &info,
-        &target,
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap_err();
+    let e = block(normalize_clip(&clip, &info, &target, &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
     assert!(e.is_transient());
     assert!(!out.exists());
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
-    let e = block(concat_copy(
-        &[clip.clone(), clip.clone()],
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap_err();
+    let e = block(concat_copy(&[clip.clone(), clip.clone()], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
 
@@ -683,13 +480,7 @@ fn disk_full_is_reported() {
         let mut f = std::fs::File::create(&filler).unwrap();
         while f.write_all(&[0u8; 4096]).is_ok() {}
     }
-    let e = block(concat_copy(
-        &[clip.clone(), clip],
-        &out,
-        &RunOptions::new(),
-        &mut |_| {},
-    ))
-    .unwrap_err();
+    let e = block(concat_copy(&[clip.clone(), clip], &out, &RunOptions::new(), &mut |_| {})).unwrap_err();
     std::fs::remove_file(&filler).unwrap();
     assert!(matches!(e, MediaError::DiskFull(_)), "{e:?}");
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));

@@ -13,11 +13,7 @@ use std::process::Command;
 use std::time::Instant;
 
 fn block<F: std::future::Future>(f: F) -> F::Output {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(f)
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)
 }
 
 /// `ffmpeg -v error -nostdin -y ARGS`; `Err(stderr)` on failure.
@@ -39,12 +35,7 @@ fn strings(s: &str) -> Vec<String> {
 }
 
 fn video(rate: &str, size: &str) -> Vec<String> {
-    vec![
-        "-f".into(),
-        "lavfi".into(),
-        "-i".into(),
-        format!("testsrc2=size={size}:rate={rate}:duration=0.4"),
-    ]
+    vec!["-f".into(), "lavfi".into(), "-i".into(), format!("testsrc2=size={size}:rate={rate}:duration=0.4")]
 }
 
 fn tone(sample_rate: u32, seconds: f64) -> Vec<String> {
@@ -153,16 +144,11 @@ fn make_corpus(dir: &Path) -> Vec<(PathBuf, Expect)> {
     let mut cases = corpus();
     let srt = dir.join("subs.srt");
     std::fs::write(&srt, "1\n00:00:00,000 --> 00:00:00,300\nhello\n").unwrap();
-    for c in cases
-        .iter_mut()
-        .filter(|c| c.name == "mov-text-subtitles.mp4")
-    {
+    for c in cases.iter_mut().filter(|c| c.name == "mov-text-subtitles.mp4") {
         let mut args = video("30", "96x54");
         args.extend(tone(48000, 0.4));
         args.extend(["-i".to_string(), srt.display().to_string()]);
-        args.extend(strings(&format!(
-            "-map 0 -map 1 -map 2 {X264} {AAC} -c:s mov_text"
-        )));
+        args.extend(strings(&format!("-map 0 -map 1 -map 2 {X264} {AAC} -c:s mov_text")));
         c.args = args;
     }
     let made: Vec<Option<(PathBuf, Expect)>> = std::thread::scope(|scope| {
@@ -197,11 +183,7 @@ fn make_corpus(dir: &Path) -> Vec<(PathBuf, Expect)> {
     // Derived by stream copy from the first (faststart) file.
     let base = dir.join("h264-baseline-faststart.mp4");
     assert!(base.exists(), "the base clip must be made");
-    for (tag, name) in [
-        (90, "rotate-90.mp4"),
-        (180, "rotate-180.mp4"),
-        (270, "rotate-270.mov"),
-    ] {
+    for (tag, name) in [(90, "rotate-90.mp4"), (180, "rotate-180.mp4"), (270, "rotate-270.mov")] {
         let out = dir.join(name);
         let args = vec![
             "-i".into(),
@@ -216,11 +198,8 @@ fn make_corpus(dir: &Path) -> Vec<(PathBuf, Expect)> {
         files.push((out, Expect::Native));
     }
     let cover = dir.join("cover.png");
-    ffmpeg(&strings(&format!(
-        "-f lavfi -i testsrc2=size=32x32:rate=1:duration=1 -frames:v 1 {}",
-        cover.display()
-    )))
-    .unwrap();
+    ffmpeg(&strings(&format!("-f lavfi -i testsrc2=size=32x32:rate=1:duration=1 -frames:v 1 {}", cover.display())))
+        .unwrap();
     let with_cover = dir.join("cover-art.mp4");
     ffmpeg(&strings(&format!(
         "-i {} -i {} -map 0 -map 1 -c copy -c:v:1 png -disposition:v:1 attached_pic {}",
@@ -265,10 +244,7 @@ fn summary(info: &ClipInfo, headers: &Fingerprint) -> String {
 /// ClipInfos equal, durations within 1 ms.
 fn same_clip(native: &ClipInfo, ffprobe: &ClipInfo) -> bool {
     (native.duration_seconds - ffprobe.duration_seconds).abs() < 0.001
-        && ClipInfo {
-            duration_seconds: ffprobe.duration_seconds,
-            ..native.clone()
-        } == *ffprobe
+        && ClipInfo { duration_seconds: ffprobe.duration_seconds, ..native.clone() } == *ffprobe
 }
 
 #[test]
@@ -285,10 +261,7 @@ fn native_reader_agrees_with_ffprobe_or_declines() {
             .chunks(files.len().div_ceil(3))
             .map(|chunk| {
                 scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|(path, expect)| check_against_ffprobe(path, *expect))
-                        .collect::<Vec<_>>()
+                    chunk.iter().map(|(path, expect)| check_against_ffprobe(path, *expect)).collect::<Vec<_>>()
                 })
             })
             .collect::<Vec<_>>()
@@ -314,14 +287,10 @@ fn check_against_ffprobe(path: &Path, expect: Expect) -> (String, Vec<String>) {
             match (&by_ffprobe, &headers_by_ffprobe) {
                 (Ok(want), Ok(want_headers)) => {
                     if !same_clip(&info, want) {
-                        failures.push(format!(
-                            "{name}: native {info:?}\n    ffprobe {want:?}"
-                        ));
+                        failures.push(format!("{name}: native {info:?}\n    ffprobe {want:?}"));
                     }
                     if fingerprint != *want_headers {
-                        failures.push(format!(
-                            "{name}: native {fingerprint:?}\n    ffprobe {want_headers:?}"
-                        ));
+                        failures.push(format!("{name}: native {fingerprint:?}\n    ffprobe {want_headers:?}"));
                     }
                     // The wired-up probe answers natively with the same result.
                     match block(probe(path)) {
@@ -329,9 +298,8 @@ fn check_against_ffprobe(path: &Path, expect: Expect) -> (String, Vec<String>) {
                         other => failures.push(format!("{name}: probe() gave {other:?}")),
                     }
                 }
-                _ => failures.push(format!(
-                    "{name}: read natively but ffprobe failed: {by_ffprobe:?} / {headers_by_ffprobe:?}"
-                )),
+                _ => failures
+                    .push(format!("{name}: read natively but ffprobe failed: {by_ffprobe:?} / {headers_by_ffprobe:?}")),
             }
             if expect == Expect::Decline {
                 failures.push(format!("{name}: expected a decline"));
@@ -343,9 +311,7 @@ fn check_against_ffprobe(path: &Path, expect: Expect) -> (String, Vec<String>) {
                 failures.push(format!("{name}: the native reader panicked: {reason}"));
             }
             if expect == Expect::Native {
-                failures.push(format!(
-                    "{name}: expected a native read, declined: {reason}"
-                ));
+                failures.push(format!("{name}: expected a native read, declined: {reason}"));
             }
             format!("declined  {name}: {reason}")
         }
@@ -373,10 +339,7 @@ fn real_clip(dir: &Path, name: &str, faststart: bool) -> PathBuf {
 
 /// Offset of the first box of type `kind` (its size field), searching raw bytes.
 fn find_box(data: &[u8], kind: &[u8; 4]) -> usize {
-    data.windows(4)
-        .position(|w| w == kind)
-        .expect("box present")
-        - 4
+    data.windows(4).position(|w| w == kind).expect("box present") - 4
 }
 
 fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
@@ -399,17 +362,9 @@ fn hostile_files_never_panic_and_stay_corrupt() {
         // path has to agree, so a few suffice.
         for quarter in 1..4 {
             let cut = data.len() * quarter / 4;
-            hostile.push((
-                format!("{label} cut at {quarter}/4"),
-                data[..cut].to_vec(),
-                true,
-            ));
+            hostile.push((format!("{label} cut at {quarter}/4"), data[..cut].to_vec(), true));
         }
-        hostile.push((
-            format!("{label} minus 1 byte"),
-            data[..data.len() - 1].to_vec(),
-            true,
-        ));
+        hostile.push((format!("{label} minus 1 byte"), data[..data.len() - 1].to_vec(), true));
         let moov = find_box(data, b"moov");
         let mut lying = data.clone();
         lying[moov..moov + 4].copy_from_slice(&0xFFFF_FFF0u32.to_be_bytes());
@@ -426,14 +381,7 @@ fn hostile_files_never_panic_and_stay_corrupt() {
             let at = find_box(data, kind) + field;
             let mut bytes = data.clone();
             bytes[at..at + 4].copy_from_slice(&value.to_be_bytes());
-            hostile.push((
-                format!(
-                    "{label} '{}'+{field} = {value:#x}",
-                    String::from_utf8_lossy(kind)
-                ),
-                bytes,
-                false,
-            ));
+            hostile.push((format!("{label} '{}'+{field} = {value:#x}", String::from_utf8_lossy(kind)), bytes, false));
         }
     }
     // Garbage after a valid ftyp, and a deeply nested moov.
@@ -476,9 +424,7 @@ fn hostile_files_never_panic_and_stay_corrupt() {
             _ => false,
         };
         if !agree {
-            failures.push(format!(
-                "{name}: probe {auto:?} but ffprobe path {by_ffprobe:?}"
-            ));
+            failures.push(format!("{name}: probe {auto:?} but ffprobe path {by_ffprobe:?}"));
         }
         if *must_be_corrupt && !matches!(auto, Err(MediaError::Corrupt { .. })) {
             failures.push(format!("{name}: expected Corrupt, got {auto:?}"));
@@ -507,23 +453,14 @@ fn time_probing_a_clip_directory() {
         .collect();
     clips.sort();
     let mode = std::env::var("REEL_NATIVE_PROBE").unwrap_or_else(|_| "default (native)".into());
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
     // Differential check first: any directory of real clips is a corpus too.
     for clip in &clips {
         match rt.block_on(probe_native(clip)) {
             NativeProbe::Read { info, fingerprint } => {
                 let want = rt.block_on(probe_with_ffprobe(clip)).unwrap();
-                let want_headers = rt
-                    .block_on(fingerprint_with_ffprobe(clip, &RunOptions::new()))
-                    .unwrap();
-                assert!(
-                    same_clip(&info, &want),
-                    "{}: {info:?} vs {want:?}",
-                    clip.display()
-                );
+                let want_headers = rt.block_on(fingerprint_with_ffprobe(clip, &RunOptions::new())).unwrap();
+                assert!(same_clip(&info, &want), "{}: {info:?} vs {want:?}", clip.display());
                 assert_eq!(fingerprint, want_headers, "{}", clip.display());
             }
             NativeProbe::Declined(reason) => eprintln!("declined {}: {reason}", clip.display()),

@@ -9,19 +9,12 @@ use std::time::{Duration, Instant};
 fn sigterm_ignored_then_killed() {
     let dir = tempfile::tempdir().unwrap();
     let stub = dir.path().join("ffmpeg");
-    std::fs::write(
-        &stub,
-        "#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.1; done\n",
-    )
-    .unwrap();
+    std::fs::write(&stub, "#!/bin/sh\ntrap '' TERM\nwhile true; do sleep 0.1; done\n").unwrap();
     std::fs::set_permissions(&stub, std::fs::Permissions::from_mode(0o755)).unwrap();
     // Safety: this binary has exactly one test, so no other thread reads the environment.
     unsafe { std::env::set_var("REEL_FFMPEG", &stub) };
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let out = dir.path().join("x.mp4");
     let opts = RunOptions::new().with_timeout(Duration::from_millis(300));
     let t = Instant::now();
@@ -43,25 +36,12 @@ fn sigterm_ignored_then_killed() {
     let target = EncodeTarget {
         width: 160,
         height: 90,
-        ..EncodeTarget::new(
-            reel_events::Orientation::Landscape,
-            reel_events::Compression::Small,
-        )
+        ..EncodeTarget::new(reel_events::Orientation::Landscape, reel_events::Compression::Small)
     };
-    let res = rt.block_on(normalize_clip(
-        &stub,
-        &info,
-        &target,
-        &out,
-        &opts,
-        &mut |_| {},
-    ));
+    let res = rt.block_on(normalize_clip(&stub, &info, &target, &out, &opts, &mut |_| {}));
     let took = t.elapsed();
     assert!(matches!(res, Err(MediaError::Timeout)), "{res:?}");
     // 0.3 s deadline + 2 s grace after SIGTERM, then SIGKILL.
-    assert!(
-        took >= Duration::from_millis(2200) && took < Duration::from_secs(4),
-        "{took:?}"
-    );
+    assert!(took >= Duration::from_millis(2200) && took < Duration::from_secs(4), "{took:?}");
     assert!(!out.exists());
 }

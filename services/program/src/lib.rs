@@ -120,7 +120,8 @@ pub async fn connect(settings: Settings) -> Result<Wiring> {
     let settings = Arc::new(settings);
     let Adapters { pubsub, storage } = adapters(&settings)?;
     let bus: Arc<dyn Bus> = Arc::new(reel_gcp::PubSubBus::connect(pubsub).await.context("connecting to Pub/Sub")?);
-    let resolver: Arc<dyn StoreResolver> = Arc::new(reel_gcp::CloudResolver::connect(storage).await.context("connecting to Cloud Storage")?);
+    let resolver: Arc<dyn StoreResolver> =
+        Arc::new(reel_gcp::CloudResolver::connect(storage).await.context("connecting to Cloud Storage")?);
     let work = open_work_store(&settings.effective_work_root(), resolver.as_ref())?;
     Ok(Wiring { settings, bus, work, resolver })
 }
@@ -135,7 +136,9 @@ pub fn open_work_store(root: &str, resolver: &dyn StoreResolver) -> Result<Arc<d
                 .map_err(|e| anyhow::anyhow!("work bucket gs://{bucket}: {e}"))?;
             Arc::new(PrefixStore::new(store, &key))
         }
-        Location::Local(path) => Arc::new(DirStore::new(&path).with_context(|| format!("work dir {}", path.display()))?),
+        Location::Local(path) => {
+            Arc::new(DirStore::new(&path).with_context(|| format!("work dir {}", path.display()))?)
+        }
     })
 }
 
@@ -221,7 +224,11 @@ pub mod testing {
         for flag in ["--exit-when-idle", "--listen", "--push", "--grace"] {
             assert!(text.contains(flag), "{flag} missing from --help:\n{text}");
         }
-        let out = Command::new(exe).env_clear().env("PATH", std::env::var_os("PATH").unwrap_or_default()).output().expect("run");
+        let out = Command::new(exe)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .output()
+            .expect("run");
         assert!(!out.status.success());
         let text = String::from_utf8_lossy(&out.stderr);
         assert!(text.contains("GOOGLE_CLOUD_PROJECT"), "{text}");

@@ -66,7 +66,12 @@ pub fn router(worker: Arc<Worker>, stop: CancellationToken, subscription: String
 
 /// Serve until `shutdown`; in-flight requests get `grace` to finish, then are stopped
 /// (and answered 503, so Pub/Sub redelivers them).
-pub async fn serve(worker: Arc<Worker>, addr: SocketAddr, shutdown: CancellationToken, grace: Duration) -> anyhow::Result<()> {
+pub async fn serve(
+    worker: Arc<Worker>,
+    addr: SocketAddr,
+    shutdown: CancellationToken,
+    grace: Duration,
+) -> anyhow::Result<()> {
     let stop = CancellationToken::new();
     let subscription = String::new();
     let app = router(worker, stop.clone(), subscription);
@@ -91,7 +96,8 @@ async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::Header
 
 /// `/healthz` and `/metrics` alone, for pull mode (served when `PORT` is set, as on Cloud Run).
 pub fn metrics_router(worker: Arc<Worker>) -> Router {
-    router(worker, CancellationToken::new(), String::new()).route("/", post(|| async { StatusCode::METHOD_NOT_ALLOWED }))
+    router(worker, CancellationToken::new(), String::new())
+        .route("/", post(|| async { StatusCode::METHOD_NOT_ALLOWED }))
 }
 
 async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> StatusCode {
@@ -134,13 +140,22 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u
     if content_type.starts_with("application/cloudevents+json") {
         let mut attributes = BTreeMap::new();
         attributes.insert("content-type".into(), content_type);
-        return Ok((Message { data: body.to_vec(), attributes, ordering_key: String::new() }, String::new(), String::new(), 1));
+        return Ok((
+            Message { data: body.to_vec(), attributes, ordering_key: String::new() },
+            String::new(),
+            String::new(),
+            1,
+        ));
     }
-    let envelope: PushEnvelope = serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
+    let envelope: PushEnvelope =
+        serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
     let data = match envelope.message.data {
-        Some(text) => base64::engine::general_purpose::STANDARD.decode(text).map_err(|e| format!("message.data is not base64: {e}"))?,
+        Some(text) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map_err(|e| format!("message.data is not base64: {e}"))?,
         None => Vec::new(),
     };
-    let message = Message { data, attributes: envelope.message.attributes, ordering_key: envelope.message.ordering_key };
+    let message =
+        Message { data, attributes: envelope.message.attributes, ordering_key: envelope.message.ordering_key };
     Ok((message, envelope.message.message_id, envelope.subscription, envelope.delivery_attempt.unwrap_or(1)))
 }

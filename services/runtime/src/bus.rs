@@ -90,12 +90,7 @@ pub trait Bus: Send + Sync + 'static {
     /// them (an empty vector when none arrived in time). Each returned delivery is
     /// leased until its ack deadline; it must be acked, nacked or have its deadline
     /// extended, or it is redelivered.
-    async fn receive(
-        &self,
-        subscription: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError>;
+    async fn receive(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError>;
 
     /// Acknowledge: the message will not be delivered again on this subscription.
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError>;
@@ -106,12 +101,7 @@ pub trait Bus: Send + Sync + 'static {
     async fn nack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError>;
 
     /// Extend (or shorten) the lease of a delivery to `seconds` from now.
-    async fn modify_deadline(
-        &self,
-        subscription: &str,
-        ack_id: &str,
-        seconds: u32,
-    ) -> Result<(), BusError>;
+    async fn modify_deadline(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError>;
 
     /// Create every topic and subscription of `topology` that does not exist yet.
     /// Idempotent: existing ones are left as they are.

@@ -173,17 +173,12 @@ impl Settings {
             "GOOGLE_CLOUD_PROJECT" => self.google_cloud_project = opt(value),
             "VIDEO_STORAGE_BUCKET" => self.video_storage_bucket = opt(value),
             "JOB_TIMEOUT_MINUTES" => {
-                self.job_timeout_minutes = value.parse().ok().filter(|m| *m > 0).ok_or_else(|| bad("expected minutes > 0"))?
+                self.job_timeout_minutes =
+                    value.parse().ok().filter(|m| *m > 0).ok_or_else(|| bad("expected minutes > 0"))?
             }
             "MAX_RETRY_ATTEMPTS" => self.max_retry_attempts = value.parse().map_err(|_| bad("expected a count"))?,
-            "TEMP_DIR"
-                if !value.is_empty() => {
-                    self.temp_dir = PathBuf::from(value)
-                }
-            "LOG_LEVEL"
-                if !value.is_empty() => {
-                    self.log_level = value.to_string()
-                }
+            "TEMP_DIR" if !value.is_empty() => self.temp_dir = PathBuf::from(value),
+            "LOG_LEVEL" if !value.is_empty() => self.log_level = value.to_string(),
             "METRICS_ENABLED" => self.metrics_enabled = boolean(value)?,
             "PUBSUB_EMULATOR_HOST" => self.pubsub_emulator_host = opt(value),
             "STORAGE_EMULATOR_HOST" => self.storage_emulator_host = opt(value),
@@ -192,18 +187,25 @@ impl Settings {
             "REEL_TOPIC_PREFIX" => self.topic_prefix = value.to_string(),
             "REEL_WORK_ROOT" => self.work_root = opt(value),
             "REEL_ALLOWED_ROOTS" => {
-                self.allowed_roots = value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
+                self.allowed_roots =
+                    value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect()
             }
             "REEL_MAX_CLIPS" => self.max_clips = value.parse().map_err(|_| bad("expected a count"))?,
             "REEL_MAX_CLIP_BYTES" => self.max_clip_bytes = value.parse().map_err(|_| bad("expected bytes"))?,
             "REEL_MAX_CLIP_SECONDS" => self.max_clip_seconds = value.parse().map_err(|_| bad("expected seconds"))?,
             "REEL_PROJECT_LOCK" => self.project_lock = boolean(value)?,
             "REEL_ACK_DEADLINE_SECONDS" => {
-                self.ack_deadline_seconds =
-                    Some(value.parse().ok().filter(|s| (10..=600).contains(s)).ok_or_else(|| bad("expected 10-600 seconds"))?)
+                self.ack_deadline_seconds = Some(
+                    value
+                        .parse()
+                        .ok()
+                        .filter(|s| (10..=600).contains(s))
+                        .ok_or_else(|| bad("expected 10-600 seconds"))?,
+                )
             }
             "REEL_MIN_BACKOFF_SECONDS" => {
-                self.min_backoff_seconds = Some(value.parse().ok().filter(|s| *s <= 600).ok_or_else(|| bad("expected 0-600 seconds"))?)
+                self.min_backoff_seconds =
+                    Some(value.parse().ok().filter(|s| *s <= 600).ok_or_else(|| bad("expected 0-600 seconds"))?)
             }
             "REEL_PUBSUB_PULL" => {
                 self.pubsub_pull = match value {

@@ -332,11 +332,8 @@ pub mod bus_cases {
         source.max_delivery_attempts = 5;
         let mut dead = subscription(&ds, &d, &d);
         dead.dead_letter_topic = None;
-        let topology = Topology {
-            prefix: p.to_string(),
-            topics: vec![topic(&t), topic(&d)],
-            subscriptions: vec![source, dead],
-        };
+        let topology =
+            Topology { prefix: p.to_string(), topics: vec![topic(&t), topic(&d)], subscriptions: vec![source, dead] };
         ensure(&*bus, &topology).await;
         let sent = sample_message("dead");
         publish(&*bus, &topic_name(&topology, 0), sent.clone()).await;
@@ -348,12 +345,21 @@ pub mod bus_cases {
                 "no dead letter on {ds} within {DEAD_LETTER_TIMEOUT:?} (highest attempt seen on {s}: {max_attempt})"
             );
             // Keep pulling the source: the Pub/Sub emulator forwards only while pulled.
-            for delivery in bus.receive(&s, 10, Duration::from_millis(300)).await.unwrap_or_else(|e| panic!("receive failed: {e}")) {
+            for delivery in
+                bus.receive(&s, 10, Duration::from_millis(300)).await.unwrap_or_else(|e| panic!("receive failed: {e}"))
+            {
                 max_attempt = max_attempt.max(delivery.delivery_attempt);
-                assert!(delivery.delivery_attempt <= 5, "delivered with attempt {} > max_delivery_attempts 5", delivery.delivery_attempt);
+                assert!(
+                    delivery.delivery_attempt <= 5,
+                    "delivered with attempt {} > max_delivery_attempts 5",
+                    delivery.delivery_attempt
+                );
                 bus.nack(&s, &delivery.ack_id).await.unwrap_or_else(|e| panic!("nack failed: {e}"));
             }
-            let mut letters = bus.receive(&ds, 1, Duration::from_millis(100)).await.unwrap_or_else(|e| panic!("receive on the dead-letter subscription failed: {e}"));
+            let mut letters = bus
+                .receive(&ds, 1, Duration::from_millis(100))
+                .await
+                .unwrap_or_else(|e| panic!("receive on the dead-letter subscription failed: {e}"));
             if let Some(letter) = letters.pop() {
                 break letter;
             }
@@ -484,12 +490,19 @@ pub mod store_cases {
             writer.shutdown().await.expect("closing the body");
             crc
         });
-        let meta = store.put(&key, Box::pin(reader), PutMode::CreateOnly).await.unwrap_or_else(|e| panic!("streamed put failed: {e}"));
+        let meta = store
+            .put(&key, Box::pin(reader), PutMode::CreateOnly)
+            .await
+            .unwrap_or_else(|e| panic!("streamed put failed: {e}"));
         let crc = feeder.await.expect("feeder task");
         assert_eq!(meta.size, len as u64, "put: wrong size");
         assert_eq!(meta.crc32c, crc, "put: wrong crc32c");
         assert_eq!(meta.key, key);
-        let head = store.head(&key).await.unwrap_or_else(|e| panic!("head failed: {e}")).expect("head of a put object is None");
+        let head = store
+            .head(&key)
+            .await
+            .unwrap_or_else(|e| panic!("head failed: {e}"))
+            .expect("head of a put object is None");
         assert_eq!((head.size, head.crc32c), (meta.size, meta.crc32c), "head disagrees with put");
         let mut reader = store.get(&key).await.unwrap_or_else(|e| panic!("get failed: {e}"));
         let mut buf = vec![0u8; 100_000];
@@ -508,7 +521,10 @@ pub mod store_cases {
 
     /// head of a missing key is `None`.
     pub async fn head_missing_is_none(store: Arc<dyn Store>, p: &str) {
-        let got = store.head(&format!("{p}missing/key")).await.unwrap_or_else(|e| panic!("head of a missing key failed: {e}"));
+        let got = store
+            .head(&format!("{p}missing/key"))
+            .await
+            .unwrap_or_else(|e| panic!("head of a missing key failed: {e}"));
         assert_eq!(got, None, "head of a missing key must be None");
     }
 
@@ -539,7 +555,12 @@ pub mod store_cases {
         let first = put(&*store, &key, b"version one", PutMode::Overwrite).await;
         let second = put(&*store, &key, b"v2", PutMode::Overwrite).await;
         check_meta(&second, &key, b"v2", "overwrite");
-        assert!(second.generation > first.generation, "generation must grow on overwrite ({} then {})", first.generation, second.generation);
+        assert!(
+            second.generation > first.generation,
+            "generation must grow on overwrite ({} then {})",
+            first.generation,
+            second.generation
+        );
         assert_eq!(read_all(&*store, &key).await, b"v2", "overwrite did not replace the content");
         let head = store.head(&key).await.unwrap_or_else(|e| panic!("head failed: {e}")).expect("head is None");
         check_meta(&head, &key, b"v2", "head after overwrite");
@@ -562,13 +583,21 @@ pub mod store_cases {
             check_meta(meta, &meta.key, name.repeat(i + 1).as_bytes(), "listed object");
         }
         assert_eq!(keys(listed), full(&["jobs/a/x", "jobs/a/y/z", "jobs/ab"]), "list(jobs/a)");
-        assert_eq!(keys(store.list(&format!("{p}jobs/a/")).await.unwrap()), full(&["jobs/a/x", "jobs/a/y/z"]), "list(jobs/a/)");
+        assert_eq!(
+            keys(store.list(&format!("{p}jobs/a/")).await.unwrap()),
+            full(&["jobs/a/x", "jobs/a/y/z"]),
+            "list(jobs/a/)"
+        );
         assert_eq!(
             keys(store.list(p).await.unwrap()),
             full(&["jobs/a/x", "jobs/a/y/z", "jobs/ab", "jobs/b", "other"]),
             "list(whole prefix)"
         );
-        assert_eq!(keys(store.list(&format!("{p}nothing")).await.unwrap()), Vec::<String>::new(), "list of an unused prefix");
+        assert_eq!(
+            keys(store.list(&format!("{p}nothing")).await.unwrap()),
+            Vec::<String>::new(),
+            "list of an unused prefix"
+        );
         for name in names {
             store.delete(&format!("{p}{name}")).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
         }
@@ -579,9 +608,15 @@ pub mod store_cases {
     pub async fn delete_reports_presence(store: Arc<dyn Store>, p: &str) {
         let key = format!("{p}dir/sub/gone.txt");
         put(&*store, &key, b"bye", PutMode::CreateOnly).await;
-        assert!(store.delete(&key).await.unwrap_or_else(|e| panic!("delete failed: {e}")), "delete of an existing key must return true");
+        assert!(
+            store.delete(&key).await.unwrap_or_else(|e| panic!("delete failed: {e}")),
+            "delete of an existing key must return true"
+        );
         assert_eq!(store.head(&key).await.unwrap(), None, "object still there after delete");
-        assert!(!store.delete(&key).await.unwrap_or_else(|e| panic!("second delete failed: {e}")), "delete of a missing key must return false");
+        assert!(
+            !store.delete(&key).await.unwrap_or_else(|e| panic!("second delete failed: {e}")),
+            "delete of a missing key must return false"
+        );
         // The key can be written again afterwards.
         put(&*store, &key, b"again", PutMode::CreateOnly).await;
         assert!(store.delete(&key).await.unwrap());
@@ -602,7 +637,8 @@ pub mod store_cases {
             other => panic!("CreateOnly copy onto an existing key must be AlreadyExists, got {other:?}"),
         }
         assert_eq!(read_all(&*store, &taken).await, b"keep me", "a refused copy changed the target");
-        let meta = store.copy(&src, &taken, PutMode::Overwrite).await.unwrap_or_else(|e| panic!("overwrite copy failed: {e}"));
+        let meta =
+            store.copy(&src, &taken, PutMode::Overwrite).await.unwrap_or_else(|e| panic!("overwrite copy failed: {e}"));
         check_meta(&meta, &taken, &content, "overwrite copy");
         assert_eq!(read_all(&*store, &taken).await, content, "overwrite copy did not replace the target");
         match store.copy(&format!("{p}missing.bin"), &format!("{p}never.bin"), PutMode::Overwrite).await {
@@ -691,7 +727,11 @@ pub mod store_cases {
         tokio::time::sleep(Duration::from_millis(100)).await;
         assert_eq!(store.head(&key).await.unwrap(), None, "a put in progress is visible to head");
         let listed = store.list(p).await.unwrap_or_else(|e| panic!("list failed: {e}"));
-        assert!(listed.is_empty(), "a put in progress shows in list: {:?}", listed.iter().map(|m| &m.key).collect::<Vec<_>>());
+        assert!(
+            listed.is_empty(),
+            "a put in progress shows in list: {:?}",
+            listed.iter().map(|m| &m.key).collect::<Vec<_>>()
+        );
         writer.write_all(&half).await.expect("writing the second half");
         writer.shutdown().await.expect("closing the body");
         drop(writer);
@@ -713,7 +753,10 @@ pub mod store_cases {
                 buf: &mut tokio::io::ReadBuf<'_>,
             ) -> std::task::Poll<std::io::Result<()>> {
                 if self.left == 0 {
-                    return std::task::Poll::Ready(Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "body source failed")));
+                    return std::task::Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "body source failed",
+                    )));
                 }
                 let n = self.left.min(buf.remaining()).min(10_000);
                 buf.put_slice(&vec![b'z'; n]);

@@ -10,14 +10,14 @@
 //! - [`config`], [`telemetry`], [`location`], [`topology`].
 
 pub mod bus;
-pub mod location;
-pub mod store;
-pub mod topology;
+pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
-pub mod config;
+pub mod location;
 pub mod stage;
+pub mod store;
+pub mod topology;
 pub mod worker;
 
 pub use bus::{Bus, BusError, Delivery, Message};
@@ -25,7 +25,7 @@ pub use config::Settings;
 pub use stage::{Context, Failure, Handler, Outcome};
 pub use store::{ObjectMeta, PutMode, Store, StoreError};
 pub mod local;
-pub mod telemetry;
-pub mod prefix;
 pub mod lock;
 pub mod metrics;
+pub mod prefix;
+pub mod telemetry;

@@ -199,10 +199,7 @@ mod tests {
             Location::Gcs { bucket: "my-bucket".into(), key: "clips/a b.mp4".into() }
         );
         assert_eq!(Location::parse("/tmp/x.mp4", None).unwrap(), Location::Local("/tmp/x.mp4".into()));
-        assert_eq!(
-            Location::parse("file:///tmp/a%20b.mp4", None).unwrap(),
-            Location::Local("/tmp/a b.mp4".into())
-        );
+        assert_eq!(Location::parse("file:///tmp/a%20b.mp4", None).unwrap(), Location::Local("/tmp/a b.mp4".into()));
         assert_eq!(
             Location::parse("clips/./x.mp4", Some(Path::new("/home/u"))).unwrap(),
             Location::Local("/home/u/clips/x.mp4".into())

@@ -133,7 +133,12 @@ mod tests {
         m.bytes.fetch_add(10_000_000, Ordering::Relaxed);
         m.busy_micros.fetch_add(2_000_000, Ordering::Relaxed);
         let text = render("stitch", &stats, &m);
-        for name in ["job_duration_seconds_bucket", "job_memory_usage_mb", "job_success_rate{stage=\"stitch\"} 0.75", "video_processing_rate_mbps{stage=\"stitch\"} 5.000"] {
+        for name in [
+            "job_duration_seconds_bucket",
+            "job_memory_usage_mb",
+            "job_success_rate{stage=\"stitch\"} 0.75",
+            "video_processing_rate_mbps{stage=\"stitch\"} 5.000",
+        ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }
         assert!(text.contains("job_duration_seconds_bucket{stage=\"stitch\",le=\"0.5\"} 1"));

@@ -109,7 +109,13 @@ pub struct Context {
 impl Context {
     /// A context outside the worker (tests, tools): no cancellation, first delivery,
     /// scratch space under the settings' temp dir.
-    pub fn standalone(stage: Stage, settings: Arc<Settings>, work: Arc<dyn Store>, resolver: Arc<dyn StoreResolver>, job: JobRef) -> Context {
+    pub fn standalone(
+        stage: Stage,
+        settings: Arc<Settings>,
+        work: Arc<dyn Store>,
+        resolver: Arc<dyn StoreResolver>,
+        job: JobRef,
+    ) -> Context {
         let scratch = settings.temp_dir.join(format!("{}-{}", stage, uuid::Uuid::new_v4().simple()));
         let _ = std::fs::create_dir_all(&scratch);
         Context {
@@ -220,7 +226,9 @@ pub fn store_failure(what: &str, err: &crate::store::StoreError) -> Outcome {
 /// Whether `id` is a valid job or project id: 1–128 characters of `A-Z a-z 0-9 _ - .`
 /// (safe in object names, attributes, ordering keys and logs).
 pub fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+    !id.is_empty()
+        && id.len() <= 128
+        && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
 /// Check a clip or output path of a job of `project_id` against the trust boundary:
@@ -231,9 +239,15 @@ pub fn valid_id(id: &str) -> bool {
 /// snapshot and other jobs' workspaces live there). validate checks every request;
 /// download and upload check again before they read or write, so an event put on a
 /// work topic past validate cannot reach further.
-pub fn check_job_location(settings: &Settings, what: &str, raw: &str, project_id: &str) -> Result<crate::location::Location, Failure> {
+pub fn check_job_location(
+    settings: &Settings,
+    what: &str,
+    raw: &str,
+    project_id: &str,
+) -> Result<crate::location::Location, Failure> {
     use crate::location::{parse_root, Location};
-    let location = Location::parse(raw, None).map_err(|e| Failure::new(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
+    let location =
+        Location::parse(raw, None).map_err(|e| Failure::new(ErrorType::InvalidRequest, format!("{what}: {e}")))?;
     let roots: Vec<Location> = settings
         .effective_allowed_roots()
         .iter()
@@ -279,10 +293,19 @@ mod tests {
     #[test]
     fn storage_errors_follow_the_matrix() {
         assert_eq!(kind(store_failure("x", &StoreError::Transient("timeout".into()))), ("retry", ErrorType::Internal));
-        assert_eq!(kind(store_failure("x", &StoreError::PermissionDenied("403".into()))), ("reject", ErrorType::PermissionDenied));
-        assert_eq!(kind(store_failure("x", &StoreError::DiskFull("ENOSPC".into()))), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(
+            kind(store_failure("x", &StoreError::PermissionDenied("403".into()))),
+            ("reject", ErrorType::PermissionDenied)
+        );
+        assert_eq!(
+            kind(store_failure("x", &StoreError::DiskFull("ENOSPC".into()))),
+            ("retry", ErrorType::ResourceExhausted)
+        );
         assert_eq!(kind(store_failure("x", &StoreError::NotFound("k".into()))), ("reject", ErrorType::NotFound));
-        assert_eq!(kind(store_failure("x", &StoreError::InvalidKey("k".into(), "..".into()))), ("reject", ErrorType::InvalidRequest));
+        assert_eq!(
+            kind(store_failure("x", &StoreError::InvalidKey("k".into(), "..".into()))),
+            ("reject", ErrorType::InvalidRequest)
+        );
     }
 
     /// Local disk errors are classified once, where they happen.

@@ -107,8 +107,7 @@ pub trait Store: Send + Sync + 'static {
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError>;
 
     /// Stream `body` into `key`. The object becomes visible only once complete.
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode)
-        -> Result<ObjectMeta, StoreError>;
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError>;
 
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
@@ -159,31 +158,19 @@ pub fn check_key(key: &str) -> Result<(), StoreError> {
 /// Download `key` into the local file `dest` (streamed), returning bytes written.
 pub async fn get_to_file(store: &dyn Store, key: &str, dest: &Path) -> Result<u64, StoreError> {
     let mut reader = store.get(key).await?;
-    let mut file = tokio::fs::File::create(dest)
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    let mut file =
+        tokio::fs::File::create(dest).await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
     let written = tokio::io::copy(&mut reader, &mut file)
         .await
         .map_err(|e| StoreError::from_io(&format!("download {key}"), e))?;
-    file.flush()
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
-    file.sync_all()
-        .await
-        .map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    file.flush().await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
+    file.sync_all().await.map_err(|e| StoreError::from_io(&dest.display().to_string(), e))?;
     Ok(written)
 }
 
 /// Upload the local file `src` to `key` (streamed).
-pub async fn put_file(
-    store: &dyn Store,
-    key: &str,
-    src: &Path,
-    mode: PutMode,
-) -> Result<ObjectMeta, StoreError> {
-    let file = tokio::fs::File::open(src)
-        .await
-        .map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+pub async fn put_file(store: &dyn Store, key: &str, src: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
     store.put(key, Box::pin(file), mode).await
 }
 

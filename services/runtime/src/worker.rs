@@ -23,7 +23,9 @@ use tracing::{error, info, warn, Instrument};
 use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
 use crate::location::StoreResolver;
-use crate::stage::{cancel_marker_key, completed_marker_key, work_prefix, Context, Failure, Handler, Outcome, ProgressReporter};
+use crate::stage::{
+    cancel_marker_key, completed_marker_key, work_prefix, Context, Failure, Handler, Outcome, ProgressReporter,
+};
 use crate::store::Store;
 use crate::topology::{Names, Topology};
 
@@ -127,7 +129,17 @@ impl Worker {
         options: WorkerOptions,
     ) -> Worker {
         let topology = settings.topology();
-        Worker { bus, handler, settings, work, resolver, topology, options, stats: Arc::default(), metrics: Arc::default() }
+        Worker {
+            bus,
+            handler,
+            settings,
+            work,
+            resolver,
+            topology,
+            options,
+            stats: Arc::default(),
+            metrics: Arc::default(),
+        }
     }
 
     fn names(&self) -> Names {
@@ -198,10 +210,9 @@ impl Worker {
         // Shutdown: give in-flight work its grace period, then stop it (it nacks).
         if !tasks.is_empty() {
             info!(stage = %stage, in_flight = tasks.len(), grace_secs = self.options.shutdown_grace.as_secs(), "draining");
-            let drained = tokio::time::timeout(self.options.shutdown_grace, async {
-                while tasks.join_next().await.is_some() {}
-            })
-            .await;
+            let drained =
+                tokio::time::timeout(self.options.shutdown_grace, async { while tasks.join_next().await.is_some() {} })
+                    .await;
             if drained.is_err() {
                 warn!(stage = %stage, "grace period over; stopping in-flight work");
                 work_stop.cancel();
@@ -215,9 +226,8 @@ impl Worker {
     async fn process_and_settle(&self, subscription: &str, delivery: Delivery, stop: CancellationToken) {
         let ack_id = delivery.ack_id.clone();
         let lease = self.spawn_lease_extender(subscription, &ack_id);
-        let disposition = self
-            .process(subscription, &delivery.message, &delivery.message_id, delivery.delivery_attempt, stop)
-            .await;
+        let disposition =
+            self.process(subscription, &delivery.message, &delivery.message_id, delivery.delivery_attempt, stop).await;
         lease.cancel();
         let result = match disposition {
             Disposition::Ack => self.bus.ack(subscription, &ack_id).await,
@@ -231,11 +241,8 @@ impl Worker {
 
     fn spawn_lease_extender(&self, subscription: &str, ack_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
-        let deadline = self
-            .topology
-            .subscription(subscription)
-            .map(|s| s.ack_deadline)
-            .unwrap_or(Duration::from_secs(60));
+        let deadline =
+            self.topology.subscription(subscription).map(|s| s.ack_deadline).unwrap_or(Duration::from_secs(60));
         let every = (deadline / 2).max(Duration::from_secs(1));
         let (bus, sub, id, t) = (self.bus.clone(), subscription.to_string(), ack_id.to_string(), token.clone());
         tokio::spawn(async move {
@@ -266,14 +273,17 @@ impl Worker {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let stage = self.handler.stage();
         if message.wire_size() > MAX_MESSAGE_BYTES {
-            let reason = format!("message of {} bytes exceeds the {} byte limit", message.wire_size(), MAX_MESSAGE_BYTES);
+            let reason =
+                format!("message of {} bytes exceeds the {} byte limit", message.wire_size(), MAX_MESSAGE_BYTES);
             return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
         }
         let event = match self.decode(message, message_id) {
             Ok(event) => event,
             Err(reason) => {
                 warn!(stage = %stage, message_id, reason = %reason, "undecodable message");
-                return self.dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt).await;
+                return self
+                    .dead_letter(subscription, message, ErrorType::InvalidRequest, &reason, delivery_attempt)
+                    .await;
             }
         };
         if !self.handler.accepts().contains(&event.ty()) {
@@ -283,7 +293,11 @@ impl Worker {
         }
         let data = envelope::data_json(&event).unwrap_or(serde_json::Value::Null);
         // Storage notifications name objects, not jobs: validate derives the job id.
-        let job = if event.ty().starts_with("google.cloud.storage.") { JobRef::default() } else { JobRef::from_data(&data, event.subject()) };
+        let job = if event.ty().starts_with("google.cloud.storage.") {
+            JobRef::default()
+        } else {
+            JobRef::from_data(&data, event.subject())
+        };
         let span = tracing::info_span!(
             "message",
             stage = %stage,
@@ -351,8 +365,13 @@ impl Worker {
 
         let scratch = scratch_dir(&self.settings.temp_dir, stage);
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
-            let failure = Failure::new(ErrorType::ResourceExhausted, format!("cannot create scratch dir {}: {e}", scratch.display()));
-            return self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await;
+            let failure = Failure::new(
+                ErrorType::ResourceExhausted,
+                format!("cannot create scratch dir {}: {e}", scratch.display()),
+            );
+            return self
+                .retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt)
+                .await;
         }
         let cancel = CancellationToken::new();
         let stop_reason: Arc<Mutex<Option<StopReason>>> = Arc::default();
@@ -369,7 +388,16 @@ impl Worker {
             scratch: scratch.clone(),
             progress: progress.clone(),
         };
-        let watcher = self.spawn_watchers(&job, event, retry_attempt, deadline, stop, cancel.clone(), stop_reason.clone(), progress);
+        let watcher = self.spawn_watchers(
+            &job,
+            event,
+            retry_attempt,
+            deadline,
+            stop,
+            cancel.clone(),
+            stop_reason.clone(),
+            progress,
+        );
         let started = Instant::now();
         let outcome = self.handler.handle(&ctx, event).await;
         watcher.cancel();
@@ -389,7 +417,11 @@ impl Worker {
                     }
                 }
                 self.stats.emitted.fetch_add(1, Ordering::Relaxed);
-                let bytes: u64 = events.iter().filter_map(|e| envelope::data_json(e).ok()).map(|d| crate::metrics::video_bytes(&d)).sum();
+                let bytes: u64 = events
+                    .iter()
+                    .filter_map(|e| envelope::data_json(e).ok())
+                    .map(|d| crate::metrics::video_bytes(&d))
+                    .sum();
                 if bytes > 0 {
                     self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
                     self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
@@ -411,12 +443,16 @@ impl Worker {
             (_, Some(StopReason::Deadline)) => {
                 let failure = Failure::new(
                     ErrorType::Timeout,
-                    format!("the job ran past its deadline (JOB_TIMEOUT_MINUTES={}); work was stopped", self.settings.job_timeout_minutes),
+                    format!(
+                        "the job ran past its deadline (JOB_TIMEOUT_MINUTES={}); work was stopped",
+                        self.settings.job_timeout_minutes
+                    ),
                 );
                 self.fail_job(event, &job, retry_attempt, failure, false, delivery_attempt).await
             }
             (Outcome::Retry(failure), None) => {
-                self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt).await
+                self.retry_or_give_up(subscription, message, event, &job, retry_attempt, failure, delivery_attempt)
+                    .await
             }
             (Outcome::Reject(failure), None) => {
                 if self.completed_already(stage, &job, data).await {
@@ -491,7 +527,8 @@ impl Worker {
                 let due = match last_published {
                     None => true,
                     Some((version, at)) => {
-                        (snapshot.version != version && at.elapsed() >= Duration::from_millis(900)) || at.elapsed() >= heartbeat
+                        (snapshot.version != version && at.elapsed() >= Duration::from_millis(900))
+                            || at.elapsed() >= heartbeat
                     }
                 };
                 if due && !job.job_id.is_empty() {
@@ -507,7 +544,14 @@ impl Worker {
                         retry_attempt: Some(retry_attempt),
                     };
                     let id = format!("job.progress-{}", uuid::Uuid::new_v4().simple());
-                    if let Ok(mut event) = envelope::build(types::JOB_PROGRESS, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) {
+                    if let Ok(mut event) = envelope::build(
+                        types::JOB_PROGRESS,
+                        &envelope::source_for(stage.as_str()),
+                        id,
+                        &job.job_id,
+                        Utc::now(),
+                        &data,
+                    ) {
                         if let Some(tp) = &trace {
                             event.set_extension(envelope::TRACEPARENT, tp.clone());
                         }
@@ -549,7 +593,9 @@ impl Worker {
             return Disposition::Nack;
         }
         error!(error_type = %failure.error_type, error = %failure.message, delivery_attempt, "retries exhausted; failing the job and dead-lettering the message");
-        if let Disposition::Nack = self.fail_job(event, job, retry_attempt, failure.clone(), true, delivery_attempt).await {
+        if let Disposition::Nack =
+            self.fail_job(event, job, retry_attempt, failure.clone(), true, delivery_attempt).await
+        {
             return Disposition::Nack;
         }
         self.dead_letter(subscription, message, failure.error_type, &failure.message, delivery_attempt).await
@@ -579,7 +625,14 @@ impl Worker {
             retry_attempt: Some(retry_attempt),
         };
         let id = envelope::deterministic_id(&job.job_id, retry_attempt, types::JOB_FAILED, stage.as_str());
-        let mut event = match envelope::build(types::JOB_FAILED, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) {
+        let mut event = match envelope::build(
+            types::JOB_FAILED,
+            &envelope::source_for(stage.as_str()),
+            id,
+            &job.job_id,
+            Utc::now(),
+            &data,
+        ) {
             Ok(e) => e,
             Err(e) => {
                 error!(error = %e, "cannot build job.failed");
@@ -608,7 +661,14 @@ impl Worker {
             retry_attempt: Some(retry_attempt),
         };
         let id = envelope::deterministic_id(&job.job_id, retry_attempt, types::JOB_CANCELLED, "");
-        let Ok(mut event) = envelope::build(types::JOB_CANCELLED, &envelope::source_for(stage.as_str()), id, &job.job_id, Utc::now(), &data) else {
+        let Ok(mut event) = envelope::build(
+            types::JOB_CANCELLED,
+            &envelope::source_for(stage.as_str()),
+            id,
+            &job.job_id,
+            Utc::now(),
+            &data,
+        ) else {
             return Disposition::Ack;
         };
         envelope::carry_trace(cause, &mut event);
@@ -714,11 +774,7 @@ pub async fn publish_event(bus: &dyn Bus, names: &Names, event: &Event) -> Resul
 }
 
 fn retry_attempt_of(data: &serde_json::Value) -> u32 {
-    data.get("job")
-        .unwrap_or(data)
-        .get("retryAttempt")
-        .and_then(|v| v.as_u64())
-        .unwrap_or(0) as u32
+    data.get("job").unwrap_or(data).get("retryAttempt").and_then(|v| v.as_u64()).unwrap_or(0) as u32
 }
 
 fn deadline_of(data: &serde_json::Value) -> Option<DateTime<Utc>> {
@@ -787,7 +843,10 @@ fn process_alive(pid: u32) -> bool {
     }
     match std::fs::read_to_string(proc_root.join(pid.to_string()).join("stat")) {
         // "pid (comm) state …"; comm may contain spaces and parentheses.
-        Ok(stat) => stat.rfind(')').and_then(|i| stat[i + 1..].split_whitespace().next()).is_none_or(|state| state != "Z" && state != "X"),
+        Ok(stat) => stat
+            .rfind(')')
+            .and_then(|i| stat[i + 1..].split_whitespace().next())
+            .is_none_or(|state| state != "Z" && state != "X"),
         Err(_) => false,
     }
 }

@@ -62,7 +62,10 @@ async fn a_store_rooted_at_slash_reaches_absolute_paths() {
     assert!(root.delete(&out_key).await.unwrap());
     // With the root `/`, the user's directories are not pruned.
     assert!(dir.path().join("out").is_dir());
-    assert_eq!(root.list(&format!("{}/clip", dir.path().to_str().unwrap().trim_start_matches('/'))).await.unwrap().len(), 1);
+    assert_eq!(
+        root.list(&format!("{}/clip", dir.path().to_str().unwrap().trim_start_matches('/'))).await.unwrap().len(),
+        1
+    );
 }
 
 #[tokio::test]
@@ -90,7 +93,10 @@ async fn failed_and_cancelled_puts_leave_no_temp_files() {
     assert_eq!(files_under(&root), vec!["jobs/", "jobs/j1/"], "a cancelled put left its temp file");
     // A refused CreateOnly put.
     store.put("jobs/j1/c.bin", body(b"one"), PutMode::CreateOnly).await.unwrap();
-    assert!(matches!(store.put("jobs/j1/c.bin", body(b"two"), PutMode::CreateOnly).await, Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(
+        store.put("jobs/j1/c.bin", body(b"two"), PutMode::CreateOnly).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
     assert_eq!(files_under(&root), vec!["jobs/", "jobs/j1/", "jobs/j1/c.bin"]);
 }
 
@@ -147,7 +153,8 @@ async fn copies_are_hard_links_and_generations_grow() {
     let put = store.put("in/src.bin", body(&content), PutMode::CreateOnly).await.unwrap();
     let copied = store.copy("in/src.bin", "out/dst.bin", PutMode::CreateOnly).await.unwrap();
     assert_eq!((copied.size, copied.crc32c), (put.size, put.crc32c));
-    let (a, b) = (std::fs::metadata(root.join("in/src.bin")).unwrap(), std::fs::metadata(root.join("out/dst.bin")).unwrap());
+    let (a, b) =
+        (std::fs::metadata(root.join("in/src.bin")).unwrap(), std::fs::metadata(root.join("out/dst.bin")).unwrap());
     assert_eq!(a.ino(), b.ino(), "copy did not hard-link");
     // Overwrite copies (twice: the second renames a link onto the same file).
     store.put("out/other.bin", body(b"other"), PutMode::CreateOnly).await.unwrap();
@@ -156,7 +163,10 @@ async fn copies_are_hard_links_and_generations_grow() {
         assert_eq!(meta.crc32c, put.crc32c);
     }
     store.copy("in/src.bin", "in/src.bin", PutMode::Overwrite).await.unwrap();
-    assert!(matches!(store.copy("in/src.bin", "in/src.bin", PutMode::CreateOnly).await, Err(StoreError::AlreadyExists(_))));
+    assert!(matches!(
+        store.copy("in/src.bin", "in/src.bin", PutMode::CreateOnly).await,
+        Err(StoreError::AlreadyExists(_))
+    ));
     assert_eq!(files_under(&root), vec!["in/", "in/src.bin", "out/", "out/dst.bin", "out/other.bin"]);
     // Rapid overwrites still get growing generations.
     let mut last = i64::MIN;

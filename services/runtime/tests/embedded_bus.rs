@@ -74,7 +74,11 @@ async fn backoff_grows_between_attempts() {
     }
     bus.ack(&sub, &d.ack_id).await.unwrap();
     // Ceilings 50, 100, 200 ms; jitter takes each down to no less than half.
-    assert!(waits[0] >= Duration::from_millis(24) && waits[0] < Duration::from_millis(150), "attempt 2 after {:?}", waits[0]);
+    assert!(
+        waits[0] >= Duration::from_millis(24) && waits[0] < Duration::from_millis(150),
+        "attempt 2 after {:?}",
+        waits[0]
+    );
     assert!(waits[2] >= Duration::from_millis(99), "attempt 4 after {:?}", waits[2]);
     assert!(waits[0] < waits[2], "backoff did not grow: {waits:?}");
 }
@@ -225,7 +229,8 @@ async fn event_log_survives_restart_and_tolerates_a_torn_line() {
         bus.ensure_topology(&topology).await.unwrap();
         ids.push(bus.publish(&topic, sample_message("m4")).await.unwrap());
     }
-    let extra = LoggedMessage { message_id: "by-hand".into(), publish_time: chrono::Utc::now(), message: sample_message("m5") };
+    let extra =
+        LoggedMessage { message_id: "by-hand".into(), publish_time: chrono::Utc::now(), message: sample_message("m5") };
     EventLog::append(&path, &extra).unwrap();
     ids.push("by-hand".into());
     let contents = EventLog::read_contents(&path).unwrap();
@@ -265,7 +270,10 @@ async fn publish_edge_cases() {
     let dropped = bus.publish(&topic, sample_message("early")).await.unwrap();
     assert!(!dropped.is_empty());
     bus.ensure_topology(&topology).await.unwrap();
-    assert!(bus.receive(&sub, 1, Duration::from_millis(50)).await.unwrap().is_empty(), "a later subscription got an earlier message");
+    assert!(
+        bus.receive(&sub, 1, Duration::from_millis(50)).await.unwrap().is_empty(),
+        "a later subscription got an earlier message"
+    );
     // Too large.
     let big = Message { data: vec![0; reel_runtime::embedded::MAX_MESSAGE_BYTES + 1], ..Default::default() };
     assert!(matches!(bus.publish(&topic, big).await, Err(BusError::TooLarge(_))));

@@ -47,7 +47,14 @@ impl Handler for TestStage {
         let n = self.calls.fetch_add(1, Ordering::SeqCst);
         self.attempts_seen.lock().unwrap().push(ctx.delivery_attempt);
         let input: JobValidated = envelope::decode(event).unwrap();
-        let emit = || Outcome::Emit(vec![ctx.event(event, types::CLIPS_DOWNLOADED, 0, &serde_json::json!({"job": input.job, "clips": [], "skippedClips": [], "warnings": []}))]);
+        let emit = || {
+            Outcome::Emit(vec![ctx.event(
+                event,
+                types::CLIPS_DOWNLOADED,
+                0,
+                &serde_json::json!({"job": input.job, "clips": [], "skippedClips": [], "warnings": []}),
+            )])
+        };
         match self.behaviour {
             Behaviour::FailThenEmit(k) if n < k => Outcome::Retry(Failure::new(ErrorType::Internal, "network timeout")),
             Behaviour::FailThenEmit(_) => emit(),
@@ -106,7 +113,14 @@ async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
     options.heartbeat = Duration::from_millis(300);
     options.cancel_poll = Duration::from_millis(100);
     options.shutdown_grace = Duration::from_millis(200);
-    let worker = Arc::new(Worker::new(bus.clone(), stage.clone(), Arc::new(settings), work.clone(), Arc::new(LocalResolver::new()), options));
+    let worker = Arc::new(Worker::new(
+        bus.clone(),
+        stage.clone(),
+        Arc::new(settings),
+        work.clone(),
+        Arc::new(LocalResolver::new()),
+        options,
+    ));
     let shutdown = CancellationToken::new();
     let task = {
         let (w, s) = (worker.clone(), shutdown.clone());
@@ -163,7 +177,9 @@ impl Rig {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             assert!(tokio::time::Instant::now() < deadline, "nothing dead-lettered");
-            if let Some(d) = self.bus.receive(DLQ_WATCH, 1, Duration::from_millis(200)).await.unwrap().into_iter().next() {
+            if let Some(d) =
+                self.bus.receive(DLQ_WATCH, 1, Duration::from_millis(200)).await.unwrap().into_iter().next()
+            {
                 self.bus.ack(DLQ_WATCH, &d.ack_id).await.unwrap();
                 return d.message;
             }
@@ -239,7 +255,11 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
     let attrs = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     let poison = vec![
         Message { data: b"not json at all".to_vec(), attributes: Default::default(), ordering_key: String::new() },
-        Message { data: vec![0xff, 0xfe, 0x00], attributes: attrs(&[("ce-specversion", "1.0")]), ordering_key: String::new() },
+        Message {
+            data: vec![0xff, 0xfe, 0x00],
+            attributes: attrs(&[("ce-specversion", "1.0")]),
+            ordering_key: String::new(),
+        },
         Message {
             data: b"{}".to_vec(),
             attributes: attrs(&[("ce-specversion", "0.3"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "t")]),
@@ -247,7 +267,12 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
         },
         Message {
             data: b"{}".to_vec(),
-            attributes: attrs(&[("ce-specversion", "1.0"), ("ce-id", "1"), ("ce-source", "s"), ("ce-type", "phoenix.reel.v1.unknown")]),
+            attributes: attrs(&[
+                ("ce-specversion", "1.0"),
+                ("ce-id", "1"),
+                ("ce-source", "s"),
+                ("ce-type", "phoenix.reel.v1.unknown"),
+            ]),
             ordering_key: String::new(),
         },
     ];
@@ -291,7 +316,10 @@ async fn a_cancel_marker_stops_work_and_emits_job_cancelled() {
     rig.send(&job_event("job_cxl", chrono::Duration::minutes(5))).await;
     rig.wait_log("job_cxl", types::JOB_PROGRESS).await;
     let started = std::time::Instant::now();
-    rig.work.put(&cancel_marker_key("job_cxl"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite).await.unwrap();
+    rig.work
+        .put(&cancel_marker_key("job_cxl"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite)
+        .await
+        .unwrap();
     let cancelled = rig.wait_log("job_cxl", types::JOB_CANCELLED).await;
     assert_eq!(envelope::data_json(&cancelled).unwrap()["stage"], "download");
     assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
@@ -333,7 +361,10 @@ async fn shutdown_mid_work_nacks_so_the_message_is_redelivered() {
 #[tokio::test]
 async fn a_late_redelivery_of_a_completed_job_is_skipped_not_failed() {
     let rig = rig(Behaviour::Reject, 3).await;
-    rig.work.put(&completed_marker_key("job_done"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite).await.unwrap();
+    rig.work
+        .put(&completed_marker_key("job_done"), Box::pin(std::io::Cursor::new(b"{}".to_vec())), PutMode::Overwrite)
+        .await
+        .unwrap();
     rig.send(&job_event("job_done", chrono::Duration::minutes(5))).await;
     // A job sent after it is processed after it (one message at a time), so once its
     // failure is on the log the late redelivery has been handled.
@@ -345,7 +376,8 @@ async fn a_late_redelivery_of_a_completed_job_is_skipped_not_failed() {
     let mut forced = job_event("job_done", chrono::Duration::minutes(5));
     let mut data = envelope::data_json(&forced).unwrap();
     data["job"]["forceRestart"] = serde_json::Value::Bool(true);
-    forced = envelope::build(types::JOB_VALIDATED, "//test", "v-job_done-forced", "job_done", Utc::now(), &data).unwrap();
+    forced =
+        envelope::build(types::JOB_VALIDATED, "//test", "v-job_done-forced", "job_done", Utc::now(), &data).unwrap();
     rig.send(&forced).await;
     let failed = rig.wait_log("job_done", types::JOB_FAILED).await;
     assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "corrupt_input");

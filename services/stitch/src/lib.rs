@@ -48,7 +48,9 @@ impl Handler for Stitch {
         };
 
         // Idempotency: a finished reel from an earlier delivery is reused.
-        if let (Ok(Some(_)), Some(facts)) = (ctx.work.head(&reel_key).await, read_json::<ReelFacts>(ctx, &facts_key).await) {
+        if let (Ok(Some(_)), Some(facts)) =
+            (ctx.work.head(&reel_key).await, read_json::<ReelFacts>(ctx, &facts_key).await)
+        {
             info!("reel already stitched; re-emitting");
             return emit(facts, input.warnings.clone());
         }
@@ -72,7 +74,10 @@ impl Handler for Stitch {
         let target_path = local_reel.clone().unwrap_or_else(|| out_path.clone());
         if let Some(parent) = target_path.parent() {
             if let Err(e) = tokio::fs::create_dir_all(parent).await {
-                return Outcome::Retry(Failure::new(ErrorType::ResourceExhausted, format!("cannot create {}: {e}", parent.display())));
+                return Outcome::Retry(Failure::new(
+                    ErrorType::ResourceExhausted,
+                    format!("cannot create {}: {e}", parent.display()),
+                ));
             }
         }
 
@@ -94,8 +99,12 @@ impl Handler for Stitch {
                     }
                 }
             }
-            (Mode::Reencode, Some(target)) => reencode(ctx, &input, &inputs, target, &target_path, &opts, total_seconds).await,
-            (Mode::Reencode, None) => Err(MediaError::Failed { status: "plan".into(), stderr_tail: "re-encode plan without a target".into() }),
+            (Mode::Reencode, Some(target)) => {
+                reencode(ctx, &input, &inputs, target, &target_path, &opts, total_seconds).await
+            }
+            (Mode::Reencode, None) => {
+                Err(MediaError::Failed { status: "plan".into(), stderr_tail: "re-encode plan without a target".into() })
+            }
         };
         if let Err(e) = result {
             return media_failure("stitching", e);
@@ -107,7 +116,12 @@ impl Handler for Stitch {
         // Check what ffmpeg wrote before anyone downstream sees it.
         let info = match reel_media::probe(&target_path).await {
             Ok(info) => info,
-            Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("the stitched reel does not probe: {e}"))),
+            Err(e) => {
+                return Outcome::Retry(Failure::new(
+                    ErrorType::Internal,
+                    format!("the stitched reel does not probe: {e}"),
+                ))
+            }
         };
         // The checksum comes from the store, once: a local work store checksums the file
         // it already holds (and remembers it, so upload's check of the linked output
@@ -115,7 +129,12 @@ impl Handler for Stitch {
         let meta = if local_reel.is_some() {
             match ctx.work.head(&reel_key).await {
                 Ok(Some(meta)) => meta,
-                Ok(None) => return Outcome::Retry(Failure::new(ErrorType::Internal, "the stitched reel vanished from the workspace")),
+                Ok(None) => {
+                    return Outcome::Retry(Failure::new(
+                        ErrorType::Internal,
+                        "the stitched reel vanished from the workspace",
+                    ))
+                }
                 Err(e) => return store_failure("reading the reel", &e),
             }
         } else {
@@ -128,12 +147,19 @@ impl Handler for Stitch {
             // A store that reported no checksum: compute it here.
             match store::crc32c_of_file(&target_path).await {
                 Ok(x) => x,
-                Err(e) => return Outcome::Retry(Failure::new(ErrorType::Internal, format!("cannot read the reel: {e}"))),
+                Err(e) => {
+                    return Outcome::Retry(Failure::new(ErrorType::Internal, format!("cannot read the reel: {e}")))
+                }
             }
         } else {
             (meta.crc32c, meta.size)
         };
-        let facts = ReelFacts { size_bytes: size, duration_seconds: info.duration_seconds, crc32c: store::crc32c_base64(crc), mode };
+        let facts = ReelFacts {
+            size_bytes: size,
+            duration_seconds: info.duration_seconds,
+            crc32c: store::crc32c_base64(crc),
+            mode,
+        };
         let json = serde_json::to_vec(&facts).expect("facts serialize");
         if let Err(e) = ctx.work.put(&facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
             return store_failure("saving the reel's facts", &e);
@@ -171,7 +197,9 @@ async fn reencode(
         let seg_path = local.clone().unwrap_or_else(|| ctx.scratch.join(format!("norm-{:03}.mp4", clip.index)));
         if exists {
             if local.is_none() {
-                store::get_to_file(ctx.work.as_ref(), &key, &seg_path).await.map_err(|e| MediaError::Io(std::io::Error::other(e.to_string())))?;
+                store::get_to_file(ctx.work.as_ref(), &key, &seg_path)
+                    .await
+                    .map_err(|e| MediaError::Io(std::io::Error::other(e.to_string())))?;
             }
             info!(clip = clip.index, "reusing normalised segment");
         } else {
@@ -248,8 +276,14 @@ mod tests {
             Outcome::Reject(f) => ("reject", f.error_type),
             other => panic!("{other:?}"),
         };
-        assert_eq!(kind(MediaError::Corrupt { reason: "moov atom not found".into() }), ("reject", ErrorType::CorruptInput));
-        assert_eq!(kind(MediaError::DiskFull("No space left on device".into())), ("retry", ErrorType::ResourceExhausted));
+        assert_eq!(
+            kind(MediaError::Corrupt { reason: "moov atom not found".into() }),
+            ("reject", ErrorType::CorruptInput)
+        );
+        assert_eq!(
+            kind(MediaError::DiskFull("No space left on device".into())),
+            ("retry", ErrorType::ResourceExhausted)
+        );
         assert_eq!(kind(MediaError::Timeout), ("reject", ErrorType::Timeout));
         assert_eq!(
             kind(MediaError::Failed { status: "signal: 9 (SIGKILL)".into(), stderr_tail: String::new() }),

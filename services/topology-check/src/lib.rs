@@ -80,7 +80,9 @@ pub fn expected(topology: &Topology, push_endpoint_of: Option<&dyn Fn(Stage) -> 
         declared.topics.insert(topic.name.clone(), DeclaredTopic { retention: topic.retention });
     }
     for spec in &topology.subscriptions {
-        let consumer = Stage::ALL.into_iter().find(|s| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(*s).as_str()));
+        let consumer = Stage::ALL
+            .into_iter()
+            .find(|s| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(*s).as_str()));
         let push_endpoint = match (push_endpoint_of, consumer) {
             (Some(endpoint), Some(stage)) => Some(endpoint(stage)),
             _ => None,
@@ -118,7 +120,10 @@ pub fn differences(code: &Declared, terraform: &Declared) -> Vec<String> {
     for (name, want) in &code.topics {
         if let Some(have) = terraform.topics.get(name) {
             if want != have {
-                out.push(format!("topic {name}: code has retention {:?}, terraform {:?}", want.retention, have.retention));
+                out.push(format!(
+                    "topic {name}: code has retention {:?}, terraform {:?}",
+                    want.retention, have.retention
+                ));
             }
         }
     }
@@ -138,7 +143,11 @@ pub fn differences(code: &Declared, terraform: &Declared) -> Vec<String> {
         field("topic", want.topic.clone(), have.topic.clone());
         field("ack deadline", format!("{:?}", want.ack_deadline), format!("{:?}", have.ack_deadline));
         field("dead-letter topic", format!("{:?}", want.dead_letter_topic), format!("{:?}", have.dead_letter_topic));
-        field("max delivery attempts", format!("{:?}", want.max_delivery_attempts), format!("{:?}", have.max_delivery_attempts));
+        field(
+            "max delivery attempts",
+            format!("{:?}", want.max_delivery_attempts),
+            format!("{:?}", have.max_delivery_attempts),
+        );
         field("retry backoff (min, max)", format!("{:?}", want.backoff), format!("{:?}", have.backoff));
         field("message retention", format!("{:?}", want.message_retention), format!("{:?}", have.message_retention));
         field("exactly-once delivery", want.exactly_once.to_string(), have.exactly_once.to_string());
@@ -187,7 +196,8 @@ pub fn evaluate<'m>(module: &'m Module, values: &[(&str, Value)]) -> Result<Depl
         all.push(("project", Value::from(TEST_PROJECT)));
     }
     let mut evaluator = Evaluator::new(module, &all)?;
-    let prefix = evaluator.var("topic_prefix").and_then(|v| v.as_str()).ok_or("var.topic_prefix is missing")?.to_string();
+    let prefix =
+        evaluator.var("topic_prefix").and_then(|v| v.as_str()).ok_or("var.topic_prefix is missing")?.to_string();
     let push = evaluator.var("delivery_mode").and_then(|v| v.as_str()) == Some("push");
     let service_accounts = evaluator.instances("google_service_account")?;
     let topics = evaluator.instances("google_pubsub_topic")?;
@@ -200,7 +210,13 @@ pub fn evaluate<'m>(module: &'m Module, values: &[(&str, Value)]) -> Result<Depl
     for topic in &topics {
         let at = |e: String| format!("{}: {e}", topic.address);
         let name = need("name", topic.body.string("name")).map_err(at)?;
-        let retention = topic.body.string("message_retention_duration").map_err(at)?.map(|d| parse_duration(&d)).transpose().map_err(at)?;
+        let retention = topic
+            .body
+            .string("message_retention_duration")
+            .map_err(at)?
+            .map(|d| parse_duration(&d))
+            .transpose()
+            .map_err(at)?;
         if declared.topics.insert(name.clone(), DeclaredTopic { retention }).is_some() {
             return Err(format!("topic {name} is declared twice"));
         }
@@ -212,7 +228,8 @@ pub fn evaluate<'m>(module: &'m Module, values: &[(&str, Value)]) -> Result<Depl
         let topic = short_name(&need("topic", body.string("topic")).map_err(at)?);
         let ack_deadline = Duration::from_secs(body.number("ack_deadline_seconds").map_err(at)?.unwrap_or(10.0) as u64);
         let message_retention =
-            parse_duration(&body.string("message_retention_duration").map_err(at)?.unwrap_or_else(|| "604800s".into())).map_err(at)?;
+            parse_duration(&body.string("message_retention_duration").map_err(at)?.unwrap_or_else(|| "604800s".into()))
+                .map_err(at)?;
         let exactly_once = match body.attr("enable_exactly_once_delivery").map_err(at)? {
             Value::Null => false,
             Value::Bool(b) => b,
@@ -229,7 +246,8 @@ pub fn evaluate<'m>(module: &'m Module, values: &[(&str, Value)]) -> Result<Depl
         let (dead_letter_topic, max_delivery_attempts) = match body.block("dead_letter_policy").map_err(at)? {
             None => (None, None),
             Some(policy) => {
-                let topic = need("dead_letter_policy.dead_letter_topic", policy.string("dead_letter_topic")).map_err(at)?;
+                let topic =
+                    need("dead_letter_policy.dead_letter_topic", policy.string("dead_letter_topic")).map_err(at)?;
                 let attempts = policy.number("max_delivery_attempts").map_err(at)?.unwrap_or(5.0) as u32;
                 (Some(short_name(&topic)), Some(attempts))
             }
@@ -304,7 +322,10 @@ pub fn container_env(container: &Evaluated) -> Result<BTreeMap<String, String>, 
 pub fn container_args(container: &Evaluated) -> Result<Vec<String>, String> {
     match container.attr("args")? {
         Value::Null => Ok(Vec::new()),
-        Value::Array(items) => items.iter().map(|v| v.as_str().map(String::from).ok_or_else(|| format!("arg {v} is not a string"))).collect(),
+        Value::Array(items) => items
+            .iter()
+            .map(|v| v.as_str().map(String::from).ok_or_else(|| format!("arg {v} is not a string")))
+            .collect(),
         other => Err(format!("args is {other}")),
     }
 }

@@ -72,15 +72,17 @@ impl Module {
 
     /// Top-level blocks named `ident`, with their file.
     pub fn blocks<'m>(&'m self, ident: &'m str) -> impl Iterator<Item = (&'m Path, &'m Block)> + 'm {
-        self.files
-            .iter()
-            .flat_map(move |(path, body)| body.blocks().filter(move |b| b.identifier() == ident).map(move |b| (path.as_path(), b)))
+        self.files.iter().flat_map(move |(path, body)| {
+            body.blocks().filter(move |b| b.identifier() == ident).map(move |b| (path.as_path(), b))
+        })
     }
 
     /// Every resource block, in file order.
     pub fn resources(&self) -> Vec<Resource<'_>> {
         self.blocks("resource")
-            .filter_map(|(file, block)| Some(Resource { ty: label(block, 0)?, name: label(block, 1)?, file, body: block.body() }))
+            .filter_map(|(file, block)| {
+                Some(Resource { ty: label(block, 0)?, name: label(block, 1)?, file, body: block.body() })
+            })
             .collect()
     }
 
@@ -91,9 +93,7 @@ impl Module {
 
     /// `(type, name)` of every data source.
     pub fn data_sources(&self) -> Vec<(String, String)> {
-        self.blocks("data")
-            .filter_map(|(_, b)| Some((label(b, 0)?.to_string(), label(b, 1)?.to_string())))
-            .collect()
+        self.blocks("data").filter_map(|(_, b)| Some((label(b, 0)?.to_string(), label(b, 1)?.to_string()))).collect()
     }
 
     /// Every variable with its default expression, if it has one.
@@ -145,9 +145,36 @@ impl Module {
 
 /// Functions of terraform that the configuration may call.
 const TERRAFORM_FUNCTIONS: &[&str] = &[
-    "can", "coalesce", "concat", "contains", "distinct", "flatten", "format", "join", "jsonencode", "keys", "length", "lookup",
-    "lower", "max", "merge", "min", "regex", "replace", "sort", "split", "startswith", "substr", "toset", "tolist", "tomap",
-    "tonumber", "tostring", "try", "upper", "values",
+    "can",
+    "coalesce",
+    "concat",
+    "contains",
+    "distinct",
+    "flatten",
+    "format",
+    "join",
+    "jsonencode",
+    "keys",
+    "length",
+    "lookup",
+    "lower",
+    "max",
+    "merge",
+    "min",
+    "regex",
+    "replace",
+    "sort",
+    "split",
+    "startswith",
+    "substr",
+    "toset",
+    "tolist",
+    "tomap",
+    "tonumber",
+    "tostring",
+    "try",
+    "upper",
+    "values",
 ];
 
 struct RefChecker {
@@ -286,11 +313,15 @@ impl RefChecker {
             "var" => attr(0).filter(|v| !self.variables.contains(v)).map(|v| format!("undeclared variable var.{v}")),
             "local" => attr(0).filter(|l| !self.locals.contains(l)).map(|l| format!("undeclared local.{l}")),
             "data" => match (attr(0), attr(1)) {
-                (Some(t), Some(n)) if !self.data.contains(&(t.clone(), n.clone())) => Some(format!("undeclared data.{t}.{n}")),
+                (Some(t), Some(n)) if !self.data.contains(&(t.clone(), n.clone())) => {
+                    Some(format!("undeclared data.{t}.{n}"))
+                }
                 _ => None,
             },
             ty => match attr(0) {
-                Some(name) if !self.resources.contains(&(ty.to_string(), name.clone())) => Some(format!("undeclared resource {ty}.{name}")),
+                Some(name) if !self.resources.contains(&(ty.to_string(), name.clone())) => {
+                    Some(format!("undeclared resource {ty}.{name}"))
+                }
                 None => Some(format!("unknown name {ty}")),
                 _ => None,
             },
@@ -424,7 +455,8 @@ impl<'m> Evaluator<'m> {
                 map.insert(name, attrs);
             }
         }
-        let mut evaluator = Evaluator { module, vars, locals: Map::new(), local_errors: BTreeMap::new(), data, state: Map::new() };
+        let mut evaluator =
+            Evaluator { module, vars, locals: Map::new(), local_errors: BTreeMap::new(), data, state: Map::new() };
         evaluator.evaluate_locals();
         Ok(evaluator)
     }
@@ -531,13 +563,16 @@ impl<'m> Evaluator<'m> {
             }
             let project = self.vars.get("project").and_then(|v| v.as_str()).unwrap_or("PROJECT").to_string();
             let state_of = |i: &Instance| computed(ty, &i.body, &project);
-            let value = if attribute(resource.body, "for_each").is_some() {
-                object(instances.iter().map(|i| (i.key.as_ref().and_then(|k| k.as_str()).unwrap_or_default().to_string(), state_of(i))))
-            } else if attribute(resource.body, "count").is_some() {
-                Value::Array(instances.iter().map(state_of).collect())
-            } else {
-                state_of(&instances[0])
-            };
+            let value =
+                if attribute(resource.body, "for_each").is_some() {
+                    object(instances.iter().map(|i| {
+                        (i.key.as_ref().and_then(|k| k.as_str()).unwrap_or_default().to_string(), state_of(i))
+                    }))
+                } else if attribute(resource.body, "count").is_some() {
+                    Value::Array(instances.iter().map(state_of).collect())
+                } else {
+                    state_of(&instances[0])
+                };
             declared.insert(resource.name.to_string(), value);
             all.extend(instances);
         }
@@ -614,7 +649,9 @@ fn evaluate_body(body: &Body, ctx: &Context) -> Evaluated {
                     .ok_or_else(|| "no for_each".to_string())
                     .and_then(|e| e.evaluate(ctx).map_err(|e| e.to_string()))
                     .and_then(|v| match v {
-                        Value::Array(items) => Ok(items.into_iter().enumerate().map(|(i, v)| (Value::from(i), v)).collect::<Vec<_>>()),
+                        Value::Array(items) => {
+                            Ok(items.into_iter().enumerate().map(|(i, v)| (Value::from(i), v)).collect::<Vec<_>>())
+                        }
                         Value::Object(map) => Ok(map.into_iter().map(|(k, v)| (Value::from(k), v)).collect()),
                         other => Err(format!("cannot iterate over {other}")),
                     });
@@ -623,7 +660,10 @@ fn evaluate_body(body: &Body, ctx: &Context) -> Evaluated {
                     (Ok(items), Some(content)) => {
                         for (key, value) in items {
                             let mut child = ctx.clone();
-                            child.declare_var(iterator.as_str(), object([("key".to_string(), key), ("value".to_string(), value)]));
+                            child.declare_var(
+                                iterator.as_str(),
+                                object([("key".to_string(), key), ("value".to_string(), value)]),
+                            );
                             out.blocks.push((ty.clone(), evaluate_body(content.body(), &child)));
                         }
                     }
@@ -740,6 +780,10 @@ fn lookup(args: FuncArgs) -> Result<Value, String> {
 }
 
 fn replace(args: FuncArgs) -> Result<Value, String> {
-    let (s, from, to) = (args[0].as_str().unwrap_or_default(), args[1].as_str().unwrap_or_default(), args[2].as_str().unwrap_or_default());
+    let (s, from, to) = (
+        args[0].as_str().unwrap_or_default(),
+        args[1].as_str().unwrap_or_default(),
+        args[2].as_str().unwrap_or_default(),
+    );
     Ok(Value::from(s.replace(from, to)))
 }

@@ -134,16 +134,26 @@ fn one_multi_stage_non_root_dockerfile_builds_every_program() {
     // --bin "$PROGRAM"` builds), and deploy.sh gives it the target it needs.
     let script = std::fs::read_to_string(root.join("scripts/deploy.sh")).unwrap();
     for program in programs() {
-        let manifest = root.join(if program == "api" { "services/api/Cargo.toml".to_string() } else { format!("services/{program}/Cargo.toml") });
+        let manifest = root.join(if program == "api" {
+            "services/api/Cargo.toml".to_string()
+        } else {
+            format!("services/{program}/Cargo.toml")
+        });
         let manifest = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
         assert!(manifest.contains(&format!("name = \"reel-{program}\"")), "{program}: package/binary reel-{program}");
         if target_of(&program) == "runtime-ffmpeg" {
-            assert!(script.contains(&format!("{program}|")) || script.contains(&format!("|{program})")), "{program} needs ffmpeg");
+            assert!(
+                script.contains(&format!("{program}|")) || script.contains(&format!("|{program})")),
+                "{program} needs ffmpeg"
+            );
         }
     }
     let ignored = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore at the repository root");
     assert!(ignored.lines().any(|l| l.trim() == "target/"), "target/ must stay out of the build context");
-    assert!(!root.join("docker").read_dir().unwrap().any(|e| e.unwrap().file_name() != "Dockerfile"), "docker/ holds the one Dockerfile");
+    assert!(
+        !root.join("docker").read_dir().unwrap().any(|e| e.unwrap().file_name() != "Dockerfile"),
+        "docker/ holds the one Dockerfile"
+    );
 }
 
 /// `ARG NAME=VALUE` of a Dockerfile.
@@ -155,7 +165,8 @@ fn dockerfile_arg(text: &str, name: &str) -> Option<String> {
 fn the_images_rust_is_the_workspace_rust_version() {
     let root = repo_root();
     let manifest: toml::Value = std::fs::read_to_string(root.join("Cargo.toml")).unwrap().parse().unwrap();
-    let rust_version = manifest["workspace"]["package"]["rust-version"].as_str().expect("workspace rust-version").to_string();
+    let rust_version =
+        manifest["workspace"]["package"]["rust-version"].as_str().expect("workspace rust-version").to_string();
     let text = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
     let image = dockerfile_arg(&text, "RUST_VERSION").expect("ARG RUST_VERSION=… in docker/Dockerfile");
     // The image is pinned to an exact release (x.y.z) of the workspace's x.y.

@@ -9,7 +9,8 @@ use reel_runtime::topology::{SubscriptionSpec, Topology, DEFAULT_PREFIX};
 use reel_runtime::Settings;
 use reel_topology_check::module::{Evaluated, Evaluator, Instance, Module, PROJECT_NUMBER};
 use reel_topology_check::{
-    container_args, container_env, differences, evaluate, expected, grants, terraform_dir, Deployment, Grant, TEST_PROJECT,
+    container_args, container_env, differences, evaluate, expected, grants, terraform_dir, Deployment, Grant,
+    TEST_PROJECT,
 };
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -73,7 +74,8 @@ fn pull_mode_declares_exactly_the_standard_topology() {
 fn names_follow_the_prefix_variable() {
     let module = module();
     for mode in ["push", "pull"] {
-        let deployment = deploy(&module, &[("topic_prefix", Value::from("stg-reel-")), ("delivery_mode", Value::from(mode))]);
+        let deployment =
+            deploy(&module, &[("topic_prefix", Value::from("stg-reel-")), ("delivery_mode", Value::from(mode))]);
         assert_same(&Topology::standard("stg-reel-"), &deployment);
     }
 }
@@ -93,8 +95,17 @@ fn no_subscription_expires_for_inactivity() {
     let module = module();
     let deployment = deploy(&module, &[]);
     for sub in &deployment.subscription_instances {
-        let policy = sub.body.block("expiration_policy").unwrap().unwrap_or_else(|| panic!("{}: no expiration_policy", sub.address));
-        assert_eq!(policy.string("ttl").unwrap().as_deref(), Some(""), "{}: expiration_policy.ttl must be \"\"", sub.address);
+        let policy = sub
+            .body
+            .block("expiration_policy")
+            .unwrap()
+            .unwrap_or_else(|| panic!("{}: no expiration_policy", sub.address));
+        assert_eq!(
+            policy.string("ttl").unwrap().as_deref(),
+            Some(""),
+            "{}: expiration_policy.ttl must be \"\"",
+            sub.address
+        );
     }
 }
 
@@ -131,11 +142,17 @@ fn a_subscription_only_in_terraform_is_a_difference() {
     let mut declared = deployment.declared.clone();
     let copy = declared.subscriptions["reel-stitch"].clone();
     declared.subscriptions.insert("reel-stitch-large".into(), copy);
-    assert_eq!(differences(&want, &declared), vec!["subscription reel-stitch-large: in terraform, not in the code".to_string()]);
+    assert_eq!(
+        differences(&want, &declared),
+        vec!["subscription reel-stitch-large: in terraform, not in the code".to_string()]
+    );
 
     let mut declared = deployment.declared.clone();
     declared.subscriptions.remove("reel-validate-gcs");
-    assert_eq!(differences(&want, &declared), vec!["subscription reel-validate-gcs: in the code, not in terraform".to_string()]);
+    assert_eq!(
+        differences(&want, &declared),
+        vec!["subscription reel-validate-gcs: in the code, not in terraform".to_string()]
+    );
 
     let mut declared = deployment.declared.clone();
     declared.subscriptions.get_mut("reel-stitch").unwrap().ack_deadline = Duration::from_secs(60);
@@ -165,7 +182,11 @@ fn the_pubsub_service_agent_can_dead_letter_every_stage_subscription() {
         let mut dead_letter_topics = BTreeSet::new();
         for spec in &topology.subscriptions {
             let Some(dlq) = &spec.dead_letter_topic else { continue };
-            assert!(has(&grants, "subscription", &spec.name, "roles/pubsub.subscriber", &agent), "agent cannot ack {} to dead-letter it", spec.name);
+            assert!(
+                has(&grants, "subscription", &spec.name, "roles/pubsub.subscriber", &agent),
+                "agent cannot ack {} to dead-letter it",
+                spec.name
+            );
             dead_letter_topics.insert(dlq.clone());
         }
         for dlq in dead_letter_topics {
@@ -229,13 +250,25 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
     // Nothing else: no other roles for the programs, and no project-wide grants at all.
     for grant in grants.iter().filter(|g| members.contains_key(&g.member)) {
         assert!(
-            ["roles/pubsub.subscriber", "roles/pubsub.viewer", "roles/pubsub.publisher", "roles/storage.objectViewer", "roles/storage.objectUser"]
-                .contains(&grant.role.as_str()),
+            [
+                "roles/pubsub.subscriber",
+                "roles/pubsub.viewer",
+                "roles/pubsub.publisher",
+                "roles/storage.objectViewer",
+                "roles/storage.objectUser"
+            ]
+            .contains(&grant.role.as_str()),
             "{grant:?}"
         );
     }
     for resource in module.resources() {
-        assert!(!resource.ty.starts_with("google_project_iam"), "project-wide IAM in {}: {}.{}", resource.file.display(), resource.ty, resource.name);
+        assert!(
+            !resource.ty.starts_with("google_project_iam"),
+            "project-wide IAM in {}: {}.{}",
+            resource.file.display(),
+            resource.ty,
+            resource.name
+        );
     }
 }
 
@@ -285,7 +318,8 @@ fn the_work_bucket_forgets_workspaces_after_a_day() {
     let module = module();
     let mut deployment = deploy(&module, &[]);
     let buckets = deployment.evaluator.instances("google_storage_bucket").unwrap();
-    let by_role: BTreeMap<String, _> = buckets.iter().map(|b| (b.key.as_ref().unwrap().as_str().unwrap().to_string(), &b.body)).collect();
+    let by_role: BTreeMap<String, _> =
+        buckets.iter().map(|b| (b.key.as_ref().unwrap().as_str().unwrap().to_string(), &b.body)).collect();
     assert_eq!(by_role.keys().cloned().collect::<Vec<_>>(), ["outputs", "uploads", "work"]);
     // The programs' work root is gs://WORK/work; a job's workspace is jobs/JOB/ under it
     // (stage::work_prefix), control objects control/ (completion and cancel markers).
@@ -303,7 +337,8 @@ fn the_work_bucket_forgets_workspaces_after_a_day() {
         }
     }
     assert_eq!(rules.get(&job_prefix), Some(&1.0), "workspaces {job_prefix} must go after a day: {rules:?}");
-    let control_days = rules.get(&control_prefix).copied().unwrap_or_else(|| panic!("no rule for {control_prefix}: {rules:?}"));
+    let control_days =
+        rules.get(&control_prefix).copied().unwrap_or_else(|| panic!("no rule for {control_prefix}: {rules:?}"));
     assert!(control_days > 31.0, "completion markers must outlive the 31-day event log, not {control_days} days");
     assert!(by_role["uploads"].blocks("lifecycle_rule").unwrap().is_empty());
     assert!(by_role["outputs"].blocks("lifecycle_rule").unwrap().is_empty());
@@ -328,11 +363,17 @@ fn check_settings(what: &str, env: &BTreeMap<String, String>, prefix: &str) {
         vec![format!("gs://{TEST_PROJECT}-reel-uploads"), format!("gs://{TEST_PROJECT}-reel-outputs")],
         "{what}"
     );
-    assert_eq!(settings.video_storage_bucket.as_deref(), Some(format!("{TEST_PROJECT}-reel-uploads").as_str()), "{what}");
+    assert_eq!(
+        settings.video_storage_bucket.as_deref(),
+        Some(format!("{TEST_PROJECT}-reel-uploads").as_str()),
+        "{what}"
+    );
     assert_eq!(settings.job_timeout_minutes, 15, "{what}");
     assert_eq!(settings.max_retry_attempts, 3, "{what}");
     assert_eq!(settings.log_level, "info", "{what}");
-    for name in ["GOOGLE_CLOUD_PROJECT", "VIDEO_STORAGE_BUCKET", "JOB_TIMEOUT_MINUTES", "MAX_RETRY_ATTEMPTS", "LOG_LEVEL"] {
+    for name in
+        ["GOOGLE_CLOUD_PROJECT", "VIDEO_STORAGE_BUCKET", "JOB_TIMEOUT_MINUTES", "MAX_RETRY_ATTEMPTS", "LOG_LEVEL"]
+    {
         assert!(env.contains_key(name), "{what}: {name} (CONTRACT §7) is not set");
     }
 }
@@ -397,7 +438,11 @@ fn pull_jobs_run_the_stages_until_idle() {
         assert_eq!(args[..2], ["--exit-when-idle".to_string(), "60".to_string()], "{}", job.address);
     }
     let services = deployment.evaluator.instances("google_cloud_run_v2_service").unwrap();
-    assert_eq!(services.iter().map(|s| s.resource.as_str()).collect::<Vec<_>>(), ["api"], "only reel-api is a service in pull mode");
+    assert_eq!(
+        services.iter().map(|s| s.resource.as_str()).collect::<Vec<_>>(),
+        ["api"],
+        "only reel-api is a service in pull mode"
+    );
 }
 
 #[test]

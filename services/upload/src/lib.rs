@@ -38,7 +38,8 @@ impl Handler for Upload {
             };
             Outcome::Emit(vec![ctx.event(event, types::REEL_UPLOADED, job.retry_attempt, &data)])
         };
-        let matches = |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
+        let matches =
+            |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
 
         let location = match check_job_location(&ctx.settings, "outputPath", &job.output_path, &job.project_id) {
             Ok(l) => l,
@@ -56,7 +57,10 @@ impl Handler for Upload {
             Ok(Some(_)) if !job.force_restart => {
                 return Outcome::Reject(Failure::new(
                     ErrorType::InvalidRequest,
-                    format!("{} already exists and is a different file; choose another outputPath or send forceRestart", job.output_path),
+                    format!(
+                        "{} already exists and is a different file; choose another outputPath or send forceRestart",
+                        job.output_path
+                    ),
                 ))
             }
             Ok(_) => {}
@@ -79,7 +83,12 @@ impl Handler for Upload {
                 // Another delivery won the race; verify what it wrote.
                 match store.head(&key).await {
                     Ok(Some(meta)) if matches(&meta) => return emit(),
-                    _ => return Outcome::Reject(Failure::new(ErrorType::InvalidRequest, format!("{} was written by someone else meanwhile", job.output_path))),
+                    _ => {
+                        return Outcome::Reject(Failure::new(
+                            ErrorType::InvalidRequest,
+                            format!("{} was written by someone else meanwhile", job.output_path),
+                        ))
+                    }
                 }
             }
             Err(e) => return store_failure(&format!("writing {}", job.output_path), &e),

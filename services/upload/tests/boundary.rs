@@ -17,7 +17,9 @@ async fn an_output_outside_the_allowed_roots_fails_the_job_and_nothing_is_writte
     std::fs::create_dir_all(&allowed).unwrap();
     let work_root = dir.path().join("work");
     let work = Arc::new(DirStore::new(&work_root).unwrap());
-    work.put("jobs/job_u/reel.mp4", Box::pin(std::io::Cursor::new(b"reel".to_vec())), PutMode::Overwrite).await.unwrap();
+    work.put("jobs/job_u/reel.mp4", Box::pin(std::io::Cursor::new(b"reel".to_vec())), PutMode::Overwrite)
+        .await
+        .unwrap();
     let settings = Arc::new(Settings {
         allowed_roots: vec![allowed.display().to_string()],
         work_root: Some(work_root.display().to_string()),

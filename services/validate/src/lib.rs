@@ -12,7 +12,9 @@ use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
 use reel_runtime::location::Location;
 use reel_runtime::lock;
-use reel_runtime::stage::{check_job_location, completed_marker_key, store_failure, valid_id, Context, Failure, Handler, Outcome};
+use reel_runtime::stage::{
+    check_job_location, completed_marker_key, store_failure, valid_id, Context, Failure, Handler, Outcome,
+};
 use reel_runtime::store::StoreError;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
@@ -104,7 +106,6 @@ pub fn traceparent_for(job_id: &str, retry_attempt: u32) -> String {
     format!("00-{}-{}-01", &hex[..32], &hex[32..48])
 }
 
-
 /// Handle a manifest upload: `manifests/{projectId}/*.json` in the bucket.
 async fn manifest(ctx: &Context, event: &Event) -> Outcome {
     let data = envelope::data_json(event).unwrap_or_default();
@@ -135,7 +136,10 @@ async fn manifest(ctx: &Context, event: &Event) -> Outcome {
         Ok(reader) => {
             let mut limited = reader.take(MAX_MANIFEST_BYTES + 1);
             if let Err(e) = limited.read_to_end(&mut body).await {
-                return store_failure(&format!("cannot read manifest gs://{bucket}/{name}"), &StoreError::Transient(e.to_string()));
+                return store_failure(
+                    &format!("cannot read manifest gs://{bucket}/{name}"),
+                    &StoreError::Transient(e.to_string()),
+                );
             }
         }
         Err(StoreError::NotFound(_)) => return Outcome::Skip(format!("manifest gs://{bucket}/{name} is gone")),
@@ -146,11 +150,21 @@ async fn manifest(ctx: &Context, event: &Event) -> Outcome {
         Outcome::Reject(Failure::new(ErrorType::InvalidRequest, message))
     };
     if body.len() as u64 > MAX_MANIFEST_BYTES {
-        return with_job(failed(format!("manifest gs://{bucket}/{name} is larger than {MAX_MANIFEST_BYTES} bytes")), &job_id, project_from_path);
+        return with_job(
+            failed(format!("manifest gs://{bucket}/{name} is larger than {MAX_MANIFEST_BYTES} bytes")),
+            &job_id,
+            project_from_path,
+        );
     }
     let value: serde_json::Value = match serde_json::from_slice(&body) {
         Ok(v) => v,
-        Err(e) => return with_job(failed(format!("manifest gs://{bucket}/{name} is not valid JSON: {e}")), &job_id, project_from_path),
+        Err(e) => {
+            return with_job(
+                failed(format!("manifest gs://{bucket}/{name} is not valid JSON: {e}")),
+                &job_id,
+                project_from_path,
+            )
+        }
     };
     if let Some(project) = value.get("projectId").and_then(|v| v.as_str()) {
         if project != project_from_path {
@@ -192,7 +206,10 @@ async fn validate_request(
     project_from_manifest: Option<String>,
 ) -> Outcome {
     if !valid_id(job_id) {
-        return reject(ErrorType::InvalidRequest, format!("jobId {job_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - ."));
+        return reject(
+            ErrorType::InvalidRequest,
+            format!("jobId {job_id:?} must be 1-128 characters of A-Z a-z 0-9 _ - ."),
+        );
     }
     if let (Some(project), Some(map)) = (&project_from_manifest, data.as_object_mut()) {
         map.entry("projectId").or_insert_with(|| project.clone().into());
@@ -214,7 +231,9 @@ async fn validate_request(
     }
     if !request.force_restart.unwrap_or(false) {
         match ctx.work.head(&completed_marker_key(job_id)).await {
-            Ok(Some(_)) => return Outcome::Skip(format!("job {job_id} already completed; send forceRestart to redo it")),
+            Ok(Some(_)) => {
+                return Outcome::Skip(format!("job {job_id} already completed; send forceRestart to redo it"))
+            }
             Ok(None) => {}
             Err(e) => return store_failure("cannot check for an earlier completion", &e),
         }
@@ -265,7 +284,10 @@ async fn validate_request(
 /// Every rule a request must pass; `None` when it passes.
 fn check_request(ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
     if request.project_id.trim().is_empty() || !valid_id(&request.project_id) {
-        return Some(reject(ErrorType::InvalidRequest, format!("projectId {:?} must be 1-128 characters of A-Z a-z 0-9 _ - .", request.project_id)));
+        return Some(reject(
+            ErrorType::InvalidRequest,
+            format!("projectId {:?} must be 1-128 characters of A-Z a-z 0-9 _ - .", request.project_id),
+        ));
     }
     if request.user_id.trim().is_empty() {
         return Some(reject(ErrorType::InvalidRequest, "userId is required"));
@@ -278,7 +300,10 @@ fn check_request(ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
     }
     let max = ctx.settings.max_clips;
     if request.clip_paths.len() > max {
-        return Some(reject(ErrorType::InvalidRequest, format!("{} clips requested; the limit is {max}", request.clip_paths.len())));
+        return Some(reject(
+            ErrorType::InvalidRequest,
+            format!("{} clips requested; the limit is {max}", request.clip_paths.len()),
+        ));
     }
     let check = |what: &str, raw: &str| -> Result<Location, Outcome> {
         check_job_location(&ctx.settings, what, raw, &request.project_id).map_err(Outcome::Reject)
@@ -293,7 +318,10 @@ fn check_request(ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
         Ok(output) => {
             let ext = output.extension().unwrap_or_default();
             if !matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
-                return Some(reject(ErrorType::InvalidRequest, format!("outputPath {:?} must end in .mp4 (reels are MP4)", request.output_path)));
+                return Some(reject(
+                    ErrorType::InvalidRequest,
+                    format!("outputPath {:?} must end in .mp4 (reels are MP4)", request.output_path),
+                ));
             }
             if request.clip_paths.iter().any(|c| Location::parse(c, None).ok().as_ref() == Some(&output)) {
                 return Some(reject(ErrorType::InvalidRequest, "outputPath must not be one of the clips"));

@@ -79,8 +79,14 @@ async fn each_rule_names_its_error_type() {
         (request("p1", &["gs://clips/a.mp4"], "gs://clips/o.mp4"), ErrorType::InsufficientClips),
         (request("p1", &[], "gs://clips/o.mp4"), ErrorType::InsufficientClips),
         (request("p1", &["gs://clips/a.mp4", "http://evil/b.mp4"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
-        (request("p1", &["gs://clips/a.mp4", "concat:gs://clips/a.mp4|x"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
-        (request("p1", &["gs://clips/a.mp4", "gs://clips/../etc/b.mp4"], "gs://clips/o.mp4"), ErrorType::InvalidRequest),
+        (
+            request("p1", &["gs://clips/a.mp4", "concat:gs://clips/a.mp4|x"], "gs://clips/o.mp4"),
+            ErrorType::InvalidRequest,
+        ),
+        (
+            request("p1", &["gs://clips/a.mp4", "gs://clips/../etc/b.mp4"], "gs://clips/o.mp4"),
+            ErrorType::InvalidRequest,
+        ),
         (request("p1", &["gs://clips/a.mp4", "gs://other/b.mp4"], "gs://clips/o.mp4"), ErrorType::PermissionDenied),
         (request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://other/o.mp4"), ErrorType::PermissionDenied),
         (request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.gif"), ErrorType::InvalidRequest),
@@ -141,7 +147,11 @@ async fn one_active_job_per_project() {
 #[tokio::test]
 async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
     let f = fixture(&["gs://uploads/projects/{projectId}"]);
-    let own = request("p1", &["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"], "gs://uploads/projects/p1/out.mp4");
+    let own = request(
+        "p1",
+        &["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p1/b.mp4"],
+        "gs://uploads/projects/p1/out.mp4",
+    );
     assert!(matches!(run(&f, own).await, Outcome::Emit(_)));
     for (clips, output) in [
         (["gs://uploads/projects/p1/a.mp4", "gs://uploads/projects/p2/b.mp4"], "gs://uploads/projects/p1/out.mp4"),
@@ -178,11 +188,22 @@ async fn paths_stay_in_the_projects_own_prefix_and_out_of_the_work_area() {
 #[tokio::test]
 async fn an_invalid_job_id_fails_under_a_derived_id() {
     let f = fixture(&["gs://clips"]);
-    for bad in [serde_json::json!(12345), serde_json::json!("p/slash"), serde_json::json!("x".repeat(10_000)), serde_json::json!("p_\u{1b}[31m\r\n")] {
+    for bad in [
+        serde_json::json!(12345),
+        serde_json::json!("p/slash"),
+        serde_json::json!("x".repeat(10_000)),
+        serde_json::json!("p_\u{1b}[31m\r\n"),
+    ] {
         let mut data = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
         data["jobId"] = bad.clone();
         let event = envelope::build(types::STITCH_REQUESTED, "//test", uuid(), "subject", Utc::now(), &data).unwrap();
-        let ctx = Context::standalone(Stage::Validate, f.settings.clone(), f.work.clone(), Arc::new(LocalResolver::new()), JobRef::default());
+        let ctx = Context::standalone(
+            Stage::Validate,
+            f.settings.clone(),
+            f.work.clone(),
+            Arc::new(LocalResolver::new()),
+            JobRef::default(),
+        );
         let (got, message, job) = failure(reel_validate::Validate.handle(&ctx, &event).await);
         assert_eq!(got, ErrorType::InvalidRequest, "{bad}: {message}");
         let job = job.expect("the failure names a job");

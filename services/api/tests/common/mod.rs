@@ -58,20 +58,33 @@ pub async fn spawn_unready(config: ApiConfig) -> TestApi {
 }
 
 /// An API over existing parts (a restart: same bus and store, new process state).
-pub fn with_parts(dir: tempfile::TempDir, bus: Arc<EmbeddedBus>, store: Arc<DirStore>, settings: Arc<Settings>, config: ApiConfig) -> TestApi {
+pub fn with_parts(
+    dir: tempfile::TempDir,
+    bus: Arc<EmbeddedBus>,
+    store: Arc<DirStore>,
+    settings: Arc<Settings>,
+    config: ApiConfig,
+) -> TestApi {
     let names = settings.topology().names();
     let book = Arc::new(JobBook::new());
     let mut options = FollowerOptions::new(&config, names.api_subscription());
     options.receive_wait = std::time::Duration::from_millis(50);
     options.batch_window = std::time::Duration::from_millis(20);
     let follower = Arc::new(Follower::new(book.clone(), bus.clone(), store.clone(), options));
-    let state = AppState::new(config.clone(), settings.clone(), bus.clone(), store.clone(), book.clone()).expect("state");
+    let state =
+        AppState::new(config.clone(), settings.clone(), bus.clone(), store.clone(), book.clone()).expect("state");
     TestApi { dir, bus, store, book, follower, config, settings, names, app: app(state) }
 }
 
 impl TestApi {
     /// Send a request; the body answers as JSON when it parses, else as a string.
-    pub async fn call(&self, method: Method, uri: &str, token: Option<&str>, body: Option<Value>) -> (StatusCode, HeaderMap, Value) {
+    pub async fn call(
+        &self,
+        method: Method,
+        uri: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, HeaderMap, Value) {
         call(&self.app, method, uri, token.map(|t| format!("Bearer {t}")).as_deref(), body).await
     }
 
@@ -98,7 +111,8 @@ impl TestApi {
     pub async fn take(&self, subscription: &str) -> Vec<Event> {
         let mut events = Vec::new();
         loop {
-            let got = self.bus.receive(subscription, 100, std::time::Duration::from_millis(100)).await.expect("receive");
+            let got =
+                self.bus.receive(subscription, 100, std::time::Duration::from_millis(100)).await.expect("receive");
             if got.is_empty() {
                 return events;
             }
@@ -111,7 +125,13 @@ impl TestApi {
 }
 
 /// Send a request with a raw `Authorization` value.
-pub async fn call(app: &Router, method: Method, uri: &str, authorization: Option<&str>, body: Option<Value>) -> (StatusCode, HeaderMap, Value) {
+pub async fn call(
+    app: &Router,
+    method: Method,
+    uri: &str,
+    authorization: Option<&str>,
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(a) = authorization {
         request = request.header("authorization", a);
@@ -124,7 +144,8 @@ pub async fn call(app: &Router, method: Method, uri: &str, authorization: Option
     let response = app.clone().oneshot(request).await.expect("infallible");
     let (parts, body) = response.into_parts();
     let bytes = axum::body::to_bytes(body, 10 << 20).await.expect("body");
-    let value = serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     (parts.status, parts.headers, value)
 }
 

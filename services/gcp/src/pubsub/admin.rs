@@ -23,8 +23,7 @@ pub(crate) struct Admin {
 }
 
 fn wkt_duration(d: Duration) -> Result<google_cloud_wkt::Duration, BusError> {
-    google_cloud_wkt::Duration::try_from(d)
-        .map_err(|e| BusError::Other(format!("duration {d:?}: {e}")))
+    google_cloud_wkt::Duration::try_from(d).map_err(|e| BusError::Other(format!("duration {d:?}: {e}")))
 }
 
 impl Admin {
@@ -42,14 +41,8 @@ impl Admin {
         }
         Ok(Admin {
             config: config.clone(),
-            topics: topics
-                .build()
-                .await
-                .map_err(|e| builder_error("topic admin", e))?,
-            subscriptions: subscriptions
-                .build()
-                .await
-                .map_err(|e| builder_error("subscription admin", e))?,
+            topics: topics.build().await.map_err(|e| builder_error("topic admin", e))?,
+            subscriptions: subscriptions.build().await.map_err(|e| builder_error("subscription admin", e))?,
         })
     }
 
@@ -75,11 +68,7 @@ impl Admin {
                 .create_subscription()
                 .set_name(&path)
                 .set_topic(self.config.topic_path(&spec.topic))
-                .set_ack_deadline_seconds(
-                    spec.ack_deadline
-                        .as_secs()
-                        .clamp(10, MAX_ACK_DEADLINE_SECS as u64) as i32,
-                )
+                .set_ack_deadline_seconds(spec.ack_deadline.as_secs().clamp(10, MAX_ACK_DEADLINE_SECS as u64) as i32)
                 .set_message_retention_duration(wkt_duration(spec.message_retention)?)
                 .set_retry_policy(
                     RetryPolicy::new()
@@ -117,24 +106,14 @@ impl Admin {
             .send()
             .await
             .map_err(|e| bus_error(&format!("get subscription {path}"), None, &e))?;
-        let secs = if sub.ack_deadline_seconds > 0 {
-            sub.ack_deadline_seconds as u64
-        } else {
-            10
-        };
+        let secs = if sub.ack_deadline_seconds > 0 { sub.ack_deadline_seconds as u64 } else { 10 };
         Ok(Duration::from_secs(secs))
     }
 
     /// Delete a subscription. Missing is not an error.
     pub(crate) async fn delete_subscription(&self, name: &str) -> Result<(), BusError> {
         let path = self.config.subscription_path(name);
-        match self
-            .subscriptions
-            .delete_subscription()
-            .set_subscription(&path)
-            .send()
-            .await
-        {
+        match self.subscriptions.delete_subscription().set_subscription(&path).send().await {
             Ok(_) => Ok(()),
             Err(e) => match bus_error(&format!("delete subscription {path}"), None, &e) {
                 BusError::NotFound(_) => Ok(()),

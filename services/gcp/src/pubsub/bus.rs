@@ -63,9 +63,7 @@ pub struct PubSubBus {
 
 impl std::fmt::Debug for PubSubBus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("PubSubBus")
-            .field("config", &self.inner.config)
-            .finish_non_exhaustive()
+        f.debug_struct("PubSubBus").field("config", &self.inner.config).finish_non_exhaustive()
     }
 }
 
@@ -158,11 +156,7 @@ impl PubSubBus {
             message_id: message.message_id.clone(),
             message: Message {
                 data: message.data.to_vec(),
-                attributes: message
-                    .attributes
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
+                attributes: message.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
                 ordering_key: message.ordering_key.clone(),
             },
             delivery_attempt: self.attempt(subscription, &message.message_id, reported),
@@ -171,30 +165,18 @@ impl PubSubBus {
     }
 
     fn unary_client(&self) -> Result<&UnaryPull, BusError> {
-        self.inner
-            .unary
-            .as_ref()
-            .ok_or_else(|| BusError::Other("not in unary pull mode".into()))
+        self.inner.unary.as_ref().ok_or_else(|| BusError::Other("not in unary pull mode".into()))
     }
 
     /// `receive` by unary pull: poll until a message arrives or `wait` passes.
-    async fn receive_unary(
-        &self,
-        subscription: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError> {
+    async fn receive_unary(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         let client = self.unary_client()?;
         let known = self.inner.unary_deadlines.lock().await.get(subscription).copied();
         let ack_deadline = match known {
             Some(d) => d,
             None => {
                 let d = self.inner.admin.ack_deadline(subscription).await?;
-                self.inner
-                    .unary_deadlines
-                    .lock()
-                    .await
-                    .insert(subscription.to_string(), d);
+                self.inner.unary_deadlines.lock().await.insert(subscription.to_string(), d);
                 d
             }
         };
@@ -209,8 +191,7 @@ impl PubSubBus {
                 let mut out = Vec::with_capacity(pulled.len());
                 for p in pulled {
                     let token = self.new_token();
-                    let delivery_attempt =
-                        self.attempt(subscription, &p.message_id, p.delivery_attempt);
+                    let delivery_attempt = self.attempt(subscription, &p.message_id, p.delivery_attempt);
                     self.inner.leases.insert(
                         token.clone(),
                         Lease {
@@ -244,12 +225,7 @@ impl PubSubBus {
 fn rand_u32() -> u32 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    );
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
     h.write_u32(std::process::id());
     h.finish() as u32
 }
@@ -263,12 +239,7 @@ impl Bus for PubSubBus {
         self.inner.publishers.publish(topic, message).await
     }
 
-    async fn receive(
-        &self,
-        subscription: &str,
-        max: usize,
-        wait: Duration,
-    ) -> Result<Vec<Delivery>, BusError> {
+    async fn receive(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
         if max == 0 {
             return Ok(Vec::new());
         }
@@ -277,9 +248,7 @@ impl Bus for PubSubBus {
         }
         let streaming = &self.inner.streaming;
         let stream = streaming.stream_for(subscription, &self.inner.admin).await?;
-        let pulled = streaming
-            .pull(subscription, &stream, max, wait, Duration::ZERO)
-            .await?;
+        let pulled = streaming.pull(subscription, &stream, max, wait, Duration::ZERO).await?;
         let deadline = Instant::now() + stream.ack_deadline;
         let mut out = Vec::with_capacity(pulled.len());
         for p in pulled {
@@ -287,11 +256,7 @@ impl Bus for PubSubBus {
             let delivery = self.delivery(subscription, token.clone(), &p);
             self.inner.leases.insert(
                 token,
-                Lease {
-                    subscription: subscription.to_string(),
-                    handle: LeaseHandle::Stream(p.handler),
-                    deadline,
-                },
+                Lease { subscription: subscription.to_string(), handle: LeaseHandle::Stream(p.handler), deadline },
             );
             out.push(delivery);
         }
@@ -301,19 +266,14 @@ impl Bus for PubSubBus {
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.inner.leases.take(subscription, ack_id)?;
         match lease.handle {
-            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => h
-                .confirmed_ack()
-                .await
-                .map_err(|e| ack_error(&format!("ack on {subscription}"), e)),
+            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => {
+                h.confirmed_ack().await.map_err(|e| ack_error(&format!("ack on {subscription}"), e))
+            }
             LeaseHandle::Stream(other) => {
                 other.ack();
                 Ok(())
             }
-            LeaseHandle::Unary(id) => {
-                self.unary_client()?
-                    .acknowledge(subscription, std::slice::from_ref(&id))
-                    .await
-            }
+            LeaseHandle::Unary(id) => self.unary_client()?.acknowledge(subscription, std::slice::from_ref(&id)).await,
         }
     }
 
@@ -329,10 +289,7 @@ impl Bus for PubSubBus {
                 other.nack();
                 Ok(())
             }
-            LeaseHandle::Unary(id) => match self
-                .unary_client()?
-                .release(subscription, std::slice::from_ref(&id))
-                .await
+            LeaseHandle::Unary(id) => match self.unary_client()?.release(subscription, std::slice::from_ref(&id)).await
             {
                 // Expired: it is going to be redelivered anyway, which is what a nack wants.
                 Ok(()) | Err(BusError::InvalidAckId(_)) => Ok(()),
@@ -341,12 +298,7 @@ impl Bus for PubSubBus {
         }
     }
 
-    async fn modify_deadline(
-        &self,
-        subscription: &str,
-        ack_id: &str,
-        seconds: u32,
-    ) -> Result<(), BusError> {
+    async fn modify_deadline(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<(), BusError> {
         if seconds == 0 {
             return self.nack(subscription, ack_id).await;
         }
@@ -354,9 +306,7 @@ impl Bus for PubSubBus {
         match self.inner.leases.extend(subscription, ack_id, seconds)? {
             Extended::Stream => Ok(()),
             Extended::Unary(id) => {
-                self.unary_client()?
-                    .modify_ack_deadline(subscription, std::slice::from_ref(&id), seconds)
-                    .await
+                self.unary_client()?.modify_ack_deadline(subscription, std::slice::from_ref(&id), seconds).await
             }
         }
     }
@@ -372,9 +322,7 @@ impl Bus for PubSubBus {
         if self.inner.unary.is_some() {
             // Unary: take what is there (waiting for the first as a streamed peek does),
             // then release each at once.
-            let mut out = self
-                .receive_unary(subscription, max, PEEK_FIRST_WAIT)
-                .await?;
+            let mut out = self.receive_unary(subscription, max, PEEK_FIRST_WAIT).await?;
             for d in &mut out {
                 let _ = self.nack(subscription, &d.ack_id).await;
                 d.ack_id.clear();
@@ -385,9 +333,7 @@ impl Bus for PubSubBus {
         // notices a closed stream and keeps delivering into it (module docs).
         let streaming = &self.inner.streaming;
         let stream = streaming.stream_for(subscription, &self.inner.admin).await?;
-        let pulled = streaming
-            .pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT)
-            .await?;
+        let pulled = streaming.pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT).await?;
         let mut out = Vec::with_capacity(pulled.len());
         for p in pulled {
             out.push(self.delivery(subscription, String::new(), &p));

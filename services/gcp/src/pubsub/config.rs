@@ -178,9 +178,7 @@ impl PubSubConfig {
             )));
         }
         if self.pull_mode == PullMode::Unary && !self.emulator {
-            return Err(BusError::Other(
-                "unary pull is for the emulator only; Pub/Sub uses streaming pull".into(),
-            ));
+            return Err(BusError::Other("unary pull is for the emulator only; Pub/Sub uses streaming pull".into()));
         }
         Ok(())
     }
@@ -208,11 +206,7 @@ mod tests {
         assert!(PubSubConfig::new(" ").validate().is_err());
         assert!(PubSubConfig::new("p").set_max_outstanding_messages(0).validate().is_err());
         assert!(PubSubConfig::new("p").set_pull_mode(PullMode::Unary).validate().is_err());
-        assert!(PubSubConfig::new("p")
-            .with_emulator("h:1")
-            .set_pull_mode(PullMode::Unary)
-            .validate()
-            .is_ok());
+        assert!(PubSubConfig::new("p").with_emulator("h:1").set_pull_mode(PullMode::Unary).validate().is_ok());
     }
 
     #[test]

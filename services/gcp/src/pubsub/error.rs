@@ -9,11 +9,7 @@ use reel_runtime::bus::BusError;
 /// A Pub/Sub error as a [`BusError`].
 ///
 /// `size` is the size of the message being published, if any (for `TooLarge`).
-pub(crate) fn bus_error(
-    context: &str,
-    size: Option<usize>,
-    err: &google_cloud_pubsub::Error,
-) -> BusError {
+pub(crate) fn bus_error(context: &str, size: Option<usize>, err: &google_cloud_pubsub::Error) -> BusError {
     let text = format!("{context}: {err}");
     if let Some(status) = err.status() {
         let message = status.message.to_ascii_lowercase();
@@ -28,16 +24,12 @@ pub(crate) fn bus_error(
             | Code::Unknown
             | Code::Cancelled => BusError::Transient(text),
             Code::InvalidArgument
-                if message.contains("too large")
-                    || message.contains("exceeds")
-                    || message.contains("maximum") =>
+                if message.contains("too large") || message.contains("exceeds") || message.contains("maximum") =>
             {
                 BusError::TooLarge(size.unwrap_or(0))
             }
             Code::InvalidArgument | Code::FailedPrecondition
-                if message.contains("ack id")
-                    || message.contains("ack_id")
-                    || message.contains("ackid") =>
+                if message.contains("ack id") || message.contains("ack_id") || message.contains("ackid") =>
             {
                 BusError::InvalidAckId(text)
             }
@@ -50,8 +42,7 @@ pub(crate) fn bus_error(
     if err.is_authentication() {
         return BusError::PermissionDenied(text);
     }
-    if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted()
-    {
+    if err.is_timeout() || err.is_io() || err.is_connect() || err.is_transport() || err.is_exhausted() {
         return BusError::Transient(text);
     }
     BusError::Other(text)
@@ -96,8 +87,7 @@ pub(crate) fn ack_error(context: &str, err: AckError) -> BusError {
 }
 
 pub(crate) fn is_already_exists(err: &google_cloud_pubsub::Error) -> bool {
-    err.status().is_some_and(|s| s.code == Code::AlreadyExists)
-        || err.http_status_code() == Some(409)
+    err.status().is_some_and(|s| s.code == Code::AlreadyExists) || err.http_status_code() == Some(409)
 }
 
 pub(crate) fn builder_error(what: &str, err: impl std::fmt::Display) -> BusError {
@@ -115,45 +105,21 @@ mod tests {
 
     #[test]
     fn errors_are_classified_in_one_place() {
-        assert!(matches!(
-            bus_error("x", None, &status(Code::NotFound, "no")),
-            BusError::NotFound(_)
-        ));
-        assert!(matches!(
-            bus_error("x", None, &status(Code::PermissionDenied, "no")),
-            BusError::PermissionDenied(_)
-        ));
-        for code in [
-            Code::Unavailable,
-            Code::DeadlineExceeded,
-            Code::ResourceExhausted,
-            Code::Internal,
-            Code::Aborted,
-        ] {
-            assert!(
-                bus_error("x", None, &status(code, "busy")).is_transient(),
-                "{code:?}"
-            );
+        assert!(matches!(bus_error("x", None, &status(Code::NotFound, "no")), BusError::NotFound(_)));
+        assert!(matches!(bus_error("x", None, &status(Code::PermissionDenied, "no")), BusError::PermissionDenied(_)));
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::ResourceExhausted, Code::Internal, Code::Aborted]
+        {
+            assert!(bus_error("x", None, &status(code, "busy")).is_transient(), "{code:?}");
         }
         assert!(matches!(
-            bus_error(
-                "x",
-                Some(11_000_000),
-                &status(
-                    Code::InvalidArgument,
-                    "Request payload size exceeds the limit"
-                )
-            ),
+            bus_error("x", Some(11_000_000), &status(Code::InvalidArgument, "Request payload size exceeds the limit")),
             BusError::TooLarge(11_000_000)
         ));
         assert!(matches!(
             bus_error("x", None, &status(Code::InvalidArgument, "Invalid ack ID")),
             BusError::InvalidAckId(_)
         ));
-        assert!(matches!(
-            bus_error("x", None, &status(Code::InvalidArgument, "bad")),
-            BusError::Other(_)
-        ));
+        assert!(matches!(bus_error("x", None, &status(Code::InvalidArgument, "bad")), BusError::Other(_)));
         assert!(is_already_exists(&status(Code::AlreadyExists, "exists")));
     }
 

@@ -60,36 +60,25 @@ impl Leases {
     /// Take the lease of `ack_id` on `subscription` out of the table.
     pub(crate) fn take(&self, subscription: &str, ack_id: &str) -> Result<Lease, BusError> {
         let mut leases = self.by_token.lock().unwrap();
-        let lease = leases.remove(ack_id).ok_or_else(|| {
-            BusError::InvalidAckId(format!(
-                "{subscription}: unknown or settled ack id {ack_id:?}"
-            ))
-        })?;
+        let lease = leases
+            .remove(ack_id)
+            .ok_or_else(|| BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}")))?;
         if lease.subscription != subscription {
             let owner = lease.subscription.clone();
             leases.insert(ack_id.to_string(), lease);
-            return Err(BusError::InvalidAckId(format!(
-                "{ack_id:?} belongs to {owner}, not {subscription}"
-            )));
+            return Err(BusError::InvalidAckId(format!("{ack_id:?} belongs to {owner}, not {subscription}")));
         }
         if lease.deadline <= Instant::now() {
             drop(leases);
             lease.handle.nack();
-            return Err(BusError::InvalidAckId(format!(
-                "{subscription}: the lease of {ack_id:?} expired"
-            )));
+            return Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")));
         }
         Ok(lease)
     }
 
     /// Move the deadline of a live lease to `seconds` from now (the deadline this bus
     /// enforces, see the module docs); an expired one is released and refused.
-    pub(crate) fn extend(
-        &self,
-        subscription: &str,
-        ack_id: &str,
-        seconds: u32,
-    ) -> Result<Extended, BusError> {
+    pub(crate) fn extend(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<Extended, BusError> {
         let mut leases = self.by_token.lock().unwrap();
         let now = Instant::now();
         match leases.get_mut(ack_id) {
@@ -104,13 +93,9 @@ impl Leases {
                 let lease = leases.remove(ack_id).expect("present");
                 drop(leases);
                 lease.handle.nack();
-                Err(BusError::InvalidAckId(format!(
-                    "{subscription}: the lease of {ack_id:?} expired"
-                )))
+                Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")))
             }
-            _ => Err(BusError::InvalidAckId(format!(
-                "{subscription}: unknown or settled ack id {ack_id:?}"
-            ))),
+            _ => Err(BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}"))),
         }
     }
 
@@ -123,14 +108,8 @@ impl Leases {
     fn expired(&self) -> Vec<(String, Lease)> {
         let now = Instant::now();
         let mut leases = self.by_token.lock().unwrap();
-        let ids: Vec<String> = leases
-            .iter()
-            .filter(|(_, l)| l.deadline <= now)
-            .map(|(id, _)| id.clone())
-            .collect();
-        ids.into_iter()
-            .filter_map(|id| leases.remove(&id).map(|l| (id, l)))
-            .collect()
+        let ids: Vec<String> = leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| id.clone()).collect();
+        ids.into_iter().filter_map(|id| leases.remove(&id).map(|l| (id, l))).collect()
     }
 }
 
@@ -168,13 +147,9 @@ impl AttemptCounter {
     pub(crate) fn next(&mut self, subscription: &str, message_id: &str) -> u32 {
         let now = Instant::now();
         if self.seen.len() > Self::PRUNE_ABOVE {
-            self.seen
-                .retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
+            self.seen.retain(|_, (_, at)| now.duration_since(*at) < Self::FORGET_AFTER);
         }
-        let entry = self
-            .seen
-            .entry((subscription.to_string(), message_id.to_string()))
-            .or_insert((0, now));
+        let entry = self.seen.entry((subscription.to_string(), message_id.to_string())).or_insert((0, now));
         entry.0 += 1;
         entry.1 = now;
         entry.0

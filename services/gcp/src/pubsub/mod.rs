@@ -83,7 +83,7 @@ mod streaming;
 pub use bus::PubSubBus;
 pub use config::{PubSubConfig, PullMode};
 pub use publisher::PUBLISH_RETRY_LIMIT;
-pub use rest_pull::{UnaryPull, UnaryPulled};
 /// Pub/Sub's limit on a publish request (the message counts against it).
 pub use reel_runtime::bus::MAX_MESSAGE_BYTES;
+pub use rest_pull::{UnaryPull, UnaryPulled};
 pub use streaming::MAX_LEASE;

@@ -39,10 +39,7 @@ impl Publishers {
         }
         Ok(Publishers {
             config: config.clone(),
-            base: base
-                .build()
-                .await
-                .map_err(|e| builder_error("publisher", e))?,
+            base: base.build().await.map_err(|e| builder_error("publisher", e))?,
             by_topic: Mutex::new(HashMap::new()),
         })
     }
@@ -52,10 +49,7 @@ impl Publishers {
         publishers
             .entry(topic.to_string())
             .or_insert_with(|| {
-                self.base
-                    .publisher(self.config.topic_path(topic))
-                    .set_delay_threshold(Duration::from_millis(5))
-                    .build()
+                self.base.publisher(self.config.topic_path(topic)).set_delay_threshold(Duration::from_millis(5)).build()
             })
             .clone()
     }
@@ -83,11 +77,7 @@ impl Publishers {
                 if !ordering_key.is_empty() {
                     publisher.resume_publish(ordering_key);
                 }
-                Err(publish_error(
-                    &format!("publish to {}", self.config.topic_path(topic)),
-                    size,
-                    e,
-                ))
+                Err(publish_error(&format!("publish to {}", self.config.topic_path(topic)), size, e))
             }
         }
     }

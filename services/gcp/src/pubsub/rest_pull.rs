@@ -78,23 +78,16 @@ impl UnaryPull {
             .map_err(|e| BusError::Other(format!("REST client: {e}")))?;
         let credentials = match config.credentials() {
             Some(c) => c.clone(),
-            None => google_cloud_auth::credentials::Builder::default()
-                .with_scopes([PUBSUB_SCOPE])
-                .build()
-                .map_err(|e| {
-                    BusError::PermissionDenied(format!(
-                        "loading Application Default Credentials for Pub/Sub: {e}"
-                    ))
-                })?,
+            None => {
+                google_cloud_auth::credentials::Builder::default().with_scopes([PUBSUB_SCOPE]).build().map_err(|e| {
+                    BusError::PermissionDenied(format!("loading Application Default Credentials for Pub/Sub: {e}"))
+                })?
+            }
         };
         let endpoint = config.endpoint().unwrap_or(DEFAULT_ENDPOINT);
         Ok(UnaryPull {
             http,
-            base: format!(
-                "{}/v1/projects/{}/subscriptions",
-                endpoint.trim_end_matches('/'),
-                config.project()
-            ),
+            base: format!("{}/v1/projects/{}/subscriptions", endpoint.trim_end_matches('/'), config.project()),
             credentials,
         })
     }
@@ -106,11 +99,7 @@ impl UnaryPull {
         body: serde_json::Value,
     ) -> Result<serde_json::Value, BusError> {
         let url = format!("{}/{subscription}:{verb}", self.base);
-        let mut request = self
-            .http
-            .post(&url)
-            .header("content-type", "application/json")
-            .body(body.to_string());
+        let mut request = self.http.post(&url).header("content-type", "application/json").body(body.to_string());
         match self.credentials.headers(Default::default()).await {
             Ok(CacheableResource::New { data, .. }) => {
                 for (name, value) in data.iter() {
@@ -127,22 +116,12 @@ impl UnaryPull {
                 });
             }
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| BusError::Transient(format!("{verb} {subscription}: {e}")))?;
+        let response = request.send().await.map_err(|e| BusError::Transient(format!("{verb} {subscription}: {e}")))?;
         let status = response.status();
-        let text = response
-            .text()
-            .await
-            .map_err(|e| BusError::Transient(format!("{verb} {subscription}: {e}")))?;
+        let text = response.text().await.map_err(|e| BusError::Transient(format!("{verb} {subscription}: {e}")))?;
         if !status.is_success() {
             let excerpt: String = text.chars().take(300).collect();
-            return Err(rest_error(
-                verb,
-                status.as_u16(),
-                format!("{verb} {subscription}: HTTP {status}: {excerpt}"),
-            ));
+            return Err(rest_error(verb, status.as_u16(), format!("{verb} {subscription}: HTTP {status}: {excerpt}")));
         }
         Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
     }
@@ -150,51 +129,25 @@ impl UnaryPull {
     /// Up to `max` messages, at once (empty if there are none), each leased for the
     /// subscription's ack deadline.
     pub async fn pull(&self, subscription: &str, max: usize) -> Result<Vec<UnaryPulled>, BusError> {
-        let reply = self
-            .call(
-                subscription,
-                "pull",
-                serde_json::json!({"maxMessages": max, "returnImmediately": true}),
-            )
-            .await?;
-        let received = reply
-            .get("receivedMessages")
-            .and_then(|v| v.as_array())
-            .cloned()
-            .unwrap_or_default();
-        let text = |v: &serde_json::Value, k: &str| {
-            v.get(k)
-                .and_then(|x| x.as_str())
-                .unwrap_or_default()
-                .to_string()
-        };
+        let reply =
+            self.call(subscription, "pull", serde_json::json!({"maxMessages": max, "returnImmediately": true})).await?;
+        let received = reply.get("receivedMessages").and_then(|v| v.as_array()).cloned().unwrap_or_default();
+        let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or_default().to_string();
         let mut out = Vec::with_capacity(received.len());
         for r in received {
             let Some(m) = r.get("message") else { continue };
             let data = base64::engine::general_purpose::STANDARD
                 .decode(m.get("data").and_then(|d| d.as_str()).unwrap_or_default())
-                .map_err(|e| {
-                    BusError::Other(format!(
-                        "pull {subscription}: message data is not base64: {e}"
-                    ))
-                })?;
+                .map_err(|e| BusError::Other(format!("pull {subscription}: message data is not base64: {e}")))?;
             let attributes: BTreeMap<String, String> = m
                 .get("attributes")
                 .and_then(|a| a.as_object())
-                .map(|a| {
-                    a.iter()
-                        .map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string()))
-                        .collect()
-                })
+                .map(|a| a.iter().map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_string())).collect())
                 .unwrap_or_default();
             out.push(UnaryPulled {
                 ack_id: text(&r, "ackId"),
                 message_id: text(m, "messageId"),
-                message: Message {
-                    data,
-                    attributes,
-                    ordering_key: text(m, "orderingKey"),
-                },
+                message: Message { data, attributes, ordering_key: text(m, "orderingKey") },
                 publish_time: DateTime::parse_from_rfc3339(&text(m, "publishTime"))
                     .map(|t| t.with_timezone(&Utc))
                     .unwrap_or_else(|_| Utc::now()),
@@ -212,17 +165,11 @@ impl UnaryPull {
     /// `limit`). Messages released by an earlier peek come back after the
     /// subscription's retry backoff (1 s on dead-letter subscriptions), so one empty
     /// answer is not the end. Everything returned is leased: ack or release it.
-    pub async fn pull_all(
-        &self,
-        subscription: &str,
-        limit: usize,
-    ) -> Result<Vec<UnaryPulled>, BusError> {
+    pub async fn pull_all(&self, subscription: &str, limit: usize) -> Result<Vec<UnaryPulled>, BusError> {
         let mut all = Vec::new();
         let mut empty_rounds = 0;
         while all.len() < limit && empty_rounds < 8 {
-            let batch = self
-                .pull(subscription, (limit - all.len()).min(100))
-                .await?;
+            let batch = self.pull(subscription, (limit - all.len()).min(100)).await?;
             if batch.is_empty() {
                 empty_rounds += 1;
                 tokio::time::sleep(Duration::from_millis(300)).await;
@@ -249,13 +196,7 @@ impl UnaryPull {
         if ack_ids.is_empty() {
             return Ok(());
         }
-        self.call(
-            subscription,
-            "acknowledge",
-            serde_json::json!({ "ackIds": ack_ids }),
-        )
-        .await
-        .map(|_| ())
+        self.call(subscription, "acknowledge", serde_json::json!({ "ackIds": ack_ids })).await.map(|_| ())
     }
 
     /// Set the ack deadline of leased messages (0 = release them for redelivery now).

@@ -57,10 +57,7 @@ pub(crate) struct StreamingPull {
 impl StreamingPull {
     /// Build the subscriber client (no network call is made yet). `shutdown` stops
     /// every stream.
-    pub(crate) async fn connect(
-        config: &PubSubConfig,
-        shutdown: CancellationToken,
-    ) -> Result<StreamingPull, BusError> {
+    pub(crate) async fn connect(config: &PubSubConfig, shutdown: CancellationToken) -> Result<StreamingPull, BusError> {
         let mut subscriber = Subscriber::builder();
         if let Some(endpoint) = config.endpoint() {
             subscriber = subscriber.with_endpoint(endpoint);
@@ -70,10 +67,7 @@ impl StreamingPull {
         }
         Ok(StreamingPull {
             config: config.clone(),
-            subscriber: subscriber
-                .build()
-                .await
-                .map_err(|e| builder_error("subscriber", e))?,
+            subscriber: subscriber.build().await.map_err(|e| builder_error("subscriber", e))?,
             streams: tokio::sync::Mutex::new(HashMap::new()),
             shutdown,
         })
@@ -92,11 +86,7 @@ impl StreamingPull {
 
     /// The stream of `subscription`, opened (with its ack deadline looked up through
     /// `admin`) unless it is open and alive.
-    pub(crate) async fn stream_for(
-        &self,
-        subscription: &str,
-        admin: &Admin,
-    ) -> Result<Arc<SubStream>, BusError> {
+    pub(crate) async fn stream_for(&self, subscription: &str, admin: &Admin) -> Result<Arc<SubStream>, BusError> {
         if self.shutdown.is_cancelled() {
             return Err(BusError::Closed);
         }
@@ -115,10 +105,7 @@ impl StreamingPull {
         // the first open stream, so other workers of the stage would sit idle. There, a
         // message beyond the flow-control limit is released at once (nack) for another
         // worker. Real Pub/Sub honours the limit and never sends one.
-        let release_beyond = self
-            .config
-            .is_emulator()
-            .then(|| self.config.max_outstanding_messages().max(1) as usize);
+        let release_beyond = self.config.is_emulator().then(|| self.config.max_outstanding_messages().max(1) as usize);
         let cancel = self.shutdown.child_token();
         let sub_stream = Arc::new(SubStream {
             rx: tokio::sync::Mutex::new(rx),
@@ -136,9 +123,7 @@ impl StreamingPull {
                 };
                 match item {
                     Some(Ok((message, handler))) => {
-                        if release_beyond
-                            .is_some_and(|limit| buffered.load(Ordering::Acquire) >= limit)
-                        {
+                        if release_beyond.is_some_and(|limit| buffered.load(Ordering::Acquire) >= limit) {
                             handler.nack();
                             continue;
                         }
@@ -156,9 +141,7 @@ impl StreamingPull {
                     }
                     None => {
                         dead.store(true, Ordering::Release);
-                        let _ = tx.send(Err(BusError::Transient(format!(
-                            "streaming pull on {name} closed"
-                        ))));
+                        let _ = tx.send(Err(BusError::Transient(format!("streaming pull on {name} closed"))));
                         break;
                     }
                 }
@@ -186,11 +169,7 @@ impl StreamingPull {
             let mut rx = stream.rx.lock().await;
             let first_until = Instant::now() + first_wait;
             while pulled.len() < max {
-                let until = if pulled.is_empty() {
-                    first_until
-                } else {
-                    Instant::now() + next_wait
-                };
+                let until = if pulled.is_empty() { first_until } else { Instant::now() + next_wait };
                 let item = match rx.try_recv() {
                     Ok(item) => Some(item),
                     Err(mpsc::error::TryRecvError::Disconnected) => None,
@@ -217,9 +196,7 @@ impl StreamingPull {
                         failure = Some(if self.shutdown.is_cancelled() {
                             BusError::Closed
                         } else {
-                            BusError::Transient(format!(
-                                "streaming pull on {subscription} stopped"
-                            ))
+                            BusError::Transient(format!("streaming pull on {subscription} stopped"))
                         });
                         break;
                     }
@@ -238,10 +215,7 @@ impl StreamingPull {
 
     async fn forget_stream(&self, subscription: &str, stream: &Arc<SubStream>) {
         let mut streams = self.streams.lock().await;
-        if streams
-            .get(subscription)
-            .is_some_and(|s| Arc::ptr_eq(s, stream))
-        {
+        if streams.get(subscription).is_some_and(|s| Arc::ptr_eq(s, stream)) {
             streams.remove(subscription);
         }
     }

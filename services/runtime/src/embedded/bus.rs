@@ -297,16 +297,20 @@ impl EmbeddedBus {
         let publish_time = Utc::now();
         if let Some(log) = self.logs.get(topic) {
             let record = LoggedMessage { message_id: message_id.clone(), publish_time, message };
-            log.append(&record).map_err(|e| {
-                BusError::Transient(format!("appending to event log {}: {e}", log.path().display()))
-            })?;
+            log.append(&record)
+                .map_err(|e| BusError::Transient(format!("appending to event log {}: {e}", log.path().display())))?;
             return Ok(self.enqueue(topic, message_id, record.message, publish_time));
         }
         Ok(self.enqueue(topic, message_id, message, publish_time))
     }
 
     fn enqueue(&self, topic: &str, message_id: String, message: Message, publish_time: DateTime<Utc>) -> String {
-        let pending = Pending { message_id: Arc::from(message_id.as_str()), message: Arc::new(message), publish_time, attempts: 0 };
+        let pending = Pending {
+            message_id: Arc::from(message_id.as_str()),
+            message: Arc::new(message),
+            publish_time,
+            attempts: 0,
+        };
         let mut notifies = Vec::new();
         {
             let mut state = self.lock();
@@ -330,9 +334,7 @@ impl EmbeddedBus {
         for Forward { subscription, topic, pending } in forwards {
             let mut message = (*pending.message).clone();
             message.attributes.insert(ATTR_DEAD_LETTER_SOURCE_SUBSCRIPTION.to_string(), subscription.clone());
-            message
-                .attributes
-                .insert(ATTR_DEAD_LETTER_SOURCE_DELIVERY_COUNT.to_string(), pending.attempts.to_string());
+            message.attributes.insert(ATTR_DEAD_LETTER_SOURCE_DELIVERY_COUNT.to_string(), pending.attempts.to_string());
             message.attributes.insert(
                 ATTR_DEAD_LETTER_SOURCE_TOPIC_PUBLISH_TIME.to_string(),
                 pending.publish_time.to_rfc3339_opts(SecondsFormat::AutoSi, true),

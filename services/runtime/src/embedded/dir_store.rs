@@ -55,7 +55,8 @@ struct Inner {
 /// `DirStore`s see the same files (the CLI's work store and the stores the resolver opens
 /// for clips and outputs; a reel linked from the workspace to its output is one inode),
 /// and a checksum computed by one must not cost another read of the file by the next.
-static CRC_CACHE: std::sync::LazyLock<Mutex<HashMap<FileId, CrcEntry>>> = std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
+static CRC_CACHE: std::sync::LazyLock<Mutex<HashMap<FileId, CrcEntry>>> =
+    std::sync::LazyLock::new(|| Mutex::new(HashMap::new()));
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum FileId {
@@ -81,9 +82,7 @@ impl DirStore {
         fs::create_dir_all(&root)?;
         let canonical_root = fs::canonicalize(&root)?;
         let is_fs_root = canonical_root.parent().is_none();
-        Ok(DirStore {
-            inner: Arc::new(Inner { root, canonical_root, is_fs_root }),
-        })
+        Ok(DirStore { inner: Arc::new(Inner { root, canonical_root, is_fs_root }) })
     }
 
     /// The root directory.
@@ -184,7 +183,10 @@ impl Inner {
     fn path_of(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         if key.split('/').any(|segment| segment.starts_with(TEMP_PREFIX)) {
-            return Err(StoreError::InvalidKey(key.to_string(), format!("segments starting with {TEMP_PREFIX} are reserved")));
+            return Err(StoreError::InvalidKey(
+                key.to_string(),
+                format!("segments starting with {TEMP_PREFIX} are reserved"),
+            ));
         }
         Ok(self.root.join(key))
     }
@@ -200,7 +202,9 @@ impl Inner {
     fn ensure_inside(&self, key: &str, path: &Path) -> Result<(), StoreError> {
         match self.is_inside(path) {
             Ok(true) => Ok(()),
-            Ok(false) => Err(StoreError::InvalidKey(key.to_string(), "leads outside the store through a symlink".into())),
+            Ok(false) => {
+                Err(StoreError::InvalidKey(key.to_string(), "leads outside the store through a symlink".into()))
+            }
             Err(e) => Err(io_err(key, e)),
         }
     }
@@ -406,7 +410,14 @@ impl Inner {
         Ok(temp)
     }
 
-    fn copy(&self, from: &str, from_path: &Path, to: &str, to_path: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    fn copy(
+        &self,
+        from: &str,
+        from_path: &Path,
+        to: &str,
+        to_path: &Path,
+        mode: PutMode,
+    ) -> Result<ObjectMeta, StoreError> {
         let (source, _) = self.open(from, from_path)?;
         // Link the file itself, never a symlink to it.
         let source_path = fs::canonicalize(from_path).map_err(|e| io_err(from, e))?;
@@ -453,7 +464,13 @@ impl Inner {
     /// Every regular file under `dir` whose key (relative to the root) is pushed to `out`.
     /// Does not descend into symlinked directories; includes symlinked files only if
     /// they resolve inside the root; skips temp files and names that are not UTF-8.
-    fn walk(&self, dir: &Path, key_prefix: &str, name_filter: &str, out: &mut Vec<(String, PathBuf, Metadata)>) -> io::Result<()> {
+    fn walk(
+        &self,
+        dir: &Path,
+        key_prefix: &str,
+        name_filter: &str,
+        out: &mut Vec<(String, PathBuf, Metadata)>,
+    ) -> io::Result<()> {
         let entries = match fs::read_dir(dir) {
             Ok(entries) => entries,
             Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => return Ok(()),
@@ -521,13 +538,16 @@ impl Inner {
         self.walk(&start, &key_prefix, name_filter, &mut found).map_err(|e| io_err(prefix, e))?;
         found.sort_by(|a, b| a.0.cmp(&b.0));
         if keys_only {
-            return Ok(found.into_iter().map(|(key, _, meta)| ObjectMeta {
-                key,
-                size: meta.len(),
-                crc32c: 0,
-                generation: meta.modified().map(mtime_ns_of_time).unwrap_or(0),
-                updated: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
-            }).collect());
+            return Ok(found
+                .into_iter()
+                .map(|(key, _, meta)| ObjectMeta {
+                    key,
+                    size: meta.len(),
+                    crc32c: 0,
+                    generation: meta.modified().map(mtime_ns_of_time).unwrap_or(0),
+                    updated: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
+                })
+                .collect());
         }
         let mut objects = Vec::with_capacity(found.len());
         for (key, path, meta) in found {
