@@ -28,6 +28,15 @@ cd "$root"
 
 programs=(validate download stitch upload finalize api)
 
+# The image target of a program in docker/Dockerfile: ffmpeg only where it runs (stitch
+# joins clips; download probes them with ffprobe, which Debian ships in ffmpeg).
+target_of() {
+    case "$1" in
+        download|stitch) echo runtime-ffmpeg ;;
+        *) echo runtime ;;
+    esac
+}
+
 usage() { sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; }
 die() { echo "deploy.sh: $*" >&2; exit 2; }
 
@@ -144,7 +153,8 @@ if [[ ${#build[@]} -gt 0 ]]; then
     run gcloud auth configure-docker "$region-docker.pkg.dev" --quiet
     for program in "${build[@]}"; do
         image="$registry/reel-$program:$tag"
-        run docker build --platform linux/amd64 -f "docker/reel-$program.Dockerfile" -t "$image" .
+        run docker build --platform linux/amd64 -f docker/Dockerfile \
+            --build-arg "PROGRAM=reel-$program" --target "$(target_of "$program")" -t "$image" .
         run docker push "$image"
     done
 fi

@@ -26,6 +26,17 @@ if ! command -v cargo >/dev/null; then
   exit 1
 fi
 
+# The checks scripts/test.sh runs before the tests: rustfmt and clippy (rustup
+# components) and cargo-machete (unused dependencies).
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  echo "installing rustfmt and clippy (rustup)..." >&2
+  rustup component add rustfmt clippy >&2
+fi
+if ! command -v cargo-machete >/dev/null; then
+  echo "installing cargo-machete (cargo install)..." >&2
+  cargo install cargo-machete --locked >&2
+fi
+
 if $want_cloud; then
   # The emulator tests need java (the Pub/Sub emulator is a jar), curl (tests and
   # scripts talk to the emulators' REST ports) and the emulator itself, which comes

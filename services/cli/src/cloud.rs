@@ -5,18 +5,29 @@ use anyhow::{bail, Context as _, Result};
 use chrono::{DateTime, Utc};
 use reel_events::payload::StitchRequested;
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation, Stage};
-use reel_gcp::{GcsClient, PubSubBus};
+use reel_gcp::{CloudResolver, GcsClient, PubSubBus, UnaryPull};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::location::{parse_root, Location};
 use reel_runtime::worker::dead_letter_attrs as dl;
 use reel_runtime::Settings;
 
+/// The Pub/Sub bus the settings name.
+async fn connect_bus(settings: &Settings) -> Result<PubSubBus> {
+    let adapters = reel_program::adapters(settings)?;
+    PubSubBus::connect(adapters.pubsub).await.context("connecting to Pub/Sub")
+}
+
+/// The REST pull client `reel dlq` uses: a one-shot process must not leave a streaming
+/// pull behind on the emulator (see `reel_gcp::UnaryPull`).
+fn connect_pull(settings: &Settings) -> Result<UnaryPull> {
+    let adapters = reel_program::adapters(settings)?;
+    UnaryPull::new(&adapters.pubsub).context("connecting to Pub/Sub")
+}
+
 /// `reel setup`: topics, subscriptions, dead-letter topics; and the buckets on the emulator.
 pub async fn setup(create_buckets: bool) -> Result<()> {
     let settings = Settings::load()?;
-    let bus = PubSubBus::from_env()
-        .await
-        .context("connecting to Pub/Sub (set GOOGLE_CLOUD_PROJECT, and PUBSUB_EMULATOR_HOST for the emulator)")?;
+    let bus = connect_bus(&settings).await?;
     let topology = settings.topology();
     bus.ensure_topology(&topology).await.context("creating the topology")?;
     println!("topics: {}", topology.topics.len());
@@ -38,7 +49,8 @@ pub async fn setup(create_buckets: bool) -> Result<()> {
     let emulator = settings.storage_emulator_host.is_some();
     if create_buckets || emulator {
         let project = settings.google_cloud_project.clone().unwrap_or_else(|| "local".into());
-        let client = GcsClient::from_env().await.context("connecting to Cloud Storage")?;
+        let storage = reel_program::adapters(&settings)?.storage;
+        let client = GcsClient::connect(storage).await.context("connecting to Cloud Storage")?;
         let mut buckets: Vec<String> = settings.video_storage_bucket.iter().cloned().collect();
         for root in [settings.effective_work_root()].into_iter().chain(settings.effective_allowed_roots()) {
             if let Ok(Location::Gcs { bucket, .. }) = parse_root(&root) {
@@ -75,7 +87,7 @@ pub struct Submit {
 /// `reel submit`: publish a `stitch.requested` (and put it on the event log).
 pub async fn submit(s: Submit) -> Result<String> {
     let settings = Settings::load()?;
-    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
+    let bus = connect_bus(&settings).await?;
     let job_id = s.job_id.clone().unwrap_or_else(|| format!("job_{}", uuid::Uuid::new_v4().simple()));
     let request = StitchRequested {
         job_id: Some(job_id.clone()),
@@ -178,10 +190,9 @@ pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> R
 /// `reel dlq list STAGE` on Pub/Sub: peek (pull, then release at once), without consuming.
 pub async fn dlq_list(stage: Stage, limit: usize, json: bool) -> Result<()> {
     let settings = Settings::load()?;
-    let rest = crate::pull::RestPull::from_env()?;
+    let rest = connect_pull(&settings)?;
     let sub = settings.topology().names().dead_letter_subscription(stage);
-    let pulled = rest.pull_all(&sub, limit).await?;
-    rest.release(&sub, &pulled.iter().map(|p| p.ack_id.clone()).collect::<Vec<_>>()).await?;
+    let pulled = rest.peek(&sub, limit).await?;
     let letters: Vec<DeadLetter> = pulled.iter().map(|p| describe(&p.message, &p.message_id, p.publish_time)).collect();
     print_dead_letters(stage, &letters, json)
 }
@@ -231,11 +242,13 @@ pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topol
 /// acked) and reported. Everything not selected is released for redelivery.
 pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
     let settings = Settings::load()?;
-    let bus = PubSubBus::from_env().await.context("connecting to Pub/Sub")?;
-    let rest = crate::pull::RestPull::from_env()?;
+    let bus = connect_bus(&settings).await?;
+    let rest = connect_pull(&settings)?;
     let names = settings.topology().names();
     let sub = names.dead_letter_subscription(stage);
-    let resolver = reel_gcp::CloudResolver::from_env().await?;
+    let resolver = CloudResolver::connect(reel_program::adapters(&settings)?.storage)
+        .await
+        .context("connecting to Cloud Storage")?;
     let work = reel_program::open_work_store(&settings.effective_work_root(), &resolver)?;
     let pulled = rest.pull_all(&sub, 10_000).await?;
     let (mut done, mut skipped) = (0usize, 0usize);
@@ -261,7 +274,7 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
             continue;
         }
         if purge {
-            rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
+            rest.acknowledge(&sub, std::slice::from_ref(&p.ack_id)).await?;
             println!("purged {} ({})", letter.job_id, letter.event_type);
             done += 1;
             continue;
@@ -269,7 +282,7 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
         let completed = letter.job_id != "-"
             && matches!(work.head(&reel_runtime::stage::completed_marker_key(&letter.job_id)).await, Ok(Some(_)));
         if completed {
-            rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
+            rest.acknowledge(&sub, std::slice::from_ref(&p.ack_id)).await?;
             println!("skipped {}: the job already completed", letter.job_id);
             skipped += 1;
             continue;
@@ -278,7 +291,7 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
         match bus.publish(&topic, for_replay(&p.message)).await {
             Ok(_) => {
                 // Acked only once the republish is confirmed.
-                rest.ack(&sub, std::slice::from_ref(&p.ack_id)).await?;
+                rest.acknowledge(&sub, std::slice::from_ref(&p.ack_id)).await?;
                 println!("replayed {} ({}) to {topic}", letter.job_id, letter.event_type);
                 done += 1;
             }

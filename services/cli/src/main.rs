@@ -2,7 +2,6 @@
 
 mod cloud;
 mod local;
-mod pull;
 mod render;
 
 use anyhow::{bail, Context as _, Result};

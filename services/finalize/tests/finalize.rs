@@ -72,9 +72,7 @@ async fn a_redelivery_re_emits_the_very_same_event() {
 #[tokio::test]
 async fn a_malformed_payload_fails_the_job_as_invalid_request() {
     let rig = rig();
-    let event =
-        envelope::build(types::REEL_UPLOADED, "//x", "bad-1", "job_bad", Utc::now(), &serde_json::json!({"job": 3}))
-            .unwrap();
+    let event = StageHarness::event(types::REEL_UPLOADED, "job_bad", &serde_json::json!({"job": 3}));
     match rig.run::<Finalize>(&event).await {
         Outcome::Reject(f) => assert_eq!(f.error_type, ErrorType::InvalidRequest),
         other => panic!("expected a rejection, got {other:?}"),

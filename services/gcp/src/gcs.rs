@@ -179,6 +179,64 @@ pub enum UploadStrategy {
     Multipart,
 }
 
+/// How to reach Cloud Storage: a typed config, built by the caller (no environment is
+/// read here; the programs map their `Settings` onto it in `reel_program::adapters`).
+///
+/// ```
+/// use reel_gcp::GcsConfig;
+/// // Production: the default endpoint, Application Default Credentials.
+/// let prod = GcsConfig::new();
+/// assert_eq!(prod.endpoint(), None);
+/// // fake-gcs-server: its endpoint, anonymous access, its workarounds.
+/// let local = GcsConfig::new().with_emulator("http://127.0.0.1:4443");
+/// assert!(local.is_emulator());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcsConfig {
+    endpoint: Option<String>,
+    anonymous: bool,
+    emulator: bool,
+}
+
+impl GcsConfig {
+    /// Cloud Storage with Application Default Credentials.
+    pub fn new() -> Self {
+        GcsConfig::default()
+    }
+
+    /// Talk to `endpoint` (`https://host[:port]`, or `http://` for a local server)
+    /// instead of `https://storage.googleapis.com`.
+    pub fn with_endpoint(mut self, endpoint: impl Into<String>) -> Self {
+        self.endpoint = Some(endpoint.into().trim_end_matches('/').to_string());
+        self
+    }
+
+    /// Send no credentials (emulators).
+    pub fn with_anonymous_credentials(mut self) -> Self {
+        self.anonymous = true;
+        self
+    }
+
+    /// fake-gcs-server at `host` (`http://host:port` as `STORAGE_EMULATOR_HOST` has it,
+    /// or `host:port`): its endpoint, anonymous access, and the store's emulator
+    /// workarounds (create-only puts and copies done the ways fake-gcs-server checks).
+    pub fn with_emulator(self, host: &str) -> Self {
+        let mut config = self.with_endpoint(crate::emulator_url(host)).with_anonymous_credentials();
+        config.emulator = true;
+        config
+    }
+
+    /// The endpoint URL, when it is not the default one.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+
+    /// Whether this is fake-gcs-server ([`GcsConfig::with_emulator`]).
+    pub fn is_emulator(&self) -> bool {
+        self.emulator
+    }
+}
+
 /// A Cloud Storage connection (endpoint, credentials, HTTP client), shared by the
 /// stores of every bucket. Cheap to clone.
 #[derive(Clone)]
@@ -194,40 +252,30 @@ impl std::fmt::Debug for GcsClient {
 }
 
 impl GcsClient {
-    /// Connect to the emulator at `emulator` (`http://host:port`) with anonymous access,
-    /// or, with `None`, to Cloud Storage with Application Default Credentials.
-    pub async fn connect(emulator: Option<String>) -> Result<Self, StoreError> {
+    /// Build the client for `config` (no network call is made; Application Default
+    /// Credentials are looked up unless the config is anonymous).
+    pub async fn connect(config: GcsConfig) -> Result<Self, StoreError> {
         let http = reqwest::Client::builder()
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(|e| StoreError::Other(format!("cannot build the HTTP client: {e}")))?;
         let http = reqwest_middleware::ClientBuilder::new(http).build();
-        let config = ClientConfig { http: Some(http), ..Default::default() };
-        let (config, emulator) = match emulator {
-            Some(host) => {
-                let host = host.trim_end_matches('/');
-                let endpoint = if host.starts_with("http://") || host.starts_with("https://") {
-                    host.to_string()
-                } else {
-                    format!("http://{host}")
-                };
-                (ClientConfig { storage_endpoint: endpoint.clone(), ..config }.anonymous(), Some(endpoint))
-            }
-            None => {
-                let config = config.with_auth().await.map_err(|e| {
-                    StoreError::PermissionDenied(format!("no Google Cloud credentials for Cloud Storage: {e}"))
-                })?;
-                (config, None)
-            }
+        let mut client_config = ClientConfig { http: Some(http), ..Default::default() };
+        if let Some(endpoint) = config.endpoint() {
+            client_config.storage_endpoint = endpoint.to_string();
+        }
+        let client_config = if config.anonymous {
+            client_config.anonymous()
+        } else {
+            client_config.with_auth().await.map_err(|e| {
+                StoreError::PermissionDenied(format!("no Google Cloud credentials for Cloud Storage: {e}"))
+            })?
         };
-        Ok(GcsClient { client: Client::new(config), emulator })
-    }
-
-    /// [`GcsClient::connect`] with `STORAGE_EMULATOR_HOST` when it is set.
-    pub async fn from_env() -> Result<Self, StoreError> {
-        let emulator = std::env::var("STORAGE_EMULATOR_HOST").ok().filter(|v| !v.trim().is_empty());
-        Self::connect(emulator).await
+        Ok(GcsClient {
+            client: Client::new(client_config),
+            emulator: config.is_emulator().then(|| config.endpoint().unwrap_or_default().to_string()),
+        })
     }
 
     /// The emulator endpoint, when this client talks to one.
@@ -251,11 +299,6 @@ pub struct GcsStore {
 }
 
 impl GcsStore {
-    /// The store of `bucket`, connecting as [`GcsClient::from_env`] does.
-    pub async fn connect(bucket: &str) -> Result<Self, StoreError> {
-        Ok(GcsClient::from_env().await?.store(bucket))
-    }
-
     /// The store of `bucket` on an existing connection.
     pub fn new(client: GcsClient, bucket: &str) -> Self {
         client.store(bucket)

@@ -1,23 +1,38 @@
 //! Google Cloud adapters for reel: the leaves of the dependency graph.
 //!
 //! - [`PubSubBus`]: [`reel_runtime::bus::Bus`] on Cloud Pub/Sub (`google-cloud-pubsub`,
-//!   the official crate), streaming pull with flow control;
+//!   the official crate), streaming pull with flow control, or unary pull on the emulator;
+//! - [`UnaryPull`]: the REST pull client (unary mode, and `reel dlq`'s peek and replay);
 //! - [`GcsStore`]: [`reel_runtime::store::Store`] on one Cloud Storage bucket
 //!   (`gcloud-storage`), streamed reads and writes, create-only writes by generation
 //!   precondition, server-side copy;
 //! - [`CloudResolver`]: [`reel_runtime::location::StoreResolver`] for `gs://` and local
 //!   locations;
 //!
-//! Both adapters talk to the emulators when `PUBSUB_EMULATOR_HOST` (`host:port`) and
-//! `STORAGE_EMULATOR_HOST` (`http://host:port`) are set, with anonymous credentials;
-//! otherwise they use Application Default Credentials. Only the programs wire these in;
-//! stages see the traits.
+//! Nothing here reads the environment: each adapter is built from a typed config
+//! ([`PubSubConfig`], [`GcsConfig`]) with google-cloud-rust style builders — `with_*`
+//! for plumbing (endpoint, credentials, `with_emulator`), `set_*` for behaviour (flow
+//! control, [`PullMode`]). The programs build those configs from their `Settings` in one
+//! place (`reel_program::adapters`). Only the programs wire these in; stages see the
+//! traits.
 
 mod gcs;
 mod pubsub;
 mod resolver;
-mod unary;
 
-pub use gcs::{GcsClient, GcsStore, UploadStrategy, CHUNK_SIZE};
-pub use pubsub::{PubSubBus, PubSubConfig, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT};
+pub use gcs::{GcsClient, GcsConfig, GcsStore, UploadStrategy, CHUNK_SIZE};
+pub use pubsub::{
+    PubSubBus, PubSubConfig, PullMode, UnaryPull, UnaryPulled, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT,
+};
 pub use resolver::CloudResolver;
+
+/// The URL of an emulator given as `host:port` (as `PUBSUB_EMULATOR_HOST` has it) or
+/// as a URL (as `STORAGE_EMULATOR_HOST` has it).
+pub(crate) fn emulator_url(host: &str) -> String {
+    let host = host.trim();
+    if host.starts_with("http://") || host.starts_with("https://") {
+        host.to_string()
+    } else {
+        format!("http://{host}")
+    }
+}

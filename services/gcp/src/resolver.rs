@@ -8,7 +8,7 @@ use reel_runtime::embedded::DirStore;
 use reel_runtime::location::{Location, StoreResolver};
 use reel_runtime::store::{Store, StoreError};
 
-use crate::GcsClient;
+use crate::{GcsClient, GcsConfig};
 
 /// Resolves locations to Cloud Storage buckets and local files.
 pub struct CloudResolver {
@@ -30,10 +30,9 @@ impl CloudResolver {
         CloudResolver { gcs, buckets: Mutex::new(HashMap::new()), local: Mutex::new(None) }
     }
 
-    /// A resolver with [`GcsClient::from_env`] (`STORAGE_EMULATOR_HOST` or the real
-    /// service with Application Default Credentials).
-    pub async fn from_env() -> Result<Self, StoreError> {
-        Ok(Self::new(Some(GcsClient::from_env().await?)))
+    /// A resolver with a [`GcsClient`] built from `config`.
+    pub async fn connect(config: GcsConfig) -> Result<Self, StoreError> {
+        Ok(Self::new(Some(GcsClient::connect(config).await?)))
     }
 
     fn local_store(&self) -> Result<Arc<dyn Store>, StoreError> {

@@ -4,11 +4,10 @@
 
 use std::sync::Arc;
 
-use reel_gcp::PubSubBus;
+use reel_gcp::{PubSubBus, PullMode};
 use reel_testkit::Emulators;
 
 reel_runtime::bus_conformance_tests!(async {
-    let mut config = Emulators::shared().pubsub_config();
-    config.unary_pull = true;
+    let config = Emulators::shared().pubsub_config().set_pull_mode(PullMode::Unary);
     Arc::new(PubSubBus::connect(config).await.expect("connect"))
 });

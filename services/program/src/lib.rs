@@ -15,7 +15,10 @@
 //! period or stop it (ffmpeg is killed, temp files removed, the message nacked so it is
 //! redelivered), and exit 0.
 
+mod adapters;
 pub mod push;
+
+pub use adapters::{adapters, Adapters};
 
 use anyhow::{Context as _, Result};
 use clap::Parser;
@@ -140,9 +143,10 @@ pub struct Wiring {
 /// Connect the bus and stores from the settings.
 pub async fn connect(settings: Settings) -> Result<Wiring> {
     let settings = Arc::new(settings);
-    let bus: Arc<dyn Bus> = Arc::new(reel_gcp::PubSubBus::from_env().await.context("connecting to Pub/Sub")?);
+    let Adapters { pubsub, storage } = adapters(&settings)?;
+    let bus: Arc<dyn Bus> = Arc::new(reel_gcp::PubSubBus::connect(pubsub).await.context("connecting to Pub/Sub")?);
     let resolver: Arc<dyn StoreResolver> =
-        Arc::new(reel_gcp::CloudResolver::from_env().await.context("connecting to Cloud Storage")?);
+        Arc::new(reel_gcp::CloudResolver::connect(storage).await.context("connecting to Cloud Storage")?);
     let work = open_work_store(&settings.effective_work_root(), resolver.as_ref())?;
     Ok(Wiring { settings, bus, work, resolver })
 }

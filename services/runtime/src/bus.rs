@@ -2,7 +2,7 @@
 //!
 //! The contract is Pub/Sub's, reduced to what a stage needs. Every implementation
 //! (the embedded bus in [`crate::embedded`], the Pub/Sub bus in `reel-gcp`) passes the
-//! suite in [`crate::conformance`].
+//! suite in `conformance` (feature `conformance`).
 //!
 //! - **At least once.** A received message is redelivered until it is acked: after a
 //!   [`Bus::nack`] (following the subscription's backoff), or when its ack deadline

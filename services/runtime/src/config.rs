@@ -82,6 +82,15 @@ pub struct Settings {
     pub ack_deadline_seconds: Option<u64>,
     /// Override the subscriptions' minimum retry backoff (seconds, 0–600).
     pub min_backoff_seconds: Option<u64>,
+    /// How stage programs pull from Pub/Sub (`REEL_PUBSUB_PULL`: `streaming`, the
+    /// default, or `unary`, emulator only).
+    pub pubsub_pull: PubSubPull,
+    /// Pub/Sub flow control: messages a program holds unsettled per subscription
+    /// (`REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`; default: the adapter's, 10).
+    pub pubsub_max_outstanding_messages: Option<u64>,
+    /// Pub/Sub flow control: bytes a program holds unsettled per subscription
+    /// (`REEL_PUBSUB_MAX_OUTSTANDING_BYTES`; default: the adapter's, 64 MiB).
+    pub pubsub_max_outstanding_bytes: Option<u64>,
     /// The validate stage's settings.
     pub validate: ValidateConfig,
     /// The download stage's settings.
@@ -134,6 +143,17 @@ impl Default for DownloadConfig {
     }
 }
 
+/// How a program pulls from Pub/Sub ([`Settings::pubsub_pull`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PubSubPull {
+    /// A streaming pull per subscription (production).
+    #[default]
+    Streaming,
+    /// Polled unary pulls; the emulator only (it never closes a killed program's stream).
+    Unary,
+}
+
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -154,6 +174,9 @@ impl Default for Settings {
             concurrency: 1,
             ack_deadline_seconds: None,
             min_backoff_seconds: None,
+            pubsub_pull: PubSubPull::Streaming,
+            pubsub_max_outstanding_messages: None,
+            pubsub_max_outstanding_bytes: None,
             validate: ValidateConfig::default(),
             download: DownloadConfig::default(),
             media: MediaConfig::default(),
@@ -301,6 +324,12 @@ impl Settings {
         }
         if !self.download.max_clip_seconds.is_finite() || self.download.max_clip_seconds <= 0.0 {
             return Err(("download.max_clip_seconds", "expected seconds > 0".into()));
+        }
+        if self.pubsub_max_outstanding_messages == Some(0) {
+            return Err(("pubsub_max_outstanding_messages", "expected a count > 0".into()));
+        }
+        if self.pubsub_max_outstanding_bytes == Some(0) {
+            return Err(("pubsub_max_outstanding_bytes", "expected bytes > 0".into()));
         }
         self.media.validate().map_err(|m| ("media", m))?;
         if let Some(root) = &self.work_root {
@@ -596,6 +625,24 @@ mod tests {
         }
         for bad in ["verbose", "", "loud=debug2"] {
             assert!(check_log_level(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pubsub_pull_and_flow_control() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!(s.pubsub_pull, PubSubPull::Streaming);
+        assert_eq!(s.pubsub_max_outstanding_messages, None);
+        let s = Settings::load_from(
+            None,
+            &vars(&[("REEL_PUBSUB_PULL", "unary"), ("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", "1")]),
+        )
+        .unwrap();
+        assert_eq!(s.pubsub_pull, PubSubPull::Unary);
+        assert_eq!(s.pubsub_max_outstanding_messages, Some(1));
+        for (name, value) in [("REEL_PUBSUB_PULL", "sometimes"), ("REEL_PUBSUB_MAX_OUTSTANDING_BYTES", "0")] {
+            let err = Settings::load_from(None, &vars(&[(name, value)])).unwrap_err();
+            assert!(err.to_string().contains(name), "{err}");
         }
     }
 }

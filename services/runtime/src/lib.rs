@@ -3,13 +3,15 @@
 //! - [`bus`] and [`store`]: the two traits a stage talks through, with their contracts;
 //! - [`embedded`]: the in-process bus, the append-only event log and the directory
 //!   store that `reel stitch` runs on (product features, not test doubles);
-//! - [`conformance`]: the suite every Bus and Store implementation must pass;
+//! - `conformance` (feature `conformance`, tests only): the suite every Bus and Store
+//!   implementation must pass;
 //! - [`stage`] and [`worker`]: a stage is one `handle(event) -> Outcome` function; the
 //!   worker loop alone turns outcomes into publish/ack/nack/dead-letter;
 //! - [`config`], [`telemetry`], [`location`], [`topology`].
 
 pub mod bus;
 pub mod config;
+#[cfg(feature = "conformance")]
 pub mod conformance;
 pub mod embedded;
 pub mod location;

@@ -3,7 +3,7 @@
 //!
 //! The contract is Cloud Storage's, reduced to what the stages need. Implementations:
 //! [`crate::embedded::DirStore`] (a directory) and `reel-gcp`'s Cloud Storage store,
-//! both passing [`crate::conformance`].
+//! both passing `conformance` (feature `conformance`).
 //!
 //! - Keys are `/`-separated relative names without `..`, empty segments or a leading `/`.
 //! - Reads and writes are streamed: no implementation holds a whole object in memory.

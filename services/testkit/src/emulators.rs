@@ -25,7 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use reel_gcp::{GcsClient, GcsStore, PubSubBus, PubSubConfig};
+use reel_gcp::{GcsClient, GcsConfig, GcsStore, PubSubBus, PubSubConfig};
 
 use crate::ports::{self, free_port};
 use crate::process::{self, Lifetime};
@@ -406,9 +406,7 @@ impl Emulators {
 
     /// A bus configuration pointing at the Pub/Sub emulator.
     pub fn pubsub_config(&self) -> PubSubConfig {
-        let mut config = PubSubConfig::new(self.project.clone());
-        config.emulator_host = Some(self.pubsub_host());
-        config
+        PubSubConfig::new(self.project.clone()).with_emulator(&self.pubsub_host())
     }
 
     /// A new bus on the Pub/Sub emulator (on the caller's runtime).
@@ -418,7 +416,9 @@ impl Emulators {
 
     /// A new Cloud Storage client on fake-gcs-server (on the caller's runtime).
     pub async fn gcs_client(&self) -> GcsClient {
-        GcsClient::connect(Some(self.storage_url())).await.expect("connect to fake-gcs-server")
+        GcsClient::connect(GcsConfig::new().with_emulator(&self.storage_url()))
+            .await
+            .expect("connect to fake-gcs-server")
     }
 
     /// The store of `bucket` on fake-gcs-server, creating the bucket if needed.

@@ -1,6 +1,7 @@
 //! scripts/deploy.sh --dry-run lists every image and every terraform resource, and runs
-//! none of docker, gcloud or terraform; each program has a multi-stage, non-root
-//! Dockerfile, and only the programs that run ffmpeg/ffprobe carry it.
+//! none of docker, gcloud or terraform; one multi-stage, non-root Dockerfile builds every
+//! program, only the programs that run ffmpeg/ffprobe get the target that carries it, and
+//! its Rust is the workspace's `rust-version`.
 
 use reel_events::Stage;
 use reel_topology_check::module::Module;
@@ -12,6 +13,16 @@ use std::process::Command;
 /// Every deployed program: the five stages and reel-api.
 fn programs() -> Vec<String> {
     Stage::ALL.iter().map(|s| s.as_str().to_string()).chain(["api".to_string()]).collect()
+}
+
+/// The image target of a program: ffmpeg only where it runs (stitch joins clips;
+/// download probes them, and ffprobe comes in Debian's ffmpeg package).
+fn target_of(program: &str) -> &'static str {
+    if program == "stitch" || program == "download" {
+        "runtime-ffmpeg"
+    } else {
+        "runtime"
+    }
 }
 
 /// A directory of `docker`, `gcloud` and `terraform` that only record being called.
@@ -50,7 +61,10 @@ fn dry_run_lists_every_image_and_runs_nothing() {
     let out = dry_run(&["--project", "acme-video", "--region", "europe-west1", "--tag", "v42"]);
     for program in programs() {
         let image = format!("europe-west1-docker.pkg.dev/acme-video/reel/reel-{program}:v42");
-        let build = format!("+ docker build --platform linux/amd64 -f docker/reel-{program}.Dockerfile -t {image} .");
+        let build = format!(
+            "+ docker build --platform linux/amd64 -f docker/Dockerfile --build-arg PROGRAM=reel-{program} --target {} -t {image} .",
+            target_of(&program)
+        );
         assert!(out.contains(&build), "no `{build}` in:\n{out}");
         assert!(out.contains(&format!("+ docker push {image}")), "{image} is not pushed:\n{out}");
     }
@@ -80,35 +94,90 @@ fn dry_run_with_skip_build_lists_no_image() {
     assert!(out.contains("terraform -chdir=terraform apply"), "{out}");
 }
 
-#[test]
-fn every_program_has_a_multi_stage_non_root_dockerfile() {
-    let root = repo_root();
-    for program in programs() {
-        let path = root.join(format!("docker/reel-{program}.Dockerfile"));
-        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        let froms: Vec<&str> = text.lines().filter(|l| l.starts_with("FROM ")).collect();
-        assert_eq!(froms.len(), 2, "{program}: a builder and a runtime stage");
-        assert!(froms[0].starts_with("FROM rust:") && froms[0].ends_with(" AS build"), "{program}: {}", froms[0]);
-        assert_eq!(froms[1], "FROM debian:bookworm-slim", "{program}");
-        assert!(
-            text.contains(&format!("cargo build --release --locked -p reel-{program} --bin reel-{program}")),
-            "{program}"
-        );
-        assert!(text.contains(&format!("ENTRYPOINT [\"/usr/local/bin/reel-{program}\"]")), "{program}");
-        let user = text.lines().rfind(|l| l.starts_with("USER ")).unwrap_or_else(|| panic!("{program}: no USER"));
-        assert!(!user.contains("root") && !user.starts_with("USER 0"), "{program} runs as {user}");
-        // ffmpeg only where it runs: stitch joins clips; download probes them (ffprobe
-        // comes in Debian's ffmpeg package).
-        let wants_ffmpeg = program == "stitch" || program == "download";
-        let installs_ffmpeg = text.lines().any(|l| l.contains("apt-get install") && l.contains("ffmpeg"));
-        assert_eq!(installs_ffmpeg, wants_ffmpeg, "{program}: ffmpeg installed = {installs_ffmpeg}");
-        let ignore = root.join(format!("docker/reel-{program}.Dockerfile.dockerignore"));
-        let ignored = std::fs::read_to_string(&ignore).unwrap_or_else(|e| panic!("{}: {e}", ignore.display()));
-        assert!(
-            ignored.lines().any(|l| l.trim() == "target/"),
-            "{program}: target/ must stay out of the build context"
-        );
+/// The stages of docker/Dockerfile: name → its lines (from its `FROM` to the next).
+fn dockerfile_stages(text: &str) -> Vec<(String, Vec<String>)> {
+    let mut stages: Vec<(String, Vec<String>)> = Vec::new();
+    for line in text.lines() {
+        if let Some(from) = line.strip_prefix("FROM ") {
+            let name = from.rsplit_once(" AS ").map(|(_, n)| n.trim().to_string()).unwrap_or_default();
+            stages.push((name, Vec::new()));
+        }
+        if let Some((_, lines)) = stages.last_mut() {
+            lines.push(line.to_string());
+        }
     }
+    stages
+}
+
+#[test]
+fn one_multi_stage_non_root_dockerfile_builds_every_program() {
+    let root = repo_root();
+    let text = std::fs::read_to_string(root.join("docker/Dockerfile")).expect("docker/Dockerfile");
+    let stages = dockerfile_stages(&text);
+    let names: Vec<&str> = stages.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["build", "runtime-base", "runtime-ffmpeg", "runtime"], "stages of docker/Dockerfile");
+    let stage = |name: &str| stages.iter().find(|(n, _)| n == name).map(|(_, l)| l.join("\n")).unwrap();
+    assert!(stage("build").starts_with("FROM rust:${RUST_VERSION}-"), "{}", stage("build"));
+    assert!(stage("build").contains("cargo build --release --locked -p \"$PROGRAM\" --bin \"$PROGRAM\""));
+    assert!(stage("runtime-base").starts_with("FROM debian:"), "{}", stage("runtime-base"));
+    let installs_ffmpeg = |s: &str| s.lines().any(|l| l.contains("apt-get install") && l.contains("ffmpeg"));
+    assert!(!installs_ffmpeg(&stage("runtime-base")) && !installs_ffmpeg(&stage("runtime")));
+    assert!(installs_ffmpeg(&stage("runtime-ffmpeg")));
+    for target in ["runtime", "runtime-ffmpeg"] {
+        let lines = stage(target);
+        assert!(lines.contains("COPY --from=build /out/ /usr/local/bin/"), "{target}");
+        assert!(lines.contains(r#"exec \"/usr/local/bin/$PROGRAM\""#), "{target}: runs the program by exec");
+        let user = lines.lines().rfind(|l| l.starts_with("USER ")).unwrap_or_else(|| panic!("{target}: no USER"));
+        assert!(!user.contains("root") && !user.starts_with("USER 0"), "{target} runs as {user}");
+    }
+    // Every program is a package with a binary of the same name (what `-p "$PROGRAM"
+    // --bin "$PROGRAM"` builds), and deploy.sh gives it the target it needs.
+    let script = std::fs::read_to_string(root.join("scripts/deploy.sh")).unwrap();
+    for program in programs() {
+        let manifest = root.join(if program == "api" {
+            "services/api/Cargo.toml".to_string()
+        } else {
+            format!("services/{program}/Cargo.toml")
+        });
+        let manifest = std::fs::read_to_string(&manifest).unwrap_or_else(|e| panic!("{}: {e}", manifest.display()));
+        assert!(manifest.contains(&format!("name = \"reel-{program}\"")), "{program}: package/binary reel-{program}");
+        if target_of(&program) == "runtime-ffmpeg" {
+            assert!(
+                script.contains(&format!("{program}|")) || script.contains(&format!("|{program})")),
+                "{program} needs ffmpeg"
+            );
+        }
+    }
+    let ignored = std::fs::read_to_string(root.join(".dockerignore")).expect(".dockerignore at the repository root");
+    assert!(ignored.lines().any(|l| l.trim() == "target/"), "target/ must stay out of the build context");
+    assert!(
+        !root.join("docker").read_dir().unwrap().any(|e| e.unwrap().file_name() != "Dockerfile"),
+        "docker/ holds the one Dockerfile"
+    );
+}
+
+/// `ARG NAME=VALUE` of a Dockerfile.
+fn dockerfile_arg(text: &str, name: &str) -> Option<String> {
+    text.lines().find_map(|l| l.strip_prefix(&format!("ARG {name}=")).map(|v| v.trim().to_string()))
+}
+
+#[test]
+fn the_images_rust_is_the_workspace_rust_version() {
+    let root = repo_root();
+    let manifest: toml::Value = std::fs::read_to_string(root.join("Cargo.toml")).unwrap().parse().unwrap();
+    let rust_version =
+        manifest["workspace"]["package"]["rust-version"].as_str().expect("workspace rust-version").to_string();
+    let text = std::fs::read_to_string(root.join("docker/Dockerfile")).unwrap();
+    let image = dockerfile_arg(&text, "RUST_VERSION").expect("ARG RUST_VERSION=… in docker/Dockerfile");
+    // The image is pinned to an exact release (x.y.z) of the workspace's x.y.
+    let parts: Vec<&str> = image.split('.').collect();
+    assert_eq!(parts.len(), 3, "RUST_VERSION={image}: pin an exact release x.y.z");
+    assert!(parts.iter().all(|p| p.parse::<u32>().is_ok()), "RUST_VERSION={image}");
+    assert_eq!(
+        format!("{}.{}", parts[0], parts[1]),
+        rust_version,
+        "docker/Dockerfile builds with Rust {image}, the workspace's rust-version is {rust_version}: change both together"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@ use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use reel_events::payload::StitchRequested;
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Orientation};
-use reel_gcp::{GcsClient, GcsStore, PubSubBus};
+use reel_gcp::{GcsStore, PubSubBus};
 use reel_runtime::bus::Bus;
 use reel_runtime::topology::{Names, TopicSpec, Topology};
 use reel_runtime::{PutMode, Store};
@@ -388,11 +388,10 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
         Emulators::start().await.context("starting the emulators (scripts/install-deps.sh --cloud installs them)")?,
     );
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    let mut config = emulators.pubsub_config();
     // The bench reads the event log in bulk: no flow-control limit of its own.
-    config.max_outstanding_messages = 100_000;
+    let config = emulators.pubsub_config().set_max_outstanding_messages(100_000);
     let bus = Arc::new(PubSubBus::connect(config).await.context("connecting to the Pub/Sub emulator")?);
-    let client = GcsClient::connect(Some(emulators.storage_url())).await.context("connecting to fake-gcs-server")?;
+    let client = emulators.gcs_client().await;
     let bucket = format!("reel-bench-{run_id}");
     let store = client.store(&bucket);
     store.create_bucket_if_missing(emulators.project()).await.context("creating the bucket")?;

@@ -9,7 +9,7 @@
 //!   puts (`link(2)`), hidden temp files and a CRC32C cache.
 //!
 //! These are product features (what `reel stitch` runs on), not test doubles: every one
-//! passes the same [`crate::conformance`] suite as the Pub/Sub and Cloud Storage adapters.
+//! passes the same `conformance` (feature `conformance`) suite as the Pub/Sub and Cloud Storage adapters.
 
 mod bus;
 mod dir_store;
