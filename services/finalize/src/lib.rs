@@ -6,11 +6,11 @@
 //! a repeated request for the job is skipped by validate.
 
 use async_trait::async_trait;
-use reel_events::payload::{JobCompleted, ReelUploaded};
+use reel_events::payload::{JobCompleted, JobSpec, ReelUploaded};
 use reel_events::{binding, types, Event, Stage};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{
-    completed_marker_key, decode_payload, Context, FromSettings, Handler, LateDelivery, Outcome,
+    cancel_marker_key, completed_marker_key, decode_payload, Context, FromSettings, Handler, LateDelivery, Outcome,
 };
 use reel_runtime::store::{delete_prefix, PutMode, StoreError};
 use tokio::io::AsyncReadExt;
@@ -47,6 +47,8 @@ impl Handler for Finalize {
         if let Some(previous) = read_marker(ctx, &marker).await {
             if !job.force_restart || previous_attempt_matches(&previous, job.retry_attempt) {
                 info!("job already completed; re-emitting its job.completed");
+                // The first delivery may have died between recording and cleaning up.
+                clean_up(ctx, job).await;
                 return Outcome::Emit(vec![previous]);
             }
         }
@@ -68,17 +70,26 @@ impl Handler for Finalize {
         if let Err(e) = ctx.work.put(&marker, Box::pin(std::io::Cursor::new(record)), PutMode::Overwrite).await {
             return Outcome::failed("recording the completion", &e);
         }
-        match delete_prefix(ctx.work.as_ref(), &ctx.work_prefix()).await {
-            Ok(n) => info!(files = n, "workspace cleaned"),
-            Err(e) => {
-                warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
-            }
-        }
-        if let Err(e) = reel_runtime::lock::release(ctx.work.as_ref(), &job.project_id, &job.job_id).await {
-            warn!(error = %e, "could not release the project lock; it expires on its own");
-        }
+        clean_up(ctx, job).await;
         ctx.progress.report(100.0);
         Outcome::Emit(vec![completed])
+    }
+}
+
+/// What a completed job leaves behind goes: its workspace, its project lock and any
+/// cancel marker. Idempotent, so every delivery of a completion runs it.
+async fn clean_up(ctx: &Context, job: &JobSpec) {
+    match delete_prefix(ctx.work.as_ref(), &ctx.work_prefix()).await {
+        Ok(n) => info!(files = n, "workspace cleaned"),
+        Err(e) => {
+            warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
+        }
+    }
+    if let Err(e) = reel_runtime::lock::release(ctx.work.as_ref(), &job.project_id, &job.job_id).await {
+        warn!(error = %e, "could not release the project lock; it expires on its own");
+    }
+    if let Err(e) = ctx.work.delete(&cancel_marker_key(&job.job_id)).await {
+        warn!(error = %e, "could not remove the cancel marker");
     }
 }
 

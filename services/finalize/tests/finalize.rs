@@ -60,13 +60,18 @@ async fn the_completed_event_carries_the_contract_fields_and_the_job_is_cleaned_
 }
 
 #[tokio::test]
-async fn a_redelivery_re_emits_the_very_same_event() {
+async fn a_redelivery_re_emits_the_very_same_event_and_still_cleans_up() {
     let rig = rig();
-    let (_, event) = uploaded("job_twice");
+    let (job, event) = uploaded("job_twice");
     let Outcome::Emit(first) = rig.run::<Finalize>(&event).await else { panic!("first delivery") };
+    // As if the first delivery died after recording the completion, before cleaning up.
+    let expires = Utc::now() + chrono::Duration::minutes(20);
+    lock::acquire(rig.work.as_ref(), &job.project_id, &job.job_id, expires, false).await.unwrap();
     let Outcome::Emit(second) = rig.run::<Finalize>(&event).await else { panic!("second delivery") };
     assert_eq!(first[0].id(), second[0].id(), "the fold sees a duplicate, not a second completion");
     assert_eq!(envelope::data_json(&first[0]).unwrap(), envelope::data_json(&second[0]).unwrap());
+    let next = lock::acquire(rig.work.as_ref(), &job.project_id, "job_next", expires, false).await.unwrap();
+    assert_eq!(next, lock::Acquire::Acquired, "the redelivery released the project lock");
 }
 
 #[tokio::test]

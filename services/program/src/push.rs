@@ -4,13 +4,17 @@
 //! - a Pub/Sub push envelope: `{"message": {"data", "attributes", "messageId",
 //!   "orderingKey"}, "subscription", "deliveryAttempt"}`;
 //! - an Eventarc (HTTP binary mode) CloudEvent: `ce-*` headers and the data as body;
-//! - an HTTP structured-mode CloudEvent (`content-type: application/cloudevents+json`).
+//! - an HTTP structured-mode CloudEvent (`content-type: application/cloudevents+json`);
+//! - an Eventarc `google.cloud.pubsub.topic.v1.messagePublished` event (a Pub/Sub message
+//!   delivered through Eventarc): its data is the push envelope above.
 //!
-//! 204 acknowledges; 503 asks Pub/Sub to redeliver (after its retry backoff); 400 is
-//! answered only for a body that is none of the above *and* cannot be dead-lettered.
+//! Bodies up to [`MAX_PUSH_BODY_BYTES`] (a 10 MB message, base64 in JSON). 204
+//! acknowledges; 503 asks Pub/Sub to redeliver (after its retry backoff). A body that is
+//! none of the above is dead-lettered as it came, with the reason, and acknowledged, as
+//! pull mode does: it could never be processed.
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::{get, post};
 use axum::Router;
@@ -55,10 +59,22 @@ struct PushMessage {
     ordering_key: String,
 }
 
+/// The largest push request accepted: a 10 MB Pub/Sub message, base64-encoded (4/3) in
+/// its JSON envelope, with room for the attributes. axum's default (2 MB) would refuse
+/// messages Pub/Sub itself accepts.
+pub const MAX_PUSH_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// The CloudEvent type Eventarc wraps a Pub/Sub message in.
+pub const PUBSUB_MESSAGE_PUBLISHED: &str = "google.cloud.pubsub.topic.v1.messagePublished";
+
 /// The push router: `POST /` for messages, and `/healthz` and `/metrics` (exposed for
 /// tests).
 pub fn router(worker: Arc<Worker>, stop: CancellationToken, subscription: String) -> Router {
-    operator_routes().route("/", post(receive)).with_state(AppState { worker, stop, subscription })
+    operator_routes().route("/", post(receive)).layer(DefaultBodyLimit::max(MAX_PUSH_BODY_BYTES)).with_state(AppState {
+        worker,
+        stop,
+        subscription,
+    })
 }
 
 /// `/healthz` and `/metrics`, the routes every mode serves.
@@ -110,9 +126,12 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     let (message, message_id, subscription, attempt) = match parse(&headers, &body) {
         Ok(parsed) => parsed,
         Err(reason) => {
-            warn!(%reason, "unreadable push request");
-            // Nothing to dead-letter it with: acknowledge so it is not retried forever.
-            return StatusCode::BAD_REQUEST;
+            // What can never be processed is acknowledged, as in pull mode: the body goes
+            // to the dead-letter topic as it came (the worker finds it is no event and
+            // says why), instead of a 4xx that Pub/Sub would push again and again.
+            warn!(%reason, "unreadable push request; dead-lettering the body");
+            let message = Message { data: body.to_vec(), attributes: BTreeMap::new(), ordering_key: String::new() };
+            (message, String::new(), String::new(), 1)
         }
     };
     let subscription = if subscription.is_empty() { state.subscription.clone() } else { subscription };
@@ -125,6 +144,9 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 
 fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u32), String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    if header("ce-type").as_deref() == Some(PUBSUB_MESSAGE_PUBLISHED) {
+        return eventarc_pubsub(body);
+    }
     if headers.contains_key("ce-specversion") {
         let mut attributes = BTreeMap::new();
         for (name, value) in headers {
@@ -155,6 +177,18 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u
     }
     let envelope: PushEnvelope =
         serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
+    push_envelope(envelope)
+}
+
+/// An Eventarc delivery of a Pub/Sub message: a binary-mode CloudEvent of type
+/// `messagePublished` whose data is the push envelope.
+fn eventarc_pubsub(body: &[u8]) -> Result<(Message, String, String, u32), String> {
+    let envelope: PushEnvelope =
+        serde_json::from_slice(body).map_err(|e| format!("not an Eventarc Pub/Sub event: {e}"))?;
+    push_envelope(envelope)
+}
+
+fn push_envelope(envelope: PushEnvelope) -> Result<(Message, String, String, u32), String> {
     let data = match envelope.message.data {
         Some(text) => base64::engine::general_purpose::STANDARD
             .decode(text)

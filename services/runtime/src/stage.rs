@@ -192,6 +192,19 @@ impl Context {
         work_prefix(&self.job.job_id)
     }
 
+    /// Check a work key an event names (a clip download left, the reel stitch left): it
+    /// must lie in this job's own workspace, so a forged work message cannot make a stage
+    /// read another job's files or the control area (locks, the API snapshot).
+    pub fn check_work_key(&self, key: &str) -> Result<(), Failure> {
+        let inside = key.strip_prefix(&self.work_prefix()).is_some_and(|rest| {
+            !rest.is_empty() && crate::store::check_key(key).is_ok() && !rest.split('/').any(|part| part == "..")
+        });
+        if inside || self.job.job_id.is_empty() {
+            return Ok(());
+        }
+        Err(Failure::new(ErrorType::PermissionDenied, format!("work key {key:?} is outside the job's workspace")))
+    }
+
     /// Build an event of `ty` about this job, with a deterministic id (so redoing the
     /// work re-emits the same event) and the trace context of `cause`.
     pub fn event<T: Serialize>(&self, cause: &Event, ty: &str, retry_attempt: u32, data: &T) -> Event {
@@ -336,6 +349,30 @@ pub async fn job_completed(work: &dyn Store, job_id: &str) -> Result<bool, crate
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn work_keys_stay_in_the_jobs_own_workspace() {
+        let work: Arc<dyn Store> =
+            Arc::new(crate::embedded::DirStore::new(std::env::temp_dir().join("reel-wk")).unwrap());
+        let job = JobRef { job_id: "job_a".into(), project_id: "p".into(), user_id: "u".into() };
+        let ctx = Context::standalone(
+            Stage::Stitch,
+            Boundary::new(vec![], "/w".into()),
+            work,
+            Arc::new(crate::local::LocalResolver::new()),
+            job,
+        );
+        assert!(ctx.check_work_key("jobs/job_a/clips/000.mp4").is_ok());
+        for bad in [
+            "jobs/job_b/reel.mp4",
+            "control/api-snapshot.json",
+            "jobs/job_a/../job_b/reel.mp4",
+            "jobs/job_a/",
+            "jobs/job_ab/x",
+        ] {
+            assert_eq!(ctx.check_work_key(bad).unwrap_err().error_type, ErrorType::PermissionDenied, "{bad}");
+        }
+    }
 
     #[test]
     fn ids_are_safe_names() {

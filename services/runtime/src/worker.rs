@@ -13,10 +13,12 @@
 //! ([`Handler::on_completed_job`]).
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use reel_events::binding::{self, BindingError};
 use reel_events::payload::{JobCancelled, JobEnvelope, JobFailed, JobProgress, JobRef};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
 use std::collections::BTreeMap;
+use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -413,7 +415,19 @@ impl Worker {
         };
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
-        let outcome = self.handler.handle(&ctx, event).await;
+        // A panicking handler fails its job and frees the message, instead of leaving it
+        // leased until Pub/Sub gives up on it with no word to anyone.
+        let outcome = match AssertUnwindSafe(self.handler.handle(&ctx, event)).catch_unwind().await {
+            Ok(outcome) => outcome,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "a panic".into());
+                Outcome::Reject(Failure::new(ErrorType::Internal, format!("the {} stage failed: {what}", self.stage())))
+            }
+        };
         watcher.cancel();
         ctx.cancel.cancel();
         remove_dir_quietly(&scratch).await;
@@ -561,6 +575,11 @@ impl Worker {
             JobEnd::Failed { .. } => self.stats.failed.fetch_add(1, Ordering::Relaxed),
             JobEnd::Cancelled => self.stats.cancelled.fetch_add(1, Ordering::Relaxed),
         };
+        // The job has ended and said so: its cancel marker has done its work (removed only
+        // now, so a redelivery after a failed publish still sees it).
+        if let Err(e) = self.work.delete(&cancel_marker_key(&job.job_id)).await {
+            warn!(error = %e, "could not remove the cancel marker");
+        }
         Disposition::Ack
     }
 

@@ -30,6 +30,8 @@ enum Behaviour {
     Reject,
     /// Work for this long (watching the cancel token), then emit.
     Work(Duration),
+    /// A bug: the handler panics.
+    Panic,
 }
 
 struct TestStage {
@@ -61,6 +63,7 @@ impl Handler for TestStage {
             Behaviour::FailThenEmit(_) => emit(),
             Behaviour::AlwaysRetry => Outcome::Retry(Failure::new(ErrorType::Internal, "connection reset by peer")),
             Behaviour::Reject => Outcome::Reject(Failure::new(ErrorType::CorruptInput, "bad clip")),
+            Behaviour::Panic => panic!("index out of bounds: the len is 0 but the index is 0"),
             Behaviour::Work(d) => {
                 ctx.progress.report(10.0);
                 tokio::select! {
@@ -233,6 +236,24 @@ async fn a_permanent_failure_fails_the_job_and_cleans_its_workspace() {
     rig.stop().await;
 }
 
+/// A handler that panics fails its job as `internal` and frees the message: no
+/// redelivery loop, no message left leased, and the worker keeps working.
+#[tokio::test]
+async fn a_panicking_handler_fails_its_job_and_frees_the_message() {
+    let rig = rig(Behaviour::Panic, 3).await;
+    rig.send(&job_event("job_panic", chrono::Duration::minutes(5))).await;
+    let failed = rig.wait_log("job_panic", types::JOB_FAILED).await;
+    let data = envelope::data_json(&failed).unwrap();
+    assert_eq!(data["errorType"], "internal");
+    assert_eq!(data["retryable"], false);
+    assert!(data["message"].as_str().unwrap().contains("index out of bounds"), "{data}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 1, "the message was redelivered");
+    rig.send(&job_event("job_after", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_after", types::JOB_FAILED).await;
+    rig.stop().await;
+}
+
 #[tokio::test]
 async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
     let rig = rig(Behaviour::FailThenEmit(0), 3).await;
@@ -307,6 +328,12 @@ async fn a_cancel_marker_stops_work_and_emits_job_cancelled() {
     let cancelled = rig.wait_log("job_cxl", types::JOB_CANCELLED).await;
     assert_eq!(envelope::data_json(&cancelled).unwrap()["stage"], "download");
     assert!(started.elapsed() < Duration::from_secs(3), "cancel took {:?}", started.elapsed());
+    // The job has ended: its marker goes, so the id can never be cancelled "again".
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while rig.work.head(&cancel_marker_key("job_cxl")).await.unwrap().is_some() {
+        assert!(std::time::Instant::now() < deadline, "the cancel marker was left behind");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     rig.stop().await;
 }
 

@@ -76,6 +76,10 @@ impl Handler for Stitch {
         let plan = reel_media::plan(&infos, job.orientation, job.compression);
         info!(mode = %plan.mode, reason = %plan.reason, clips = input.clips.len(), "stitch plan");
 
+        // Only this job's own files: a forged work message cannot point stitch elsewhere.
+        if let Some(f) = input.clips.iter().find_map(|clip| ctx.check_work_key(&clip.work_key).err()) {
+            return Outcome::Reject(f);
+        }
         // Local paths of the clips (the workspace may be a bucket: then download them).
         let mut inputs = Vec::new();
         for clip in &input.clips {

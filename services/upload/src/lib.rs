@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use reel_events::payload::{ReelStitched, ReelUploaded};
 use reel_events::{types, ErrorType, Event, Stage};
 use reel_runtime::config::Settings;
-use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
+use reel_runtime::stage::{cancel_marker_key, decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{crc32c_base64, ObjectMeta, PutMode, StoreError};
 use tracing::info;
 
@@ -48,6 +48,10 @@ impl Handler for Upload {
         let matches =
             |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
 
+        // Only this job's own reel: a forged work message cannot publish another file.
+        if let Err(f) = ctx.check_work_key(&input.work_key) {
+            return Outcome::Reject(f);
+        }
         let location = match ctx.boundary.check("outputPath", &job.output_path, &job.project_id) {
             Ok(l) => l,
             Err(f) => return Outcome::Reject(f),
@@ -112,6 +116,15 @@ impl Handler for Upload {
                     input.reel.crc32c
                 ),
             ));
+        }
+        // A cancel that arrived while the reel was being written wins: the reel it wrote
+        // goes again, so a cancelled job leaves no output.
+        if ctx.cancel.is_cancelled() || matches!(ctx.work.head(&cancel_marker_key(&job.job_id)).await, Ok(Some(_))) {
+            info!(output = %job.output_path, "cancelled while uploading; removing the reel");
+            if let Err(e) = store.delete(&key).await {
+                return Outcome::failed("removing the reel of a cancelled job", &e);
+            }
+            return Outcome::Cancel;
         }
         ctx.progress.report(100.0);
         info!(output = %job.output_path, size = meta.size, "reel uploaded");
