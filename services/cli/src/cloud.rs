@@ -237,6 +237,14 @@ pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topol
     }
 }
 
+/// The pipeline's work store (where locks, cancel markers and completion records live).
+pub async fn work_store(settings: &Settings) -> Result<std::sync::Arc<dyn reel_runtime::Store>> {
+    let resolver = CloudResolver::connect(reel_program::adapters(settings)?.storage)
+        .await
+        .context("connecting to Cloud Storage")?;
+    reel_program::open_work_store(&settings.effective_work_root(), &resolver)
+}
+
 /// `reel dlq replay` (`purge == false`) or `reel dlq purge` on Pub/Sub. A dead letter is
 /// acked only after its republish is confirmed; jobs already completed are skipped (and
 /// acked) and reported. Everything not selected is released for redelivery.
@@ -246,10 +254,7 @@ pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool
     let rest = connect_pull(&settings)?;
     let names = settings.topology().names();
     let sub = names.dead_letter_subscription(stage);
-    let resolver = CloudResolver::connect(reel_program::adapters(&settings)?.storage)
-        .await
-        .context("connecting to Cloud Storage")?;
-    let work = reel_program::open_work_store(&settings.effective_work_root(), &resolver)?;
+    let work = work_store(&settings).await?;
     let pulled = rest.pull_all(&sub, 10_000).await?;
     let (mut done, mut skipped) = (0usize, 0usize);
     let mut keep = Vec::new();

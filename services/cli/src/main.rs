@@ -64,6 +64,18 @@ enum Command {
         #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
         token: Option<String>,
     },
+    /// Cancel a job: every stage stops its work on it, and it ends `cancelled`.
+    Cancel {
+        /// The job id.
+        job: String,
+        /// reel-api's base URL: cancel as the token's user (else, with cloud settings, as an
+        /// operator through the work store; else the local pipeline's job).
+        #[arg(long, env = "REEL_API_URL")]
+        api: Option<String>,
+        /// Bearer token for reel-api.
+        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Create the topics, subscriptions and dead-letter topics (and, on the emulator, the buckets).
     Setup {
         /// Create the buckets named by the settings on a real project too.
@@ -254,6 +266,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Cancel { job, api, token } => cancel(&job, api.as_deref(), token.as_deref()).await,
         Command::Status { job, json, api: Some(api), token } => {
             let status: reel_events::fold::JobStatus =
                 api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;
@@ -308,9 +321,53 @@ async fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 /// GET a reel-api path and decode its JSON, with errors that name the status.
+/// `reel cancel JOB`: through reel-api when given one (the API checks the caller owns
+/// the job), else by writing the job's cancel marker in the work store the stages poll
+/// (cloud settings: the pipeline's; otherwise the local pipeline's).
+async fn cancel(job: &str, api: Option<&str>, token: Option<&str>) -> Result<ExitCode> {
+    if !reel_runtime::stage::valid_id(job) {
+        bail!("{job:?} is not a job id");
+    }
+    if let Some(api) = api {
+        #[derive(serde::Deserialize)]
+        struct Answer {
+            success: bool,
+            message: String,
+        }
+        let answer: Answer = api_call(reqwest::Method::POST, api, token, &format!("/api/jobs/{job}/cancel")).await?;
+        println!("{}", answer.message);
+        return Ok(if answer.success { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+    }
+    let work: std::sync::Arc<dyn reel_runtime::Store> = if cloud_configured() {
+        cloud::work_store(settings()).await?
+    } else {
+        std::sync::Arc::new(reel_runtime::embedded::DirStore::new(local::state_dir().join("work"))?)
+    };
+    if reel_runtime::stage::job_completed(work.as_ref(), job).await? {
+        println!("job {job} has already completed; there is nothing to cancel");
+        return Ok(ExitCode::FAILURE);
+    }
+    let marker = serde_json::to_vec(&serde_json::json!({ "jobId": job, "requestedAt": chrono::Utc::now() }))?;
+    let key = reel_runtime::stage::cancel_marker_key(job);
+    work.put(&key, Box::pin(std::io::Cursor::new(marker)), reel_runtime::PutMode::Overwrite)
+        .await
+        .with_context(|| format!("writing the cancel marker of {job}"))?;
+    println!("cancelling {job}: every stage stops its work on it within a few seconds");
+    Ok(ExitCode::SUCCESS)
+}
+
 async fn api_get<T: serde::de::DeserializeOwned>(base: &str, token: Option<&str>, path: &str) -> Result<T> {
+    api_call(reqwest::Method::GET, base, token, path).await
+}
+
+async fn api_call<T: serde::de::DeserializeOwned>(
+    method: reqwest::Method,
+    base: &str,
+    token: Option<&str>,
+    path: &str,
+) -> Result<T> {
     let url = format!("{}{path}", base.trim_end_matches('/'));
-    let mut request = reqwest::Client::new().get(&url);
+    let mut request = reqwest::Client::new().request(method, &url);
     if let Some(token) = token {
         request = request.bearer_auth(token);
     }

@@ -29,3 +29,34 @@ fn a_wrong_stage_is_refused_with_the_list() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("possible values"));
 }
+
+fn reel_local(home: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_reel"))
+        .args(args)
+        .env("REEL_HOME", home)
+        .env_remove("PUBSUB_EMULATOR_HOST")
+        .env_remove("GOOGLE_CLOUD_PROJECT")
+        .env_remove("REEL_API_URL")
+        .output()
+        .unwrap()
+}
+
+/// `reel cancel JOB` on this machine writes the cancel marker the local pipeline's stages
+/// poll; a finished job is not "cancelled"; a bad id is refused.
+#[test]
+fn cancel_writes_the_marker_the_stages_poll() {
+    let home = tempfile::tempdir().unwrap();
+    let out = reel_local(home.path(), &["cancel", "job_local1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(home.path().join("work/control/cancel/job_local1").exists(), "no marker written");
+
+    std::fs::create_dir_all(home.path().join("work/control/completed")).unwrap();
+    std::fs::write(home.path().join("work/control/completed/job_done"), b"{}").unwrap();
+    let out = reel_local(home.path(), &["cancel", "job_done"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("already completed"));
+    assert!(!home.path().join("work/control/cancel/job_done").exists());
+
+    let out = reel_local(home.path(), &["cancel", "../etc"]);
+    assert_eq!(out.status.code(), Some(2));
+}
