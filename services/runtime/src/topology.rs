@@ -157,6 +157,15 @@ impl Names {
     pub fn subscription(&self, stage: Stage) -> String {
         format!("{}{}", self.prefix, stage.as_str())
     }
+    /// Every subscription `stage` consumes: its work subscription, and for validate the
+    /// one on storage notifications too.
+    pub fn consumed_by(&self, stage: Stage) -> Vec<String> {
+        let mut subscriptions = vec![self.subscription(stage)];
+        if stage == Stage::Validate {
+            subscriptions.push(self.gcs_subscription());
+        }
+        subscriptions
+    }
     /// Validate's second subscription, on storage notifications.
     pub fn gcs_subscription(&self) -> String {
         format!("{}validate-gcs", self.prefix)

@@ -68,13 +68,8 @@ pub struct WorkerOptions {
 impl WorkerOptions {
     /// The options of `stage` under `settings`.
     pub fn for_stage(stage: Stage, settings: &Settings) -> WorkerOptions {
-        let names = settings.topology().names();
-        let mut subscriptions = vec![names.subscription(stage)];
-        if stage == Stage::Validate {
-            subscriptions.push(names.gcs_subscription());
-        }
         WorkerOptions {
-            subscriptions,
+            subscriptions: settings.topology().names().consumed_by(stage),
             concurrency: settings.concurrency,
             exit_when_idle: None,
             shutdown_grace: Duration::from_secs(20),
