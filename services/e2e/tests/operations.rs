@@ -122,9 +122,14 @@ async fn push_mode_accepts_pubsub_envelopes_and_eventarc_events() {
     let failed = cluster.wait_for(Some("job_push3"), types::JOB_FAILED, Duration::from_secs(30)).await;
     assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "insufficient_clips");
 
-    // Garbage is refused without killing the server.
-    assert_eq!(post(port, &[("content-type", "application/json")], b"{not json"), 400);
+    // Garbage can never be processed: it is dead-lettered as it came, with the reason,
+    // and acknowledged (not pushed again and again), and the server lives on.
+    assert_eq!(post(port, &[("content-type", "application/json")], b"{not json"), 204);
     assert!(cluster.programs[0].child.try_wait().unwrap().is_none(), "the push server died");
+    let dead = names(&cluster).dead_letter_subscription(reel_events::Stage::Validate);
+    let letters = cluster.bus().receive(&dead, 10, Duration::from_secs(10)).await.unwrap();
+    let garbage = letters.iter().find(|d| d.message.data == b"{not json").expect("the garbage was dead-lettered");
+    assert!(garbage.message.attributes.contains_key(reel_runtime::worker::dead_letter_attrs::REASON));
 
     // SIGTERM: the server exits cleanly.
     cluster.signal(0, libc::SIGTERM);
