@@ -25,9 +25,8 @@ fn connect_pull(settings: &Settings) -> Result<UnaryPull> {
 }
 
 /// `reel setup`: topics, subscriptions, dead-letter topics; and the buckets on the emulator.
-pub async fn setup(create_buckets: bool) -> Result<()> {
-    let settings = Settings::load()?;
-    let bus = connect_bus(&settings).await?;
+pub async fn setup(settings: &Settings, create_buckets: bool) -> Result<()> {
+    let bus = connect_bus(settings).await?;
     let topology = settings.topology();
     bus.ensure_topology(&topology).await.context("creating the topology")?;
     println!("topics: {}", topology.topics.len());
@@ -49,7 +48,7 @@ pub async fn setup(create_buckets: bool) -> Result<()> {
     let emulator = settings.storage_emulator_host.is_some();
     if create_buckets || emulator {
         let project = settings.google_cloud_project.clone().unwrap_or_else(|| "local".into());
-        let storage = reel_program::adapters(&settings)?.storage;
+        let storage = reel_program::adapters(settings)?.storage;
         let client = GcsClient::connect(storage).await.context("connecting to Cloud Storage")?;
         let mut buckets: Vec<String> = settings.video_storage_bucket.iter().cloned().collect();
         for root in [settings.effective_work_root()].into_iter().chain(settings.effective_allowed_roots()) {
@@ -72,27 +71,45 @@ pub async fn setup(create_buckets: bool) -> Result<()> {
 }
 
 /// What `reel submit` sends.
+#[derive(Debug, clap::Args)]
 pub struct Submit {
+    /// Clips, in order (gs://bucket/key).
+    #[arg(required = true, value_name = "CLIP")]
     pub clips: Vec<String>,
+    /// Where the reel goes (gs://bucket/key.mp4).
+    #[arg(short, long)]
     pub output: String,
+    /// Project id.
+    #[arg(long)]
     pub project: String,
-    pub user: String,
+    /// User id (default: $USER).
+    #[arg(long)]
+    pub user: Option<String>,
+    /// portrait | landscape | square.
+    #[arg(long, default_value = "portrait")]
     pub orientation: Orientation,
+    /// original | optimized | high_quality | small.
+    #[arg(long, default_value = "optimized")]
     pub compression: Compression,
+    /// Job id (default: generated).
+    #[arg(long)]
     pub job_id: Option<String>,
+    /// Start over even if the project has a job running or the job ran before.
+    #[arg(long)]
     pub force_restart: bool,
+    /// Publish in structured content mode instead of binary.
+    #[arg(long)]
     pub structured: bool,
 }
 
 /// `reel submit`: publish a `stitch.requested` (and put it on the event log).
-pub async fn submit(s: Submit) -> Result<String> {
-    let settings = Settings::load()?;
-    let bus = connect_bus(&settings).await?;
+pub async fn submit(settings: &Settings, s: Submit) -> Result<String> {
+    let bus = connect_bus(settings).await?;
     let job_id = s.job_id.clone().unwrap_or_else(|| format!("job_{}", uuid::Uuid::new_v4().simple()));
     let request = StitchRequested {
         job_id: Some(job_id.clone()),
         project_id: s.project,
-        user_id: s.user,
+        user_id: s.user.clone().or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into()),
         clip_paths: s.clips,
         output_path: s.output,
         orientation: s.orientation,
@@ -188,9 +205,8 @@ pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> R
 }
 
 /// `reel dlq list STAGE` on Pub/Sub: peek (pull, then release at once), without consuming.
-pub async fn dlq_list(stage: Stage, limit: usize, json: bool) -> Result<()> {
-    let settings = Settings::load()?;
-    let rest = connect_pull(&settings)?;
+pub async fn dlq_list(settings: &Settings, stage: Stage, limit: usize, json: bool) -> Result<()> {
+    let rest = connect_pull(settings)?;
     let sub = settings.topology().names().dead_letter_subscription(stage);
     let pulled = rest.peek(&sub, limit).await?;
     let letters: Vec<DeadLetter> = pulled.iter().map(|p| describe(&p.message, &p.message_id, p.publish_time)).collect();
@@ -248,13 +264,12 @@ pub async fn work_store(settings: &Settings) -> Result<std::sync::Arc<dyn reel_r
 /// `reel dlq replay` (`purge == false`) or `reel dlq purge` on Pub/Sub. A dead letter is
 /// acked only after its republish is confirmed; jobs already completed are skipped (and
 /// acked) and reported. Everything not selected is released for redelivery.
-pub async fn dlq_replay(stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
-    let settings = Settings::load()?;
-    let bus = connect_bus(&settings).await?;
-    let rest = connect_pull(&settings)?;
+pub async fn dlq_replay(settings: &Settings, stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
+    let bus = connect_bus(settings).await?;
+    let rest = connect_pull(settings)?;
     let names = settings.topology().names();
     let sub = names.dead_letter_subscription(stage);
-    let work = work_store(&settings).await?;
+    let work = work_store(settings).await?;
     let pulled = rest.pull_all(&sub, 10_000).await?;
     let (mut done, mut skipped) = (0usize, 0usize);
     let mut keep = Vec::new();

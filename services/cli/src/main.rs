@@ -83,35 +83,7 @@ enum Command {
         buckets: bool,
     },
     /// Publish a stitch.requested to the cloud pipeline (Pub/Sub or its emulator).
-    Submit {
-        /// Clips, in order (gs://bucket/key).
-        #[arg(required = true, value_name = "CLIP")]
-        clips: Vec<String>,
-        /// Where the reel goes (gs://bucket/key.mp4).
-        #[arg(short, long)]
-        output: String,
-        /// Project id.
-        #[arg(long)]
-        project: String,
-        /// User id (default: $USER).
-        #[arg(long)]
-        user: Option<String>,
-        /// portrait | landscape | square.
-        #[arg(long, default_value = "portrait")]
-        orientation: Orientation,
-        /// original | optimized | high_quality | small.
-        #[arg(long, default_value = "optimized")]
-        compression: Compression,
-        /// Job id (default: generated).
-        #[arg(long)]
-        job_id: Option<String>,
-        /// Start over even if the project has a job running or the job ran before.
-        #[arg(long)]
-        force_restart: bool,
-        /// Publish in structured content mode instead of binary.
-        #[arg(long)]
-        structured: bool,
-    },
+    Submit(cloud::Submit),
     /// Inspect and replay a stage's dead-letter queue without losing a message.
     Dlq {
         #[command(subcommand)]
@@ -235,33 +207,11 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Demo { dir } => demo(&dir).await,
         Command::Setup { buckets } => {
-            cloud::setup(buckets).await?;
+            cloud::setup(settings(), buckets).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Submit {
-            clips,
-            output,
-            project,
-            user,
-            orientation,
-            compression,
-            job_id,
-            force_restart,
-            structured,
-        } => {
-            let user = user.or_else(|| std::env::var("USER").ok()).unwrap_or_else(|| "cli".into());
-            let job = cloud::submit(cloud::Submit {
-                clips,
-                output,
-                project,
-                user,
-                orientation,
-                compression,
-                job_id,
-                force_restart,
-                structured,
-            })
-            .await?;
+        Command::Submit(submit) => {
+            let job = cloud::submit(settings(), submit).await?;
             println!("{job}");
             Ok(ExitCode::SUCCESS)
         }
@@ -385,7 +335,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
     match command {
         DlqCommand::List { stage, limit, json, local } => {
             if cloud_configured() && !local {
-                cloud::dlq_list(stage, limit, json).await?;
+                cloud::dlq_list(settings(), stage, limit, json).await?;
             } else {
                 let letters: Vec<_> = local::dead_letters(&state, stage)?
                     .iter()
@@ -398,7 +348,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
         DlqCommand::Replay { stage, job, error_type, limit, dry_run, local } => {
             let filter = cloud::Filter { job, error_type, limit: limit.unwrap_or(usize::MAX) };
             if cloud_configured() && !local {
-                cloud::dlq_replay(stage, filter, dry_run, false).await?;
+                cloud::dlq_replay(settings(), stage, filter, dry_run, false).await?;
             } else {
                 let all = local::dead_letters(&state, stage)?;
                 let (mut chosen, mut keep) = (Vec::new(), Vec::new());
@@ -445,6 +395,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
         DlqCommand::Purge { stage, job, local } => {
             if cloud_configured() && !local {
                 cloud::dlq_replay(
+                    settings(),
                     stage,
                     cloud::Filter { job: Some(job), error_type: None, limit: usize::MAX },
                     false,

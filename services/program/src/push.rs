@@ -144,10 +144,9 @@ async fn receive(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
 
 fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u32), String> {
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    if header("ce-type").as_deref() == Some(PUBSUB_MESSAGE_PUBLISHED) {
-        return eventarc_pubsub(body);
-    }
-    if headers.contains_key("ce-specversion") {
+    // Eventarc's Pub/Sub events carry the push envelope as their data: read it below.
+    let eventarc_pubsub = header("ce-type").as_deref() == Some(PUBSUB_MESSAGE_PUBLISHED);
+    if headers.contains_key("ce-specversion") && !eventarc_pubsub {
         let mut attributes = BTreeMap::new();
         for (name, value) in headers {
             let name = name.as_str().to_ascii_lowercase();
@@ -177,18 +176,6 @@ fn parse(headers: &HeaderMap, body: &[u8]) -> Result<(Message, String, String, u
     }
     let envelope: PushEnvelope =
         serde_json::from_slice(body).map_err(|e| format!("not a Pub/Sub push envelope: {e}"))?;
-    push_envelope(envelope)
-}
-
-/// An Eventarc delivery of a Pub/Sub message: a binary-mode CloudEvent of type
-/// `messagePublished` whose data is the push envelope.
-fn eventarc_pubsub(body: &[u8]) -> Result<(Message, String, String, u32), String> {
-    let envelope: PushEnvelope =
-        serde_json::from_slice(body).map_err(|e| format!("not an Eventarc Pub/Sub event: {e}"))?;
-    push_envelope(envelope)
-}
-
-fn push_envelope(envelope: PushEnvelope) -> Result<(Message, String, String, u32), String> {
     let data = match envelope.message.data {
         Some(text) => base64::engine::general_purpose::STANDARD
             .decode(text)

@@ -196,10 +196,11 @@ impl Context {
     /// must lie in this job's own workspace, so a forged work message cannot make a stage
     /// read another job's files or the control area (locks, the API snapshot).
     pub fn check_work_key(&self, key: &str) -> Result<(), Failure> {
-        let inside = key.strip_prefix(&self.work_prefix()).is_some_and(|rest| {
-            !rest.is_empty() && crate::store::check_key(key).is_ok() && !rest.split('/').any(|part| part == "..")
-        });
-        if inside || self.job.job_id.is_empty() {
+        // A job without an id has no workspace of its own: nothing is inside it.
+        let inside = valid_id(&self.job.job_id)
+            && key.strip_prefix(&self.work_prefix()).is_some_and(|rest| !rest.is_empty())
+            && crate::store::check_key(key).is_ok();
+        if inside {
             return Ok(());
         }
         Err(Failure::new(ErrorType::PermissionDenied, format!("work key {key:?} is outside the job's workspace")))
@@ -363,6 +364,9 @@ mod tests {
             job,
         );
         assert!(ctx.check_work_key("jobs/job_a/clips/000.mp4").is_ok());
+        let mut anonymous = ctx.clone();
+        anonymous.job.job_id = String::new();
+        assert!(anonymous.check_work_key("jobs//reel.mp4").is_err(), "a job without an id owns no files");
         for bad in [
             "jobs/job_b/reel.mp4",
             "control/api-snapshot.json",
