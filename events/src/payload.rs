@@ -70,6 +70,13 @@ pub struct JobSpec {
     pub deadline: DateTime<Utc>,
 }
 
+impl JobSpec {
+    /// The job's ids.
+    pub fn job_ref(&self) -> JobRef {
+        JobRef { job_id: self.job_id.clone(), project_id: self.project_id.clone(), user_id: self.user_id.clone() }
+    }
+}
+
 /// A clip that was left out of the reel, and why.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

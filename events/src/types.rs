@@ -174,6 +174,12 @@ pub enum ErrorType {
 }
 
 impl ErrorType {
+    /// Whether the same request may succeed later without changing it (the quota frees,
+    /// the project's running job ends): `retryable` of a `job.failed` that refuses it.
+    pub fn passes_later(self) -> bool {
+        matches!(self, ErrorType::QuotaExceeded | ErrorType::JobAlreadyRunning)
+    }
+
     /// All values.
     pub const ALL: [ErrorType; 10] = [
         ErrorType::InsufficientClips,

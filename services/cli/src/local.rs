@@ -120,6 +120,8 @@ impl LocalPipeline {
         settings.allowed_roots = vec!["/".into()];
         // Separate local runs may share the state dir; they are not one project's queue.
         settings.validate.project_lock = false;
+        // One person's laptop: no tenants to share it fairly between.
+        settings.quota = reel_runtime::config::Quotas { active_jobs: 0, jobs_per_hour: 0 };
         settings.work_root = Some(state.join("work").display().to_string());
         if settings.temp_dir == Settings::default().temp_dir {
             // Unless TEMP_DIR says otherwise, scratch lives beside the state.

@@ -85,9 +85,7 @@ async fn clean_up(ctx: &Context, job: &JobSpec) {
             warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
         }
     }
-    if let Err(e) = reel_runtime::lock::release(ctx.work.as_ref(), &job.project_id, &job.job_id).await {
-        warn!(error = %e, "could not release the project lock; it expires on its own");
-    }
+    reel_runtime::tenancy::release(ctx.work.as_ref(), &job.job_ref()).await;
     if let Err(e) = ctx.work.delete(&cancel_marker_key(&job.job_id)).await {
         warn!(error = %e, "could not remove the cancel marker");
     }

@@ -93,6 +93,8 @@ pub struct Settings {
     pub pubsub_max_outstanding_bytes: Option<u64>,
     /// The validate stage's settings.
     pub validate: ValidateConfig,
+    /// Per-user quotas, enforced by validate on every entry path (section `[quota]`).
+    pub quota: Quotas,
     /// The download stage's settings.
     pub download: DownloadConfig,
     /// How ffmpeg and ffprobe are run and the bounds every clip must fit (download and
@@ -119,11 +121,31 @@ pub struct ValidateConfig {
     /// One active job per project: validate takes a lock (`REEL_PROJECT_LOCK`,
     /// default true; the local CLI turns it off).
     pub project_lock: bool,
+    /// Buckets whose manifests may start jobs (`REEL_MANIFEST_BUCKETS`; default: the
+    /// `VIDEO_STORAGE_BUCKET` bucket). A notification from any other bucket is refused.
+    pub manifest_buckets: Vec<String>,
 }
 
 impl Default for ValidateConfig {
     fn default() -> Self {
-        ValidateConfig { max_clips: 100, project_lock: true }
+        ValidateConfig { max_clips: 100, project_lock: true, manifest_buckets: Vec::new() }
+    }
+}
+
+/// Per-user quotas (section `[quota]`; 0 = unlimited), counted from the records of
+/// [`crate::tenancy`] by validate, and checked early by `reel-api`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Quotas {
+    /// Jobs queued or running at once (`REEL_QUOTA_ACTIVE_JOBS`, default 2).
+    pub active_jobs: usize,
+    /// Jobs started in any sliding hour (`REEL_QUOTA_JOBS_PER_HOUR`, default 30).
+    pub jobs_per_hour: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas { active_jobs: 2, jobs_per_hour: 30 }
     }
 }
 
@@ -178,6 +200,7 @@ impl Default for Settings {
             pubsub_max_outstanding_messages: None,
             pubsub_max_outstanding_bytes: None,
             validate: ValidateConfig::default(),
+            quota: Quotas::default(),
             download: DownloadConfig::default(),
             media: MediaConfig::default(),
         }
@@ -368,6 +391,16 @@ impl Settings {
     /// The port to listen on: `PORT`, or 8080.
     pub fn listen_port(&self) -> u16 {
         self.port.unwrap_or(8080)
+    }
+
+    /// The buckets whose manifests may start jobs: `[validate] manifest_buckets`, else the
+    /// `VIDEO_STORAGE_BUCKET` bucket, else none.
+    pub fn manifest_buckets(&self) -> Vec<String> {
+        if self.validate.manifest_buckets.is_empty() {
+            self.video_storage_bucket.iter().cloned().collect()
+        } else {
+            self.validate.manifest_buckets.clone()
+        }
     }
 
     /// The job timeout as a duration.

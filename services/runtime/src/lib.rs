@@ -29,3 +29,4 @@ pub mod lock;
 pub mod metrics;
 pub mod prefix;
 pub mod telemetry;
+pub mod tenancy;

@@ -130,6 +130,15 @@ pub trait Handler: Send + Sync + 'static {
         LateDelivery::Skip
     }
 
+    /// Whether the job id an event names is only a claim until the handler has checked
+    /// it (validate: a request names any id it likes, and an id already taken by another
+    /// tenant's job is refused under an id of its own). The worker then does nothing
+    /// under that id before the handler has decided: no cancel or completion check and
+    /// no progress events; the handler checks cancel and completion itself.
+    fn job_id_is_a_claim(&self) -> bool {
+        false
+    }
+
     /// Do the stage's work for one event.
     async fn handle(&self, ctx: &Context, event: &Event) -> Outcome;
 }

@@ -362,6 +362,9 @@ impl Worker {
             )));
         }
         let job_id = envelope.job.job_id.as_str();
+        if self.handler.job_id_is_a_claim() {
+            return None;
+        }
         if !job_id.is_empty() && self.cancel_requested(job_id).await {
             return Some(Outcome::Cancel);
         }
@@ -404,10 +407,13 @@ impl Worker {
             scratch: scratch.clone(),
             progress,
         };
-        let watch = Watch {
-            envelope: envelope.clone(),
-            trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from),
-        };
+        let mut watched = envelope.clone();
+        if self.handler.job_id_is_a_claim() {
+            // Nothing is said or watched under an id the handler has not accepted yet.
+            watched.job = JobRef::default();
+        }
+        let watch =
+            Watch { envelope: watched, trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from) };
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
         // A panicking handler fails its job and frees the message, instead of leaving it
@@ -492,7 +498,10 @@ impl Worker {
                     nack => nack,
                 }
             }
-            Outcome::Reject(failure) => self.end_job(inbound, JobEnd::Failed { failure, retryable: false }).await,
+            Outcome::Reject(failure) => {
+                let retryable = failure.error_type.passes_later();
+                self.end_job(inbound, JobEnd::Failed { failure, retryable }).await
+            }
             Outcome::Cancel => self.end_job(inbound, JobEnd::Cancelled).await,
             Outcome::Unprocessable(failure) => {
                 warn!(reason = %failure.message, "unprocessable message");
@@ -583,9 +592,7 @@ impl Worker {
         if job_id.is_empty() {
             return;
         }
-        if let Err(e) = crate::lock::release(self.work.as_ref(), &job.project_id, job_id).await {
-            warn!(error = %e, "could not release the project lock; it expires on its own");
-        }
+        crate::tenancy::release(self.work.as_ref(), job).await;
         if let Err(e) = crate::store::delete_prefix(self.work.as_ref(), &work_prefix(job_id)).await {
             warn!(error = %e, "could not clean the job's workspace");
         }

@@ -10,29 +10,38 @@ use chrono::Utc;
 use reel_events::binding::STORAGE_OBJECT_FINALIZED;
 use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
-use reel_runtime::config::{Settings, ValidateConfig};
+use reel_runtime::config::{Quotas, Settings, ValidateConfig};
 use reel_runtime::location::Location;
-use reel_runtime::lock;
-use reel_runtime::stage::{job_completed, valid_id, Context, Failure, FromSettings, Handler, LateDelivery, Outcome};
+use reel_runtime::stage::{
+    cancel_marker_key, job_completed, valid_id, Context, Failure, FromSettings, Handler, Outcome,
+};
 use reel_runtime::store::StoreError;
+use reel_runtime::{lock, tenancy};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
 /// Largest manifest object read (a request is a few hundred bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
 
+/// Longest user id accepted (an email is at most 254).
+pub const MAX_USER_ID_BYTES: usize = 256;
+
 /// The validate stage.
 #[derive(Debug, Clone)]
 pub struct Validate {
     config: ValidateConfig,
+    /// Per-user quotas.
+    quotas: Quotas,
     /// How long an accepted job has (`JOB_TIMEOUT_MINUTES`).
     job_timeout: chrono::Duration,
 }
 
 impl Validate {
-    /// A validate stage with its settings and the job timeout.
-    pub fn new(config: ValidateConfig, job_timeout: chrono::Duration) -> Validate {
-        Validate { config, job_timeout }
+    /// A validate stage with its settings, the users' quotas and the job timeout.
+    /// `config.manifest_buckets` are the buckets whose manifests start jobs (none: no
+    /// manifest does).
+    pub fn new(config: ValidateConfig, quotas: Quotas, job_timeout: chrono::Duration) -> Validate {
+        Validate { config, quotas, job_timeout }
     }
 }
 
@@ -44,7 +53,8 @@ impl Default for Validate {
 
 impl FromSettings for Validate {
     fn from_settings(settings: &Settings) -> Validate {
-        Validate::new(settings.validate.clone(), settings.job_timeout())
+        let config = ValidateConfig { manifest_buckets: settings.manifest_buckets(), ..settings.validate.clone() };
+        Validate::new(config, settings.quota, settings.job_timeout())
     }
 }
 
@@ -54,10 +64,10 @@ impl Handler for Validate {
         Stage::Validate
     }
 
-    /// Requests may carry no job id (validate derives one) and may force a restart of a
-    /// completed job: validate checks completion itself.
-    fn on_completed_job(&self) -> LateDelivery {
-        LateDelivery::Handle
+    /// A request's job id is the caller's claim: validate checks whose it is before
+    /// anything happens under it, then checks cancel and completion itself.
+    fn job_id_is_a_claim(&self) -> bool {
+        true
     }
 
     fn accepts(&self) -> Vec<&'static str> {
@@ -102,7 +112,8 @@ impl Handler for Validate {
                 }
             };
             job.job_id = job_id.clone();
-            return attribute(self.validate_request(ctx, event, &job_id, data, None).await, job);
+            let derived = derived();
+            return attribute(self.validate_request(ctx, event, &job_id, &derived, data, None).await, job);
         }
         if event.ty() != STORAGE_OBJECT_FINALIZED {
             return Outcome::Skip(format!("storage event {} does not start jobs", event.ty()));
@@ -168,6 +179,19 @@ impl Validate {
         if !file.ends_with(".json") || file.contains('/') || project_from_path.is_empty() {
             return Outcome::Skip(format!("object {name} is not a manifests/{{projectId}}/*.json manifest"));
         }
+        if !self.config.manifest_buckets.contains(&bucket) {
+            return Outcome::Unprocessable(Failure::new(
+                ErrorType::PermissionDenied,
+                format!(
+                    "a notification from bucket {bucket:?} cannot start jobs; manifests are read only from {}",
+                    if self.config.manifest_buckets.is_empty() {
+                        "no bucket (none configured)".to_string()
+                    } else {
+                        self.config.manifest_buckets.join(", ")
+                    }
+                ),
+            ));
+        }
         let job_id = derived_job_id(&[&bucket, &name, &generation]);
         let location = Location::Gcs { bucket: bucket.clone(), key: name.clone() };
         let (store, key) = match ctx.resolver.resolve(&location) {
@@ -224,7 +248,9 @@ impl Validate {
         let mut job = JobRef::from_data(&value, None);
         job.job_id = job_id.clone();
         job.project_id = project_from_path.to_string();
-        attribute(self.validate_request(ctx, event, &job_id, value, Some(project_from_path.to_string())).await, job)
+        let outcome =
+            self.validate_request(ctx, event, &job_id, &job_id, value, Some(project_from_path.to_string())).await;
+        attribute(outcome, job)
     }
 
     async fn validate_request(
@@ -232,6 +258,7 @@ impl Validate {
         ctx: &Context,
         event: &Event,
         job_id: &str,
+        own_id: &str,
         mut data: serde_json::Value,
         project_from_manifest: Option<String>,
     ) -> Outcome {
@@ -257,6 +284,9 @@ impl Validate {
             }
         };
         if let Some(outcome) = self.check_request(ctx, &request) {
+            return outcome;
+        }
+        if let Err(outcome) = self.check_tenancy(ctx, job_id, own_id, &request).await {
             return outcome;
         }
         if !request.force_restart.unwrap_or(false) {
@@ -300,6 +330,9 @@ impl Validate {
                 Err(e) => return Outcome::failed("taking the project lock", &e),
             }
         }
+        if let Err(e) = tenancy::take_slot(ctx.work.as_ref(), &spec.user_id, job_id).await {
+            return Outcome::failed("taking the user's quota slot", &e);
+        }
         let retry_attempt = spec.retry_attempt;
         let mut child = ctx.clone();
         child.job.job_id = job_id.to_string();
@@ -309,6 +342,71 @@ impl Validate {
             next.set_extension(envelope::TRACEPARENT, traceparent_for(job_id, retry_attempt));
         }
         Outcome::Emit(vec![next])
+    }
+
+    /// Whose the request's job id, project and quota are, decided before anything
+    /// happens under the job id: a job id of another project or user is refused under
+    /// `own_id` (an id of the request's own), so the job that has it sees nothing; a
+    /// project belongs to the user who first started a job in it; a cancelled or
+    /// completed job is not started again (unless `forceRestart`); the user's quota holds.
+    async fn check_tenancy(
+        &self,
+        ctx: &Context,
+        job_id: &str,
+        own_id: &str,
+        request: &StitchRequested,
+    ) -> Result<(), Outcome> {
+        let work = ctx.work.as_ref();
+        let (project, user) = (request.project_id.as_str(), request.user_id.as_str());
+        let taken = |_| {
+            let message = if own_id == job_id {
+                format!("jobId {job_id:?} is the id of another job")
+            } else {
+                format!("jobId {job_id:?} is the id of another job; choose a new id (failed as {own_id})")
+            };
+            let mine =
+                JobRef { job_id: own_id.to_string(), project_id: project.to_string(), user_id: user.to_string() };
+            Outcome::Reject(Failure::new(ErrorType::PermissionDenied, message).for_job(mine))
+        };
+        match tenancy::job_record(work, job_id).await {
+            Ok(Some(record)) if !record.is_of(project, user) => return Err(taken(record)),
+            Ok(_) => {}
+            Err(e) => return Err(Outcome::failed("reading the job id's record", &e)),
+        }
+        match tenancy::claim_project(work, project, user, job_id).await {
+            Ok(record) if record.owner != user => {
+                return Err(reject(
+                    ErrorType::PermissionDenied,
+                    format!("project {project:?} belongs to another user; only its owner may start jobs in it"),
+                ))
+            }
+            Ok(_) => {}
+            Err(e) => return Err(Outcome::failed("reading the project's owner", &e)),
+        }
+        match tenancy::claim_job(work, job_id, project, user).await {
+            Ok(record) if !record.is_of(project, user) => return Err(taken(record)),
+            Ok(_) => {}
+            Err(e) => return Err(Outcome::failed("recording the job id", &e)),
+        }
+        // The id is this request's now: the worker's usual checks, done here.
+        match work.head(&cancel_marker_key(job_id)).await {
+            Ok(Some(_)) => return Err(Outcome::Cancel),
+            Ok(None) => {}
+            Err(e) => return Err(Outcome::failed("checking for a cancel request", &e)),
+        }
+        let now = Utc::now();
+        let lifetime = self.job_timeout + chrono::Duration::minutes(tenancy::SLOT_GRACE_MINUTES);
+        let usage = match tenancy::usage(work, user, job_id, lifetime, now).await {
+            Ok(usage) => usage,
+            Err(e) => return Err(Outcome::failed("counting the user's jobs", &e)),
+        };
+        if let Err(over) = tenancy::check_quota(&usage, &self.quotas, now) {
+            return Err(reject(
+                ErrorType::QuotaExceeded,
+                format!("{}; retry in {} s or when a job ends", over.message, over.retry_after),
+            ));
+        }
+        Ok(())
     }
 
     /// Every rule a request must pass; `None` when it passes.
@@ -321,6 +419,12 @@ impl Validate {
         }
         if request.user_id.trim().is_empty() {
             return Some(reject(ErrorType::InvalidRequest, "userId is required"));
+        }
+        if request.user_id.len() > MAX_USER_ID_BYTES || request.user_id.chars().any(char::is_control) {
+            return Some(reject(
+                ErrorType::InvalidRequest,
+                format!("userId must be at most {MAX_USER_ID_BYTES} bytes without control characters"),
+            ));
         }
         if request.clip_paths.len() < 2 {
             return Some(reject(

@@ -3,7 +3,9 @@
 use chrono::Utc;
 use reel_events::payload::{JobRef, JobValidated};
 use reel_events::{envelope, types, AttributesReader, ErrorType};
-use reel_runtime::stage::Outcome;
+use reel_runtime::config::Quotas;
+use reel_runtime::stage::{cancel_marker_key, Outcome};
+use reel_runtime::Store;
 use reel_testkit::stage::StageHarness;
 use reel_validate::Validate;
 
@@ -94,7 +96,10 @@ async fn each_rule_names_its_error_type() {
 
 #[tokio::test]
 async fn one_active_job_per_project() {
-    let f = fixture(&["gs://clips"]);
+    let f = StageHarness::with_settings(|s| {
+        s.allowed_roots = vec!["gs://clips".into()];
+        s.quota = Quotas { active_jobs: 0, jobs_per_hour: 0 };
+    });
     let mut first = request("p1", &["gs://clips/a.mp4", "gs://clips/b.mp4"], "gs://clips/o.mp4");
     first["jobId"] = "job_first".into();
     assert!(matches!(run(&f, first.clone()).await, Outcome::Emit(_)));
@@ -108,6 +113,8 @@ async fn one_active_job_per_project() {
     // Another project is not blocked.
     let mut other = second.clone();
     other["projectId"] = "p2".into();
+    other["jobId"] = "job_other".into();
+    other["userId"] = "user_2".into();
     assert!(matches!(run(&f, other).await, Outcome::Emit(_)));
     // forceRestart takes the project over.
     second["forceRestart"] = true.into();
@@ -182,4 +189,98 @@ async fn an_invalid_job_id_fails_under_a_derived_id() {
         assert!(message.len() < 300, "the bad id is quoted shortened: {} bytes", message.len());
         assert!(!message.chars().any(|c| c.is_control()), "control characters quoted raw: {message:?}");
     }
+}
+
+fn as_user(mut data: serde_json::Value, job: &str, user: &str) -> serde_json::Value {
+    data["jobId"] = job.into();
+    data["userId"] = user.into();
+    data
+}
+
+/// A job id already used by another tenant's job is refused under an id of the
+/// request's own: the job that has it gets no event, and its records are unchanged.
+#[tokio::test]
+async fn a_job_id_of_another_tenant_is_refused_without_touching_that_job() {
+    let f = fixture(&["gs://clips"]);
+    let clips = ["gs://clips/a.mp4", "gs://clips/b.mp4"];
+    let victim = as_user(request("p1", &clips, "gs://clips/o.mp4"), "job_v", "alice");
+    assert!(matches!(run(&f, victim.clone()).await, Outcome::Emit(_)));
+    for (project, user) in [("p2", "mallory"), ("p1", "mallory"), ("p2", "alice")] {
+        let attack = as_user(request(project, &clips, "gs://clips/m.mp4"), "job_v", user);
+        let (got, message, job) = failure(run(&f, attack).await);
+        assert_eq!(got, ErrorType::PermissionDenied, "{project}/{user}: {message}");
+        let job = job.expect("the refusal names a job");
+        assert_ne!(job.job_id, "job_v", "the refusal must not be published under the victim's id");
+        assert!(message.contains(&job.job_id), "{message}");
+    }
+    let record = reel_runtime::tenancy::job_record(f.work.as_ref(), "job_v").await.unwrap().unwrap();
+    assert!(record.is_of("p1", "alice"));
+    // The owner's own redelivery still passes.
+    assert!(matches!(run(&f, victim).await, Outcome::Emit(_)));
+}
+
+/// A project belongs to the user who first started a job in it.
+#[tokio::test]
+async fn only_the_projects_owner_starts_jobs_in_it() {
+    let f = fixture(&["gs://clips"]);
+    let clips = ["gs://clips/a.mp4", "gs://clips/b.mp4"];
+    let first = as_user(request("p1", &clips, "gs://clips/o.mp4"), "job_a", "alice");
+    assert!(matches!(run(&f, first).await, Outcome::Emit(_)));
+    let mut attack = as_user(request("p1", &clips, "gs://clips/o.mp4"), "job_m", "mallory");
+    attack["forceRestart"] = true.into();
+    let (got, message, _) = failure(run(&f, attack).await);
+    assert_eq!(got, ErrorType::PermissionDenied);
+    assert!(message.contains("belongs to another user"), "{message}");
+    let lock = reel_runtime::lock::lock_key("p1");
+    let mut body = String::new();
+    tokio::io::AsyncReadExt::read_to_string(&mut f.work.get(&lock).await.unwrap(), &mut body).await.unwrap();
+    assert!(body.contains("job_a"), "the owner's job keeps the project: {body}");
+}
+
+/// Quotas count each user's jobs from the records validate keeps, on every entry path.
+#[tokio::test]
+async fn quotas_hold_per_user_and_free_when_a_job_ends() {
+    let f = StageHarness::with_settings(|s| {
+        s.allowed_roots = vec!["gs://clips".into()];
+        s.quota = Quotas { active_jobs: 2, jobs_per_hour: 3 };
+    });
+    let clips = ["gs://clips/a.mp4", "gs://clips/b.mp4"];
+    let job =
+        |n: usize, user: &str| as_user(request(&format!("p{n}"), &clips, "gs://clips/o.mp4"), &format!("j{n}"), user);
+    assert!(matches!(run(&f, job(1, "alice")).await, Outcome::Emit(_)));
+    assert!(matches!(run(&f, job(2, "alice")).await, Outcome::Emit(_)));
+    let (got, message, _) = failure(run(&f, job(3, "alice")).await);
+    assert_eq!(got, ErrorType::QuotaExceeded);
+    assert!(message.contains("limit is 2 at once"), "{message}");
+    // Another user is not held by alice's quota.
+    assert!(matches!(run(&f, job(4, "bob")).await, Outcome::Emit(_)));
+    // A job that ends gives its slot back; the hourly count remains.
+    reel_runtime::tenancy::release(
+        f.work.as_ref(),
+        &JobRef { job_id: "j1".into(), project_id: "p1".into(), user_id: "alice".into() },
+    )
+    .await;
+    assert!(matches!(run(&f, job(5, "alice")).await, Outcome::Emit(_)));
+    reel_runtime::tenancy::release(
+        f.work.as_ref(),
+        &JobRef { job_id: "j2".into(), project_id: "p2".into(), user_id: "alice".into() },
+    )
+    .await;
+    let (got, message, _) = failure(run(&f, job(6, "alice")).await);
+    assert_eq!(got, ErrorType::QuotaExceeded);
+    assert!(message.contains("limit is 3 an hour"), "{message}");
+}
+
+/// A cancel requested before validate ran ends the job cancelled, not started.
+#[tokio::test]
+async fn a_job_cancelled_before_it_started_is_not_started() {
+    let f = fixture(&["gs://clips"]);
+    let clips = ["gs://clips/a.mp4", "gs://clips/b.mp4"];
+    let marker = cancel_marker_key("job_c");
+    f.work
+        .put(&marker, Box::pin(std::io::Cursor::new(b"{}".to_vec())), reel_runtime::PutMode::Overwrite)
+        .await
+        .unwrap();
+    let outcome = run(&f, as_user(request("p1", &clips, "gs://clips/o.mp4"), "job_c", "alice")).await;
+    assert!(matches!(outcome, Outcome::Cancel), "{outcome:?}");
 }
