@@ -122,6 +122,18 @@ impl Handler for Validate {
     }
 }
 
+/// The refusal of a request that names the job id of another job: under `own_id`, an id
+/// of the request's own, so the job that has the id sees nothing.
+fn taken(job_id: &str, own_id: &str, mut request: JobRef) -> Outcome {
+    let message = if own_id == job_id {
+        format!("jobId {job_id:?} is the id of another job")
+    } else {
+        format!("jobId {job_id:?} is the id of another job; choose a new id (failed as {own_id})")
+    };
+    request.job_id = own_id.to_string();
+    Outcome::Reject(Failure::new(ErrorType::PermissionDenied, message).for_job(request))
+}
+
 fn reject(error_type: ErrorType, message: impl Into<String>) -> Outcome {
     Outcome::Reject(Failure::new(error_type, message))
 }
@@ -271,6 +283,16 @@ impl Validate {
         if let (Some(project), Some(map)) = (&project_from_manifest, data.as_object_mut()) {
             map.entry("projectId").or_insert_with(|| project.clone().into());
         }
+        // Whose the id is comes first: even a malformed request must not fail, clean or
+        // say anything under the id of another tenant's job.
+        let claimed = JobRef::from_data(&data, None);
+        match tenancy::job_record(ctx.work.as_ref(), job_id).await {
+            Ok(Some(record)) if !record.is_of(&claimed.project_id, &claimed.user_id) => {
+                return taken(job_id, own_id, claimed)
+            }
+            Ok(_) => {}
+            Err(e) => return Outcome::failed("reading the job id's record", &e),
+        }
         let request: StitchRequested = match serde_json::from_value(data.clone()) {
             Ok(r) => r,
             Err(e) => {
@@ -358,21 +380,6 @@ impl Validate {
     ) -> Result<(), Outcome> {
         let work = ctx.work.as_ref();
         let (project, user) = (request.project_id.as_str(), request.user_id.as_str());
-        let taken = |_| {
-            let message = if own_id == job_id {
-                format!("jobId {job_id:?} is the id of another job")
-            } else {
-                format!("jobId {job_id:?} is the id of another job; choose a new id (failed as {own_id})")
-            };
-            let mine =
-                JobRef { job_id: own_id.to_string(), project_id: project.to_string(), user_id: user.to_string() };
-            Outcome::Reject(Failure::new(ErrorType::PermissionDenied, message).for_job(mine))
-        };
-        match tenancy::job_record(work, job_id).await {
-            Ok(Some(record)) if !record.is_of(project, user) => return Err(taken(record)),
-            Ok(_) => {}
-            Err(e) => return Err(Outcome::failed("reading the job id's record", &e)),
-        }
         match tenancy::claim_project(work, project, user, job_id).await {
             Ok(record) if record.owner != user => {
                 return Err(reject(
@@ -384,7 +391,11 @@ impl Validate {
             Err(e) => return Err(Outcome::failed("reading the project's owner", &e)),
         }
         match tenancy::claim_job(work, job_id, project, user).await {
-            Ok(record) if !record.is_of(project, user) => return Err(taken(record)),
+            Ok(record) if !record.is_of(project, user) => {
+                // Another request took the id between our read and our claim.
+                let mine = JobRef { job_id: job_id.into(), project_id: project.into(), user_id: user.into() };
+                return Err(taken(job_id, own_id, mine));
+            }
             Ok(_) => {}
             Err(e) => return Err(Outcome::failed("recording the job id", &e)),
         }

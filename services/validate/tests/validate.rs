@@ -213,6 +213,12 @@ async fn a_job_id_of_another_tenant_is_refused_without_touching_that_job() {
         assert_ne!(job.job_id, "job_v", "the refusal must not be published under the victim's id");
         assert!(message.contains(&job.job_id), "{message}");
     }
+    // Even a request that is malformed otherwise is refused as another job's, not failed
+    // under the victim's id (which would end the victim's job and clean its workspace).
+    let broken = as_user(request("p2", &["gs://clips/a.mp4"], "gs://clips/m.mp4"), "job_v", "mallory");
+    let (got, _, job) = failure(run(&f, broken).await);
+    assert_eq!(got, ErrorType::PermissionDenied);
+    assert_ne!(job.unwrap().job_id, "job_v");
     let record = reel_runtime::tenancy::job_record(f.work.as_ref(), "job_v").await.unwrap().unwrap();
     assert!(record.is_of("p1", "alice"));
     // The owner's own redelivery still passes.
