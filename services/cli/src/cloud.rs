@@ -121,13 +121,12 @@ pub async fn submit(settings: &Settings, s: Submit) -> Result<String> {
     let mut event = envelope::build(types::STITCH_REQUESTED, "//reel/cli", id, &job_id, Utc::now(), &request)?;
     // The job's trace starts here: every stage logs under it, up to job.completed.
     event.set_extension(envelope::TRACEPARENT, new_traceparent());
+    // To the requests topic only, as Phoenix does: a request names a job id it may not
+    // own, so it reaches the event log (and the job's status) only once validate has
+    // accepted it, as job.validated.
     let names = settings.topology().names();
-    if s.structured {
-        bus.publish(&names.requests(), binding::encode_structured(&event)).await?;
-        bus.publish(&names.events(), binding::encode_binary(&event)).await?;
-    } else {
-        reel_runtime::worker::publish_event(&bus, &names, &event).await?;
-    }
+    let message = if s.structured { binding::encode_structured(&event) } else { binding::encode_binary(&event) };
+    bus.publish(&names.requests(), message).await?;
     Ok(job_id)
 }
 

@@ -11,6 +11,7 @@ use reel_events::payload::{ClipsDownloaded, JobValidated, SkippedClip, WorkClip}
 use reel_events::{types, ClipInfo, ErrorType, Event, Stage};
 use reel_media::{Classify, MediaConfig, MediaError};
 use reel_runtime::config::{DownloadConfig, Settings};
+use reel_runtime::location::Location;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode, Store, StoreError};
 use std::path::{Path, PathBuf};
@@ -66,6 +67,17 @@ impl Handler for Download {
                 }
             }
         }
+        // The job's bytes are bounded before any is moved or decoded.
+        let planned = planned_bytes(ctx, &self.config, &job.clip_paths).await;
+        if planned > self.config.max_job_bytes {
+            return Outcome::Reject(Failure::new(
+                ErrorType::InvalidRequest,
+                format!(
+                    "the clips add up to {planned} bytes; a job may have at most {} (REEL_MAX_JOB_BYTES)",
+                    self.config.max_job_bytes
+                ),
+            ));
+        }
         let total = job.clip_paths.len().max(1);
         let mut clips = Vec::new();
         let mut skipped = Vec::new();
@@ -115,6 +127,39 @@ impl Handler for Download {
     }
 }
 
+/// The store, key and size of a clip, without reading it.
+async fn clip_size(ctx: &Context, location: &Location, raw: &str) -> Result<(Arc<dyn Store>, String, u64), ClipError> {
+    let (source, source_key) = ctx.resolver.resolve(location).map_err(|e| stop_or_skip("open", raw, e))?;
+    // Only the size is needed here. For a local file, read it from the file system: a
+    // store's `head` also checksums the file, a read of every byte for nothing.
+    let size = match source.local_path(&source_key) {
+        Some(path) => match tokio::fs::metadata(&path).await {
+            Ok(m) if m.is_file() => m.len(),
+            Ok(_) => return Err(ClipError::Skip("not found".into())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ClipError::Skip("not found".into())),
+            Err(e) => return Err(stop_or_skip("read", raw, StoreError::from_io(raw, e))),
+        },
+        None => match source.head(&source_key).await {
+            Ok(Some(m)) => m.size,
+            Ok(None) => return Err(ClipError::Skip("not found".into())),
+            Err(e) => return Err(stop_or_skip("read", raw, e)),
+        },
+    };
+    Ok((source, source_key, size))
+}
+
+/// The bytes a job's usable clips add up to (clips that cannot be sized, or are over the
+/// per-clip limit, will be skipped and do not count), sized concurrently.
+async fn planned_bytes(ctx: &Context, config: &DownloadConfig, clip_paths: &[String]) -> u64 {
+    let sizes = futures::future::join_all(clip_paths.iter().enumerate().map(|(i, raw)| async move {
+        let location = ctx.boundary.check(&format!("clip {}", i + 1), raw, &ctx.job.project_id).ok()?;
+        let (_, _, size) = clip_size(ctx, &location, raw).await.ok()?;
+        (size <= config.max_clip_bytes).then_some(size)
+    }))
+    .await;
+    sizes.into_iter().flatten().sum()
+}
+
 async fn fetch_clip(
     ctx: &Context,
     config: &DownloadConfig,
@@ -138,22 +183,7 @@ async fn fetch_clip(
         return Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info });
     }
 
-    let (source, source_key) = ctx.resolver.resolve(&location).map_err(|e| stop_or_skip("open", raw, e))?;
-    // Only the size is needed here. For a local file, read it from the file system: a
-    // store's `head` also checksums the file, a read of every byte for nothing.
-    let size = match source.local_path(&source_key) {
-        Some(path) => match tokio::fs::metadata(&path).await {
-            Ok(m) if m.is_file() => m.len(),
-            Ok(_) => return Err(ClipError::Skip("not found".into())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(ClipError::Skip("not found".into())),
-            Err(e) => return Err(stop_or_skip("read", raw, StoreError::from_io(raw, e))),
-        },
-        None => match source.head(&source_key).await {
-            Ok(Some(m)) => m.size,
-            Ok(None) => return Err(ClipError::Skip("not found".into())),
-            Err(e) => return Err(stop_or_skip("read", raw, e)),
-        },
-    };
+    let (source, source_key, size) = clip_size(ctx, &location, raw).await?;
     if size == 0 {
         return Err(ClipError::Skip("empty file".into()));
     }

@@ -40,7 +40,7 @@ async fn clips_over_the_size_or_duration_limit_are_skipped_with_the_limit_named(
     for (limits, needle) in [((big - 1, 600.0), "byte limit"), ((u64::MAX, 2.0), "limit")] {
         let rig = StageHarness::with_settings(|s| {
             s.allowed_roots = vec![files.display().to_string()];
-            s.download = DownloadConfig { max_clip_bytes: limits.0, max_clip_seconds: limits.1 };
+            s.download = DownloadConfig { max_clip_bytes: limits.0, max_clip_seconds: limits.1, ..Default::default() };
         });
         let event = job_event("job_lim", clips.clone(), files.join("out.mp4").display().to_string());
         let events = emitted(rig.run::<Download>(&event).await);
@@ -50,6 +50,44 @@ async fn clips_over_the_size_or_duration_limit_are_skipped_with_the_limit_named(
         assert_eq!(data.skipped_clips[0].path, clips[1]);
         assert!(data.skipped_clips[0].reason.contains(needle), "{limits:?}: {}", data.skipped_clips[0].reason);
     }
+}
+
+/// REEL_MAX_JOB_BYTES: clips that add up to more than a job may have fail the job with
+/// the limit named before any clip is copied into the workspace.
+#[tokio::test]
+async fn a_job_over_the_total_byte_limit_fails_before_anything_is_downloaded() {
+    let clips_dir = StageHarness::new();
+    let files = clips_dir.files();
+    let mut clips = Vec::new();
+    for i in 0..3 {
+        let path = files.join(format!("c{i}.mp4"));
+        fixtures::make_clip(&path, 160, 120, 1.0);
+        clips.push(path.display().to_string());
+    }
+    let total: u64 = clips.iter().map(|c| std::fs::metadata(c).unwrap().len()).sum();
+    let rig = StageHarness::with_settings(|s| {
+        s.allowed_roots = vec![files.display().to_string()];
+        s.download.max_job_bytes = total - 1;
+    });
+    let event = job_event("job_big", clips.clone(), files.join("out.mp4").display().to_string());
+    match rig.run::<Download>(&event).await {
+        Outcome::Reject(f) => {
+            assert_eq!(f.error_type, ErrorType::InvalidRequest);
+            assert!(
+                f.message.contains(&format!("{total} bytes")) && f.message.contains("REEL_MAX_JOB_BYTES"),
+                "{}",
+                f.message
+            );
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    assert!(rig.work.list("jobs/job_big/").await.unwrap().is_empty(), "something was downloaded");
+    // At the limit, the job goes on.
+    let rig = StageHarness::with_settings(|s| {
+        s.allowed_roots = vec![files.display().to_string()];
+        s.download.max_job_bytes = total;
+    });
+    assert_eq!(emitted(rig.run::<Download>(&event).await).len(), 1);
 }
 
 #[tokio::test]

@@ -256,7 +256,21 @@ async fn a_stage_killed_mid_job_is_redelivered_and_the_job_completes_once() {
     let output = format!("gs://{}/reels/killed.mp4", cluster.bucket);
     let job = submit(&cluster, "pk", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     wait_for_stage_progress(&mut cluster, &job, "stitch").await;
+    // The encode is running: its ffmpeg must die with the stage, not go on as an orphan.
+    let stage_pid = cluster.programs[stitch].pid();
+    let start = Instant::now();
+    let mut children = children_of(stage_pid);
+    while children.is_empty() && start.elapsed() < Duration::from_secs(30) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        children = children_of(stage_pid);
+    }
+    assert!(!children.is_empty(), "stitch ran no ffmpeg");
     cluster.kill(stitch);
+    let start = Instant::now();
+    while children.iter().any(|pid| alive(*pid)) {
+        assert!(start.elapsed() < Duration::from_secs(5), "ffmpeg {children:?} outlived its killed stage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     cluster.restart(stitch);
     cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -306,6 +320,27 @@ async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
     cluster.start_program("stitch", &[]);
     cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     assert_reel(&cluster, "reels/termed.mp4", 9.0).await;
+}
+
+/// State and parent of a process, from /proc (`None` once it is gone).
+fn proc_stat(pid: u32) -> Option<(String, u32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid …": comm may hold spaces, so read after the last ')'.
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    Some((fields.next()?.to_string(), fields.next()?.parse().ok()?))
+}
+
+/// Whether `pid` runs (a zombie waits only for its reaper).
+fn alive(pid: u32) -> bool {
+    proc_stat(pid).is_some_and(|(state, _)| state != "Z")
+}
+
+/// The pids of the live child processes of `parent`.
+fn children_of(parent: u32) -> Vec<u32> {
+    let pids = std::fs::read_dir("/proc").into_iter().flatten().flatten();
+    pids.filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| proc_stat(*pid).is_some_and(|(state, ppid)| ppid == parent && state != "Z"))
+        .collect()
 }
 
 async fn wait_for_stage_progress(cluster: &mut Cluster, job: &str, stage: &str) {

@@ -87,6 +87,35 @@ pub(crate) fn spawn_error(program: &Path, e: std::io::Error) -> MediaError {
 
 /// Runs `tool` with `args` until it exits, the token is cancelled or the deadline passes.
 ///
+/// Make the child die when this process does, however it does (SIGKILL, the OOM killer):
+/// `kill_on_drop` covers every way a stage lets go of a child, but not the stage's own
+/// sudden death, after which an orphaned ffmpeg would go on burning the instance's CPU
+/// and memory for a job that is already redelivered elsewhere. Linux's parent-death
+/// signal fires when the spawning thread exits; tokio's worker threads live as long as
+/// the runtime, so for a stage program that is the process.
+fn die_with_parent(cmd: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id() as libc::pid_t;
+        // SAFETY: between fork and exec only async-signal-safe calls (prctl, getppid,
+        // _exit) are made, and nothing is allocated.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the signal was armed.
+                if libc::getppid() != parent {
+                    libc::_exit(1);
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = cmd;
+}
+
 /// `grace` is whether to send SIGTERM first (ffmpeg) or kill at once (ffprobe).
 pub(crate) async fn run(
     config: &MediaConfig,
@@ -107,6 +136,7 @@ pub(crate) async fn run(
     let program = tool.program(config);
     let mut cmd = Command::new(program);
     cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).kill_on_drop(true);
+    die_with_parent(&mut cmd);
     let mut child = cmd.spawn().map_err(|e| spawn_error(program, e))?;
     let pid = child.id();
     let out = child.stdout.take().expect("stdout piped");

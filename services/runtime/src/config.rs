@@ -157,11 +157,18 @@ pub struct DownloadConfig {
     pub max_clip_bytes: u64,
     /// At most this many seconds per clip (`REEL_MAX_CLIP_SECONDS`, default 600).
     pub max_clip_seconds: f64,
+    /// At most this many bytes of clips per job, checked before any is downloaded
+    /// (`REEL_MAX_JOB_BYTES`, default 8 GiB).
+    pub max_job_bytes: u64,
 }
 
 impl Default for DownloadConfig {
     fn default() -> Self {
-        DownloadConfig { max_clip_bytes: 2 * 1024 * 1024 * 1024, max_clip_seconds: 600.0 }
+        DownloadConfig {
+            max_clip_bytes: 2 * 1024 * 1024 * 1024,
+            max_clip_seconds: 600.0,
+            max_job_bytes: 8 * 1024 * 1024 * 1024,
+        }
     }
 }
 
