@@ -37,9 +37,11 @@ pub fn adapters(settings: &Settings) -> Result<Adapters> {
     if let Some(host) = &settings.pubsub_emulator_host {
         pubsub = pubsub.with_emulator(host);
     }
-    if let Some(n) = settings.pubsub_max_outstanding_messages {
-        pubsub = pubsub.set_max_outstanding_messages(i64::try_from(n).unwrap_or(i64::MAX));
-    }
+    // A program holds no more messages than it works on at once: a message held while
+    // another is worked on waits inside this process (its deadline running) while another
+    // instance may find the subscription empty.
+    let held = settings.pubsub_max_outstanding_messages.unwrap_or(settings.concurrency as u64);
+    pubsub = pubsub.set_max_outstanding_messages(i64::try_from(held).unwrap_or(i64::MAX));
     if let Some(n) = settings.pubsub_max_outstanding_bytes {
         pubsub = pubsub.set_max_outstanding_bytes(i64::try_from(n).unwrap_or(i64::MAX));
     }
@@ -76,7 +78,10 @@ mod tests {
         assert_eq!(a.pubsub.endpoint(), None);
         assert!(a.pubsub.credentials().is_none());
         assert_eq!(a.pubsub.pull_mode(), PullMode::Streaming);
-        assert_eq!(a.pubsub.max_outstanding_messages(), PubSubConfig::DEFAULT_MAX_OUTSTANDING_MESSAGES);
+        // No hoarding: as many messages held as worked on (concurrency, default 1).
+        assert_eq!(a.pubsub.max_outstanding_messages(), 1);
+        let a = adapters(&settings(|s| s.concurrency = 4)).unwrap();
+        assert_eq!(a.pubsub.max_outstanding_messages(), 4);
         assert_eq!(a.storage, GcsConfig::new());
     }
 

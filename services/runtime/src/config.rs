@@ -86,7 +86,8 @@ pub struct Settings {
     /// default, or `unary`, emulator only).
     pub pubsub_pull: PubSubPull,
     /// Pub/Sub flow control: messages a program holds unsettled per subscription
-    /// (`REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`; default: the adapter's, 10).
+    /// (`REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`; default: `concurrency`, so a program
+    /// never holds a message it is not working on).
     pub pubsub_max_outstanding_messages: Option<u64>,
     /// Pub/Sub flow control: bytes a program holds unsettled per subscription
     /// (`REEL_PUBSUB_MAX_OUTSTANDING_BYTES`; default: the adapter's, 64 MiB).
