@@ -246,7 +246,10 @@ pub async fn concat_copy(
     ]));
     args.push(file_url(&tmp.path));
 
-    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
+    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress))
+        .await?
+        .into_success()?
+        .input_intact()?;
     tmp.verify_and_persist(output).await?;
     drop(list);
     Ok(())
@@ -289,7 +292,10 @@ pub async fn normalize_clip(
     args.extend(target.encoder_args().into_iter().map(OsString::from));
     args.push(file_url(&tmp.path));
 
-    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress)).await?.into_success()?;
+    process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress))
+        .await?
+        .into_success()?
+        .input_intact()?;
     tmp.verify_and_persist(output).await
 }
 

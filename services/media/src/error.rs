@@ -165,6 +165,21 @@ pub(crate) fn stderr_says_disk_full(stderr: &str) -> bool {
     stderr.contains("No space left on device") || stderr.contains("ENOSPC")
 }
 
+/// The stderr line that says an input broke off or could not be decoded part-way, if any.
+/// ffmpeg goes on past such an input and exits 0 with less than it should have written
+/// (a truncated clip, a damaged stretch of media data), which the normaliser would then
+/// pad to the clip's length with its last good frame: a reel with a frozen stretch,
+/// reported as fine.
+pub(crate) fn stderr_says_input_broken(stderr: &str) -> Option<&str> {
+    const MARKERS: [&str; 4] = [
+        "partial file",
+        "Error while decoding stream",
+        "Invalid data found when processing input",
+        "error reading header",
+    ];
+    stderr.lines().map(str::trim).find(|line| MARKERS.iter().any(|m| line.contains(m)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,7 @@
 //! Running ffmpeg / ffprobe: no shell, stdin closed, stderr tail kept, progress parsed,
 //! and stopped (SIGTERM, then SIGKILL) on cancel or deadline.
 
-use crate::error::{stderr_says_disk_full, MediaError};
+use crate::error::{stderr_says_disk_full, stderr_says_input_broken, MediaError};
 use crate::{MediaConfig, RunOptions};
 use std::ffi::OsString;
 use std::path::Path;
@@ -73,6 +73,15 @@ impl Finished {
             return Ok(self);
         }
         Err(MediaError::Failed { status: self.status, stderr_tail: self.stderr_tail.trim().to_string() })
+    }
+
+    /// Refuse a run that read a broken input to the end without failing (see
+    /// [`stderr_says_input_broken`]): `Corrupt`, naming ffmpeg's line.
+    pub(crate) fn input_intact(self) -> Result<Finished, MediaError> {
+        match stderr_says_input_broken(&self.stderr_tail) {
+            Some(line) => Err(MediaError::corrupt(format!("the clip breaks off or is damaged mid-stream ({line})"))),
+            None => Ok(self),
+        }
     }
 }
 

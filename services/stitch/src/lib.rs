@@ -8,9 +8,9 @@
 //! re-emits the same event without touching ffmpeg.
 
 use async_trait::async_trait;
-use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched};
+use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched, SkippedClip};
 use reel_events::{types, ErrorType, Event, Mode, Stage};
-use reel_media::{CancelToken, MediaConfig, MediaError, RunOptions};
+use reel_media::{CancelToken, Classify, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode};
@@ -53,23 +53,27 @@ impl Handler for Stitch {
         let prefix = ctx.work_prefix();
         let reel_key = format!("{prefix}reel.mp4");
         let facts_key = format!("{prefix}reel.json");
-        let emit = |facts: ReelFacts, warnings: Vec<String>| {
+        let emit = |record: StitchRecord| {
+            let mut skipped_clips = input.skipped_clips.clone();
+            skipped_clips.extend(record.skipped);
+            let mut warnings = input.warnings.clone();
+            warnings.extend(record.warnings);
             let data = ReelStitched {
                 job: job.clone(),
                 work_key: reel_key.clone(),
-                reel: facts,
-                skipped_clips: input.skipped_clips.clone(),
-                warnings,
+                reel: record.facts,
+                skipped_clips,
+                warnings: dedup(warnings),
             };
             Outcome::Emit(vec![ctx.event(event, types::REEL_STITCHED, job.retry_attempt, &data)])
         };
 
         // Idempotency: a finished reel from an earlier delivery is reused.
-        if let (Ok(Some(_)), Some(facts)) =
-            (ctx.work.head(&reel_key).await, read_json::<ReelFacts>(ctx, &facts_key).await)
+        if let (Ok(Some(_)), Some(record)) =
+            (ctx.work.head(&reel_key).await, read_json::<StitchRecord>(ctx, &facts_key).await)
         {
             info!("reel already stitched; re-emitting");
-            return emit(facts, input.warnings.clone());
+            return emit(record);
         }
 
         let infos: Vec<_> = input.clips.iter().map(|c| c.info.clone()).collect();
@@ -104,14 +108,16 @@ impl Handler for Stitch {
         }
 
         let mut mode = plan.mode;
-        let mut warnings = input.warnings.clone();
+        let mut warnings = Vec::new();
         let result = match (plan.mode, &plan.target) {
             (Mode::Copy, _) => {
                 let progress = ctx.progress.clone();
                 let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
                 match reel_media::concat_copy(&self.media, &inputs, &target_path, &opts, &mut on_progress).await {
-                    Ok(()) => Ok(()),
-                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => Err(e),
+                    Ok(()) => Ok(Vec::new()),
+                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => {
+                        Err(Outcome::failed("stitching", &e))
+                    }
                     Err(e) => {
                         // A stream copy that ffmpeg refuses is not the end: re-encode instead.
                         warn!(error = %e, "stream copy failed; falling back to re-encode");
@@ -122,11 +128,15 @@ impl Handler for Stitch {
                 }
             }
             (Mode::Reencode, Some(target)) => reencode(&run, &input, &inputs, target, &target_path).await,
-            (Mode::Reencode, None) => Err(MediaError::Io(std::io::Error::other("re-encode plan without a target"))),
+            (Mode::Reencode, None) => {
+                Err(Outcome::Reject(Failure::new(ErrorType::Internal, "the plan says re-encode but names no target")))
+            }
         };
-        if let Err(e) = result {
-            return Outcome::failed("stitching", &e);
-        }
+        let skipped = match result {
+            Ok(skipped) => skipped,
+            Err(outcome) => return outcome,
+        };
+        warnings.extend(skipped.iter().map(|s| format!("skipped {}: {}", s.path, s.reason)));
         if mode == Mode::Reencode && plan.mode == Mode::Copy {
             warnings.push("stream copy failed; the reel was re-encoded".to_string());
         }
@@ -180,12 +190,13 @@ impl Handler for Stitch {
             crc32c: store::crc32c_base64(crc),
             mode,
         };
-        let json = serde_json::to_vec(&facts).expect("facts serialize");
+        let record = StitchRecord { facts, skipped, warnings };
+        let json = serde_json::to_vec(&record).expect("facts serialize");
         if let Err(e) = ctx.work.put(&facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
             return Outcome::failed("saving the reel's facts", &e);
         }
         info!(size, duration = info.duration_seconds, %mode, "reel stitched");
-        emit(facts, dedup(warnings))
+        emit(record)
     }
 }
 
@@ -195,15 +206,73 @@ fn dedup(mut v: Vec<String>) -> Vec<String> {
     v
 }
 
+/// What stitch keeps beside the reel in the workspace (`reel.json`), so a redelivery
+/// re-emits exactly what the first delivery would have.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StitchRecord {
+    #[serde(flatten)]
+    facts: ReelFacts,
+    /// Clips that broke off mid-stream and were left out.
+    #[serde(default)]
+    skipped: Vec<SkippedClip>,
+    /// What stitch has to say (a refused stream copy, the skipped clips).
+    #[serde(default)]
+    warnings: Vec<String>,
+}
+
 /// Normalise each clip into `norm/NNN.mp4` in the workspace (reusing any already
-/// there), then join the segments by stream copy.
+/// there), then join the segments by stream copy. A clip that turns out broken
+/// mid-stream ("corrupt file → skip, continue") is left out while two or more remain;
+/// the clips left out are returned.
 async fn reencode(
     run: &Run<'_>,
     input: &ClipsDownloaded,
     inputs: &[PathBuf],
     target: &reel_media::EncodeTarget,
     output: &std::path::Path,
-) -> Result<(), MediaError> {
+) -> Result<Vec<SkippedClip>, Outcome> {
+    let mut skipped = Vec::new();
+    let segments = normalize_all(run, input, inputs, target, &mut skipped).await.map_err(|e| {
+        if clip_at_fault(&e) {
+            // Only clips broken mid-stream get here: every other one was normalised.
+            let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.path, s.reason)).collect();
+            Outcome::Reject(Failure::new(
+                ErrorType::InsufficientClips,
+                format!(
+                    "fewer than 2 clips could be decoded to the end; a reel needs at least 2. Skipped: {}",
+                    reasons.join("; ")
+                ),
+            ))
+        } else {
+            Outcome::failed("stitching", &e)
+        }
+    })?;
+    let Run { ctx, media, opts, total_seconds } = *run;
+    let progress = ctx.progress.clone();
+    let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
+    reel_media::concat_copy(media, &segments, output, opts, &mut on_progress)
+        .await
+        .map_err(|e| Outcome::failed("joining the segments", &e))?;
+    Ok(skipped)
+}
+
+/// Whether an encode failed because of its clip (broken mid-stream, or ffmpeg refusing
+/// it): the matrix's "corrupt file", which skips the clip.
+fn clip_at_fault(e: &MediaError) -> bool {
+    let verdict = e.verdict();
+    verdict.error_type == ErrorType::CorruptInput && !verdict.retryable
+}
+
+/// The normalised segments of the clips that decode to the end, in order; the others
+/// go to `skipped`. Fails with the last such clip's error when fewer than two are left,
+/// and with any other error at once.
+async fn normalize_all(
+    run: &Run<'_>,
+    input: &ClipsDownloaded,
+    inputs: &[PathBuf],
+    target: &reel_media::EncodeTarget,
+    skipped: &mut Vec<SkippedClip>,
+) -> Result<Vec<PathBuf>, MediaError> {
     let Run { ctx, media, opts, total_seconds } = *run;
     let prefix = ctx.work_prefix();
     let done_seconds = Arc::new(Mutex::new(0.0f64));
@@ -228,7 +297,19 @@ async fn reencode(
             let base = *done_seconds.lock().expect("lock");
             let progress = ctx.progress.clone();
             let mut on_progress = move |secs: f64| progress.report((base + secs) * 95.0 / total_seconds);
-            reel_media::normalize_clip(media, path, &clip.info, target, &seg_path, opts, &mut on_progress).await?;
+            match reel_media::normalize_clip(media, path, &clip.info, target, &seg_path, opts, &mut on_progress).await {
+                Ok(()) => {}
+                Err(e) if clip_at_fault(&e) => {
+                    warn!(clip = clip.index, error = %e, "clip broken mid-stream; leaving it out");
+                    skipped.push(SkippedClip { path: clip.source_path.clone(), reason: e.to_string() });
+                    *done_seconds.lock().expect("lock") += clip.info.duration_seconds.max(0.0);
+                    if input.clips.len() - skipped.len() < 2 {
+                        return Err(e);
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
             if local.is_none() {
                 store::put_file(ctx.work.as_ref(), &key, &seg_path, PutMode::Overwrite)
                     .await
@@ -239,9 +320,7 @@ async fn reencode(
         ctx.progress.report(*done_seconds.lock().expect("lock") * 95.0 / total_seconds);
         segments.push(seg_path);
     }
-    let progress = ctx.progress.clone();
-    let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
-    reel_media::concat_copy(media, &segments, output, opts, &mut on_progress).await
+    Ok(segments)
 }
 
 /// What every ffmpeg run of one delivery shares.

@@ -15,6 +15,17 @@ fn spec(width: u32, height: u32, seconds: f64) -> SampleSpec {
 
 /// Clips as download leaves them: in the workspace, probed.
 async fn downloaded(rig: &StageHarness, job_id: &str, clips: &[SampleSpec], compression: Compression) -> Event {
+    downloaded_with(rig, job_id, clips, compression, |_, _| {}).await
+}
+
+/// [`downloaded`], with `damage` done to each clip file before it is probed.
+async fn downloaded_with(
+    rig: &StageHarness,
+    job_id: &str,
+    clips: &[SampleSpec],
+    compression: Compression,
+    damage: impl Fn(usize, &std::path::Path),
+) -> Event {
     let job = JobSpec {
         clip_paths: (0..clips.len()).map(|i| format!("/clips/{i}.mp4")).collect(),
         orientation: Orientation::Landscape,
@@ -27,6 +38,7 @@ async fn downloaded(rig: &StageHarness, job_id: &str, clips: &[SampleSpec], comp
         let path = rig.work.local_path(&work_key).unwrap();
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         reel_media::make_sample_clip(&rig.settings.media, &path, clip).await.unwrap();
+        damage(index, &path);
         let info = reel_media::probe(&rig.settings.media, &path).await.unwrap();
         let size_bytes = std::fs::metadata(&path).unwrap().len();
         work_clips.push(WorkClip { index, source_path: job.clip_paths[index].clone(), work_key, size_bytes, info });
@@ -69,4 +81,61 @@ async fn clips_of_different_shapes_are_re_encoded_to_the_orientation() {
     let info = reel_media::probe(&rig.settings.media, &rig.work.local_path(&stitched.work_key).unwrap()).await.unwrap();
     assert!(info.video.width > info.video.height, "landscape: {}x{}", info.video.width, info.video.height);
     assert!(info.audio.is_some(), "the reel has sound");
+}
+
+/// Overwrite the second half of a clip's media data with noise (a damaged copy): the
+/// header is intact and the file whole, so the probe passes, and the clip breaks
+/// mid-stream.
+fn damage_media(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mdat = bytes.windows(4).position(|w| w == b"mdat").expect("an mdat box");
+    let from = mdat + (bytes.len() - mdat) / 2;
+    let mut x: u32 = 0x2545_f491;
+    for b in &mut bytes[from..] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
+/// "Corrupt file → skip, continue", for a clip that passes the probe and breaks off
+/// mid-stream: it is left out with a warning while two usable clips remain, and the job
+/// fails with `insufficient_clips` when they do not.
+#[tokio::test]
+async fn a_clip_broken_mid_stream_is_skipped_while_two_remain() {
+    let rig = StageHarness::new();
+    let clips = [spec(320, 180, 1.0), spec(240, 320, 2.0), spec(320, 180, 1.0)];
+    let event = downloaded_with(&rig, "job_broken", &clips, Compression::Small, |i, path| {
+        if i == 1 {
+            damage_media(path)
+        }
+    })
+    .await;
+    let stitched = stitch(&rig, &event).await;
+    assert_eq!(stitched.reel.mode, Mode::Reencode);
+    assert_eq!(stitched.skipped_clips.len(), 1, "{:?}", stitched.skipped_clips);
+    assert_eq!(stitched.skipped_clips[0].path, "/clips/1.mp4");
+    assert!(stitched.skipped_clips[0].reason.contains("mid-stream"), "{}", stitched.skipped_clips[0].reason);
+    assert!(stitched.warnings.iter().any(|w| w.contains("/clips/1.mp4")), "{:?}", stitched.warnings);
+    assert!((stitched.reel.duration_seconds - 2.0).abs() < 0.2, "{}", stitched.reel.duration_seconds);
+    // A redelivery says the same.
+    let again = stitch(&rig, &event).await;
+    assert_eq!(again.skipped_clips, stitched.skipped_clips);
+
+    let rig = StageHarness::new();
+    let event = downloaded_with(&rig, "job_too_few", &clips[..2], Compression::Small, |i, path| {
+        if i == 1 {
+            damage_media(path)
+        }
+    })
+    .await;
+    match rig.run::<Stitch>(&event).await {
+        reel_runtime::Outcome::Reject(f) => {
+            assert_eq!(f.error_type, reel_events::ErrorType::InsufficientClips, "{}", f.message);
+            assert!(f.message.contains("/clips/1.mp4"), "{}", f.message);
+        }
+        other => panic!("expected insufficient_clips, got {other:?}"),
+    }
 }
