@@ -190,9 +190,8 @@ async fn simultaneous_requests_for_one_project_start_one_job() {
 
 #[tokio::test]
 async fn quotas_answer_429_with_retry_after_from_validates_records() {
-    let mut settings = reel_runtime::Settings::default();
-    settings.quota = Quotas { active_jobs: 2, jobs_per_hour: 3 };
-    let api = spawn_with(local_config(), settings).await;
+    let quota = Quotas { active_jobs: 2, jobs_per_hour: 3 };
+    let api = spawn_with(local_config(), reel_runtime::Settings { quota, ..Default::default() }).await;
     // Validate accepted two of Alice's jobs: each holds a quota slot (its records).
     for job in ["job_a1", "job_a2"] {
         tenancy::take_slot(api.store.as_ref(), "alice", job).await.unwrap();
