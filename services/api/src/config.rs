@@ -31,22 +31,22 @@ pub enum UserClaim {
 /// Production authentication: Google-signed OIDC ID tokens.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
-    /// Where the signing keys are fetched (`REEL_API_JWKS_URL`).
+    /// Where the signing keys are fetched (`REEL_API_JWKS_URL`; https, see [`check_jwks_url`]).
     pub jwks_url: String,
     /// Accepted `aud` values (`REEL_API_AUDIENCE`, comma-separated; required).
     pub audiences: Vec<String>,
-    /// Accepted `iss` values (`REEL_API_ISSUERS`; default Google's two spellings).
+    /// Accepted `iss` values (`REEL_API_ISSUERS`; default Google's two spellings; the
+    /// verifier itself accepts Google's issuers only).
     pub issuers: Vec<String>,
     /// The claim that names the user (`REEL_API_USER_CLAIM`: `sub` or `email`).
     pub user_claim: UserClaim,
     /// Clock skew tolerated on `exp` (`REEL_API_LEEWAY_SECONDS`, default 30).
     pub leeway: Duration,
-    /// A token with an unknown key id refetches the keys at most this often
+    /// After a key id turned out unknown, tokens naming key ids that never verified a
+    /// token are refused without a key fetch for this long
     /// (`REEL_API_JWKS_REFRESH_SECONDS`, default 30), so bogus tokens cannot hammer Google.
     pub min_refresh: Duration,
-    /// How long fetched keys are used when the response has no `Cache-Control: max-age`.
-    pub default_ttl: Duration,
-    /// Timeout of one JWKS fetch.
+    /// Longest a token check may take, a key fetch included (then: 503).
     pub http_timeout: Duration,
 }
 
@@ -60,7 +60,6 @@ impl OidcConfig {
             user_claim: UserClaim::Sub,
             leeway: Duration::from_secs(30),
             min_refresh: Duration::from_secs(30),
-            default_ttl: Duration::from_secs(3600),
             http_timeout: Duration::from_secs(10),
         }
     }

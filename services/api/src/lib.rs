@@ -93,7 +93,7 @@ impl AppState {
     }
 
     /// After this long a queued or running job is taken as abandoned (it no longer holds
-    /// its project or counts against a quota): the job timeout plus the five minutes by
+    /// its project here): the job timeout plus the five minutes by
     /// which validate's project lock outlives it.
     pub fn stale_after(&self) -> chrono::Duration {
         chrono::Duration::minutes(self.inner.settings.job_timeout_minutes as i64 + 5)
