@@ -227,8 +227,10 @@ fn key_id(token: &str) -> Result<String, AuthError> {
 pub struct OidcVerifier {
     config: OidcConfig,
     /// One verification at a time: the verifier's key cache refuses (rather than waits
-    /// for) a second caller while the first holds it, fetching or not. A verification
-    /// whose keys are cached takes well under a millisecond.
+    /// for) a second caller while the first holds it, fetching or not
+    /// (googleapis/google-cloud-rust#6696; `simultaneous_first_requests_share_one_key_fetch`
+    /// in tests/auth.rs answers 503s without this). A verification whose keys are cached
+    /// takes well under a millisecond.
     verifier: tokio::sync::Mutex<Verifier>,
     /// Key ids that verified a token, and when a key id last turned out unknown.
     keys: std::sync::Mutex<KeyIds>,

@@ -167,3 +167,22 @@ async fn local_tokens_map_to_users() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(!body.to_string().contains("mallory-token"));
 }
+
+/// The verifier's key cache refuses a second caller while a first holds it (fetching or
+/// not) instead of waiting; the API queues them, so simultaneous first requests all pass
+/// on one fetch and none is answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_first_requests_share_one_key_fetch() {
+    let jwks = serve_jwks(vec![jwk(KEY_A, "key-a")]).await;
+    let api = spawn(config_for(&jwks.url)).await;
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let app = api.app.clone();
+            let bearer = format!("Bearer {}", token_of(&format!("user{i}")));
+            tokio::spawn(async move { call(&app, Method::GET, "/api/projects/p/jobs", Some(&bearer), None).await.0 })
+        })
+        .collect();
+    let answers: Vec<StatusCode> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    assert!(answers.iter().all(|s| *s == StatusCode::OK), "{answers:?}");
+    assert_eq!(jwks.fetches(), 1);
+}
