@@ -36,9 +36,17 @@ locals {
     REEL_ALLOWED_ROOTS   = "gs://${local.buckets.uploads},gs://${local.buckets.outputs}"
   }
 
-  # Callers' ID tokens name reel-api's URL as audience unless told otherwise.
-  api_audience = var.api_audience != "" ? var.api_audience : "https://${local.prefix}api-${data.google_project.this.number}.${var.region}.run.app"
-  api_env      = merge(local.common_env, { REEL_API_AUDIENCE = local.api_audience }, var.api_env)
+  # Callers' ID tokens name reel-api's URL as audience unless told otherwise. Who may call
+  # (docs/API.md, Identity): the members' emails, without their IAM type.
+  api_audience        = var.api_audience != "" ? var.api_audience : "https://${local.prefix}api-${data.google_project.this.number}.${var.region}.run.app"
+  api_trusted_callers = [for member in var.api_trusted_callers : replace(replace(member, "serviceAccount:", ""), "user:", "")]
+  api_users           = [for member in var.api_users : replace(replace(replace(member, "serviceAccount:", ""), "user:", ""), "domain:", "*@")]
+
+  api_env = merge(local.common_env, {
+    REEL_API_AUDIENCE        = local.api_audience
+    REEL_API_TRUSTED_CALLERS = join(",", local.api_trusted_callers)
+    REEL_API_USERS           = join(",", local.api_users)
+  }, var.api_env)
 
   # Cloud Run gives a stopping instance 10 s after SIGTERM: in-flight work gets 8 to
   # finish, then is stopped and nacked for redelivery.
@@ -277,6 +285,20 @@ resource "google_cloud_run_v2_service" "api" {
   depends_on = [google_project_service.enabled]
 }
 
+# Only the configured callers pass Cloud Run's IAM check; reel-api checks their tokens
+# again and decides whom each request acts for.
+resource "google_cloud_run_v2_service_iam_member" "api_invokers" {
+  for_each = toset(concat(var.api_trusted_callers, var.api_users))
+
+  project  = var.project
+  location = google_cloud_run_v2_service.api.location
+  name     = google_cloud_run_v2_service.api.name
+  role     = "roles/run.invoker"
+  member   = each.value
+}
+
+# Opt-in only (api_allow_unauthenticated): anyone may reach reel-api, which still refuses
+# every caller that is neither trusted nor a known user.
 resource "google_cloud_run_v2_service_iam_member" "api_public" {
   count = var.api_allow_unauthenticated ? 1 : 0
 

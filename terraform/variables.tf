@@ -166,9 +166,31 @@ variable "log_level" {
 }
 
 variable "api_allow_unauthenticated" {
-  description = "Let anyone reach reel-api over HTTP (it checks bearer tokens itself, CONTRACT §5). false: callers need roles/run.invoker."
+  description = "Let anyone on the internet reach reel-api (roles/run.invoker for allUsers). reel-api still checks every token and refuses unknown callers (docs/API.md, Identity); false (the default): only api_trusted_callers and api_users get through Cloud Run."
   type        = bool
-  default     = true
+  default     = false
+}
+
+variable "api_trusted_callers" {
+  description = "IAM members (serviceAccount:... or user:...) that call reel-api for end users, naming the user in X-Reel-User (Phoenix's service account). Granted roles/run.invoker on reel-api; their emails are its REEL_API_TRUSTED_CALLERS."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length([for member in var.api_trusted_callers : member if !(startswith(member, "serviceAccount:") || startswith(member, "user:"))]) == 0
+    error_message = "api_trusted_callers: each member is serviceAccount:EMAIL or user:EMAIL (a token proves one account, not a group)."
+  }
+}
+
+variable "api_users" {
+  description = "IAM members (user:..., serviceAccount:..., domain:...) who call reel-api as themselves. Granted roles/run.invoker on reel-api; their emails (domain:D as *@D) are its REEL_API_USERS."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = length([for member in var.api_users : member if !(startswith(member, "serviceAccount:") || startswith(member, "user:") || startswith(member, "domain:"))]) == 0
+    error_message = "api_users: each member is user:EMAIL, serviceAccount:EMAIL or domain:DOMAIN (group membership is not in a token)."
+  }
 }
 
 variable "api_audience" {

@@ -31,22 +31,22 @@ pub enum UserClaim {
 /// Production authentication: Google-signed OIDC ID tokens.
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
-    /// Where the signing keys are fetched (`REEL_API_JWKS_URL`).
+    /// Where the signing keys are fetched (`REEL_API_JWKS_URL`; https, see [`check_jwks_url`]).
     pub jwks_url: String,
     /// Accepted `aud` values (`REEL_API_AUDIENCE`, comma-separated; required).
     pub audiences: Vec<String>,
-    /// Accepted `iss` values (`REEL_API_ISSUERS`; default Google's two spellings).
+    /// Accepted `iss` values (`REEL_API_ISSUERS`; default Google's two spellings; the
+    /// verifier itself accepts Google's issuers only).
     pub issuers: Vec<String>,
     /// The claim that names the user (`REEL_API_USER_CLAIM`: `sub` or `email`).
     pub user_claim: UserClaim,
     /// Clock skew tolerated on `exp` (`REEL_API_LEEWAY_SECONDS`, default 30).
     pub leeway: Duration,
-    /// A token with an unknown key id refetches the keys at most this often
+    /// After a key id turned out unknown, tokens naming key ids that never verified a
+    /// token are refused without a key fetch for this long
     /// (`REEL_API_JWKS_REFRESH_SECONDS`, default 30), so bogus tokens cannot hammer Google.
     pub min_refresh: Duration,
-    /// How long fetched keys are used when the response has no `Cache-Control: max-age`.
-    pub default_ttl: Duration,
-    /// Timeout of one JWKS fetch.
+    /// Longest a token check may take, a key fetch included (then: 503).
     pub http_timeout: Duration,
 }
 
@@ -60,7 +60,6 @@ impl OidcConfig {
             user_claim: UserClaim::Sub,
             leeway: Duration::from_secs(30),
             min_refresh: Duration::from_secs(30),
-            default_ttl: Duration::from_secs(3600),
             http_timeout: Duration::from_secs(10),
         }
     }
@@ -132,18 +131,74 @@ pub enum AuthMode {
     Local(LocalTokens),
 }
 
-/// Per-user limits, counted from the folded state. 0 means unlimited.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Quotas {
-    /// Jobs queued or running at once (`REEL_QUOTA_ACTIVE_JOBS`, default 2).
-    pub active_jobs: usize,
-    /// Jobs requested in any sliding hour (`REEL_QUOTA_JOBS_PER_HOUR`, default 30).
-    pub jobs_per_hour: usize,
+/// A list of callers (`REEL_API_TRUSTED_CALLERS`, `REEL_API_USERS`): user names, OIDC
+/// subjects and emails, and (where allowed) `*@domain` for every verified email of a
+/// domain. Emails and domains match whatever their case; names and subjects exactly.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Callers {
+    names: Vec<String>,
+    domains: Vec<String>,
 }
 
-impl Default for Quotas {
-    fn default() -> Self {
-        Quotas { active_jobs: 2, jobs_per_hour: 30 }
+impl Callers {
+    /// Parse `a@x.com, 1234567890, *@example.com`; `*@domain` only `with_domains`.
+    pub fn parse(text: &str, with_domains: bool) -> Result<Callers, String> {
+        let mut callers = Callers::default();
+        for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            if let Some(domain) = entry.strip_prefix("*@") {
+                if !with_domains {
+                    return Err(format!("{entry:?}: patterns are not allowed here, name each caller"));
+                }
+                if domain.is_empty() || domain.contains(['*', '@']) {
+                    return Err(format!("{entry:?} is not *@domain"));
+                }
+                callers.domains.push(domain.to_ascii_lowercase());
+            } else if entry.contains('*') {
+                return Err(format!("{entry:?}: the only pattern is *@domain"));
+            } else if entry.chars().any(|c| c.is_control() || c.is_whitespace()) {
+                return Err(format!("{entry:?} holds a space or a control character"));
+            } else {
+                callers.names.push(entry.to_string());
+            }
+        }
+        Ok(callers)
+    }
+
+    /// Whether a caller known by `names` (its user name, or its OIDC subject and verified
+    /// email) is on the list.
+    pub fn contains<'a>(&self, names: impl IntoIterator<Item = &'a str>) -> bool {
+        names.into_iter().any(|name| {
+            let email_domain = name.rsplit_once('@').map(|(_, d)| d);
+            self.names.iter().any(|n| if email_domain.is_some() { n.eq_ignore_ascii_case(name) } else { n == name })
+                || email_domain.is_some_and(|d| self.domains.iter().any(|domain| domain.eq_ignore_ascii_case(d)))
+        })
+    }
+
+    /// Whether the list is empty.
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty() && self.domains.is_empty()
+    }
+}
+
+/// Whether a JWKS URL may be used: `https://`, or `http://` on the loopback interface
+/// (`127.0.0.1`, `localhost`, `[::1]`: a test's own key server). Anything else would let
+/// whoever sits on the network path choose which tokens verify.
+pub fn check_jwks_url(url: &str) -> Result<(), String> {
+    if url.strip_prefix("https://").is_some_and(|rest| !rest.is_empty()) {
+        return Ok(());
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        return Err(format!("{url:?} is not an https:// URL"));
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    if !authority.contains('@') && matches!(host, "127.0.0.1" | "localhost" | "::1") {
+        Ok(())
+    } else {
+        Err(format!("{url:?} must be https:// (plain http:// is only for 127.0.0.1 and localhost, in tests)"))
     }
 }
 
@@ -152,8 +207,13 @@ impl Default for Quotas {
 pub struct ApiConfig {
     /// Authentication (`REEL_API_AUTH`: `oidc` or `local`).
     pub auth: AuthMode,
-    /// Per-user quotas.
-    pub quotas: Quotas,
+    /// Callers that act for the user named in their `X-Reel-User` header
+    /// (`REEL_API_TRUSTED_CALLERS`): OIDC emails or subjects, or local user names.
+    pub trusted_callers: Callers,
+    /// OIDC mode: the end users who may call as themselves (`REEL_API_USERS`: emails,
+    /// subjects, `*@domain`). Any other Google-signed token is refused with 403. Local mode
+    /// has none: its token map is the set of known users.
+    pub users: Callers,
     /// Key of the state snapshot in the work store (`REEL_API_SNAPSHOT_KEY`).
     pub snapshot_key: String,
     /// Seconds between snapshots (`REEL_API_SNAPSHOT_SECONDS`, default 30).
@@ -184,11 +244,13 @@ pub struct ApiConfigError {
 }
 
 impl ApiConfig {
-    /// Local tokens, default quotas, snapshot and journal: what tests and local runs use.
+    /// Local tokens, no trusted callers, default snapshot and journal: what tests and local
+    /// runs use.
     pub fn local(tokens: LocalTokens) -> ApiConfig {
         ApiConfig {
             auth: AuthMode::Local(tokens),
-            quotas: Quotas::default(),
+            trusted_callers: Callers::default(),
+            users: Callers::default(),
             snapshot_key: DEFAULT_SNAPSHOT_KEY.into(),
             snapshot_interval: Duration::from_secs(30),
             journal_prefix: Some(DEFAULT_JOURNAL_PREFIX.into()),
@@ -198,7 +260,6 @@ impl ApiConfig {
         }
     }
 
-    /// From the process environment.
     /// From the program's environment variables (`reel-api`'s main passes them in; no
     /// library code reads the environment).
     pub fn from_vars(vars: &[(String, String)]) -> Result<ApiConfig, ApiConfigError> {
@@ -240,9 +301,7 @@ impl ApiConfig {
             let mut oidc = OidcConfig::google(&audiences[0]);
             oidc.audiences = audiences;
             if let Some(url) = get("REEL_API_JWKS_URL") {
-                if !(url.starts_with("https://") || url.starts_with("http://")) {
-                    return Err(bad("REEL_API_JWKS_URL", format!("{url:?} is not an http(s) URL")));
-                }
+                check_jwks_url(&url).map_err(|m| bad("REEL_API_JWKS_URL", m))?;
                 oidc.jwks_url = url;
             }
             if let Some(issuers) = list("REEL_API_ISSUERS").filter(|i| !i.is_empty()) {
@@ -256,6 +315,18 @@ impl ApiConfig {
             oidc.leeway = Duration::from_secs(number("REEL_API_LEEWAY_SECONDS", 30)?);
             oidc.min_refresh = Duration::from_secs(number("REEL_API_JWKS_REFRESH_SECONDS", 30)?);
             AuthMode::Oidc(oidc)
+        };
+        let trusted_callers = Callers::parse(&get("REEL_API_TRUSTED_CALLERS").unwrap_or_default(), false)
+            .map_err(|m| bad("REEL_API_TRUSTED_CALLERS", m))?;
+        let users = match get("REEL_API_USERS") {
+            Some(_) if mode == "local" => {
+                return Err(bad(
+                    "REEL_API_USERS",
+                    "applies to OIDC mode only; in local mode REEL_API_TOKENS names the users".into(),
+                ))
+            }
+            Some(text) => Callers::parse(&text, true).map_err(|m| bad("REEL_API_USERS", m))?,
+            None => Callers::default(),
         };
 
         let journal_on = match get("REEL_API_JOURNAL").map(|v| v.to_ascii_lowercase()).as_deref() {
@@ -280,10 +351,8 @@ impl ApiConfig {
         }
         Ok(ApiConfig {
             auth,
-            quotas: Quotas {
-                active_jobs: number("REEL_QUOTA_ACTIVE_JOBS", 2)? as usize,
-                jobs_per_hour: number("REEL_QUOTA_JOBS_PER_HOUR", 30)? as usize,
-            },
+            trusted_callers,
+            users,
             snapshot_key,
             snapshot_interval: Duration::from_secs(snapshot_seconds),
             journal_prefix: journal_on.then(|| {
@@ -326,14 +395,19 @@ mod tests {
         assert_eq!(err.name, "REEL_API_AUDIENCE");
         let config = ApiConfig::from_vars(&vars(&[
             ("REEL_API_AUDIENCE", "https://reel-api.example"),
-            ("REEL_QUOTA_ACTIVE_JOBS", "5"),
+            ("REEL_API_TRUSTED_CALLERS", "phoenix@p.iam.gserviceaccount.com"),
+            ("REEL_API_USERS", "ops@example.com, *@Example.org"),
         ]))
         .unwrap();
         let AuthMode::Oidc(oidc) = &config.auth else { panic!("expected oidc") };
         assert_eq!(oidc.jwks_url, GOOGLE_JWKS_URL);
         assert_eq!(oidc.issuers, vec!["https://accounts.google.com", "accounts.google.com"]);
         assert_eq!(oidc.user_claim, UserClaim::Sub);
-        assert_eq!(config.quotas, Quotas { active_jobs: 5, jobs_per_hour: 30 });
+        assert!(config.trusted_callers.contains(["1234", "Phoenix@p.iam.gserviceaccount.com"]));
+        assert!(!config.trusted_callers.contains(["ops@example.com"]));
+        assert!(config.users.contains(["ops@example.com"]));
+        assert!(config.users.contains(["anyone@example.ORG"]));
+        assert!(!config.users.contains(["anyone@example.org.evil.com", "example.org"]));
         assert_eq!(config.snapshot_key, DEFAULT_SNAPSHOT_KEY);
         assert_eq!(config.journal_prefix.as_deref(), Some(DEFAULT_JOURNAL_PREFIX));
     }
@@ -342,7 +416,8 @@ mod tests {
     fn bad_values_name_their_variable() {
         for (name, value) in [
             ("REEL_API_AUTH", "basic"),
-            ("REEL_QUOTA_JOBS_PER_HOUR", "many"),
+            ("REEL_API_TRUSTED_CALLERS", "*@example.com"),
+            ("REEL_API_USERS", "alice"),
             ("REEL_API_SNAPSHOT_KEY", "/abs"),
             ("REEL_API_SNAPSHOT_SECONDS", "0"),
             ("REEL_API_JOURNAL", "maybe"),
@@ -350,5 +425,46 @@ mod tests {
             let err = ApiConfig::from_vars(&vars(&[("REEL_API_TOKENS", "t=u"), (name, value)])).unwrap_err();
             assert_eq!(err.name, name, "{err}");
         }
+    }
+
+    #[test]
+    fn caller_lists_refuse_what_they_cannot_mean() {
+        for (text, domains) in [("*", true), ("*@", true), ("a*@x.com", true), ("*@x.com", false), ("a b", true)] {
+            assert!(Callers::parse(text, domains).is_err(), "{text:?}");
+        }
+        let oidc = |users: &str| {
+            ApiConfig::from_vars(&vars(&[("REEL_API_AUDIENCE", "https://a"), ("REEL_API_USERS", users)]))
+                .map(|c| c.users)
+                .map_err(|e| e.name)
+        };
+        assert_eq!(oidc("*"), Err("REEL_API_USERS".to_string()));
+        assert!(oidc("*@example.com").unwrap().contains(["x@example.com"]));
+    }
+
+    #[test]
+    fn jwks_urls_are_https_except_on_loopback() {
+        for good in [
+            "https://www.googleapis.com/oauth2/v3/certs",
+            "http://127.0.0.1:4321/certs",
+            "http://localhost/c",
+            "http://[::1]:80/c",
+        ] {
+            assert_eq!(check_jwks_url(good), Ok(()), "{good}");
+        }
+        for bad in [
+            "http://keys.example.com/certs",
+            "http://127.0.0.1@evil.example/certs",
+            "http://127.0.0.1.evil.example/",
+            "ftp://x",
+            "https://",
+        ] {
+            assert!(check_jwks_url(bad).is_err(), "{bad}");
+        }
+        let err = ApiConfig::from_vars(&vars(&[
+            ("REEL_API_AUDIENCE", "https://a"),
+            ("REEL_API_JWKS_URL", "http://keys.example.com/certs"),
+        ]))
+        .unwrap_err();
+        assert_eq!(err.name, "REEL_API_JWKS_URL");
     }
 }

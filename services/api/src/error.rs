@@ -48,6 +48,11 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, format!("job {job_id} not found")).typed(ErrorType::NotFound)
     }
 
+    /// 403 `permission_denied`.
+    pub fn forbidden(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::FORBIDDEN, message).typed(ErrorType::PermissionDenied)
+    }
+
     /// 503 with a `Retry-After`.
     pub fn unavailable(message: impl Into<String>, retry_after: u64) -> ApiError {
         ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message).retry_after(retry_after)
@@ -76,6 +81,12 @@ impl From<AuthError> for ApiError {
     fn from(err: AuthError) -> ApiError {
         if err.is_unavailable() {
             return ApiError::unavailable(format!("cannot check tokens right now: {err}"), 5);
+        }
+        if err.is_forbidden() {
+            return ApiError::forbidden(err.to_string());
+        }
+        if err.is_bad_request() {
+            return ApiError::bad_request(err.to_string());
         }
         let mut e = ApiError::new(StatusCode::UNAUTHORIZED, err.to_string());
         e.challenge = true;

@@ -11,9 +11,9 @@
 //! # }
 //! ```
 //!
-//! - [`config`]: the API's environment variables (auth mode, quotas, snapshot);
-//! - [`auth`]: bearer tokens, Google OIDC or local;
-//! - [`admission`]: one active job per project, per-user quotas;
+//! - [`config`]: the API's environment variables (auth mode, callers, snapshot);
+//! - [`auth`]: bearer tokens, Google OIDC or local, and whom a request acts for;
+//! - [`admission`]: one active job per project, project owners, per-user quotas;
 //! - [`metrics`]: the Prometheus text;
 //! - `openapi.json` (next to `Cargo.toml`): the OpenAPI document, kept equal to the
 //!   router by `tests/openapi.rs`.
@@ -66,16 +66,18 @@ struct Inner {
 }
 
 impl AppState {
-    /// The state of an API publishing on `bus`, writing cancel markers to `work`, and
-    /// answering from `book` (which a [`follower::Follower`] fills).
+    /// The state of an API publishing on `bus`, writing cancel markers to `work` and
+    /// reading tenancy records from it, and answering from `book` (which a
+    /// [`follower::Follower`] fills). Quotas are `settings.quota`, as validate's. Refused:
+    /// an authentication setting that [`Authenticator::new`] refuses.
     pub fn new(
         config: ApiConfig,
         settings: Arc<Settings>,
         bus: Arc<dyn Bus>,
         work: Arc<dyn Store>,
         book: Arc<JobBook>,
-    ) -> Result<AppState, reqwest::Error> {
-        let auth = Authenticator::new(&config.auth)?;
+    ) -> Result<AppState, String> {
+        let auth = Authenticator::new(&config)?;
         let names = settings.topology().names();
         Ok(AppState { inner: Arc::new(Inner { config, settings, names, bus, work, book, auth }) })
     }
@@ -91,7 +93,7 @@ impl AppState {
     }
 
     /// After this long a queued or running job is taken as abandoned (it no longer holds
-    /// its project or counts against a quota): the job timeout plus the five minutes by
+    /// its project here): the job timeout plus the five minutes by
     /// which validate's project lock outlives it.
     pub fn stale_after(&self) -> chrono::Duration {
         chrono::Duration::minutes(self.inner.settings.job_timeout_minutes as i64 + 5)

@@ -16,9 +16,11 @@ use tracing::{error, info};
 /// requests, for Phoenix and operators.
 ///
 /// Configuration comes from the environment (docs/CONFIG.md and docs/API.md): the
-/// shared settings (PORT, GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST, …, or a file in
-/// REEL_CONFIG) and the API's own, of which one is required: REEL_API_AUDIENCE (Google
-/// ID tokens) or REEL_API_TOKENS (token=user,… for local use).
+/// shared settings (PORT, GOOGLE_CLOUD_PROJECT, PUBSUB_EMULATOR_HOST, REEL_QUOTA_*, …,
+/// or a file in REEL_CONFIG) and the API's own, of which one is required:
+/// REEL_API_AUDIENCE (Google ID tokens) or REEL_API_TOKENS (token=user,… for local use).
+/// Who may call: REEL_API_TRUSTED_CALLERS (act for the user in X-Reel-User) and, with
+/// Google ID tokens, REEL_API_USERS (emails, subjects, *@domain).
 #[derive(Debug, clap::Parser)]
 #[command(name = "reel-api", version)]
 struct Args {}
@@ -66,7 +68,8 @@ async fn run(settings: Settings, config: ApiConfig) -> Result<()> {
         FollowerOptions::new(&config, names.api_subscription()),
     ));
     let state = AppState::new(config, wiring.settings.clone(), wiring.bus.clone(), wiring.work.clone(), book)
-        .context("building the HTTP client for the token signing keys")?;
+        .map_err(anyhow::Error::msg)
+        .context("setting up token checks")?;
 
     let shutdown = CancellationToken::new();
     reel_program::spawn_signal_handler(shutdown.clone());

@@ -17,8 +17,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::{info, warn};
 
-use crate::admission::{decide, Decision};
-use crate::auth::User;
+use crate::admission::{check_records, decide, may_see_project, Decision};
+use crate::auth::{User, ACTING_FOR_HEADER};
 use crate::book::{owned_by, submitted_at};
 use crate::error::ApiError;
 use crate::AppState;
@@ -34,11 +34,13 @@ impl FromRequestParts<AppState> for User {
             return Err(ApiError::unavailable("starting: the job state is still loading", 2));
         }
         let header = parts.headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
-        match state.inner.auth.authenticate(header).await {
+        let acting_for: Vec<&[u8]> = parts.headers.get_all(ACTING_FOR_HEADER).iter().map(|v| v.as_bytes()).collect();
+        let auth = &state.inner.auth;
+        match auth.authenticate(header).await.and_then(|caller| auth.identify(caller, &acting_for)) {
             Ok(user) => Ok(user),
             Err(e) => {
                 // The reason only: never the header or the token.
-                info!(reason = %e, path = %parts.uri.path(), "request not authenticated");
+                info!(reason = %e, path = %parts.uri.path(), "request refused");
                 Err(e.into())
             }
         }
@@ -65,16 +67,26 @@ pub struct JobList {
     pub jobs: Vec<JobStatus>,
 }
 
-/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first.
-pub async fn project_jobs(State(state): State<AppState>, user: User, Path(project_id): Path<String>) -> Json<JobList> {
+/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first;
+/// none when the project belongs to another user (the same answer as a project the
+/// caller has no jobs in, so it tells nothing about another user's project).
+pub async fn project_jobs(
+    State(state): State<AppState>,
+    user: User,
+    Path(project_id): Path<String>,
+) -> Result<Json<JobList>, ApiError> {
     let mut jobs: Vec<(Option<chrono::DateTime<Utc>>, JobStatus)> = state.book().read(|jobs| {
         jobs.values()
             .filter(|j| j.project_id == project_id && owned_by(j, &user.id))
             .map(|j| (submitted_at(j), j.to_status()))
             .collect()
     });
+    // The caller's own jobs in another user's project are requests validate refused.
+    if !jobs.is_empty() && !may_see_project(state.inner.work.as_ref(), &project_id, &user.id).await? {
+        jobs.clear();
+    }
     jobs.sort_by(|(a, sa), (b, sb)| b.cmp(a).then_with(|| sb.job_id.cmp(&sa.job_id)));
-    Json(JobList { jobs: jobs.into_iter().map(|(_, s)| s).collect() })
+    Ok(Json(JobList { jobs: jobs.into_iter().map(|(_, s)| s).collect() }))
 }
 
 /// The answer of `POST /api/jobs/{jobId}/cancel`.
@@ -186,7 +198,7 @@ fn valid_id(id: &str) -> bool {
         && id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
 }
 
-/// `POST /api/projects/{projectId}/stitch`: validate, admit (409, 429), publish
+/// `POST /api/projects/{projectId}/stitch`: validate, admit (403, 429, 409), publish
 /// `stitch.requested` to the requests topic and the log, fold it, answer 202.
 pub async fn stitch(
     State(state): State<AppState>,
@@ -223,7 +235,9 @@ pub async fn stitch(
         return Err(ApiError::bad_request("projectId in the body differs from the one in the path"));
     }
     if body.user_id.as_ref().is_some_and(|u| *u != user.id) {
-        return Err(ApiError::bad_request("userId in the body differs from the caller; leave it out"));
+        return Err(ApiError::bad_request(
+            "userId in the body differs from the user the request acts for; leave it out",
+        ));
     }
     let max = state.inner.settings.validate.max_clips;
     if body.clip_paths.len() > max {
@@ -254,11 +268,13 @@ pub async fn stitch(
     let event = envelope::build(types::STITCH_REQUESTED, SOURCE, event_id, &job_id, now, &request)
         .expect("stitch.requested builds");
 
+    let settings = &state.inner.settings;
+    let work = state.inner.work.as_ref();
+    check_records(work, &project_id, &user.id, &job_id, &settings.quota, settings.job_timeout(), now).await?;
     // Decide and fold under one lock, so two requests for one project cannot both pass.
-    let quotas = state.inner.config.quotas;
     let stale_after = state.stale_after();
     let decision = state.book().write(|jobs| {
-        let decision = decide(jobs, &project_id, &user.id, force_restart, quotas, stale_after, now);
+        let decision = decide(jobs, &project_id, &user.id, force_restart, stale_after, now);
         if decision == Decision::Accept {
             jobs.entry(job_id.clone()).or_insert_with(|| JobState::new(&job_id)).apply(&event);
         }
@@ -277,12 +293,6 @@ pub async fn stitch(
             }
             return Err(e);
         }
-        Decision::QuotaExceeded { message, retry_after } => {
-            info!(user_quota = %message, retry_after, "quota exceeded");
-            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, message)
-                .typed(ErrorType::QuotaExceeded)
-                .retry_after(retry_after));
-        }
     }
 
     if let Err(e) = publish_event(state.inner.bus.as_ref(), &state.inner.names, &event).await {
@@ -296,7 +306,8 @@ pub async fn stitch(
         });
         return Err(ApiError::unavailable(format!("could not queue the job: {e}; try again"), 2));
     }
-    info!(job_id = %job_id, project_id = %project_id, force_restart, "stitch requested");
+    let on_behalf = user.caller != user.id;
+    info!(job_id = %job_id, project_id = %project_id, force_restart, on_behalf, "stitch requested");
     let mut response = (StatusCode::ACCEPTED, Json(Accepted { job_id: job_id.clone() })).into_response();
     if let Ok(location) = HeaderValue::from_str(&format!("/api/jobs/{job_id}/status")) {
         response.headers_mut().insert(header::LOCATION, location);

@@ -1,90 +1,20 @@
-//! OIDC mode against a JWKS served by the test on 127.0.0.1, with tokens signed by
-//! RSA keys checked in under `tests/keys/` (test-only keys, used nowhere else).
+//! OIDC mode against a JWKS served by the test on 127.0.0.1 (`common::oidc`): the
+//! verifier's checks, its key fetching, and the 401/503 split.
 
 mod common;
 
 use axum::http::{Method, StatusCode};
-use axum::routing::get;
-use axum::Router;
+use common::oidc::*;
 use common::*;
-use jsonwebtoken::jwk::{Jwk, JwkSet, PublicKeyUse};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use reel_api::config::{ApiConfig, AuthMode, OidcConfig, UserClaim};
+use reel_api::config::{ApiConfig, AuthMode, UserClaim};
 use serde_json::{json, Value};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 
-const KEY_A: &[u8] = include_bytes!("keys/test-only-rsa-a.pem");
-const KEY_B: &[u8] = include_bytes!("keys/test-only-rsa-b.pem");
-const AUDIENCE: &str = "https://reel-api.test";
+/// End users in these tests: every verified example.com email.
+const USERS: &str = "*@example.com";
 
-fn encoding_key(pem: &[u8]) -> EncodingKey {
-    EncodingKey::from_rsa_pem(pem).expect("test key")
-}
-
-fn jwk(pem: &[u8], kid: &str) -> Jwk {
-    let mut jwk = Jwk::from_encoding_key(&encoding_key(pem), Algorithm::RS256).expect("jwk");
-    jwk.common.key_id = Some(kid.into());
-    jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-    jwk
-}
-
-/// A JWKS endpoint whose key set the test can change; counts its fetches.
-struct Jwks {
-    url: String,
-    keys: Arc<Mutex<JwkSet>>,
-    fetches: Arc<AtomicUsize>,
-}
-
-async fn serve_jwks(keys: Vec<Jwk>) -> Jwks {
-    let set = Arc::new(Mutex::new(JwkSet { keys }));
-    let fetches = Arc::new(AtomicUsize::new(0));
-    let app = Router::new().route(
-        "/certs",
-        get({
-            let (set, fetches) = (set.clone(), fetches.clone());
-            move || async move {
-                fetches.fetch_add(1, Ordering::SeqCst);
-                let body = serde_json::to_string(&*set.lock().unwrap()).unwrap();
-                ([("content-type", "application/json"), ("cache-control", "public, max-age=3600")], body)
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/certs", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Jwks { url, keys: set, fetches }
-}
-
-fn oidc_config(jwks_url: &str) -> ApiConfig {
-    let mut oidc = OidcConfig::google(AUDIENCE);
-    oidc.jwks_url = jwks_url.to_string();
-    let mut config = local_config();
-    config.auth = AuthMode::Oidc(oidc);
-    config
-}
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
-/// Claims of a good Google ID token for `sub`.
-fn claims(sub: &str) -> Value {
-    json!({
-        "iss": "https://accounts.google.com",
-        "aud": AUDIENCE,
-        "sub": sub,
-        "email": format!("{sub}@example.com"),
-        "email_verified": true,
-        "iat": now() - 10,
-        "exp": now() + 3600,
-    })
-}
-
-fn sign(claims: &Value, pem: &[u8], kid: &str) -> String {
-    let mut header = Header::new(Algorithm::RS256);
-    header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, claims, &encoding_key(pem)).expect("sign")
+fn config_for(jwks_url: &str) -> ApiConfig {
+    oidc_config(jwks_url, USERS, "")
 }
 
 async fn status_of(api: &TestApi, authorization: Option<&str>) -> (StatusCode, Value) {
@@ -95,7 +25,7 @@ async fn status_of(api: &TestApi, authorization: Option<&str>) -> (StatusCode, V
 #[tokio::test]
 async fn google_id_tokens_are_verified_for_signature_issuer_audience_and_expiry() {
     let jwks = serve_jwks(vec![jwk(KEY_A, "key-a")]).await;
-    let api = spawn(oidc_config(&jwks.url)).await;
+    let api = spawn(config_for(&jwks.url)).await;
     let bearer = |t: &str| format!("Bearer {t}");
 
     // A good token works, for either spelling of Google's issuer.
@@ -131,6 +61,7 @@ async fn google_id_tokens_are_verified_for_signature_issuer_audience_and_expiry(
         ("wrong issuer", Some(bearer(&sign(&wrong_iss, KEY_A, "key-a"))), "issuer"),
         ("signed by another key", Some(bearer(&sign(&claims("alice"), KEY_B, "key-a"))), "signature"),
         ("unknown key", Some(bearer(&sign(&claims("alice"), KEY_B, "key-b"))), "unknown key"),
+        ("unknown key again", Some(bearer(&sign(&claims("alice"), KEY_B, "key-c"))), "unknown key"),
         ("no sub", Some(bearer(&sign(&no_sub, KEY_A, "key-a"))), "claim"),
         ("HS256", Some(bearer(&hs256)), "RS256"),
         ("tampered claims", Some(bearer(&tamper(&good))), "signature"),
@@ -139,16 +70,17 @@ async fn google_id_tokens_are_verified_for_signature_issuer_audience_and_expiry(
         let (status, body) = status_of(&api, header.as_deref()).await;
         assert_eq!(status, StatusCode::UNAUTHORIZED, "{name}: {body}");
         let message = body["error"].as_str().unwrap();
-        assert!(message.contains(mentioned), "{name}: {message:?} should mention {mentioned:?}");
+        let lower = message.to_lowercase();
+        assert!(lower.contains(&mentioned.to_lowercase()), "{name}: {message:?} should mention {mentioned:?}");
         if let Some(h) = &header {
             if let Some(token) = h.strip_prefix("Bearer ").filter(|t| !t.is_empty()) {
                 assert!(!message.contains(token), "{name}: the answer quotes the token");
             }
         }
     }
-    // The keys were fetched once and cached (the unknown kid was within the refresh
-    // cool-down, so it did not refetch either).
-    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 1);
+    // The keys were fetched once and cached; the first unknown key id fetched them again,
+    // and the second, within the refresh cool-down, did not.
+    assert_eq!(jwks.fetches(), 2);
 }
 
 /// The same header and signature with a different payload.
@@ -164,7 +96,7 @@ fn tamper(token: &str) -> String {
 #[tokio::test]
 async fn an_unknown_key_id_refreshes_the_keys() {
     let jwks = serve_jwks(vec![jwk(KEY_A, "key-a")]).await;
-    let mut config = oidc_config(&jwks.url);
+    let mut config = config_for(&jwks.url);
     if let AuthMode::Oidc(oidc) = &mut config.auth {
         oidc.min_refresh = std::time::Duration::ZERO;
     }
@@ -175,9 +107,9 @@ async fn an_unknown_key_id_refreshes_the_keys() {
     jwks.keys.lock().unwrap().keys.push(jwk(KEY_B, "key-b"));
     let b = format!("Bearer {}", sign(&claims("alice"), KEY_B, "key-b"));
     assert_eq!(status_of(&api, Some(&b)).await.0, StatusCode::OK);
-    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2);
+    assert_eq!(jwks.fetches(), 2);
     assert_eq!(status_of(&api, Some(&a)).await.0, StatusCode::OK);
-    assert_eq!(jwks.fetches.load(Ordering::SeqCst), 2, "cached again");
+    assert_eq!(jwks.fetches(), 2, "cached again");
 }
 
 #[tokio::test]
@@ -185,16 +117,26 @@ async fn unreachable_keys_answer_503_not_401() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/certs", listener.local_addr().unwrap());
     drop(listener);
-    let api = spawn(oidc_config(&url)).await;
+    let api = spawn(config_for(&url)).await;
     let token = format!("Bearer {}", sign(&claims("alice"), KEY_A, "key-a"));
-    let (status, _) = status_of(&api, Some(&token)).await;
-    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let (status, body) = status_of(&api, Some(&token)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+
+    // A key server that answers, but not with keys, is our failure too.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/certs", listener.local_addr().unwrap());
+    let broken =
+        axum::Router::new().route("/certs", axum::routing::get(|| async { (StatusCode::BAD_GATEWAY, "down") }));
+    tokio::spawn(async move { axum::serve(listener, broken).await });
+    let api = spawn(config_for(&url)).await;
+    let (status, body) = status_of(&api, Some(&token)).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
 }
 
 #[tokio::test]
 async fn the_user_is_the_configured_claim_and_isolation_follows_it() {
     let jwks = serve_jwks(vec![jwk(KEY_A, "key-a")]).await;
-    let mut config = oidc_config(&jwks.url);
+    let mut config = config_for(&jwks.url);
     if let AuthMode::Oidc(oidc) = &mut config.auth {
         oidc.user_claim = UserClaim::Email;
     }
@@ -224,4 +166,23 @@ async fn local_tokens_map_to_users() {
     let (status, body) = status_of(&api, Some("Bearer mallory-token")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert!(!body.to_string().contains("mallory-token"));
+}
+
+/// The verifier's key cache refuses a second caller while a first holds it (fetching or
+/// not) instead of waiting; the API queues them, so simultaneous first requests all pass
+/// on one fetch and none is answered 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simultaneous_first_requests_share_one_key_fetch() {
+    let jwks = serve_jwks(vec![jwk(KEY_A, "key-a")]).await;
+    let api = spawn(config_for(&jwks.url)).await;
+    let calls: Vec<_> = (0..16)
+        .map(|i| {
+            let app = api.app.clone();
+            let bearer = format!("Bearer {}", token_of(&format!("user{i}")));
+            tokio::spawn(async move { call(&app, Method::GET, "/api/projects/p/jobs", Some(&bearer), None).await.0 })
+        })
+        .collect();
+    let answers: Vec<StatusCode> = futures::future::join_all(calls).await.into_iter().map(|r| r.unwrap()).collect();
+    assert!(answers.iter().all(|s| *s == StatusCode::OK), "{answers:?}");
+    assert_eq!(jwks.fetches(), 1);
 }

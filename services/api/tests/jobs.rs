@@ -6,12 +6,14 @@ mod common;
 use axum::http::{Method, StatusCode};
 use chrono::{Duration, Utc};
 use common::*;
-use reel_api::config::Quotas;
+use reel_events::payload::JobRef;
 use reel_events::{types, AttributesReader};
 use reel_runtime::bus::Bus;
+use reel_runtime::config::Quotas;
 use reel_runtime::stage::cancel_marker_key;
 use reel_runtime::store::Store;
-use serde_json::json;
+use reel_runtime::tenancy;
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn every_api_route_needs_a_known_token() {
@@ -186,43 +188,45 @@ async fn simultaneous_requests_for_one_project_start_one_job() {
     assert_eq!((accepted, conflicts), (1, 7), "{answers:?}");
 }
 
+/// `POST /api/projects/{project}/stitch` over real HTTP, as `token`.
+async fn stitch_over_http(base: &str, project: &str, token: &str) -> (StatusCode, axum::http::HeaderMap, Value) {
+    http(Method::POST, &format!("{base}/api/projects/{project}/stitch"), Some(token), &[], Some(stitch_body())).await
+}
+
 #[tokio::test]
-async fn quotas_answer_429_with_retry_after() {
-    let mut config = local_config();
-    config.quotas = Quotas { active_jobs: 2, jobs_per_hour: 3 };
-    let api = spawn(config).await;
-    for project in ["p1", "p2"] {
-        let (status, _, _) =
-            api.call(Method::POST, &format!("/api/projects/{project}/stitch"), Some(ALICE), Some(stitch_body())).await;
-        assert_eq!(status, StatusCode::ACCEPTED);
+async fn quotas_answer_429_with_retry_after_from_validates_records() {
+    let quota = Quotas { active_jobs: 2, jobs_per_hour: 3 };
+    let api = spawn_with(local_config(), reel_runtime::Settings { quota, ..Default::default() }).await;
+    let base = serve(api.app.clone()).await;
+    // Validate accepted two of Alice's jobs: each holds a quota slot (its records).
+    for job in ["job_a1", "job_a2"] {
+        tenancy::take_slot(api.store.as_ref(), "alice", job).await.unwrap();
     }
-    let (status, headers, body) =
-        api.call(Method::POST, "/api/projects/p3/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, headers, body) = stitch_over_http(&base, "p3", ALICE).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert_eq!(body["errorType"], "quota_exceeded");
+    assert!(body["error"].as_str().unwrap().contains("2 jobs queued or running"), "{body}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((1..=900).contains(&retry), "{retry}");
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert!(api.take(&api.names.subscription(reel_events::Stage::Validate)).await.is_empty(), "nothing published");
     // Bob has his own quota.
-    let (status, _, _) = api.call(Method::POST, "/api/projects/p3/stitch", Some(BOB), Some(stitch_body())).await;
+    let (status, _, _) = stitch_over_http(&base, "p3", BOB).await;
     assert_eq!(status, StatusCode::ACCEPTED);
 
-    // Finish Alice's jobs: the active quota frees up, the hourly one (3) is hit after one more.
-    let ids: Vec<String> =
-        api.book.read(|jobs| jobs.values().filter(|j| j.user_id == "alice").map(|j| j.job_id.clone()).collect());
-    for id in &ids {
-        let project = api.book.status(id).unwrap().project_id;
-        let end = job_events(id, &project, "alice", Utc::now() - Duration::seconds(80), End::Completed);
-        api.publish_log(&end[1..]).await;
+    // Alice's jobs end (finalize releases their slots): the active quota frees up; the
+    // hourly one (3) still counts them and is hit after one more.
+    for job in ["job_a1", "job_a2"] {
+        let job = JobRef { job_id: job.into(), project_id: "p".into(), user_id: "alice".into() };
+        tenancy::release(api.store.as_ref(), &job).await;
     }
-    api.drain().await;
-    let (status, _, _) = api.call(Method::POST, "/api/projects/p3b/stitch", Some(ALICE), Some(stitch_body())).await;
+    let (status, _, _) = stitch_over_http(&base, "p3b", ALICE).await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    let (status, headers, body) =
-        api.call(Method::POST, "/api/projects/p4/stitch", Some(ALICE), Some(stitch_body())).await;
+    tenancy::take_slot(api.store.as_ref(), "alice", "job_a3").await.unwrap();
+    let (status, headers, body) = stitch_over_http(&base, "p4", ALICE).await;
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
     assert!(body["error"].as_str().unwrap().contains("hour"), "{body}");
     let retry: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
-    assert!((3500..=3600).contains(&retry), "the oldest request leaves the hour in about an hour: {retry}");
+    assert!((3500..=3600).contains(&retry), "the oldest job leaves the hour in about an hour: {retry}");
 }
 
 #[tokio::test]

@@ -29,4 +29,11 @@ fn help_version_and_bad_settings() {
     let out = reel_api(&[], &[("REEL_API_TOKENS", "t=alice"), ("LOG_LEVEL", "loud")]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("LOG_LEVEL"));
+
+    // The key set decides which tokens verify: it is fetched over https only (plain http
+    // is for a test's own server on 127.0.0.1).
+    let audience = ("REEL_API_AUDIENCE", "https://reel-api.test");
+    let out = reel_api(&[], &[audience, ("REEL_API_JWKS_URL", "http://keys.example.com/certs")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("REEL_API_JWKS_URL"));
 }

@@ -480,3 +480,47 @@ fn terraform_fmt_is_clean() {
         ),
     }
 }
+
+#[test]
+fn reel_api_is_invoked_only_by_its_configured_callers_and_knows_them() {
+    let module = module();
+    let api_members = |deployment: &mut Deployment| -> BTreeSet<String> {
+        let grants = deployment.evaluator.instances("google_cloud_run_v2_service_iam_member").unwrap();
+        grants
+            .iter()
+            .filter(|g| g.resource.starts_with("api"))
+            .map(|g| {
+                assert_eq!(g.body.string("role").unwrap().as_deref(), Some("roles/run.invoker"));
+                g.body.string("member").unwrap().unwrap()
+            })
+            .collect()
+    };
+    let api_env = |deployment: &mut Deployment| {
+        let services = deployment.evaluator.instances("google_cloud_run_v2_service").unwrap();
+        let api = services.iter().find(|s| s.resource == "api").expect("reel-api");
+        container_env(containers(api, false)[0]).unwrap()
+    };
+
+    // By default nobody: no allUsers, no callers.
+    let mut deployment = deploy(&module, &[]);
+    assert!(api_members(&mut deployment).is_empty());
+    assert_eq!(api_env(&mut deployment).get("REEL_API_TRUSTED_CALLERS").map(String::as_str), Some(""));
+
+    let phoenix = "serviceAccount:phoenix@p.iam.gserviceaccount.com";
+    let mut deployment = deploy(
+        &module,
+        &[
+            ("api_trusted_callers", Value::from(vec![phoenix])),
+            ("api_users", Value::from(vec!["user:ops@example.com", "domain:example.org"])),
+        ],
+    );
+    let want: BTreeSet<String> =
+        [phoenix, "user:ops@example.com", "domain:example.org"].into_iter().map(String::from).collect();
+    assert_eq!(api_members(&mut deployment), want);
+    let env = api_env(&mut deployment);
+    assert_eq!(env["REEL_API_TRUSTED_CALLERS"], "phoenix@p.iam.gserviceaccount.com");
+    assert_eq!(env["REEL_API_USERS"], "ops@example.com,*@example.org");
+
+    let mut deployment = deploy(&module, &[("api_allow_unauthenticated", Value::from(true))]);
+    assert_eq!(api_members(&mut deployment), BTreeSet::from(["allUsers".to_string()]), "only when asked");
+}

@@ -2,6 +2,8 @@
 //! `tower::ServiceExt::oneshot`, and realistic job event sequences.
 #![allow(dead_code)]
 
+pub mod oidc;
+
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::Router;
@@ -47,12 +49,23 @@ pub async fn spawn(config: ApiConfig) -> TestApi {
     api
 }
 
+/// A fresh API with these shared settings (quotas, …), restored (empty) and ready.
+pub async fn spawn_with(config: ApiConfig, settings: Settings) -> TestApi {
+    let api = spawn_unready_with(config, settings).await;
+    api.follower.restore().await.expect("restore");
+    api
+}
+
 /// A fresh API whose follower has not restored yet.
 pub async fn spawn_unready(config: ApiConfig) -> TestApi {
+    spawn_unready_with(config, Settings::default()).await
+}
+
+async fn spawn_unready_with(config: ApiConfig, settings: Settings) -> TestApi {
     let dir = tempfile::tempdir().expect("tempdir");
     let store = Arc::new(DirStore::new(dir.path().join("work")).expect("dir store"));
     let bus = Arc::new(EmbeddedBus::new());
-    let settings = Arc::new(Settings::default());
+    let settings = Arc::new(settings);
     bus.ensure_topology(&settings.topology()).await.expect("topology");
     with_parts(dir, bus, store, settings, config)
 }
@@ -122,6 +135,41 @@ impl TestApi {
             }
         }
     }
+}
+
+/// The API served over real HTTP on 127.0.0.1 until the test ends; its base URL.
+pub async fn serve(app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("address"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// A request over real HTTP with a bearer token and extra headers (`X-Reel-User`, …);
+/// the body answers as JSON when it parses, else as a string.
+pub async fn http(
+    method: Method,
+    url: &str,
+    token: Option<&str>,
+    headers: &[(&str, &[u8])],
+    body: Option<Value>,
+) -> (StatusCode, HeaderMap, Value) {
+    let mut request = reqwest::Client::new().request(method, url);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, axum::http::HeaderValue::from_bytes(value).expect("a header value"));
+    }
+    if let Some(body) = body {
+        request = request.header("content-type", "application/json").body(body.to_string());
+    }
+    let response = request.send().await.expect("the API answers");
+    let (status, headers) = (response.status(), response.headers().clone());
+    let bytes = response.bytes().await.expect("body");
+    let value =
+        serde_json::from_slice(&bytes).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+    (status, headers, value)
 }
 
 /// Send a request with a raw `Authorization` value.
