@@ -2,43 +2,16 @@
 //! `reel status --api`, another user's view, cancel, and a restart with the same state.
 
 use reel_testkit::fixtures::make_clip;
+use reel_testkit::http::wait_healthy;
 use reel_testkit::ports::free_port;
 use reel_testkit::Cluster;
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-/// (status, body) of one HTTP/1.1 request.
+/// (status, body) of one request with `token` as its bearer token.
 fn http(port: u16, method: &str, path: &str, token: Option<&str>, body: &str) -> (u16, String) {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let auth = token.map(|t| format!("authorization: Bearer {t}\r\n")).unwrap_or_default();
-    let request = format!(
-        "{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(request.as_bytes()).unwrap();
-    let mut response = String::new();
-    let _ = stream.read_to_string(&mut response);
-    let status = response.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    // Chunked bodies: keep the JSON part.
-    let body = match (body.find('{'), body.rfind('}')) {
-        (Some(a), Some(b)) if b >= a => body[a..=b].to_string(),
-        _ => body,
-    };
-    (status, body)
-}
-
-fn wait_healthy(port: u16) {
-    let start = Instant::now();
-    loop {
-        if TcpStream::connect(("127.0.0.1", port)).is_ok() && http(port, "GET", "/healthz", None, "").0 == 200 {
-            return;
-        }
-        assert!(start.elapsed() < Duration::from_secs(30), "reel-api never became healthy");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let auth = token.map(|t| format!("Bearer {t}"));
+    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    reel_testkit::http::request(port, method, path, &headers, body)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

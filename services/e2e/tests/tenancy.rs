@@ -182,3 +182,85 @@ async fn hostile_tenants_on_pubsub_cannot_touch_a_victims_job() {
     let started = cluster.events_of_any(types::JOB_PROGRESS).await;
     assert!(started.iter().all(|e| data(e)["projectId"] != "pa" || e.subject() == Some("job_alice")));
 }
+
+/// `(status, body as JSON)` of a request to reel-api as `token`, acting for `user` when given.
+fn api(port: u16, method: &str, path: &str, token: &str, user: Option<&str>, body: &str) -> (u16, serde_json::Value) {
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    if let Some(user) = user {
+        headers.push(("x-reel-user", user));
+    }
+    let (status, text) = reel_testkit::http::request(port, method, path, &headers, body);
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)))
+}
+
+/// Two users and a trusted caller (Phoenix's backend) through reel-api: Phoenix acts for
+/// the user it names and sees that user's jobs, whichever way they were requested; other
+/// users get 403 on the project and see none of its jobs; a caller that is not trusted
+/// cannot name a user; the owner's reel is unchanged byte for byte.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_the_api_a_trusted_caller_acts_for_its_user_and_nobody_else_does() {
+    let mut cluster = Cluster::start().await;
+    cluster.start_all();
+    let port = reel_testkit::ports::free_port().unwrap();
+    cluster.start_api(port);
+    reel_testkit::http::wait_healthy(port);
+    let clips = with_clips(&cluster, 2).await;
+    let bucket = cluster.bucket.clone();
+    let body = |name: &str, force: bool| {
+        serde_json::json!({
+            "clipPaths": clips, "outputPath": format!("gs://{bucket}/reels/{name}.mp4"),
+            "orientation": "landscape", "compression": "optimized", "forceRestart": force
+        })
+        .to_string()
+    };
+
+    // Phoenix starts a reel for user_456; the job is user_456's.
+    let (status, reply) =
+        api(port, "POST", "/api/projects/p456/stitch", "tok-phoenix", Some("user_456"), &body("p456", false));
+    assert_eq!(status, 202, "{reply}");
+    let job = reply["jobId"].as_str().unwrap().to_string();
+    let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    assert_eq!(data(&done)["userId"], "user_456");
+    let original = reel_bytes(&cluster, "reels/p456.mp4").await;
+
+    // A caller that is not trusted cannot act for anyone else.
+    let (status, _) = api(port, "GET", &format!("/api/jobs/{job}/status"), "tok-bob", Some("user_456"), "");
+    assert_eq!(status, 403);
+    // Other users: 403 on the project (forced or not), none of its jobs, 404 on the job.
+    for force in [false, true] {
+        let (status, reply) = api(port, "POST", "/api/projects/p456/stitch", "tok-alice", None, &body("p456", force));
+        assert_eq!(status, 403, "{reply}");
+    }
+    let (status, reply) = api(port, "GET", "/api/projects/p456/jobs", "tok-alice", None, "");
+    assert_eq!(status, 200);
+    assert_eq!(reply["jobs"], serde_json::json!([]), "{reply}");
+    assert_eq!(api(port, "GET", &format!("/api/jobs/{job}/status"), "tok-alice", None, "").0, 404);
+    assert_eq!(api(port, "POST", &format!("/api/jobs/{job}/cancel"), "tok-alice", None, "").0, 404);
+    // Phoenix acting for another user is that user, with that user's rights only.
+    let (status, _) =
+        api(port, "POST", "/api/projects/p456/stitch", "tok-phoenix", Some("user_789"), &body("p456", true));
+    assert_eq!(status, 403);
+    let (status, reply) = api(port, "GET", &format!("/api/jobs/{job}/status"), "tok-phoenix", Some("user_789"), "");
+    assert_eq!(status, 404, "{reply}");
+
+    // The owner, through Phoenix, sees the job; a job Phoenix put on Pub/Sub for the
+    // same user is theirs on the API too.
+    let (status, reply) = api(port, "GET", &format!("/api/jobs/{job}/status"), "tok-phoenix", Some("user_456"), "");
+    assert_eq!((status, reply["status"].as_str()), (200, Some("completed")), "{reply}");
+    let queued = submit(&cluster, "user_456", "p456b", None, &clips, &format!("gs://{bucket}/reels/p456b.mp4"), &[]);
+    cluster.wait_for(Some(&queued), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let start = Instant::now();
+    loop {
+        let (status, reply) =
+            api(port, "GET", &format!("/api/jobs/{queued}/status"), "tok-phoenix", Some("user_456"), "");
+        if status == 200 && reply["status"] == "completed" {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{status} {reply}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let (_, listed) = api(port, "GET", "/api/projects/p456/jobs", "tok-phoenix", Some("user_456"), "");
+    assert!(listed["jobs"].as_array().unwrap().iter().any(|j| j["jobId"] == job.as_str()), "{listed}");
+    assert_eq!(reel_bytes(&cluster, "reels/p456.mp4").await, original, "the owner's reel changed");
+}

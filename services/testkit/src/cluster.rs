@@ -310,12 +310,14 @@ impl Cluster {
         self.spawn(stage, &format!("reel-{stage}"), args, &[]).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
-    /// Start `reel-api` on `port` with local tokens (`tok-alice=alice,tok-bob=bob`).
+    /// Start `reel-api` on `port` with local tokens (`tok-alice=alice,tok-bob=bob`, and
+    /// `tok-phoenix=phoenix`, a trusted caller that acts for the user it names).
     pub fn start_api(&mut self, port: u16) -> usize {
         let port = port.to_string();
         let env = [
             ("PORT", port.as_str()),
-            ("REEL_API_TOKENS", "tok-alice=alice,tok-bob=bob"),
+            ("REEL_API_TOKENS", "tok-alice=alice,tok-bob=bob,tok-phoenix=phoenix"),
+            ("REEL_API_TRUSTED_CALLERS", "phoenix"),
             ("REEL_API_SNAPSHOT_SECONDS", "2"),
         ];
         self.spawn("api", "reel-api", &[], &env).unwrap_or_else(|e| panic!("{e:#}"))

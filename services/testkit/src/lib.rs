@@ -8,6 +8,7 @@
 //! - [`cluster`]: one isolated deployment on the emulators — `reel setup`, the stage
 //!   programs and `reel-api` as processes with logs, start / stop / kill / restart one,
 //!   and the event log seen through a subscription of its own;
+//! - [`http`]: a bare HTTP client, as an outside caller of `reel-api` would be;
 //! - [`fixtures`]: sample values (a subscription, a job, unique names) and clips made
 //!   with ffmpeg.
 //! - [`stage`]: one stage handler in process — a `Settings`, a directory store and a
@@ -29,6 +30,7 @@
 pub mod cluster;
 pub mod emulators;
 pub mod fixtures;
+pub mod http;
 pub mod ports;
 pub mod process;
 pub mod stage;
