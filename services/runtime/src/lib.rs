@@ -18,6 +18,7 @@ pub mod location;
 pub mod stage;
 pub mod store;
 pub mod topology;
+pub mod unfinished;
 pub mod worker;
 
 pub use bus::{Bus, BusError, Delivery, Message};
