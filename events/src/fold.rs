@@ -119,8 +119,6 @@ pub struct AttemptState {
     pub stage_started: BTreeMap<Stage, DateTime<Utc>>,
     /// Whether someone asked to cancel.
     pub cancel_requested: bool,
-    /// The latest deadline any work event of this attempt carried (`job.deadline`).
-    pub deadline: Option<DateTime<Utc>>,
 }
 
 /// The folded state of one job.
@@ -139,6 +137,8 @@ pub struct JobState {
     owner_claim: Option<(u8, Stamp, String, String)>,
     /// One state per retry attempt.
     pub attempts: BTreeMap<u32, AttemptState>,
+    /// Per attempt, the latest deadline its work events carried (`job.deadline`).
+    pub deadlines: BTreeMap<u32, DateTime<Utc>>,
     /// Every `(source, id)` folded, for counting and dedupe checks.
     pub seen: BTreeSet<(String, String)>,
 }
@@ -166,18 +166,16 @@ impl JobState {
         let stamp: Stamp = (time, event.id().to_string());
         let ty = event.ty();
         self.claim_owner(ty, &stamp, text(job, "projectId"), text(job, "userId"));
-        let state = self.attempts.entry(attempt_no).or_default();
         if let Some(deadline) = data
             .get("job")
             .and_then(|j| j.get("deadline"))
             .and_then(|v| v.as_str())
             .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
         {
-            let deadline = deadline.with_timezone(&Utc);
-            if state.deadline.is_none_or(|d| deadline > d) {
-                state.deadline = Some(deadline);
-            }
+            let slot = self.deadlines.entry(attempt_no).or_insert(deadline.with_timezone(&Utc));
+            *slot = (*slot).max(deadline.with_timezone(&Utc));
         }
+        let state = self.attempts.entry(attempt_no).or_default();
 
         if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
             if ty != types::JOB_COMPLETED && state.completed.is_none() {
@@ -285,7 +283,8 @@ impl JobState {
     /// Take `(project, user)` as the owner if this event's claim beats the one so far
     /// (a min over `(rank, stamp)`: order- and duplicate-free like the rest).
     fn claim_owner(&mut self, ty: &str, stamp: &Stamp, project: String, user: String) {
-        if project.is_empty() {
+        // An owner set from outside (a state restored from a snapshot) stands as well.
+        if project.is_empty() || (self.owner_claim.is_none() && !self.project_id.is_empty()) {
             return;
         }
         let rank = match (ty, user.is_empty()) {
@@ -497,11 +496,12 @@ impl JobState {
     /// The instant after which the current attempt, still without an end event, counts
     /// as failed with `timeout`; `None` when it has ended or names no time at all.
     pub fn overdue_after(&self, policy: &Overdue) -> Option<DateTime<Utc>> {
-        let (_, state) = self.current()?;
+        let (attempt, state) = self.current()?;
         if state.status.is_some_and(Status::is_terminal) {
             return None;
         }
-        let deadline = state.deadline.or_else(|| state.requested_at.map(|r| r + policy.job_timeout))?;
+        let deadline =
+            self.deadlines.get(&attempt).copied().or_else(|| state.requested_at.map(|r| r + policy.job_timeout))?;
         Some(deadline + policy.grace)
     }
 

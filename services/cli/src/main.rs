@@ -381,7 +381,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let mut pipeline = local::LocalPipeline::start(&state, settings().clone()).await?;
-                let messages = replay.iter().map(|(_, m)| cloud::for_replay(&m.message)).collect();
+                let messages = replay.iter().map(|(_, m)| cloud::for_replay(&m.message, settings().job_timeout())).collect();
                 // The republish is confirmed (in-process) before the queue file is rewritten.
                 let result = pipeline.replay(stage, messages, std::time::Duration::from_secs(900)).await;
                 local::rewrite_dead_letters(&state, stage, &keep)?;

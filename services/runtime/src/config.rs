@@ -58,7 +58,8 @@ pub struct Settings {
     pub job_grace_minutes: u64,
     /// Fault injection, for tests and drills only: while this file exists, every
     /// delivery fails transiently before the handler runs (`REEL_FAULT_FILE`; unset in
-    /// production). Removing the file is "fixing the cause".
+    /// production). `{stage}` and `{jobId}` in the path stand for the delivery's, so one
+    /// job can be made to fail at one stage. Removing the file is "fixing the cause".
     pub fault_file: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug`, `trace`, `off`, or tracing directives of the form
     /// `target=level` (`LOG_LEVEL`, default `info`).

@@ -458,11 +458,16 @@ impl Worker {
         delivery_attempt: u32,
         stop: CancellationToken,
     ) -> Outcome {
-        if let Some(fault) = self.options.fault_file.as_ref().filter(|f| f.exists()) {
-            return Outcome::Retry(Failure::new(
-                ErrorType::Internal,
-                format!("injected fault: {} exists (REEL_FAULT_FILE)", fault.display()),
-            ));
+        if let Some(fault) = self.options.fault_file.as_ref().map(|f| {
+            let named = f.to_string_lossy().replace("{stage}", self.stage().as_str());
+            PathBuf::from(named.replace("{jobId}", &envelope.job.job_id))
+        }) {
+            if fault.exists() {
+                return Outcome::Retry(Failure::new(
+                    ErrorType::Internal,
+                    format!("injected fault: {} exists (REEL_FAULT_FILE)", fault.display()),
+                ));
+            }
         }
         let scratch = scratch_dir(&self.options.temp_dir, self.stage());
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
