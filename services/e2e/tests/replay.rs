@@ -130,3 +130,56 @@ async fn every_stage_replays_after_the_deadline_and_the_job_completes() {
         assert!(listed.is_empty(), "{stage}: left in the dead letters: {listed:?}");
     }
 }
+
+/// The runbook's "the disk filled up: give it room and replay". A real full disk needs a
+/// small filesystem, and mounting one needs root; so stitch runs under `RLIMIT_FSIZE`
+/// (64 KiB, less than one clip): the kernel lets it write no file past that, and kills it
+/// with SIGXFSZ when it tries — no outcome, like an OOM kill. Each killed run is counted;
+/// the delivery after `MAX_RETRY_ATTEMPTS + 1` dead runs fails the job with
+/// `resource_exhausted` and dead-letters it. Given room (no limit), the replay completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_disk_filled_up_give_it_room_and_replay() {
+    use std::os::unix::process::ExitStatusExt;
+    let (mut cluster, _) = cluster_with_faults(&[("JOB_TIMEOUT_MINUTES", "5")]).await;
+    for stage in ["validate", "download", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let job = "job_disk_full";
+    submit(&cluster, job).await;
+    let mut killed = 0;
+    let failed = loop {
+        let stitch = cluster.start_program_with_file_size_limit("stitch", 64 * 1024);
+        let outcome = loop {
+            if let Ok(Some(status)) = cluster.programs[stitch].child.try_wait() {
+                cluster.programs[stitch].mark_reaped();
+                break Err(status);
+            }
+            let ended = cluster.events_of(job).await.into_iter().find(|e| e.ty() == types::JOB_FAILED);
+            if let Some(event) = ended {
+                break Ok(event);
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        match outcome {
+            Ok(event) => break event,
+            Err(status) => {
+                assert_eq!(status.signal(), Some(libc::SIGXFSZ), "stitch ended otherwise: {status:?}");
+                killed += 1;
+                assert!(killed <= 3, "stitch was killed {killed} times and the job did not fail");
+            }
+        }
+    };
+    assert_eq!(killed, 2, "MAX_RETRY_ATTEMPTS=1: two dead runs, then the job fails");
+    let data = envelope::data_json(&failed).unwrap();
+    assert_eq!((data["stage"].as_str(), data["errorType"].as_str()), (Some("stitch"), Some("resource_exhausted")));
+    let listed = stdout(&cluster.reel(&["dlq", "list", "stitch", "--json"]));
+    assert!(listed.contains(job) && listed.contains("resource_exhausted"), "{listed}");
+
+    // Give it room, and replay.
+    let last = cluster.programs.iter().rposition(|p| p.name == "stitch").unwrap();
+    cluster.kill(last);
+    cluster.start_program("stitch", &[]);
+    let out = stdout(&cluster.reel(&["dlq", "replay", "stitch", "--error-type", "resource_exhausted"]));
+    assert!(out.contains(&format!("replayed {job}")), "{out}");
+    assert_completed_with_a_playable_reel(&mut cluster, job).await;
+}

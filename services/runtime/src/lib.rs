@@ -17,6 +17,7 @@ pub mod embedded;
 pub mod location;
 pub mod stage;
 pub mod store;
+pub mod sweep;
 pub mod topology;
 pub mod unfinished;
 pub mod worker;
