@@ -122,7 +122,7 @@ pub struct AttemptState {
 }
 
 /// The folded state of one job.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct JobState {
     /// Job id.
     pub job_id: String,
@@ -131,16 +131,29 @@ pub struct JobState {
     pub project_id: String,
     /// User of the job's owner.
     pub user_id: String,
-    /// The event that named the owner: (rank, stamp, project, user), the least wins
-    /// (rank 0: `job.validated`, 1: naming project and user, 2: naming a project only;
-    /// the ids break a tie between two events forged with one id and time).
-    owner_claim: Option<(u8, Stamp, String, String)>,
+    /// How the owner was decided: the claim of the event that named it, (rank, stamp,
+    /// project, user), the least winning (rank 0: `job.validated`, 1: naming project and
+    /// user, 2: naming a project only; the ids break a tie between two events forged with
+    /// one id and time). `None` with an owner set: set from outside (a snapshot), and it
+    /// stands. Bookkeeping only: not part of a state's equality.
+    pub owner_claim: Option<(u8, Stamp, String, String)>,
     /// One state per retry attempt.
     pub attempts: BTreeMap<u32, AttemptState>,
-    /// Per attempt, the latest deadline its work events carried (`job.deadline`).
-    pub deadlines: BTreeMap<u32, DateTime<Utc>>,
     /// Every `(source, id)` folded, for counting and dedupe checks.
     pub seen: BTreeSet<(String, String)>,
+}
+
+/// Two states are equal when everything they show is: how the owner was decided
+/// (`owner_claim`) is not compared, so a state restored from a snapshot (which keeps the
+/// owner, not the claim) equals the fold of the same log.
+impl PartialEq for JobState {
+    fn eq(&self, other: &JobState) -> bool {
+        self.job_id == other.job_id
+            && self.project_id == other.project_id
+            && self.user_id == other.user_id
+            && self.attempts == other.attempts
+            && self.seen == other.seen
+    }
 }
 
 impl JobState {
@@ -166,15 +179,6 @@ impl JobState {
         let stamp: Stamp = (time, event.id().to_string());
         let ty = event.ty();
         self.claim_owner(ty, &stamp, text(job, "projectId"), text(job, "userId"));
-        if let Some(deadline) = data
-            .get("job")
-            .and_then(|j| j.get("deadline"))
-            .and_then(|v| v.as_str())
-            .and_then(|s| DateTime::parse_from_rfc3339(s).ok())
-        {
-            let slot = self.deadlines.entry(attempt_no).or_insert(deadline.with_timezone(&Utc));
-            *slot = (*slot).max(deadline.with_timezone(&Utc));
-        }
         let state = self.attempts.entry(attempt_no).or_default();
 
         if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
@@ -472,8 +476,11 @@ impl JobState {
 
 /// When a job that never said it ended counts as ended: `grace` after its deadline (the
 /// stage that holds it stops its work at the deadline and reports `timeout`; the grace
-/// covers that report's way to the log). A job with no deadline yet (a request validate
-/// has not taken) uses its request time plus `job_timeout`.
+/// covers that report's way to the log). The deadline is taken as the attempt's first
+/// report (`startedAt`: validate accepts a job and reports it at once; a replay's first
+/// report is the replay) plus `job_timeout` — never earlier than the deadline the stages
+/// enforce, and made of what every fold (and `reel-api`'s snapshot) keeps. An attempt no
+/// stage has reported on uses its request time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Overdue {
     /// `JOB_TIMEOUT_MINUTES`.
@@ -496,13 +503,12 @@ impl JobState {
     /// The instant after which the current attempt, still without an end event, counts
     /// as failed with `timeout`; `None` when it has ended or names no time at all.
     pub fn overdue_after(&self, policy: &Overdue) -> Option<DateTime<Utc>> {
-        let (attempt, state) = self.current()?;
+        let (_, state) = self.current()?;
         if state.status.is_some_and(Status::is_terminal) {
             return None;
         }
-        let deadline =
-            self.deadlines.get(&attempt).copied().or_else(|| state.requested_at.map(|r| r + policy.job_timeout))?;
-        Some(deadline + policy.grace)
+        let start = state.started_at.or(state.requested_at)?;
+        Some(start + policy.job_timeout + policy.grace)
     }
 
     /// [`JobState::to_status`] as of `now`: a job past its deadline plus the grace

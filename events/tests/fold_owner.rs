@@ -122,7 +122,8 @@ fn a_silent_job_reads_failed_with_timeout_after_its_deadline_and_grace() {
     ];
     let state = fold_every_order(&events);
     let policy = Overdue::minutes(15, 5);
-    let grace_end = deadline + Duration::minutes(5);
+    // Validate reported the job at t=1: its deadline is 15 minutes on, then the grace.
+    let grace_end = at(1) + Duration::minutes(20);
     let before = state.to_status_at(grace_end - Duration::seconds(1), &policy);
     assert_eq!(before.status, Status::Running);
     let after = state.to_status_at(grace_end + Duration::seconds(1), &policy);

@@ -401,8 +401,8 @@ impl Worker {
     }
 
     /// Before the handler runs: count the run (a run killed without an outcome is seen
-    /// by the next delivery, [`crate::unfinished`]), retake the project of a replayed job,
-    /// and honour an injected fault. `Err` gives up on a job whose runs keep dying.
+    /// by the next delivery, [`crate::unfinished`]) and retake the project of a replayed
+    /// job. `Err` gives up on a job whose runs keep dying.
     async fn begin_run(&self, inbound: &Inbound<'_>) -> Result<(), Failure> {
         let job = &inbound.envelope.job;
         if !job.job_id.is_empty() {

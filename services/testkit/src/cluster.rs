@@ -321,6 +321,7 @@ impl Cluster {
     /// Like any process that hits the limit, it is killed by SIGXFSZ when it writes past
     /// it. Its log file counts too, so keep the limit above a few dozen log lines.
     pub fn start_program_with_file_size_limit(&mut self, stage: &str, max_file_bytes: u64) -> usize {
+        use std::os::unix::process::CommandExt as _;
         let program = format!("reel-{stage}");
         let mut command = self.command(&program);
         // SAFETY: setrlimit(2) is async-signal-safe.
