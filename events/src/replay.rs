@@ -65,3 +65,41 @@ pub fn renew_message(message: &PubsubMessage, now: DateTime<Utc>, job_timeout: c
     copy.attributes.insert(REPLAYED_AT.into(), now.to_rfc3339());
     copy
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{types, AttributesReader};
+
+    fn at(text: &str) -> DateTime<Utc> {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn a_structured_request_becomes_the_next_attempt_in_binary_mode_keeping_its_attributes() {
+        let request = serde_json::json!({"jobId": "j", "projectId": "p", "userId": "u", "retryAttempt": 2});
+        let event =
+            envelope::build(types::STITCH_REQUESTED, "//x", "id-1", "j", at("2030-01-01T00:00:00Z"), &request).unwrap();
+        let mut message = binding::encode_structured(&event);
+        message.attributes.insert("origin".into(), "phoenix".into());
+        let renewed = renew_message(&message, at("2030-02-01T00:00:00Z"), chrono::Duration::minutes(15));
+        let back = binding::decode(&renewed).unwrap();
+        assert_eq!((back.id(), back.ty()), ("id-1", types::STITCH_REQUESTED));
+        let data = envelope::data_json(&back).unwrap();
+        assert_eq!(data["retryAttempt"], 3);
+        assert!(data.get("deadline").is_none(), "a request gets its deadline from validate");
+        assert_eq!(renewed.attributes["origin"], "phoenix");
+        assert_eq!(renewed.attributes[REPLAYED_AT], "2030-02-01T00:00:00+00:00");
+        assert_eq!(renewed.ordering_key, message.ordering_key);
+    }
+
+    #[test]
+    fn a_message_that_is_no_cloud_event_goes_back_as_it_was() {
+        let mut message = PubsubMessage { data: b"{\"name\":\"manifests/p/m.json\"}".to_vec(), ..Default::default() };
+        message.attributes.insert("eventType".into(), "OBJECT_FINALIZE".into());
+        let renewed = renew_message(&message, at("2030-02-01T00:00:00Z"), chrono::Duration::minutes(15));
+        assert_eq!(renewed.data, message.data);
+        assert_eq!(renewed.attributes["eventType"], "OBJECT_FINALIZE");
+        assert!(renewed.attributes.contains_key(REPLAYED_AT));
+    }
+}
