@@ -1,5 +1,6 @@
 # Buckets: uploads (clips and manifests), outputs (finished reels), work (the jobs'
-# intermediate files, deleted after a day), and the notification that turns a manifest
+# intermediate files, deleted after a week: as long as a dead-lettered job may be
+# replayed from them), and the notification that turns a manifest
 # upload into a job (CONTRACT §4).
 
 locals {
@@ -28,8 +29,9 @@ resource "google_storage_bucket" "bucket" {
   public_access_prevention    = "enforced"
   force_destroy               = false
 
-  # Work files are scratch: no soft-delete copies; workspaces gone a day after they were
-  # written (finalize removes a job's files at once; this catches what a crash left).
+  # Work files are scratch: no soft-delete copies; workspaces gone a week after they were
+  # written (finalize removes a job's files at once; a dead-lettered job keeps them for a
+  # replay as long as its dead letter is kept; this also catches what a crash left).
   dynamic "soft_delete_policy" {
     for_each = each.key == "work" ? [1] : []
     content {

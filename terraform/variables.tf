@@ -51,9 +51,9 @@ variable "bucket_location" {
 }
 
 variable "work_scratch_days" {
-  description = "Jobs' workspaces (work/jobs/ in the work bucket) are deleted this many days after they were written; finalize and the failure path remove them sooner, this catches what a crash leaves."
+  description = "Jobs' workspaces (work/jobs/ in the work bucket) are deleted this many days after they were written. Finalize and a permanent failure remove them at once; a job whose message was dead-lettered keeps its workspace for `reel dlq replay`, so keep this at the dead letters' retention (7 days, services/runtime/src/topology.rs)."
   type        = number
-  default     = 1
+  default     = 7
 }
 
 variable "work_control_days" {

@@ -11,7 +11,16 @@
 //!   state (a resubmitted job starts over);
 //! - terminal states win over running ones, and among terminal ones completed beats
 //!   cancelled beats failed (a late failure report cannot undo a finished reel);
-//! - progress only grows.
+//! - progress only grows;
+//! - the owner (`projectId`, `userId`) is fixed: that of the earliest `job.validated`
+//!   (validate is authoritative), else of the earliest event naming both, else of the
+//!   earliest naming a project — "earliest" by `(time, id)`. An event naming another
+//!   owner cannot take the job over, whatever its ids sort like or when it arrives;
+//! - a replay from the dead-letter queue is a new attempt (`reel dlq replay` raises
+//!   `retryAttempt` and gives the job a fresh deadline), so a replayed job reads
+//!   `running`, then `completed`, and its failed attempt stays in its history;
+//! - time never enters the fold: whether a job is overdue is asked of the view with an
+//!   explicit `now` ([`JobState::to_status_at`]), so two folds of one log always agree.
 
 use chrono::{DateTime, Utc};
 use cloudevents::event::AttributesReader;
@@ -113,18 +122,38 @@ pub struct AttemptState {
 }
 
 /// The folded state of one job.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct JobState {
     /// Job id.
     pub job_id: String,
-    /// Project (the greatest non-empty value seen; all events agree in practice).
+    /// Project of the job's owner (see the module's rules; never changes once decided
+    /// by the event that decides it, whichever order events arrive in).
     pub project_id: String,
-    /// User.
+    /// User of the job's owner.
     pub user_id: String,
+    /// How the owner was decided: the claim of the event that named it, (rank, stamp,
+    /// project, user), the least winning (rank 0: `job.validated`, 1: naming project and
+    /// user, 2: naming a project only; the ids break a tie between two events forged with
+    /// one id and time). `None` with an owner set: set from outside (a snapshot), and it
+    /// stands. Bookkeeping only: not part of a state's equality.
+    pub owner_claim: Option<(u8, Stamp, String, String)>,
     /// One state per retry attempt.
     pub attempts: BTreeMap<u32, AttemptState>,
     /// Every `(source, id)` folded, for counting and dedupe checks.
     pub seen: BTreeSet<(String, String)>,
+}
+
+/// Two states are equal when everything they show is: how the owner was decided
+/// (`owner_claim`) is not compared, so a state restored from a snapshot (which keeps the
+/// owner, not the claim) equals the fold of the same log.
+impl PartialEq for JobState {
+    fn eq(&self, other: &JobState) -> bool {
+        self.job_id == other.job_id
+            && self.project_id == other.project_id
+            && self.user_id == other.user_id
+            && self.attempts == other.attempts
+            && self.seen == other.seen
+    }
 }
 
 impl JobState {
@@ -144,14 +173,13 @@ impl JobState {
         let Ok(data) = data_json(event) else { return };
         let job = data.get("job").unwrap_or(&data);
         let text = |v: &serde_json::Value, k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
-        max_nonempty(&mut self.project_id, text(job, "projectId"));
-        max_nonempty(&mut self.user_id, text(job, "userId"));
         let attempt_no =
             job.get("retryAttempt").or_else(|| data.get("retryAttempt")).and_then(|v| v.as_u64()).unwrap_or(0) as u32;
         let time = event.time().copied().unwrap_or(DateTime::<Utc>::UNIX_EPOCH);
         let stamp: Stamp = (time, event.id().to_string());
-        let state = self.attempts.entry(attempt_no).or_default();
         let ty = event.ty();
+        self.claim_owner(ty, &stamp, text(job, "projectId"), text(job, "userId"));
+        let state = self.attempts.entry(attempt_no).or_default();
 
         if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
             if ty != types::JOB_COMPLETED && state.completed.is_none() {
@@ -256,6 +284,26 @@ impl JobState {
         }
     }
 
+    /// Take `(project, user)` as the owner if this event's claim beats the one so far
+    /// (a min over `(rank, stamp)`: order- and duplicate-free like the rest).
+    fn claim_owner(&mut self, ty: &str, stamp: &Stamp, project: String, user: String) {
+        // An owner set from outside (a state restored from a snapshot) stands as well.
+        if project.is_empty() || (self.owner_claim.is_none() && !self.project_id.is_empty()) {
+            return;
+        }
+        let rank = match (ty, user.is_empty()) {
+            (types::JOB_VALIDATED, false) => 0,
+            (_, false) => 1,
+            (_, true) => 2,
+        };
+        let claim = (rank, stamp.clone(), project, user);
+        if self.owner_claim.as_ref().is_none_or(|c| claim < *c) {
+            self.project_id = claim.2.clone();
+            self.user_id = claim.3.clone();
+            self.owner_claim = Some(claim);
+        }
+    }
+
     /// The attempt that is the job's state: the highest one.
     pub fn current(&self) -> Option<(u32, &AttemptState)> {
         self.attempts.iter().next_back().map(|(n, s)| (*n, s))
@@ -309,12 +357,6 @@ impl AttemptState {
         if better {
             self.stage = Some((stage, stamp.clone()));
         }
-    }
-}
-
-fn max_nonempty(slot: &mut String, value: String) {
-    if !value.is_empty() && value > *slot {
-        *slot = value;
     }
 }
 
@@ -428,6 +470,76 @@ impl JobState {
             } else {
                 None
             },
+        }
+    }
+}
+
+/// When a job that never said it ended counts as ended: `grace` after its deadline (the
+/// stage that holds it stops its work at the deadline and reports `timeout`; the grace
+/// covers that report's way to the log). The deadline is taken as the attempt's first
+/// report (`startedAt`: validate accepts a job and reports it at once; a replay's first
+/// report is the replay) plus `job_timeout` — never earlier than the deadline the stages
+/// enforce, and made of what every fold (and `reel-api`'s snapshot) keeps. An attempt no
+/// stage has reported on uses its request time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Overdue {
+    /// `JOB_TIMEOUT_MINUTES`.
+    pub job_timeout: chrono::Duration,
+    /// `REEL_JOB_GRACE_MINUTES` (default 5).
+    pub grace: chrono::Duration,
+}
+
+impl Overdue {
+    /// The policy of a `JOB_TIMEOUT_MINUTES` and a grace, in minutes.
+    pub fn minutes(job_timeout: u64, grace: u64) -> Overdue {
+        Overdue {
+            job_timeout: chrono::Duration::minutes(job_timeout as i64),
+            grace: chrono::Duration::minutes(grace as i64),
+        }
+    }
+}
+
+impl JobState {
+    /// The instant after which the current attempt, still without an end event, counts
+    /// as failed with `timeout`; `None` when it has ended or names no time at all.
+    pub fn overdue_after(&self, policy: &Overdue) -> Option<DateTime<Utc>> {
+        let (_, state) = self.current()?;
+        if state.status.is_some_and(Status::is_terminal) {
+            return None;
+        }
+        let start = state.started_at.or(state.requested_at)?;
+        Some(start + policy.job_timeout + policy.grace)
+    }
+
+    /// [`JobState::to_status`] as of `now`: a job past its deadline plus the grace
+    /// without an end event reads `failed` with `timeout`. `now` is a parameter, never
+    /// the clock, so the same log and the same `now` always give the same answer.
+    pub fn to_status_at(&self, now: DateTime<Utc>, policy: &Overdue) -> JobStatus {
+        let mut status = self.to_status();
+        if let Some(after) = self.overdue_after(policy).filter(|after| now > *after) {
+            let error = self.overdue_error(policy);
+            status.status = Status::Failed;
+            status.completed_at = Some(after);
+            status.estimated_completion = None;
+            status.error = Some(error.message);
+            status.error_type = Some(ErrorType::Timeout);
+        }
+        status
+    }
+
+    /// The error an overdue job ends with.
+    pub(crate) fn overdue_error(&self, policy: &Overdue) -> JobError {
+        JobError {
+            error_type: ErrorType::Timeout,
+            message: format!(
+                "the job did not end within its deadline plus {} minutes of grace (JOB_TIMEOUT_MINUTES={}); \
+                 no stage reported an end, so it is failed by the sweeper",
+                policy.grace.num_minutes(),
+                policy.job_timeout.num_minutes()
+            ),
+            stage: self.stage().unwrap_or(Stage::Validate),
+            retryable: true,
+            attempts: 0,
         }
     }
 }

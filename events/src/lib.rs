@@ -19,7 +19,9 @@ pub mod fold;
 pub mod message;
 pub mod options;
 pub mod payload;
+pub mod replay;
 pub mod schema;
+pub mod sweep;
 pub mod types;
 pub mod verdict;
 

@@ -226,10 +226,11 @@ impl Filter {
     }
 }
 
-/// The message to send back to the stage: the original attributes, without the
-/// dead-letter ones, with the replay count raised.
-pub fn for_replay(message: &Message) -> Message {
-    let mut copy = message.clone();
+/// The message to send back to the stage: a new attempt of the job with a fresh
+/// deadline of `job_timeout` from now ([`reel_events::replay`]), the original
+/// attributes without the dead-letter ones, and the replay count raised.
+pub fn for_replay(message: &Message, job_timeout: chrono::Duration) -> Message {
+    let mut copy = reel_events::replay::renew_message(message, Utc::now(), job_timeout);
     copy.attributes.retain(|k, _| !k.starts_with("reel-dl-") && !k.starts_with("CloudPubSubDeadLetter"));
     let count = message.attributes.get("ce-replaycount").and_then(|c| c.parse::<u32>().ok()).unwrap_or(0) + 1;
     if copy.attributes.contains_key("ce-specversion") {
@@ -307,7 +308,7 @@ pub async fn dlq_replay(settings: &Settings, stage: Stage, filter: Filter, dry_r
             continue;
         }
         let topic = replay_topic(stage, &p.message, &names);
-        match bus.publish(&topic, for_replay(&p.message)).await {
+        match bus.publish(&topic, for_replay(&p.message, settings.job_timeout())).await {
             Ok(_) => {
                 // Acked only once the republish is confirmed.
                 rest.acknowledge(&sub, std::slice::from_ref(&p.ack_id)).await?;

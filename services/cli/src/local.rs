@@ -302,6 +302,28 @@ pub fn fold_log(state: &Path) -> Result<std::collections::BTreeMap<String, JobSt
     Ok(reel_events::fold::fold_all(events.iter()))
 }
 
+/// `reel sweep` on the local log: append the `job.failed` (`timeout`) of every job that
+/// outlived its deadline plus `REEL_JOB_GRACE_MINUTES` without an end (a `reel stitch`
+/// killed mid-job leaves one). Returns the jobs failed.
+pub fn sweep(state: &Path, settings: &Settings, dry_run: bool) -> Result<Vec<String>> {
+    let jobs = fold_log(state)?;
+    let now = Utc::now();
+    let overdue = reel_events::sweep::overdue_failures(&jobs, now, &settings.overdue());
+    let mut failed = Vec::new();
+    for event in overdue {
+        if !dry_run {
+            let logged = reel_runtime::embedded::LoggedMessage {
+                message_id: event.id().to_string(),
+                publish_time: now,
+                message: binding::encode_binary(&event),
+            };
+            EventLog::append(&log_path(state), &logged).context("appending to the event log")?;
+        }
+        failed.push(envelope::job_id_of(&event).unwrap_or_default());
+    }
+    Ok(failed)
+}
+
 /// The local dead-letter file of a stage.
 pub fn dead_letter_path(state: &Path, stage: Stage) -> PathBuf {
     state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()))

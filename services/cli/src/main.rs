@@ -89,6 +89,14 @@ enum Command {
         #[command(subcommand)]
         command: DlqCommand,
     },
+    /// Fail the jobs of the local event log that outlived their deadline plus
+    /// REEL_JOB_GRACE_MINUTES without an end (`job.failed`, `timeout`). On the cloud,
+    /// reel-api's follower sweeps (reel_runtime::sweep::publish_overdue).
+    Sweep {
+        /// Say which jobs would be failed, and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// A project's jobs, folded from the local event log (local runs use project `local`).
     Jobs {
         /// The project id.
@@ -216,6 +224,13 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Sweep { dry_run } => {
+            for job in local::sweep(&local::state_dir(), settings(), dry_run)? {
+                let verb = if dry_run { "would fail" } else { "failed" };
+                println!("{verb} {job}: it did not end within its deadline plus the grace (timeout)");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Cancel { job, api, token } => cancel(&job, api.as_deref(), token.as_deref()).await,
         Command::Status { job, json, api: Some(api), token } => {
             let status: reel_events::fold::JobStatus =
@@ -381,7 +396,8 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
                     return Ok(ExitCode::SUCCESS);
                 }
                 let mut pipeline = local::LocalPipeline::start(&state, settings().clone()).await?;
-                let messages = replay.iter().map(|(_, m)| cloud::for_replay(&m.message)).collect();
+                let messages =
+                    replay.iter().map(|(_, m)| cloud::for_replay(&m.message, settings().job_timeout())).collect();
                 // The republish is confirmed (in-process) before the queue file is rewritten.
                 let result = pipeline.replay(stage, messages, std::time::Duration::from_secs(900)).await;
                 local::rewrite_dead_letters(&state, stage, &keep)?;

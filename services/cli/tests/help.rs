@@ -60,3 +60,33 @@ fn cancel_writes_the_marker_the_stages_poll() {
     let out = reel_local(home.path(), &["cancel", "../etc"]);
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// `reel sweep` ends a job that outlived its deadline plus the grace with no end event
+/// (a `reel stitch` killed mid-job): `job.failed` with `timeout` on the log, so
+/// `reel status` says so; a second sweep changes nothing.
+#[test]
+fn sweep_fails_a_job_that_outlived_its_deadline() {
+    use reel_events::{binding, envelope, types};
+    let home = tempfile::tempdir().unwrap();
+    let accepted = chrono::Utc::now() - chrono::Duration::hours(1);
+    let spec = serde_json::json!({"job": {"jobId": "job_stuck", "projectId": "local", "userId": "me",
+        "deadline": (accepted + chrono::Duration::minutes(15)).to_rfc3339()}});
+    let validated =
+        envelope::build(types::JOB_VALIDATED, "//reel/validate", "v-stuck", "job_stuck", accepted, &spec).unwrap();
+    let logged = reel_runtime::embedded::LoggedMessage {
+        message_id: "1".into(),
+        publish_time: accepted,
+        message: binding::encode_binary(&validated),
+    };
+    reel_runtime::embedded::EventLog::append(&home.path().join("events.jsonl"), &logged).unwrap();
+
+    let out = reel_local(home.path(), &["sweep", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("would fail job_stuck"));
+    let out = reel_local(home.path(), &["sweep"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("failed job_stuck"), "{out:?}");
+    let out = reel_local(home.path(), &["status", "job_stuck", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((status["status"].as_str(), status["errorType"].as_str()), (Some("failed"), Some("timeout")));
+    let out = reel_local(home.path(), &["sweep"]);
+    assert!(out.status.success() && out.stdout.is_empty(), "{out:?}");
+}

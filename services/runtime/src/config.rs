@@ -52,6 +52,15 @@ pub struct Settings {
     pub max_retry_attempts: u32,
     /// Scratch space for ffmpeg and downloads (`TEMP_DIR`).
     pub temp_dir: PathBuf,
+    /// A job that has not ended this many minutes after its deadline reads `failed`
+    /// (`timeout`), and `reel sweep` publishes its `job.failed` (`REEL_JOB_GRACE_MINUTES`,
+    /// default 5: the stage holding it stops at the deadline and reports in far less).
+    pub job_grace_minutes: u64,
+    /// Fault injection, for tests and drills only: while this file exists, every
+    /// delivery fails transiently before the handler runs (`REEL_FAULT_FILE`; unset in
+    /// production). `{stage}` and `{jobId}` in the path stand for the delivery's, so one
+    /// job can be made to fail at one stage. Removing the file is "fixing the cause".
+    pub fault_file: Option<PathBuf>,
     /// `error`, `warn`, `info`, `debug`, `trace`, `off`, or tracing directives of the form
     /// `target=level` (`LOG_LEVEL`, default `info`).
     pub log_level: String,
@@ -192,6 +201,8 @@ impl Default for Settings {
             job_timeout_minutes: 15,
             max_retry_attempts: 3,
             temp_dir: std::env::temp_dir().join("reel"),
+            job_grace_minutes: 5,
+            fault_file: None,
             log_level: "info".into(),
             log_format: LogFormat::Json,
             metrics_enabled: true,
@@ -414,6 +425,11 @@ impl Settings {
     /// The job timeout as a duration.
     pub fn job_timeout(&self) -> chrono::Duration {
         chrono::Duration::minutes(self.job_timeout_minutes as i64)
+    }
+
+    /// When a job without an end event counts as failed (`timeout`).
+    pub fn overdue(&self) -> reel_events::fold::Overdue {
+        reel_events::fold::Overdue::minutes(self.job_timeout_minutes, self.job_grace_minutes)
     }
 
     /// The topology these settings name.

@@ -17,7 +17,9 @@ pub mod embedded;
 pub mod location;
 pub mod stage;
 pub mod store;
+pub mod sweep;
 pub mod topology;
+pub mod unfinished;
 pub mod worker;
 
 pub use bus::{Bus, BusError, Delivery, Message};

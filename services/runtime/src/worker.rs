@@ -63,6 +63,10 @@ pub struct WorkerOptions {
     pub temp_dir: PathBuf,
     /// `JOB_TIMEOUT_MINUTES`, named in timeout messages.
     pub job_timeout_minutes: u64,
+    /// `REEL_FAULT_FILE`: while it exists, deliveries fail transiently (drills, tests).
+    pub fault_file: Option<PathBuf>,
+    /// Whether a replayed job retakes its project's lock (`REEL_PROJECT_LOCK`).
+    pub project_lock: bool,
 }
 
 impl WorkerOptions {
@@ -78,6 +82,8 @@ impl WorkerOptions {
             max_retry_attempts: settings.max_retry_attempts,
             temp_dir: settings.temp_dir.clone(),
             job_timeout_minutes: settings.job_timeout_minutes,
+            fault_file: settings.fault_file.clone(),
+            project_lock: settings.validate.project_lock,
         }
     }
 }
@@ -107,6 +113,9 @@ struct Inbound<'a> {
     delivery_attempt: u32,
     event: Option<Event>,
     envelope: JobEnvelope,
+    /// Earlier runs of this stage on the job died without an outcome more often than
+    /// retries allow (see [`crate::unfinished`]): give up now.
+    killed_too_often: bool,
 }
 
 /// A stage's worker.
@@ -282,8 +291,14 @@ impl Worker {
         stop: CancellationToken,
     ) -> Disposition {
         self.stats.received.fetch_add(1, Ordering::Relaxed);
-        let mut inbound =
-            Inbound { subscription, message, delivery_attempt, event: None, envelope: JobEnvelope::default() };
+        let mut inbound = Inbound {
+            subscription,
+            message,
+            delivery_attempt,
+            event: None,
+            envelope: JobEnvelope::default(),
+            killed_too_often: false,
+        };
         let event = match self.admit_message(message, message_id) {
             Ok(event) => event,
             Err(outcome) => return self.settle(&inbound, outcome).await,
@@ -307,7 +322,18 @@ impl Worker {
             let event = inbound.event.as_ref().expect("decoded above");
             let outcome = match self.admit_job(&inbound.envelope).await {
                 Some(outcome) => outcome,
-                None => self.run_handler(event, &inbound.envelope, delivery_attempt, stop).await,
+                None => {
+                    let outcome = match self.begin_run(&inbound).await {
+                        Err(failure) => {
+                            inbound.killed_too_often = true;
+                            Outcome::Retry(failure)
+                        }
+                        Ok(()) => self.run_handler(event, &inbound.envelope, delivery_attempt, stop).await,
+                    };
+                    // An outcome exists; giving up counts too, so a replay starts afresh.
+                    self.end_run(&inbound.envelope.job.job_id).await;
+                    outcome
+                }
             };
             self.settle(&inbound, outcome).await
         }
@@ -377,6 +403,54 @@ impl Worker {
         None
     }
 
+    /// Before the handler runs: count the run (a run killed without an outcome is seen
+    /// by the next delivery, [`crate::unfinished`]) and retake the project of a replayed
+    /// job. `Err` gives up on a job whose runs keep dying.
+    async fn begin_run(&self, inbound: &Inbound<'_>) -> Result<(), Failure> {
+        let job = &inbound.envelope.job;
+        if !job.job_id.is_empty() {
+            match crate::unfinished::begin(self.work.as_ref(), &job.job_id, self.stage()).await {
+                Ok(died) if died > self.options.max_retry_attempts => {
+                    return Err(Failure::new(
+                        ErrorType::ResourceExhausted,
+                        format!(
+                            "the {} stage's program died {died} times while working on this job without finishing \
+                             (killed: out of memory, or a crash); MAX_RETRY_ATTEMPTS is {}",
+                            self.stage(),
+                            self.options.max_retry_attempts
+                        ),
+                    ));
+                }
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "could not record the run; a kill of this run will not be counted"),
+            }
+        }
+        if let Some(deadline) = inbound.envelope.deadline.filter(|_| {
+            self.options.project_lock && inbound.message.attributes.contains_key(reel_events::replay::REPLAYED_AT)
+        }) {
+            // The lock outlives the deadline by what validate gives it.
+            let expires = deadline + chrono::Duration::minutes(5);
+            match crate::lock::acquire(self.work.as_ref(), &job.project_id, &job.job_id, expires, false).await {
+                Ok(crate::lock::Acquire::Acquired) => info!("replayed job took its project's lock again"),
+                Ok(crate::lock::Acquire::Held(other)) => {
+                    warn!(other_job = %other.job_id, "replayed job runs while another job holds its project")
+                }
+                Err(e) => warn!(error = %e, "could not retake the project lock for the replay"),
+            }
+        }
+        Ok(())
+    }
+
+    /// The handler produced an outcome: the run did not die (see [`Worker::begin_run`]).
+    async fn end_run(&self, job_id: &str) {
+        if job_id.is_empty() {
+            return;
+        }
+        if let Err(e) = crate::unfinished::finish(self.work.as_ref(), job_id, self.stage()).await {
+            warn!(error = %e, "could not clear the run record");
+        }
+    }
+
     /// Run the handler in a scratch directory with its helpers (lease, progress,
     /// watcher), and say what came of it: the handler's outcome, unless work was stopped
     /// from outside and produced nothing.
@@ -387,6 +461,17 @@ impl Worker {
         delivery_attempt: u32,
         stop: CancellationToken,
     ) -> Outcome {
+        if let Some(fault) = self.options.fault_file.as_ref().map(|f| {
+            let named = f.to_string_lossy().replace("{stage}", self.stage().as_str());
+            PathBuf::from(named.replace("{jobId}", &envelope.job.job_id))
+        }) {
+            if fault.exists() {
+                return Outcome::Retry(Failure::new(
+                    ErrorType::Internal,
+                    format!("injected fault: {} exists (REEL_FAULT_FILE)", fault.display()),
+                ));
+            }
+        }
         let scratch = scratch_dir(&self.options.temp_dir, self.stage());
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
             return Outcome::Retry(Failure::new(
@@ -486,21 +571,26 @@ impl Worker {
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 Disposition::Nack
             }
-            Outcome::Retry(failure) if inbound.delivery_attempt <= self.options.max_retry_attempts => {
+            Outcome::Retry(failure)
+                if inbound.delivery_attempt <= self.options.max_retry_attempts && !inbound.killed_too_often =>
+            {
                 warn!(error_type = %failure.error_type, error = %failure.message, delivery_attempt = inbound.delivery_attempt, "transient failure; will retry");
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 Disposition::Nack
             }
             Outcome::Retry(failure) => {
                 error!(error_type = %failure.error_type, error = %failure.message, delivery_attempt = inbound.delivery_attempt, "retries exhausted; failing the job and dead-lettering the message");
-                match self.end_job(inbound, JobEnd::Failed { failure: failure.clone(), retryable: true }).await {
+                // The workspace stays for a replay (until the work bucket's lifecycle rule,
+                // as long as dead letters are kept); the project lock is released.
+                let end = JobEnd::Failed { failure: failure.clone(), retryable: true, keep_workspace: true };
+                match self.end_job(inbound, end).await {
                     Disposition::Ack => self.dead_letter(inbound, &failure).await,
                     nack => nack,
                 }
             }
             Outcome::Reject(failure) => {
                 let retryable = failure.error_type.passes_later();
-                self.end_job(inbound, JobEnd::Failed { failure, retryable }).await
+                self.end_job(inbound, JobEnd::Failed { failure, retryable, keep_workspace: false }).await
             }
             Outcome::Cancel => self.end_job(inbound, JobEnd::Cancelled).await,
             Outcome::Unprocessable(failure) => {
@@ -510,9 +600,10 @@ impl Worker {
         }
     }
 
-    /// End the job: unless it completed meanwhile, clean its workspace and lock, then
-    /// publish `job.failed` or `job.cancelled` (clean first, so whoever sees the event
-    /// finds no work files left).
+    /// End the job: unless it completed meanwhile, release its lock and clean its
+    /// workspace (kept when the message is dead-lettered, for a replay), then publish
+    /// `job.failed` or `job.cancelled` (clean first, so whoever sees the event finds no
+    /// work files left).
     async fn end_job(&self, inbound: &Inbound<'_>, end: JobEnd) -> Disposition {
         let job = match &end {
             JobEnd::Failed { failure, .. } => failure.job.as_ref().unwrap_or(&inbound.envelope.job),
@@ -528,7 +619,7 @@ impl Worker {
         let stage = self.stage();
         let retry_attempt = inbound.envelope.retry_attempt;
         let (ty, id_stage, data) = match &end {
-            JobEnd::Failed { failure, retryable } => {
+            JobEnd::Failed { failure, retryable, .. } => {
                 warn!(error_type = %failure.error_type, error = %failure.message, job_id = %job.job_id, "job failed");
                 let data = JobFailed {
                     job_id: job.job_id.clone(),
@@ -570,7 +661,8 @@ impl Worker {
         if let Some(cause) = &inbound.event {
             envelope::carry_trace(cause, &mut event);
         }
-        self.clean_workspace(job).await;
+        let keep_workspace = matches!(end, JobEnd::Failed { keep_workspace: true, .. });
+        self.clean_workspace(job, keep_workspace).await;
         if let Err(e) = self.publish_event(&event).await {
             warn!(error = %e, event_type = ty, "could not publish the end of the job; will retry");
             return Disposition::Nack;
@@ -587,14 +679,18 @@ impl Worker {
         Disposition::Ack
     }
 
-    async fn clean_workspace(&self, job: &JobRef) {
+    /// Release the job's project lock and, unless a replay will need it, remove its
+    /// workspace.
+    async fn clean_workspace(&self, job: &JobRef, keep_workspace: bool) {
         let job_id = job.job_id.as_str();
         if job_id.is_empty() {
             return;
         }
         crate::tenancy::release(self.work.as_ref(), job).await;
-        if let Err(e) = crate::store::delete_prefix(self.work.as_ref(), &work_prefix(job_id)).await {
-            warn!(error = %e, "could not clean the job's workspace");
+        if !keep_workspace {
+            if let Err(e) = crate::store::delete_prefix(self.work.as_ref(), &work_prefix(job_id)).await {
+                warn!(error = %e, "could not clean the job's workspace");
+            }
         }
     }
 
@@ -704,7 +800,13 @@ impl Worker {
 
 /// How a job ends when it does not complete.
 enum JobEnd {
-    Failed { failure: Failure, retryable: bool },
+    /// `keep_workspace`: the message is dead-lettered, and a replay resumes from the
+    /// workspace.
+    Failed {
+        failure: Failure,
+        retryable: bool,
+        keep_workspace: bool,
+    },
     Cancelled,
 }
 

@@ -222,6 +222,22 @@ async fn after_max_retry_attempts_the_job_fails_retryable_and_the_message_is_dea
 }
 
 #[tokio::test]
+async fn a_dead_lettered_job_keeps_its_workspace_for_a_replay_and_frees_its_project() {
+    let rig = rig(Behaviour::AlwaysRetry, 1).await;
+    let clip = "jobs/job_kept/clips/000.mp4";
+    rig.work.put(clip, Box::pin(std::io::Cursor::new(b"x".to_vec())), PutMode::Overwrite).await.unwrap();
+    let lock = reel_runtime::lock::lock_key("p1");
+    let expires = Utc::now() + chrono::Duration::minutes(10);
+    reel_runtime::lock::acquire(rig.work.as_ref(), "p1", "job_kept", expires, false).await.unwrap();
+    rig.send(&job_event("job_kept", chrono::Duration::minutes(5))).await;
+    rig.wait_log("job_kept", types::JOB_FAILED).await;
+    rig.dead_letter().await;
+    assert!(rig.work.head(clip).await.unwrap().is_some(), "the workspace a replay needs is gone");
+    assert!(rig.work.head(&lock).await.unwrap().is_none(), "the failed job still blocks its project");
+    rig.stop().await;
+}
+
+#[tokio::test]
 async fn a_permanent_failure_fails_the_job_and_cleans_its_workspace() {
     let rig = rig(Behaviour::Reject, 3).await;
     let key = "jobs/job_bad/clips/000.mp4";

@@ -290,14 +290,18 @@ impl Cluster {
     }
 
     fn spawn(&mut self, name: &str, program: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Result<usize> {
+        let mut command = self.command(program);
+        command.args(args).envs(extra_env.iter().copied());
+        self.spawn_command(name, program, args, command)
+    }
+
+    fn spawn_command(&mut self, name: &str, program: &str, args: &[&str], command: Command) -> Result<usize> {
         let instance = self.programs.iter().filter(|p| p.name == name).count();
         let log = if instance == 0 {
             self.dir().join(format!("{name}.log"))
         } else {
             self.dir().join(format!("{name}-{instance}.log"))
         };
-        let mut command = self.command(program);
-        command.args(args).envs(extra_env.iter().copied());
         let child = process::spawn(command, &log, self.lifetime).with_context(|| format!("starting {program}"))?;
         let args = args.iter().map(|a| a.to_string()).collect();
         self.programs.push(Program { name: name.to_string(), instance, args, child, log, reaped: false });
@@ -308,6 +312,28 @@ impl Cluster {
     /// [`Cluster::programs`].
     pub fn start_program(&mut self, stage: &str, args: &[&str]) -> usize {
         self.spawn(stage, &format!("reel-{stage}"), args, &[]).unwrap_or_else(|e| panic!("{e:#}"))
+    }
+
+    /// Start a stage program that may not write any file beyond `max_file_bytes`
+    /// (`RLIMIT_FSIZE`, the kernel's per-process file-size limit, settable without root):
+    /// the closest thing to a full disk a test can make without mounting a filesystem.
+    /// Like any process that hits the limit, it is killed by SIGXFSZ when it writes past
+    /// it. Its log file counts too, so keep the limit above a few dozen log lines.
+    pub fn start_program_with_file_size_limit(&mut self, stage: &str, max_file_bytes: u64) -> usize {
+        use std::os::unix::process::CommandExt as _;
+        let program = format!("reel-{stage}");
+        let mut command = self.command(&program);
+        // SAFETY: setrlimit(2) is async-signal-safe.
+        unsafe {
+            command.pre_exec(move || {
+                let limit = libc::rlimit { rlim_cur: max_file_bytes, rlim_max: max_file_bytes };
+                if libc::setrlimit(libc::RLIMIT_FSIZE, &limit) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        self.spawn_command(stage, &program, &[], command).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     /// Start `reel-api` on `port` with local tokens (`tok-alice=alice,tok-bob=bob`, and

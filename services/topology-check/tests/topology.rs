@@ -316,7 +316,7 @@ fn manifests_on_the_uploads_bucket_notify_the_gcs_topic() {
 }
 
 #[test]
-fn the_work_bucket_forgets_workspaces_after_a_day() {
+fn the_work_bucket_keeps_workspaces_as_long_as_dead_letters() {
     let module = module();
     let mut deployment = deploy(&module, &[]);
     let buckets = deployment.evaluator.instances("google_storage_bucket").unwrap();
@@ -338,7 +338,19 @@ fn the_work_bucket_forgets_workspaces_after_a_day() {
             rules.insert(prefix.as_str().unwrap().to_string(), age);
         }
     }
-    assert_eq!(rules.get(&job_prefix), Some(&1.0), "workspaces {job_prefix} must go after a day: {rules:?}");
+    // A dead-lettered job keeps its workspace for `reel dlq replay`: the workspace must
+    // live as long as its dead letter can be replayed, and no longer.
+    let topology = reel_runtime::topology::Topology::standard(reel_runtime::topology::DEFAULT_PREFIX);
+    let names = topology.names();
+    let dead_letter = topology
+        .subscription(&names.dead_letter_subscription(reel_events::Stage::Stitch))
+        .expect("a dead-letter subscription");
+    let dead_letter_days = dead_letter.message_retention.as_secs_f64() / 86_400.0;
+    assert_eq!(
+        rules.get(&job_prefix),
+        Some(&dead_letter_days),
+        "workspaces {job_prefix} must go with the dead letters, after {dead_letter_days} days: {rules:?}"
+    );
     let control_days =
         rules.get(&control_prefix).copied().unwrap_or_else(|| panic!("no rule for {control_prefix}: {rules:?}"));
     assert!(control_days > 31.0, "completion markers must outlive the 31-day event log, not {control_days} days");
