@@ -256,7 +256,6 @@ fn bad_input_exits_non_zero_naming_the_problem() {
         );
         assert!(!sb.path("o.mp4").exists());
     }
-
 }
 
 /// The output rule on a laptop: a file reel did not write is never replaced, not even with

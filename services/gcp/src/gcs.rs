@@ -397,7 +397,9 @@ impl GcsStore {
             .client
             .upload_streamed_object(&request, stream, &UploadType::Multipart(Box::new(resource)))
             .await
-            .map_err(|e| write_error(options.mode, store_error(key, &format!("upload gs://{}/{key}", self.bucket), &e)))?;
+            .map_err(|e| {
+                write_error(options.mode, store_error(key, &format!("upload gs://{}/{key}", self.bucket), &e))
+            })?;
         Ok(meta_of(&object))
     }
 

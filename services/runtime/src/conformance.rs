@@ -792,8 +792,7 @@ pub mod store_cases {
         assert_eq!(written.metadata, metadata, "put_with must return the metadata it stored");
         let head = store.head(&key).await.unwrap_or_else(|e| panic!("head failed: {e}")).expect("head is None");
         assert_eq!(head.metadata, metadata, "head must return the object's metadata");
-        let copied =
-            store.copy(&key, &copy, PutMode::CreateOnly).await.unwrap_or_else(|e| panic!("copy failed: {e}"));
+        let copied = store.copy(&key, &copy, PutMode::CreateOnly).await.unwrap_or_else(|e| panic!("copy failed: {e}"));
         assert_eq!(copied.metadata, metadata, "a copy must carry the source's metadata");
         assert_eq!(store.head(&copy).await.unwrap().expect("copy is gone").metadata, metadata);
         put(&*store, &key, b"plain", PutMode::Overwrite).await;

@@ -216,8 +216,7 @@ pub trait Store: Send + Sync + 'static {
     /// the object's generation and metadata), so pass only a file nothing else will
     /// change (a stage's work file).
     async fn put_file_with(&self, key: &str, src: &Path, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
-        let file =
-            tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+        let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
         self.put_with(key, Box::pin(file), options).await
     }
 

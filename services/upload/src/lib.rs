@@ -13,8 +13,8 @@ use async_trait::async_trait;
 use reel_events::payload::{ReelStitched, ReelUploaded};
 use reel_events::{types, ErrorType, Event, Stage};
 use reel_runtime::config::Settings;
-use reel_runtime::stage::{cancel_marker_key, decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::output;
+use reel_runtime::stage::{cancel_marker_key, decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{crc32c_base64, ObjectMeta, PutOptions, StoreError};
 use tracing::info;
 
@@ -86,8 +86,8 @@ impl Handler for Upload {
         // The write expects exactly what was judged: nothing (create-only) or the judged
         // generation of the project's own reel, so a writer that came in between is never
         // overwritten.
-        let options = PutOptions::new(expect.put_mode())
-            .with_metadata(output::output_metadata(&job.project_id, &job.job_id));
+        let options =
+            PutOptions::new(expect.put_mode()).with_metadata(output::output_metadata(&job.project_id, &job.job_id));
         ctx.progress.report(5.0);
         let written = match ctx.work.local_path(&input.work_key) {
             // A local work file: hard-linked into place where the output is on its

@@ -824,9 +824,8 @@ impl Store for DirStore {
         match linked {
             Some(meta) => Ok(meta),
             None => {
-                let file = tokio::fs::File::open(src)
-                    .await
-                    .map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+                let file =
+                    tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
                 self.put_with(key, Box::pin(file), options).await
             }
         }
