@@ -170,9 +170,9 @@ fn sync_dir(dir: &Path) {
 /// Prefix of the extended attributes that hold an object's custom metadata.
 const XATTR_PREFIX: &str = "user.reel.";
 
-/// Whether an extended-attribute error means "this filesystem has none".
+/// Whether an extended-attribute error means "this filesystem keeps no user attributes".
 fn xattrs_unsupported(err: &rustix::io::Errno) -> bool {
-    *err == rustix::io::Errno::NOTSUP || *err == rustix::io::Errno::PERM && cfg!(not(target_os = "linux"))
+    *err == rustix::io::Errno::NOTSUP
 }
 
 /// Make `metadata` the custom metadata of the open `file`: `user.reel.*` attributes not
