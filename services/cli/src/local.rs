@@ -15,6 +15,8 @@ use reel_events::{binding, envelope, types, AttributesReader, Compression, Event
 use reel_runtime::bus::Bus;
 use reel_runtime::embedded::{DirStore, EmbeddedBus, EventLog};
 use reel_runtime::local::LocalResolver;
+use reel_runtime::location::{Location, StoreResolver};
+use reel_runtime::output::{self, Refusal};
 use reel_runtime::stage::{FromSettings, Handler};
 use reel_runtime::topology::{SubscriptionSpec, Topology};
 use reel_runtime::worker::{Worker, WorkerOptions};
@@ -63,7 +65,8 @@ pub struct StitchJob {
     pub orientation: Orientation,
     /// Preset.
     pub compression: Compression,
-    /// Replace an existing output.
+    /// Replace OUT if it is reel's own earlier output (sends `forceRestart`); a file reel
+    /// did not write is never replaced.
     pub overwrite: bool,
 }
 
@@ -108,6 +111,28 @@ pub struct LocalPipeline {
     topology: Topology,
     shutdown: CancellationToken,
     workers: tokio::task::JoinSet<()>,
+}
+
+/// The project every local job belongs to; the person at the keyboard owns it.
+pub const LOCAL_PROJECT: &str = "local";
+
+/// The output rule (`reel_runtime::output`) before anything runs, so that a refusal names
+/// the file at once instead of after the clips were read and encoded. Upload applies the
+/// same rule again when it writes.
+async fn check_output(job: &StitchJob) -> Result<()> {
+    let (store, key) = LocalResolver::new().resolve(&Location::Local(job.output.clone()))?;
+    let existing = store.head(&key).await.with_context(|| format!("checking {}", job.output.display()))?;
+    match output::decide(existing.as_ref(), LOCAL_PROJECT, job.overwrite) {
+        Ok(_) => Ok(()),
+        Err(Refusal::NeedsForceRestart) => {
+            bail!("{} already exists (a reel made earlier); pass --overwrite to replace it", job.output.display())
+        }
+        Err(Refusal::NotWrittenByReel | Refusal::OtherProject) => bail!(
+            "{} already exists and was not written by this reel installation; reel does not replace files it \
+             did not write, even with --overwrite: remove it or choose another -o",
+            job.output.display()
+        ),
+    }
 }
 
 /// The subscription the CLI watches the log through.
@@ -230,9 +255,7 @@ impl LocalPipeline {
                 }
             }
         } else {
-            if job.output.exists() && !job.overwrite {
-                bail!("{} already exists; pass --overwrite to replace it", job.output.display());
-            }
+            check_output(job).await?;
             let attempt = if history.is_empty() { 0 } else { current_attempt + 1 };
             state = JobState::new(&job_id);
             self.submit(job, &job_id, attempt, attempt > 0 || job.overwrite).await?;
@@ -265,7 +288,7 @@ impl LocalPipeline {
     async fn submit(&self, job: &StitchJob, job_id: &str, attempt: u32, force: bool) -> Result<()> {
         let request = StitchRequested {
             job_id: Some(job_id.to_string()),
-            project_id: "local".into(),
+            project_id: LOCAL_PROJECT.into(),
             user_id: std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "local".into()),
             clip_paths: job.clips.iter().map(|p| p.display().to_string()).collect(),
             output_path: job.output.display().to_string(),

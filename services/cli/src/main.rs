@@ -37,7 +37,8 @@ enum Command {
         /// original | optimized | high_quality | small.
         #[arg(long, value_name = "C", default_value = "optimized")]
         compression: Compression,
-        /// Replace OUT if it exists.
+        /// Replace OUT if it is reel's own earlier output (sends forceRestart). A file
+        /// reel did not write is never replaced.
         #[arg(long)]
         overwrite: bool,
         /// No progress bar.

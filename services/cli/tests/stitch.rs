@@ -256,16 +256,48 @@ fn bad_input_exits_non_zero_naming_the_problem() {
         );
         assert!(!sb.path("o.mp4").exists());
     }
+}
 
-    // An existing output is not replaced without --overwrite.
+/// The output rule on a laptop: a file reel did not write is never replaced, not even with
+/// --overwrite, and the refusal names it before any work is done; reel's own earlier reel
+/// is replaced with --overwrite (refused, naming the flag, without it); and the same
+/// command run twice with --overwrite works both times.
+#[test]
+fn an_existing_output_is_replaced_only_if_reel_wrote_it_and_overwrite_is_given() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let b = sb.clip("b.mp4", 320, 240, 1.0, true, &[]);
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+
     std::fs::write(sb.path("exists.mp4"), b"keep me").unwrap();
-    let out = sb.reel(&["stitch", a, b, "-o", "exists.mp4"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--overwrite"));
-    assert_eq!(std::fs::read(sb.path("exists.mp4")).unwrap(), b"keep me");
-    let out = sb.reel(&["stitch", a, b, "-o", "exists.mp4", "--overwrite"]);
+    for extra in [&[][..], &["--overwrite"][..]] {
+        let mut args = vec!["stitch", a, b, "-o", "exists.mp4"];
+        args.extend(extra);
+        let out = sb.reel(&args);
+        assert!(!out.status.success(), "{args:?} replaced a file reel did not write");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("exists.mp4") && stderr.contains("not written by"), "{args:?}: {stderr}");
+        assert_eq!(std::fs::read(sb.path("exists.mp4")).unwrap(), b"keep me");
+    }
+    assert!(sb.log_types().is_empty(), "a refused output still started a job: {:?}", sb.log_types());
+
+    let out = sb.reel(&["stitch", a, b, "-o", "reel.mp4"]);
     assert!(out.status.success(), "{}", text(&out));
-    assert_eq!(probe(&sb.path("exists.mp4")).video.len(), 1);
+    assert!((probe(&sb.path("reel.mp4")).duration - 2.0).abs() <= 0.2);
+    let out = sb.reel(&["stitch", a, b, a, "-o", "reel.mp4"]);
+    assert!(!out.status.success(), "reel's earlier output was replaced without --overwrite");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("pass --overwrite"), "{}", text(&out));
+    assert!((probe(&sb.path("reel.mp4")).duration - 2.0).abs() <= 0.2, "the refused run changed the reel");
+    let out = sb.reel(&["stitch", a, b, a, "-o", "reel.mp4", "--overwrite"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!((probe(&sb.path("reel.mp4")).duration - 3.0).abs() <= 0.2, "--overwrite did not replace the reel");
+
+    // The very same command twice.
+    for run in 1..=2 {
+        let out = sb.reel(&["stitch", b, a, "-o", "twice.mp4", "--overwrite"]);
+        assert!(out.status.success(), "run {run}: {}", text(&out));
+        assert_eq!(probe(&sb.path("twice.mp4")).video.len(), 1, "run {run}");
+    }
 }
 
 #[test]

@@ -6,16 +6,20 @@
 //!   resent from what the server says it has), or a multipart upload whose data part is
 //!   the reader itself (chunked transfer encoding, nothing buffered).
 //! - **CreateOnly** is `ifGenerationMatch=0`; a 412 is [`StoreError::AlreadyExists`].
-//!   Cloud Storage checks the precondition on every upload type, but fake-gcs-server
-//!   checks it only on multipart uploads, so against the emulator a create-only put is
-//!   always a multipart upload ([`UploadStrategy::Auto`]); on the real service it is a
-//!   resumable upload like any other put.
-//! - **copy** is the server-side `copyTo` call (no bytes pass through us), with
-//!   `ifGenerationMatch=0` for CreateOnly (`gcloud-storage`'s rewrite request has no
-//!   destination generation precondition; within one bucket copy is metadata-only on
-//!   Cloud Storage anyway). fake-gcs-server ignores the precondition on `copyTo`, so on
-//!   the emulator a create-only copy is a download streamed into a create-only
-//!   multipart upload instead.
+//!   **IfGeneration(g)** is `ifGenerationMatch=g`; a 412 is
+//!   [`StoreError::PreconditionFailed`]. Cloud Storage checks the precondition on every
+//!   upload type, but fake-gcs-server checks it only on multipart uploads, so against the
+//!   emulator a conditional put is always a multipart upload ([`UploadStrategy::Auto`]);
+//!   on the real service it is a resumable upload like any other put.
+//! - **Metadata** ([`PutOptions::metadata`]) is the object resource's custom `metadata`,
+//!   sent with the upload (multipart part or resumable session); `head` and `list`
+//!   return it.
+//! - **copy** is the server-side `copyTo` call (no bytes pass through us; the copy keeps
+//!   the source's metadata), with the mode's `ifGenerationMatch` (`gcloud-storage`'s
+//!   rewrite request has no destination generation precondition; within one bucket copy
+//!   is metadata-only on Cloud Storage anyway). fake-gcs-server ignores the precondition
+//!   on `copyTo`, so on the emulator a conditional copy is a download streamed into a
+//!   conditional multipart upload carrying the source's metadata instead.
 //! - Every error is classified by [`store_error`] alone.
 
 use std::time::Duration;
@@ -35,7 +39,7 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::objects::Object;
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 use gcloud_storage::http::Error as GcsError;
-use reel_runtime::store::{check_key, ByteReader, ObjectMeta, PutMode, Store, StoreError};
+use reel_runtime::store::{check_key, ByteReader, ObjectMeta, PutMode, PutOptions, Store, StoreError};
 use tokio::io::AsyncReadExt;
 use tracing::debug;
 
@@ -132,6 +136,37 @@ fn meta_of(object: &Object) -> ObjectMeta {
         crc32c: decode_crc32c(object.crc32c.as_deref()),
         generation: object.generation,
         updated,
+        metadata: object.metadata.iter().flatten().map(|(k, v)| (k.clone(), v.clone())).collect(),
+    }
+}
+
+/// The `ifGenerationMatch` of a write under `mode`.
+fn generation_match(mode: PutMode) -> Option<i64> {
+    match mode {
+        PutMode::Overwrite => None,
+        PutMode::CreateOnly => Some(0),
+        PutMode::IfGeneration(g) => Some(g),
+    }
+}
+
+/// A failed conditional write under `mode`: a 412 ([`store_error`] says AlreadyExists)
+/// of an IfGeneration write is [`StoreError::PreconditionFailed`].
+fn write_error(mode: PutMode, err: StoreError) -> StoreError {
+    match (mode, err) {
+        (PutMode::IfGeneration(g), StoreError::AlreadyExists(key)) => {
+            StoreError::PreconditionFailed(format!("{key}: its generation is no longer {g}"))
+        }
+        (_, err) => err,
+    }
+}
+
+/// The object resource of an upload of `key` with `metadata`.
+fn object_resource(key: &str, metadata: &std::collections::BTreeMap<String, String>) -> Object {
+    Object {
+        name: key.to_string(),
+        content_type: Some(content_type(key).to_string()),
+        metadata: (!metadata.is_empty()).then(|| metadata.iter().map(|(k, v)| (k.clone(), v.clone())).collect()),
+        ..Default::default()
     }
 }
 
@@ -345,46 +380,61 @@ impl GcsStore {
         match self.strategy {
             UploadStrategy::Multipart => true,
             UploadStrategy::Resumable => false,
-            UploadStrategy::Auto => mode == PutMode::CreateOnly && self.client.emulator.is_some(),
+            UploadStrategy::Auto => mode != PutMode::Overwrite && self.client.emulator.is_some(),
         }
     }
 
-    async fn put_multipart(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    async fn put_multipart(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
-            if_generation_match: (mode == PutMode::CreateOnly).then_some(0),
+            if_generation_match: generation_match(options.mode),
             ..Default::default()
         };
-        let metadata =
-            Object { name: key.to_string(), content_type: Some(content_type(key).to_string()), ..Default::default() };
+        let resource = object_resource(key, &options.metadata);
         let stream = tokio_util::io::ReaderStream::with_capacity(body, 256 * 1024);
         let object = self
             .client
             .client
-            .upload_streamed_object(&request, stream, &UploadType::Multipart(Box::new(metadata)))
+            .upload_streamed_object(&request, stream, &UploadType::Multipart(Box::new(resource)))
             .await
-            .map_err(|e| store_error(key, &format!("upload gs://{}/{key}", self.bucket), &e))?;
+            .map_err(|e| {
+                write_error(options.mode, store_error(key, &format!("upload gs://{}/{key}", self.bucket), &e))
+            })?;
         Ok(meta_of(&object))
     }
 
-    async fn put_resumable(&self, key: &str, mut body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    async fn put_resumable(
+        &self,
+        key: &str,
+        mut body: ByteReader,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
         let context = format!("upload gs://{}/{key}", self.bucket);
         let request = UploadObjectRequest {
             bucket: self.bucket.clone(),
-            if_generation_match: (mode == PutMode::CreateOnly).then_some(0),
+            if_generation_match: generation_match(options.mode),
             ..Default::default()
         };
-        let mut media = Media::new(key.to_string());
-        media.content_type = content_type(key).into();
+        // The session carries the object resource (with its metadata) when there is
+        // metadata to send; a plain name and content type otherwise.
+        let upload_type = if options.metadata.is_empty() {
+            let mut media = Media::new(key.to_string());
+            media.content_type = content_type(key).into();
+            UploadType::Simple(media)
+        } else {
+            UploadType::Multipart(Box::new(object_resource(key, &options.metadata)))
+        };
         let session = retry(|| async {
             self.client
                 .client
-                .prepare_resumable_upload(&request, &UploadType::Simple(media.clone()))
+                .prepare_resumable_upload(&request, &upload_type)
                 .await
                 .map_err(|e| store_error(key, &context, &e))
         })
-        .await?;
-        let result = self.send_chunks(key, &context, &session, &mut body).await;
+        .await
+        .map_err(|e| write_error(options.mode, e))?;
+        let result =
+            self.send_chunks(key, &context, &session, &mut body).await.map_err(|e| write_error(options.mode, e));
         if result.is_err() {
             // Best effort: free the session (it would expire after a week anyway).
             let _ = session.clone().cancel().await;
@@ -534,12 +584,12 @@ impl Store for GcsStore {
         Ok(Box::pin(tokio_util::io::StreamReader::new(stream)))
     }
 
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    async fn put_with(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         check_key(key)?;
-        if self.use_multipart(mode) {
-            self.put_multipart(key, body, mode).await
+        if self.use_multipart(options.mode) {
+            self.put_multipart(key, body, options).await
         } else {
-            self.put_resumable(key, body, mode).await
+            self.put_resumable(key, body, options).await
         }
     }
 
@@ -595,19 +645,21 @@ impl Store for GcsStore {
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError> {
         check_key(from)?;
         check_key(to)?;
-        if mode == PutMode::CreateOnly && self.client.emulator.is_some() {
+        if mode != PutMode::Overwrite && self.client.emulator.is_some() {
             // fake-gcs-server ignores ifGenerationMatch on copyTo (and on everything but
-            // multipart uploads), so on the emulator a create-only copy streams the
-            // source through a create-only multipart upload, which it does check.
+            // multipart uploads), so on the emulator a conditional copy streams the
+            // source through a conditional multipart upload, which it does check.
+            let source = self.head(from).await?.ok_or_else(|| StoreError::NotFound(from.to_string()))?;
             let body = self.get(from).await?;
-            return self.put_multipart(to, body, PutMode::CreateOnly).await;
+            let options = PutOptions::new(mode).with_metadata(source.metadata);
+            return self.put_multipart(to, body, &options).await;
         }
         let request = CopyObjectRequest {
             source_bucket: self.bucket.clone(),
             source_object: from.to_string(),
             destination_bucket: self.bucket.clone(),
             destination_object: to.to_string(),
-            if_generation_match: (mode == PutMode::CreateOnly).then_some(0),
+            if_generation_match: generation_match(mode),
             ..Default::default()
         };
         let context = format!("copy gs://{0}/{from} to gs://{0}/{to}", self.bucket);
@@ -616,7 +668,7 @@ impl Store for GcsStore {
             Err(e) => match store_error(to, &context, &e) {
                 // Tell a missing source from a taken destination.
                 StoreError::NotFound(_) => Err(StoreError::NotFound(from.to_string())),
-                other => Err(other),
+                other => Err(write_error(mode, other)),
             },
         }
     }

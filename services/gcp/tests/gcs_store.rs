@@ -6,7 +6,7 @@ use std::time::Duration;
 use reel_gcp::{CloudResolver, GcsStore, UploadStrategy};
 use reel_runtime::bus::Bus;
 use reel_runtime::location::{Location, StoreResolver};
-use reel_runtime::store::{ByteReader, PutMode, Store, StoreError};
+use reel_runtime::store::{ByteReader, PutMode, PutOptions, Store, StoreError};
 use reel_runtime::topology::{TopicSpec, Topology};
 use reel_testkit::fixtures::subscription;
 use reel_testkit::{unique, EmulatorOptions, Emulators};
@@ -68,6 +68,27 @@ async fn create_only_is_enforced_on_the_emulator_by_multipart() {
     let meta = store.put(&key, body(b"three"), PutMode::Overwrite).await.unwrap();
     assert_eq!(meta.size, 5);
     assert_eq!(read_all(&store, &key).await, b"three");
+}
+
+/// Custom metadata travels on both upload paths (the multipart part's object resource,
+/// the resumable session's) and comes back from head and list.
+#[tokio::test]
+async fn metadata_travels_on_both_upload_paths() {
+    let metadata = std::collections::BTreeMap::from([
+        ("reel-project".to_string(), "proj_1".to_string()),
+        ("reel-job".to_string(), "job_1".to_string()),
+    ]);
+    for strategy in [UploadStrategy::Resumable, UploadStrategy::Multipart] {
+        let store = store(strategy).await;
+        let key = format!("{}/reel.mp4", unique("metadata"));
+        let options = PutOptions::new(PutMode::Overwrite).with_metadata(metadata.clone());
+        let meta = store.put_with(&key, body(&bytes(7, CHUNK + 5)), &options).await.unwrap();
+        assert_eq!(meta.metadata, metadata, "{strategy:?}: put");
+        assert_eq!(store.head(&key).await.unwrap().unwrap().metadata, metadata, "{strategy:?}: head");
+        let listed = store.list(&key).await.unwrap();
+        assert_eq!(listed[0].metadata, metadata, "{strategy:?}: list");
+        store.delete(&key).await.unwrap();
+    }
 }
 
 #[tokio::test]

@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::bus::{Bus, BusError, Delivery, Message};
-use crate::store::{ByteReader, ObjectMeta, PutMode, Store, StoreError};
+use crate::store::{ByteReader, ObjectMeta, PutMode, PutOptions, Store, StoreError};
 use crate::topology::{SubscriptionSpec, TopicSpec, Topology};
 
 /// How long a case waits for a message or result that should arrive.
@@ -78,6 +78,9 @@ pub const STORE_CASES: &[&str] = &[
     "concurrent_create_only_single_winner",
     "put_invisible_until_complete",
     "failed_put_leaves_nothing",
+    "metadata_round_trips",
+    "if_generation_replaces_only_that_generation",
+    "concurrent_if_generation_single_winner",
 ];
 
 /// The Bus cases.
@@ -772,6 +775,105 @@ pub mod store_cases {
         assert_eq!(store.head(&key).await.unwrap(), None, "a failed put left an object");
         assert!(store.list(p).await.unwrap().is_empty(), "a failed put left something listed under the prefix");
     }
+
+    /// Custom metadata: a put stores exactly what it is given, head and the put return
+    /// it, a put without metadata leaves none, and a copy carries the source's.
+    pub async fn metadata_round_trips(store: Arc<dyn Store>, p: &str) {
+        let (key, copy) = (format!("{p}meta/reel.mp4"), format!("{p}meta/copy.mp4"));
+        let metadata = BTreeMap::from([
+            ("reel-project".to_string(), "proj_1".to_string()),
+            ("reel-job".to_string(), "job_1".to_string()),
+            ("note".to_string(), "für Anna, 2 × 3".to_string()),
+        ]);
+        let options = PutOptions::new(PutMode::CreateOnly).with_metadata(metadata.clone());
+        let written =
+            store.put_with(&key, body(b"reel"), &options).await.unwrap_or_else(|e| panic!("put_with failed: {e}"));
+        check_meta(&written, &key, b"reel", "put_with");
+        assert_eq!(written.metadata, metadata, "put_with must return the metadata it stored");
+        let head = store.head(&key).await.unwrap_or_else(|e| panic!("head failed: {e}")).expect("head is None");
+        assert_eq!(head.metadata, metadata, "head must return the object's metadata");
+        let copied = store.copy(&key, &copy, PutMode::CreateOnly).await.unwrap_or_else(|e| panic!("copy failed: {e}"));
+        assert_eq!(copied.metadata, metadata, "a copy must carry the source's metadata");
+        assert_eq!(store.head(&copy).await.unwrap().expect("copy is gone").metadata, metadata);
+        put(&*store, &key, b"plain", PutMode::Overwrite).await;
+        let head = store.head(&key).await.unwrap().expect("head is None");
+        assert!(head.metadata.is_empty(), "a put without metadata must leave none, found {:?}", head.metadata);
+        for key in [&key, &copy] {
+            store.delete(key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+        }
+    }
+
+    /// IfGeneration(g) replaces the object only while its generation is g: a stale or
+    /// missing generation fails with PreconditionFailed and changes nothing (puts and copies).
+    pub async fn if_generation_replaces_only_that_generation(store: Arc<dyn Store>, p: &str) {
+        let (key, src) = (format!("{p}gen/out.mp4"), format!("{p}gen/src.mp4"));
+        let first = put(&*store, &key, b"first", PutMode::CreateOnly).await;
+        let second = put(&*store, &key, b"second", PutMode::IfGeneration(first.generation)).await;
+        check_meta(&second, &key, b"second", "IfGeneration put");
+        assert!(second.generation > first.generation, "generation must grow on an IfGeneration put");
+        assert_eq!(read_all(&*store, &key).await, b"second", "IfGeneration put did not replace the content");
+        let precondition = |r: Result<ObjectMeta, StoreError>, what: &str| match r {
+            Err(StoreError::PreconditionFailed(_)) => {}
+            other => panic!("{what} must be PreconditionFailed, got {other:?}"),
+        };
+        precondition(
+            store.put(&key, body(b"stale"), PutMode::IfGeneration(first.generation)).await,
+            "a put at a stale generation",
+        );
+        assert_eq!(read_all(&*store, &key).await, b"second", "a refused IfGeneration put changed the content");
+        let missing = format!("{p}gen/missing.mp4");
+        precondition(
+            store.put(&missing, body(b"x"), PutMode::IfGeneration(first.generation)).await,
+            "a put at a generation of a missing key",
+        );
+        assert_eq!(store.head(&missing).await.unwrap(), None, "a refused IfGeneration put created the key");
+        put(&*store, &src, b"copied", PutMode::CreateOnly).await;
+        precondition(
+            store.copy(&src, &key, PutMode::IfGeneration(first.generation)).await,
+            "a copy at a stale generation",
+        );
+        assert_eq!(read_all(&*store, &key).await, b"second", "a refused IfGeneration copy changed the target");
+        let copied = store
+            .copy(&src, &key, PutMode::IfGeneration(second.generation))
+            .await
+            .unwrap_or_else(|e| panic!("IfGeneration copy at the current generation failed: {e}"));
+        check_meta(&copied, &key, b"copied", "IfGeneration copy");
+        assert_eq!(read_all(&*store, &key).await, b"copied");
+        for key in [&key, &src] {
+            store.delete(key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+        }
+    }
+
+    /// Eight concurrent IfGeneration puts expecting one generation: exactly one wins, the
+    /// rest get PreconditionFailed, and the object holds the winner's bytes.
+    pub async fn concurrent_if_generation_single_winner(store: Arc<dyn Store>, p: &str) {
+        let key = format!("{p}race/replace.bin");
+        let base = put(&*store, &key, b"base", PutMode::CreateOnly).await;
+        let mut tasks = Vec::new();
+        for i in 0..8u64 {
+            let (store, key) = (store.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let bytes = pattern(200 + i, 64 * 1024);
+                let r = store.put(&key, body(&bytes), PutMode::IfGeneration(base.generation)).await;
+                (bytes, r)
+            }));
+        }
+        let mut winners = Vec::new();
+        for task in tasks {
+            let (bytes, r) = task.await.expect("put task panicked");
+            match r {
+                Ok(meta) => {
+                    check_meta(&meta, &key, &bytes, "winning put");
+                    winners.push(bytes);
+                }
+                Err(StoreError::PreconditionFailed(_)) => {}
+                Err(e) => panic!("a losing IfGeneration put must be PreconditionFailed, got {e:?}"),
+            }
+        }
+        assert_eq!(winners.len(), 1, "exactly one concurrent IfGeneration put must win, {} did", winners.len());
+        assert!(read_all(&*store, &key).await == winners[0], "the object does not hold the winner's bytes");
+        store.delete(&key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+    }
 }
 
 /// Expands to a module (default `bus_conformance`) with one `#[tokio::test]` per Bus
@@ -840,6 +942,9 @@ macro_rules! store_conformance_tests {
             concurrent_create_only_single_winner,
             put_invisible_until_complete,
             failed_put_leaves_nothing,
+            metadata_round_trips,
+            if_generation_replaces_only_that_generation,
+            concurrent_if_generation_single_winner,
         );
     };
     (@cases $module:ident, $make:expr; $($case:ident,)*) => {

@@ -1,10 +1,10 @@
 //! A view of a store under a key prefix (e.g. `gs://bucket/work` as the work store).
 
 use async_trait::async_trait;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::store::{ByteReader, ObjectMeta, PutMode, Store, StoreError};
+use crate::store::{ByteReader, ObjectMeta, PutMode, PutOptions, Store, StoreError};
 
 /// Every key `k` is stored as `{prefix}/{k}` in the inner store.
 pub struct PrefixStore {
@@ -41,8 +41,11 @@ impl Store for PrefixStore {
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError> {
         self.inner.get(&self.full(key)?).await
     }
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
-        Ok(self.strip(self.inner.put(&self.full(key)?, body, mode).await?))
+    async fn put_with(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        Ok(self.strip(self.inner.put_with(&self.full(key)?, body, options).await?))
+    }
+    async fn put_file_with(&self, key: &str, src: &Path, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        Ok(self.strip(self.inner.put_file_with(&self.full(key)?, src, options).await?))
     }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let all = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;

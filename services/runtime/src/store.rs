@@ -10,11 +10,30 @@
 //! - A put is atomic: readers see the old object (or none) until the new one is whole.
 //! - [`PutMode::CreateOnly`] fails with [`StoreError::AlreadyExists`] if the key exists,
 //!   atomically (Cloud Storage: `ifGenerationMatch=0`; directory: `link(2)`).
+//! - [`PutMode::IfGeneration`]`(g)` replaces the object only if its current generation
+//!   is exactly `g`, else fails with [`StoreError::PreconditionFailed`] and writes nothing
+//!   (Cloud Storage: `ifGenerationMatch=g`; directory: the check and the rename happen
+//!   under an exclusive `flock(2)` of the target's directory, which every put of the
+//!   directory store takes, so it is atomic against every other reel writer — not
+//!   against a program that writes the file behind reel's back).
+//! - Objects carry custom metadata ([`ObjectMeta::metadata`], string to string: Cloud
+//!   Storage's custom metadata; directory: `user.reel.*` extended attributes). A write
+//!   sets exactly [`PutOptions::metadata`] (a put without metadata leaves none); a copy
+//!   carries the source's. [`Store::head`] returns it; [`Store::list`] may leave it
+//!   empty (the directory store does). Where the directory's filesystem has no user
+//!   extended attributes (some tmpfs, FAT, some network mounts), writes still succeed
+//!   and the metadata reads empty.
 //! - [`Store::delete`] of a missing key is not an error.
+//!
+//! Contract change (issue 12, output ownership): `ObjectMeta` gained `metadata`,
+//! `PutMode` gained `IfGeneration`, `StoreError` gained `PreconditionFailed`, and writes
+//! take [`PutOptions`] through [`Store::put_with`] and [`Store::put_file_with`]; [`Store::put`]
+//! is the wrapper without metadata that existing callers keep using.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use reel_events::{Classify, ErrorType, Verdict};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
@@ -35,6 +54,10 @@ pub struct ObjectMeta {
     pub generation: i64,
     /// Last write time.
     pub updated: DateTime<Utc>,
+    /// Custom metadata (Cloud Storage custom metadata; directory: `user.reel.*` extended
+    /// attributes). Returned by [`Store::head`] and by puts and copies; [`Store::list`]
+    /// may leave it empty.
+    pub metadata: BTreeMap<String, String>,
 }
 
 /// Whether a put may replace an existing object.
@@ -44,6 +67,38 @@ pub enum PutMode {
     Overwrite,
     /// Fail with [`StoreError::AlreadyExists`] if the key exists.
     CreateOnly,
+    /// Replace the object only if its current generation is exactly this one; fail with
+    /// [`StoreError::PreconditionFailed`] otherwise (also when the key is missing).
+    IfGeneration(i64),
+}
+
+/// How a write is done: its [`PutMode`] and the custom metadata the new object carries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PutOptions {
+    /// Whether the write may replace an existing object.
+    pub mode: PutMode,
+    /// The new object's custom metadata (exactly this: nothing of a replaced object's
+    /// metadata is kept).
+    pub metadata: BTreeMap<String, String>,
+}
+
+impl PutOptions {
+    /// `mode` without metadata.
+    pub fn new(mode: PutMode) -> PutOptions {
+        PutOptions { mode, metadata: BTreeMap::new() }
+    }
+
+    /// The same, with `metadata`.
+    pub fn with_metadata(mut self, metadata: BTreeMap<String, String>) -> PutOptions {
+        self.metadata = metadata;
+        self
+    }
+}
+
+impl From<PutMode> for PutOptions {
+    fn from(mode: PutMode) -> PutOptions {
+        PutOptions::new(mode)
+    }
 }
 
 /// Why a store call failed.
@@ -56,6 +111,10 @@ pub enum StoreError {
     /// A create-only put found the key taken. Nothing was written.
     #[error("object already exists: {0}")]
     AlreadyExists(String),
+    /// An [`PutMode::IfGeneration`] write found another generation (or none): someone
+    /// replaced or deleted the object meanwhile. Nothing was written.
+    #[error("precondition failed: {0}")]
+    PreconditionFailed(String),
     /// Credentials refused (HTTP 401/403). Permanent; fail fast.
     #[error("permission denied: {0}")]
     PermissionDenied(String),
@@ -82,7 +141,15 @@ pub enum StoreError {
 /// | `PermissionDenied` (401/403) | fail fast, `permission_denied` |
 /// | `NotFound` | fail, `not_found` |
 /// | `InvalidKey` | fail, `invalid_request` |
-/// | `AlreadyExists`, `Other` | fail, `internal` |
+/// | `AlreadyExists`, `PreconditionFailed`, `Other` | fail, `internal` |
+///
+/// `AlreadyExists` and `PreconditionFailed` are the two ways a conditional write loses
+/// to another writer. Repeating the call cannot succeed (the object it expected is gone),
+/// so neither is retried; what the conflict *means* belongs to the caller that chose the
+/// condition, which handles it before it reaches this table (the project lock reads
+/// `AlreadyExists` as `job_already_running`; upload reads both as `permission_denied`,
+/// the output rule of `crate::output`). Reaching the table, a conflict is a bug of
+/// reel's: `internal`.
 impl Classify for StoreError {
     fn verdict(&self) -> Verdict {
         match self {
@@ -91,7 +158,9 @@ impl Classify for StoreError {
             StoreError::PermissionDenied(_) => Verdict::reject(ErrorType::PermissionDenied),
             StoreError::NotFound(_) => Verdict::reject(ErrorType::NotFound),
             StoreError::InvalidKey(..) => Verdict::reject(ErrorType::InvalidRequest),
-            StoreError::AlreadyExists(_) | StoreError::Other(_) => Verdict::reject(ErrorType::Internal),
+            StoreError::AlreadyExists(_) | StoreError::PreconditionFailed(_) | StoreError::Other(_) => {
+                Verdict::reject(ErrorType::Internal)
+            }
         }
     }
 }
@@ -131,8 +200,25 @@ pub trait Store: Send + Sync + 'static {
     /// Stream the content of `key`.
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError>;
 
-    /// Stream `body` into `key`. The object becomes visible only once complete.
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError>;
+    /// Stream `body` into `key` under `mode`, without custom metadata. The object becomes
+    /// visible only once complete.
+    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+        self.put_with(key, body, &PutOptions::new(mode)).await
+    }
+
+    /// Stream `body` into `key` as `options` say (mode, custom metadata). The object
+    /// becomes visible only once complete, with its metadata.
+    async fn put_with(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError>;
+
+    /// Put the local file `src` into `key` as `options` say. Streams it by default (as
+    /// the free function [`put_file`] does); the directory store hard-links it into place
+    /// when it can (no bytes copied: `src` and the object are then one file, which takes
+    /// the object's generation and metadata), so pass only a file nothing else will
+    /// change (a stage's work file).
+    async fn put_file_with(&self, key: &str, src: &Path, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+        self.put_with(key, Box::pin(file), options).await
+    }
 
     /// Every object whose key starts with `prefix`, sorted by key.
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError>;
@@ -148,6 +234,7 @@ pub trait Store: Send + Sync + 'static {
 
     /// Copy `from` to `to` inside this store without passing the bytes through the caller
     /// where the backend allows it (Cloud Storage rewrite; directory: hard link or copy).
+    /// The copy carries the source's custom metadata; `mode` applies to `to`.
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError>;
 
     /// The local file behind `key`, when the store is a local directory. Lets stages
@@ -193,12 +280,6 @@ pub async fn get_to_file(store: &dyn Store, key: &str, dest: &Path) -> Result<u6
     Ok(written)
 }
 
-/// Upload the local file `src` to `key` (streamed).
-pub async fn put_file(store: &dyn Store, key: &str, src: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
-    let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
-    store.put(key, Box::pin(file), mode).await
-}
-
 /// CRC32C of a local file, streamed.
 pub async fn crc32c_of_file(path: &Path) -> std::io::Result<(u32, u64)> {
     let mut file = tokio::fs::File::open(path).await?;
@@ -242,6 +323,12 @@ mod base64_engine {
     }
 }
 
+/// Upload the local file `src` to `key` (streamed; the file is left as it is).
+pub async fn put_file(store: &dyn Store, key: &str, src: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+    store.put(key, Box::pin(file), mode).await
+}
+
 /// Delete every object under `prefix`; returns how many were deleted.
 pub async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<usize, StoreError> {
     let mut deleted = 0;
@@ -276,6 +363,7 @@ mod tests {
             (StoreError::NotFound("k".into()), Verdict::reject(ErrorType::NotFound)),
             (StoreError::InvalidKey("k".into(), "..".into()), Verdict::reject(ErrorType::InvalidRequest)),
             (StoreError::AlreadyExists("k".into()), Verdict::reject(ErrorType::Internal)),
+            (StoreError::PreconditionFailed("k".into()), Verdict::reject(ErrorType::Internal)),
             (StoreError::Other("400 bad request".into()), Verdict::reject(ErrorType::Internal)),
         ];
         for (error, verdict) in table {

@@ -1,16 +1,21 @@
-//! The upload stage: puts the reel at its `outputPath`, create-only, and verifies it.
+//! The upload stage: puts the reel at its `outputPath` and verifies it.
 //!
-//! The put is create-only (Cloud Storage `ifGenerationMatch=0`; a local file appears by
-//! `link(2)`), so two deliveries can never both write. If the output already exists with
-//! the reel's size and CRC32C, the earlier delivery finished the work and the event is
-//! re-emitted; a different object there fails the job unless `forceRestart` is set.
+//! Right before writing it applies the output rule ([`reel_runtime::output`]): an output
+//! that is there already is replaced only if reel wrote it for the job's project and the
+//! job has `forceRestart`; anything else fails the job with `permission_denied`. The put
+//! carries the rule's precondition (create-only, or the generation it judged) and the
+//! output metadata (`reel-project`, `reel-job`), so two deliveries can never both write
+//! and a writer that came in between is never overwritten. An output that this job
+//! already wrote (its `reel-job`, the reel's size and CRC32C) means an earlier delivery
+//! finished the work: the event is re-emitted without a second write.
 
 use async_trait::async_trait;
 use reel_events::payload::{ReelStitched, ReelUploaded};
 use reel_events::{types, ErrorType, Event, Stage};
 use reel_runtime::config::Settings;
+use reel_runtime::output;
 use reel_runtime::stage::{cancel_marker_key, decode_payload, Context, Failure, FromSettings, Handler, Outcome};
-use reel_runtime::store::{crc32c_base64, ObjectMeta, PutMode, StoreError};
+use reel_runtime::store::{crc32c_base64, ObjectMeta, PutOptions, StoreError};
 use tracing::info;
 
 /// The upload stage.
@@ -47,6 +52,10 @@ impl Handler for Upload {
         };
         let matches =
             |meta: &ObjectMeta| meta.size == input.reel.size_bytes && crc32c_base64(meta.crc32c) == input.reel.crc32c;
+        // The reel this very job already wrote there (a redelivery, or another delivery
+        // that won the race): the work is done, nothing is written again.
+        let already_written =
+            |meta: &ObjectMeta| output::written_by_job(meta, &job.project_id, &job.job_id) && matches(meta);
 
         // Only this job's own reel: a forged work message cannot publish another file.
         if let Err(f) = ctx.check_work_key(&input.work_key) {
@@ -60,44 +69,49 @@ impl Handler for Upload {
             Ok(x) => x,
             Err(e) => return Outcome::failed("opening the output location", &e),
         };
-        match store.head(&key).await {
-            Ok(Some(meta)) if matches(&meta) => {
-                info!(output = %job.output_path, "reel already uploaded; re-emitting");
-                return emit();
-            }
-            Ok(Some(_)) if !job.force_restart => {
-                return Outcome::Reject(Failure::new(
-                    ErrorType::InvalidRequest,
-                    format!(
-                        "{} already exists and is a different file; choose another outputPath or send forceRestart",
-                        job.output_path
-                    ),
-                ))
-            }
-            Ok(_) => {}
+        // The output rule, checked again right before writing (validate checked it before
+        // anything was downloaded; the output may have changed since).
+        let existing = match store.head(&key).await {
+            Ok(existing) => existing,
             Err(e) => return Outcome::failed("checking the output location", &e),
+        };
+        if existing.as_ref().is_some_and(already_written) {
+            info!(output = %job.output_path, "reel already uploaded; re-emitting");
+            return emit();
         }
-        let mode = if job.force_restart { PutMode::Overwrite } else { PutMode::CreateOnly };
+        let expect = match output::decide(existing.as_ref(), &job.project_id, job.force_restart) {
+            Ok(expect) => expect,
+            Err(refusal) => return Outcome::Reject(refusal.failure(&job.output_path)),
+        };
+        // The write expects exactly what was judged: nothing (create-only) or the judged
+        // generation of the project's own reel, so a writer that came in between is never
+        // overwritten.
+        let options =
+            PutOptions::new(expect.put_mode()).with_metadata(output::output_metadata(&job.project_id, &job.job_id));
         ctx.progress.report(5.0);
-        let written = match (ctx.work.local_path(&input.work_key), store.local_path(&key)) {
-            // Both local: link (no copy) when on one filesystem.
-            (Some(src), Some(dest)) if mode == PutMode::CreateOnly && link(&src, &dest).await => store.head(&key).await,
-            _ => match ctx.work.get(&input.work_key).await {
-                Ok(body) => store.put(&key, body, mode).await.map(Some),
+        let written = match ctx.work.local_path(&input.work_key) {
+            // A local work file: hard-linked into place where the output is on its
+            // filesystem (no copy), streamed otherwise.
+            Some(src) => store.put_file_with(&key, &src, &options).await,
+            None => match ctx.work.get(&input.work_key).await {
+                Ok(body) => store.put_with(&key, body, &options).await,
                 Err(e) => return Outcome::failed("reading the reel from the workspace", &e),
             },
         };
         let meta = match written {
-            Ok(Some(meta)) => meta,
-            Ok(None) => return Outcome::Retry(Failure::new(ErrorType::Internal, "the output vanished after writing")),
-            Err(StoreError::AlreadyExists(_)) => {
-                // Another delivery won the race; verify what it wrote.
+            Ok(meta) => meta,
+            Err(StoreError::AlreadyExists(_) | StoreError::PreconditionFailed(_)) => {
+                // Someone wrote the output between the check and the write.
                 match store.head(&key).await {
-                    Ok(Some(meta)) if matches(&meta) => return emit(),
+                    Ok(Some(meta)) if already_written(&meta) => return emit(),
                     _ => {
                         return Outcome::Reject(Failure::new(
-                            ErrorType::InvalidRequest,
-                            format!("{} was written by someone else meanwhile", job.output_path),
+                            ErrorType::PermissionDenied,
+                            format!(
+                                "{} was written by someone else while this job was writing it; reel did not \
+                                 replace it",
+                                job.output_path
+                            ),
                         ))
                     }
                 }
@@ -130,14 +144,4 @@ impl Handler for Upload {
         info!(output = %job.output_path, size = meta.size, "reel uploaded");
         emit()
     }
-}
-
-/// `link(2)`: atomic and create-only.
-async fn link(src: &std::path::Path, dest: &std::path::Path) -> bool {
-    if let Some(parent) = dest.parent() {
-        if tokio::fs::create_dir_all(parent).await.is_err() {
-            return false;
-        }
-    }
-    tokio::fs::hard_link(src, dest).await.is_ok()
 }

@@ -2,7 +2,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File, Metadata, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::store::{check_key, ByteReader, ObjectMeta, PutMode, Store, StoreError};
+use crate::store::{check_key, ByteReader, ObjectMeta, PutMode, PutOptions, Store, StoreError};
 
 /// File-name prefix of the temp files a put or copy writes next to its target before
 /// renaming or linking it into place. [`DirStore::list`](Store::list) never shows them
@@ -25,11 +25,23 @@ const CRC_CACHE_MAX: usize = 4096;
 /// - Key `k` is the file `root/k` ([`check_key`] applies; keys with a segment starting
 ///   with [`TEMP_PREFIX`] are refused too). Symlinks are not followed out of the root
 ///   (unless the root is `/`, where reel resolves absolute local paths).
-/// - Puts stream into a hidden temp file in the target's directory, fsync it, then
-///   rename it over the target ([`PutMode::Overwrite`]) or hard-link it to the target
-///   ([`PutMode::CreateOnly`]: atomic, `EEXIST` → [`StoreError::AlreadyExists`]). The
-///   directory is fsynced afterwards. The temp file is removed on every error path,
-///   including when the put future is dropped.
+/// - Puts stream into a hidden temp file in the target's directory, give it its
+///   metadata, fsync it, then rename it over the target ([`PutMode::Overwrite`]) or
+///   hard-link it to the target ([`PutMode::CreateOnly`]: atomic, `EEXIST` →
+///   [`StoreError::AlreadyExists`]). The directory is fsynced afterwards. The temp file
+///   is removed on every error path, including when the put future is dropped.
+/// - Every change of a key (put, copy, delete) happens under an exclusive `flock(2)` of
+///   its directory (the directory itself: no lock file clutters the user's folders), so
+///   [`PutMode::IfGeneration`]'s check of the generation and its rename are one step for
+///   every reel writer, in this process or another. A program that writes the file
+///   without reel does not take the lock; on filesystems where `flock` is not shared
+///   between machines (some network mounts) it guards one machine only.
+/// - Custom metadata is stored as user extended attributes `user.reel.{name}` on the
+///   file, set on the temp file before it is renamed or linked into place (so the object
+///   and its metadata appear together, and no side file is left next to the user's).
+///   On a filesystem without user extended attributes writes still succeed and the
+///   metadata reads empty (reel then treats an output as not written by reel). `list`
+///   leaves metadata empty; `head` reads it.
 /// - `generation` is the file's mtime in nanoseconds; puts set it to
 ///   `max(now, previous generation + 1)` so it grows on every put of a key. `crc32c` is
 ///   computed by reading the file and cached by (file identity, size, mtime).
@@ -37,6 +49,8 @@ const CRC_CACHE_MAX: usize = 4096;
 ///   root `/` nothing is pruned (those are the user's directories).
 /// - Listing reads the CRC32C of every listed file not yet in the cache (the file is
 ///   read once).
+/// - [`Store::put_file_with`] hard-links the local file into place when it is on the
+///   same filesystem (the file takes the object's generation and metadata), else streams it.
 #[derive(Clone)]
 pub struct DirStore {
     inner: Arc<Inner>,
@@ -153,6 +167,104 @@ fn sync_dir(dir: &Path) {
     }
 }
 
+/// Prefix of the extended attributes that hold an object's custom metadata.
+const XATTR_PREFIX: &str = "user.reel.";
+
+/// Whether an extended-attribute error means "this filesystem keeps no user attributes".
+fn xattrs_unsupported(err: &rustix::io::Errno) -> bool {
+    *err == rustix::io::Errno::NOTSUP
+}
+
+/// Make `metadata` the custom metadata of the open `file`: `user.reel.*` attributes not
+/// in it are removed (a linked file may carry an earlier object's), the rest set. A
+/// filesystem without user extended attributes is not an error (nothing is stored).
+fn write_metadata(file: &File, metadata: &BTreeMap<String, String>) -> io::Result<()> {
+    use rustix::fs::{fgetxattr_query, flistxattr, flistxattr_query, fremovexattr, fsetxattr, XattrFlags};
+    let unsupported = |e: rustix::io::Errno| -> io::Result<()> {
+        if xattrs_unsupported(&e) {
+            tracing::debug!("no user extended attributes on this filesystem; metadata not stored");
+            Ok(())
+        } else {
+            Err(e.into())
+        }
+    };
+    let size = match flistxattr_query(file) {
+        Ok(size) => size,
+        Err(e) => return unsupported(e),
+    };
+    if size > 0 {
+        let mut names = vec![0u8; size];
+        let n = flistxattr(file, &mut names[..])?;
+        for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(XATTR_PREFIX.as_bytes())) {
+            let wanted = std::str::from_utf8(&name[XATTR_PREFIX.len()..]).is_ok_and(|k| metadata.contains_key(k));
+            if !wanted && fgetxattr_query(file, name).is_ok() {
+                fremovexattr(file, name)?;
+            }
+        }
+    }
+    for (name, value) in metadata {
+        if let Err(e) = fsetxattr(file, format!("{XATTR_PREFIX}{name}"), value.as_bytes(), XattrFlags::empty()) {
+            return unsupported(e);
+        }
+    }
+    Ok(())
+}
+
+/// The custom metadata of the file at `path` (empty when the filesystem has no user
+/// extended attributes; attributes that are not UTF-8 are left out).
+fn read_metadata(path: &Path) -> io::Result<BTreeMap<String, String>> {
+    use rustix::fs::{getxattr, getxattr_query, listxattr, listxattr_query};
+    let mut out = BTreeMap::new();
+    let size = match listxattr_query(path) {
+        Ok(size) => size,
+        Err(e) if xattrs_unsupported(&e) => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    if size == 0 {
+        return Ok(out);
+    }
+    let mut names = vec![0u8; size];
+    let n = match listxattr(path, &mut names[..]) {
+        Ok(n) => n,
+        Err(rustix::io::Errno::RANGE) => return read_metadata(path), // grew meanwhile
+        Err(e) => return Err(e.into()),
+    };
+    for name in names[..n].split(|b| *b == 0).filter(|n| n.starts_with(XATTR_PREFIX.as_bytes())) {
+        let Ok(key) = std::str::from_utf8(&name[XATTR_PREFIX.len()..]) else {
+            continue;
+        };
+        let len = match getxattr_query(path, name) {
+            Ok(len) => len,
+            Err(rustix::io::Errno::NODATA) => continue, // removed meanwhile
+            Err(e) => return Err(e.into()),
+        };
+        let mut value = vec![0u8; len];
+        let got = match getxattr(path, name, &mut value[..]) {
+            Ok(got) => got,
+            Err(rustix::io::Errno::NODATA) => continue,
+            Err(e) => return Err(e.into()),
+        };
+        value.truncate(got);
+        if let Ok(value) = String::from_utf8(value) {
+            out.insert(key.to_string(), value);
+        }
+    }
+    Ok(out)
+}
+
+/// An exclusive `flock(2)` of a directory, released when dropped.
+struct DirLock {
+    _dir: File,
+}
+
+impl DirLock {
+    fn acquire(dir: &Path) -> io::Result<DirLock> {
+        let file = File::open(dir)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)?;
+        Ok(DirLock { _dir: file })
+    }
+}
+
 /// Removes a temp file when dropped, unless disarmed.
 struct TempGuard {
     path: Option<PathBuf>,
@@ -262,19 +374,45 @@ impl Inner {
         file.metadata()
     }
 
-    /// Move the sealed temp file into place under `mode`; the guard removes the temp
-    /// whatever happens.
+    /// Lock the directory of `target` (every change of a key holds it).
+    fn lock_dir_of(key: &str, target: &Path) -> Result<DirLock, StoreError> {
+        let dir = target.parent().expect("a key has a parent directory");
+        DirLock::acquire(dir).map_err(|e| io_err(&format!("locking the directory of {key}"), e))
+    }
+
+    /// Move the sealed temp file into place under `mode`, holding the directory lock;
+    /// the guard removes the temp whatever happens.
     fn install(&self, key: &str, mut temp: TempGuard, target: &Path, mode: PutMode) -> Result<(), StoreError> {
+        let lock = Self::lock_dir_of(key, target)?;
+        if let PutMode::IfGeneration(expected) = mode {
+            let current = match fs::metadata(target) {
+                Ok(meta) if meta.is_file() => Some(mtime_ns(&meta)),
+                Ok(_) => None,
+                Err(e) if matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory) => None,
+                Err(e) => return Err(io_err(key, e)),
+            };
+            if current != Some(expected) {
+                let found = current.map_or("no object".to_string(), |g| format!("generation {g}"));
+                return Err(StoreError::PreconditionFailed(format!(
+                    "{key}: expected generation {expected}, found {found}"
+                )));
+            }
+        }
         match mode {
-            PutMode::Overwrite => {
+            PutMode::Overwrite | PutMode::IfGeneration(_) => {
                 fs::rename(temp.path(), target).map_err(|e| io_err(key, e))?;
-                temp.disarm();
+                // rename(2) does nothing when both names are links to one file: the temp
+                // name may still exist, so it is removed (not disarmed).
+                if !temp.path().exists() {
+                    temp.disarm();
+                }
             }
             PutMode::CreateOnly => {
                 fs::hard_link(temp.path(), target).map_err(|e| io_err(key, e))?;
-                drop(temp);
             }
         }
+        drop(lock);
+        drop(temp);
         if let Some(dir) = target.parent() {
             sync_dir(dir);
         }
@@ -316,16 +454,17 @@ impl Inner {
         Ok(crc)
     }
 
-    fn object_meta(&self, key: &str, path: &Path, meta: &Metadata) -> Result<ObjectMeta, StoreError> {
+    /// The object's metadata; its custom metadata is read only `with_custom` (head).
+    fn object_meta(
+        &self,
+        key: &str,
+        path: &Path,
+        meta: &Metadata,
+        with_custom: bool,
+    ) -> Result<ObjectMeta, StoreError> {
         let crc32c = self.crc_of(path, meta).map_err(|e| io_err(key, e))?;
-        let generation = mtime_ns(meta);
-        Ok(ObjectMeta {
-            key: key.to_string(),
-            size: meta.len(),
-            crc32c,
-            generation,
-            updated: DateTime::<Utc>::from(time_of_ns(generation)),
-        })
+        let metadata = if with_custom { read_metadata(path).map_err(|e| io_err(key, e))? } else { BTreeMap::new() };
+        Ok(meta_with(key, meta.len(), crc32c, mtime_ns(meta), metadata))
     }
 
     /// Metadata of the regular file for `key`, or `None`.
@@ -337,7 +476,7 @@ impl Inner {
             Err(e) => return Err(io_err(key, e)),
         };
         self.ensure_inside(key, path)?;
-        self.object_meta(key, path, &meta).map(Some)
+        self.object_meta(key, path, &meta, true).map(Some)
     }
 
     /// Open `key` for reading: NotFound unless it is a regular file inside the root.
@@ -382,17 +521,30 @@ impl Inner {
         if let Some(dir) = path.parent() {
             self.ensure_inside(key, dir)?;
         }
+        let lock = match Self::lock_dir_of(key, path) {
+            Ok(lock) => lock,
+            Err(StoreError::NotFound(_)) => return Ok(false), // pruned meanwhile
+            Err(e) => return Err(e),
+        };
         match fs::remove_file(path) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
             Err(e) => return Err(io_err(key, e)),
         }
+        drop(lock);
         self.prune(path);
         Ok(true)
     }
 
-    /// Stream `source` into a new temp file in `dir`, sealed; returns it with its CRC.
-    fn copy_to_temp(&self, key: &str, mut source: File, dir: &Path, target: &Path) -> Result<TempGuard, StoreError> {
+    /// Stream `source` into a new temp file in `dir` with `metadata`, sealed.
+    fn copy_to_temp(
+        &self,
+        key: &str,
+        mut source: File,
+        metadata: &BTreeMap<String, String>,
+        dir: &Path,
+        target: &Path,
+    ) -> Result<TempGuard, StoreError> {
         let (temp, mut file) = self.create_temp(key, dir)?;
         let temp_name = temp.path().display().to_string();
         let mut buf = vec![0u8; CHUNK];
@@ -405,6 +557,7 @@ impl Inner {
             crc = crc32c::crc32c_append(crc, &buf[..n]);
             file.write_all(&buf[..n]).map_err(|e| io_err(&temp_name, e))?;
         }
+        write_metadata(&file, metadata).map_err(|e| io_err(&temp_name, e))?;
         let meta = Self::seal(&file, target).map_err(|e| io_err(&temp_name, e))?;
         self.remember(temp.path(), &meta, crc);
         Ok(temp)
@@ -424,41 +577,60 @@ impl Inner {
         let dir = to_path.parent().expect("a key has a parent directory").to_path_buf();
         self.prepare_dir(to, &dir)?;
         if from_path == to_path {
-            if mode == PutMode::CreateOnly {
-                return Err(StoreError::AlreadyExists(to.to_string()));
+            match mode {
+                PutMode::CreateOnly => return Err(StoreError::AlreadyExists(to.to_string())),
+                PutMode::IfGeneration(_) => {
+                    // Nothing changes, but the caller's expectation is still checked.
+                    let temp = Inner::link_temp(&source_path, &dir).map_err(|e| io_err(to, e))?;
+                    self.install(to, temp, to_path, mode)?;
+                }
+                PutMode::Overwrite => {}
             }
         } else {
-            match mode {
-                PutMode::CreateOnly => match fs::hard_link(&source_path, to_path) {
-                    Ok(()) => sync_dir(&dir),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
-                        return Err(StoreError::AlreadyExists(to.to_string()))
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "hard link failed; copying the bytes");
-                        let temp = self.copy_to_temp(to, source, &dir, to_path)?;
-                        self.install(to, temp, to_path, mode)?;
-                    }
-                },
-                PutMode::Overwrite => match Inner::link_temp(&source_path, &dir) {
-                    Ok(mut temp) => {
-                        fs::rename(temp.path(), to_path).map_err(|e| io_err(to, e))?;
-                        // rename(2) does nothing when both names are links to one file:
-                        // the temp name may still exist, so it is removed (not disarmed).
-                        if !temp.path().exists() {
-                            temp.disarm();
-                        }
-                        sync_dir(&dir);
-                    }
-                    Err(e) => {
-                        tracing::debug!(error = %e, "hard link failed; copying the bytes");
-                        let temp = self.copy_to_temp(to, source, &dir, to_path)?;
-                        self.install(to, temp, to_path, mode)?;
-                    }
-                },
-            }
+            // A second link to the source (the copy shares its generation and metadata),
+            // or a streamed copy where links are impossible (another filesystem).
+            let temp = match Inner::link_temp(&source_path, &dir) {
+                Ok(temp) => temp,
+                Err(e) => {
+                    tracing::debug!(error = %e, "hard link failed; copying the bytes");
+                    let metadata = read_metadata(&source_path).map_err(|e| io_err(from, e))?;
+                    self.copy_to_temp(to, source, &metadata, &dir, to_path)?
+                }
+            };
+            self.install(to, temp, to_path, mode)?;
         }
         self.head(to, to_path)?.ok_or_else(|| StoreError::NotFound(to.to_string()))
+    }
+
+    /// [`Store::put_file_with`] by hard link: `None` when `src` cannot be linked into the
+    /// target's directory (another filesystem), so the caller streams it instead.
+    fn link_file(
+        &self,
+        key: &str,
+        src: &Path,
+        target: &Path,
+        options: &PutOptions,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        let dir = target.parent().expect("a key has a parent directory");
+        self.prepare_dir(key, dir)?;
+        let temp = match Inner::link_temp(src, dir) {
+            Ok(temp) => temp,
+            Err(e) => {
+                tracing::debug!(error = %e, "hard link failed; streaming the file");
+                return Ok(None);
+            }
+        };
+        let temp_name = temp.path().display().to_string();
+        let file = OpenOptions::new().write(true).open(temp.path()).map_err(|e| io_err(&temp_name, e))?;
+        let before = file.metadata().map_err(|e| io_err(&temp_name, e))?;
+        // The CRC of the file as it was (usually cached), carried over to its new mtime.
+        let crc = self.crc_of(temp.path(), &before).map_err(|e| io_err(&temp_name, e))?;
+        write_metadata(&file, &options.metadata).map_err(|e| io_err(&temp_name, e))?;
+        let meta = Self::seal(&file, target).map_err(|e| io_err(&temp_name, e))?;
+        drop(file);
+        self.remember(temp.path(), &meta, crc);
+        self.install(key, temp, target, options.mode)?;
+        Ok(Some(meta_with(key, meta.len(), crc, mtime_ns(&meta), options.metadata.clone())))
     }
 
     /// Every regular file under `dir` whose key (relative to the root) is pushed to `out`.
@@ -544,24 +716,29 @@ impl Inner {
         if keys_only {
             return Ok(found
                 .into_iter()
-                .map(|(key, _, meta)| ObjectMeta {
-                    key,
-                    size: meta.len(),
-                    crc32c: 0,
-                    generation: meta.modified().map(mtime_ns_of_time).unwrap_or(0),
-                    updated: meta.modified().map(chrono::DateTime::<chrono::Utc>::from).unwrap_or_default(),
-                })
+                .map(|(key, _, meta)| meta_with(&key, meta.len(), 0, mtime_ns(&meta), BTreeMap::new()))
                 .collect());
         }
         let mut objects = Vec::with_capacity(found.len());
         for (key, path, meta) in found {
-            match self.object_meta(&key, &path, &meta) {
+            match self.object_meta(&key, &path, &meta, false) {
                 Ok(object) => objects.push(object),
                 Err(StoreError::NotFound(_)) => {} // deleted while listing
                 Err(e) => return Err(e),
             }
         }
         Ok(objects)
+    }
+}
+
+fn meta_with(key: &str, size: u64, crc32c: u32, generation: i64, metadata: BTreeMap<String, String>) -> ObjectMeta {
+    ObjectMeta {
+        key: key.to_string(),
+        size,
+        crc32c,
+        generation,
+        updated: DateTime::<Utc>::from(time_of_ns(generation)),
+        metadata,
     }
 }
 
@@ -594,9 +771,10 @@ impl Store for DirStore {
         Ok(Box::pin(tokio::io::BufReader::with_capacity(512 * 1024, tokio::fs::File::from_std(file))))
     }
 
-    /// Streams `body` into a temp file next to the target computing its CRC32C, fsyncs
-    /// it, then renames (Overwrite) or hard-links (CreateOnly) it into place.
-    async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {
+    /// Streams `body` into a temp file next to the target computing its CRC32C, sets its
+    /// metadata, fsyncs it, then renames (Overwrite, IfGeneration) or hard-links
+    /// (CreateOnly) it into place under the directory lock.
+    async fn put_with(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         let target = self.inner.path_of(key)?;
         let dir = target.parent().expect("a key has a parent directory").to_path_buf();
         let (temp, file) = {
@@ -622,22 +800,35 @@ impl Store for DirStore {
         file.flush().await.map_err(|e| io_err(&temp_name, e))?;
         let file = file.into_std().await;
         let key = key.to_string();
+        let options = options.clone();
         self.blocking(move |inner| {
+            write_metadata(&file, &options.metadata).map_err(|e| io_err(&temp_name, e))?;
             let meta = Inner::seal(&file, &target).map_err(|e| io_err(&temp_name, e))?;
             drop(file);
             debug_assert_eq!(meta.len(), size);
             inner.remember(temp.path(), &meta, crc);
-            inner.install(&key, temp, &target, mode)?;
-            let generation = mtime_ns(&meta);
-            Ok(ObjectMeta {
-                key,
-                size: meta.len(),
-                crc32c: crc,
-                generation,
-                updated: DateTime::<Utc>::from(time_of_ns(generation)),
-            })
+            inner.install(&key, temp, &target, options.mode)?;
+            Ok(meta_with(&key, meta.len(), crc, mtime_ns(&meta), options.metadata))
         })
         .await
+    }
+
+    /// A hard link of `src` into place when it is on the store's filesystem (no bytes
+    /// copied; `src` takes the object's generation and metadata), else a streamed put.
+    async fn put_file_with(&self, key: &str, src: &Path, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        let target = self.inner.path_of(key)?;
+        let linked = {
+            let (key, src, options) = (key.to_string(), src.to_path_buf(), options.clone());
+            self.blocking(move |inner| inner.link_file(&key, &src, &target, &options)).await?
+        };
+        match linked {
+            Some(meta) => Ok(meta),
+            None => {
+                let file =
+                    tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;
+                self.put_with(key, Box::pin(file), options).await
+            }
+        }
     }
 
     /// Recursive, sorted by key; `prefix` is a plain string prefix of the key.
