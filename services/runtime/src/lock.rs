@@ -3,7 +3,9 @@
 //!
 //! Taken by validate (atomically: create-only put), released when the job completes
 //! (finalize), fails or is cancelled (the worker), and ignored once expired. Two
-//! validators racing for one project: exactly one create succeeds.
+//! validators racing for one project: exactly one create succeeds; racing to take over
+//! an expired (or forced) lock, exactly one replacement succeeds, since each replaces
+//! only the generation it read.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -36,6 +38,15 @@ pub fn lock_key(project_id: &str) -> String {
 }
 
 async fn read(store: &dyn Store, key: &str) -> Result<Option<ProjectLock>, StoreError> {
+    Ok(read_generation(store, key).await?.map(|(lock, _)| lock).unwrap_or_default())
+}
+
+/// The lock (`None` when unreadable: treated as void, as it would otherwise block the
+/// project forever) and the generation it was read at; `None` when there is no lock.
+/// The generation is taken before the content, so a replacement conditioned on it
+/// fails if anything changed in between.
+async fn read_generation(store: &dyn Store, key: &str) -> Result<Option<(Option<ProjectLock>, i64)>, StoreError> {
+    let Some(meta) = store.head(key).await? else { return Ok(None) };
     let mut reader = match store.get(key).await {
         Ok(r) => r,
         Err(StoreError::NotFound(_)) => return Ok(None),
@@ -43,8 +54,7 @@ async fn read(store: &dyn Store, key: &str) -> Result<Option<ProjectLock>, Store
     };
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(e.to_string()))?;
-    // An unreadable lock is treated as void (it would otherwise block the project forever).
-    Ok(serde_json::from_slice(&bytes).ok())
+    Ok(Some((serde_json::from_slice(&bytes).ok(), meta.generation)))
 }
 
 /// Try to take `project_id` for `job_id` until `expires_at`. With `force`, a lock held
@@ -59,18 +69,18 @@ pub async fn acquire(
     let key = lock_key(project_id);
     let body = serde_json::to_vec(&ProjectLock { job_id: job_id.to_string(), expires_at }).expect("lock serializes");
     for _ in 0..3 {
-        match store.put(&key, Box::pin(std::io::Cursor::new(body.clone())), PutMode::CreateOnly).await {
+        let mode = match read_generation(store, &key).await? {
+            None => PutMode::CreateOnly,
+            Some((Some(lock), _)) if lock.job_id == job_id => return Ok(Acquire::Acquired),
+            Some((Some(lock), _)) if lock.expires_at > Utc::now() && !force => return Ok(Acquire::Held(lock)),
+            // Expired, unreadable, or forced: replace exactly what was read.
+            Some((_, generation)) => PutMode::IfGeneration(generation),
+        };
+        match store.put(&key, Box::pin(std::io::Cursor::new(body.clone())), mode).await {
             Ok(_) => return Ok(Acquire::Acquired),
-            Err(StoreError::AlreadyExists(_)) => {}
+            // Someone else wrote it meanwhile: look again.
+            Err(StoreError::AlreadyExists(_) | StoreError::PreconditionFailed(_)) => {}
             Err(e) => return Err(e),
-        }
-        match read(store, &key).await? {
-            Some(lock) if lock.job_id == job_id => return Ok(Acquire::Acquired),
-            Some(lock) if lock.expires_at > Utc::now() && !force => return Ok(Acquire::Held(lock)),
-            _ => {
-                // Expired, unreadable, or forced: remove and race for it again.
-                store.delete(&key).await?;
-            }
         }
     }
     match read(store, &key).await? {
@@ -89,5 +99,29 @@ pub async fn release(store: &dyn Store, project_id: &str, job_id: &str) -> Resul
     match read(store, &key).await? {
         Some(lock) if lock.job_id == job_id => store.delete(&key).await,
         _ => Ok(false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::DirStore;
+    use chrono::Duration;
+
+    /// Many validators racing to take over one expired lock: exactly one wins.
+    #[tokio::test]
+    async fn an_expired_lock_is_taken_over_by_exactly_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(DirStore::new(dir.path()).unwrap());
+        let past = Utc::now() - Duration::minutes(1);
+        assert_eq!(acquire(store.as_ref(), "p", "old", past, false).await.unwrap(), Acquire::Acquired);
+        let future = Utc::now() + Duration::minutes(10);
+        let racers = (0..8).map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { acquire(store.as_ref(), "p", &format!("j{i}"), future, false).await.unwrap() })
+        });
+        let results = futures::future::join_all(racers).await;
+        let winners = results.iter().filter(|r| matches!(r.as_ref().unwrap(), Acquire::Acquired)).count();
+        assert_eq!(winners, 1, "{results:?}");
     }
 }

@@ -76,9 +76,14 @@ impl StageHarness {
             handler.stage(),
             self.settings.boundary(),
             self.work.clone(),
-            Arc::new(LocalResolver::new()),
+            Arc::new(BucketDirs { local: LocalResolver::new(), root: self.dir.path().join("buckets") }),
             job,
         )
+    }
+
+    /// The directory that stands for `gs://{bucket}` in this harness's jobs.
+    pub fn bucket_dir(&self, bucket: &str) -> PathBuf {
+        self.dir.path().join("buckets").join(bucket)
     }
 
     /// Build `H` from the settings and hand it `event`, as one delivery.
@@ -102,5 +107,30 @@ pub fn emitted(outcome: Outcome) -> Vec<Event> {
     match outcome {
         Outcome::Emit(events) => events,
         other => panic!("expected the stage to emit, got {other:?}"),
+    }
+}
+
+/// The harness's resolver: local paths as the embedded pipeline resolves them, and each
+/// `gs://{bucket}` a directory store under the harness (`buckets/{bucket}`), so handlers
+/// that look at a request's Cloud Storage output run without the storage emulator.
+struct BucketDirs {
+    local: LocalResolver,
+    root: PathBuf,
+}
+
+impl reel_runtime::location::StoreResolver for BucketDirs {
+    fn resolve(
+        &self,
+        location: &reel_runtime::location::Location,
+    ) -> Result<(Arc<dyn reel_runtime::Store>, String), reel_runtime::StoreError> {
+        match location {
+            reel_runtime::location::Location::Gcs { bucket, key } => {
+                let dir = self.root.join(bucket);
+                std::fs::create_dir_all(&dir).map_err(|e| reel_runtime::StoreError::from_io("bucket dir", e))?;
+                let store = DirStore::new(&dir).map_err(|e| reel_runtime::StoreError::from_io("bucket dir", e))?;
+                Ok((Arc::new(store), key.clone()))
+            }
+            local => self.local.resolve(local),
+        }
     }
 }

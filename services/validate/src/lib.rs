@@ -16,7 +16,7 @@ use reel_runtime::stage::{
     cancel_marker_key, job_completed, valid_id, Context, Failure, FromSettings, Handler, Outcome,
 };
 use reel_runtime::store::StoreError;
-use reel_runtime::{lock, tenancy};
+use reel_runtime::{lock, output, tenancy};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
@@ -320,6 +320,11 @@ impl Validate {
                 Err(e) => return Outcome::failed("cannot check for an earlier completion", &e),
             }
         }
+        // Whether the reel may go where it is asked to, decided before any download or
+        // encode is paid for (upload decides again, atomically, when it writes).
+        if let Err(outcome) = self.check_output(ctx, &request).await {
+            return outcome;
+        }
         let accepted_at = Utc::now();
         let spec = JobSpec {
             job_id: job_id.to_string(),
@@ -418,6 +423,18 @@ impl Validate {
             ));
         }
         Ok(())
+    }
+
+    /// The output rule (`reel_runtime::output`): an existing object at the output is
+    /// replaced only if reel wrote it for this project and the request says
+    /// `forceRestart` (its owner's request: [`Validate::check_tenancy`] ran first).
+    async fn check_output(&self, ctx: &Context, request: &StitchRequested) -> Result<(), Outcome> {
+        let location = Location::parse(&request.output_path, None)
+            .map_err(|e| reject(ErrorType::InvalidRequest, format!("outputPath: {e}")))?;
+        let (store, key) =
+            ctx.resolver.resolve(&location).map_err(|e| Outcome::failed("opening the output's store", &e))?;
+        let force = request.force_restart.unwrap_or(false);
+        output::check(store.as_ref(), &key, &request.output_path, &request.project_id, force).await.map(|_| ())
     }
 
     /// Every rule a request must pass; `None` when it passes.

@@ -290,3 +290,42 @@ async fn a_job_cancelled_before_it_started_is_not_started() {
     let outcome = run(&f, as_user(request("p1", &clips, "gs://clips/o.mp4"), "job_c", "alice")).await;
     assert!(matches!(outcome, Outcome::Cancel), "{outcome:?}");
 }
+
+/// The output rule, decided before any paid work: an existing object is replaced only if
+/// reel wrote it for this project and the (owner's) request says forceRestart.
+#[tokio::test]
+async fn an_output_reel_may_not_replace_fails_at_validate() {
+    let f = fixture(&["gs://clips"]);
+    let clips = ["gs://clips/a.mp4", "gs://clips/b.mp4"];
+    let bucket = reel_runtime::embedded::DirStore::new(f.bucket_dir("clips")).unwrap();
+    let put = |key: &'static str, metadata: Vec<(&str, &str)>| {
+        let options = reel_runtime::store::PutOptions::new(reel_runtime::PutMode::Overwrite)
+            .with_metadata(metadata.into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect());
+        let bucket = &bucket;
+        async move { bucket.put_with(key, Box::pin(std::io::Cursor::new(b"reel".to_vec())), &options).await.unwrap() }
+    };
+    put("foreign.mp4", vec![]).await;
+    put("theirs.mp4", vec![(reel_runtime::output::PROJECT_KEY, "p9"), (reel_runtime::output::JOB_KEY, "j9")]).await;
+    put("mine.mp4", vec![(reel_runtime::output::PROJECT_KEY, "p1"), (reel_runtime::output::JOB_KEY, "j0")]).await;
+    for (n, (output, force, accepted)) in [
+        ("foreign", true, false),
+        ("theirs", true, false),
+        ("mine", false, false),
+        ("mine", true, true),
+        ("new", false, true),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut req = as_user(request("p1", &clips, &format!("gs://clips/{output}.mp4")), &format!("j{n}x"), "alice");
+        req["forceRestart"] = force.into();
+        let outcome = run(&f, req).await;
+        if accepted {
+            assert!(matches!(outcome, Outcome::Emit(_)), "{output} force={force}: {outcome:?}");
+            reel_runtime::lock::release(f.work.as_ref(), "p1", &format!("j{n}x")).await.unwrap();
+        } else {
+            let (got, message, _) = failure(outcome);
+            assert_eq!(got, ErrorType::PermissionDenied, "{output} force={force}: {message}");
+        }
+    }
+}
