@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use reel_events::fold::{JobState, JobStatus};
+use reel_events::fold::JobStatus;
 use reel_events::payload::{CancelRequested, StitchRequested};
 use reel_events::{envelope, types, Compression, ErrorType, Orientation};
 use reel_runtime::stage::cancel_marker_key;
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::admission::{decide, Decision};
 use crate::auth::User;
-use crate::book::{owned_by, submitted_at};
+use crate::book::{fold, status_owned_by};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -51,30 +51,41 @@ pub async fn job_status(
     user: User,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    state
-        .book()
-        .read(|jobs| jobs.get(&job_id).filter(|j| owned_by(j, &user.id)).map(JobState::to_status))
+    lookup(&state, &job_id)
+        .await?
+        .filter(|s| status_owned_by(s, &user.id))
         .map(Json)
         .ok_or_else(|| ApiError::job_not_found(&job_id))
 }
 
+/// A job's status from memory or its record (a store error: 503).
+async fn lookup(state: &AppState, job_id: &str) -> Result<Option<JobStatus>, ApiError> {
+    state.book().lookup(job_id).await.map_err(|e| ApiError::unavailable(format!("could not read the job: {e}"), 2))
+}
+
+/// Most jobs `GET /api/projects/{projectId}/jobs` answers.
+pub const PROJECT_JOBS_LIMIT: usize = 100;
+
 /// The answer of `GET /api/projects/{projectId}/jobs`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobList {
-    /// The caller's jobs in the project, newest first.
+    /// The caller's jobs in the project, newest first, at most [`PROJECT_JOBS_LIMIT`].
     pub jobs: Vec<JobStatus>,
 }
 
-/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first.
-pub async fn project_jobs(State(state): State<AppState>, user: User, Path(project_id): Path<String>) -> Json<JobList> {
-    let mut jobs: Vec<(Option<chrono::DateTime<Utc>>, JobStatus)> = state.book().read(|jobs| {
-        jobs.values()
-            .filter(|j| j.project_id == project_id && owned_by(j, &user.id))
-            .map(|j| (submitted_at(j), j.to_status()))
-            .collect()
-    });
-    jobs.sort_by(|(a, sa), (b, sb)| b.cmp(a).then_with(|| sb.job_id.cmp(&sa.job_id)));
-    Json(JobList { jobs: jobs.into_iter().map(|(_, s)| s).collect() })
+/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first,
+/// at most [`PROJECT_JOBS_LIMIT`].
+pub async fn project_jobs(
+    State(state): State<AppState>,
+    user: User,
+    Path(project_id): Path<String>,
+) -> Result<Json<JobList>, ApiError> {
+    let jobs = state
+        .book()
+        .project_jobs(&project_id, &user.id, PROJECT_JOBS_LIMIT)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("could not read the project's jobs: {e}"), 2))?;
+    Ok(Json(JobList { jobs }))
 }
 
 /// The answer of `POST /api/jobs/{jobId}/cancel`.
@@ -102,12 +113,11 @@ pub async fn cancel_job(
     user: User,
     Path(job_id): Path<String>,
 ) -> Result<Json<CancelAnswer>, ApiError> {
-    let found = state.book().read(|jobs| {
-        jobs.get(&job_id)
-            .filter(|j| owned_by(j, &user.id))
-            .map(|j| (j.to_status(), j.current().map(|(n, _)| n).unwrap_or(0)))
-    });
-    let (status, attempt) = found.ok_or_else(|| ApiError::job_not_found(&job_id))?;
+    let status = lookup(&state, &job_id)
+        .await?
+        .filter(|s| status_owned_by(s, &user.id))
+        .ok_or_else(|| ApiError::job_not_found(&job_id))?;
+    let attempt = status.retry_count;
     if status.status.is_terminal() {
         return Ok(Json(CancelAnswer {
             success: false,
@@ -260,7 +270,7 @@ pub async fn stitch(
     let decision = state.book().write(|jobs| {
         let decision = decide(jobs, &project_id, &user.id, force_restart, quotas, stale_after, now);
         if decision == Decision::Accept {
-            jobs.entry(job_id.clone()).or_insert_with(|| JobState::new(&job_id)).apply(&event);
+            fold(jobs, &job_id, &event);
         }
         decision
     });
@@ -289,11 +299,7 @@ pub async fn stitch(
         warn!(job_id = %job_id, error = %e, "could not publish stitch.requested");
         // Forget the job unless the log already brought more of it (the publish may
         // have gone through despite the error; then the log folds it back in).
-        state.book().write(|jobs| {
-            if jobs.get(&job_id).is_some_and(|j| j.seen.len() <= 1) {
-                jobs.remove(&job_id);
-            }
-        });
+        state.book().forget_if_only(&job_id, &event);
         return Err(ApiError::unavailable(format!("could not queue the job: {e}; try again"), 2));
     }
     info!(job_id = %job_id, project_id = %project_id, force_restart, "stitch requested");
