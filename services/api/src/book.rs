@@ -265,8 +265,8 @@ pub fn ended_at(job: &JobState) -> Option<DateTime<Utc>> {
     job.status().is_terminal().then(|| job.to_status().completed_at).flatten()
 }
 
-/// Finished jobs in the work store: one record per job (`control/api/jobs/{jobId}.json`)
-/// and an index per project (`control/api/projects/{projectId}/…`); see
+/// Finished jobs in the work store: one record per job (`api/jobs/{jobId}.json`)
+/// and an index per project (`api/projects/{projectId}/…`); see
 /// [`crate::snapshot`] for the layout.
 #[derive(Clone)]
 pub struct Archive {

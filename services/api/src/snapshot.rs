@@ -4,8 +4,8 @@
 //! | object | key | holds | written |
 //! | --- | --- | --- | --- |
 //! | snapshot | `control/api-snapshot.json` | the jobs in memory that are not finished, in full, plus a reference (id, end) to each finished one still in memory | every snapshot interval, when anything changed |
-//! | job record | `control/api/jobs/{jobId}.json` | one finished job, in full | once when the job finishes (again only if a late event changes it) |
-//! | project index | `control/api/projects/{projectId}/{rev}-{jobId}` | nothing (the key is the entry; `rev` sorts newest first) | with the job record; the oldest beyond [`PROJECT_INDEX_MAX`] are deleted |
+//! | job record | `api/jobs/{jobId}.json` | one finished job, in full | once when the job finishes (again only if a late event changes it) |
+//! | project index | `api/projects/{projectId}/{rev}-{jobId}` | nothing (the key is the entry; `rev` sorts newest first) | with the job record; the oldest beyond [`PROJECT_INDEX_MAX`] are deleted |
 //!
 //! So a snapshot's size follows the jobs running now, not every job ever, and a start
 //! reads the snapshot, the records of the jobs that finished within the retention (see
@@ -38,8 +38,11 @@ pub const VERSION: u32 = 2;
 pub const JOB_FORMAT: &str = "reel-api-job";
 /// The `version` of job records.
 pub const JOB_VERSION: u32 = 1;
-/// Where job records and project indexes live in the work store.
-pub const ARCHIVE_PREFIX: &str = "control/api/";
+/// Where job records and project indexes live in the work store: outside `control/`,
+/// whose objects an age-based lifecycle rule deletes (terraform `work_control_days`),
+/// since a record is written once and must outlive that; inside the work area, which
+/// no request path may name (`reel_runtime::stage::Boundary`).
+pub const ARCHIVE_PREFIX: &str = "api/";
 /// Most index entries kept per project (the newest); older jobs still answer by id.
 pub const PROJECT_INDEX_MAX: usize = 1000;
 

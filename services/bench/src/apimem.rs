@@ -327,7 +327,7 @@ async fn state_process(dir: &Path, progress: usize) -> Result<Sample> {
             while folded == 0 {
                 folded = follower.pull_once().await?.folded;
             }
-            if i % EVENTS_PER_SNAPSHOT == 0 {
+            if i.is_multiple_of(EVENTS_PER_SNAPSHOT) {
                 follower.snapshot().await?;
             }
             if i == WARMUP {
