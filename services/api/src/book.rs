@@ -49,6 +49,9 @@ pub fn fold(jobs: &mut BTreeMap<String, JobState>, job_id: &str, event: &Event) 
     job.seen = BTreeSet::new();
 }
 
+/// A job's status with when it was requested (the order of a project's list).
+type Dated = (Option<DateTime<Utc>>, JobStatus);
+
 /// Every job's folded state: the unfinished and recently finished ones in memory, the
 /// others in the [`Archive`].
 #[derive(Debug, Default)]
@@ -132,7 +135,7 @@ impl JobBook {
     /// `limit` are found. The index keeps the newest [`snapshot::PROJECT_INDEX_MAX`]
     /// finished jobs of a project.
     pub async fn project_jobs(&self, project: &str, user: &str, limit: usize) -> Result<Vec<JobStatus>, StoreError> {
-        let (mut found, in_memory): (Vec<(Option<DateTime<Utc>>, JobStatus)>, BTreeSet<String>) = self.read(|jobs| {
+        let (mut found, in_memory): (Vec<Dated>, BTreeSet<String>) = self.read(|jobs| {
             let of_project = jobs.values().filter(|j| j.project_id == project);
             let ids = of_project.clone().map(|j| j.job_id.clone()).collect();
             (of_project.filter(|j| owned_by(j, user)).map(|j| (submitted_at(j), j.to_status())).collect(), ids)

@@ -92,26 +92,19 @@ async fn finished_jobs_leave_memory_and_are_served_from_their_records() {
         async move {
             let (alice, bob) = (alice.as_deref(), bob.as_deref());
             for (id, status) in &want {
-                let (code, _, body) =
-                    call(&app, Method::GET, &format!("/api/jobs/{id}/status"), alice, None)
-                        .await;
+                let (code, _, body) = call(&app, Method::GET, &format!("/api/jobs/{id}/status"), alice, None).await;
                 assert_eq!(code, StatusCode::OK, "{id}: {body}");
                 assert_eq!(&body, status, "{id}");
-                let (code, _, _) =
-                    call(&app, Method::GET, &format!("/api/jobs/{id}/status"), bob, None)
-                        .await;
+                let (code, _, _) = call(&app, Method::GET, &format!("/api/jobs/{id}/status"), bob, None).await;
                 assert_eq!(code, StatusCode::NOT_FOUND, "{id} is not bob's");
             }
-            let (_, _, body) =
-                call(&app, Method::GET, "/api/projects/proj_m/jobs", alice, None).await;
+            let (_, _, body) = call(&app, Method::GET, "/api/projects/proj_m/jobs", alice, None).await;
             let ids: Vec<&str> =
                 body["jobs"].as_array().unwrap().iter().map(|j| j["jobId"].as_str().unwrap()).collect();
             assert_eq!(ids, ["job_new", "job_old3", "job_old2", "job_old1"], "newest first, finished ones included");
-            let (_, _, body) =
-                call(&app, Method::GET, "/api/projects/proj_m/jobs", bob, None).await;
+            let (_, _, body) = call(&app, Method::GET, "/api/projects/proj_m/jobs", bob, None).await;
             assert_eq!(body["jobs"], json!([]));
-            let (code, _, body) =
-                call(&app, Method::POST, "/api/jobs/job_old1/cancel", alice, None).await;
+            let (code, _, body) = call(&app, Method::POST, "/api/jobs/job_old1/cancel", alice, None).await;
             assert_eq!((code, &body["success"]), (StatusCode::OK, &json!(false)), "{body}");
         }
     };
