@@ -131,7 +131,7 @@ pub fn run(bench_exe: &Path, work: &Path, options: Options, rt: &tokio::runtime:
     })?;
     drop(jobs);
     let generate_seconds = generated.elapsed().as_secs_f64();
-    eprintln!("  stores written in {generate_seconds:.1} s");
+    eprintln!("  stores written in {generate_seconds:.1} s (every put is fsynced)");
     let n = options.jobs;
     let layouts = [
         ("empty store (floor)".to_string(), floor, counts[0], options.progress),
