@@ -316,17 +316,26 @@ async fn state_process(dir: &Path, progress: usize) -> Result<Sample> {
     let t0 = Utc::now();
     let request = json!({"jobId": job, "projectId": project, "userId": "bench", "clipPaths": ["gs://b/1.mp4", "gs://b/2.mp4"],
                          "outputPath": "gs://b/out.mp4", "orientation": "portrait", "compression": "optimized"});
-    let mut feed = vec![envelope::build(types::STITCH_REQUESTED, "//reel/api", "bench-request", job, t0, &request)?];
-    feed.extend((0..progress).map(|i| {
-        let data = json!({"jobId": job, "projectId": project, "stage": "stitch", "progress": (i as f64) * 100.0 / progress as f64,
-                          "estimatedCompletion": t0 + Span::hours(1), "retryAttempt": 0});
-        envelope::build(types::JOB_PROGRESS, "//reel/stitch", format!("bench-progress-{i}"), job, t0 + Span::seconds(5 * i as i64), &data)
-            .expect("a progress event builds")
-    }));
+    // Built one at a time, so the feed itself takes no memory between the readings.
+    let event_at = |i: usize| match i {
+        0 => envelope::build(types::STITCH_REQUESTED, "//reel/api", "bench-request", job, t0, &request),
+        _ => {
+            let data = json!({"jobId": job, "projectId": project, "stage": "stitch", "progress": (i as f64) * 100.0 / progress as f64,
+                              "estimatedCompletion": t0 + Span::hours(1), "retryAttempt": 0});
+            envelope::build(
+                types::JOB_PROGRESS,
+                "//reel/stitch",
+                format!("bench-progress-{i}"),
+                job,
+                t0 + Span::seconds(5 * i as i64),
+                &data,
+            )
+        }
+    };
     let (mut rss_before_kib, mut rss_after_kib) = (None, None);
     if progress > 0 {
-        for (i, event) in feed.iter().enumerate() {
-            bus.publish(&names.events(), binding::encode_binary(event)).await?;
+        for i in 0..=progress {
+            bus.publish(&names.events(), binding::encode_binary(&event_at(i)?)).await?;
             let mut folded = 0;
             while folded == 0 {
                 folded = follower.pull_once().await?.folded;
