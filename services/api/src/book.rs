@@ -1,16 +1,24 @@
-//! The folded state of every job, in memory: `jobId → JobState`.
+//! The folded state of the jobs, `jobId → JobState`: in memory the jobs that are not
+//! finished and those finished within the retention; the rest in the work store's job
+//! records ([`Archive`]), read on demand.
 //!
 //! Filled by the [`crate::follower`] from the event log (and, for immediacy, by the
 //! API itself with the events it publishes). [`JobState::apply`] is a join: folding
 //! an event twice, or in any order, gives the same state, so the book never has to
-//! care where an event came from or whether it has seen it already.
+//! care where an event came from or whether it has seen it already — which is why it
+//! does not keep the event ids the fold records (see [`fold`]).
 
 use chrono::{DateTime, Duration, Utc};
 use reel_events::fold::{JobState, JobStatus};
 use reel_events::{envelope, Event};
-use std::collections::BTreeMap;
+use reel_runtime::store::{PutMode, Store, StoreError};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
+use tokio::io::AsyncReadExt;
+use tracing::warn;
+
+use crate::snapshot;
 
 /// Counters about the follower and snapshots (exported on `/metrics`).
 #[derive(Debug, Default)]
@@ -31,10 +39,25 @@ pub struct BookStats {
     pub last_snapshot_unix: AtomicI64,
 }
 
-/// Every job's folded state.
+/// Fold `event` into job `job_id` of `jobs`, and drop the event ids the fold records
+/// in [`JobState::seen`]. Nothing in the fold reads them (every field is a join, so a
+/// redelivered copy folds to the same state), and a running job reports progress about
+/// once a second: kept, they would grow without bound.
+pub fn fold(jobs: &mut BTreeMap<String, JobState>, job_id: &str, event: &Event) {
+    let job = jobs.entry(job_id.to_string()).or_insert_with(|| JobState::new(job_id));
+    job.apply(event);
+    job.seen = BTreeSet::new();
+}
+
+/// A job's status with when it was requested (the order of a project's list).
+type Dated = (Option<DateTime<Utc>>, JobStatus);
+
+/// Every job's folded state: the unfinished and recently finished ones in memory, the
+/// others in the [`Archive`].
 #[derive(Debug, Default)]
 pub struct JobBook {
     jobs: RwLock<BTreeMap<String, JobState>>,
+    archive: Option<Archive>,
     ready: AtomicBool,
     generation: AtomicU64,
     /// Counters.
@@ -42,19 +65,104 @@ pub struct JobBook {
 }
 
 impl JobBook {
-    /// An empty book, not ready.
+    /// An empty book, not ready, that keeps every job in memory (no archive).
     pub fn new() -> JobBook {
         JobBook::default()
     }
 
+    /// An empty book whose finished jobs go to job records in `store` (the follower
+    /// writes them and takes old ones out of memory; lookups read them on a miss).
+    pub fn with_archive(store: Arc<dyn Store>) -> JobBook {
+        JobBook { archive: Some(Archive::new(store)), ..JobBook::default() }
+    }
+
+    /// Where finished jobs are kept, if anywhere.
+    pub fn archive(&self) -> Option<&Archive> {
+        self.archive.as_ref()
+    }
+
     /// Fold one event into its job; returns the job id, or `None` when the event names
-    /// no job.
+    /// no job. A job not in memory starts from nothing here: the follower first loads
+    /// the records of the jobs its events name ([`Archive::load`]).
     pub fn apply(&self, event: &Event) -> Option<String> {
         let job_id = envelope::job_id_of(event)?;
         let mut jobs = self.jobs.write().unwrap_or_else(|p| p.into_inner());
-        jobs.entry(job_id.clone()).or_insert_with(|| JobState::new(&job_id)).apply(event);
+        fold(&mut jobs, &job_id, event);
         self.generation.fetch_add(1, Ordering::Relaxed);
         Some(job_id)
+    }
+
+    /// Remove a job the API folded from its own `event` alone, unless more of it has
+    /// been folded since (a publish failed; if it went through after all, the log
+    /// brings the job back). Returns whether it was removed.
+    pub fn forget_if_only(&self, job_id: &str, event: &Event) -> bool {
+        let mut alone = BTreeMap::new();
+        fold(&mut alone, job_id, event);
+        self.write(|jobs| {
+            let only = jobs.get(job_id) == alone.get(job_id);
+            if only {
+                jobs.remove(job_id);
+            }
+            only
+        })
+    }
+
+    /// Take out of memory the jobs `evict` selects (their state must be in the archive
+    /// already). Returns their ids.
+    pub fn evict(&self, mut evict: impl FnMut(&JobState) -> bool) -> Vec<String> {
+        let mut jobs = self.jobs.write().unwrap_or_else(|p| p.into_inner());
+        let ids: Vec<String> = jobs.values().filter(|j| evict(j)).map(|j| j.job_id.clone()).collect();
+        for id in &ids {
+            jobs.remove(id);
+        }
+        ids
+    }
+
+    /// One job's status, from memory or else from its record: `Ok(None)` when there is
+    /// no such job.
+    pub async fn lookup(&self, job_id: &str) -> Result<Option<JobStatus>, StoreError> {
+        if let Some(status) = self.status(job_id) {
+            return Ok(Some(status));
+        }
+        match &self.archive {
+            Some(archive) => Ok(archive.load(job_id).await?.map(|j| j.to_status())),
+            None => Ok(None),
+        }
+    }
+
+    /// `user`'s jobs of `project`, newest first (by [`submitted_at`]), at most `limit`:
+    /// those in memory, then the project's index in the archive, newest first, until
+    /// `limit` are found. The index keeps the newest [`snapshot::PROJECT_INDEX_MAX`]
+    /// finished jobs of a project.
+    pub async fn project_jobs(&self, project: &str, user: &str, limit: usize) -> Result<Vec<JobStatus>, StoreError> {
+        let (mut found, in_memory): (Vec<Dated>, BTreeSet<String>) = self.read(|jobs| {
+            let of_project = jobs.values().filter(|j| j.project_id == project);
+            let ids = of_project.clone().map(|j| j.job_id.clone()).collect();
+            (of_project.filter(|j| owned_by(j, user)).map(|j| (submitted_at(j), j.to_status())).collect(), ids)
+        });
+        if let Some(archive) = &self.archive {
+            let entries = archive.store.list_keys(&snapshot::project_prefix(project)).await?;
+            let mut candidates =
+                entries.iter().filter_map(|k| snapshot::job_of_entry(k)).filter(|j| !in_memory.contains(*j));
+            let mut stored = 0;
+            let mut done = BTreeSet::new();
+            while stored < limit {
+                let chunk: Vec<&str> = candidates.by_ref().filter(|j| done.insert(j.to_string())).take(16).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let loaded = futures::future::join_all(chunk.iter().map(|j| archive.load(j))).await;
+                for job in loaded.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+                    if owned_by(&job, user) && job.project_id == project {
+                        stored += 1;
+                        found.push((submitted_at(&job), job.to_status()));
+                    }
+                }
+            }
+        }
+        found.sort_by(|(a, sa), (b, sb)| b.cmp(a).then_with(|| sb.job_id.cmp(&sa.job_id)));
+        found.truncate(limit);
+        Ok(found.into_iter().map(|(_, s)| s).collect())
     }
 
     /// Put whole states in (a snapshot being loaded). A job already in the book is
@@ -148,4 +256,94 @@ pub fn is_active(job: &JobState, now: DateTime<Utc>, stale_after: Duration) -> b
 /// Whether `user` owns the job.
 pub fn owned_by(job: &JobState, user: &str) -> bool {
     !user.is_empty() && job.user_id == user
+}
+
+/// Whether `user` owns the job of this status.
+pub fn status_owned_by(status: &JobStatus, user: &str) -> bool {
+    !user.is_empty() && status.user_id == user
+}
+
+/// When a finished job ended: its terminal event's time.
+pub fn ended_at(job: &JobState) -> Option<DateTime<Utc>> {
+    job.status().is_terminal().then(|| job.to_status().completed_at).flatten()
+}
+
+/// Finished jobs in the work store: one record per job (`api/jobs/{jobId}.json`)
+/// and an index per project (`api/projects/{projectId}/…`); see
+/// [`crate::snapshot`] for the layout.
+#[derive(Clone)]
+pub struct Archive {
+    store: Arc<dyn Store>,
+}
+
+impl std::fmt::Debug for Archive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Archive({})", self.store.describe())
+    }
+}
+
+impl Archive {
+    /// Finished jobs in `store`.
+    pub fn new(store: Arc<dyn Store>) -> Archive {
+        Archive { store }
+    }
+
+    /// A job's record, or `None` if it has none. A record that cannot be read counts as
+    /// none (logged): one bad object must not fail every lookup of its job.
+    pub async fn load(&self, job_id: &str) -> Result<Option<JobState>, StoreError> {
+        let key = snapshot::job_key(job_id);
+        if reel_runtime::store::check_key(&key).is_err() {
+            return Ok(None);
+        }
+        let Some(bytes) = read_all(self.store.as_ref(), &key).await? else {
+            return Ok(None);
+        };
+        match snapshot::decode_job(&bytes) {
+            Ok(job) if job.job_id == job_id => Ok(Some(job)),
+            Ok(job) => {
+                warn!(key = %key, found = %job.job_id, "job record names another job; ignored");
+                Ok(None)
+            }
+            Err(e) => {
+                warn!(key = %key, error = %e, "job record is unreadable; ignored");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Write a finished job's record (`body`, from [`snapshot::encode_job`]) and its
+    /// project index entry.
+    pub async fn save(&self, job: &JobState, body: Vec<u8>) -> Result<(), StoreError> {
+        let put = |key: String, body: Vec<u8>| async move {
+            self.store.put(&key, Box::pin(std::io::Cursor::new(body)), PutMode::Overwrite).await
+        };
+        put(snapshot::job_key(&job.job_id), body).await?;
+        if !job.project_id.is_empty() {
+            put(snapshot::project_entry_key(&job.project_id, submitted_at(job), &job.job_id), Vec::new()).await?;
+        }
+        Ok(())
+    }
+
+    /// Delete a project's oldest index entries beyond [`snapshot::PROJECT_INDEX_MAX`].
+    pub async fn trim_project(&self, project_id: &str) -> Result<usize, StoreError> {
+        let keys = self.store.list_keys(&snapshot::project_prefix(project_id)).await?;
+        let mut deleted = 0;
+        for key in keys.iter().skip(snapshot::PROJECT_INDEX_MAX) {
+            self.store.delete(key).await?;
+            deleted += 1;
+        }
+        Ok(deleted)
+    }
+}
+
+/// The whole object, or `None` if it does not exist.
+pub async fn read_all(store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut reader = match store.get(key).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?;
+    Ok(Some(bytes))
 }

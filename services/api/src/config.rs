@@ -231,6 +231,9 @@ pub struct ApiConfig {
     pub batch_window: Duration,
     /// Most messages in one batch.
     pub batch_max: usize,
+    /// Finished jobs leave memory this long after they ended and are then read from
+    /// their job records (`REEL_API_RETAIN_FINISHED_SECONDS`, default 3600).
+    pub retain_finished: Duration,
 }
 
 /// A variable with a bad value.
@@ -257,6 +260,7 @@ impl ApiConfig {
             journal_retention: Duration::from_secs(300),
             batch_window: Duration::from_millis(500),
             batch_max: 100,
+            retain_finished: Duration::from_secs(3600),
         }
     }
 
@@ -365,6 +369,7 @@ impl ApiConfig {
             journal_retention: Duration::from_secs(number("REEL_API_JOURNAL_RETENTION_SECONDS", 300)?),
             batch_window: Duration::from_millis(number("REEL_API_BATCH_MILLIS", 500)?),
             batch_max: 100,
+            retain_finished: Duration::from_secs(number("REEL_API_RETAIN_FINISHED_SECONDS", 3600)?),
         })
     }
 }

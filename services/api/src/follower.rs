@@ -9,34 +9,46 @@
 //! still folded (the status stays fresh) but not acked, so Pub/Sub redelivers it.
 //!
 //! **Snapshot**: every `snapshot_interval` (and on shutdown) the follower folds any
-//! journal object it has not folded yet (another instance's, during a rollout), writes
-//! the whole book to `snapshot_key`, and deletes the journal objects that snapshot
-//! covers once they are older than `journal_retention`. Keeping them that long lets an
-//! overlapping instance (old and new revision during a deploy) fold them too before its
-//! own snapshot replaces this one, so whichever writes last has every event.
+//! journal object it has not folded yet (another instance's, during a rollout); writes
+//! the record of every finished job whose record is missing or out of date (with the
+//! book's [`crate::book::Archive`]: once per job, in practice); takes out of memory the
+//! jobs finished longer than `retain_finished` ago; writes `snapshot_key`: the
+//! unfinished jobs in full and the finished ones in memory by reference (layout in
+//! [`crate::snapshot`]); and deletes the journal objects that snapshot covers once they
+//! are older than `journal_retention`. Keeping them that long lets an overlapping
+//! instance (old and new revision during a deploy) fold them too before its own
+//! snapshot replaces this one, so whichever writes last has every event. A journal
+//! object is covered once its events are in the snapshot or in job records.
 //!
-//! **Restore**: load the snapshot (none yet: start empty), fold every journal object,
-//! mark the book ready, and continue from the subscription. Events that are both in
-//! the snapshot and redelivered are folded twice, which changes nothing.
+//! **Restore**: load the snapshot (none yet: start empty) and the records of the
+//! finished jobs it names that are within the retention, fold every journal object,
+//! mark the book ready, and continue from the subscription. Before events are folded,
+//! the records of the jobs they name that are not in memory are loaded, so a late event
+//! of an old job joins its whole state. Events that are both in the snapshot and
+//! redelivered are folded twice, which changes nothing.
 //!
 //! Messages that are not CloudEvents, or name no job, are acked and counted: a poison
 //! message on the log never blocks the follower.
 
 use chrono::{DateTime, Utc};
+use reel_events::fold::JobState;
 use reel_events::{binding, envelope, AttributesReader, Event};
 use reel_runtime::bus::{Bus, BusError, Delivery};
 use reel_runtime::store::{PutMode, Store, StoreError};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::book::JobBook;
+use crate::book::{ended_at, read_all, submitted_at, Archive, JobBook};
 use crate::config::ApiConfig;
-use crate::snapshot::{self, SnapshotError};
+use crate::snapshot::{self, FinishedRef, SnapshotError};
+
+/// Job records written or loaded at once.
+const ARCHIVE_CONCURRENCY: usize = 16;
 
 /// How the follower runs.
 #[derive(Debug, Clone)]
@@ -60,6 +72,10 @@ pub struct FollowerOptions {
     pub batch_max: usize,
     /// How long one receive waits for a first message.
     pub receive_wait: Duration,
+    /// Finished jobs leave memory once they ended this long ago (and were requested
+    /// more than an hour ago, so the hourly quota still counts them); their records
+    /// answer for them from then on. Only with an archive (see [`JobBook::with_archive`]).
+    pub retain_finished: Duration,
 }
 
 impl FollowerOptions {
@@ -75,6 +91,7 @@ impl FollowerOptions {
             batch_window: config.batch_window,
             batch_max: config.batch_max.max(1),
             receive_wait: Duration::from_secs(1),
+            retain_finished: config.retain_finished,
         }
     }
 }
@@ -106,6 +123,9 @@ pub enum FollowerError {
 pub struct Restored {
     /// Jobs loaded from the snapshot.
     pub snapshot_jobs: usize,
+    /// Finished jobs loaded from their records (those the snapshot names that ended
+    /// within the retention).
+    pub records: usize,
     /// Journal objects folded.
     pub journals: usize,
     /// Events folded from them.
@@ -140,6 +160,16 @@ pub struct Follower {
     snapshot_generation: AtomicU64,
     /// When the last snapshot was written by this process.
     snapshot_written: Mutex<Option<Instant>>,
+    /// Finished jobs in memory whose record is in the store, with a hash of that
+    /// record's content: a job whose record would differ is written again.
+    recorded: Mutex<HashMap<String, u64>>,
+}
+
+/// The hash of a record's content.
+fn digest(body: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
 }
 
 impl Follower {
@@ -157,6 +187,7 @@ impl Follower {
             journals: Mutex::new(BTreeMap::new()),
             snapshot_generation: AtomicU64::new(u64::MAX),
             snapshot_written: Mutex::new(None),
+            recorded: Mutex::new(HashMap::new()),
         }
     }
 
@@ -165,16 +196,31 @@ impl Follower {
         &self.book
     }
 
-    /// Load the snapshot and the journal, then mark the book ready.
+    /// Load the snapshot, the records of the recently finished jobs it names, and the
+    /// journal, then mark the book ready.
     pub async fn restore(&self) -> Result<Restored, FollowerError> {
         let mut restored = Restored::default();
         match read_all(self.store.as_ref(), &self.options.snapshot_key).await {
             Ok(Some(bytes)) => {
-                let (taken_at, states) = snapshot::decode(&bytes)
+                let decoded = snapshot::decode(&bytes)
                     .map_err(|source| FollowerError::Snapshot { key: self.options.snapshot_key.clone(), source })?;
-                restored.snapshot_jobs = self.book.insert_states(states);
+                restored.snapshot_jobs = self.book.insert_states(decoded.states);
+                if let Some(archive) = self.book.archive() {
+                    // What the eviction would still keep: ended within the retention
+                    // or the quota's hour (a job ends after it is requested).
+                    let keep = self.options.retain_finished.max(Duration::from_secs(3600));
+                    let since = Utc::now() - chrono::Duration::from_std(keep).unwrap_or(chrono::Duration::MAX);
+                    let recent: Vec<String> = decoded
+                        .finished
+                        .into_iter()
+                        .filter(|f| f.ended_at.is_some_and(|t| t > since))
+                        .map(|f| f.job_id)
+                        .collect();
+                    restored.records = self.load_records(archive, recent).await?;
+                }
+                let taken_at = decoded.taken_at;
                 self.book.stats.last_snapshot_unix.store(taken_at.timestamp(), Ordering::Relaxed);
-                info!(key = %self.options.snapshot_key, jobs = restored.snapshot_jobs, taken_at = %taken_at, "snapshot loaded");
+                info!(key = %self.options.snapshot_key, jobs = restored.snapshot_jobs, records = restored.records, taken_at = %taken_at, "snapshot loaded");
             }
             Ok(None) => info!(key = %self.options.snapshot_key, "no snapshot yet; starting empty"),
             Err(e) => return Err(e.into()),
@@ -236,8 +282,13 @@ impl Follower {
             (Some(prefix), false) => Some(self.write_journal(prefix, &events).await),
             _ => None,
         };
-        for event in &events {
-            self.book.apply(event);
+        if let Err(e) = self.fold_events(&events).await {
+            // An old job's record could not be read: folding its event into nothing
+            // would replace its state. Redelivery (or the journal object, at the next
+            // snapshot) brings the batch again.
+            warn!(error = %e, events = events.len(), "could not load job records; the batch will be redelivered");
+            self.nack_all(&deliveries).await;
+            return batch;
         }
         batch.folded = events.len();
         self.book.stats.events_folded.fetch_add(events.len() as u64, Ordering::Relaxed);
@@ -246,11 +297,7 @@ impl Follower {
                 // Folded (the status stays fresh) but not durable: let Pub/Sub redeliver.
                 self.book.stats.journal_failures.fetch_add(1, Ordering::Relaxed);
                 warn!(error = %e, events = events.len(), "could not write the journal; the batch will be redelivered");
-                for delivery in &deliveries {
-                    if let Err(e) = self.bus.nack(&self.options.subscription, &delivery.ack_id).await {
-                        debug!(error = %e, "nack failed; the lease will expire instead");
-                    }
-                }
+                self.nack_all(&deliveries).await;
                 return batch;
             }
             Some(Ok(key)) => {
@@ -266,6 +313,53 @@ impl Follower {
         }
         batch.acked = true;
         batch
+    }
+
+    async fn nack_all(&self, deliveries: &[Delivery]) {
+        for delivery in deliveries {
+            if let Err(e) = self.bus.nack(&self.options.subscription, &delivery.ack_id).await {
+                debug!(error = %e, "nack failed; the lease will expire instead");
+            }
+        }
+    }
+
+    /// Note that `job`'s record in the store holds its current state.
+    fn remember(&self, job: &JobState) {
+        let hash = digest(&snapshot::encode_job(job));
+        self.recorded(|r| r.insert(job.job_id.clone(), hash));
+    }
+
+    fn recorded<R>(&self, f: impl FnOnce(&mut HashMap<String, u64>) -> R) -> R {
+        f(&mut self.recorded.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+
+    /// Load the records of `job_ids` into the book (a few at a time); returns how many
+    /// were found.
+    async fn load_records(&self, archive: &Archive, job_ids: Vec<String>) -> Result<usize, StoreError> {
+        let mut found = 0;
+        for chunk in job_ids.chunks(ARCHIVE_CONCURRENCY) {
+            let loaded = futures::future::join_all(chunk.iter().map(|id| archive.load(id))).await;
+            for job in loaded.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
+                self.remember(&job);
+                found += self.book.insert_states([job]);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Fold events into the book, first loading the records of the jobs they name that
+    /// are not in memory (finished jobs taken out of it).
+    async fn fold_events(&self, events: &[Event]) -> Result<(), StoreError> {
+        if let Some(archive) = self.book.archive() {
+            let missing: BTreeSet<String> = self.book.read(|jobs| {
+                events.iter().filter_map(envelope::job_id_of).filter(|id| !jobs.contains_key(id)).collect()
+            });
+            self.load_records(archive, missing.into_iter().collect()).await?;
+        }
+        for event in events {
+            self.book.apply(event);
+        }
+        Ok(())
     }
 
     async fn write_journal(&self, prefix: &str, events: &[Event]) -> Result<String, StoreError> {
@@ -296,8 +390,10 @@ impl Follower {
             };
             match serde_json::from_slice::<Vec<Event>>(&bytes) {
                 Ok(events) => {
-                    for event in &events {
-                        self.book.apply(event);
+                    // Not folded, not marked: the next call tries again.
+                    if let Err(e) = self.fold_events(&events).await {
+                        warn!(key = %object.key, error = %e, "could not load job records for a journal object; later");
+                        continue;
                     }
                     objects += 1;
                     events_folded += events.len();
@@ -329,12 +425,28 @@ impl Follower {
         // were folded before its key was listed, so the snapshot below contains them.
         let covered: BTreeMap<String, DateTime<Utc>> = self.journals(|j| j.clone());
         let generation = self.book.generation();
+        let (records, evicted) = match self.book.archive() {
+            Some(archive) => (self.write_records(archive).await, self.evict()),
+            None => (0, 0),
+        };
         let last_write = *self.snapshot_written.lock().unwrap_or_else(|p| p.into_inner());
         let due = last_write.is_none_or(|t| t.elapsed() >= self.options.snapshot_refresh);
-        let written = due || generation != self.snapshot_generation.load(Ordering::Relaxed);
+        let written =
+            due || records > 0 || evicted > 0 || generation != self.snapshot_generation.load(Ordering::Relaxed);
         if written {
             let taken_at = Utc::now();
-            let body = self.book.read(|jobs| snapshot::encode(jobs, taken_at));
+            // Finished jobs whose record holds their state go by reference; the others
+            // (unfinished, or a record write that failed) in full.
+            let recorded: BTreeSet<String> = self.recorded(|r| r.keys().cloned().collect());
+            let body = self.book.read(|jobs| {
+                let (by_ref, full): (Vec<&JobState>, Vec<&JobState>) =
+                    jobs.values().partition(|j| j.status().is_terminal() && recorded.contains(&j.job_id));
+                let finished = by_ref
+                    .into_iter()
+                    .map(|j| FinishedRef { job_id: j.job_id.clone(), ended_at: ended_at(j) })
+                    .collect();
+                snapshot::encode(full, finished, taken_at)
+            });
             let size = body.len();
             let put = self
                 .store
@@ -367,6 +479,75 @@ impl Follower {
             }
         }
         Ok(written)
+    }
+
+    /// Write the record of every finished job in memory whose record is missing or
+    /// differs, then trim the index of the projects touched. A failed write leaves the
+    /// job unrecorded: the snapshot then carries it in full, and the next one tries
+    /// again. Returns the records written.
+    async fn write_records(&self, archive: &Archive) -> usize {
+        let recorded = self.recorded(|r| r.clone());
+        let pending: Vec<(JobState, Vec<u8>, u64)> = self.book.read(|jobs| {
+            jobs.values()
+                .filter(|j| j.status().is_terminal())
+                .filter_map(|j| {
+                    let body = snapshot::encode_job(j);
+                    let hash = digest(&body);
+                    (recorded.get(&j.job_id) != Some(&hash)).then(|| (j.clone(), body, hash))
+                })
+                .collect()
+        });
+        let mut written = 0;
+        let mut projects = BTreeSet::new();
+        for chunk in pending.chunks(ARCHIVE_CONCURRENCY) {
+            let saves = chunk.iter().map(|(job, body, _)| archive.save(job, body.clone()));
+            for ((job, _, hash), result) in chunk.iter().zip(futures::future::join_all(saves).await) {
+                match result {
+                    Ok(()) => {
+                        self.recorded(|r| r.insert(job.job_id.clone(), *hash));
+                        projects.insert(job.project_id.clone());
+                        written += 1;
+                    }
+                    Err(e) => {
+                        self.recorded(|r| r.remove(&job.job_id));
+                        warn!(job_id = %job.job_id, error = %e, "could not write the job record; the snapshot keeps the job");
+                    }
+                }
+            }
+        }
+        for project in projects.iter().filter(|p| !p.is_empty()) {
+            if let Err(e) = archive.trim_project(project).await {
+                warn!(project_id = %project, error = %e, "could not trim the project index");
+            }
+        }
+        if written > 0 {
+            debug!(records = written, "job records written");
+        }
+        written
+    }
+
+    /// Take out of memory the finished jobs with an up-to-date record that ended more
+    /// than `retain_finished` ago and were requested more than an hour ago. Returns how
+    /// many.
+    fn evict(&self) -> usize {
+        let now = Utc::now();
+        let retain = chrono::Duration::from_std(self.options.retain_finished).unwrap_or(chrono::Duration::MAX);
+        let recorded = self.recorded(|r| r.clone());
+        let evicted = self.book.evict(|job| {
+            job.status().is_terminal()
+                && recorded.contains_key(&job.job_id)
+                && ended_at(job).is_none_or(|t| now - t >= retain)
+                && submitted_at(job).is_none_or(|t| now - t >= chrono::Duration::hours(1))
+        });
+        self.recorded(|r| {
+            for id in &evicted {
+                r.remove(id);
+            }
+        });
+        if !evicted.is_empty() {
+            debug!(jobs = evicted.len(), "finished jobs left memory");
+        }
+        evicted.len()
     }
 
     /// Restore (retrying transient store errors), then follow the log until `shutdown`,
@@ -435,16 +616,4 @@ impl Follower {
             }
         }
     }
-}
-
-/// The whole object, or `None` if it does not exist.
-async fn read_all(store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut reader = match store.get(key).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?;
-    Ok(Some(bytes))
 }

@@ -60,7 +60,7 @@ async fn run(settings: Settings, config: ApiConfig) -> Result<()> {
     let wiring = reel_program::connect(settings).await?;
     let names = wiring.settings.topology().names();
 
-    let book = Arc::new(JobBook::new());
+    let book = Arc::new(JobBook::with_archive(wiring.work.clone()));
     let follower = Arc::new(Follower::new(
         book.clone(),
         wiring.bus.clone(),

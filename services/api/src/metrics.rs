@@ -1,8 +1,10 @@
 //! `/metrics`: Prometheus text format (0.0.4), computed from the book at scrape time.
 //!
-//! Job metrics describe every job the book knows (so counts only grow as jobs are
-//! never forgotten), with rates over the last hour (`window="1h"`) and over all time
-//! (`window="all"`); a rate with no job to measure is `NaN`.
+//! Job metrics describe the jobs in memory: every unfinished one and those finished
+//! within `REEL_API_RETAIN_FINISHED_SECONDS` (older ones live in job records, see
+//! [`crate::book`]), with rates over the last hour (`window="1h"`, exact while the
+//! retention is at least an hour) and over the jobs in memory (`window="all"`); a rate
+//! with no job to measure is `NaN`.
 
 use chrono::{DateTime, Duration, Utc};
 use reel_events::fold::{JobStatus, Status};

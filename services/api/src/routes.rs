@@ -7,7 +7,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use reel_events::fold::{JobState, JobStatus};
+use reel_events::fold::JobStatus;
 use reel_events::payload::{CancelRequested, StitchRequested};
 use reel_events::{envelope, types, Compression, ErrorType, Orientation};
 use reel_runtime::stage::cancel_marker_key;
@@ -19,7 +19,7 @@ use tracing::{info, warn};
 
 use crate::admission::{check_records, decide, may_see_project, Decision};
 use crate::auth::{User, ACTING_FOR_HEADER};
-use crate::book::{owned_by, submitted_at};
+use crate::book::{fold, status_owned_by};
 use crate::error::ApiError;
 use crate::AppState;
 
@@ -53,40 +53,47 @@ pub async fn job_status(
     user: User,
     Path(job_id): Path<String>,
 ) -> Result<Json<JobStatus>, ApiError> {
-    state
-        .book()
-        .read(|jobs| jobs.get(&job_id).filter(|j| owned_by(j, &user.id)).map(JobState::to_status))
+    lookup(&state, &job_id)
+        .await?
+        .filter(|s| status_owned_by(s, &user.id))
         .map(Json)
         .ok_or_else(|| ApiError::job_not_found(&job_id))
 }
 
+/// A job's status from memory or its record (a store error: 503).
+async fn lookup(state: &AppState, job_id: &str) -> Result<Option<JobStatus>, ApiError> {
+    state.book().lookup(job_id).await.map_err(|e| ApiError::unavailable(format!("could not read the job: {e}"), 2))
+}
+
+/// Most jobs `GET /api/projects/{projectId}/jobs` answers.
+pub const PROJECT_JOBS_LIMIT: usize = 100;
+
 /// The answer of `GET /api/projects/{projectId}/jobs`.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct JobList {
-    /// The caller's jobs in the project, newest first.
+    /// The caller's jobs in the project, newest first, at most [`PROJECT_JOBS_LIMIT`].
     pub jobs: Vec<JobStatus>,
 }
 
-/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first;
-/// none when the project belongs to another user (the same answer as a project the
-/// caller has no jobs in, so it tells nothing about another user's project).
+/// `GET /api/projects/{projectId}/jobs`: the caller's jobs of the project, newest first,
+/// at most [`PROJECT_JOBS_LIMIT`]; none when the project belongs to another user (the
+/// same answer as a project the caller has no jobs in, so it tells nothing about another
+/// user's project).
 pub async fn project_jobs(
     State(state): State<AppState>,
     user: User,
     Path(project_id): Path<String>,
 ) -> Result<Json<JobList>, ApiError> {
-    let mut jobs: Vec<(Option<chrono::DateTime<Utc>>, JobStatus)> = state.book().read(|jobs| {
-        jobs.values()
-            .filter(|j| j.project_id == project_id && owned_by(j, &user.id))
-            .map(|j| (submitted_at(j), j.to_status()))
-            .collect()
-    });
+    let mut jobs = state
+        .book()
+        .project_jobs(&project_id, &user.id, PROJECT_JOBS_LIMIT)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("could not read the project's jobs: {e}"), 2))?;
     // The caller's own jobs in another user's project are requests validate refused.
     if !jobs.is_empty() && !may_see_project(state.inner.work.as_ref(), &project_id, &user.id).await? {
         jobs.clear();
     }
-    jobs.sort_by(|(a, sa), (b, sb)| b.cmp(a).then_with(|| sb.job_id.cmp(&sa.job_id)));
-    Ok(Json(JobList { jobs: jobs.into_iter().map(|(_, s)| s).collect() }))
+    Ok(Json(JobList { jobs }))
 }
 
 /// The answer of `POST /api/jobs/{jobId}/cancel`.
@@ -114,12 +121,11 @@ pub async fn cancel_job(
     user: User,
     Path(job_id): Path<String>,
 ) -> Result<Json<CancelAnswer>, ApiError> {
-    let found = state.book().read(|jobs| {
-        jobs.get(&job_id)
-            .filter(|j| owned_by(j, &user.id))
-            .map(|j| (j.to_status(), j.current().map(|(n, _)| n).unwrap_or(0)))
-    });
-    let (status, attempt) = found.ok_or_else(|| ApiError::job_not_found(&job_id))?;
+    let status = lookup(&state, &job_id)
+        .await?
+        .filter(|s| status_owned_by(s, &user.id))
+        .ok_or_else(|| ApiError::job_not_found(&job_id))?;
+    let attempt = status.retry_count;
     if status.status.is_terminal() {
         return Ok(Json(CancelAnswer {
             success: false,
@@ -276,7 +282,7 @@ pub async fn stitch(
     let decision = state.book().write(|jobs| {
         let decision = decide(jobs, &project_id, &user.id, force_restart, stale_after, now);
         if decision == Decision::Accept {
-            jobs.entry(job_id.clone()).or_insert_with(|| JobState::new(&job_id)).apply(&event);
+            fold(jobs, &job_id, &event);
         }
         decision
     });
@@ -299,11 +305,7 @@ pub async fn stitch(
         warn!(job_id = %job_id, error = %e, "could not publish stitch.requested");
         // Forget the job unless the log already brought more of it (the publish may
         // have gone through despite the error; then the log folds it back in).
-        state.book().write(|jobs| {
-            if jobs.get(&job_id).is_some_and(|j| j.seen.len() <= 1) {
-                jobs.remove(&job_id);
-            }
-        });
+        state.book().forget_if_only(&job_id, &event);
         return Err(ApiError::unavailable(format!("could not queue the job: {e}; try again"), 2));
     }
     let on_behalf = user.caller != user.id;

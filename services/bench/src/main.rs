@@ -13,10 +13,14 @@
 //! * on the local cluster (the five stage programs on the Pub/Sub emulator and
 //!   fake-gcs-server; `--no-cluster` skips it): one job end to end, per-hop latency,
 //!   each stage process's peak RSS at two clip sizes, and small jobs submitted at once
-//!   (see `cluster.rs`).
+//!   (see `cluster.rs`);
+//! * reel-api's state with 100,000 finished jobs in the store: start time and RSS, and
+//!   RSS while one job reports an hour of progress (`apimem.rs`; `--api-only` runs just
+//!   this and prints its section).
 //!
 //! Then writes the markdown report (`--out`, default `docs/BENCHMARKS.md`).
 
+mod apimem;
 mod bus;
 mod cluster;
 mod corpus;
@@ -78,9 +82,20 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     cluster_stitch_workers: usize,
     /// Parts to skip (comma-separated): copy, reencode, rss, bus, cluster (all of the
-    /// cluster), cluster-buffered (the cluster's second burst).
+    /// cluster), cluster-buffered (the cluster's second burst), api.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
+    /// Finished jobs in the store for reel-api's memory and start-time rows.
+    #[arg(long, default_value_t = 100_000)]
+    api_jobs: usize,
+    /// Progress events one job reports in reel-api's memory rows (720: one every 5 s for
+    /// an hour).
+    #[arg(long, default_value_t = 720)]
+    api_progress: usize,
+    /// Run only reel-api's memory and start-time rows (no ffmpeg, no reel binary) and
+    /// print their section instead of writing the report.
+    #[arg(long)]
+    api_only: bool,
 }
 
 /// The workloads of one mode.
@@ -327,6 +342,8 @@ pub struct Results {
     pub started: String,
     pub total_seconds: f64,
     pub command_check: Option<Result<usize, String>>,
+    /// reel-api's memory and start time.
+    pub api: Option<Result<apimem::Report, String>>,
     /// `ffprobe -version` / `ffmpeg -version`: what one spawn costs with nothing to do
     /// (tool, wall summary, peak RSS KiB).
     pub spawn_floor: Vec<(String, stats::Summary, u64)>,
@@ -347,6 +364,9 @@ fn main() {
     if raw.get(1).map(|a| a == "__wrap").unwrap_or(false) {
         std::process::exit(proc::wrap_main(&raw[2..]));
     }
+    if raw.get(1).map(|a| a == "__api-state").unwrap_or(false) {
+        std::process::exit(apimem::child_main(&raw[2..]));
+    }
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("reel-bench: {e:#}");
@@ -365,6 +385,16 @@ fn run(args: Args) -> Result<()> {
         bail!("--runs must be at least 1");
     }
     let bench_exe = std::env::current_exe().context("locating reel-bench")?;
+    let api_options = apimem::Options { jobs: args.api_jobs, progress: args.api_progress, runs: plan.runs };
+    if args.api_only {
+        let work = absolute(&args.work)?;
+        let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+        eprintln!("reel-api state: {} finished jobs, {} progress events", args.api_jobs, args.api_progress);
+        let report = apimem::run(&bench_exe, &work, api_options, &rt)?;
+        print!("{}", apimem::markdown(&report));
+        eprint!("{}", apimem::summary_lines(&report));
+        return Ok(());
+    }
     let reel = match &args.reel {
         Some(p) => absolute(p)?,
         None => bench_exe.parent().map(|d| d.join("reel")).context("no parent directory")?,
@@ -500,6 +530,12 @@ fn run(args: Args) -> Result<()> {
             ])
         });
         results.bus = Some(r.map_err(|e| format!("{e:#}")));
+    }
+
+    // reel-api's state with many finished jobs.
+    if !skip("api") {
+        eprintln!("reel-api state: {} finished jobs, {} progress events", args.api_jobs, args.api_progress);
+        results.api = Some(apimem::run(&env.bench_exe, &env.work, api_options, &rt).map_err(|e| format!("{e:#}")));
     }
 
     // The local cluster.

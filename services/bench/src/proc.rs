@@ -49,20 +49,26 @@ pub fn unix_ns() -> u128 {
 
 /// `VmHWM` of a live process, KiB (`None` once it is gone or a zombie).
 pub fn read_hwm_kib(pid: i32) -> Option<u64> {
+    read_status_kib(pid, "VmHWM")
+}
+
+/// A `kB` field of a live process's `/proc/PID/status` (`VmHWM`, `VmRSS`), KiB (`None`
+/// once it is gone or a zombie).
+pub fn read_status_kib(pid: i32, field: &str) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let mut hwm = None;
+    let mut value = None;
     for line in text.lines() {
         if let Some(state) = line.strip_prefix("State:") {
-            // A zombie has released its memory and no longer reports VmHWM.
+            // A zombie has released its memory and no longer reports its sizes.
             if state.trim_start().starts_with('Z') {
                 return None;
             }
         }
-        if let Some(v) = line.strip_prefix("VmHWM:") {
-            hwm = v.trim().trim_end_matches("kB").trim().parse().ok();
+        if let Some(v) = line.strip_prefix(field).and_then(|v| v.strip_prefix(':')) {
+            value = v.trim().trim_end_matches("kB").trim().parse().ok();
         }
     }
-    hwm
+    value
 }
 
 fn tv(t: libc::timeval) -> Duration {

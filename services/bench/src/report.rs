@@ -530,6 +530,15 @@ pub fn render(res: &Results) -> String {
         None => {}
     }
 
+    // reel-api's state.
+    match &res.api {
+        Some(Ok(api)) => w.push_str(&crate::apimem::markdown(api)),
+        Some(Err(e)) => {
+            let _ = writeln!(w, "## reel-api: memory and start time\n\nfailed: {}\n", one_line(e));
+        }
+        None => {}
+    }
+
     // Findings.
     let findings = findings(res);
     if !findings.is_empty() {
@@ -893,6 +902,9 @@ pub fn summary_lines(res: &Results) -> String {
     }
     if let Some((p50, p95, _, _)) = hop_summary(res, 0) {
         let _ = writeln!(s, "embedded hop: p50 {} p95 {}", ms(p50), ms(p95));
+    }
+    if let Some(Ok(api)) = &res.api {
+        s.push_str(&crate::apimem::summary_lines(api));
     }
     s.push_str(&res.cluster.summary());
     s

@@ -79,7 +79,7 @@ pub fn with_parts(
     config: ApiConfig,
 ) -> TestApi {
     let names = settings.topology().names();
-    let book = Arc::new(JobBook::new());
+    let book = Arc::new(JobBook::with_archive(store.clone()));
     let mut options = FollowerOptions::new(&config, names.api_subscription());
     options.receive_wait = std::time::Duration::from_millis(50);
     options.batch_window = std::time::Duration::from_millis(20);
