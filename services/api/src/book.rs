@@ -9,7 +9,7 @@
 //! does not keep the event ids the fold records (see [`fold`]).
 
 use chrono::{DateTime, Duration, Utc};
-use reel_events::fold::{JobState, JobStatus};
+use reel_events::fold::{JobState, JobStatus, Overdue};
 use reel_events::{envelope, Event};
 use reel_runtime::store::{PutMode, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,6 +58,8 @@ type Dated = (Option<DateTime<Utc>>, JobStatus);
 pub struct JobBook {
     jobs: RwLock<BTreeMap<String, JobState>>,
     archive: Option<Archive>,
+    /// When a job with no end event is shown failed (`timeout`); `None`: never.
+    overdue: Option<Overdue>,
     ready: AtomicBool,
     generation: AtomicU64,
     /// Counters.
@@ -74,6 +76,26 @@ impl JobBook {
     /// writes them and takes old ones out of memory; lookups read them on a miss).
     pub fn with_archive(store: Arc<dyn Store>) -> JobBook {
         JobBook { archive: Some(Archive::new(store)), ..JobBook::default() }
+    }
+
+    /// This book, showing a job that outlived its deadline plus the grace without an end
+    /// event as failed with `timeout` (the fold's view at the time of the request).
+    pub fn with_overdue(mut self, policy: Overdue) -> JobBook {
+        self.overdue = Some(policy);
+        self
+    }
+
+    /// The policy of [`JobBook::with_overdue`], if any.
+    pub fn overdue(&self) -> Option<&Overdue> {
+        self.overdue.as_ref()
+    }
+
+    /// A job's status as this book answers it: as of now, under the overdue policy.
+    pub fn view(&self, job: &JobState) -> JobStatus {
+        match &self.overdue {
+            Some(policy) => job.to_status_at(Utc::now(), policy),
+            None => job.to_status(),
+        }
     }
 
     /// Where finished jobs are kept, if anywhere.
@@ -125,7 +147,7 @@ impl JobBook {
             return Ok(Some(status));
         }
         match &self.archive {
-            Some(archive) => Ok(archive.load(job_id).await?.map(|j| j.to_status())),
+            Some(archive) => Ok(archive.load(job_id).await?.map(|j| self.view(&j))),
             None => Ok(None),
         }
     }
@@ -138,7 +160,7 @@ impl JobBook {
         let (mut found, in_memory): (Vec<Dated>, BTreeSet<String>) = self.read(|jobs| {
             let of_project = jobs.values().filter(|j| j.project_id == project);
             let ids = of_project.clone().map(|j| j.job_id.clone()).collect();
-            (of_project.filter(|j| owned_by(j, user)).map(|j| (submitted_at(j), j.to_status())).collect(), ids)
+            (of_project.filter(|j| owned_by(j, user)).map(|j| (submitted_at(j), self.view(j))).collect(), ids)
         });
         if let Some(archive) = &self.archive {
             let entries = archive.store.list_keys(&snapshot::project_prefix(project)).await?;
@@ -155,7 +177,7 @@ impl JobBook {
                 for job in loaded.into_iter().collect::<Result<Vec<_>, _>>()?.into_iter().flatten() {
                     if owned_by(&job, user) && job.project_id == project {
                         stored += 1;
-                        found.push((submitted_at(&job), job.to_status()));
+                        found.push((submitted_at(&job), self.view(&job)));
                     }
                 }
             }
@@ -194,7 +216,7 @@ impl JobBook {
 
     /// One job's status.
     pub fn status(&self, job_id: &str) -> Option<JobStatus> {
-        self.read(|jobs| jobs.get(job_id).map(JobState::to_status))
+        self.read(|jobs| jobs.get(job_id).map(|j| self.view(j)))
     }
 
     /// Every job's status (tests and tools).

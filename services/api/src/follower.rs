@@ -76,6 +76,21 @@ pub struct FollowerOptions {
     /// more than an hour ago, so the hourly quota still counts them); their records
     /// answer for them from then on. Only with an archive (see [`JobBook::with_archive`]).
     pub retain_finished: Duration,
+    /// How often the sweeper runs: jobs of the book that outlived their deadline plus the
+    /// grace without an end event get their `job.failed` (`timeout`) published
+    /// ([`reel_runtime::sweep`]), so subscribers learn it too. `None`: no sweeper.
+    pub sweep: Option<Sweep>,
+}
+
+/// The sweeper's settings.
+#[derive(Debug, Clone)]
+pub struct Sweep {
+    /// Time between sweeps.
+    pub every: Duration,
+    /// When a job is overdue.
+    pub policy: reel_events::fold::Overdue,
+    /// Where the `job.failed` events go (the event log).
+    pub names: reel_runtime::topology::Names,
 }
 
 impl FollowerOptions {
@@ -92,6 +107,7 @@ impl FollowerOptions {
             batch_max: config.batch_max.max(1),
             receive_wait: Duration::from_secs(1),
             retain_finished: config.retain_finished,
+            sweep: None,
         }
     }
 }
@@ -570,6 +586,7 @@ impl Follower {
         }
         info!(subscription = %self.options.subscription, jobs = self.book.len(), "following the event log");
         let mut last_snapshot = Instant::now();
+        let mut last_sweep = Instant::now();
         while !shutdown.is_cancelled() {
             match self.pull_once().await {
                 Ok(_) => {}
@@ -586,6 +603,10 @@ impl Follower {
                     }
                 }
             }
+            if self.options.sweep.as_ref().is_some_and(|sweep| last_sweep.elapsed() >= sweep.every) {
+                last_sweep = Instant::now();
+                self.sweep().await;
+            }
             if last_snapshot.elapsed() >= self.options.snapshot_interval {
                 last_snapshot = Instant::now();
                 if let Err(e) = self.snapshot().await {
@@ -595,6 +616,34 @@ impl Follower {
         }
         self.final_snapshot().await;
         Ok(())
+    }
+
+    /// Publish the `job.failed` of every job in the book that is overdue now; returns
+    /// their ids. Several instances sweeping at once publish identical events, which the
+    /// fold takes once.
+    pub async fn sweep(&self) -> Vec<String> {
+        let Some(sweep) = &self.options.sweep else { return Vec::new() };
+        let now = Utc::now();
+        let overdue: BTreeMap<String, JobState> = self.book.read(|jobs| {
+            jobs.iter()
+                .filter(|(_, job)| job.overdue_after(&sweep.policy).is_some_and(|after| now > after))
+                .map(|(id, job)| (id.clone(), job.clone()))
+                .collect()
+        });
+        if overdue.is_empty() {
+            return Vec::new();
+        }
+        match reel_runtime::sweep::publish_overdue(self.bus.as_ref(), &sweep.names, &overdue, now, &sweep.policy).await
+        {
+            Ok(ids) => {
+                warn!(jobs = ?ids, "jobs outlived their deadline without an end; published their job.failed (timeout)");
+                ids
+            }
+            Err(e) => {
+                warn!(error = %e, "could not publish the failures of overdue jobs; the next sweep tries again");
+                Vec::new()
+            }
+        }
     }
 
     async fn final_snapshot(&self) {

@@ -3,12 +3,13 @@
 
 use anyhow::{Context as _, Result};
 use reel_api::config::ApiConfig;
-use reel_api::follower::{Follower, FollowerOptions};
+use reel_api::follower::{Follower, FollowerOptions, Sweep};
 use reel_api::{app, book::JobBook, AppState};
 use reel_runtime::{telemetry, Settings};
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
@@ -60,13 +61,11 @@ async fn run(settings: Settings, config: ApiConfig) -> Result<()> {
     let wiring = reel_program::connect(settings).await?;
     let names = wiring.settings.topology().names();
 
-    let book = Arc::new(JobBook::with_archive(wiring.work.clone()));
-    let follower = Arc::new(Follower::new(
-        book.clone(),
-        wiring.bus.clone(),
-        wiring.work.clone(),
-        FollowerOptions::new(&config, names.api_subscription()),
-    ));
+    let overdue = wiring.settings.overdue();
+    let book = Arc::new(JobBook::with_archive(wiring.work.clone()).with_overdue(overdue));
+    let mut options = FollowerOptions::new(&config, names.api_subscription());
+    options.sweep = Some(Sweep { every: Duration::from_secs(60), policy: overdue, names: names.clone() });
+    let follower = Arc::new(Follower::new(book.clone(), wiring.bus.clone(), wiring.work.clone(), options));
     let state = AppState::new(config, wiring.settings.clone(), wiring.bus.clone(), wiring.work.clone(), book)
         .map_err(anyhow::Error::msg)
         .context("setting up token checks")?;

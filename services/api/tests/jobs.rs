@@ -255,6 +255,31 @@ async fn users_see_and_cancel_only_their_own_jobs() {
     assert_eq!(list["jobs"], json!([]));
 }
 
+/// Every job ends: one that outlived its deadline plus the grace with no end event reads
+/// failed/timeout, and the sweeper publishes its job.failed, once.
+#[tokio::test]
+async fn a_job_that_never_ended_reads_failed_and_the_sweeper_says_so() {
+    let api = spawn(local_config()).await;
+    let overdue = api.settings.overdue();
+    let long_ago = Utc::now() - overdue.job_timeout - overdue.grace - Duration::minutes(1);
+    api.publish_log(&job_events("job_stuck", "proj", "alice", long_ago, End::Running)).await;
+    api.publish_log(&job_events("job_live", "proj2", "alice", Utc::now() - Duration::seconds(60), End::Running)).await;
+    api.drain().await;
+
+    let (status, _, job) = api.call(Method::GET, "/api/jobs/job_stuck/status", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["status"], "failed", "{job}");
+    assert_eq!(job["errorType"], "timeout", "{job}");
+    let (_, _, live) = api.call(Method::GET, "/api/jobs/job_live/status", Some(ALICE), None).await;
+    assert_eq!(live["status"], "running", "{live}");
+
+    assert_eq!(api.follower.sweep().await, vec!["job_stuck".to_string()]);
+    api.drain().await;
+    assert!(api.follower.sweep().await.is_empty(), "a swept job is not overdue any more");
+    let (_, _, job) = api.call(Method::GET, "/api/jobs/job_stuck/status", Some(ALICE), None).await;
+    assert_eq!((job["status"].as_str(), job["errorType"].as_str()), (Some("failed"), Some("timeout")));
+}
+
 #[tokio::test]
 async fn cancel_writes_the_marker_and_publishes_cancel_requested() {
     let api = spawn(local_config()).await;

@@ -79,8 +79,14 @@ pub fn with_parts(
     config: ApiConfig,
 ) -> TestApi {
     let names = settings.topology().names();
-    let book = Arc::new(JobBook::with_archive(store.clone()));
+    let book = Arc::new(JobBook::with_archive(store.clone()).with_overdue(settings.overdue()));
     let mut options = FollowerOptions::new(&config, names.api_subscription());
+    // The tests sweep by hand (Follower::sweep); the interval only matters to `run`.
+    options.sweep = Some(reel_api::follower::Sweep {
+        every: std::time::Duration::from_secs(3600),
+        policy: settings.overdue(),
+        names: names.clone(),
+    });
     options.receive_wait = std::time::Duration::from_millis(50);
     options.batch_window = std::time::Duration::from_millis(20);
     let follower = Arc::new(Follower::new(book.clone(), bus.clone(), store.clone(), options));
