@@ -68,6 +68,14 @@ pub struct JobSpec {
     pub accepted_at: DateTime<Utc>,
     /// Every stage stops work on the job after this instant (`JOB_TIMEOUT_MINUTES`).
     pub deadline: DateTime<Utc>,
+    /// How many times the job passed a deadline and was resumed from its checkpoint
+    /// with a new one (`REEL_TIMEOUT_RESUMES` bounds it).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_resumes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl JobSpec {
@@ -328,6 +336,8 @@ pub struct JobEnvelope {
     pub accepted_at: Option<DateTime<Utc>>,
     /// When the job must be done by (absent on a request).
     pub deadline: Option<DateTime<Utc>>,
+    /// Times the job was resumed after passing a deadline.
+    pub timeout_resumes: u32,
 }
 
 impl JobEnvelope {
@@ -357,6 +367,11 @@ impl JobEnvelope {
             force_restart: fields.get("forceRestart").and_then(|v| v.as_bool()).unwrap_or(false),
             accepted_at: time("acceptedAt"),
             deadline: time("deadline"),
+            timeout_resumes: fields
+                .get("timeoutResumes")
+                .and_then(|v| v.as_u64())
+                .and_then(|n| u32::try_from(n).ok())
+                .unwrap_or(0),
         }
     }
 }

@@ -43,14 +43,63 @@ pub fn renew(data: &mut serde_json::Value, now: DateTime<Utc>, job_timeout: chro
     attempt
 }
 
+/// [`renew`] for a job that passed its deadline and is resumed from its checkpoint (the
+/// matrix's "job timeout → save progress, schedule retry"): a new attempt with a fresh
+/// deadline, `timeoutResumes + 1`, and `warning` added to the payload's `warnings`, so
+/// the job's status says why it took longer.
+///
+/// ```
+/// # use reel_events::replay::resume;
+/// let mut data = serde_json::json!({"job": {"jobId": "j", "deadline": "2020-01-01T00:00:00Z"}, "warnings": []});
+/// let now = "2030-01-01T00:00:00Z".parse().unwrap();
+/// resume(&mut data, now, chrono::Duration::minutes(15), "resumed");
+/// assert_eq!((data["job"]["retryAttempt"].as_u64(), data["job"]["timeoutResumes"].as_u64()), (Some(1), Some(1)));
+/// assert_eq!(data["warnings"], serde_json::json!(["resumed"]));
+/// ```
+pub fn resume(data: &mut serde_json::Value, now: DateTime<Utc>, job_timeout: chrono::Duration, warning: &str) {
+    renew(data, now, job_timeout);
+    let has_job = data.get("job").is_some_and(|j| j.is_object());
+    let fields = if has_job { &mut data["job"] } else { &mut *data };
+    if let Some(fields) = fields.as_object_mut() {
+        let resumes = fields.get("timeoutResumes").and_then(|v| v.as_u64()).unwrap_or(0) + 1;
+        fields.insert("timeoutResumes".into(), resumes.into());
+    }
+    if let Some(map) = data.as_object_mut() {
+        let warnings = map.entry("warnings").or_insert_with(|| serde_json::Value::Array(Vec::new()));
+        if let Some(list) = warnings.as_array_mut() {
+            list.push(warning.into());
+        }
+    }
+}
+
 /// The message to send back: a CloudEvent with JSON data is [`renew`]ed and re-encoded
 /// in binary mode, keeping every attribute that is not a CloudEvent one; anything else
 /// (a storage notification, an unreadable message) goes back as it was. Both get
 /// [`REPLAYED_AT`].
 pub fn renew_message(message: &PubsubMessage, now: DateTime<Utc>, job_timeout: chrono::Duration) -> PubsubMessage {
+    rewrite_message(message, now, |data| {
+        renew(data, now, job_timeout);
+    })
+}
+
+/// [`renew_message`] with [`resume`]: the message of a job resumed after its deadline.
+pub fn resume_message(
+    message: &PubsubMessage,
+    now: DateTime<Utc>,
+    job_timeout: chrono::Duration,
+    warning: &str,
+) -> PubsubMessage {
+    rewrite_message(message, now, |data| resume(data, now, job_timeout, warning))
+}
+
+fn rewrite_message(
+    message: &PubsubMessage,
+    now: DateTime<Utc>,
+    rewrite: impl FnOnce(&mut serde_json::Value),
+) -> PubsubMessage {
     let renewed = binding::decode(message).ok().and_then(|mut event| {
         let mut data = envelope::data_json(&event).ok()?;
-        renew(&mut data, now, job_timeout);
+        rewrite(&mut data);
         event.set_data("application/json", data);
         let mut copy = binding::encode_binary(&event);
         for (key, value) in &message.attributes {

@@ -19,6 +19,7 @@ fn spec(attempt: u32) -> JobSpec {
         force_restart: false,
         accepted_at: Utc.timestamp_opt(1_000, 0).unwrap(),
         deadline: Utc.timestamp_opt(2_000, 0).unwrap(),
+        timeout_resumes: 0,
     }
 }
 

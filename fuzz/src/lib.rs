@@ -555,6 +555,7 @@ pub fn sample_spec(attempt: u32) -> JobSpec {
         force_restart: false,
         accepted_at: at(1_000),
         deadline: at(2_000),
+        timeout_resumes: 0,
     }
 }
 

@@ -15,7 +15,6 @@ use reel_runtime::store::{PutMode, Store, StoreError};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use tokio::io::AsyncReadExt;
 use tracing::warn;
 
 use crate::snapshot;
@@ -358,14 +357,4 @@ impl Archive {
     }
 }
 
-/// The whole object, or `None` if it does not exist.
-pub async fn read_all(store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
-    let mut reader = match store.get(key).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?;
-    Ok(Some(bytes))
-}
+pub use reel_runtime::store::read_all;

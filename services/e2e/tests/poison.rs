@@ -151,6 +151,7 @@ fn spec(corpus: &Corpus, job: &str) -> JobSpec {
         orientation: Orientation::Landscape,
         compression: Compression::Small,
         deadline: sample.accepted_at + chrono::Duration::minutes(15),
+        timeout_resumes: 0,
         ..sample
     }
 }
@@ -413,13 +414,15 @@ fn corpus(bucket: &str, clips: &[String]) -> Corpus {
     let mut past = spec(&c, "p_v_past");
     past.accepted_at = chrono::Utc::now() - chrono::Duration::hours(2);
     past.deadline = chrono::Utc::now() - chrono::Duration::hours(1);
+    // Out of resumes: a job with one left would be resumed with a new deadline.
+    past.timeout_resumes = 1;
     let m = binary(
         types::JOB_VALIDATED,
         "v1",
         Some("p_v_past"),
         &serde_json::to_value(JobValidated { job: past }).unwrap(),
     );
-    c.add("job.validated, deadline in the past", Download, m, failed("p_v_past", &["timeout"]));
+    c.add("job.validated, deadline in the past, no resume left", Download, m, failed("p_v_past", &["timeout"]));
     let m = binary(types::JOB_VALIDATED, "v2", Some("p_v_nojob"), &json!({"jobId": "p_v_nojob", "clips": []}));
     c.add("job.validated without its job", Download, m, failed("p_v_nojob", &["invalid_request"]));
     let mut v = serde_json::to_value(JobValidated { job: spec(&c, "p_v_neg") }).unwrap();

@@ -185,3 +185,35 @@ async fn the_disk_filled_up_give_it_room_and_replay() {
     assert!(out.contains(&format!("replayed {job}")), "{out}");
     assert_completed_with_a_playable_reel(&mut cluster, job).await;
 }
+
+/// The matrix's "job timeout → save progress, schedule retry": download hangs on the job
+/// (a fault file saying `stall`) past its 1-minute deadline; the stage stops the work at
+/// the deadline and sends the job back as a new attempt with a new deadline, its
+/// workspace kept; once the hang is over it completes, its status saying it was resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_that_passes_its_deadline_resumes_with_a_new_one_and_completes() {
+    let (mut cluster, faults) = cluster_with_faults(&[]).await;
+    let job = "job_resumed";
+    let stall = faults.join(format!("download-{job}"));
+    std::fs::write(&stall, b"stall").unwrap();
+    cluster.start_all();
+    submit(&cluster, job).await;
+    let start = std::time::Instant::now();
+    let resumed = loop {
+        let events = cluster.events_of(job).await;
+        let again = events
+            .iter()
+            .find(|e| e.ty() == types::JOB_VALIDATED && envelope::data_json(e).unwrap()["job"]["timeoutResumes"] == 1);
+        if let Some(event) = again {
+            break envelope::data_json(event).unwrap();
+        }
+        assert!(!events.iter().any(|e| e.ty() == types::JOB_FAILED), "the job failed instead of resuming");
+        assert!(start.elapsed() < Duration::from_secs(150), "the job was not resumed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(resumed["job"]["retryAttempt"], 1, "{resumed}");
+    std::fs::remove_file(&stall).unwrap();
+    assert_completed_with_a_playable_reel(&mut cluster, job).await;
+    let shown = status(&mut cluster, job).await;
+    assert!(shown.warnings.iter().any(|w| w.contains("resumed")), "{shown:?}");
+}

@@ -133,6 +133,36 @@ async fn hostile_tenants_on_pubsub_cannot_touch_a_victims_job() {
     }
     assert_eq!(reel_bytes(&cluster, "reels/alice.mp4").await, original, "alice's reel changed");
 
+    // A work message forged past validate (someone with publish rights on a work topic)
+    // cannot make upload copy a control record (alice's project's owner) to an output.
+    let mut spec = reel_testkit::fixtures::job_spec("job_forged");
+    spec.project_id = "pm".into();
+    spec.user_id = "mallory".into();
+    spec.clip_paths = clips.clone();
+    spec.output_path = out("stolen");
+    let stitched = reel_events::payload::ReelStitched {
+        job: spec,
+        work_key: "control/projects/pa".into(),
+        reel: reel_events::payload::ReelFacts {
+            size_bytes: 10,
+            duration_seconds: 1.0,
+            crc32c: "AAAAAA==".into(),
+            mode: reel_events::Mode::Copy,
+        },
+        skipped_clips: vec![],
+        warnings: vec![],
+    };
+    let forged =
+        envelope::build(types::REEL_STITCHED, "//mallory", "forged-1", "job_forged", chrono::Utc::now(), &stitched)
+            .unwrap();
+    reel_runtime::worker::publish_event(cluster.bus(), &cluster.names(), &forged).await.unwrap();
+    let failed = cluster.wait_for(Some("job_forged"), types::JOB_FAILED, JOB_TIMEOUT).await;
+    assert_eq!(data(&failed)["errorType"], "permission_denied", "{}", data(&failed));
+    assert!(
+        !cluster.download("reels/stolen.mp4", &cluster.dir().join("s.mp4")).await,
+        "the control record was copied out"
+    );
+
     // Quotas hold on the Pub/Sub path too (REEL_QUOTA_ACTIVE_JOBS=1 here): of two jobs of
     // bob's sent together, one runs and one is refused, retryable; sent again once the
     // first has ended, it runs.

@@ -9,6 +9,8 @@ use async_trait::async_trait;
 use reel_events::payload::{JobCompleted, JobSpec, ReelUploaded};
 use reel_events::{binding, types, Event, Stage};
 use reel_runtime::config::Settings;
+use reel_runtime::location::{Location, StoreResolver};
+use reel_runtime::output;
 use reel_runtime::stage::{
     cancel_marker_key, completed_marker_key, decode_payload, Context, FromSettings, Handler, LateDelivery, Outcome,
 };
@@ -35,6 +37,18 @@ impl Handler for Finalize {
     /// A redelivery of a completed job re-emits its recorded `job.completed`.
     fn on_completed_job(&self) -> LateDelivery {
         LateDelivery::Handle
+    }
+
+    /// A job cancelled between upload and finalize leaves no reel: the one upload wrote
+    /// for it (and only that one, by its metadata) goes.
+    async fn withdraw(&self, resolver: &dyn StoreResolver, event: &Event) -> Result<(), StoreError> {
+        let Ok(input) = reel_events::envelope::decode::<ReelUploaded>(event) else { return Ok(()) };
+        let Ok(location) = Location::parse(&input.output_path, None) else { return Ok(()) };
+        let (store, key) = resolver.resolve(&location)?;
+        if output::withdraw(store.as_ref(), &key, &input.job.project_id, &input.job.job_id).await? {
+            info!(output = %input.output_path, "cancelled after upload; the reel was removed");
+        }
+        Ok(())
     }
 
     async fn handle(&self, ctx: &Context, event: &Event) -> Outcome {

@@ -84,3 +84,32 @@ async fn a_malformed_payload_fails_the_job_as_invalid_request() {
     }
     assert!(rig.work.head(&completed_marker_key("job_bad")).await.unwrap().is_none(), "nothing recorded");
 }
+
+/// A job cancelled between upload and finalize leaves no reel: finalize's `withdraw`
+/// (which the worker runs before `job.cancelled`) removes the reel this job wrote, and
+/// nothing else.
+#[tokio::test]
+async fn a_cancel_after_upload_takes_back_the_jobs_reel_and_only_it() {
+    use reel_runtime::location::{Location, StoreResolver};
+    use reel_runtime::stage::Handler;
+    let rig = rig();
+    let resolver = reel_runtime::local::LocalResolver::new();
+    for (job_id, writer, kept) in [("job_cx", "job_cx", false), ("job_cy", "someone_else", true)] {
+        let output = rig.files().join(format!("{job_id}.mp4")).display().to_string();
+        let (job, _) = uploaded(job_id);
+        let data = ReelUploaded {
+            job: JobSpec { output_path: output.clone(), ..job.clone() },
+            output_path: output.clone(),
+            reel: ReelFacts { size_bytes: 4, duration_seconds: 1.0, crc32c: "x".into(), mode: Mode::Copy },
+            skipped_clips: vec![],
+            warnings: vec![],
+        };
+        let event = StageHarness::event(types::REEL_UPLOADED, job_id, &data);
+        let (store, key) = resolver.resolve(&Location::parse(&output, None).unwrap()).unwrap();
+        let options = reel_runtime::store::PutOptions::new(PutMode::Overwrite)
+            .with_metadata(reel_runtime::output::output_metadata(&job.project_id, writer));
+        store.put_with(&key, Box::pin(std::io::Cursor::new(b"reel".to_vec())), &options).await.unwrap();
+        Finalize.withdraw(&resolver, &event).await.unwrap();
+        assert_eq!(std::path::Path::new(&output).exists(), kept, "{job_id}");
+    }
+}

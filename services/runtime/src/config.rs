@@ -56,6 +56,10 @@ pub struct Settings {
     /// (`timeout`), and `reel sweep` publishes its `job.failed` (`REEL_JOB_GRACE_MINUTES`,
     /// default 5: the stage holding it stops at the deadline and reports in far less).
     pub job_grace_minutes: u64,
+    /// A job that passes its deadline is resumed from its checkpoint (its workspace) with
+    /// a new deadline this many times before it fails with `timeout`
+    /// (`REEL_TIMEOUT_RESUMES`, default 1).
+    pub timeout_resumes: u32,
     /// Fault injection, for tests and drills only: while this file exists, every
     /// delivery fails transiently before the handler runs (`REEL_FAULT_FILE`; unset in
     /// production). `{stage}` and `{jobId}` in the path stand for the delivery's, so one
@@ -202,6 +206,7 @@ impl Default for Settings {
             max_retry_attempts: 3,
             temp_dir: std::env::temp_dir().join("reel"),
             job_grace_minutes: 5,
+            timeout_resumes: 1,
             fault_file: None,
             log_level: "info".into(),
             log_format: LogFormat::Json,

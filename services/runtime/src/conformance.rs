@@ -692,12 +692,26 @@ pub mod store_cases {
     /// AlreadyExists, and the object holds the winner's bytes.
     pub async fn concurrent_create_only_single_winner(store: Arc<dyn Store>, p: &str) {
         let key = format!("{p}race/result.bin");
+        let lost = |e: &StoreError| matches!(e, StoreError::AlreadyExists(_));
+        race_for_one_key(store, &key, PutMode::CreateOnly, 100, 256 * 1024, lost).await;
+    }
+
+    /// Eight concurrent puts of `key` in `mode`: exactly one wins, the others fail as
+    /// `lost` says, and the object holds the winner's bytes (then it is deleted).
+    async fn race_for_one_key(
+        store: Arc<dyn Store>,
+        key: &str,
+        mode: PutMode,
+        seed: u64,
+        size: usize,
+        lost: fn(&StoreError) -> bool,
+    ) {
         let mut tasks = Vec::new();
         for i in 0..8u64 {
-            let (store, key) = (store.clone(), key.clone());
+            let (store, key) = (store.clone(), key.to_string());
             tasks.push(tokio::spawn(async move {
-                let bytes = pattern(100 + i, 256 * 1024);
-                let r = store.put(&key, body(&bytes), PutMode::CreateOnly).await;
+                let bytes = pattern(seed + i, size);
+                let r = store.put(&key, body(&bytes), mode).await;
                 (bytes, r)
             }));
         }
@@ -706,16 +720,16 @@ pub mod store_cases {
             let (bytes, r) = task.await.expect("put task panicked");
             match r {
                 Ok(meta) => {
-                    check_meta(&meta, &key, &bytes, "winning put");
+                    check_meta(&meta, key, &bytes, "winning put");
                     winners.push(bytes);
                 }
-                Err(StoreError::AlreadyExists(_)) => {}
-                Err(e) => panic!("a losing CreateOnly put must be AlreadyExists, got {e:?}"),
+                Err(e) if lost(&e) => {}
+                Err(e) => panic!("a losing {mode:?} put failed otherwise: {e:?}"),
             }
         }
-        assert_eq!(winners.len(), 1, "exactly one concurrent CreateOnly put must win, {} did", winners.len());
-        assert!(read_all(&*store, &key).await == winners[0], "the object does not hold the winner's bytes");
-        store.delete(&key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+        assert_eq!(winners.len(), 1, "exactly one concurrent {mode:?} put must win, {} did", winners.len());
+        assert!(read_all(&*store, key).await == winners[0], "the object does not hold the winner's bytes");
+        store.delete(key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
     }
 
     /// While a put streams, the key is neither visible to head nor listed (nor is any
@@ -849,30 +863,8 @@ pub mod store_cases {
     pub async fn concurrent_if_generation_single_winner(store: Arc<dyn Store>, p: &str) {
         let key = format!("{p}race/replace.bin");
         let base = put(&*store, &key, b"base", PutMode::CreateOnly).await;
-        let mut tasks = Vec::new();
-        for i in 0..8u64 {
-            let (store, key) = (store.clone(), key.clone());
-            tasks.push(tokio::spawn(async move {
-                let bytes = pattern(200 + i, 64 * 1024);
-                let r = store.put(&key, body(&bytes), PutMode::IfGeneration(base.generation)).await;
-                (bytes, r)
-            }));
-        }
-        let mut winners = Vec::new();
-        for task in tasks {
-            let (bytes, r) = task.await.expect("put task panicked");
-            match r {
-                Ok(meta) => {
-                    check_meta(&meta, &key, &bytes, "winning put");
-                    winners.push(bytes);
-                }
-                Err(StoreError::PreconditionFailed(_)) => {}
-                Err(e) => panic!("a losing IfGeneration put must be PreconditionFailed, got {e:?}"),
-            }
-        }
-        assert_eq!(winners.len(), 1, "exactly one concurrent IfGeneration put must win, {} did", winners.len());
-        assert!(read_all(&*store, &key).await == winners[0], "the object does not hold the winner's bytes");
-        store.delete(&key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+        let lost = |e: &StoreError| matches!(e, StoreError::PreconditionFailed(_));
+        race_for_one_key(store, &key, PutMode::IfGeneration(base.generation), 200, 64 * 1024, lost).await;
     }
 }
 

@@ -9,7 +9,6 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
 use crate::store::{PutMode, Store, StoreError};
 
@@ -47,13 +46,7 @@ async fn read(store: &dyn Store, key: &str) -> Result<Option<ProjectLock>, Store
 /// fails if anything changed in between.
 async fn read_generation(store: &dyn Store, key: &str) -> Result<Option<(Option<ProjectLock>, i64)>, StoreError> {
     let Some(meta) = store.head(key).await? else { return Ok(None) };
-    let mut reader = match store.get(key).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(e.to_string()))?;
+    let Some(bytes) = crate::store::read_all(store, key).await? else { return Ok(None) };
     Ok(Some((serde_json::from_slice(&bytes).ok(), meta.generation)))
 }
 
@@ -71,7 +64,11 @@ pub async fn acquire(
     for _ in 0..3 {
         let mode = match read_generation(store, &key).await? {
             None => PutMode::CreateOnly,
-            Some((Some(lock), _)) if lock.job_id == job_id => return Ok(Acquire::Acquired),
+            // Ours already; a later expiry (a resumed or replayed job) extends it.
+            Some((Some(lock), _)) if lock.job_id == job_id && lock.expires_at >= expires_at => {
+                return Ok(Acquire::Acquired)
+            }
+            Some((Some(lock), generation)) if lock.job_id == job_id => PutMode::IfGeneration(generation),
             Some((Some(lock), _)) if lock.expires_at > Utc::now() && !force => return Ok(Acquire::Held(lock)),
             // Expired, unreadable, or forced: replace exactly what was read.
             Some((_, generation)) => PutMode::IfGeneration(generation),
@@ -107,6 +104,21 @@ mod tests {
     use super::*;
     use crate::embedded::DirStore;
     use chrono::Duration;
+
+    /// A job that holds its project's lock and asks again with a later expiry (a resumed
+    /// job) extends it; an earlier one leaves it as it is.
+    #[tokio::test]
+    async fn asking_again_with_a_later_expiry_extends_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let soon = Utc::now() + Duration::minutes(1);
+        let later = soon + Duration::minutes(15);
+        assert_eq!(acquire(&store, "p", "j", soon, false).await.unwrap(), Acquire::Acquired);
+        assert_eq!(acquire(&store, "p", "j", later, false).await.unwrap(), Acquire::Acquired);
+        assert_eq!(read(&store, &lock_key("p")).await.unwrap().unwrap().expires_at, later);
+        assert_eq!(acquire(&store, "p", "j", soon, false).await.unwrap(), Acquire::Acquired);
+        assert_eq!(read(&store, &lock_key("p")).await.unwrap().unwrap().expires_at, later);
+    }
 
     /// Many validators racing to take over one expired lock: exactly one wins.
     #[tokio::test]

@@ -91,6 +91,16 @@ pub fn output_metadata(project_id: &str, job_id: &str) -> BTreeMap<String, Strin
 }
 
 /// Whether `meta` is the output reel wrote for this very job (a redelivery finds it).
+/// Remove the object at `key` if `job_id` of `project_id` wrote it (a cancelled job's
+/// reel); returns whether it did. Anything else there is left alone.
+pub async fn withdraw(store: &dyn Store, key: &str, project_id: &str, job_id: &str) -> Result<bool, crate::StoreError> {
+    match store.head(key).await? {
+        Some(meta) if written_by_job(&meta, project_id, job_id) => store.delete(key).await,
+        _ => Ok(false),
+    }
+}
+
+/// Whether `meta` is of the reel `job_id` of `project_id` wrote.
 pub fn written_by_job(meta: &ObjectMeta, project_id: &str, job_id: &str) -> bool {
     !job_id.is_empty()
         && meta.metadata.get(PROJECT_KEY).map(String::as_str) == Some(project_id)

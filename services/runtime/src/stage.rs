@@ -60,6 +60,7 @@ impl std::fmt::Display for Failure {
 /// | `Retry(failure)` | nack (redelivery after backoff); after `MAX_RETRY_ATTEMPTS` publish `job.failed` (retryable), dead-letter the message, ack |
 /// | `Reject(failure)` | publish `job.failed`, clean the job's workspace, ack |
 /// | `Cancel` | publish `job.cancelled`, clean the job's workspace, ack |
+/// | `Resume(why)` | the job passed its deadline with resumes left: send the message back as a new attempt with a fresh deadline and the warning `why` (its workspace is its checkpoint), ack |
 /// | `Unprocessable(failure)` | dead-letter the message with the reason, ack (there is no job to fail) |
 ///
 /// A job that completed meanwhile is never reported failed or cancelled: settle acks.
@@ -75,6 +76,8 @@ pub enum Outcome {
     Reject(Failure),
     /// The job was cancelled.
     Cancel,
+    /// The job passed its deadline and is resumed from its checkpoint (worker only).
+    Resume(String),
     /// Work was stopped from outside (shutdown): hand the message back, no failure.
     Requeue(String),
     /// The message can never be processed (too large, not an event, misrouted).
@@ -137,6 +140,13 @@ pub trait Handler: Send + Sync + 'static {
     /// no progress events; the handler checks cancel and completion itself.
     fn job_id_is_a_claim(&self) -> bool {
         false
+    }
+
+    /// The job of `event` was cancelled: take back what the job already put where its
+    /// user sees it (finalize: the reel upload wrote), before `job.cancelled` says so.
+    /// The worker cleans the workspace; an error here hands the message back.
+    async fn withdraw(&self, _resolver: &dyn StoreResolver, _event: &Event) -> Result<(), crate::store::StoreError> {
+        Ok(())
     }
 
     /// Do the stage's work for one event.

@@ -323,6 +323,19 @@ mod base64_engine {
     }
 }
 
+/// The whole (small) object at `key`, or `None` if there is none: for records, never
+/// for media.
+pub async fn read_all(store: &dyn Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    let mut reader = match store.get(key).await {
+        Ok(r) => r,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("reading {key}: {e}")))?;
+    Ok(Some(bytes))
+}
+
 /// Upload the local file `src` to `key` (streamed; the file is left as it is).
 pub async fn put_file(store: &dyn Store, key: &str, src: &Path, mode: PutMode) -> Result<ObjectMeta, StoreError> {
     let file = tokio::fs::File::open(src).await.map_err(|e| StoreError::from_io(&src.display().to_string(), e))?;

@@ -18,7 +18,6 @@
 use chrono::{DateTime, Duration, Utc};
 use reel_events::payload::JobRef;
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 use tracing::warn;
 
 use crate::config::Quotas;
@@ -99,13 +98,7 @@ fn user_prefix(user_id: &str) -> String {
 }
 
 async fn read_json<T: serde::de::DeserializeOwned>(store: &dyn Store, key: &str) -> Result<Option<T>, StoreError> {
-    let mut reader = match store.get(key).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(format!("read {key}: {e}")))?;
+    let Some(bytes) = crate::store::read_all(store, key).await? else { return Ok(None) };
     serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Other(format!("{key} is not a record: {e}")))
 }
 

@@ -67,6 +67,8 @@ pub struct WorkerOptions {
     pub fault_file: Option<PathBuf>,
     /// Whether a replayed job retakes its project's lock (`REEL_PROJECT_LOCK`).
     pub project_lock: bool,
+    /// Times a job past its deadline is resumed before it fails (`REEL_TIMEOUT_RESUMES`).
+    pub timeout_resumes: u32,
 }
 
 impl WorkerOptions {
@@ -84,6 +86,7 @@ impl WorkerOptions {
             job_timeout_minutes: settings.job_timeout_minutes,
             fault_file: settings.fault_file.clone(),
             project_lock: settings.validate.project_lock,
+            timeout_resumes: settings.timeout_resumes,
         }
     }
 }
@@ -379,13 +382,7 @@ impl Worker {
     /// Admission, part two: may the job's work run now? `None` lets the handler run.
     async fn admit_job(&self, envelope: &JobEnvelope) -> Option<Outcome> {
         if let Some(deadline) = envelope.deadline.filter(|d| Utc::now() > *d) {
-            return Some(Outcome::Reject(Failure::new(
-                ErrorType::Timeout,
-                format!(
-                    "the job passed its deadline ({deadline}); JOB_TIMEOUT_MINUTES is {}",
-                    self.options.job_timeout_minutes
-                ),
-            )));
+            return Some(self.past_deadline(envelope, &format!("the job passed its deadline ({deadline})")));
         }
         let job_id = envelope.job.job_id.as_str();
         if self.handler.job_id_is_a_claim() {
@@ -408,7 +405,8 @@ impl Worker {
     /// job. `Err` gives up on a job whose runs keep dying.
     async fn begin_run(&self, inbound: &Inbound<'_>) -> Result<(), Failure> {
         let job = &inbound.envelope.job;
-        if !job.job_id.is_empty() {
+        // Nothing is recorded under an id that is only a claim (a request's).
+        if !job.job_id.is_empty() && !self.handler.job_id_is_a_claim() {
             match crate::unfinished::begin(self.work.as_ref(), &job.job_id, self.stage()).await {
                 Ok(died) if died > self.options.max_retry_attempts => {
                     return Err(Failure::new(
@@ -443,7 +441,7 @@ impl Worker {
 
     /// The handler produced an outcome: the run did not die (see [`Worker::begin_run`]).
     async fn end_run(&self, job_id: &str) {
-        if job_id.is_empty() {
+        if job_id.is_empty() || self.handler.job_id_is_a_claim() {
             return;
         }
         if let Err(e) = crate::unfinished::finish(self.work.as_ref(), job_id, self.stage()).await {
@@ -461,16 +459,18 @@ impl Worker {
         delivery_attempt: u32,
         stop: CancellationToken,
     ) -> Outcome {
-        if let Some(fault) = self.options.fault_file.as_ref().map(|f| {
+        let fault = self.options.fault_file.as_ref().map(|f| {
             let named = f.to_string_lossy().replace("{stage}", self.stage().as_str());
             PathBuf::from(named.replace("{jobId}", &envelope.job.job_id))
-        }) {
-            if fault.exists() {
-                return Outcome::Retry(Failure::new(
-                    ErrorType::Internal,
-                    format!("injected fault: {} exists (REEL_FAULT_FILE)", fault.display()),
-                ));
-            }
+        });
+        // A fault file that says `stall` hangs the work instead (until it is removed, or
+        // the work is stopped): a stage stuck on a dependency.
+        let stall = fault.as_ref().filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.trim() == "stall")).cloned();
+        if let Some(fault) = fault.filter(|f| f.exists() && stall.is_none()) {
+            return Outcome::Retry(Failure::new(
+                ErrorType::Internal,
+                format!("injected fault: {} exists (REEL_FAULT_FILE)", fault.display()),
+            ));
         }
         let scratch = scratch_dir(&self.options.temp_dir, self.stage());
         if let Err(e) = tokio::fs::create_dir_all(&scratch).await {
@@ -503,7 +503,18 @@ impl Worker {
         let started = Instant::now();
         // A panicking handler fails its job and frees the message, instead of leaving it
         // leased until Pub/Sub gives up on it with no word to anyone.
-        let outcome = match AssertUnwindSafe(self.handler.handle(&ctx, event)).catch_unwind().await {
+        let work = async {
+            if let Some(stall) = &stall {
+                while stall.exists() && !ctx.cancel.is_cancelled() {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                if ctx.cancel.is_cancelled() {
+                    return Outcome::Retry(Failure::new(ErrorType::Internal, "injected stall (REEL_FAULT_FILE)"));
+                }
+            }
+            self.handler.handle(&ctx, event).await
+        };
+        let outcome = match AssertUnwindSafe(work).catch_unwind().await {
             Ok(outcome) => outcome,
             Err(panic) => {
                 let what = panic
@@ -537,14 +548,53 @@ impl Worker {
             (done @ (Outcome::Emit(_) | Outcome::Skip(_)), _) | (done, None) => done,
             (_, Some(StopReason::Shutdown)) => Outcome::Requeue("stopped by shutdown".into()),
             (_, Some(StopReason::Cancelled)) => Outcome::Cancel,
-            (_, Some(StopReason::Deadline)) => Outcome::Reject(Failure::new(
-                ErrorType::Timeout,
-                format!(
-                    "the job ran past its deadline (JOB_TIMEOUT_MINUTES={}); work was stopped",
-                    self.options.job_timeout_minutes
-                ),
-            )),
+            (_, Some(StopReason::Deadline)) => {
+                self.past_deadline(envelope, "the job ran past its deadline; work was stopped")
+            }
         }
+    }
+
+    /// A job past its deadline: resumed from its checkpoint with a new deadline while it
+    /// has resumes left (the matrix's "job timeout → save progress, schedule retry"),
+    /// failed with `timeout` after that.
+    fn past_deadline(&self, envelope: &JobEnvelope, what: &str) -> Outcome {
+        let (done, allowed, minutes) =
+            (envelope.timeout_resumes, self.options.timeout_resumes, self.options.job_timeout_minutes);
+        if done < allowed {
+            return Outcome::Resume(format!(
+                "{what}; resumed from where it stopped with a new deadline ({} of {allowed} resumes; \
+                 JOB_TIMEOUT_MINUTES is {minutes})",
+                done + 1
+            ));
+        }
+        let resumed = if done > 0 { format!(" after {done} resume(s)") } else { String::new() };
+        Outcome::Reject(Failure::new(ErrorType::Timeout, format!("{what}{resumed}; JOB_TIMEOUT_MINUTES is {minutes}")))
+    }
+
+    /// Send the job's message back to this stage as a new attempt with a fresh deadline
+    /// and the warning `why`, to the event log too (so its status shows it), keeping its
+    /// workspace: what was done is not done again.
+    async fn resume(&self, inbound: &Inbound<'_>, why: &str) -> Disposition {
+        let job = &inbound.envelope.job;
+        if self.completed(&job.job_id).await {
+            info!(job_id = %job.job_id, "the job completed meanwhile; nothing to resume");
+            return Disposition::Ack;
+        }
+        let timeout = chrono::Duration::minutes(self.options.job_timeout_minutes as i64);
+        let renewed = reel_events::replay::resume_message(inbound.message, Utc::now(), timeout, why);
+        let names = self.names();
+        if let Err(e) = self.bus.publish(&names.work_topic(self.stage()), renewed.clone()).await {
+            warn!(error = %e, "could not resume the job; will retry");
+            return Disposition::Nack;
+        }
+        if let Ok(event) = binding::decode(&renewed) {
+            if let Err(e) = self.bus.publish(&names.events(), binding::encode_binary(&event)).await {
+                warn!(error = %e, "could not log the resumed attempt; its status shows it once work goes on");
+            }
+        }
+        warn!(job_id = %job.job_id, reason = %why, "job resumed after its deadline");
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        Disposition::Ack
     }
 
     /// The one place that turns an outcome into bus actions (see [`Outcome`]).
@@ -593,6 +643,7 @@ impl Worker {
                 self.end_job(inbound, JobEnd::Failed { failure, retryable, keep_workspace: false }).await
             }
             Outcome::Cancel => self.end_job(inbound, JobEnd::Cancelled).await,
+            Outcome::Resume(why) => self.resume(inbound, &why).await,
             Outcome::Unprocessable(failure) => {
                 warn!(reason = %failure.message, "unprocessable message");
                 self.dead_letter(inbound, &failure).await
@@ -660,6 +711,12 @@ impl Worker {
         };
         if let Some(cause) = &inbound.event {
             envelope::carry_trace(cause, &mut event);
+            if matches!(end, JobEnd::Cancelled) {
+                if let Err(e) = self.handler.withdraw(self.resolver.as_ref(), cause).await {
+                    warn!(error = %e, "could not take back the cancelled job's output; will retry");
+                    return Disposition::Nack;
+                }
+            }
         }
         let keep_workspace = matches!(end, JobEnd::Failed { keep_workspace: true, .. });
         self.clean_workspace(job, keep_workspace).await;

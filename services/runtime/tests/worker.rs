@@ -132,8 +132,13 @@ async fn rig(behaviour: Behaviour, max_retry_attempts: u32) -> Rig {
 }
 
 fn job_event(job_id: &str, deadline_in: chrono::Duration) -> Event {
+    resumed_job_event(job_id, deadline_in, 0)
+}
+
+/// [`job_event`] of a job already resumed `resumes` times after passing a deadline.
+fn resumed_job_event(job_id: &str, deadline_in: chrono::Duration, resumes: u32) -> Event {
     let sample = fixtures::job_spec(job_id);
-    fixtures::job_validated(&JobSpec { deadline: sample.accepted_at + deadline_in, ..sample })
+    fixtures::job_validated(&JobSpec { deadline: sample.accepted_at + deadline_in, timeout_resumes: resumes, ..sample })
 }
 
 impl Rig {
@@ -311,12 +316,36 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
 }
 
 #[tokio::test]
-async fn a_job_past_its_deadline_fails_with_timeout() {
+async fn a_job_past_its_deadline_and_out_of_resumes_fails_with_timeout() {
     let rig = rig(Behaviour::FailThenEmit(0), 3).await;
-    rig.send(&job_event("job_late", chrono::Duration::seconds(-1))).await;
+    rig.send(&resumed_job_event("job_late", chrono::Duration::seconds(-1), 1)).await;
     let failed = rig.wait_log("job_late", types::JOB_FAILED).await;
-    assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "timeout");
+    let data = envelope::data_json(&failed).unwrap();
+    assert_eq!(data["errorType"], "timeout");
+    assert!(data["message"].as_str().unwrap().contains("after 1 resume"), "{data}");
     assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 0, "the handler ran for an expired job");
+    rig.stop().await;
+}
+
+/// "Job timeout → save progress, schedule retry": a job past its deadline with resumes
+/// left comes back as a new attempt with a fresh deadline and a warning saying why, its
+/// workspace (the checkpoint) kept, and goes on.
+#[tokio::test]
+async fn a_job_past_its_deadline_resumes_from_its_checkpoint_with_a_new_deadline() {
+    let rig = rig(Behaviour::FailThenEmit(0), 3).await;
+    let clip = "jobs/job_resume/clips/000.mp4";
+    rig.work.put(clip, Box::pin(std::io::Cursor::new(b"x".to_vec())), PutMode::Overwrite).await.unwrap();
+    rig.send(&job_event("job_resume", chrono::Duration::seconds(-1))).await;
+    let resumed = rig.wait_log("job_resume", types::JOB_VALIDATED).await;
+    let data = envelope::data_json(&resumed).unwrap();
+    assert_eq!(data["job"]["retryAttempt"], 1, "{data}");
+    assert_eq!(data["job"]["timeoutResumes"], 1, "{data}");
+    let deadline: chrono::DateTime<Utc> = data["job"]["deadline"].as_str().unwrap().parse().unwrap();
+    assert!(deadline > Utc::now() + chrono::Duration::minutes(10), "a fresh deadline: {deadline}");
+    assert!(data["warnings"][0].as_str().unwrap().contains("resumed"), "{data}");
+    let done = rig.wait_log("job_resume", types::CLIPS_DOWNLOADED).await;
+    assert_eq!(envelope::data_json(&done).unwrap()["job"]["retryAttempt"], 1);
+    assert!(rig.work.head(clip).await.unwrap().is_some(), "the checkpoint is gone");
     rig.stop().await;
 }
 
@@ -324,7 +353,7 @@ async fn a_job_past_its_deadline_fails_with_timeout() {
 async fn the_deadline_stops_work_in_progress() {
     let rig = rig(Behaviour::Work(Duration::from_secs(30)), 3).await;
     let started = std::time::Instant::now();
-    rig.send(&job_event("job_slow", chrono::Duration::milliseconds(800))).await;
+    rig.send(&resumed_job_event("job_slow", chrono::Duration::milliseconds(800), 1)).await;
     let failed = rig.wait_log("job_slow", types::JOB_FAILED).await;
     assert_eq!(envelope::data_json(&failed).unwrap()["errorType"], "timeout");
     assert!(started.elapsed() < Duration::from_secs(5));

@@ -38,12 +38,16 @@ pub const PROGRAMS: [&str; 7] =
     ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
 
 /// Settings every program gets besides the emulators, bucket and prefix, for the
-/// emulator's sake: short ack deadlines and backoff, one message at a time.
-pub const PROGRAM_SETTINGS: [(&str, &str); 4] = [
+/// emulator's sake: short ack deadlines and backoff, one message at a time. And no
+/// per-user quotas: tests, the chaos runs and the bench send bursts of one test user's
+/// jobs (the quota tests set their own).
+pub const PROGRAM_SETTINGS: [(&str, &str); 6] = [
     ("REEL_ACK_DEADLINE_SECONDS", "10"),
     ("REEL_MIN_BACKOFF_SECONDS", "1"),
     ("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", "1"),
     ("LOG_LEVEL", "info"),
+    ("REEL_QUOTA_ACTIVE_JOBS", "0"),
+    ("REEL_QUOTA_JOBS_PER_HOUR", "0"),
 ];
 
 /// The directory of the workspace's debug (or release) binaries, built once per test

@@ -61,6 +61,7 @@ pub fn job_spec(job_id: &str) -> JobSpec {
         force_restart: false,
         accepted_at: now,
         deadline: now + chrono::Duration::minutes(5),
+        timeout_resumes: 0,
     }
 }
 

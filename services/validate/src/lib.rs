@@ -338,6 +338,7 @@ impl Validate {
             force_restart: request.force_restart.unwrap_or(false),
             accepted_at,
             deadline: accepted_at + self.job_timeout,
+            timeout_resumes: 0,
         };
         if self.config.project_lock {
             // One active job per project, atomically; the lock outlives the job's deadline a
