@@ -127,7 +127,8 @@ async fn every_stage_replays_after_the_deadline_and_the_job_completes() {
     for stage in Stage::ALL {
         let listed: Vec<serde_json::Value> =
             serde_json::from_str(&stdout(&cluster.reel(&["dlq", "list", stage.as_str(), "--json"]))).unwrap();
-        assert!(listed.is_empty(), "{stage}: left in the dead letters: {listed:?}");
+        let logs: String = cluster.programs.iter().filter(|p| p.name == stage.as_str()).map(|p| p.log_text()).collect();
+        assert!(listed.is_empty(), "{stage}: left in the dead letters: {listed:?}\n{logs}");
     }
 }
 

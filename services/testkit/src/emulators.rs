@@ -254,8 +254,18 @@ fn start_gcs(
         args.extend(["-external-url".into(), format!("http://127.0.0.1:{port}")]);
         let mut env = Vec::new();
         if let Some(n) = &notify {
-            let event_args =
-                ["-event.pubsub-project-id", &n.project, "-event.pubsub-topic", &n.topic, "-event.list", "finalize"];
+            // As terraform's notification (storage.tf): object finalizations under
+            // manifests/ only, not every clip, reel and work record of the bucket.
+            let event_args = [
+                "-event.pubsub-project-id",
+                &n.project,
+                "-event.pubsub-topic",
+                &n.topic,
+                "-event.list",
+                "finalize",
+                "-event.object-prefix",
+                "manifests/",
+            ];
             args.extend(event_args.iter().map(|s| s.to_string()));
             // fake-gcs-server finds the Pub/Sub emulator through its environment.
             env.push(("PUBSUB_EMULATOR_HOST".to_string(), format!("127.0.0.1:{}", n.pubsub_port)));
