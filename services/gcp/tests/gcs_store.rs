@@ -141,7 +141,8 @@ async fn the_resolver_maps_buckets_and_local_paths() {
 }
 
 /// fake-gcs-server publishes OBJECT_FINALIZE notifications to the Pub/Sub emulator: the
-/// storage trigger's input, as Cloud Storage sends it (JSON_API_V1).
+/// storage trigger's input, as Cloud Storage sends it (JSON_API_V1), for objects under
+/// `manifests/` only, as terraform's notification is configured.
 #[tokio::test]
 async fn uploads_publish_object_finalize_notifications() {
     let topic = unique("gcs-notifications");
@@ -162,18 +163,21 @@ async fn uploads_publish_object_finalize_notifications() {
     };
     bus.ensure_topology(&topology).await.unwrap();
     let store = emulators.store("uploads").await;
-    let meta = store.put("incoming/manifest.json", body(b"{}"), PutMode::CreateOnly).await.unwrap();
+    store.put("clips/a.mp4", body(b"not a manifest"), PutMode::CreateOnly).await.unwrap();
+    let meta = store.put("manifests/p/manifest.json", body(b"{}"), PutMode::CreateOnly).await.unwrap();
     let got = bus.receive(&sub, 1, Duration::from_secs(10)).await.unwrap();
     assert_eq!(got.len(), 1, "no notification");
     let attrs = &got[0].message.attributes;
     assert_eq!(attrs.get("eventType").map(String::as_str), Some("OBJECT_FINALIZE"));
     assert_eq!(attrs.get("bucketId").map(String::as_str), Some("uploads"));
-    assert_eq!(attrs.get("objectId").map(String::as_str), Some("incoming/manifest.json"));
+    assert_eq!(attrs.get("objectId").map(String::as_str), Some("manifests/p/manifest.json"));
     assert_eq!(attrs.get("objectGeneration"), Some(&meta.generation.to_string()));
     assert_eq!(attrs.get("payloadFormat").map(String::as_str), Some("JSON_API_V1"));
     let object: serde_json::Value = serde_json::from_slice(&got[0].message.data).unwrap();
-    assert_eq!(object["name"], "incoming/manifest.json");
+    assert_eq!(object["name"], "manifests/p/manifest.json");
     bus.ack(&sub, &got[0].ack_id).await.unwrap();
+    let more = bus.receive(&sub, 10, Duration::from_secs(1)).await.unwrap();
+    assert!(more.is_empty(), "a notification for an object outside manifests/");
     drop(bus);
     drop(emulators);
     // Dropping kills exactly those processes.
