@@ -68,7 +68,8 @@ impl Handler for Download {
             }
         }
         // The job's bytes are bounded before any is moved or decoded.
-        let planned = planned_bytes(ctx, &self.config, &job.clip_paths).await;
+        let sizes = clip_sizes(ctx, &job.clip_paths).await;
+        let planned: u64 = sizes.iter().flatten().filter(|size| **size <= self.config.max_clip_bytes).sum();
         if planned > self.config.max_job_bytes {
             return Outcome::Reject(Failure::new(
                 ErrorType::InvalidRequest,
@@ -91,7 +92,7 @@ impl Handler for Download {
                 return Outcome::Retry(Failure::new(ErrorType::Internal, "stopped"));
             }
             let results = futures::future::join_all(
-                chunk.iter().map(|(index, raw)| fetch_clip(ctx, &self.config, &self.media, *index, raw)),
+                chunk.iter().map(|(index, raw)| fetch_clip(ctx, &self.config, &self.media, *index, raw, sizes[*index])),
             )
             .await;
             for ((_, raw), result) in chunk.iter().zip(results) {
@@ -148,16 +149,15 @@ async fn clip_size(ctx: &Context, location: &Location, raw: &str) -> Result<(Arc
     Ok((source, source_key, size))
 }
 
-/// The bytes a job's usable clips add up to (clips that cannot be sized, or are over the
-/// per-clip limit, will be skipped and do not count), sized concurrently.
-async fn planned_bytes(ctx: &Context, config: &DownloadConfig, clip_paths: &[String]) -> u64 {
-    let sizes = futures::future::join_all(clip_paths.iter().enumerate().map(|(i, raw)| async move {
+/// Every clip's size, read once and concurrently before anything moves (`None` where it
+/// cannot be: the fetch then finds out why, and skips or stops).
+async fn clip_sizes(ctx: &Context, clip_paths: &[String]) -> Vec<Option<u64>> {
+    futures::future::join_all(clip_paths.iter().enumerate().map(|(i, raw)| async move {
         let location = ctx.boundary.check(&format!("clip {}", i + 1), raw, &ctx.job.project_id).ok()?;
         let (_, _, size) = clip_size(ctx, &location, raw).await.ok()?;
-        (size <= config.max_clip_bytes).then_some(size)
+        Some(size)
     }))
-    .await;
-    sizes.into_iter().flatten().sum()
+    .await
 }
 
 async fn fetch_clip(
@@ -166,6 +166,7 @@ async fn fetch_clip(
     media: &MediaConfig,
     index: usize,
     raw: &str,
+    known_size: Option<u64>,
 ) -> Result<WorkClip, ClipError> {
     let location = ctx
         .boundary
@@ -183,7 +184,13 @@ async fn fetch_clip(
         return Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: meta.size, info });
     }
 
-    let (source, source_key, size) = clip_size(ctx, &location, raw).await?;
+    let (source, source_key, size) = match known_size {
+        Some(size) => {
+            let (source, key) = ctx.resolver.resolve(&location).map_err(|e| stop_or_skip("open", raw, e))?;
+            (source, key, size)
+        }
+        None => clip_size(ctx, &location, raw).await?,
+    };
     if size == 0 {
         return Err(ClipError::Skip("empty file".into()));
     }
