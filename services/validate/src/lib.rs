@@ -372,11 +372,12 @@ impl Validate {
         Outcome::Emit(vec![next])
     }
 
-    /// Whose the request's job id, project and quota are, decided before anything
-    /// happens under the job id: a job id of another project or user is refused under
-    /// `own_id` (an id of the request's own), so the job that has it sees nothing; a
-    /// project belongs to the user who first started a job in it; a cancelled or
-    /// completed job is not started again (unless `forceRestart`); the user's quota holds.
+    /// Whose the request's project, job id and quota are (the caller already refused a
+    /// job id recorded for another project or user): the project is claimed for its
+    /// first user and refused to anyone else; the job id is recorded for this request
+    /// (one taken meanwhile is refused under `own_id`, an id of the request's own, so
+    /// the job that has it sees nothing); a cancelled job is not started; the user's
+    /// quota holds.
     async fn check_tenancy(
         &self,
         ctx: &Context,
