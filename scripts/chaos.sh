@@ -12,8 +12,7 @@
 # (seconds, default 900), CHAOS_COMPRESSION (default mixed: odd jobs re-encode
 # (`small`), so stitch has work in flight long enough to be killed in it, even jobs are
 # stream copies (`optimized`); or one of them for all), CHAOS_STITCH_WORKERS (default 2), CHAOS_SEED (the killer's random
-# seed), CHAOS_MAX_OUTSTANDING (messages a program holds, default 1),
-# CHAOS_PULL (streaming or unary, default unary: see below), CHAOS_MAX_DELIVERY_ATTEMPTS
+# seed), CHAOS_MAX_DELIVERY_ATTEMPTS
 # (the stage subscriptions' dead-letter limit, default 10 as in production),
 # CHAOS_MAX_KILLS (the killer stops after that many, default 0: never), CHAOS_KEEP=1
 # (keep the run directory: logs, events).
@@ -89,19 +88,9 @@ export VIDEO_STORAGE_BUCKET="reel-chaos-$RANDOM$RANDOM"
 export REEL_TOPIC_PREFIX="chaos-"
 export TEMP_DIR="$dir/tmp"
 export REEL_HOME="$dir/cli-home"
-export REEL_ACK_DEADLINE_SECONDS=10
-export REEL_MIN_BACKOFF_SECONDS=1
-# One message in a program at a time (as the tests do): a program killed holding a
-# big buffer leaves all of it in a stream the emulator never closes (see below).
-export REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES="${CHAOS_MAX_OUTSTANDING:-1}"
-# The emulator does not notice that a SIGKILLed program's streaming pull is gone: it
-# goes on streaming into it, and a message can circle among dead streams until it is
-# dead-lettered unread (a run on streaming pull had one job's job.validated stuck for
-# 9 minutes behind three killed download programs; docs/RELIABILITY.md, "Chaos").
-# Pub/Sub itself closes a dead client's stream. So the programs pull with unary pulls
-# (REEL_PUBSUB_PULL=unary, emulator only), which leave nothing registered between
-# calls: a kill costs at most one delivery attempt of what the program held.
-export REEL_PUBSUB_PULL="${CHAOS_PULL:-unary}"
+# Delivery at the default settings, as in production: a program pulls only what it
+# works on and keeps a short lease (REEL_LEASE_SECONDS, 15) alive while it works, so a
+# killed program's message is back with another program within about 15 s.
 export LOG_LEVEL=info
 mkdir -p "$TEMP_DIR"
 bucket="$VIDEO_STORAGE_BUCKET"
@@ -220,7 +209,7 @@ for line in sys.stdin:
 start=$(date +%s)
 killer &
 killer_pid=$!
-log "submitting $jobs jobs ($parallel in flight), SIGKILL of a random worker every ${kill_every}s; $REEL_PUBSUB_PULL pull, dead letter after $max_delivery deliveries"
+log "submitting $jobs jobs ($parallel in flight), SIGKILL of a random worker every ${kill_every}s, dead letter after $max_delivery deliveries"
 job_compression() { # mixed: odd jobs re-encode, even ones are stream copies
     if [ "$compression" != mixed ]; then echo "$compression"
     elif [ $(($1 % 2)) = 1 ]; then echo small

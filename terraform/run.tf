@@ -229,8 +229,8 @@ resource "google_cloud_scheduler_job" "stage" {
 
 # ---------------------------------------------------------------------------------------
 # reel-api. Exactly one instance: it folds the whole event log from one subscription, and
-# a second instance would see only part of it. CPU stays allocated so the streaming pull
-# runs between requests.
+# a second instance would see only part of it. CPU stays allocated so its puller of the
+# event log runs between requests.
 
 resource "google_cloud_run_v2_service" "api" {
   name                = "${local.prefix}api"

@@ -82,7 +82,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     cluster_stitch_workers: usize,
     /// Parts to skip (comma-separated): copy, reencode, rss, bus, cluster (all of the
-    /// cluster), cluster-buffered (the cluster's second burst), api.
+    /// cluster), cluster-recovery (the cluster's kill-and-resume phase), api.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Finished jobs in the store for reel-api's memory and start-time rows.
@@ -550,7 +550,7 @@ fn run(args: Args) -> Result<()> {
                 jobs: args.cluster_jobs.unwrap_or(plan.cluster_jobs),
                 idle_jobs: args.cluster_idle_jobs.unwrap_or(plan.cluster_idle_jobs),
                 stitch_workers: args.cluster_stitch_workers.max(1),
-                buffered_burst: !skip("cluster-buffered"),
+                recovery: !skip("cluster-recovery"),
                 bus_messages: plan.bus_messages,
                 embedded_large_s,
             };

@@ -60,10 +60,8 @@ fn submit(cluster: &Cluster, n: usize, clips: &[String]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_complete_exactly_once_while_stage_programs_are_killed() {
     let mut cluster = Cluster::start().await;
-    // The emulator never closes a killed program's streaming pull and goes on delivering
-    // into it; the programs pull with unary pulls instead, as scripts/chaos.sh does
-    // (docs/RELIABILITY.md, "Chaos"). The dead-letter limit stays Pub/Sub's 10.
-    cluster.env.insert("REEL_PUBSUB_PULL".into(), "unary".into());
+    // Default delivery settings, as in production: a killed program's message comes
+    // back after its short lease. The dead-letter limit stays Pub/Sub's 10.
     // One program per stage, two for stitch; `slots` maps each to its current process.
     let mut slots: Vec<(String, usize)> = Vec::new();
     for stage in ["validate", "download", "stitch", "stitch", "upload", "finalize"] {

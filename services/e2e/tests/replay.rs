@@ -141,9 +141,7 @@ async fn every_stage_replays_after_the_deadline_and_the_job_completes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_disk_filled_up_give_it_room_and_replay() {
     use std::os::unix::process::ExitStatusExt;
-    // Unary pulls: the emulator never closes a killed program's streaming pull, and would
-    // keep handing the replayed message to the dead streams.
-    let (mut cluster, _) = cluster_with_faults(&[("JOB_TIMEOUT_MINUTES", "5"), ("REEL_PUBSUB_PULL", "unary")]).await;
+    let (mut cluster, _) = cluster_with_faults(&[("JOB_TIMEOUT_MINUTES", "5")]).await;
     for stage in ["validate", "download", "upload", "finalize"] {
         cluster.start_program(stage, &[]);
     }

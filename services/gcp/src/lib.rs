@@ -1,8 +1,9 @@
 //! Google Cloud adapters for reel: the leaves of the dependency graph.
 //!
 //! - [`PubSubBus`]: [`reel_runtime::bus::Bus`] on Cloud Pub/Sub (`google-cloud-pubsub`,
-//!   the official crate), streaming pull with flow control, or unary pull on the emulator;
-//! - [`UnaryPull`]: the REST pull client (unary mode, and `reel dlq`'s peek and replay);
+//!   the official crate, for publishing and administration) with unary pulls over REST
+//!   that take only what the caller can work on;
+//! - [`UnaryPull`]: the REST pull client (the bus's receive, and `reel dlq`'s peek and replay);
 //! - [`GcsStore`]: [`reel_runtime::store::Store`] on one Cloud Storage bucket
 //!   (`gcloud-storage`), streamed reads and writes, create-only writes by generation
 //!   precondition, server-side copy;
@@ -11,8 +12,7 @@
 //!
 //! Nothing here reads the environment: each adapter is built from a typed config
 //! ([`PubSubConfig`], [`GcsConfig`]) with google-cloud-rust style builders — `with_*`
-//! for plumbing (endpoint, credentials, `with_emulator`), `set_*` for behaviour (flow
-//! control, [`PullMode`]). The programs build those configs from their `Settings` in one
+//! for plumbing (endpoint, credentials, `with_emulator`), `set_*` for behaviour. The programs build those configs from their `Settings` in one
 //! place (`reel_program::adapters`). Only the programs wire these in; stages see the
 //! traits.
 
@@ -21,9 +21,7 @@ mod pubsub;
 mod resolver;
 
 pub use gcs::{GcsClient, GcsConfig, GcsStore, UploadStrategy, CHUNK_SIZE};
-pub use pubsub::{
-    PubSubBus, PubSubConfig, PullMode, UnaryPull, UnaryPulled, MAX_LEASE, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT,
-};
+pub use pubsub::{PubSubBus, PubSubConfig, UnaryPull, UnaryPulled, MAX_MESSAGE_BYTES, PUBLISH_RETRY_LIMIT};
 pub use resolver::CloudResolver;
 
 /// The URL of an emulator given as `host:port` (as `PUBSUB_EMULATOR_HOST` has it) or

@@ -3,8 +3,7 @@
 //! them through [`adapters`].
 
 use anyhow::{bail, Result};
-use reel_gcp::{GcsConfig, PubSubConfig, PullMode};
-use reel_runtime::config::PubSubPull;
+use reel_gcp::{GcsConfig, PubSubConfig};
 use reel_runtime::Settings;
 
 /// The configs of the Pub/Sub bus and of Cloud Storage, from the settings.
@@ -37,23 +36,6 @@ pub fn adapters(settings: &Settings) -> Result<Adapters> {
     if let Some(host) = &settings.pubsub_emulator_host {
         pubsub = pubsub.with_emulator(host);
     }
-    // A program holds no more messages than it works on at once: a message held while
-    // another is worked on waits inside this process (its deadline running) while another
-    // instance may find the subscription empty.
-    let held = settings.pubsub_max_outstanding_messages.unwrap_or(settings.concurrency as u64);
-    pubsub = pubsub.set_max_outstanding_messages(i64::try_from(held).unwrap_or(i64::MAX));
-    if let Some(n) = settings.pubsub_max_outstanding_bytes {
-        pubsub = pubsub.set_max_outstanding_bytes(i64::try_from(n).unwrap_or(i64::MAX));
-    }
-    match settings.pubsub_pull {
-        PubSubPull::Streaming => {}
-        PubSubPull::Unary if settings.pubsub_emulator_host.is_some() => {
-            pubsub = pubsub.set_pull_mode(PullMode::Unary);
-        }
-        PubSubPull::Unary => {
-            bail!("REEL_PUBSUB_PULL=unary is for the emulator (PUBSUB_EMULATOR_HOST); Pub/Sub uses streaming pull")
-        }
-    }
     let mut storage = GcsConfig::new();
     if let Some(host) = &settings.storage_emulator_host {
         storage = storage.with_emulator(host);
@@ -77,29 +59,18 @@ mod tests {
         assert_eq!(a.pubsub.project(), "p");
         assert_eq!(a.pubsub.endpoint(), None);
         assert!(a.pubsub.credentials().is_none());
-        assert_eq!(a.pubsub.pull_mode(), PullMode::Streaming);
-        // No hoarding: as many messages held as worked on (concurrency, default 1).
-        assert_eq!(a.pubsub.max_outstanding_messages(), 1);
-        let a = adapters(&settings(|s| s.concurrency = 4)).unwrap();
-        assert_eq!(a.pubsub.max_outstanding_messages(), 4);
         assert_eq!(a.storage, GcsConfig::new());
     }
 
     #[test]
-    fn emulators_flow_control_and_unary_pull() {
+    fn emulators() {
         let a = adapters(&settings(|s| {
             s.pubsub_emulator_host = Some("127.0.0.1:8085".into());
             s.storage_emulator_host = Some("http://127.0.0.1:4443".into());
-            s.pubsub_pull = PubSubPull::Unary;
-            s.pubsub_max_outstanding_messages = Some(1);
-            s.pubsub_max_outstanding_bytes = Some(1024);
         }))
         .unwrap();
         assert_eq!(a.pubsub.endpoint(), Some("http://127.0.0.1:8085"));
         assert!(a.pubsub.is_emulator());
-        assert_eq!(a.pubsub.pull_mode(), PullMode::Unary);
-        assert_eq!(a.pubsub.max_outstanding_messages(), 1);
-        assert_eq!(a.pubsub.max_outstanding_bytes(), 1024);
         assert_eq!(a.storage.endpoint(), Some("http://127.0.0.1:4443"));
         assert!(a.storage.is_emulator());
     }
@@ -108,7 +79,5 @@ mod tests {
     fn what_cannot_work_fails_with_the_setting_to_fix() {
         let err = adapters(&Settings::default()).unwrap_err();
         assert!(err.to_string().contains("GOOGLE_CLOUD_PROJECT"), "{err}");
-        let err = adapters(&settings(|s| s.pubsub_pull = PubSubPull::Unary)).unwrap_err();
-        assert!(err.to_string().contains("REEL_PUBSUB_PULL"), "{err}");
     }
 }

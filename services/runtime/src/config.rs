@@ -95,16 +95,11 @@ pub struct Settings {
     pub ack_deadline_seconds: Option<u64>,
     /// Override the subscriptions' minimum retry backoff (seconds, 0–600).
     pub min_backoff_seconds: Option<u64>,
-    /// How stage programs pull from Pub/Sub (`REEL_PUBSUB_PULL`: `streaming`, the
-    /// default, or `unary`, emulator only).
-    pub pubsub_pull: PubSubPull,
-    /// Pub/Sub flow control: messages a program holds unsettled per subscription
-    /// (`REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`; default: `concurrency`, so a program
-    /// never holds a message it is not working on).
-    pub pubsub_max_outstanding_messages: Option<u64>,
-    /// Pub/Sub flow control: bytes a program holds unsettled per subscription
-    /// (`REEL_PUBSUB_MAX_OUTSTANDING_BYTES`; default: the adapter's, 64 MiB).
-    pub pubsub_max_outstanding_bytes: Option<u64>,
+    /// The lease a pull-mode worker keeps on the message it works on (seconds, 10–600,
+    /// default 15): renewed every third of it while the handler runs, so a message of a
+    /// program that died comes back to another within this long (plus the retry
+    /// backoff), however long the work itself may take.
+    pub lease_seconds: u64,
     /// The validate stage's settings.
     pub validate: ValidateConfig,
     /// Per-user quotas, enforced by validate on every entry path (section `[quota]`).
@@ -186,17 +181,6 @@ impl Default for DownloadConfig {
     }
 }
 
-/// How a program pulls from Pub/Sub ([`Settings::pubsub_pull`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum PubSubPull {
-    /// A streaming pull per subscription (production).
-    #[default]
-    Streaming,
-    /// Polled unary pulls; the emulator only (it never closes a killed program's stream).
-    Unary,
-}
-
 impl Default for Settings {
     fn default() -> Self {
         Settings {
@@ -220,9 +204,7 @@ impl Default for Settings {
             concurrency: 1,
             ack_deadline_seconds: None,
             min_backoff_seconds: None,
-            pubsub_pull: PubSubPull::Streaming,
-            pubsub_max_outstanding_messages: None,
-            pubsub_max_outstanding_bytes: None,
+            lease_seconds: 15,
             validate: ValidateConfig::default(),
             quota: Quotas::default(),
             download: DownloadConfig::default(),
@@ -372,11 +354,8 @@ impl Settings {
         if !self.download.max_clip_seconds.is_finite() || self.download.max_clip_seconds <= 0.0 {
             return Err(("download.max_clip_seconds", "expected seconds > 0".into()));
         }
-        if self.pubsub_max_outstanding_messages == Some(0) {
-            return Err(("pubsub_max_outstanding_messages", "expected a count > 0".into()));
-        }
-        if self.pubsub_max_outstanding_bytes == Some(0) {
-            return Err(("pubsub_max_outstanding_bytes", "expected bytes > 0".into()));
+        if !(10..=600).contains(&self.lease_seconds) {
+            return Err(("lease_seconds", "expected 10-600 seconds (Pub/Sub's range)".into()));
         }
         self.media.validate().map_err(|m| ("media", m))?;
         if let Some(root) = &self.work_root {
@@ -691,20 +670,14 @@ mod tests {
     }
 
     #[test]
-    fn pubsub_pull_and_flow_control() {
+    fn the_lease_is_short_by_default_and_within_pub_subs_range() {
         let s = Settings::load_from(None, &[]).unwrap();
-        assert_eq!(s.pubsub_pull, PubSubPull::Streaming);
-        assert_eq!(s.pubsub_max_outstanding_messages, None);
-        let s = Settings::load_from(
-            None,
-            &vars(&[("REEL_PUBSUB_PULL", "unary"), ("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", "1")]),
-        )
-        .unwrap();
-        assert_eq!(s.pubsub_pull, PubSubPull::Unary);
-        assert_eq!(s.pubsub_max_outstanding_messages, Some(1));
-        for (name, value) in [("REEL_PUBSUB_PULL", "sometimes"), ("REEL_PUBSUB_MAX_OUTSTANDING_BYTES", "0")] {
-            let err = Settings::load_from(None, &vars(&[(name, value)])).unwrap_err();
-            assert!(err.to_string().contains(name), "{err}");
+        assert_eq!(s.lease_seconds, 15);
+        let s = Settings::load_from(None, &vars(&[("REEL_LEASE_SECONDS", "30")])).unwrap();
+        assert_eq!(s.lease_seconds, 30);
+        for value in ["9", "601", "soon"] {
+            let err = Settings::load_from(None, &vars(&[("REEL_LEASE_SECONDS", value)])).unwrap_err();
+            assert!(err.to_string().contains("REEL_LEASE_SECONDS"), "{value}: {err}");
         }
     }
 }

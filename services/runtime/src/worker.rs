@@ -69,6 +69,9 @@ pub struct WorkerOptions {
     pub project_lock: bool,
     /// Times a job past its deadline is resumed before it fails (`REEL_TIMEOUT_RESUMES`).
     pub timeout_resumes: u32,
+    /// Pull mode: the lease kept on a message while it is worked on (`REEL_LEASE_SECONDS`),
+    /// renewed every third of it; how soon a dead program's message comes back.
+    pub lease: Duration,
 }
 
 impl WorkerOptions {
@@ -87,6 +90,7 @@ impl WorkerOptions {
             fault_file: settings.fault_file.clone(),
             project_lock: settings.validate.project_lock,
             timeout_resumes: settings.timeout_resumes,
+            lease: Duration::from_secs(settings.lease_seconds),
         }
     }
 }
@@ -262,21 +266,23 @@ impl Worker {
         }
     }
 
+    /// Keep the delivery leased for [`WorkerOptions::lease`] from now on, renewed every
+    /// third of it until the returned token is cancelled. The first renewal is at once:
+    /// from then on a program that dies holds its message for one short lease, not for
+    /// the subscription's ack deadline (which push mode needs long).
     fn spawn_lease_extender(&self, subscription: &str, ack_id: &str) -> CancellationToken {
         let token = CancellationToken::new();
-        let deadline =
-            self.topology.subscription(subscription).map(|s| s.ack_deadline).unwrap_or(Duration::from_secs(60));
-        let every = (deadline / 2).max(Duration::from_secs(1));
+        let lease = self.options.lease.max(Duration::from_secs(1));
+        let every = lease / 3;
         let (bus, sub, id, t) = (self.bus.clone(), subscription.to_string(), ack_id.to_string(), token.clone());
         tokio::spawn(async move {
             loop {
+                if let Err(e) = bus.modify_deadline(&sub, &id, lease.as_secs() as u32).await {
+                    warn!(subscription = %sub, error = %e, "could not extend lease");
+                }
                 tokio::select! {
                     _ = t.cancelled() => return,
-                    _ = tokio::time::sleep(every) => {
-                        if let Err(e) = bus.modify_deadline(&sub, &id, deadline.as_secs() as u32).await {
-                            warn!(subscription = %sub, error = %e, "could not extend lease");
-                        }
-                    }
+                    _ = tokio::time::sleep(every) => {}
                 }
             }
         });

@@ -37,18 +37,12 @@ pub const STAGES: [&str; 5] = ["validate", "download", "stitch", "upload", "fina
 pub const PROGRAMS: [&str; 7] =
     ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
 
-/// Settings every program gets besides the emulators, bucket and prefix, for the
-/// emulator's sake: short ack deadlines and backoff, one message at a time. And no
-/// per-user quotas: tests, the chaos runs and the bench send bursts of one test user's
-/// jobs (the quota tests set their own).
-pub const PROGRAM_SETTINGS: [(&str, &str); 6] = [
-    ("REEL_ACK_DEADLINE_SECONDS", "10"),
-    ("REEL_MIN_BACKOFF_SECONDS", "1"),
-    ("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES", "1"),
-    ("LOG_LEVEL", "info"),
-    ("REEL_QUOTA_ACTIVE_JOBS", "0"),
-    ("REEL_QUOTA_JOBS_PER_HOUR", "0"),
-];
+/// Settings every program gets besides the emulators, bucket and prefix. Delivery runs at
+/// the defaults (ack deadlines, leases, backoff), as in production. No per-user quotas:
+/// tests, the chaos runs and the bench send bursts of one test user's jobs (the quota
+/// tests set their own).
+pub const PROGRAM_SETTINGS: [(&str, &str); 3] =
+    [("LOG_LEVEL", "info"), ("REEL_QUOTA_ACTIVE_JOBS", "0"), ("REEL_QUOTA_JOBS_PER_HOUR", "0")];
 
 /// The directory of the workspace's debug (or release) binaries, built once per test
 /// binary run: `cargo build` of [`PROGRAMS`], unless `REEL_E2E_PREBUILT` says that
@@ -318,6 +312,12 @@ impl Cluster {
         self.spawn(stage, &format!("reel-{stage}"), args, &[]).unwrap_or_else(|e| panic!("{e:#}"))
     }
 
+    /// Start a stage program with extra environment (one program's own settings, such
+    /// as a `REEL_FAULT_FILE` the others do not have); its index.
+    pub fn start_program_with_env(&mut self, stage: &str, env: &[(&str, &str)]) -> Result<usize> {
+        self.spawn(stage, &format!("reel-{stage}"), &[], env)
+    }
+
     /// Start a stage program that may not write any file beyond `max_file_bytes`
     /// (`RLIMIT_FSIZE`, the kernel's per-process file-size limit, settable without root):
     /// the closest thing to a full disk a test can make without mounting a filesystem.
@@ -358,11 +358,12 @@ impl Cluster {
         self.start_stages(1).expect("start the stage programs");
     }
 
-    /// Start the five stages, `stitch_workers` processes of reel-stitch; their indices.
+    /// Start the five stages, `stitch_workers` processes of reel-stitch (0: start it
+    /// yourself); their indices.
     pub fn start_stages(&mut self, stitch_workers: usize) -> Result<Vec<usize>> {
         let mut started = Vec::new();
         for stage in STAGES {
-            let n = if stage == "stitch" { stitch_workers.max(1) } else { 1 };
+            let n = if stage == "stitch" { stitch_workers } else { 1 };
             for _ in 0..n {
                 started.push(self.spawn(stage, &format!("reel-{stage}"), &[], &[])?);
             }

@@ -67,9 +67,8 @@ pub struct Options {
     pub idle_jobs: usize,
     /// reel-stitch processes in the burst phase.
     pub stitch_workers: usize,
-    /// Also run the burst with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES` = jobs (messages
-    /// wait leased in each program instead of being released by nack).
-    pub buffered_burst: bool,
+    /// Kill a stitch program mid-job and time the job's recovery.
+    pub recovery: bool,
     /// Messages of the bus-alone latency experiment.
     pub bus_messages: usize,
     /// Median of the embedded `reel stitch` on the large corpus, for comparison (s).
@@ -198,19 +197,32 @@ impl Default for JobRun {
     }
 }
 
+/// A job whose stitch program was SIGKILLed while it worked, picked up by a fresh one.
+#[derive(Debug, Clone, Default)]
+pub struct Recovery {
+    /// SIGKILL → the first `job.progress` of stitch's next run, s.
+    pub resumed_s: f64,
+    /// SIGKILL → `job.completed`, s.
+    pub completed_s: f64,
+    /// The delivery attempt of the run that completed stitch.
+    pub attempt: u32,
+    /// The programs' lease (`REEL_LEASE_SECONDS`, the default unless set).
+    pub lease_s: u64,
+}
+
 /// A burst of small jobs.
 #[derive(Debug, Clone, Default)]
 pub struct Burst {
-    /// Phase name (`burst`, `burst-buffered`).
+    /// Phase name (`burst`).
     pub phase: String,
-    /// The programs' `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES`.
-    pub max_outstanding: usize,
     /// Submitted.
     pub jobs: usize,
     /// Distinct jobs with `job.completed`.
     pub completed: usize,
     /// `job.failed` / `job.cancelled` (job, what).
     pub failed: Vec<String>,
+    /// Jobs that failed with `timeout`.
+    pub timed_out: usize,
     /// Not finished at the timeout.
     pub unfinished: usize,
     /// First publish → last `job.completed` on the log, s.
@@ -261,8 +273,10 @@ pub struct ClusterReport {
     pub jobs: Vec<JobRun>,
     /// Small jobs one at a time: publish → completed, s.
     pub idle_job_s: Vec<f64>,
-    /// The bursts: with the e2e settings, then with messages buffered in each program.
+    /// The burst of small jobs at the default settings.
     pub bursts: Vec<Burst>,
+    /// A stitch program SIGKILLed mid-job, and how soon the job went on.
+    pub recovery: Option<Result<Recovery, String>>,
     /// Hops that could not be computed (missing event or log line), by reason.
     pub hop_gaps: BTreeMap<String, usize>,
     /// Deliveries with attempt > 1 seen in "stage done" lines.

@@ -162,12 +162,17 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
     for b in rep.bursts.iter().filter(|b| !b.hops.is_empty()) {
         let load = hop_values(&b.hops);
         rows.push(ClusterRow {
-            what: format!(
-                "… under load: the {}-job burst, `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES={}` (queueing and redelivery backoff included)",
-                b.jobs, b.max_outstanding
-            ),
+            what: format!("… under load: the {}-job burst (queueing included)", b.jobs),
             target: "—".into(),
-            status: Status::Measured { figure: format!("p50 {} / p95 {} over {} hops", ms_s(pct(&load, 50.0)), ms_s(pct(&load, 95.0)), load.len()), result: "—".into() },
+            status: Status::Measured {
+                figure: format!(
+                    "p50 {} / p95 {} over {} hops",
+                    ms_s(pct(&load, 50.0)),
+                    ms_s(pct(&load, 95.0)),
+                    load.len()
+                ),
+                result: "—".into(),
+            },
             in_targets: false,
         });
     }
@@ -251,7 +256,7 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
     };
     rows.push(ClusterRow { what, target: "flat".into(), status, in_targets: true });
 
-    // Bursts: the first (the e2e settings) is the target's; a buffered one is a variant.
+    // The burst, at the default settings.
     if rep.bursts.is_empty() {
         let what = format!(
             "throughput: {} jobs of 2 clips × 2 s submitted at once to the local cluster: jobs/min, all completed",
@@ -264,19 +269,12 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
             in_targets: true,
         });
     }
-    for (i, b) in rep.bursts.iter().enumerate() {
-        let what = if i == 0 {
-            format!(
-                "throughput: {} jobs of 2 clips × 2 s submitted at once to the local cluster (e2e settings, `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES={}`): jobs/min, all completed",
-                b.jobs, b.max_outstanding
-            )
-        } else {
-            format!(
-                "… the same burst with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES={}` (messages wait leased in each program instead of being released by nack)",
-                b.max_outstanding
-            )
-        };
-        let all = b.completed == b.jobs && b.failed.is_empty() && b.unfinished == 0;
+    for b in &rep.bursts {
+        let what = format!(
+            "throughput: {} jobs of 2 clips × 2 s submitted at once to the local cluster at the default delivery settings: jobs/min; all completed, none timed out, none dead-lettered",
+            b.jobs
+        );
+        let all = b.completed == b.jobs && b.failed.is_empty() && b.unfinished == 0 && b.dead_lettered.is_empty();
         let lat = if b.latencies_s.is_empty() {
             String::new()
         } else {
@@ -306,19 +304,42 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
         };
         let status = Status::Measured {
             figure: format!(
-                "{}/{} completed in {} (first publish → last `job.completed`): **{:.1} jobs/min**; {} outputs in the bucket; {} job.failed{}{dead}{lat}{check}; reel-stitch × {}",
+                "{}/{} completed in {} (first publish → last `job.completed`): **{:.1} jobs/min**; {} outputs in the bucket; {} job.failed ({} timeout){}{dead}{lat}{check}; reel-stitch × {}",
                 b.completed,
                 b.jobs,
                 secs(b.secs),
                 b.per_min(),
                 b.outputs_present,
                 b.failed.len(),
+                b.timed_out,
                 if b.unfinished > 0 { format!(", {} unfinished", b.unfinished) } else { String::new() },
                 b.stitch_workers
             ),
             result: if all { met(true).into() } else { format!("{} ({} of {} completed)", met(false), b.completed, b.jobs) },
         };
-        rows.push(ClusterRow { what, target: format!("all {} completed", b.jobs), status, in_targets: i == 0 });
+        rows.push(ClusterRow {
+            what,
+            target: format!("all {} completed, 0 timeout, 0 dead letter", b.jobs),
+            status,
+            in_targets: true,
+        });
+    }
+    if let Some(r) = &rep.recovery {
+        let what = "recovery: a job whose reel-stitch program is SIGKILLed mid-work, a fresh program started at once (as Cloud Run does), default delivery settings: SIGKILL → the job's stitch progress again (and → `job.completed`)".to_string();
+        let status = match r {
+            Ok(r) => Status::Measured {
+                figure: format!(
+                    "resumed after **{}**, completed after {} (stitch completed on delivery attempt {}; lease {} s)",
+                    secs(r.resumed_s),
+                    secs(r.completed_s),
+                    r.attempt,
+                    r.lease_s
+                ),
+                result: met(r.resumed_s <= 30.0).into(),
+            },
+            Err(e) => Status::Failed(e.clone()),
+        };
+        rows.push(ClusterRow { what, target: "≤ 30 s".into(), status, in_targets: true });
     }
     rep.rows = rows;
 
@@ -347,27 +368,11 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
         let validate = by_stage(0);
         if validate > 1.5 * others {
             text.push_str(&format!(
-                " The hop into validate is slower (p50 {}): validate pulls two subscriptions (requests and storage notifications) and the worker alternates between them with a 200 ms wait on each (services/runtime/src/worker.rs), so a request that arrives while it waits on the empty notification subscription waits for that receive to time out (up to 200 ms) on top of the delivery.",
+                " The hop into validate is slower (p50 {}): validate pulls two subscriptions (requests and storage notifications), alternating between them, and the bus polls an empty subscription every 100 ms (every second after a minute without messages; services/gcp/src/pubsub/bus.rs), so a request waits for validate's next poll of the requests subscription on top of the delivery.",
                 ms_s(validate)
             ));
         }
         rep.notes.push(text);
-    }
-
-    // Why a burst with the e2e settings redelivers (and may dead-letter).
-    if let Some(b) = rep.bursts.iter().find(|b| b.max_outstanding == 1 && b.attempts.values().any(|a| a.1 > 1)) {
-        let worst = b
-            .attempts
-            .iter()
-            .max_by_key(|(_, a)| a.1)
-            .map(|(k, a)| format!("{k}: up to attempt {}", a.1))
-            .unwrap_or_default();
-        rep.notes.push(format!(
-            "Why `{}` redelivers ({worst}){}: with `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES=1` the emulator still pours a stage's whole backlog into its one streaming pull (it ignores flow control); `reel_gcp::PubSubBus` releases every message beyond the limit at once with a nack (services/gcp/src/pubsub.rs), the emulator redelivers it only after the subscription's retry backoff (1 s, growing to 60 s), and every round counts as a delivery attempt, so a message released {} times goes to the dead-letter topic. Real Pub/Sub honours the flow-control limit and keeps the backlog on the server; the second burst (messages buffered, leased, in each program) shows what the programs themselves sustain.",
-            b.phase,
-            if b.dead_lettered.is_empty() { String::new() } else { ", and why requests were dead-lettered".to_string() },
-            reel_runtime::topology::PUBSUB_MAX_DELIVERY_ATTEMPTS
-        ));
     }
 }
 
@@ -534,7 +539,7 @@ impl ClusterReport {
             let mut head = String::from("| hop | jobs one at a time: n | p50 | p95 | max |");
             let mut sep = String::from("| --- | --- | --- | --- | --- |");
             for b in &self.bursts {
-                let _ = write!(head, " {} (outstanding {}): n | p50 | p95 | max |", b.phase, b.max_outstanding);
+                let _ = write!(head, " {}: n | p50 | p95 | max |", b.phase);
                 sep.push_str(" --- | --- | --- | --- |");
             }
             let _ = writeln!(w, "{head}\n{sep}");

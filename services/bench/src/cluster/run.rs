@@ -4,7 +4,9 @@
 //! `wait4` for their CPU time and peak RSS.
 
 use super::logs::{hop_samples, parse_logs, short, Seen};
-use super::{Burst, ClusterReport, Corpora, JobRun, Options, ProcStat, RssPhase, PROGRAM_SETTINGS, STAGES, STALL};
+use super::{
+    Burst, ClusterReport, Corpora, JobRun, Options, ProcStat, Recovery, RssPhase, PROGRAM_SETTINGS, STAGES, STALL,
+};
 use crate::bus as hopbus;
 use crate::corpus::Corpus;
 use crate::{proc, Env};
@@ -307,13 +309,18 @@ impl Ctx {
     /// Stops the programs (SIGTERM, reaped by `wait4`; SIGKILL to the group after 30 s)
     /// and completes `stats` (same order as the programs) with their rusage.
     async fn stop(st: &mut Stack, stats: &mut [ProcStat]) {
-        for p in &st.cluster.programs {
+        // A program killed and reaped earlier (the recovery phase) has no PID any more.
+        for p in st.cluster.programs.iter().filter(|p| !p.exited()) {
             // SAFETY: kill(2) of our own child.
             unsafe {
                 libc::kill(p.pid() as i32, libc::SIGTERM);
             }
         }
         for (p, s) in st.cluster.programs.iter_mut().zip(stats.iter_mut()) {
+            if p.exited() && s.exit.is_empty() {
+                s.exit = "killed by the bench".into();
+                continue;
+            }
             let start = Instant::now();
             let mut killed = false;
             loop {
@@ -388,8 +395,7 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
         Emulators::start().await.context("starting the emulators (scripts/install-deps.sh --cloud installs them)")?,
     );
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_string();
-    // The bench reads the event log in bulk: no flow-control limit of its own.
-    let config = emulators.pubsub_config().set_max_outstanding_messages(100_000);
+    let config = emulators.pubsub_config();
     let bus = Arc::new(PubSubBus::connect(config).await.context("connecting to the Pub/Sub emulator")?);
     let client = emulators.gcs_client().await;
     let bucket = format!("reel-bench-{run_id}");
@@ -546,40 +552,32 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
         rep.jobs.push(run);
     }
 
-    // The bursts.
-    let mut variants = vec![("burst", 1usize)];
-    if opts.buffered_burst {
-        variants.push(("burst-buffered", opts.jobs.max(1)));
-    }
-    for (name, outstanding) in variants {
-        let b =
-            burst_phase(&ctx, rep, opts, name, outstanding, &tiny_paths, tiny_expected, corpora.tiny.mean_mb()).await?;
-        rep.bursts.push(b);
+    // The burst, at the default settings.
+    let b = burst_phase(&ctx, rep, opts, "burst", &tiny_paths, tiny_expected, corpora.tiny.mean_mb()).await?;
+    rep.bursts.push(b);
+    if opts.recovery {
+        rep.recovery = Some(recovery_phase(&ctx, &tiny_paths).await.map_err(|e| format!("{e:#}")));
     }
     rep.transfers = ctx.transfers.lock().expect("transfers").clone();
     Ok(())
 }
 
-/// N small jobs submitted at once to fresh programs whose
-/// `REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES` is `outstanding`.
-#[allow(clippy::too_many_arguments)]
+/// N small jobs submitted at once to fresh programs at the default settings.
 async fn burst_phase(
     ctx: &Ctx,
     rep: &mut ClusterReport,
     opts: &Options,
     name: &str,
-    outstanding: usize,
     tiny_paths: &[String],
     tiny_expected: f64,
     tiny_mb: f64,
 ) -> Result<Burst> {
     eprintln!(
-        "cluster: phase {name}: {} small jobs (2 × 2 s) submitted at once, reel-stitch × {}, REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES={outstanding}",
+        "cluster: phase {name}: {} small jobs (2 × 2 s) submitted at once, reel-stitch × {}",
         opts.jobs, opts.stitch_workers
     );
-    let overrides = vec![("REEL_PUBSUB_MAX_OUTSTANDING_MESSAGES".to_string(), outstanding.to_string())];
     let (cpu0, wall0) = (ctx.emulators_cpu(), Instant::now());
-    let mut st = ctx.start_stack(name, opts.stitch_workers, &overrides).await?;
+    let mut st = ctx.start_stack(name, opts.stitch_workers, &[]).await?;
     let mut requests = Vec::new();
     for i in 0..opts.jobs {
         let key = format!("reels/{name}/{i}.mp4");
@@ -603,7 +601,6 @@ async fn burst_phase(
     let (emulators_cpu_s, wall_s) = (ctx.emulators_cpu_since(&cpu0), wall0.elapsed().as_secs_f64());
     let mut burst = Burst {
         phase: name.into(),
-        max_outstanding: outstanding,
         jobs: opts.jobs,
         unfinished,
         stitch_workers: opts.stitch_workers,
@@ -621,11 +618,23 @@ async fn burst_phase(
                     burst.outputs_present += 1;
                 }
             }
-            Some(other) => burst.failed.push(format!(
-                "{job}: {} ({})",
-                other.ty,
-                other.data.get("message").and_then(|m| m.as_str()).unwrap_or("").chars().take(160).collect::<String>()
-            )),
+            Some(other) => {
+                if other.data.get("errorType").and_then(|t| t.as_str()) == Some("timeout") {
+                    burst.timed_out += 1;
+                }
+                burst.failed.push(format!(
+                    "{job}: {} ({})",
+                    other.ty,
+                    other
+                        .data
+                        .get("message")
+                        .and_then(|m| m.as_str())
+                        .unwrap_or("")
+                        .chars()
+                        .take(160)
+                        .collect::<String>()
+                ))
+            }
             None => {}
         }
     }
@@ -679,4 +688,70 @@ async fn burst_phase(
         emulators_cpu_s,
     });
     Ok(burst)
+}
+
+/// One job whose stitch program is SIGKILLed while it works on it (held there by a
+/// `REEL_FAULT_FILE` that says `stall`, given to that program only), then a fresh
+/// stitch program as Cloud Run would start: how soon after the kill the job is worked on
+/// again, and completed, at the default delivery settings.
+async fn recovery_phase(ctx: &Ctx, tiny_paths: &[String]) -> Result<Recovery> {
+    const PHASE: &str = "recovery";
+    eprintln!("cluster: phase {PHASE}: a stitch program SIGKILLed mid-job, a fresh one started");
+    let mut st = ctx.start_stack(PHASE, 0, &[]).await?;
+    let stall = st.cluster.dir().join("stall");
+    std::fs::write(&stall, "stall").context("writing the stall file")?;
+    let stall_env = stall.to_string_lossy().to_string();
+    let doomed = st.cluster.start_program_with_env("stitch", &[("REEL_FAULT_FILE", stall_env.as_str())])?;
+    st.cluster.wait_started(&[doomed], Duration::from_secs(60)).await?;
+    let sub = ctx.submit(&st, tiny_paths, "bench-recovery", "reels/recovery/0.mp4").await?;
+    let stitch_progress_after = |st: &Stack, t: i128| {
+        st.events
+            .iter()
+            .find(|e| {
+                e.job == sub.job
+                    && e.ty == "job.progress"
+                    && e.publish_ns > t
+                    && e.data.get("stage").and_then(|v| v.as_str()) == Some("stitch")
+            })
+            .map(|e| e.publish_ns)
+    };
+    let start = Instant::now();
+    while stitch_progress_after(&st, 0).is_none() {
+        if start.elapsed() > Duration::from_secs(60) {
+            bail!("the job never reached stitch");
+        }
+        ctx.pull(&mut st).await?;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let killed_ns = ns_now();
+    st.cluster.kill(doomed);
+    let fresh = st.cluster.start_program("stitch", &[]);
+    st.cluster.wait_started(&[fresh], Duration::from_secs(60)).await?;
+    let (mut resumed, start) = (None, Instant::now());
+    loop {
+        ctx.pull(&mut st).await?;
+        resumed = resumed.or_else(|| stitch_progress_after(&st, killed_ns));
+        if let Some(done) = st.terminal(&sub.job) {
+            if done.ty != "job.completed" {
+                bail!("the job ended {} after the kill: {}", done.ty, done.data);
+            }
+            break;
+        }
+        if start.elapsed() > Duration::from_secs(180) {
+            bail!("the job did not complete within 180 s of the kill");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let completed_ns = st.terminal(&sub.job).map(|e| e.publish_ns).unwrap_or_default();
+    let mut stats = Ctx::snapshot(&st);
+    Ctx::stop(&mut st, &mut stats).await;
+    let (done, _) = parse_logs(&st.cluster.programs);
+    let attempt = done.iter().filter(|d| d.job == sub.job && d.stage_index == Some(2)).map(|d| d.attempt).max();
+    let secs = |ns: i128| (ns - killed_ns) as f64 / 1e9;
+    Ok(Recovery {
+        resumed_s: resumed.map(secs).context("no stitch progress after the kill")?,
+        completed_s: secs(completed_ns),
+        attempt: attempt.unwrap_or_default(),
+        lease_s: reel_runtime::config::Settings::default().lease_seconds,
+    })
 }

@@ -6,37 +6,31 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use google_cloud_pubsub::model::Message as PsMessage;
-use google_cloud_pubsub::subscriber::handler::Handler;
 use reel_runtime::bus::{Bus, BusError, Delivery, Message};
 use reel_runtime::topology::Topology;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::admin::{Admin, MAX_ACK_DEADLINE_SECS};
-use super::config::{PubSubConfig, PullMode};
-use super::error::ack_error;
-use super::leases::{spawn_reaper, AttemptCounter, Extended, Lease, LeaseHandle, Leases};
+use super::config::PubSubConfig;
+use super::leases::{spawn_reaper, AttemptCounter, Lease, Leases};
 use super::publisher::Publishers;
-use super::rest_pull::{UnaryPull, POLL};
-use super::streaming::{Pulled, StreamingPull};
+use super::rest_pull::{UnaryPull, POLL, POLL_IDLE, WARM};
 
-/// How long `peek` waits for a first message, and then for each further one.
+/// How long `peek` waits for a first message.
 const PEEK_FIRST_WAIT: Duration = Duration::from_secs(2);
-const PEEK_NEXT_WAIT: Duration = Duration::from_millis(300);
 
 struct Inner {
     config: PubSubConfig,
     admin: Admin,
     publishers: Publishers,
-    streaming: StreamingPull,
+    pull: UnaryPull,
     leases: Arc<Leases>,
     attempts: Mutex<AttemptCounter>,
-    /// The REST client when receiving by unary pull.
-    unary: Option<UnaryPull>,
-    /// Ack deadlines of subscriptions read by unary pull.
-    unary_deadlines: tokio::sync::Mutex<HashMap<String, Duration>>,
+    /// Ack deadlines of the subscriptions read so far.
+    ack_deadlines: tokio::sync::Mutex<HashMap<String, Duration>>,
+    /// Subscriptions found empty, and when to ask them again.
+    idle: Mutex<HashMap<String, Idle>>,
     bus_id: String,
     next_token: AtomicU64,
     shutdown: CancellationToken,
@@ -73,18 +67,14 @@ impl PubSubBus {
     pub async fn connect(config: PubSubConfig) -> Result<Self, BusError> {
         config.validate()?;
         let shutdown = CancellationToken::new();
-        let unary = match config.pull_mode() {
-            PullMode::Unary => Some(UnaryPull::new(&config)?),
-            PullMode::Streaming => None,
-        };
         let inner = Arc::new(Inner {
             admin: Admin::connect(&config).await?,
             publishers: Publishers::connect(&config).await?,
-            streaming: StreamingPull::connect(&config, shutdown.clone()).await?,
+            pull: UnaryPull::new(&config)?,
             leases: Arc::new(Leases::default()),
             attempts: Mutex::new(AttemptCounter::default()),
-            unary,
-            unary_deadlines: tokio::sync::Mutex::new(HashMap::new()),
+            ack_deadlines: tokio::sync::Mutex::new(HashMap::new()),
+            idle: Mutex::new(HashMap::new()),
             bus_id: format!("{:08x}", rand_u32()),
             next_token: AtomicU64::new(1),
             shutdown,
@@ -109,15 +99,20 @@ impl PubSubBus {
         self.inner.config.subscription_path(name)
     }
 
-    /// Stop every stream (nacking what was received and not yet settled) and flush the
-    /// publishers. Later calls to `receive` fail with [`BusError::Closed`].
+    /// Stop receiving, release what was received and not yet settled (it is redelivered
+    /// at once, not after its lease) and flush the publishers. Later calls to `receive`
+    /// fail with [`BusError::Closed`].
     pub async fn shutdown(&self) {
         self.inner.shutdown.cancel();
         self.inner.publishers.flush().await;
+        let mut by_subscription: HashMap<String, Vec<String>> = HashMap::new();
         for lease in self.inner.leases.drain() {
-            lease.handle.nack();
+            by_subscription.entry(lease.subscription).or_default().push(lease.ack_id);
         }
-        self.inner.streaming.close_all().await;
+        for (subscription, ids) in by_subscription {
+            // Best effort: what is not released comes back when its lease runs out.
+            let _ = self.inner.pull.release(&subscription, &ids).await;
+        }
     }
 
     /// Delete a subscription (tests and tooling). Missing is not an error.
@@ -143,40 +138,15 @@ impl PubSubBus {
         }
     }
 
-    fn delivery(&self, subscription: &str, ack_id: String, pulled: &Pulled) -> Delivery {
-        let message: &PsMessage = &pulled.message;
-        let reported = pulled.handler.delivery_attempt().and_then(|n| u32::try_from(n).ok());
-        let publish_time = message
-            .publish_time
-            .as_ref()
-            .and_then(|t| DateTime::<Utc>::from_timestamp(t.seconds(), t.nanos().max(0) as u32))
-            .unwrap_or_else(Utc::now);
-        Delivery {
-            ack_id,
-            message_id: message.message_id.clone(),
-            message: Message {
-                data: message.data.to_vec(),
-                attributes: message.attributes.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
-                ordering_key: message.ordering_key.clone(),
-            },
-            delivery_attempt: self.attempt(subscription, &message.message_id, reported),
-            publish_time,
-        }
-    }
-
-    fn unary_client(&self) -> Result<&UnaryPull, BusError> {
-        self.inner.unary.as_ref().ok_or_else(|| BusError::Other("not in unary pull mode".into()))
-    }
-
-    /// `receive` by unary pull: poll until a message arrives or `wait` passes.
-    async fn receive_unary(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
-        let client = self.unary_client()?;
-        let known = self.inner.unary_deadlines.lock().await.get(subscription).copied();
+    /// Poll unary pulls until a message arrives or `wait` passes.
+    async fn pull(&self, subscription: &str, max: usize, wait: Duration) -> Result<Vec<Delivery>, BusError> {
+        let client = &self.inner.pull;
+        let known = self.inner.ack_deadlines.lock().await.get(subscription).copied();
         let ack_deadline = match known {
             Some(d) => d,
             None => {
                 let d = self.inner.admin.ack_deadline(subscription).await?;
-                self.inner.unary_deadlines.lock().await.insert(subscription.to_string(), d);
+                self.inner.ack_deadlines.lock().await.insert(subscription.to_string(), d);
                 d
             }
         };
@@ -185,41 +155,60 @@ impl PubSubBus {
             if self.inner.shutdown.is_cancelled() {
                 return Err(BusError::Closed);
             }
-            let pulled = client.pull(subscription, max).await?;
-            if !pulled.is_empty() {
-                let deadline = Instant::now() + ack_deadline;
-                let mut out = Vec::with_capacity(pulled.len());
-                for p in pulled {
-                    let token = self.new_token();
-                    let delivery_attempt = self.attempt(subscription, &p.message_id, p.delivery_attempt);
-                    self.inner.leases.insert(
-                        token.clone(),
-                        Lease {
-                            subscription: subscription.to_string(),
-                            handle: LeaseHandle::Unary(p.ack_id),
-                            deadline,
-                        },
-                    );
-                    out.push(Delivery {
-                        ack_id: token,
-                        message_id: p.message_id,
-                        message: p.message,
-                        delivery_attempt,
-                        publish_time: p.publish_time,
-                    });
-                }
-                return Ok(out);
-            }
+            // An empty subscription is asked again after POLL, or POLL_IDLE once it has
+            // been empty for a while (shared by every caller: validate alternates between
+            // two subscriptions).
+            let due = self.inner.idle.lock().unwrap().get(subscription).map(|idle| idle.next_pull);
             let now = Instant::now();
-            if now >= until {
-                return Ok(Vec::new());
+            if let Some(due) = due.filter(|due| *due > now) {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(due.min(until)) => {}
+                    _ = self.inner.shutdown.cancelled() => return Err(BusError::Closed),
+                }
+                if due > until {
+                    return Ok(Vec::new());
+                }
             }
-            tokio::select! {
-                _ = tokio::time::sleep(POLL.min(until - now)) => {}
-                _ = self.inner.shutdown.cancelled() => return Err(BusError::Closed),
+            let pulled = client.pull(subscription, max).await?;
+            if pulled.is_empty() {
+                let mut idle = self.inner.idle.lock().unwrap();
+                let entry = idle.entry(subscription.to_string()).or_insert(Idle { next_pull: now, empty_since: now });
+                let wait = if entry.empty_since.elapsed() < WARM { POLL } else { POLL_IDLE };
+                entry.next_pull = Instant::now() + wait;
+                drop(idle);
+                if Instant::now() >= until {
+                    return Ok(Vec::new());
+                }
+                continue;
             }
+            self.inner.idle.lock().unwrap().remove(subscription);
+            let deadline = Instant::now() + ack_deadline;
+            let mut out = Vec::with_capacity(pulled.len());
+            for p in pulled {
+                let token = self.new_token();
+                let delivery_attempt = self.attempt(subscription, &p.message_id, p.delivery_attempt);
+                self.inner.leases.insert(
+                    token.clone(),
+                    Lease { subscription: subscription.to_string(), ack_id: p.ack_id, deadline },
+                );
+                out.push(Delivery {
+                    ack_id: token,
+                    message_id: p.message_id,
+                    message: p.message,
+                    delivery_attempt,
+                    publish_time: p.publish_time,
+                });
+            }
+            return Ok(out);
         }
     }
+}
+
+/// When an empty subscription is pulled next.
+struct Idle {
+    next_pull: Instant,
+    /// The first empty answer since its last message.
+    empty_since: Instant,
 }
 
 fn rand_u32() -> u32 {
@@ -243,58 +232,20 @@ impl Bus for PubSubBus {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.inner.unary.is_some() {
-            return self.receive_unary(subscription, max, wait).await;
-        }
-        let streaming = &self.inner.streaming;
-        let stream = streaming.stream_for(subscription, &self.inner.admin).await?;
-        let pulled = streaming.pull(subscription, &stream, max, wait, Duration::ZERO).await?;
-        let deadline = Instant::now() + stream.ack_deadline;
-        let mut out = Vec::with_capacity(pulled.len());
-        for p in pulled {
-            let token = self.new_token();
-            let delivery = self.delivery(subscription, token.clone(), &p);
-            self.inner.leases.insert(
-                token,
-                Lease { subscription: subscription.to_string(), handle: LeaseHandle::Stream(p.handler), deadline },
-            );
-            out.push(delivery);
-        }
-        Ok(out)
+        self.pull(subscription, max, wait).await
     }
 
     async fn ack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.inner.leases.take(subscription, ack_id)?;
-        match lease.handle {
-            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => {
-                h.confirmed_ack().await.map_err(|e| ack_error(&format!("ack on {subscription}"), e))
-            }
-            LeaseHandle::Stream(other) => {
-                other.ack();
-                Ok(())
-            }
-            LeaseHandle::Unary(id) => self.unary_client()?.acknowledge(subscription, std::slice::from_ref(&id)).await,
-        }
+        self.inner.pull.acknowledge(subscription, std::slice::from_ref(&lease.ack_id)).await
     }
 
     async fn nack(&self, subscription: &str, ack_id: &str) -> Result<(), BusError> {
         let lease = self.inner.leases.take(subscription, ack_id)?;
-        match lease.handle {
-            LeaseHandle::Stream(Handler::ExactlyOnce(h)) => match h.confirmed_nack().await {
-                // Expired: it is going to be redelivered anyway, which is what a nack wants.
-                Ok(()) | Err(google_cloud_pubsub::error::AckError::LeaseExpired) => Ok(()),
-                Err(e) => Err(ack_error(&format!("nack on {subscription}"), e)),
-            },
-            LeaseHandle::Stream(other) => {
-                other.nack();
-                Ok(())
-            }
-            LeaseHandle::Unary(id) => match self.unary_client()?.release(subscription, std::slice::from_ref(&id)).await
-            {
-                // Expired: it is going to be redelivered anyway, which is what a nack wants.
-                Ok(()) | Err(BusError::InvalidAckId(_)) => Ok(()),
-                Err(e) => Err(e),
-            },
+        match self.inner.pull.release(subscription, std::slice::from_ref(&lease.ack_id)).await {
+            // Expired: it is going to be redelivered anyway, which is what a nack wants.
+            Ok(()) | Err(BusError::InvalidAckId(_)) => Ok(()),
+            Err(e) => Err(e),
         }
     }
 
@@ -303,12 +254,8 @@ impl Bus for PubSubBus {
             return self.nack(subscription, ack_id).await;
         }
         let seconds = seconds.min(MAX_ACK_DEADLINE_SECS);
-        match self.inner.leases.extend(subscription, ack_id, seconds)? {
-            Extended::Stream => Ok(()),
-            Extended::Unary(id) => {
-                self.unary_client()?.modify_ack_deadline(subscription, std::slice::from_ref(&id), seconds).await
-            }
-        }
+        let id = self.inner.leases.extend(subscription, ack_id, seconds)?;
+        self.inner.pull.modify_ack_deadline(subscription, std::slice::from_ref(&id), seconds).await
     }
 
     async fn ensure_topology(&self, topology: &Topology) -> Result<(), BusError> {
@@ -319,26 +266,11 @@ impl Bus for PubSubBus {
         if max == 0 {
             return Ok(Vec::new());
         }
-        if self.inner.unary.is_some() {
-            // Unary: take what is there (waiting for the first as a streamed peek does),
-            // then release each at once.
-            let mut out = self.receive_unary(subscription, max, PEEK_FIRST_WAIT).await?;
-            for d in &mut out {
-                let _ = self.nack(subscription, &d.ack_id).await;
-                d.ack_id.clear();
-            }
-            return Ok(out);
-        }
-        // Through the subscription's own stream, not a second one: the emulator never
-        // notices a closed stream and keeps delivering into it (module docs).
-        let streaming = &self.inner.streaming;
-        let stream = streaming.stream_for(subscription, &self.inner.admin).await?;
-        let pulled = streaming.pull(subscription, &stream, max, PEEK_FIRST_WAIT, PEEK_NEXT_WAIT).await?;
-        let mut out = Vec::with_capacity(pulled.len());
-        for p in pulled {
-            out.push(self.delivery(subscription, String::new(), &p));
-            // Modify ack deadline 0: available again (after the retry backoff).
-            p.handler.nack();
+        // Take what is there (waiting for the first), then release each at once.
+        let mut out = self.pull(subscription, max, PEEK_FIRST_WAIT).await?;
+        for d in &mut out {
+            let _ = self.nack(subscription, &d.ack_id).await;
+            d.ack_id.clear();
         }
         Ok(out)
     }

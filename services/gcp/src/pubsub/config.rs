@@ -4,34 +4,20 @@
 use google_cloud_auth::credentials::Credentials;
 use reel_runtime::bus::BusError;
 
-/// How [`crate::PubSubBus::receive`] gets messages.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum PullMode {
-    /// One streaming pull per subscription, kept for the bus's life (production).
-    #[default]
-    Streaming,
-    /// Unary pulls with `returnImmediately` over the REST API, polled; emulator only.
-    /// The emulator never closes the stream of a killed program (module docs of
-    /// `pubsub`), so local clusters whose programs get killed use this.
-    Unary,
-}
-
-/// How to reach Pub/Sub and how the bus behaves on it.
+/// How to reach Pub/Sub.
 ///
-/// Plumbing is set with `with_*` (endpoint, credentials), behaviour with `set_*` (flow
-/// control, pull mode), as in google-cloud-rust. Validated once, by
-/// [`crate::PubSubBus::connect`].
+/// Plumbing is set with `with_*` (endpoint, credentials), as in google-cloud-rust.
+/// Validated once, by [`crate::PubSubBus::connect`]. There is nothing to tune for
+/// receiving: the bus pulls exactly as many messages as its caller asks for (module docs
+/// of `pubsub`), the same way on Pub/Sub and on the emulator.
 ///
 /// ```
-/// use reel_gcp::{PubSubConfig, PullMode};
+/// use reel_gcp::PubSubConfig;
 /// // Production: the default endpoint, Application Default Credentials.
-/// let prod = PubSubConfig::new("my-project").set_max_outstanding_messages(2);
+/// let prod = PubSubConfig::new("my-project");
 /// assert_eq!(prod.endpoint(), None);
-/// // The emulator: its endpoint, anonymous credentials, its workarounds.
-/// let local = PubSubConfig::new("local")
-///     .with_emulator("127.0.0.1:8085")
-///     .set_pull_mode(PullMode::Unary);
+/// // The emulator: its endpoint, anonymous credentials.
+/// let local = PubSubConfig::new("local").with_emulator("127.0.0.1:8085");
 /// assert_eq!(local.endpoint(), Some("http://127.0.0.1:8085"));
 /// ```
 #[derive(Debug, Clone)]
@@ -40,29 +26,12 @@ pub struct PubSubConfig {
     endpoint: Option<String>,
     credentials: Option<Credentials>,
     emulator: bool,
-    max_outstanding_messages: i64,
-    max_outstanding_bytes: i64,
-    pull_mode: PullMode,
 }
 
 impl PubSubConfig {
-    /// Default [`PubSubConfig::max_outstanding_messages`].
-    pub const DEFAULT_MAX_OUTSTANDING_MESSAGES: i64 = 10;
-    /// Default [`PubSubConfig::max_outstanding_bytes`] (64 MiB).
-    pub const DEFAULT_MAX_OUTSTANDING_BYTES: i64 = 64 * 1024 * 1024;
-
-    /// The real service for `project`, with Application Default Credentials and the
-    /// default flow control.
+    /// The real service for `project`, with Application Default Credentials.
     pub fn new(project: impl Into<String>) -> Self {
-        PubSubConfig {
-            project: project.into(),
-            endpoint: None,
-            credentials: None,
-            emulator: false,
-            max_outstanding_messages: Self::DEFAULT_MAX_OUTSTANDING_MESSAGES,
-            max_outstanding_bytes: Self::DEFAULT_MAX_OUTSTANDING_BYTES,
-            pull_mode: PullMode::Streaming,
-        }
+        PubSubConfig { project: project.into(), endpoint: None, credentials: None, emulator: false }
     }
 
     /// Talk to `endpoint` (`https://host[:port]`, or `http://` for a local server)
@@ -84,32 +53,11 @@ impl PubSubConfig {
     }
 
     /// The Pub/Sub emulator at `host` (`host:port`, as `PUBSUB_EMULATOR_HOST` has it, or
-    /// a URL): its endpoint, anonymous credentials, and the bus's emulator workarounds
-    /// (flow control done client-side; [`PullMode::Unary`] allowed).
+    /// a URL): its endpoint and anonymous credentials.
     pub fn with_emulator(self, host: &str) -> Self {
         let mut config = self.with_endpoint(crate::emulator_url(host)).with_anonymous_credentials();
         config.emulator = true;
         config
-    }
-
-    /// Flow control: most messages received but not yet acked or nacked, per
-    /// subscription (default 10). A worker should set it near its concurrency.
-    pub fn set_max_outstanding_messages(mut self, n: i64) -> Self {
-        self.max_outstanding_messages = n;
-        self
-    }
-
-    /// Flow control: most bytes received but not yet acked or nacked, per subscription
-    /// (default 64 MiB).
-    pub fn set_max_outstanding_bytes(mut self, n: i64) -> Self {
-        self.max_outstanding_bytes = n;
-        self
-    }
-
-    /// How `receive` pulls (default [`PullMode::Streaming`]).
-    pub fn set_pull_mode(mut self, mode: PullMode) -> Self {
-        self.pull_mode = mode;
-        self
     }
 
     /// The Google Cloud project that owns the topics and subscriptions.
@@ -131,21 +79,6 @@ impl PubSubConfig {
     /// Whether this is the emulator ([`PubSubConfig::with_emulator`]).
     pub fn is_emulator(&self) -> bool {
         self.emulator
-    }
-
-    /// See [`PubSubConfig::set_max_outstanding_messages`].
-    pub fn max_outstanding_messages(&self) -> i64 {
-        self.max_outstanding_messages
-    }
-
-    /// See [`PubSubConfig::set_max_outstanding_bytes`].
-    pub fn max_outstanding_bytes(&self) -> i64 {
-        self.max_outstanding_bytes
-    }
-
-    /// See [`PubSubConfig::set_pull_mode`].
-    pub fn pull_mode(&self) -> PullMode {
-        self.pull_mode
     }
 
     /// `projects/P/topics/NAME` (a full name is returned as it is).
@@ -171,15 +104,6 @@ impl PubSubConfig {
         if self.project.trim().is_empty() {
             return Err(BusError::Other("empty Google Cloud project".into()));
         }
-        if self.max_outstanding_messages <= 0 || self.max_outstanding_bytes <= 0 {
-            return Err(BusError::Other(format!(
-                "flow control limits must be positive (messages {}, bytes {})",
-                self.max_outstanding_messages, self.max_outstanding_bytes
-            )));
-        }
-        if self.pull_mode == PullMode::Unary && !self.emulator {
-            return Err(BusError::Other("unary pull is for the emulator only; Pub/Sub uses streaming pull".into()));
-        }
         Ok(())
     }
 }
@@ -189,7 +113,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_emulator_gets_a_url_anonymous_credentials_and_its_workarounds() {
+    fn the_emulator_gets_a_url_and_anonymous_credentials() {
         let c = PubSubConfig::new("p");
         assert_eq!(c.endpoint(), None);
         assert!(c.credentials().is_none() && !c.is_emulator());
@@ -204,9 +128,6 @@ mod tests {
     fn validation_refuses_what_cannot_work() {
         assert!(PubSubConfig::new("p").validate().is_ok());
         assert!(PubSubConfig::new(" ").validate().is_err());
-        assert!(PubSubConfig::new("p").set_max_outstanding_messages(0).validate().is_err());
-        assert!(PubSubConfig::new("p").set_pull_mode(PullMode::Unary).validate().is_err());
-        assert!(PubSubConfig::new("p").with_emulator("h:1").set_pull_mode(PullMode::Unary).validate().is_ok());
     }
 
     #[test]

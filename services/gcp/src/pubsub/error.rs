@@ -1,9 +1,9 @@
 //! The one place that turns a Pub/Sub failure (gRPC status, HTTP status, transport
-//! error) into a [`BusError`]; the streaming clients and the REST pull client both
-//! sort their errors here.
+//! error) into a [`BusError`]; the official crate's clients and the REST pull client
+//! both sort their errors here.
 
 use google_cloud_gax::error::rpc::Code;
-use google_cloud_pubsub::error::{AckError, PublishError};
+use google_cloud_pubsub::error::PublishError;
 use reel_runtime::bus::BusError;
 
 /// A Pub/Sub error as a [`BusError`].
@@ -73,15 +73,6 @@ pub(crate) fn publish_error(context: &str, size: usize, err: PublishError) -> Bu
         PublishError::Rpc(e) => bus_error(context, Some(size), &e),
         PublishError::Shutdown => BusError::Closed,
         // The key was paused by an earlier failure; the publish may succeed once resumed.
-        other => BusError::Transient(format!("{context}: {other}")),
-    }
-}
-
-pub(crate) fn ack_error(context: &str, err: AckError) -> BusError {
-    match err {
-        AckError::LeaseExpired => BusError::InvalidAckId(format!("{context}: lease expired")),
-        AckError::Rpc { source, .. } => bus_error(context, None, &source),
-        AckError::ShutdownBeforeAck => BusError::Closed,
         other => BusError::Transient(format!("{context}: {other}")),
     }
 }

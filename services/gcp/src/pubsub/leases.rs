@@ -1,11 +1,11 @@
-//! The deliveries handed out and not yet settled, by this bus's own ack-id tokens, and
-//! the trait's ack-deadline contract on top of the crate's automatic lease extension.
+//! The deliveries handed out and not yet settled, by this bus's own ack-id tokens, with
+//! the deadline each was leased until (what the server enforces too: an expired lease
+//! is refused here with `InvalidAckId` instead of an opaque server error).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, Weak};
 use std::time::Duration;
 
-use google_cloud_pubsub::subscriber::handler::Handler;
 use reel_runtime::bus::BusError;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -17,33 +17,9 @@ const REAPER_PERIOD: Duration = Duration::from_millis(250);
 /// One delivery handed out by `receive`, until it is settled.
 pub(crate) struct Lease {
     pub(crate) subscription: String,
-    pub(crate) handle: LeaseHandle,
+    /// The server's ack id.
+    pub(crate) ack_id: String,
     pub(crate) deadline: Instant,
-}
-
-/// What settles a lease: the crate's handler (streaming pull) or the server's ack id
-/// (unary pull on the emulator).
-pub(crate) enum LeaseHandle {
-    Stream(Handler),
-    Unary(String),
-}
-
-impl LeaseHandle {
-    /// Give the message up without waiting: a streaming lease is nacked; a unary one is
-    /// left to its server-side deadline, after which the emulator redelivers it.
-    pub(crate) fn nack(self) {
-        if let LeaseHandle::Stream(h) = self {
-            h.nack();
-        }
-    }
-}
-
-/// What [`Leases::extend`] found.
-pub(crate) enum Extended {
-    /// A streamed lease: the crate keeps the server-side lease alive.
-    Stream,
-    /// A unary lease: extend it on the server too, with this ack id.
-    Unary(String),
 }
 
 /// The lease table.
@@ -69,30 +45,23 @@ impl Leases {
             return Err(BusError::InvalidAckId(format!("{ack_id:?} belongs to {owner}, not {subscription}")));
         }
         if lease.deadline <= Instant::now() {
-            drop(leases);
-            lease.handle.nack();
             return Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")));
         }
         Ok(lease)
     }
 
-    /// Move the deadline of a live lease to `seconds` from now (the deadline this bus
-    /// enforces, see the module docs); an expired one is released and refused.
-    pub(crate) fn extend(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<Extended, BusError> {
+    /// Move the deadline of a live lease to `seconds` from now and return its server ack
+    /// id; an expired one is forgotten and refused.
+    pub(crate) fn extend(&self, subscription: &str, ack_id: &str, seconds: u32) -> Result<String, BusError> {
         let mut leases = self.by_token.lock().unwrap();
         let now = Instant::now();
         match leases.get_mut(ack_id) {
             Some(lease) if lease.subscription == subscription && lease.deadline > now => {
                 lease.deadline = now + Duration::from_secs(seconds as u64);
-                Ok(match &lease.handle {
-                    LeaseHandle::Unary(id) => Extended::Unary(id.clone()),
-                    LeaseHandle::Stream(_) => Extended::Stream,
-                })
+                Ok(lease.ack_id.clone())
             }
             Some(lease) if lease.subscription == subscription => {
-                let lease = leases.remove(ack_id).expect("present");
-                drop(leases);
-                lease.handle.nack();
+                leases.remove(ack_id);
                 Err(BusError::InvalidAckId(format!("{subscription}: the lease of {ack_id:?} expired")))
             }
             _ => Err(BusError::InvalidAckId(format!("{subscription}: unknown or settled ack id {ack_id:?}"))),
@@ -113,7 +82,7 @@ impl Leases {
     }
 }
 
-/// Nack deliveries whose deadline passed (the trait's ack-deadline contract), until
+/// Forget deliveries whose deadline passed (the server redelivers them), until
 /// `shutdown` or until the table is dropped.
 pub(crate) fn spawn_reaper(leases: Weak<Leases>, shutdown: CancellationToken) {
     tokio::spawn(async move {
@@ -126,8 +95,7 @@ pub(crate) fn spawn_reaper(leases: Weak<Leases>, shutdown: CancellationToken) {
             }
             let Some(leases) = leases.upgrade() else { return };
             for (id, lease) in leases.expired() {
-                debug!(subscription = %lease.subscription, ack_id = %id, "ack deadline passed; releasing for redelivery");
-                lease.handle.nack();
+                debug!(subscription = %lease.subscription, ack_id = %id, "ack deadline passed; it will be redelivered");
             }
         }
     });

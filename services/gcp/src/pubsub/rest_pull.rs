@@ -1,20 +1,13 @@
 //! Unary pull over Pub/Sub's REST API (`subscriptions.pull`, `acknowledge`,
 //! `modifyAckDeadline`): the one REST pull client of reel.
 //!
-//! Two users, one reason: a unary pull leaves nothing registered between calls.
+//! Two users, one reason: a unary pull leaves nothing registered between calls (module
+//! docs of `pubsub`, "Why not streaming pull"):
 //!
-//! - [`crate::PubSubBus`] in [`crate::PullMode::Unary`] (emulator only), for local clusters
-//!   whose programs get killed. The emulator never notices that a streaming pull's
-//!   client died (module docs of `pubsub`): the stream of a SIGKILLed program stays
-//!   registered and goes on taking messages, each coming back only after its ack
-//!   deadline, often into the same dead stream again; a message can circle there until
-//!   it is dead-lettered unread (seen in a chaos run: one job's `job.validated` stuck for
-//!   9 minutes behind three killed download programs). With `returnImmediately` a killed
-//!   program loses at most the messages of the one response it did not read, which come
-//!   back after their ack deadline to whoever pulls next.
-//! - `reel dlq` (short-lived, on the emulator and on Pub/Sub): a process that opens a
-//!   stream and exits leaves the emulator delivering into the dead stream until the ack
-//!   deadline passes (observed: every later `dlq list` saw nothing).
+//! - [`crate::PubSubBus::receive`], on Pub/Sub and on the emulator alike;
+//! - `reel dlq` (short-lived): a process that opened a stream and exited would leave the
+//!   emulator delivering into the dead stream until the ack deadline passed (observed:
+//!   every later `dlq list` saw nothing).
 //!
 //! Endpoint and credentials come from the [`PubSubConfig`]: anonymous on the emulator,
 //! Application Default Credentials (Pub/Sub scope) otherwise.
@@ -30,8 +23,14 @@ use reel_runtime::bus::{BusError, Message};
 use super::config::PubSubConfig;
 use super::error::rest_error;
 
-/// How long a poll waits before asking again when the subscription is empty.
+/// How long a poll waits before asking an empty subscription again, while it is warm
+/// (it had a message within [`WARM`], or the bus is new): about 50 ms of delay per hop.
 pub(crate) const POLL: Duration = Duration::from_millis(100);
+/// How long a subscription stays warm after its last message.
+pub(crate) const WARM: Duration = Duration::from_secs(60);
+/// The wait between polls of a subscription that has been empty for longer than
+/// [`WARM`]: an idle program makes one pull a second per subscription.
+pub(crate) const POLL_IDLE: Duration = Duration::from_secs(1);
 const DEFAULT_ENDPOINT: &str = "https://pubsub.googleapis.com";
 const PUBSUB_SCOPE: &str = "https://www.googleapis.com/auth/pubsub";
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
