@@ -21,10 +21,12 @@ locals {
       # Clips may lie in any allowed root (REEL_ALLOWED_ROOTS): uploads and outputs.
       buckets = { uploads = "read", outputs = "read", work = "write" }
     }
+    # Also the identity of the larger stitch tier (the stitch-large service), which reads
+    # its own subscription; the standard tier sends work there.
     stitch = {
       title         = "reel-stitch: joins the clips with ffmpeg"
-      subscriptions = ["stitch"]
-      publishes     = ["work-upload", "events", "stitch-dead-letter"]
+      subscriptions = ["stitch", "stitch-large"]
+      publishes     = ["work-upload", "events", "stitch-dead-letter", "work-stitch-large"]
       buckets       = { work = "write" }
     }
     upload = {

@@ -13,13 +13,17 @@ locals {
 
   # The original sizing: stitch 2 vCPU / 4 GiB / 15 minutes, the others smaller. Cloud Run
   # keeps /tmp in memory, so memory also holds the scratch files: download probes one
-  # clip at a time, stitch holds the clips and the reel.
+  # clip at a time, stitch holds the clips and the reel. stitch-large is the larger tier:
+  # the same program on its own subscription, fed by the standard stitch with the work
+  # that ran out of memory or disk there (REEL_LARGE_TIER), so that work is retried with
+  # more memory instead of at the same size. Scaled to zero, it costs nothing until used.
   stage_sizing = {
-    validate = { cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8 }
-    download = { cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1 }
-    stitch   = { cpu = var.stitch_cpu, memory = var.stitch_memory, timeout_seconds = 900, concurrency = 1 }
-    upload   = { cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4 }
-    finalize = { cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8 }
+    validate       = { program = "validate", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {} }
+    download       = { program = "download", cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1, env = {} }
+    stitch         = { program = "stitch", cpu = var.stitch_cpu, memory = var.stitch_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_LARGE_TIER = "true" } }
+    "stitch-large" = { program = "stitch", cpu = var.stitch_large_cpu, memory = var.stitch_large_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_TIER = "large" } }
+    upload         = { program = "upload", cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4, env = {} }
+    finalize       = { program = "finalize", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {} }
   }
 
   # CONTRACT §7. PORT is set by Cloud Run itself.
@@ -74,7 +78,7 @@ resource "google_cloud_run_v2_service" "stage" {
   deletion_protection = false
 
   template {
-    service_account                  = google_service_account.program[each.key].email
+    service_account                  = google_service_account.program[each.value.program].email
     timeout                          = "${each.value.timeout_seconds}s"
     max_instance_request_concurrency = each.value.concurrency
     execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
@@ -85,7 +89,7 @@ resource "google_cloud_run_v2_service" "stage" {
     }
 
     containers {
-      image = local.images[each.key]
+      image = local.images[each.value.program]
       args  = concat(["--push"], local.grace_args)
 
       resources {
@@ -98,7 +102,7 @@ resource "google_cloud_run_v2_service" "stage" {
       }
 
       dynamic "env" {
-        for_each = local.common_env
+        for_each = merge(local.common_env, each.value.env)
         content {
           name  = env.key
           value = env.value
@@ -159,13 +163,13 @@ resource "google_cloud_run_v2_job" "stage" {
     parallelism = 1
 
     template {
-      service_account       = google_service_account.program[each.key].email
+      service_account       = google_service_account.program[each.value.program].email
       timeout               = "${var.pull_task_timeout_seconds}s"
       max_retries           = 0
       execution_environment = "EXECUTION_ENVIRONMENT_GEN2"
 
       containers {
-        image = local.images[each.key]
+        image = local.images[each.value.program]
         args  = concat(["--exit-when-idle", tostring(var.exit_when_idle_seconds)], local.grace_args)
 
         resources {
@@ -176,7 +180,7 @@ resource "google_cloud_run_v2_job" "stage" {
         }
 
         dynamic "env" {
-          for_each = local.common_env
+          for_each = merge(local.common_env, each.value.env)
           content {
             name  = env.key
             value = env.value

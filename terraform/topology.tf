@@ -33,6 +33,7 @@ locals {
     "download-dead-letter" = { kind = "dead-letter", retention = null }
     "work-stitch"          = { kind = "work", retention = null }
     "stitch-dead-letter"   = { kind = "dead-letter", retention = null }
+    "work-stitch-large"    = { kind = "work", retention = null }
     "work-upload"          = { kind = "work", retention = null }
     "upload-dead-letter"   = { kind = "dead-letter", retention = null }
     "work-finalize"        = { kind = "work", retention = null }
@@ -71,6 +72,16 @@ locals {
     "stitch" = {
       topic                = "work-stitch"
       consumer             = "stitch"
+      dead_letter          = "stitch-dead-letter"
+      ack_deadline_seconds = 120
+      exactly_once         = true
+      push                 = true
+    }
+    # The larger stitch tier: stitch work that ran out of memory or disk on the standard
+    # service (docs/OPERATIONS.md, "resource_exhausted: the larger-memory tier").
+    "stitch-large" = {
+      topic                = "work-stitch-large"
+      consumer             = "stitch-large"
       dead_letter          = "stitch-dead-letter"
       ack_deadline_seconds = 120
       exactly_once         = true

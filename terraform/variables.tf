@@ -120,6 +120,18 @@ variable "stitch_memory" {
   default     = "4Gi"
 }
 
+variable "stitch_large_cpu" {
+  description = "vCPUs of an instance of the larger stitch tier (Cloud Run needs 4 for more than 8Gi)."
+  type        = string
+  default     = "2"
+}
+
+variable "stitch_large_memory" {
+  description = "Memory of an instance of the larger stitch tier, which retries stitch work that ran out of memory or disk on the standard one."
+  type        = string
+  default     = "8Gi"
+}
+
 variable "max_instances" {
   description = "Upper bound of instances per stage service."
   type        = number

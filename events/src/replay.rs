@@ -64,6 +64,11 @@ pub fn resume(data: &mut serde_json::Value, now: DateTime<Utc>, job_timeout: chr
         let resumes = fields.get("timeoutResumes").and_then(|v| v.as_u64()).unwrap_or(0) + 1;
         fields.insert("timeoutResumes".into(), resumes.into());
     }
+    warn(data, warning);
+}
+
+/// Add `warning` to the event's `warnings` (which the job's status shows).
+fn warn(data: &mut serde_json::Value, warning: &str) {
     if let Some(map) = data.as_object_mut() {
         let warnings = map.entry("warnings").or_insert_with(|| serde_json::Value::Array(Vec::new()));
         if let Some(list) = warnings.as_array_mut() {
@@ -79,6 +84,20 @@ pub fn resume(data: &mut serde_json::Value, now: DateTime<Utc>, job_timeout: chr
 pub fn renew_message(message: &PubsubMessage, now: DateTime<Utc>, job_timeout: chrono::Duration) -> PubsubMessage {
     rewrite_message(message, now, |data| {
         renew(data, now, job_timeout);
+    })
+}
+
+/// [`renew_message`] with a warning: the message of a job sent to a larger tier after it
+/// ran out of memory or disk (a new attempt with a fresh deadline, like a replay).
+pub fn escalate_message(
+    message: &PubsubMessage,
+    now: DateTime<Utc>,
+    job_timeout: chrono::Duration,
+    warning: &str,
+) -> PubsubMessage {
+    rewrite_message(message, now, |data| {
+        renew(data, now, job_timeout);
+        warn(data, warning);
     })
 }
 

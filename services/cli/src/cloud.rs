@@ -8,6 +8,7 @@ use reel_events::{binding, envelope, types, AttributesReader, Compression, Orien
 use reel_gcp::{CloudResolver, GcsClient, PubSubBus, UnaryPull};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::location::{parse_root, Location};
+use reel_runtime::topology::Tier;
 use reel_runtime::worker::dead_letter_attrs as dl;
 use reel_runtime::Settings;
 
@@ -241,9 +242,12 @@ pub fn for_replay(message: &Message, job_timeout: chrono::Duration) -> Message {
     copy
 }
 
-/// The topic a dead letter of `stage` goes back to.
-pub fn replay_topic(stage: Stage, message: &Message, names: &reel_runtime::topology::Names) -> String {
-    if stage == Stage::Validate
+/// The topic a dead letter of `stage` goes back to, on `tier` (only stitch has a larger
+/// one; asking for it elsewhere is refused before anything is pulled).
+pub fn replay_topic(stage: Stage, tier: Tier, message: &Message, names: &reel_runtime::topology::Names) -> String {
+    if let (Tier::Large, Some(topic)) = (tier, names.larger_tier(stage)) {
+        topic
+    } else if stage == Stage::Validate
         && message.attributes.contains_key("eventType")
         && message.attributes.contains_key("bucketId")
     {
@@ -264,7 +268,17 @@ pub async fn work_store(settings: &Settings) -> Result<std::sync::Arc<dyn reel_r
 /// `reel dlq replay` (`purge == false`) or `reel dlq purge` on Pub/Sub. A dead letter is
 /// acked only after its republish is confirmed; jobs already completed are skipped (and
 /// acked) and reported. Everything not selected is released for redelivery.
-pub async fn dlq_replay(settings: &Settings, stage: Stage, filter: Filter, dry_run: bool, purge: bool) -> Result<()> {
+pub async fn dlq_replay(
+    settings: &Settings,
+    stage: Stage,
+    tier: Tier,
+    filter: Filter,
+    dry_run: bool,
+    purge: bool,
+) -> Result<()> {
+    if tier == Tier::Large && settings.topology().names().larger_tier(stage).is_none() {
+        anyhow::bail!("only the stitch stage has a larger tier; `--tier large` is for `reel dlq replay stitch`");
+    }
     let bus = connect_bus(settings).await?;
     let rest = connect_pull(settings)?;
     let names = settings.topology().names();
@@ -307,7 +321,7 @@ pub async fn dlq_replay(settings: &Settings, stage: Stage, filter: Filter, dry_r
             skipped += 1;
             continue;
         }
-        let topic = replay_topic(stage, &p.message, &names);
+        let topic = replay_topic(stage, tier, &p.message, &names);
         match bus.publish(&topic, for_replay(&p.message, settings.job_timeout())).await {
             Ok(_) => {
                 // Acked only once the republish is confirmed.

@@ -145,6 +145,9 @@ enum DlqCommand {
         /// Replay at most N letters (default: every one that matches).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
+        /// Send them to this tier: `large` is stitch's larger-memory service (Pub/Sub only).
+        #[arg(long, value_name = "TIER", default_value = "standard", value_parser = tier_value())]
+        tier: reel_runtime::topology::Tier,
         /// Say what would be replayed, and change nothing.
         #[arg(long)]
         dry_run: bool,
@@ -167,6 +170,18 @@ enum DlqCommand {
 }
 
 /// STAGE's values, listed in `--help` and in the error for a wrong one.
+fn tier_value() -> impl clap::builder::TypedValueParser<Value = reel_runtime::topology::Tier> {
+    use clap::builder::TypedValueParser as _;
+    use reel_runtime::topology::Tier;
+    clap::builder::PossibleValuesParser::new(["standard", "large"]).map(|s| {
+        if s == "large" {
+            Tier::Large
+        } else {
+            Tier::Standard
+        }
+    })
+}
+
 fn stage_value() -> impl clap::builder::TypedValueParser<Value = reel_events::Stage> {
     use clap::builder::TypedValueParser as _;
     clap::builder::PossibleValuesParser::new(reel_events::Stage::ALL.map(|s| s.as_str()))
@@ -361,10 +376,12 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
                 cloud::print_dead_letters(stage, &letters, json)?;
             }
         }
-        DlqCommand::Replay { stage, job, error_type, limit, dry_run, local } => {
+        DlqCommand::Replay { stage, job, error_type, limit, tier, dry_run, local } => {
             let filter = cloud::Filter { job, error_type, limit: limit.unwrap_or(usize::MAX) };
             if cloud_configured() && !local {
-                cloud::dlq_replay(settings(), stage, filter, dry_run, false).await?;
+                cloud::dlq_replay(settings(), stage, tier, filter, dry_run, false).await?;
+            } else if tier == reel_runtime::topology::Tier::Large {
+                anyhow::bail!("the local pipeline has one tier; `--tier large` is for Pub/Sub");
             } else {
                 let all = local::dead_letters(&state, stage)?;
                 let (mut chosen, mut keep) = (Vec::new(), Vec::new());
@@ -414,6 +431,7 @@ async fn dlq(command: DlqCommand) -> Result<ExitCode> {
                 cloud::dlq_replay(
                     settings(),
                     stage,
+                    reel_runtime::topology::Tier::Standard,
                     cloud::Filter { job: Some(job), error_type: None, limit: usize::MAX },
                     false,
                     true,

@@ -288,6 +288,43 @@ async fn a_stage_killed_mid_job_is_redelivered_and_the_job_completes_once() {
     assert_eq!(store.list("reels/").await.unwrap().len(), 1);
 }
 
+/// The matrix's "insufficient memory → retry with higher memory": a stitch program that
+/// dies without a word while it works (SIGKILL, what the OOM killer and Cloud Run's
+/// memory limit do) does not get the job again at the same size. Its redelivery finds
+/// the run that died and sends the job to the larger tier (`reel-stitch-large`, its own
+/// program and subscription), which completes it; the job's status says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stitch_that_runs_out_of_memory_is_retried_on_the_larger_tier() {
+    let mut cluster = Cluster::start().await;
+    for stage in ["validate", "download", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let standard = cluster.start_program_with_env("stitch", &[("REEL_LARGE_TIER", "true")]).unwrap();
+    let large = cluster.start_program_with_env("stitch", &[("REEL_TIER", "large")]).unwrap();
+    cluster.wait_started(&[standard, large], Duration::from_secs(60)).await.unwrap();
+    let clips = with_clips(&cluster, 3, 3.0).await;
+    let output = format!("gs://{}/reels/large-tier.mp4", cluster.bucket);
+    let job = submit(&cluster, "plarge", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    wait_for_stage_progress(&mut cluster, &job, "stitch").await;
+    // The standard tier dies mid-work, as out of memory; Cloud Run starts another.
+    assert!(!cluster.programs[large].log_text().contains(&job), "the large tier took the job before any failure");
+    cluster.kill(standard);
+    let again = cluster.start_program_with_env("stitch", &[("REEL_LARGE_TIER", "true")]).unwrap();
+    cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    assert_reel(&cluster, "reels/large-tier.mp4", 9.0).await;
+    // The larger tier stitched it; the restarted standard program only passed it on.
+    let large_log = cluster.programs[large].log_text();
+    assert!(large_log.contains(&job) && large_log.contains("\"stage done\""), "the large tier did not stitch it");
+    assert!(cluster.programs[again].log_text().contains("job sent to the larger tier"));
+    let events = cluster.events_of(&job).await;
+    let warned = events.iter().any(|e| {
+        reel_events::envelope::data_json(e)
+            .is_ok_and(|d| d["warnings"].to_string().contains("retried on the larger tier"))
+    });
+    assert!(warned, "no event of the job says it moved to the larger tier");
+    assert!(!events.iter().any(|e| e.ty() == types::JOB_FAILED));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
     let mut cluster = Cluster::start().await;

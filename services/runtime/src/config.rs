@@ -100,6 +100,13 @@ pub struct Settings {
     /// program that died comes back to another within this long (plus the retry
     /// backoff), however long the work itself may take.
     pub lease_seconds: u64,
+    /// Which tier this program serves (`REEL_TIER`: `standard`, or `large`: stitch reads
+    /// the larger tier's subscription, `reel-stitch-large`).
+    pub tier: crate::topology::Tier,
+    /// Whether a larger stitch tier runs (`REEL_LARGE_TIER`, default false; terraform
+    /// sets it on the standard stitch service): stitch work that runs out of memory or
+    /// disk on the standard tier is sent there, instead of being retried at the same size.
+    pub large_tier: bool,
     /// The validate stage's settings.
     pub validate: ValidateConfig,
     /// Per-user quotas, enforced by validate on every entry path (section `[quota]`).
@@ -205,6 +212,8 @@ impl Default for Settings {
             ack_deadline_seconds: None,
             min_backoff_seconds: None,
             lease_seconds: 15,
+            tier: crate::topology::Tier::Standard,
+            large_tier: false,
             validate: ValidateConfig::default(),
             quota: Quotas::default(),
             download: DownloadConfig::default(),
@@ -667,6 +676,16 @@ mod tests {
         for bad in ["verbose", "", "loud=debug2"] {
             assert!(check_log_level(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_tier_is_named_in_words() {
+        let s = Settings::load_from(None, &[]).unwrap();
+        assert_eq!((s.tier, s.large_tier), (crate::topology::Tier::Standard, false));
+        let s = Settings::load_from(None, &vars(&[("REEL_TIER", "large"), ("REEL_LARGE_TIER", "true")])).unwrap();
+        assert_eq!((s.tier, s.large_tier), (crate::topology::Tier::Large, true));
+        let err = Settings::load_from(None, &vars(&[("REEL_TIER", "huge")])).unwrap_err();
+        assert!(err.to_string().contains("REEL_TIER"), "{err}");
     }
 
     #[test]

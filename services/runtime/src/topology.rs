@@ -85,14 +85,19 @@ impl Topology {
             }
             topics.push(TopicSpec { name: names.dead_letter_topic(stage), retention: None });
         }
+        // The larger stitch tier: work that ran out of memory or disk on the standard one.
+        topics.push(TopicSpec { name: names.large_work_topic(), retention: None });
         for stage in Stage::ALL {
             let dlq = Some(names.dead_letter_topic(stage));
             let ack = if stage == Stage::Stitch { 120 } else { 60 };
             if stage == Stage::Validate {
                 subscriptions.push(sub(names.subscription(stage), names.requests(), dlq.clone(), ack, true));
-                subscriptions.push(sub(names.gcs_subscription(), names.gcs_notifications(), dlq, ack, true));
+                subscriptions.push(sub(names.gcs_subscription(), names.gcs_notifications(), dlq.clone(), ack, true));
             } else {
-                subscriptions.push(sub(names.subscription(stage), names.work_topic(stage), dlq, ack, true));
+                subscriptions.push(sub(names.subscription(stage), names.work_topic(stage), dlq.clone(), ack, true));
+            }
+            if stage == Stage::Stitch {
+                subscriptions.push(sub(names.large_subscription(), names.large_work_topic(), dlq, ack, true));
             }
         }
         // The state service reads the log; its dead letters would mean a poison event on
@@ -120,6 +125,19 @@ impl Topology {
     pub fn names(&self) -> Names {
         Names::new(&self.prefix)
     }
+}
+
+/// Which machines a stage program runs on. Only stitch has a larger tier: a second
+/// service with more memory (and so more scratch: on Cloud Run `/tmp` is memory), fed by
+/// its own subscription with the work that ran out of memory or disk on the standard one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Tier {
+    /// The stage's own subscription.
+    #[default]
+    Standard,
+    /// The larger tier's subscription (`reel-stitch-large`).
+    Large,
 }
 
 /// Name builder for one prefix.
@@ -166,6 +184,38 @@ impl Names {
         }
         subscriptions
     }
+    /// The subscriptions a program of `stage` consumes on `tier` (a stage without a
+    /// larger tier consumes its own on either).
+    pub fn consumed_by_tier(&self, stage: Stage, tier: Tier) -> Vec<String> {
+        match (tier, self.larger_tier(stage)) {
+            (Tier::Large, Some(_)) => vec![self.large_subscription()],
+            _ => self.consumed_by(stage),
+        }
+    }
+    /// Where work of `stage` that ran out of memory or disk goes, if the stage has a
+    /// larger tier: stitch's, `reel-work-stitch-large`.
+    pub fn larger_tier(&self, stage: Stage) -> Option<String> {
+        (stage == Stage::Stitch).then(|| self.large_work_topic())
+    }
+    /// The larger stitch tier's work topic.
+    pub fn large_work_topic(&self) -> String {
+        format!("{}work-stitch-large", self.prefix)
+    }
+    /// The larger stitch tier's subscription, read by the `stitch-large` service.
+    pub fn large_subscription(&self) -> String {
+        format!("{}stitch-large", self.prefix)
+    }
+    /// The service (program deployment) that consumes `subscription`: a stage's name,
+    /// `stitch-large`, `api`; `None` for dead-letter subscriptions (operators read them).
+    pub fn service_of(&self, subscription: &str) -> Option<String> {
+        if subscription == self.large_subscription() {
+            return Some("stitch-large".into());
+        }
+        if subscription == self.api_subscription() {
+            return Some("api".into());
+        }
+        Stage::ALL.into_iter().find(|s| self.consumed_by(*s).iter().any(|c| c == subscription)).map(|s| s.to_string())
+    }
     /// Validate's second subscription, on storage notifications.
     pub fn gcs_subscription(&self) -> String {
         format!("{}validate-gcs", self.prefix)
@@ -206,5 +256,24 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), topology.subscriptions.len(), "duplicate subscription names");
+    }
+
+    #[test]
+    fn the_larger_stitch_tier_has_its_own_topic_and_subscription_and_shares_the_dead_letters() {
+        let topology = Topology::standard(DEFAULT_PREFIX);
+        let names = topology.names();
+        let large = topology.subscription("reel-stitch-large").expect("the large tier's subscription");
+        assert_eq!(large.topic, "reel-work-stitch-large");
+        assert_eq!(large.dead_letter_topic.as_deref(), Some("reel-stitch-dead-letter"));
+        assert!(topology.topics.iter().any(|t| t.name == "reel-work-stitch-large"));
+        assert_eq!(names.larger_tier(Stage::Stitch).as_deref(), Some("reel-work-stitch-large"));
+        assert_eq!(names.larger_tier(Stage::Download), None);
+        assert_eq!(names.consumed_by_tier(Stage::Stitch, Tier::Large), ["reel-stitch-large"]);
+        assert_eq!(names.consumed_by_tier(Stage::Stitch, Tier::Standard), ["reel-stitch"]);
+        assert_eq!(names.consumed_by_tier(Stage::Upload, Tier::Large), ["reel-upload"]);
+        assert_eq!(names.service_of("reel-stitch-large").as_deref(), Some("stitch-large"));
+        assert_eq!(names.service_of("reel-validate-gcs").as_deref(), Some("validate"));
+        assert_eq!(names.service_of("reel-api").as_deref(), Some("api"));
+        assert_eq!(names.service_of("reel-stitch-dead-letter"), None);
     }
 }

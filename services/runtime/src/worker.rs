@@ -72,13 +72,16 @@ pub struct WorkerOptions {
     /// Pull mode: the lease kept on a message while it is worked on (`REEL_LEASE_SECONDS`),
     /// renewed every third of it; how soon a dead program's message comes back.
     pub lease: Duration,
+    /// The work topic of a larger tier to send work that ran out of memory or disk to
+    /// (standard stitch with `REEL_LARGE_TIER`), instead of retrying it at the same size.
+    pub larger_tier: Option<String>,
 }
 
 impl WorkerOptions {
     /// The options of `stage` under `settings`.
     pub fn for_stage(stage: Stage, settings: &Settings) -> WorkerOptions {
         WorkerOptions {
-            subscriptions: settings.topology().names().consumed_by(stage),
+            subscriptions: settings.topology().names().consumed_by_tier(stage, settings.tier),
             concurrency: settings.concurrency,
             exit_when_idle: None,
             shutdown_grace: Duration::from_secs(20),
@@ -91,6 +94,11 @@ impl WorkerOptions {
             project_lock: settings.validate.project_lock,
             timeout_resumes: settings.timeout_resumes,
             lease: Duration::from_secs(settings.lease_seconds),
+            larger_tier: settings
+                .topology()
+                .names()
+                .larger_tier(stage)
+                .filter(|_| settings.large_tier && settings.tier == crate::topology::Tier::Standard),
         }
     }
 }
@@ -413,15 +421,18 @@ impl Worker {
         let job = &inbound.envelope.job;
         // Nothing is recorded under an id that is only a claim (a request's).
         if !job.job_id.is_empty() && !self.handler.job_id_is_a_claim() {
+            // With a larger tier to go to, one run that died is enough: on Cloud Run a
+            // program dies without a word (SIGKILL) when it runs out of memory.
+            let allowed = if self.options.larger_tier.is_some() { 0 } else { self.options.max_retry_attempts };
             match crate::unfinished::begin(self.work.as_ref(), &job.job_id, self.stage()).await {
-                Ok(died) if died > self.options.max_retry_attempts => {
+                Ok(died) if died > allowed => {
                     return Err(Failure::new(
                         ErrorType::ResourceExhausted,
                         format!(
                             "the {} stage's program died {died} times while working on this job without finishing \
-                             (killed: out of memory, or a crash); MAX_RETRY_ATTEMPTS is {}",
+                             (killed: out of memory, or a crash); {} allowed",
                             self.stage(),
-                            self.options.max_retry_attempts
+                            allowed
                         ),
                     ));
                 }
@@ -603,6 +614,37 @@ impl Worker {
         Disposition::Ack
     }
 
+    /// Send the job's message to the larger tier (`WorkerOptions::larger_tier`) as a new
+    /// attempt with a fresh deadline and a warning saying why, to the event log too; the
+    /// workspace is kept (what was done is not done again).
+    async fn escalate(&self, inbound: &Inbound<'_>, failure: &Failure) -> Disposition {
+        let job = &inbound.envelope.job;
+        let Some(topic) = &self.options.larger_tier else { return Disposition::Nack };
+        if self.completed(&job.job_id).await {
+            info!(job_id = %job.job_id, "the job completed meanwhile; nothing to move");
+            return Disposition::Ack;
+        }
+        let why = format!(
+            "the {} stage ran out of resources on the standard tier ({}); retried on the larger tier",
+            self.stage(),
+            failure.message
+        );
+        let timeout = chrono::Duration::minutes(self.options.job_timeout_minutes as i64);
+        let moved = reel_events::replay::escalate_message(inbound.message, Utc::now(), timeout, &why);
+        if let Err(e) = self.bus.publish(topic, moved.clone()).await {
+            warn!(error = %e, "could not send the job to the larger tier; will retry");
+            return Disposition::Nack;
+        }
+        if let Ok(event) = binding::decode(&moved) {
+            if let Err(e) = self.bus.publish(&self.names().events(), binding::encode_binary(&event)).await {
+                warn!(error = %e, "could not log the move to the larger tier");
+            }
+        }
+        warn!(job_id = %job.job_id, reason = %why, larger_tier = %topic, "job sent to the larger tier");
+        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        Disposition::Ack
+    }
+
     /// The one place that turns an outcome into bus actions (see [`Outcome`]).
     async fn settle(&self, inbound: &Inbound<'_>, outcome: Outcome) -> Disposition {
         match outcome {
@@ -626,6 +668,11 @@ impl Worker {
                 info!(reason = %why, "handing the message back; it will be redelivered");
                 self.stats.retried.fetch_add(1, Ordering::Relaxed);
                 Disposition::Nack
+            }
+            Outcome::Retry(failure)
+                if failure.error_type == ErrorType::ResourceExhausted && self.options.larger_tier.is_some() =>
+            {
+                self.escalate(inbound, &failure).await
             }
             Outcome::Retry(failure)
                 if inbound.delivery_attempt <= self.options.max_retry_attempts && !inbound.killed_too_often =>

@@ -70,21 +70,23 @@ pub struct Declared {
 }
 
 /// What terraform must declare for `topology`. In push mode the stages' subscriptions
-/// (those that dead-letter to a stage's topic) are push subscriptions, to the stage's
-/// service, and so go without exactly-once delivery, which Pub/Sub offers on pull only.
-/// `push_endpoint_of` names the endpoint of a stage's service.
-pub fn expected(topology: &Topology, push_endpoint_of: Option<&dyn Fn(Stage) -> String>) -> Declared {
+/// (those that dead-letter to a stage's topic) are push subscriptions, to the service
+/// that consumes them (`Names::service_of`: the stage's, or `stitch-large`), and so go
+/// without exactly-once delivery, which Pub/Sub offers on pull only. `push_endpoint_of`
+/// names the endpoint of a service.
+pub fn expected(topology: &Topology, push_endpoint_of: Option<&dyn Fn(&str) -> String>) -> Declared {
     let names = topology.names();
     let mut declared = Declared::default();
     for topic in &topology.topics {
         declared.topics.insert(topic.name.clone(), DeclaredTopic { retention: topic.retention });
     }
     for spec in &topology.subscriptions {
-        let consumer = Stage::ALL
+        let stage_work = Stage::ALL
             .into_iter()
-            .find(|s| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(*s).as_str()));
+            .any(|s| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(s).as_str()));
+        let consumer = names.service_of(&spec.name).filter(|_| stage_work);
         let push_endpoint = match (push_endpoint_of, consumer) {
-            (Some(endpoint), Some(stage)) => Some(endpoint(stage)),
+            (Some(endpoint), Some(service)) => Some(endpoint(&service)),
             _ => None,
         };
         declared.subscriptions.insert(

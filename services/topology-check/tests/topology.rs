@@ -23,15 +23,15 @@ fn deploy<'m>(module: &'m Module, values: &[(&str, Value)]) -> Deployment<'m> {
     evaluate(module, values).unwrap_or_else(|e| panic!("evaluating terraform/: {e}"))
 }
 
-fn service_uri(prefix: &str, stage: Stage) -> String {
+fn service_uri(prefix: &str, service: &str) -> String {
     // The evaluator's stand-in for google_cloud_run_v2_service.uri.
-    format!("https://{prefix}{}-stand-in.a.run.app", stage.as_str())
+    format!("https://{prefix}{service}-stand-in.a.run.app")
 }
 
 fn assert_same(topology: &Topology, deployment: &Deployment) {
     let prefix = deployment.prefix.clone();
-    let endpoint = move |stage: Stage| service_uri(&prefix, stage);
-    let want = expected(topology, deployment.push.then_some(&endpoint as &dyn Fn(Stage) -> String));
+    let endpoint = move |service: &str| service_uri(&prefix, service);
+    let want = expected(topology, deployment.push.then_some(&endpoint as &dyn Fn(&str) -> String));
     let diff = differences(&want, &deployment.declared);
     assert!(
         diff.is_empty(),
@@ -141,10 +141,10 @@ fn a_subscription_only_in_terraform_is_a_difference() {
 
     let mut declared = deployment.declared.clone();
     let copy = declared.subscriptions["reel-stitch"].clone();
-    declared.subscriptions.insert("reel-stitch-large".into(), copy);
+    declared.subscriptions.insert("reel-stitch-huge".into(), copy);
     assert_eq!(
         differences(&want, &declared),
-        vec!["subscription reel-stitch-large: in terraform, not in the code".to_string()]
+        vec!["subscription reel-stitch-huge: in terraform, not in the code".to_string()]
     );
 
     let mut declared = deployment.declared.clone();
@@ -243,6 +243,8 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
         if let Some(next) = Stage::ALL.get(stage.index() + 1) {
             publishes.push(names.work_topic(*next));
         }
+        // Work that ran out of resources goes to the stage's larger tier (stitch's).
+        publishes.extend(names.larger_tier(stage));
         assert_eq!(granted(&grants, &member, "topic", "roles/pubsub.publisher"), set(publishes), "{stage} publisher");
     }
     let api = member_of("api");
@@ -420,9 +422,22 @@ fn push_services_run_the_stages_with_the_codes_settings() {
             assert_eq!(scaling.number("max_instance_count").unwrap(), Some(1.0), "one reel-api folds the whole log");
             continue;
         }
-        let stage = service.key.as_ref().unwrap().as_str().unwrap().to_string();
-        assert_eq!(name, format!("reel-{stage}"));
+        let service_key = service.key.as_ref().unwrap().as_str().unwrap().to_string();
+        assert_eq!(name, format!("reel-{service_key}"));
+        let env = container_env(container).unwrap();
+        let settings = settings_from(&env);
+        if service_key == "stitch-large" {
+            // The larger tier: the stitch program on its own subscription, more memory.
+            assert!(image.ends_with("/reel-stitch:latest"), "{image}");
+            assert_eq!(settings.tier, reel_runtime::topology::Tier::Large);
+            let limits = container.block("resources").unwrap().unwrap().attr("limits").unwrap();
+            assert_eq!(limits, hcl::value!({ cpu = "2", memory = "8Gi" }), "stitch-large sizing");
+            continue;
+        }
+        let stage = service_key;
         assert!(image.ends_with(&format!("/reel-{stage}:latest")), "{image}");
+        assert_eq!(settings.tier, reel_runtime::topology::Tier::Standard, "{stage}");
+        assert_eq!(settings.large_tier, stage == "stitch", "{stage}: only stitch sends work to a larger tier");
         assert_eq!(container_args(container).unwrap()[0], "--push", "{name} must serve push requests");
         let limits = container.block("resources").unwrap().unwrap().attr("limits").unwrap();
         let template = service.body.block("template").unwrap().unwrap();
@@ -444,7 +459,7 @@ fn pull_jobs_run_the_stages_until_idle() {
     let module = module();
     let mut deployment = deploy(&module, &[("delivery_mode", Value::from("pull"))]);
     let jobs = deployment.evaluator.instances("google_cloud_run_v2_job").unwrap();
-    assert_eq!(jobs.len(), Stage::ALL.len());
+    assert_eq!(jobs.len(), Stage::ALL.len() + 1, "the stages and the larger stitch tier");
     for job in &jobs {
         let container = containers(job, true)[0];
         check_settings(&job.address, &container_env(container).unwrap(), DEFAULT_PREFIX);
