@@ -83,23 +83,6 @@ async fn clips_of_different_shapes_are_re_encoded_to_the_orientation() {
     assert!(info.audio.is_some(), "the reel has sound");
 }
 
-/// Overwrite the second half of a clip's media data with noise (a damaged copy): the
-/// header is intact and the file whole, so the probe passes, and the clip breaks
-/// mid-stream.
-fn damage_media(path: &std::path::Path) {
-    let mut bytes = std::fs::read(path).unwrap();
-    let mdat = bytes.windows(4).position(|w| w == b"mdat").expect("an mdat box");
-    let from = mdat + (bytes.len() - mdat) / 2;
-    let mut x: u32 = 0x2545_f491;
-    for b in &mut bytes[from..] {
-        x ^= x << 13;
-        x ^= x >> 17;
-        x ^= x << 5;
-        *b = x as u8;
-    }
-    std::fs::write(path, &bytes).unwrap();
-}
-
 /// "Corrupt file → skip, continue", for a clip that passes the probe and breaks off
 /// mid-stream: it is left out with a warning while two usable clips remain, and the job
 /// fails with `insufficient_clips` when they do not.
@@ -109,7 +92,7 @@ async fn a_clip_broken_mid_stream_is_skipped_while_two_remain() {
     let clips = [spec(320, 180, 1.0), spec(240, 320, 2.0), spec(320, 180, 1.0)];
     let event = downloaded_with(&rig, "job_broken", &clips, Compression::Small, |i, path| {
         if i == 1 {
-            damage_media(path)
+            fixtures::damage_media(path)
         }
     })
     .await;
@@ -127,7 +110,7 @@ async fn a_clip_broken_mid_stream_is_skipped_while_two_remain() {
     let rig = StageHarness::new();
     let event = downloaded_with(&rig, "job_too_few", &clips[..2], Compression::Small, |i, path| {
         if i == 1 {
-            damage_media(path)
+            fixtures::damage_media(path)
         }
     })
     .await;

@@ -84,6 +84,23 @@ pub fn make_clip(path: &Path, w: u32, h: u32, seconds: f64) {
     assert!(status.success(), "ffmpeg could not make {}", path.display());
 }
 
+/// Overwrite the second half of a clip's media data with noise (a damaged copy): the
+/// header is intact and the file whole, so the probe passes, and the clip breaks
+/// mid-stream.
+pub fn damage_media(path: &std::path::Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let mdat = bytes.windows(4).position(|w| w == b"mdat").expect("an mdat box");
+    let from = mdat + (bytes.len() - mdat) / 2;
+    let mut x: u32 = 0x2545_f491;
+    for b in &mut bytes[from..] {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        *b = x as u8;
+    }
+    std::fs::write(path, &bytes).unwrap();
+}
+
 /// ffprobe: (duration, video streams, audio streams); and `ffmpeg -v error … -f null -`
 /// is silent (the file decodes without errors).
 pub fn check_playable(path: &Path) -> (f64, usize, usize) {

@@ -9,6 +9,8 @@
 //!   programs and `reel-api` as processes with logs, start / stop / kill / restart one,
 //!   and the event log seen through a subscription of its own;
 //! - [`http`]: a bare HTTP client, as an outside caller of `reel-api` would be;
+//! - [`proxy`]: a TCP proxy in front of an emulator that resets connections or answers
+//!   `403` on demand (network faults and missing permissions, for real clients);
 //! - [`fixtures`]: sample values (a subscription, a job, unique names) and clips made
 //!   with ffmpeg.
 //! - [`stage`]: one stage handler in process — a `Settings`, a directory store and a
@@ -33,6 +35,7 @@ pub mod fixtures;
 pub mod http;
 pub mod ports;
 pub mod process;
+pub mod proxy;
 pub mod stage;
 
 pub use cluster::{Cluster, ClusterOptions, Program};
