@@ -656,6 +656,58 @@ pub mod store_cases {
         }
     }
 
+    /// `compose` makes one object of many, in order, with the options' metadata and mode;
+    /// more sources than Cloud Storage takes in one call (32) are composed too, and no
+    /// temporary object is left behind; a missing source is `NotFound` and creates nothing.
+    pub async fn compose_concatenates_in_order(store: Arc<dyn Store>, p: &str) {
+        let parts: Vec<(String, Vec<u8>)> =
+            (0..40u64).map(|i| (format!("{p}parts/{i:02}.bin"), pattern(i, 1000 + 37 * i as usize))).collect();
+        for (key, content) in &parts {
+            put(&*store, key, content, PutMode::CreateOnly).await;
+        }
+        let first: Vec<String> = parts.iter().take(3).map(|(k, _)| k.clone()).collect();
+        let to = format!("{p}out/three.bin");
+        let mut metadata = std::collections::BTreeMap::new();
+        metadata.insert("reel-job".to_string(), "job_compose".to_string());
+        let options = PutOptions::new(PutMode::CreateOnly).with_metadata(metadata.clone());
+        let meta = store.compose(&first, &to, &options).await.unwrap_or_else(|e| panic!("compose failed: {e}"));
+        let want: Vec<u8> = parts.iter().take(3).flat_map(|(_, c)| c.clone()).collect();
+        check_meta(&meta, &to, &want, "compose");
+        assert_eq!(read_all(&*store, &to).await, want, "compose content differs");
+        assert_eq!(store.head(&to).await.unwrap().unwrap().metadata, metadata, "compose metadata");
+        match store.compose(&first, &to, &options).await {
+            Err(StoreError::AlreadyExists(_)) => {}
+            other => panic!("a CreateOnly compose onto an existing key must be AlreadyExists, got {other:?}"),
+        }
+        let all: Vec<String> = parts.iter().map(|(k, _)| k.clone()).collect();
+        let big = format!("{p}out/forty.bin");
+        let meta = store
+            .compose(&all, &big, &PutOptions::new(PutMode::Overwrite))
+            .await
+            .unwrap_or_else(|e| panic!("compose of 40 failed: {e}"));
+        let want: Vec<u8> = parts.iter().flat_map(|(_, c)| c.clone()).collect();
+        check_meta(&meta, &big, &want, "compose of 40");
+        assert_eq!(read_all(&*store, &big).await, want, "compose of 40 differs");
+        assert_eq!(
+            store.list_keys(&format!("{p}out/")).await.unwrap(),
+            vec![big.clone(), to.clone()],
+            "compose left temporary objects behind"
+        );
+        let missing = vec![first[0].clone(), format!("{p}parts/missing.bin")];
+        match store.compose(&missing, &format!("{p}out/never.bin"), &PutOptions::new(PutMode::Overwrite)).await {
+            Err(StoreError::NotFound(_)) => {}
+            other => panic!("compose with a missing source must be NotFound, got {other:?}"),
+        }
+        assert_eq!(
+            store.head(&format!("{p}out/never.bin")).await.unwrap(),
+            None,
+            "a failed compose created its target"
+        );
+        for key in all.iter().chain([&to, &big]) {
+            store.delete(key).await.unwrap_or_else(|e| panic!("delete failed: {e}"));
+        }
+    }
+
     /// Keys breaking the key rules are refused by every call, before touching anything.
     pub async fn invalid_keys_rejected(store: Arc<dyn Store>, p: &str) {
         let good = format!("{p}good.txt");
@@ -930,6 +982,7 @@ macro_rules! store_conformance_tests {
             list_by_prefix,
             delete_reports_presence,
             copy_semantics,
+            compose_concatenates_in_order,
             invalid_keys_rejected,
             concurrent_create_only_single_winner,
             put_invisible_until_complete,

@@ -47,6 +47,10 @@ impl Store for PrefixStore {
     async fn put_file_with(&self, key: &str, src: &Path, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         Ok(self.strip(self.inner.put_file_with(&self.full(key)?, src, options).await?))
     }
+    async fn compose(&self, sources: &[String], to: &str, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        let sources = sources.iter().map(|k| self.full(k)).collect::<Result<Vec<_>, _>>()?;
+        Ok(self.strip(self.inner.compose(&sources, &self.full(to)?, options).await?))
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let all = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
         Ok(all.into_iter().map(|m| self.strip(m)).collect())

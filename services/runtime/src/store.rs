@@ -237,6 +237,23 @@ pub trait Store: Send + Sync + 'static {
     /// The copy carries the source's custom metadata; `mode` applies to `to`.
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError>;
 
+    /// Make `to` the concatenation of `sources`, in order, as `options` say (mode,
+    /// custom metadata), without passing the bytes through the caller where the backend
+    /// allows it (Cloud Storage compose, nested beyond its 32 components; directory:
+    /// `copy_file_range`). This default streams them, for backends that cannot.
+    /// [`StoreError::NotFound`] names a missing source.
+    async fn compose(&self, sources: &[String], to: &str, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        check_key(to)?;
+        let mut readers = Vec::with_capacity(sources.len());
+        for key in sources {
+            readers.push(self.get(key).await?);
+        }
+        let chained = readers.into_iter().fold(Box::pin(tokio::io::empty()) as ByteReader, |all, next| {
+            Box::pin(tokio::io::AsyncReadExt::chain(all, next))
+        });
+        self.put_with(to, chained, options).await
+    }
+
     /// The local file behind `key`, when the store is a local directory. Lets stages
     /// hand files to ffmpeg without copying them.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {

@@ -602,6 +602,30 @@ impl Inner {
         self.head(to, to_path)?.ok_or_else(|| StoreError::NotFound(to.to_string()))
     }
 
+    /// [`Store::compose`]: the sources copied by the kernel (`copy_file_range`, via
+    /// `std::io::copy`) into a temp file next to the target, which is then put in place
+    /// as [`Inner::link_file`] does (mode, metadata, CRC).
+    fn compose(
+        &self,
+        key: &str,
+        sources: &[(String, PathBuf)],
+        target: &Path,
+        options: &PutOptions,
+    ) -> Result<ObjectMeta, StoreError> {
+        let dir = target.parent().expect("a key has a parent directory");
+        let (temp, mut file) = self.create_temp(key, dir)?;
+        let temp_name = temp.path().display().to_string();
+        for (source, path) in sources {
+            let (mut from, _) = self.open(source, path)?;
+            io::copy(&mut from, &mut file).map_err(|e| io_err(&temp_name, e))?;
+        }
+        drop(file);
+        match self.link_file(key, temp.path(), target, options)? {
+            Some(meta) => Ok(meta),
+            None => Err(StoreError::Other(format!("cannot link {temp_name} into place"))),
+        }
+    }
+
     /// [`Store::put_file_with`] by hard link: `None` when `src` cannot be linked into the
     /// target's directory (another filesystem), so the caller streams it instead.
     fn link_file(
@@ -829,6 +853,16 @@ impl Store for DirStore {
                 self.put_with(key, Box::pin(file), options).await
             }
         }
+    }
+
+    /// The sources copied by the kernel into one file (no bytes through this process),
+    /// put in place as `put_file_with` puts a file.
+    async fn compose(&self, sources: &[String], to: &str, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
+        let target = self.inner.path_of(to)?;
+        let sources =
+            sources.iter().map(|k| Ok((k.clone(), self.inner.path_of(k)?))).collect::<Result<Vec<_>, StoreError>>()?;
+        let (to, options) = (to.to_string(), options.clone());
+        self.blocking(move |inner| inner.compose(&to, &sources, &target, &options)).await
     }
 
     /// Recursive, sorted by key; `prefix` is a plain string prefix of the key.
