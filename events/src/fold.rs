@@ -22,6 +22,7 @@
 //! - time never enters the fold: whether a job is overdue is asked of the view with an
 //!   explicit `now` ([`JobState::to_status_at`]), so two folds of one log always agree.
 
+use crate::options::JobType;
 use chrono::{DateTime, Utc};
 use cloudevents::event::AttributesReader;
 use cloudevents::Event;
@@ -402,6 +403,9 @@ pub struct JobStatus {
     pub project_id: String,
     /// Owner (addition).
     pub user_id: String,
+    /// `video_stitching` (CONTRACT 1.1).
+    #[serde(rename = "type")]
+    pub job_type: JobType,
     /// `queued` | `running` | `completed` | `failed` | `cancelled`.
     pub status: Status,
     /// The stage the job is in or ended in.
@@ -445,6 +449,8 @@ impl JobState {
             job_id: self.job_id.clone(),
             project_id: self.project_id.clone(),
             user_id: self.user_id.clone(),
+            // Every job the fold sees is a stitching job until generation jobs exist.
+            job_type: JobType::VideoStitching,
             status,
             stage: state.stage.as_ref().map(|(s, _)| *s),
             progress: (state.progress * 10.0).round() / 10.0,

@@ -27,6 +27,6 @@ pub mod verdict;
 
 pub use clip::{AudioInfo, ClipInfo, VideoInfo};
 pub use cloudevents::{AttributesReader, AttributesWriter, Event};
-pub use options::{Compression, Mode, Orientation};
+pub use options::{Compression, JobType, Mode, Orientation};
 pub use types::{ErrorType, Stage};
 pub use verdict::{Classify, Verdict};

@@ -55,6 +55,27 @@ impl Orientation {
     }
 }
 
+/// What kind of job it is (CONTRACT 1.1: `JobStatus.type`, `job.completed.type`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum JobType {
+    /// Clips joined into a reel (`stitch.requested`).
+    #[default]
+    VideoStitching,
+    /// Clips generated from prompts (`generate.requested`).
+    VideoGeneration,
+}
+
+impl JobType {
+    /// The contract's name: `video_stitching`, `video_generation`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobType::VideoStitching => "video_stitching",
+            JobType::VideoGeneration => "video_generation",
+        }
+    }
+}
+
 /// How hard to compress a re-encoded reel. See `docs/MEDIA.md` for the ffmpeg settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

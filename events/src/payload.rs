@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::clip::ClipInfo;
-use crate::options::{Compression, Mode, Orientation};
+use crate::options::{Compression, JobType, Mode, Orientation};
 use crate::types::{ErrorType, Stage};
 
 /// `phoenix.reel.v1.stitch.requested`: a request for a reel.
@@ -225,6 +225,9 @@ pub struct JobCompleted {
     pub warnings: Vec<String>,
     /// `copy` or `reencode`.
     pub mode: Mode,
+    /// `video_stitching` (CONTRACT 1.1; absent in older events, which were all stitching).
+    #[serde(rename = "type", default)]
+    pub job_type: JobType,
     /// The job's retry attempt (0 first), so the fold keeps attempts apart (addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_attempt: Option<u32>,

@@ -86,6 +86,7 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                 skipped_clips: vec![SkippedClip { path: "gs://b/c.mp4".into(), reason: "corrupt".into() }],
                 warnings: vec![],
                 mode: Mode::Copy,
+                job_type: reel_events::JobType::VideoStitching,
                 retry_attempt: Some(attempt),
             },
         )),

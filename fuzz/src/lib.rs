@@ -583,6 +583,7 @@ fn sample_completed(attempt: u32) -> JobCompleted {
         skipped_clips: vec![],
         warnings: vec![],
         mode: reel_events::Mode::Copy,
+        job_type: reel_events::JobType::VideoStitching,
         retry_attempt: Some(attempt),
     }
 }

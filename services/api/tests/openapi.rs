@@ -86,7 +86,7 @@ fn job_status_schema_matches_the_generated_one() {
             .map(|x| x.as_str().unwrap().to_string())
             .collect()
     };
-    for def in ["Status", "Stage", "ErrorType"] {
+    for def in ["Status", "Stage", "ErrorType", "JobType"] {
         assert_eq!(enum_of(def), consts(&generated, def), "{def} values differ");
     }
     // Every contract field of CONTRACT §5 is there.
@@ -103,12 +103,14 @@ fn job_status_schema_matches_the_generated_one() {
         "error",
         "warnings",
         "retryCount",
+        "type",
     ] {
         assert!(ours["properties"].get(field).is_some(), "{field}");
     }
     // And a real JobStatus serializes to exactly those properties.
     let status = reel_events::fold::JobState::new("job_1").to_status();
     let serialized = serde_json::to_value(status).unwrap();
+    assert_eq!(serialized["type"], "video_stitching", "CONTRACT 1.1: JobStatus.type");
     let produced: BTreeSet<String> = serialized.as_object().unwrap().keys().cloned().collect();
     assert!(produced.is_subset(&keys(ours)), "{produced:?}");
 }

@@ -77,6 +77,7 @@ impl Handler for Finalize {
             skipped_clips: input.skipped_clips.clone(),
             warnings: input.warnings.clone(),
             mode: input.reel.mode,
+            job_type: reel_events::JobType::VideoStitching,
             retry_attempt: Some(job.retry_attempt),
         };
         let completed = ctx.event(event, types::JOB_COMPLETED, job.retry_attempt, &data);
