@@ -656,6 +656,28 @@ pub mod store_cases {
         }
     }
 
+    /// `get_range` reads a slice: inside, running past the end (shortened), past the end
+    /// (empty), empty, and a missing key (`NotFound`).
+    pub async fn get_range_reads_a_slice(store: Arc<dyn Store>, p: &str) {
+        let key = format!("{p}ranged.bin");
+        let content = pattern(9, 300_000);
+        put(&*store, &key, &content, PutMode::CreateOnly).await;
+        let read = |offset: u64, len: u64| {
+            let (store, key) = (store.clone(), key.clone());
+            async move { store.get_range(&key, offset, len).await.unwrap_or_else(|e| panic!("get_range: {e}")) }
+        };
+        assert_eq!(read(0, 8).await, content[..8]);
+        assert_eq!(read(123_457, 70_000).await, content[123_457..193_457]);
+        assert_eq!(read(299_990, 100).await, content[299_990..], "a range running past the end is shortened");
+        assert!(read(300_000, 10).await.is_empty(), "a range past the end is empty");
+        assert!(read(5, 0).await.is_empty());
+        match store.get_range(&format!("{p}missing.bin"), 0, 10).await {
+            Err(StoreError::NotFound(_)) => {}
+            other => panic!("get_range of a missing key must be NotFound, got {other:?}"),
+        }
+        store.delete(&key).await.unwrap();
+    }
+
     /// `compose` makes one object of many, in order, with the options' metadata and mode;
     /// more sources than Cloud Storage takes in one call (32) are composed too, and no
     /// temporary object is left behind; a missing source is `NotFound` and creates nothing.
@@ -983,6 +1005,7 @@ macro_rules! store_conformance_tests {
             delete_reports_presence,
             copy_semantics,
             compose_concatenates_in_order,
+            get_range_reads_a_slice,
             invalid_keys_rejected,
             concurrent_create_only_single_winner,
             put_invisible_until_complete,

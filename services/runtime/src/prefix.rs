@@ -41,6 +41,9 @@ impl Store for PrefixStore {
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError> {
         self.inner.get(&self.full(key)?).await
     }
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        self.inner.get_range(&self.full(key)?, offset, len).await
+    }
     async fn put_with(&self, key: &str, body: ByteReader, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         Ok(self.strip(self.inner.put_with(&self.full(key)?, body, options).await?))
     }

@@ -200,6 +200,20 @@ pub trait Store: Send + Sync + 'static {
     /// Stream the content of `key`.
     async fn get(&self, key: &str) -> Result<ByteReader, StoreError>;
 
+    /// Up to `len` bytes of `key` from byte `offset` (fewer at its end; none past it):
+    /// a ranged read, for reading a file's headers without its media. This default
+    /// streams and skips, for backends that cannot seek.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let mut reader = self.get(key).await?;
+        let context = format!("reading {key}");
+        tokio::io::copy(&mut (&mut reader).take(offset), &mut tokio::io::sink())
+            .await
+            .map_err(|e| StoreError::from_io(&context, e))?;
+        let mut out = Vec::new();
+        reader.take(len).read_to_end(&mut out).await.map_err(|e| StoreError::from_io(&context, e))?;
+        Ok(out)
+    }
+
     /// Stream `body` into `key` under `mode`, without custom metadata. The object becomes
     /// visible only once complete.
     async fn put(&self, key: &str, body: ByteReader, mode: PutMode) -> Result<ObjectMeta, StoreError> {

@@ -795,6 +795,21 @@ impl Store for DirStore {
         Ok(Box::pin(tokio::io::BufReader::with_capacity(512 * 1024, tokio::fs::File::from_std(file))))
     }
 
+    /// A seek and one read.
+    async fn get_range(&self, key: &str, offset: u64, len: u64) -> Result<Vec<u8>, StoreError> {
+        let path = self.inner.path_of(key)?;
+        let key = key.to_string();
+        self.blocking(move |inner| {
+            let (file, _) = inner.open(&key, &path)?;
+            let mut out = Vec::new();
+            let mut file = file;
+            io::Seek::seek(&mut file, io::SeekFrom::Start(offset)).map_err(|e| io_err(&key, e))?;
+            file.take(len).read_to_end(&mut out).map_err(|e| io_err(&key, e))?;
+            Ok(out)
+        })
+        .await
+    }
+
     /// Streams `body` into a temp file next to the target computing its CRC32C, sets its
     /// metadata, fsyncs it, then renames (Overwrite, IfGeneration) or hard-links
     /// (CreateOnly) it into place under the directory lock.
