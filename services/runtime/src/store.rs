@@ -434,3 +434,88 @@ mod tests {
         }
     }
 }
+
+/// A blocking `Read + Seek` view of one object made of ranged reads ([`Store::get_range`]),
+/// for parsers that read a file's headers (a few boxes of an MP4) without its media.
+/// Reads go through a window of at least [`RangedReader::WINDOW`] bytes, so many small
+/// reads cost one request. Use it off the async runtime (in `spawn_blocking`): each
+/// request blocks on `handle`.
+pub struct RangedReader {
+    store: std::sync::Arc<dyn Store>,
+    key: String,
+    size: u64,
+    position: u64,
+    window: (u64, Vec<u8>),
+    handle: tokio::runtime::Handle,
+    /// Ranged reads made, and bytes they returned.
+    pub requests: u64,
+    /// Bytes the ranged reads returned.
+    pub bytes_read: u64,
+}
+
+impl RangedReader {
+    /// The smallest ranged read.
+    pub const WINDOW: u64 = 64 * 1024;
+
+    /// A reader of `key` (`size` bytes, from its [`ObjectMeta`]) in `store`.
+    pub fn new(store: std::sync::Arc<dyn Store>, key: &str, size: u64, handle: tokio::runtime::Handle) -> Self {
+        RangedReader {
+            store,
+            key: key.to_string(),
+            size,
+            position: 0,
+            window: (0, Vec::new()),
+            handle,
+            requests: 0,
+            bytes_read: 0,
+        }
+    }
+
+    /// The object's size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+}
+
+impl std::io::Read for RangedReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if buf.is_empty() || self.position >= self.size {
+            return Ok(0);
+        }
+        let (start, data) = &self.window;
+        let inside = self.position >= *start && self.position < start + data.len() as u64;
+        if !inside {
+            let len = (buf.len() as u64).max(Self::WINDOW).min(self.size - self.position);
+            let (store, key, at) = (self.store.clone(), self.key.clone(), self.position);
+            let bytes = self
+                .handle
+                .block_on(async move { store.get_range(&key, at, len).await })
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            self.requests += 1;
+            self.bytes_read += bytes.len() as u64;
+            if bytes.is_empty() {
+                return Ok(0);
+            }
+            self.window = (self.position, bytes);
+        }
+        let (start, data) = &self.window;
+        let from = (self.position - start) as usize;
+        let n = buf.len().min(data.len() - from);
+        buf[..n].copy_from_slice(&data[from..from + n]);
+        self.position += n as u64;
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for RangedReader {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        let target = match pos {
+            std::io::SeekFrom::Start(n) => Some(n),
+            std::io::SeekFrom::End(d) => self.size.checked_add_signed(d),
+            std::io::SeekFrom::Current(d) => self.position.checked_add_signed(d),
+        };
+        let target = target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before 0"))?;
+        self.position = target;
+        Ok(target)
+    }
+}
