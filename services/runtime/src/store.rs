@@ -384,57 +384,6 @@ pub async fn delete_prefix(store: &dyn Store, prefix: &str) -> Result<usize, Sto
     Ok(deleted)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn crc_notation_matches_cloud_storage() {
-        // Cloud Storage documents crc32c("") == "AAAAAA==".
-        assert_eq!(crc32c_base64(0), "AAAAAA==");
-        // crc32c("hello world") = 0xc99465aa
-        assert_eq!(crc32c::crc32c(b"hello world"), 0xc99465aa);
-        assert_eq!(crc32c_base64(0xc99465aa), "yZRlqg==");
-    }
-
-    /// Storage's row of the error matrix, one verdict per variant.
-    #[test]
-    fn storage_errors_follow_the_matrix() {
-        let table = [
-            (StoreError::Transient("timeout".into()), Verdict::retry(ErrorType::Internal)),
-            (StoreError::DiskFull("ENOSPC".into()), Verdict::retry(ErrorType::ResourceExhausted)),
-            (StoreError::PermissionDenied("403".into()), Verdict::reject(ErrorType::PermissionDenied)),
-            (StoreError::NotFound("k".into()), Verdict::reject(ErrorType::NotFound)),
-            (StoreError::InvalidKey("k".into(), "..".into()), Verdict::reject(ErrorType::InvalidRequest)),
-            (StoreError::AlreadyExists("k".into()), Verdict::reject(ErrorType::Internal)),
-            (StoreError::PreconditionFailed("k".into()), Verdict::reject(ErrorType::Internal)),
-            (StoreError::Other("400 bad request".into()), Verdict::reject(ErrorType::Internal)),
-        ];
-        for (error, verdict) in table {
-            assert_eq!(error.verdict(), verdict, "{error}");
-        }
-    }
-
-    /// Local disk errors are classified once, where they happen.
-    #[test]
-    fn local_disk_errors_are_classified() {
-        let enospc = std::io::Error::from_raw_os_error(28);
-        assert!(matches!(StoreError::from_io("write", enospc), StoreError::DiskFull(_)));
-        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
-        assert!(matches!(StoreError::from_io("open", denied), StoreError::PermissionDenied(_)));
-        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
-        assert!(StoreError::from_io("read", timeout).verdict().retryable);
-    }
-
-    #[test]
-    fn keys_are_checked() {
-        assert!(check_key("jobs/a/clip-000.mp4").is_ok());
-        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", "a\0b"] {
-            assert!(check_key(bad).is_err(), "{bad:?} accepted");
-        }
-    }
-}
-
 /// A blocking `Read + Seek` view of one object made of ranged reads ([`Store::get_range`]),
 /// for parsers that read a file's headers (a few boxes of an MP4) without its media.
 /// Reads go through a window of at least [`RangedReader::WINDOW`] bytes, so many small
@@ -517,5 +466,56 @@ impl std::io::Seek for RangedReader {
         let target = target.ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before 0"))?;
         self.position = target;
         Ok(target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_notation_matches_cloud_storage() {
+        // Cloud Storage documents crc32c("") == "AAAAAA==".
+        assert_eq!(crc32c_base64(0), "AAAAAA==");
+        // crc32c("hello world") = 0xc99465aa
+        assert_eq!(crc32c::crc32c(b"hello world"), 0xc99465aa);
+        assert_eq!(crc32c_base64(0xc99465aa), "yZRlqg==");
+    }
+
+    /// Storage's row of the error matrix, one verdict per variant.
+    #[test]
+    fn storage_errors_follow_the_matrix() {
+        let table = [
+            (StoreError::Transient("timeout".into()), Verdict::retry(ErrorType::Internal)),
+            (StoreError::DiskFull("ENOSPC".into()), Verdict::retry(ErrorType::ResourceExhausted)),
+            (StoreError::PermissionDenied("403".into()), Verdict::reject(ErrorType::PermissionDenied)),
+            (StoreError::NotFound("k".into()), Verdict::reject(ErrorType::NotFound)),
+            (StoreError::InvalidKey("k".into(), "..".into()), Verdict::reject(ErrorType::InvalidRequest)),
+            (StoreError::AlreadyExists("k".into()), Verdict::reject(ErrorType::Internal)),
+            (StoreError::PreconditionFailed("k".into()), Verdict::reject(ErrorType::Internal)),
+            (StoreError::Other("400 bad request".into()), Verdict::reject(ErrorType::Internal)),
+        ];
+        for (error, verdict) in table {
+            assert_eq!(error.verdict(), verdict, "{error}");
+        }
+    }
+
+    /// Local disk errors are classified once, where they happen.
+    #[test]
+    fn local_disk_errors_are_classified() {
+        let enospc = std::io::Error::from_raw_os_error(28);
+        assert!(matches!(StoreError::from_io("write", enospc), StoreError::DiskFull(_)));
+        let denied = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(matches!(StoreError::from_io("open", denied), StoreError::PermissionDenied(_)));
+        let timeout = std::io::Error::from(std::io::ErrorKind::TimedOut);
+        assert!(StoreError::from_io("read", timeout).verdict().retryable);
+    }
+
+    #[test]
+    fn keys_are_checked() {
+        assert!(check_key("jobs/a/clip-000.mp4").is_ok());
+        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", "a\0b"] {
+            assert!(check_key(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }
