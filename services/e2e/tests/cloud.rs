@@ -21,15 +21,6 @@ async fn with_clips(cluster: &Cluster, n: usize, seconds: f64) -> Vec<String> {
     paths
 }
 
-fn submit(cluster: &Cluster, project: &str, clips: &[String], output: &str, extra: &[&str]) -> String {
-    let mut args = vec!["submit", "--project", project, "--user", "u1", "-o", output];
-    args.extend(extra);
-    args.extend(clips.iter().map(String::as_str));
-    let out = cluster.reel(&args);
-    assert!(out.status.success(), "reel submit: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
-}
-
 async fn assert_reel(cluster: &Cluster, key: &str, seconds: f64) {
     let local = cluster.dir().join(format!("out-{}.mp4", uuid::Uuid::new_v4().simple()));
     assert!(cluster.download(key, &local).await, "no reel at gs://{}/{key}", cluster.bucket);
@@ -44,7 +35,7 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
     cluster.start_all();
     let clips = with_clips(&cluster, 3, 1.0).await;
     let output = format!("gs://{}/reels/out.mp4", cluster.bucket);
-    let job = submit(&cluster, "p1", &clips, &output, &["--orientation", "landscape"]);
+    let job = cluster.submit("p1", &clips, &output, &["--orientation", "landscape"]);
     let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     let data = reel_events::envelope::data_json(&done).unwrap();
     assert_eq!(data["outputPath"], output);
@@ -228,7 +219,7 @@ async fn two_workers_of_one_stage_share_the_backlog() {
     let mut jobs = Vec::new();
     for i in 0..4 {
         let output = format!("gs://{}/reels/shared-{i}.mp4", cluster.bucket);
-        jobs.push(submit(&cluster, &format!("proj{i}"), &clips, &output, &["--compression", "small"]));
+        jobs.push(cluster.submit(&format!("proj{i}"), &clips, &output, &["--compression", "small"]));
     }
     // A backlog first: every job waits for stitch before any stitch worker runs.
     for job in &jobs {
@@ -251,7 +242,7 @@ async fn a_stage_killed_mid_job_is_redelivered_and_the_job_completes_once() {
     let stitch = 2;
     let clips = with_clips(&cluster, 3, 3.0).await;
     let output = format!("gs://{}/reels/killed.mp4", cluster.bucket);
-    let job = submit(&cluster, "pk", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    let job = cluster.submit("pk", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     wait_for_stage_progress(&mut cluster, &job, "stitch").await;
     // The encode is running: its ffmpeg must die with the stage, not go on as an orphan.
     let stage_pid = cluster.programs[stitch].pid();
@@ -304,7 +295,7 @@ async fn a_stitch_that_runs_out_of_memory_is_retried_on_the_larger_tier() {
     cluster.wait_started(&[standard, large], Duration::from_secs(60)).await.unwrap();
     let clips = with_clips(&cluster, 3, 3.0).await;
     let output = format!("gs://{}/reels/large-tier.mp4", cluster.bucket);
-    let job = submit(&cluster, "plarge", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    let job = cluster.submit("plarge", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     wait_for_stage_progress(&mut cluster, &job, "stitch").await;
     // The standard tier dies mid-work, as out of memory; Cloud Run starts another.
     assert!(!cluster.programs[large].log_text().contains(&job), "the large tier took the job before any failure");
@@ -337,7 +328,7 @@ async fn sigterm_mid_job_exits_cleanly_and_the_job_still_completes() {
     }
     let clips = with_clips(&cluster, 3, 3.0).await;
     let output = format!("gs://{}/reels/termed.mp4", cluster.bucket);
-    let job = submit(&cluster, "pt", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    let job = cluster.submit("pt", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     wait_for_stage_progress(&mut cluster, &job, "stitch").await;
     let sent = Instant::now();
     cluster.signal(stitch, libc::SIGTERM);

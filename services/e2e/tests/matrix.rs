@@ -21,13 +21,11 @@ async fn upload_clip(cluster: &Cluster, name: &str, seconds: f64, spoil: impl Fn
     format!("gs://{}/{key}", cluster.bucket)
 }
 
-fn submit(cluster: &Cluster, project: &str, clips: &[String], output: &str, extra: &[&str]) -> String {
-    let mut args = vec!["submit", "--project", project, "--user", "u1", "-o", output];
-    args.extend(extra);
-    args.extend(clips.iter().map(String::as_str));
-    let out = cluster.reel(&args);
-    assert!(out.status.success(), "reel submit: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8(out.stdout).unwrap().trim().to_string()
+/// A job of two good 1 s clips in `project`, its reel at `reels/{project}.mp4`.
+async fn two_clip_job(cluster: &Cluster, project: &str) -> String {
+    let a = upload_clip(cluster, "a.mp4", 1.0, |_| {}).await;
+    let b = upload_clip(cluster, "b.mp4", 1.0, |_| {}).await;
+    cluster.submit(project, &[a, b], &format!("gs://{}/reels/{project}.mp4", cluster.bucket), &[])
 }
 
 /// The cluster with download's storage traffic through `proxy` (the others direct).
@@ -49,9 +47,7 @@ async fn cluster_with_download_behind(proxy_mode: ProxyMode) -> (Cluster, Faulty
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_failure_is_retried_and_the_user_sees_nothing() {
     let (mut cluster, proxy, download) = cluster_with_download_behind(ProxyMode::Reset).await;
-    let a = upload_clip(&cluster, "a.mp4", 1.0, |_| {}).await;
-    let b = upload_clip(&cluster, "b.mp4", 1.0, |_| {}).await;
-    let job = submit(&cluster, "pnet", &[a, b], &format!("gs://{}/reels/net.mp4", cluster.bucket), &[]);
+    let job = two_clip_job(&cluster, "pnet").await;
     // The network is down until download has met it and said it will retry.
     let start = Instant::now();
     while !cluster.programs[download].log_text().contains("transient failure; will retry") {
@@ -69,7 +65,7 @@ async fn a_network_failure_is_retried_and_the_user_sees_nothing() {
     let log = cluster.programs[download].log_text();
     assert!(log.contains("\"delivery_attempt\":2"), "no second delivery in download's log");
     let local = cluster.dir().join("net-out.mp4");
-    assert!(cluster.download("reels/net.mp4", &local).await);
+    assert!(cluster.download("reels/pnet.mp4", &local).await);
     assert!((check_playable(&local).0 - 2.0).abs() < 0.3);
 }
 
@@ -81,9 +77,7 @@ async fn a_network_failure_is_retried_and_the_user_sees_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_storage_permission_error_fails_fast_with_its_message() {
     let (mut cluster, proxy, _download) = cluster_with_download_behind(ProxyMode::Forbid).await;
-    let a = upload_clip(&cluster, "a.mp4", 1.0, |_| {}).await;
-    let b = upload_clip(&cluster, "b.mp4", 1.0, |_| {}).await;
-    let job = submit(&cluster, "pdenied", &[a, b], &format!("gs://{}/reels/denied.mp4", cluster.bucket), &[]);
+    let job = two_clip_job(&cluster, "pdenied").await;
     let failed = cluster.wait_for(Some(&job), types::JOB_FAILED, JOB_TIMEOUT).await;
     let data = reel_events::envelope::data_json(&failed).unwrap();
     assert_eq!(data["errorType"], "permission_denied", "{data}");
@@ -113,7 +107,7 @@ async fn corrupt_clips_are_skipped_with_a_warning_and_the_reel_is_made() {
     let clips = [good1, garbage.clone(), broken.clone(), good2];
     let output = format!("gs://{}/reels/corrupt.mp4", cluster.bucket);
     // A re-encode: every clip is decoded to the end, so the mid-stream break shows.
-    let job = submit(&cluster, "pcorrupt", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
+    let job = cluster.submit("pcorrupt", &clips, &output, &["--compression", "small", "--orientation", "landscape"]);
     let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     let data = reel_events::envelope::data_json(&done).unwrap();
     let skipped: Vec<String> = data["skippedClips"]

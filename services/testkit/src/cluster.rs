@@ -306,6 +306,17 @@ impl Cluster {
         Ok(self.programs.len() - 1)
     }
 
+    /// `reel submit` of a job of user `u1` in `project` (the clips, `-o output`, and
+    /// `extra` options); the job id it prints.
+    pub fn submit(&self, project: &str, clips: &[String], output: &str, extra: &[&str]) -> String {
+        let mut args = vec!["submit", "--project", project, "--user", "u1", "-o", output];
+        args.extend(extra);
+        args.extend(clips.iter().map(String::as_str));
+        let out = self.reel(&args);
+        assert!(out.status.success(), "reel submit: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).expect("job id").trim().to_string()
+    }
+
     /// Start a stage program (`validate`, `download`, …) with extra args; its index in
     /// [`Cluster::programs`].
     pub fn start_program(&mut self, stage: &str, args: &[&str]) -> usize {
