@@ -82,6 +82,7 @@
 //! * `codec.rs`: the SPS and AAC configuration, bit by bit;
 //! * `header.rs`: all of it into [`ClipInfo`] and [`Fingerprint`], or a decline.
 
+pub(crate) mod assemble;
 mod boxes;
 mod codec;
 mod header;
@@ -133,4 +134,10 @@ pub(crate) fn read<R: Read + Seek>(reader: R, len: u64) -> Res<(ClipInfo, Finger
     let moov = boxes::find_moov(&mut src)?;
     let movie = tables::read_moov(&mut src, &moov)?;
     header::describe(movie)
+}
+
+/// Plans the zero-copy join of the open `clips` (each with its length): the reel's
+/// header and the byte ranges of the clips that follow it; see `assemble.rs`.
+pub(crate) fn plan_assembly(clips: &[(std::fs::File, u64)]) -> Res<assemble::Assembly> {
+    assemble::plan(clips.iter().map(|(file, len)| (file, *len)).collect())
 }
