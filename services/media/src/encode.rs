@@ -362,8 +362,9 @@ fn write_assembly(
 ///
 /// * video: autorotated (ffmpeg's default), `fps`, scaled to fit
 ///   (`force_original_aspect_ratio=decrease`) and padded centred with black,
-///   `setsar=1`, `yuv420p`, libx264 `-preset`/`-crf`, `-profile:v high`,
-///   `stitchable=1` so all segments share one set of stream headers;
+///   `setsar=1`, `yuv420p`, limited range labelled BT.709, libx264 `-preset`/`-crf`,
+///   `-profile:v high`, `stitchable=1`, so all segments share one set of stream headers
+///   whatever the clips' colour tags;
 /// * audio: resampled to `sample_rate` stereo AAC at `audio_bitrate_k`; a clip
 ///   without audio gets silence (`anullsrc`);
 /// * both streams last exactly `round(duration × fps)` frames (video's last frame
@@ -490,11 +491,15 @@ impl EncodeTarget {
         let (frames, samples) = segment_length(info.duration_seconds, self.fps, self.sample_rate);
         let (w, h, fps, sr) = (self.width, self.height, self.fps, self.sample_rate);
         // `V:0`: the first real video stream (not cover art), autorotated by ffmpeg.
+        // One colour description for every segment (limited range, BT.709 labels):
+        // x264 writes the frames' colour tags into the SPS, so segments of clips tagged
+        // differently would not share stream headers and could not be joined.
         let video = format!(
             "[{input}:V:0]fps={fps},\
-             scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+             scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2:out_range=tv,\
              pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,\
              setsar=1,format=yuv420p,\
+             setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709,\
              tpad=stop_mode=clone:stop=-1,trim=end_frame={frames}[{video_out}]"
         );
         let audio = if info.audio.is_some() {
