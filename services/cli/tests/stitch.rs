@@ -140,6 +140,46 @@ fn clips_of_one_format_are_joined_by_stream_copy() {
     assert!(!work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(), "workspace not cleaned");
 }
 
+/// Clips the zero-copy assembler declines (here: one whose audio runs half a second past
+/// its video, which would put every later clip out of step) are still stream-copied, by
+/// ffmpeg's concat, and the job's warnings say why.
+#[test]
+fn clips_the_assembler_declines_are_joined_by_concat_saying_why() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let long_audio = sb.path("long audio.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=1"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=1.5"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2"])
+        .arg(&long_audio)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = sb.reel(&[
+        "stitch",
+        long_audio.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "-o",
+        "reel.mp4",
+        "--orientation",
+        "landscape",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let completed = sb.completed_event();
+    assert_eq!(completed["mode"], "copy", "{completed}");
+    let warnings = completed["warnings"].to_string();
+    assert!(
+        warnings.contains("zero-copy assembly declined (audio and video would be more than a frame apart"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("joined with ffmpeg's concat"), "{warnings}");
+    let p = probe(&sb.path("reel.mp4"));
+    assert_eq!(p.video, vec![(320, 240)]);
+    assert_eq!(p.audio_streams, 1);
+    decodes_cleanly(&sb.path("reel.mp4"));
+}
+
 /// Issue 14's defect: clips that agree on codec, size, rate and audio layout but come
 /// from other encoders (other x264 settings, one tagged BT.709 as phones tag it) plan as
 /// a stream copy; their H.264 headers differ, so neither the zero-copy join nor the
