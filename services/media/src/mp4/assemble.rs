@@ -9,7 +9,7 @@
 //! encoder delay (B-frames) and AAC priming and padding are cut exactly as in the clip.
 //!
 //! It declines (and the caller joins with ffmpeg instead) whatever it cannot express
-//! exactly; see [`super::assemble_paths`] and docs/MEDIA.md.
+//! exactly; see [`crate::assemble_copy`] and docs/MEDIA.md.
 
 use super::boxes::{fourcc, set_once, slice_boxes, top_level, BoxHeader, Cursor, Source};
 use super::codec::parse_esds;
@@ -24,9 +24,12 @@ const MAX_CLIP_SAMPLES: u32 = 4_000_000;
 /// The most samples one track of the reel may have (memory: ~4 bytes each).
 const MAX_TOTAL_SAMPLES: u64 = 16_000_000;
 /// The most clips one assembly joins.
-pub(crate) const MAX_CLIPS: usize = 1_000;
+const MAX_CLIPS: usize = 1_000;
 /// Edit list entries read per track.
 const MAX_EDITS: u32 = 16;
+/// Sample-table bytes read (and held) for all clips of one assembly together, so that
+/// many clips with large hostile tables cannot exhaust memory.
+const MAX_TABLE_BUDGET: u64 = 256 << 20;
 
 /// A byte range of clip `clip`'s file that goes, unchanged, into the reel's `mdat`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,15 +112,18 @@ pub(crate) fn plan<R: Read + Seek>(clips: Vec<(R, u64)>) -> Res<Assembly> {
         return decline(format!("more than {MAX_CLIPS} clips"));
     }
     let mut read = Vec::with_capacity(clips.len());
+    let mut budget = MAX_TABLE_BUDGET;
     for (n, (reader, len)) in clips.into_iter().enumerate() {
-        let clip = read_clip(reader, len).map_err(|Declined(why)| Declined(format!("clip {}: {why}", n + 1)))?;
+        let clip =
+            read_clip(reader, len, &mut budget).map_err(|Declined(why)| Declined(format!("clip {}: {why}", n + 1)))?;
         read.push(clip);
     }
     check_uniform(&read)?;
     build(&read)
 }
 
-fn read_clip<R: Read + Seek>(reader: R, len: u64) -> Res<Clip> {
+/// One clip's headers; `budget` is what is left of [`MAX_TABLE_BUDGET`].
+fn read_clip<R: Read + Seek>(reader: R, len: u64, budget: &mut u64) -> Res<Clip> {
     let mut src = Source::new(reader, len);
     let top = top_level(&mut src)?;
     let ftyp = src.payload(&top.ftyp, 1024)?;
@@ -129,7 +135,7 @@ fn read_clip<R: Read + Seek>(reader: R, len: u64) -> Res<Clip> {
     for child in src.children(&top.moov)? {
         match &child.kind {
             b"mvhd" => set_once(&mut mvhd, parse_mvhd(&src.payload(&child, 256)?)?, child.kind)?,
-            b"trak" => tracks.push(read_track(&mut src, &child)?),
+            b"trak" => tracks.push(read_track(&mut src, &child, budget)?),
             b"mvex" => return decline("fragmented ('mvex' box)"),
             b"cmov" => return decline("compressed 'moov'"),
             _ => {}
@@ -166,7 +172,7 @@ fn required<R: Read + Seek>(src: &mut Source<R>, parent: &BoxHeader, kind: &[u8;
     only_child(src, parent, kind)?.ok_or_else(|| Declined(format!("no '{}' box", fourcc(*kind))))
 }
 
-fn read_track<R: Read + Seek>(src: &mut Source<R>, trak: &BoxHeader) -> Res<TrackTables> {
+fn read_track<R: Read + Seek>(src: &mut Source<R>, trak: &BoxHeader, budget: &mut u64) -> Res<TrackTables> {
     let tkhd_box = required(src, trak, b"tkhd")?;
     let tkhd = parse_tkhd(&src.payload(&tkhd_box, 256)?)?;
     let edits = match only_child(src, trak, b"edts")? {
@@ -223,6 +229,13 @@ fn read_track<R: Read + Seek>(src: &mut Source<R>, trak: &BoxHeader) -> Res<Trac
         if child.body_len() > cap {
             return decline(format!("'{}' box is too large", fourcc(kind)));
         }
+        // Every table costs its bytes; a constant-size `stsz` costs the sizes it expands to.
+        let cost = if &kind == b"stsz" {
+            child.body_len().max(4 * u64::from(stsz_count(src, &child)?))
+        } else {
+            child.body_len()
+        };
+        *budget = budget.checked_sub(cost).ok_or_else(|| Declined("sample tables too large in all".into()))?;
         let p = src.payload(&child, cap)?;
         let twice = || Declined(format!("two '{}' boxes", fourcc(kind)));
         match &kind {
@@ -291,6 +304,14 @@ fn words(p: &[u8], kind: [u8; 4]) -> Res<Vec<u32>> {
     let mut c = Cursor::new(p, "table");
     c.skip(8)?;
     (0..n).map(|_| c.u32()).collect()
+}
+
+/// The sample count an `stsz` box declares (its first 12 payload bytes).
+fn stsz_count<R: Read + Seek>(src: &mut Source<R>, stsz: &BoxHeader) -> Res<u32> {
+    let head = src.payload(stsz, 12)?;
+    let mut c = Cursor::new(&head, "stsz");
+    c.skip(8)?;
+    c.u32()
 }
 
 fn parse_stsz(p: &[u8]) -> Res<Vec<u32>> {
@@ -440,7 +461,10 @@ fn check_chunks(t: &TrackTables, media: &[(u64, u64)]) -> Res<()> {
         let bytes: u64 = t.sizes[sample..end_sample].iter().map(|&s| u64::from(s)).sum();
         sample = end_sample;
         let end = offset.checked_add(bytes).ok_or_else(|| Declined("chunk past the end".into()))?;
-        if !media.iter().any(|&(start, stop)| offset >= start && end <= stop) {
+        // The ranges are in file order and do not overlap: the last one starting at or
+        // before the chunk is the only one that can hold it.
+        let i = media.partition_point(|&(start, _)| start <= offset);
+        if i == 0 || end > media[i - 1].1 {
             return decline(format!("chunk {} is not inside an 'mdat' box", chunk + 1));
         }
     }
@@ -854,7 +878,8 @@ fn moov(
     for t in tracks {
         let mut offsets = Vec::with_capacity(t.chunks.len());
         for &(clip, offset) in &t.chunks {
-            let Some(&(start, _, position)) = placed[clip].iter().find(|&&(s, e, _)| offset >= s && offset < e) else {
+            let i = placed[clip].partition_point(|&(s, _, _)| s <= offset);
+            let Some(&(start, _, position)) = i.checked_sub(1).and_then(|i| placed[clip].get(i)) else {
                 return decline("a chunk outside the media"); // checked when read
             };
             offsets.push(base + position + (offset - start));

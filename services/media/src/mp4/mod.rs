@@ -80,7 +80,9 @@
 //! * `boxes.rs`: box headers and bounded reads (sizes, offsets, work caps);
 //! * `tables.rs`: the `moov` tree into per-track facts (headers and table counts);
 //! * `codec.rs`: the SPS and AAC configuration, bit by bit;
-//! * `header.rs`: all of it into [`ClipInfo`] and [`Fingerprint`], or a decline.
+//! * `header.rs`: all of it into [`ClipInfo`] and [`Fingerprint`], or a decline;
+//! * `assemble.rs`: beside the probe, the zero-copy join: the whole sample tables of
+//!   several clips (on `boxes.rs` and `tables.rs`) into one new `moov`, or a decline.
 
 pub(crate) mod assemble;
 mod boxes;
