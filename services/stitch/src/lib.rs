@@ -277,8 +277,12 @@ async fn join(
         }
         Assembled::Declined { reason } => {
             info!(%reason, "zero-copy assembly declined; joining with ffmpeg");
-            warnings.push(format!("zero-copy assembly declined ({reason}); joined with ffmpeg's concat"));
-            reel_media::concat_copy(run.media, inputs, output, run.opts, on_progress).await
+            let joined = reel_media::concat_copy(run.media, inputs, output, run.opts, on_progress).await;
+            warnings.push(match &joined {
+                Ok(()) => format!("zero-copy assembly declined ({reason}); joined with ffmpeg's concat"),
+                Err(e) => format!("zero-copy assembly declined ({reason}); ffmpeg's concat failed too: {e}"),
+            });
+            joined
         }
     }
 }
