@@ -367,10 +367,37 @@ fn main() {
     if raw.get(1).map(|a| a == "__api-state").unwrap_or(false) {
         std::process::exit(apimem::child_main(&raw[2..]));
     }
+    if raw.get(1).map(|a| a == "__copy-floor").unwrap_or(false) {
+        std::process::exit(copy_floor_main(&raw[2..]));
+    }
     let args = Args::parse();
     if let Err(e) = run(args) {
         eprintln!("reel-bench: {e:#}");
         std::process::exit(1);
+    }
+}
+
+/// `__copy-floor OUT CLIP…`: the copy path's floor, the clips' bytes appended to OUT by
+/// the kernel (`std::io::copy` between files is `copy_file_range` on Linux), as the
+/// zero-copy assembly copies them, with no header and no checks.
+fn copy_floor_main(args: &[std::ffi::OsString]) -> i32 {
+    let Some((out, clips)) = args.split_first() else {
+        eprintln!("usage: reel-bench __copy-floor OUT CLIP...");
+        return 2;
+    };
+    let copy = || -> std::io::Result<()> {
+        let mut out = std::fs::File::create(out)?;
+        for clip in clips {
+            std::io::copy(&mut std::fs::File::open(clip)?, &mut out)?;
+        }
+        Ok(())
+    };
+    match copy() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("copy floor: {e}");
+            1
+        }
     }
 }
 
@@ -586,6 +613,11 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
         "reel stitch",
         format!("reel stitch CLIP×{} -o OUT (fresh REEL_HOME per run)", corpus.clips.len()),
     );
+    let floor_out = out_dir.join("floor.bin");
+    let mut floor = Contender::new(
+        "floor: copy_file_range of the clips",
+        format!("reel-bench __copy-floor OUT CLIP×{} (the clips' bytes, appended in-kernel)", corpus.clips.len()),
+    );
     let log = env.log("copy");
     // One warm-up each (not counted), then alternate.
     for round in 0..=runs {
@@ -595,15 +627,21 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
         let home = env.fresh_dir("home")?;
         let r = proc::run(&mut env.reel_cmd(&home, &corpus.clips, &reel_out, &[], None), true, &log)?;
         remove(&home);
+        remove(&floor_out);
+        let mut floor_cmd = Command::new(&env.bench_exe);
+        floor_cmd.arg("__copy-floor").arg(&floor_out).args(&corpus.clips).stdout(Stdio::null());
+        let f = proc::run(&mut floor_cmd, false, &log)?;
         eprintln!(
-            "  round {round}{}: bare {:.2} s, reel {:.2} s",
+            "  round {round}{}: bare {:.2} s, reel {:.2} s, floor {:.2} s",
             if round == 0 { " (warm-up, not counted)" } else { "" },
             b.wall.as_secs_f64(),
-            r.wall.as_secs_f64()
+            r.wall.as_secs_f64(),
+            f.wall.as_secs_f64()
         );
         if round > 0 {
             bare.runs.push(b);
             reel.runs.push(r);
+            floor.runs.push(f);
         }
     }
     let mut notes = Vec::new();
@@ -627,8 +665,8 @@ fn copy_path(env: &Env, corpus: &Corpus, runs: usize, rt: &tokio::runtime::Runti
     Ok(PathResult {
         title: "copy path".into(),
         workload: corpus.describe(),
-        contenders: vec![bare, reel],
-        target_ratio: 1.25,
+        contenders: vec![bare, reel, floor],
+        target_ratio: 0.5,
         notes,
         video_seconds: Some(corpus.total_seconds() as f64),
     })

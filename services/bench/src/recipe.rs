@@ -152,8 +152,9 @@ mod tests {
         let t = EncodeTarget::new(Orientation::Portrait, Compression::Optimized);
         assert_eq!(
             normalize_graph(&info(true), &t),
-            "[0:V:0]fps=30,scale=w=1080:h=1920:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+            "[0:V:0]fps=30,scale=w=1080:h=1920:force_original_aspect_ratio=decrease:force_divisible_by=2:out_range=tv,\
              pad=w=1080:h=1920:x=(ow-iw)/2:y=(oh-ih)/2:color=black,setsar=1,format=yuv420p,\
+             setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709,\
              tpad=stop_mode=clone:stop=-1,trim=end_frame=60[v];\
              [0:a:0]aresample=48000:async=1:first_pts=0,\
              aformat=sample_fmts=fltp:sample_rates=48000:channel_layouts=stereo,apad,atrim=end_sample=96000[a]"

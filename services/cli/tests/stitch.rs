@@ -132,10 +132,97 @@ fn clips_of_one_format_are_joined_by_stream_copy() {
     decodes_cleanly(&sb.path("out.mp4"));
     let completed = sb.completed_event();
     assert_eq!(completed["mode"], "copy");
+    // Joined by zero-copy assembly: no fallback to ffmpeg's concat to report.
+    assert_eq!(completed["warnings"], serde_json::json!([]), "{completed}");
     assert_eq!(completed["sizeBytes"].as_u64().unwrap(), std::fs::metadata(sb.path("out.mp4")).unwrap().len());
     // No work files are left behind.
     let work = sb.path("state/work/jobs");
     assert!(!work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(), "workspace not cleaned");
+}
+
+/// Clips the zero-copy assembler declines (here: one whose audio runs half a second past
+/// its video, which would put every later clip out of step) are still stream-copied, by
+/// ffmpeg's concat, and the job's warnings say why.
+#[test]
+fn clips_the_assembler_declines_are_joined_by_concat_saying_why() {
+    let sb = Sandbox::new();
+    let a = sb.clip("a.mp4", 320, 240, 1.0, true, &[]);
+    let long_audio = sb.path("long audio.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=1"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:sample_rate=48000:duration=1.5"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-pix_fmt", "yuv420p", "-c:a", "aac", "-ac", "2"])
+        .arg(&long_audio)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = sb.reel(&[
+        "stitch",
+        long_audio.to_str().unwrap(),
+        a.to_str().unwrap(),
+        "-o",
+        "reel.mp4",
+        "--orientation",
+        "landscape",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let completed = sb.completed_event();
+    assert_eq!(completed["mode"], "copy", "{completed}");
+    let warnings = completed["warnings"].to_string();
+    assert!(
+        warnings.contains("zero-copy assembly declined (audio and video would be more than a frame apart"),
+        "{warnings}"
+    );
+    assert!(warnings.contains("joined with ffmpeg's concat"), "{warnings}");
+    let p = probe(&sb.path("reel.mp4"));
+    assert_eq!(p.video, vec![(320, 240)]);
+    assert_eq!(p.audio_streams, 1);
+    decodes_cleanly(&sb.path("reel.mp4"));
+}
+
+/// Issue 14's defect: clips that agree on codec, size, rate and audio layout but come
+/// from other encoders (other x264 settings, one tagged BT.709 as phones tag it) plan as
+/// a stream copy; their H.264 headers differ, so neither the zero-copy join nor the
+/// concat join can take them. The job must end in a correct re-encoded reel that says
+/// why, not fail.
+#[test]
+fn clips_with_other_codec_headers_are_reencoded_not_failed() {
+    let sb = Sandbox::new();
+    let plain = sb.clip("plain.mp4", 320, 240, 1.0, true, &[]);
+    let phone = sb.clip(
+        "phone.mp4",
+        320,
+        240,
+        1.5,
+        true,
+        &["-x264-params", "ref=3", "-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709"],
+    );
+    let out = sb.reel(&[
+        "stitch",
+        plain.to_str().unwrap(),
+        phone.to_str().unwrap(),
+        "-o",
+        "reel.mp4",
+        "--orientation",
+        "landscape",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("mode reencode"), "{}", text(&out));
+    let types = sb.log_types();
+    assert!(!types.iter().any(|t| t == "phoenix.reel.v1.job.failed"), "{types:?}");
+    let completed = sb.completed_event();
+    assert_eq!(completed["mode"], "reencode");
+    let warnings: Vec<&str> = completed["warnings"].as_array().unwrap().iter().filter_map(|w| w.as_str()).collect();
+    assert!(
+        warnings.iter().any(|w| w.contains("zero-copy assembly declined") && w.contains("sample description")),
+        "{warnings:?}"
+    );
+    assert!(warnings.iter().any(|w| w.contains("re-encoded")), "{warnings:?}");
+    let p = probe(&sb.path("reel.mp4"));
+    assert_eq!(p.video, vec![(1920, 1080)]);
+    assert_eq!(p.audio_streams, 1);
+    assert!((p.duration - 2.5).abs() <= 0.05, "duration {} != 2.5", p.duration);
+    decodes_cleanly(&sb.path("reel.mp4"));
 }
 
 #[test]

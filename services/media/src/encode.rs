@@ -255,12 +255,116 @@ pub async fn concat_copy(
     Ok(())
 }
 
+/// What [`assemble_copy`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[must_use]
+pub enum Assembled {
+    /// The reel was written: a new header, then the clips' media bytes unchanged.
+    Written {
+        /// The reel's size.
+        size_bytes: u64,
+    },
+    /// The clips cannot be joined this way (why, in words); nothing was written.
+    /// Join them with [`concat_copy`] instead.
+    Declined {
+        /// For the job's warnings, e.g. `clip 2's video sample description (codec
+        /// headers) differs from clip 1's`.
+        reason: String,
+    },
+}
+
+/// Joins MP4/MOV `inputs` in order into `output` without ffmpeg and without touching
+/// their media: a new `ftyp` + `moov` (fast-start) whose sample tables point into one
+/// `mdat` holding each input's media data unchanged, copied by the kernel
+/// (`copy_file_range` through `std::io::copy`). Only the headers are parsed.
+///
+/// Returns [`Assembled::Declined`] for inputs it cannot join exactly (fragmented files,
+/// differing sample descriptions, edit lists it cannot repeat, audio and video out of
+/// step; docs/MEDIA.md lists them); the caller then uses [`concat_copy`]. Like the
+/// ffmpeg joins, it writes to a temporary name next to `output` and renames at the end;
+/// cancel and deadline stop it between copies of at most 64 MiB.
+pub async fn assemble_copy(inputs: &[PathBuf], output: &Path, opts: &RunOptions) -> Result<Assembled, MediaError> {
+    if inputs.is_empty() {
+        return Err(invalid_input("assemble_copy needs at least one input"));
+    }
+    let tmp = TempFile::beside(output, "part.mp4")?;
+    let (inputs, part, cancel, deadline) = (inputs.to_vec(), tmp.path.clone(), opts.cancel.clone(), opts.deadline);
+    let assembled = tokio::task::spawn_blocking(move || write_assembly(&inputs, &part, &cancel, deadline))
+        .await
+        .map_err(|e| MediaError::Io(io::Error::other(format!("the assembly task failed: {e}"))))??;
+    if let Assembled::Written { size_bytes } = &assembled {
+        check_iso_boxes(&tmp.path, *size_bytes).await?;
+        tmp.persist(output).await?;
+    }
+    Ok(assembled)
+}
+
+/// The blocking part of [`assemble_copy`]: plan from the open files, then write the
+/// header and copy the ranges from the very files that were read.
+fn write_assembly(
+    inputs: &[PathBuf],
+    part: &Path,
+    cancel: &crate::CancelToken,
+    deadline: Option<std::time::Instant>,
+) -> Result<Assembled, MediaError> {
+    use std::io::{Read, Seek, Write};
+    let mut files = Vec::with_capacity(inputs.len());
+    for input in inputs {
+        let file =
+            std::fs::File::open(input).map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", input.display())))?;
+        let meta = file.metadata()?;
+        if !meta.is_file() {
+            return Err(invalid_input(format!("{} is not a regular file", input.display())));
+        }
+        files.push((file, meta.len()));
+    }
+    let assembly = match crate::mp4::plan_assembly(&files) {
+        Ok(a) => a,
+        Err(declined) => return Ok(Assembled::Declined { reason: declined.0 }),
+    };
+    let write_err = |e: io::Error| MediaError::from_io(e, "writing the assembled reel");
+    let mut out = std::fs::File::create(part).map_err(write_err)?;
+    out.write_all(&assembly.header).map_err(write_err)?;
+    const PIECE: u64 = 64 << 20;
+    for range in &assembly.ranges {
+        let mut file = &files[range.clip].0;
+        file.seek(io::SeekFrom::Start(range.offset))?;
+        let mut left = range.len;
+        while left > 0 {
+            if cancel.is_cancelled() {
+                return Err(MediaError::Cancelled);
+            }
+            if deadline.is_some_and(|d| std::time::Instant::now() >= d) {
+                return Err(MediaError::Timeout);
+            }
+            let piece = left.min(PIECE);
+            // std::io::copy between files is copy_file_range on Linux (in-kernel, reflink
+            // where the filesystem can), read/write elsewhere.
+            let copied = io::copy(&mut file.take(piece), &mut out).map_err(write_err)?;
+            if copied != piece {
+                return Err(MediaError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("{} changed while it was joined", inputs[range.clip].display()),
+                )));
+            }
+            left -= piece;
+        }
+    }
+    out.flush().map_err(write_err)?;
+    let size_bytes = out.metadata()?.len();
+    if size_bytes != assembly.total_len() {
+        return Err(MediaError::Io(io::Error::other("the assembled reel has the wrong size")));
+    }
+    Ok(Assembled::Written { size_bytes })
+}
+
 /// Re-encodes one clip into an MP4 segment of exactly `target`:
 ///
 /// * video: autorotated (ffmpeg's default), `fps`, scaled to fit
 ///   (`force_original_aspect_ratio=decrease`) and padded centred with black,
-///   `setsar=1`, `yuv420p`, libx264 `-preset`/`-crf`, `-profile:v high`,
-///   `stitchable=1` so all segments share one set of stream headers;
+///   `setsar=1`, `yuv420p`, limited range labelled BT.709, libx264 `-preset`/`-crf`,
+///   `-profile:v high`, `stitchable=1`, so all segments share one set of stream headers
+///   whatever the clips' colour tags;
 /// * audio: resampled to `sample_rate` stereo AAC at `audio_bitrate_k`; a clip
 ///   without audio gets silence (`anullsrc`);
 /// * both streams last exactly `round(duration × fps)` frames (video's last frame
@@ -387,11 +491,15 @@ impl EncodeTarget {
         let (frames, samples) = segment_length(info.duration_seconds, self.fps, self.sample_rate);
         let (w, h, fps, sr) = (self.width, self.height, self.fps, self.sample_rate);
         // `V:0`: the first real video stream (not cover art), autorotated by ffmpeg.
+        // One colour description for every segment (limited range, BT.709 labels):
+        // x264 writes the frames' colour tags into the SPS, so segments of clips tagged
+        // differently would not share stream headers and could not be joined.
         let video = format!(
             "[{input}:V:0]fps={fps},\
-             scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2,\
+             scale=w={w}:h={h}:force_original_aspect_ratio=decrease:force_divisible_by=2:out_range=tv,\
              pad=w={w}:h={h}:x=(ow-iw)/2:y=(oh-ih)/2:color=black,\
              setsar=1,format=yuv420p,\
+             setparams=range=tv:color_primaries=bt709:color_trc=bt709:colorspace=bt709,\
              tpad=stop_mode=clone:stop=-1,trim=end_frame={frames}[{video_out}]"
         );
         let audio = if info.audio.is_some() {

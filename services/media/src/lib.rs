@@ -62,7 +62,10 @@ mod process;
 
 pub use cancel::{CancelToken, RunOptions};
 pub use config::{LimitExceeded, MediaConfig, ProbeLimits};
-pub use encode::{check_copy_compatible, concat_copy, ffmpeg_version, make_sample_clip, normalize_clip, SampleSpec};
+pub use encode::{
+    assemble_copy, check_copy_compatible, concat_copy, ffmpeg_version, make_sample_clip, normalize_clip, Assembled,
+    SampleSpec,
+};
 pub use error::MediaError;
 pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use probe::{

@@ -492,3 +492,46 @@ fn disk_full_is_reported() {
     assert!(matches!(e, MediaError::DiskFull { .. }), "{e:?}");
     assert!(leftovers(&full).is_empty(), "{:?}", leftovers(&full));
 }
+
+/// Segments of clips whose colour tags differ (one untagged, one tagged BT.709 as phones
+/// tag theirs, one full-range BT.601) share one set of stream headers, so the segments of a
+/// re-encode can always be joined (issue 14: x264 writes the tags into the SPS).
+#[test]
+fn segments_of_differently_tagged_clips_share_stream_headers() {
+    let dir = tempfile::tempdir().unwrap();
+    let tags: [&[&str]; 3] = [
+        &[],
+        &["-color_primaries", "bt709", "-color_trc", "bt709", "-colorspace", "bt709"],
+        &[
+            "-pix_fmt",
+            "yuvj420p",
+            "-color_primaries",
+            "smpte170m",
+            "-color_trc",
+            "smpte170m",
+            "-colorspace",
+            "smpte170m",
+        ],
+    ];
+    let target = EncodeTarget::new(Orientation::Landscape, Compression::Small);
+    let mut segments = Vec::new();
+    for (i, extra) in tags.iter().enumerate() {
+        let src = dir.path().join(format!("src{i}.mp4"));
+        let st = Command::new("ffmpeg")
+            .args(["-v", "error", "-nostdin", "-y", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=30:duration=0.5"])
+            .args(["-c:v", "libx264", "-preset", "ultrafast"])
+            .args(*extra)
+            .arg(&src)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let info = block(probe(&media(), &src)).unwrap();
+        let seg = dir.path().join(format!("seg{i}.mp4"));
+        block(normalize_clip(&media(), &src, &info, &target, &seg, &RunOptions::new(), &mut |_| {})).unwrap();
+        segments.push(seg);
+    }
+    block(check_copy_compatible(&media(), &segments, &RunOptions::new())).unwrap();
+    let out = dir.path().join("joined.mp4");
+    block(concat_copy(&media(), &segments, &out, &RunOptions::new(), &mut |_| {})).unwrap();
+    assert_eq!(decode_errors(&out), "");
+}

@@ -10,7 +10,7 @@
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched, SkippedClip};
 use reel_events::{types, ErrorType, Event, Mode, Stage};
-use reel_media::{CancelToken, Classify, MediaConfig, MediaError, RunOptions};
+use reel_media::{Assembled, CancelToken, Classify, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, PutMode};
@@ -113,7 +113,7 @@ impl Handler for Stitch {
             (Mode::Copy, _) => {
                 let progress = ctx.progress.clone();
                 let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
-                match reel_media::concat_copy(&self.media, &inputs, &target_path, &opts, &mut on_progress).await {
+                match join(&run, &inputs, &target_path, &mut warnings, &mut on_progress).await {
                     Ok(()) => Ok(Vec::new()),
                     Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => {
                         Err(Outcome::failed("stitching", &e))
@@ -123,11 +123,13 @@ impl Handler for Stitch {
                         warn!(error = %e, "stream copy failed; falling back to re-encode");
                         mode = Mode::Reencode;
                         let target = reel_media::EncodeTarget::new(job.orientation, job.compression);
-                        reencode(&run, &input, &inputs, &target, &target_path).await
+                        reencode(&run, &input, &inputs, &target, &target_path, &mut warnings).await
                     }
                 }
             }
-            (Mode::Reencode, Some(target)) => reencode(&run, &input, &inputs, target, &target_path).await,
+            (Mode::Reencode, Some(target)) => {
+                reencode(&run, &input, &inputs, target, &target_path, &mut warnings).await
+            }
             (Mode::Reencode, None) => {
                 Err(Outcome::Reject(Failure::new(ErrorType::Internal, "the plan says re-encode but names no target")))
             }
@@ -230,6 +232,7 @@ async fn reencode(
     inputs: &[PathBuf],
     target: &reel_media::EncodeTarget,
     output: &std::path::Path,
+    warnings: &mut Vec<String>,
 ) -> Result<Vec<SkippedClip>, Outcome> {
     let mut skipped = Vec::new();
     let segments = normalize_all(run, input, inputs, target, &mut skipped).await.map_err(|e| {
@@ -247,13 +250,41 @@ async fn reencode(
             Outcome::failed("stitching", &e)
         }
     })?;
-    let Run { ctx, media, opts, total_seconds } = *run;
+    let Run { ctx, total_seconds, .. } = *run;
     let progress = ctx.progress.clone();
     let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
-    reel_media::concat_copy(media, &segments, output, opts, &mut on_progress)
+    join(run, &segments, output, warnings, &mut on_progress)
         .await
         .map_err(|e| Outcome::failed("joining the segments", &e))?;
     Ok(skipped)
+}
+
+/// Joins clips (or segments) without re-encoding: by zero-copy assembly (a new header
+/// and the inputs' media bytes as they are), or, where it declines, by ffmpeg's concat
+/// demuxer; the decline goes into `warnings`, so the job's result says why.
+async fn join(
+    run: &Run<'_>,
+    inputs: &[PathBuf],
+    output: &std::path::Path,
+    warnings: &mut Vec<String>,
+    on_progress: &mut (dyn FnMut(f64) + Send),
+) -> Result<(), MediaError> {
+    match reel_media::assemble_copy(inputs, output, run.opts).await? {
+        Assembled::Written { size_bytes } => {
+            info!(size_bytes, inputs = inputs.len(), "joined by zero-copy assembly");
+            on_progress(run.total_seconds);
+            Ok(())
+        }
+        Assembled::Declined { reason } => {
+            info!(%reason, "zero-copy assembly declined; joining with ffmpeg");
+            let joined = reel_media::concat_copy(run.media, inputs, output, run.opts, on_progress).await;
+            warnings.push(match &joined {
+                Ok(()) => format!("zero-copy assembly declined ({reason}); joined with ffmpeg's concat"),
+                Err(e) => format!("zero-copy assembly declined ({reason}); ffmpeg's concat failed too: {e}"),
+            });
+            joined
+        }
+    }
 }
 
 /// Whether an encode failed because of its clip (broken mid-stream, or ffmpeg refusing

@@ -2,7 +2,7 @@
 //! must fit their parent, the top-level walk, and the big-endian readers every other layer
 //! uses: this is where hostile sizes and offsets are stopped.
 
-use super::{decline, io_declined, Declined, Res};
+use super::{decline, io_declined, Res};
 use std::io::{Read, Seek, SeekFrom};
 
 pub(super) const MAX_TOP_LEVEL_BOXES: u32 = 10_000;
@@ -111,12 +111,26 @@ impl<R: Read + Seek> Source<R> {
     }
 }
 
+/// The top-level boxes that matter: the `ftyp`, the one `moov`, and every `mdat`.
+pub(super) struct TopLevel {
+    pub(super) ftyp: BoxHeader,
+    pub(super) moov: BoxHeader,
+    pub(super) mdats: Vec<BoxHeader>,
+}
+
 /// Walks the top-level boxes: `ftyp` first, exactly one `moov`, nothing fragmented,
 /// every box inside the file.
 pub(super) fn find_moov<R: Read + Seek>(src: &mut Source<R>) -> Res<BoxHeader> {
+    top_level(src).map(|top| top.moov)
+}
+
+/// [`find_moov`], keeping the `ftyp` and the `mdat` boxes too.
+pub(super) fn top_level<R: Read + Seek>(src: &mut Source<R>) -> Res<TopLevel> {
     let mut pos = 0u64;
     let mut count = 0u32;
     let mut moov = None;
+    let mut ftyp = None;
+    let mut mdats = Vec::new();
     let mut first = [0u8; 8];
     if src.len < 8 || src.read_at(0, &mut first).is_err() || &first[4..8] != b"ftyp" {
         return decline("not ISO-BMFF (no 'ftyp' box first)");
@@ -131,6 +145,10 @@ pub(super) fn find_moov<R: Read + Seek>(src: &mut Source<R>) -> Res<BoxHeader> {
         }
         match &h.kind {
             b"moov" => set_once(&mut moov, h, h.kind)?,
+            b"ftyp" => {
+                ftyp.get_or_insert(h);
+            }
+            b"mdat" => mdats.push(h),
             b"moof" | b"mfra" | b"sidx" | b"ssix" | b"styp" | b"emsg" | b"prft" => {
                 return decline(format!("fragmented ('{}' box)", fourcc(h.kind)))
             }
@@ -138,7 +156,10 @@ pub(super) fn find_moov<R: Read + Seek>(src: &mut Source<R>) -> Res<BoxHeader> {
         }
         pos = h.end;
     }
-    moov.ok_or_else(|| Declined("no 'moov' box".into()))
+    let (Some(ftyp), Some(moov)) = (ftyp, moov) else {
+        return decline("no 'moov' box");
+    };
+    Ok(TopLevel { ftyp, moov, mdats })
 }
 
 /// Splits an in-memory container payload into `(type, payload)` children, with

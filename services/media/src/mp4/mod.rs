@@ -80,8 +80,11 @@
 //! * `boxes.rs`: box headers and bounded reads (sizes, offsets, work caps);
 //! * `tables.rs`: the `moov` tree into per-track facts (headers and table counts);
 //! * `codec.rs`: the SPS and AAC configuration, bit by bit;
-//! * `header.rs`: all of it into [`ClipInfo`] and [`Fingerprint`], or a decline.
+//! * `header.rs`: all of it into [`ClipInfo`] and [`Fingerprint`], or a decline;
+//! * `assemble.rs`: beside the probe, the zero-copy join: the whole sample tables of
+//!   several clips (on `boxes.rs` and `tables.rs`) into one new `moov`, or a decline.
 
+pub(crate) mod assemble;
 mod boxes;
 mod codec;
 mod header;
@@ -133,4 +136,10 @@ pub(crate) fn read<R: Read + Seek>(reader: R, len: u64) -> Res<(ClipInfo, Finger
     let moov = boxes::find_moov(&mut src)?;
     let movie = tables::read_moov(&mut src, &moov)?;
     header::describe(movie)
+}
+
+/// Plans the zero-copy join of the open `clips` (each with its length): the reel's
+/// header and the byte ranges of the clips that follow it; see `assemble.rs`.
+pub(crate) fn plan_assembly(clips: &[(std::fs::File, u64)]) -> Res<assemble::Assembly> {
+    assemble::plan(clips.iter().map(|(file, len)| (file, *len)).collect())
 }
