@@ -75,6 +75,43 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
     assert!(reel_events::envelope::extension_str(&done, reel_events::envelope::TRACEPARENT).is_some());
 }
 
+/// The copy path on a workspace in a bucket moves no media through stitch: the clips'
+/// headers are read with ranged reads, and the reel is composed in the bucket from a
+/// small header object and the clip objects (Cloud Storage compose). Stitch's storage
+/// traffic goes through a counting proxy; the reel is whole and plays for as long as
+/// its clips.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_copy_path_composes_the_reel_in_the_bucket_without_moving_its_media() {
+    use reel_testkit::proxy::{FaultyProxy, ProxyMode};
+    let mut cluster = Cluster::start().await;
+    let proxy = FaultyProxy::start(&cluster.emulators.storage_url(), ProxyMode::Forward).await.unwrap();
+    for stage in ["validate", "download", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let url = proxy.url();
+    cluster.start_program_with_env("stitch", &[("STORAGE_EMULATOR_HOST", url.as_str())]).unwrap();
+    let mut clips = Vec::new();
+    for i in 0..4 {
+        let local = cluster.dir().join(format!("big {i}.mp4"));
+        make_clip(&local, 1280, 720, 3.0);
+        let key = format!("clips/big {i}.mp4");
+        cluster.upload(&local, &key).await;
+        clips.push(format!("gs://{}/{key}", cluster.bucket));
+    }
+    let output = format!("gs://{}/reels/composed.mp4", cluster.bucket);
+    let job = cluster.submit("pcompose", &clips, &output, &["--orientation", "landscape"]);
+    let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let data = reel_events::envelope::data_json(&done).unwrap();
+    assert_eq!(data["mode"], "copy", "{data}");
+    assert_eq!(data["warnings"].as_array().map_or(0, Vec::len), 0, "{data}");
+    assert_reel(&cluster, "reels/composed.mp4", 12.0).await;
+    let reel = data["sizeBytes"].as_u64().unwrap();
+    let (sent, received) = proxy.bytes();
+    eprintln!("stitch's storage traffic: {sent} bytes out, {received} bytes in, for a {reel}-byte reel");
+    assert!(received * 10 < reel, "stitch read {received} bytes of storage for a {reel}-byte reel");
+    assert!(sent * 10 < reel, "stitch wrote {sent} bytes to storage for a {reel}-byte reel");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_manifest_upload_starts_exactly_one_job() {
     let mut cluster = Cluster::start().await;

@@ -100,7 +100,9 @@ fn rotation(path: &Path) -> String {
 
 /// Joins `clips` and checks everything a user would: the reel decodes without a word
 /// from ffmpeg, its frames are the clips' frames in order, its audio and video end
-/// within a frame of each other, and it lasts as long as the clips together.
+/// within a frame of each other, and it lasts as long as the clips together. The same
+/// holds for the whole-file layout (the header, then the clip files as they are: what
+/// Cloud Storage compose makes).
 fn assert_joined_exactly(dir: &Path, name: &str, clips: &[PathBuf]) -> PathBuf {
     let out = dir.join(format!("{name}.reel.mp4"));
     let result = block(assemble_copy(clips, &out, &RunOptions::new())).unwrap();
@@ -108,22 +110,43 @@ fn assert_joined_exactly(dir: &Path, name: &str, clips: &[PathBuf]) -> PathBuf {
     assert_eq!(size_bytes, std::fs::metadata(&out).unwrap().len(), "{name}");
     let media: u64 = clips.iter().map(|c| std::fs::metadata(c).unwrap().len()).sum();
     assert!(size_bytes <= media, "{name}: the reel ({size_bytes}) is larger than its clips ({media})");
+    assert_same_frames_as_the_clips(name, &out, clips);
 
-    let errors = decode_errors(&out);
+    let readers = clips
+        .iter()
+        .map(|c| {
+            let file = std::fs::File::open(c).unwrap();
+            let len = file.metadata().unwrap().len();
+            (file, len)
+        })
+        .collect();
+    let mut whole = reel_media::whole_file_assembly_header(readers).unwrap_or_else(|why| panic!("{name}: {why}"));
+    for c in clips {
+        whole.extend_from_slice(&std::fs::read(c).unwrap());
+    }
+    let whole_path = dir.join(format!("{name}.whole.mp4"));
+    std::fs::write(&whole_path, &whole).unwrap();
+    assert_same_frames_as_the_clips(&format!("{name} (whole files)"), &whole_path, clips);
+    let info = reel_media::read_headers(std::io::Cursor::new(&whole), whole.len() as u64).unwrap();
+    assert!((info.duration_seconds - durations(&out).2).abs() < 0.01, "{name}: {info:?}");
+    out
+}
+
+fn assert_same_frames_as_the_clips(name: &str, reel: &Path, clips: &[PathBuf]) {
+    let errors = decode_errors(reel);
     assert!(errors.is_empty(), "{name}: decode errors: {}", &errors[..errors.len().min(600)]);
     let expected: Vec<String> = clips.iter().flat_map(|c| frame_hashes(c)).collect();
-    let got = frame_hashes(&out);
+    let got = frame_hashes(reel);
     assert_eq!(got.len(), expected.len(), "{name}: frame count");
     assert!(got == expected, "{name}: frames differ from the clips'");
 
-    let (video, audio, total) = durations(&out);
+    let (video, audio, total) = durations(reel);
     let clip_total: f64 = clips.iter().map(|c| durations(c).0).sum();
     assert!((video - clip_total).abs() < 0.5 / 30.0, "{name}: video {video} s, clips' video {clip_total} s");
     if let Some(audio) = audio {
         assert!((audio - video).abs() <= 1.0 / 30.0, "{name}: audio {audio} s, video {video} s");
     }
     assert!((total - video).abs() <= 1.0 / 30.0, "{name}: reel {total} s, video {video} s");
-    out
 }
 
 fn assert_declined(dir: &Path, name: &str, clips: &[PathBuf], because: &str) {

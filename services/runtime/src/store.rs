@@ -404,7 +404,7 @@ pub struct RangedReader {
 
 impl RangedReader {
     /// The smallest ranged read.
-    pub const WINDOW: u64 = 64 * 1024;
+    pub const WINDOW: u64 = 16 * 1024;
 
     /// A reader of `key` (`size` bytes, from its [`ObjectMeta`]) in `store`.
     pub fn new(store: std::sync::Arc<dyn Store>, key: &str, size: u64, handle: tokio::runtime::Handle) -> Self {

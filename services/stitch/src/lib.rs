@@ -6,6 +6,11 @@
 //! redelivery after a crash re-encodes only what is missing. The reel lands in the
 //! workspace as `reel.mp4` with its facts in `reel.json`; a redelivery that finds both
 //! re-emits the same event without touching ffmpeg.
+//!
+//! When the workspace is a bucket and the clips can be joined as they are, no clip is
+//! downloaded: their headers are read with ranged reads, and the reel is composed in the
+//! store from a small header object and the clip objects themselves
+//! ([`compose_in_store`]); no media byte passes through this program.
 
 use async_trait::async_trait;
 use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched, SkippedClip};
@@ -13,7 +18,7 @@ use reel_events::{types, ErrorType, Event, Mode, Stage};
 use reel_media::{Assembled, CancelToken, Classify, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
-use reel_runtime::store::{self, PutMode};
+use reel_runtime::store::{self, ObjectMeta, PutMode, PutOptions, RangedReader};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
@@ -83,6 +88,26 @@ impl Handler for Stitch {
         // Only this job's own files: a forged work message cannot point stitch elsewhere.
         if let Some(f) = input.clips.iter().find_map(|clip| ctx.check_work_key(&clip.work_key).err()) {
             return Outcome::Reject(f);
+        }
+        // A bucket for a workspace, and clips that join as they are: compose the reel there.
+        if plan.mode == Mode::Copy && ctx.work.local_path(&reel_key).is_none() {
+            match compose_in_store(ctx, &input, &reel_key).await {
+                Ok(Some((meta, info))) => {
+                    ctx.progress.report(100.0);
+                    let facts = ReelFacts {
+                        size_bytes: meta.size,
+                        duration_seconds: info.duration_seconds,
+                        crc32c: store::crc32c_base64(meta.crc32c),
+                        mode: Mode::Copy,
+                    };
+                    info!(size = meta.size, duration = info.duration_seconds, "reel composed in the store");
+                    let record = StitchRecord { facts, skipped: Vec::new(), warnings: Vec::new() };
+                    return save_and_emit(ctx, &facts_key, record, emit).await;
+                }
+                // Declined: joined below, by ffmpeg (which says why in the warnings).
+                Ok(None) => {}
+                Err(outcome) => return outcome,
+            }
         }
         // Local paths of the clips (the workspace may be a bucket: then download them).
         let mut inputs = Vec::new();
@@ -193,12 +218,91 @@ impl Handler for Stitch {
             mode,
         };
         let record = StitchRecord { facts, skipped, warnings };
-        let json = serde_json::to_vec(&record).expect("facts serialize");
-        if let Err(e) = ctx.work.put(&facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
-            return Outcome::failed("saving the reel's facts", &e);
-        }
         info!(size, duration = info.duration_seconds, %mode, "reel stitched");
-        emit(record)
+        save_and_emit(ctx, &facts_key, record, emit).await
+    }
+}
+
+/// Save the reel's facts beside it (a redelivery re-emits them), then emit.
+async fn save_and_emit(
+    ctx: &Context,
+    facts_key: &str,
+    record: StitchRecord,
+    emit: impl FnOnce(StitchRecord) -> Outcome,
+) -> Outcome {
+    let json = serde_json::to_vec(&record).expect("facts serialize");
+    if let Err(e) = ctx.work.put(facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
+        return Outcome::failed("saving the reel's facts", &e);
+    }
+    emit(record)
+}
+
+/// The copy path on a workspace in a bucket: the clips' headers are read with ranged
+/// reads ([`RangedReader`]), the zero-copy assembler plans the reel as a new header
+/// followed by the clip files as they are ([`reel_media::whole_file_assembly_header`]),
+/// and the store composes it from a header object and the clip objects (Cloud Storage
+/// compose). The reel is then checked by reading its headers back. `Ok(None)` when the
+/// assembler declines (the caller joins the clips with ffmpeg instead).
+async fn compose_in_store(
+    ctx: &Context,
+    input: &ClipsDownloaded,
+    reel_key: &str,
+) -> Result<Option<(ObjectMeta, reel_events::ClipInfo)>, Outcome> {
+    let mut sources = Vec::with_capacity(input.clips.len());
+    for clip in &input.clips {
+        let key = &clip.work_key;
+        match ctx.work.head(key).await {
+            Ok(Some(meta)) => sources.push((key.clone(), meta.size)),
+            Ok(None) => {
+                let missing = store::StoreError::NotFound(key.clone());
+                return Err(Outcome::failed(&format!("reading {key} in the workspace"), &missing));
+            }
+            Err(e) => return Err(Outcome::failed(&format!("reading {key} in the workspace"), &e)),
+        }
+    }
+    let handle = tokio::runtime::Handle::current();
+    let (work, clips) = (ctx.work.clone(), sources.clone());
+    let planned = tokio::task::spawn_blocking(move || {
+        let readers = clips
+            .iter()
+            .map(|(key, size)| (RangedReader::new(work.clone(), key, *size, handle.clone()), *size))
+            .collect();
+        reel_media::whole_file_assembly_header(readers)
+    })
+    .await
+    .map_err(|e| Outcome::Retry(Failure::new(ErrorType::Internal, format!("the assembly task failed: {e}"))))?;
+    let header = match planned {
+        Ok(header) => header,
+        Err(why) => {
+            info!(reason = %why, "the clips cannot be composed as they are; joining them here");
+            return Ok(None);
+        }
+    };
+    let head_key = format!("{reel_key}.head");
+    let body = Box::pin(std::io::Cursor::new(header));
+    if let Err(e) = ctx.work.put(&head_key, body, PutMode::Overwrite).await {
+        return Err(Outcome::failed("saving the reel's header", &e));
+    }
+    let mut parts = vec![head_key.clone()];
+    parts.extend(sources.into_iter().map(|(key, _)| key));
+    let composed = ctx.work.compose(&parts, reel_key, &PutOptions::new(PutMode::Overwrite)).await;
+    if let Err(e) = ctx.work.delete(&head_key).await {
+        warn!(key = %head_key, error = %e, "could not delete the reel's header object");
+    }
+    let meta = composed.map_err(|e| Outcome::failed("composing the reel in the workspace", &e))?;
+    let (work, key, size, handle) =
+        (ctx.work.clone(), reel_key.to_string(), meta.size, tokio::runtime::Handle::current());
+    let read_back = tokio::task::spawn_blocking(move || {
+        reel_media::read_headers(RangedReader::new(work, &key, size, handle), size)
+    })
+    .await
+    .map_err(|e| Outcome::Retry(Failure::new(ErrorType::Internal, format!("the check task failed: {e}"))))?;
+    match read_back {
+        Ok(info) => Ok(Some((meta, info))),
+        Err(why) => Err(Outcome::Retry(Failure::new(
+            ErrorType::Internal,
+            format!("the reel composed in the workspace does not read back: {why}"),
+        ))),
     }
 }
 

@@ -1,7 +1,8 @@
 //! A TCP proxy in front of an emulator that a test can make fail the way networks and
 //! services fail: refuse every connection with a reset, or answer every request with
 //! `403 Forbidden` (a service account without the role). Stage programs pointed at it
-//! (`STORAGE_EMULATOR_HOST`) meet those failures through their real clients.
+//! (`STORAGE_EMULATOR_HOST`) meet those failures through their real clients. It also
+//! counts the bytes it forwards each way, so a test can see what a program moved.
 //!
 //! ```no_run
 //! # async fn example(upstream: &str) -> std::io::Result<()> {
@@ -13,7 +14,7 @@
 //! ```
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,6 +39,10 @@ struct Counts {
     forwarded: AtomicUsize,
     reset: AtomicUsize,
     forbidden: AtomicUsize,
+    /// Bytes the program sent (requests, uploads).
+    sent: AtomicU64,
+    /// Bytes the program received (responses, downloads).
+    received: AtomicU64,
 }
 
 /// The proxy; it stops when dropped.
@@ -71,7 +76,7 @@ impl FaultyProxy {
                     match mode {
                         0 => {
                             counts.forwarded.fetch_add(1, Ordering::Relaxed);
-                            forward(client, &upstream).await;
+                            forward(client, &upstream, &counts).await;
                         }
                         1 => {
                             counts.reset.fetch_add(1, Ordering::Relaxed);
@@ -102,6 +107,12 @@ impl FaultyProxy {
         self.mode.store(mode as u8, Ordering::SeqCst);
     }
 
+    /// Bytes forwarded so far: (sent by the program, received by it), counted as they
+    /// pass (open connections included).
+    pub fn bytes(&self) -> (u64, u64) {
+        (self.counts.sent.load(Ordering::Relaxed), self.counts.received.load(Ordering::Relaxed))
+    }
+
     /// Connections so far: (forwarded, reset, forbidden).
     pub fn connections(&self) -> (usize, usize, usize) {
         let c = &self.counts;
@@ -109,9 +120,34 @@ impl FaultyProxy {
     }
 }
 
-async fn forward(mut client: TcpStream, upstream: &str) {
-    if let Ok(mut server) = TcpStream::connect(upstream).await {
-        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+async fn forward(client: TcpStream, upstream: &str, counts: &Counts) {
+    let Ok(server) = TcpStream::connect(upstream).await else { return };
+    let (mut client_read, mut client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    // Each direction copied in its own loop, counting as it goes; either side closing
+    // ends both.
+    tokio::select! {
+        _ = pump(&mut client_read, &mut server_write, &counts.sent) => {}
+        _ = pump(&mut server_read, &mut client_write, &counts.received) => {}
+    }
+}
+
+async fn pump(
+    from: &mut (impl tokio::io::AsyncRead + Unpin),
+    to: &mut (impl tokio::io::AsyncWrite + Unpin),
+    count: &AtomicU64,
+) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).await.is_err() {
+                    return;
+                }
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -39,6 +39,17 @@ pub(crate) struct CopyRange {
     pub(crate) len: u64,
 }
 
+/// What the reel's `mdat` holds after the header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Layout {
+    /// The clips' `mdat` payloads only (a local file: the kernel copies those ranges).
+    MediaOnly,
+    /// The clips' whole files, headers and all (a store that concatenates whole objects:
+    /// Cloud Storage compose). Their old `ftyp`/`moov`/`mdat` headers lie inside the new
+    /// `mdat` as unused bytes; the chunk offsets skip them.
+    WholeFiles,
+}
+
 /// What to write: `header`, then each range in order.
 #[derive(Debug)]
 pub(crate) struct Assembly {
@@ -61,6 +72,8 @@ struct Clip {
     tracks: Vec<TrackTables>,
     /// The payload of every top-level `mdat`, in file order: `(start, end)`.
     media: Vec<(u64, u64)>,
+    /// The file's length.
+    len: u64,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -103,8 +116,9 @@ impl TrackTables {
     }
 }
 
-/// Plans the assembly of `clips` (readers and their lengths), or declines.
-pub(crate) fn plan<R: Read + Seek>(clips: Vec<(R, u64)>) -> Res<Assembly> {
+/// Plans the assembly of `clips` (readers and their lengths) laid out as `layout`, or
+/// declines.
+pub(crate) fn plan<R: Read + Seek>(clips: Vec<(R, u64)>, layout: Layout) -> Res<Assembly> {
     if clips.is_empty() {
         return decline("no clips");
     }
@@ -119,7 +133,7 @@ pub(crate) fn plan<R: Read + Seek>(clips: Vec<(R, u64)>) -> Res<Assembly> {
         read.push(clip);
     }
     check_uniform(&read)?;
-    build(&read)
+    build(&read, layout)
 }
 
 /// One clip's headers; `budget` is what is left of [`MAX_TABLE_BUDGET`].
@@ -148,7 +162,7 @@ fn read_clip<R: Read + Seek>(reader: R, len: u64, budget: &mut u64) -> Res<Clip>
         return decline("'mvhd' timescale 0");
     }
     let media = top.mdats.iter().map(|m| (m.body, m.end)).collect();
-    let clip = Clip { ftyp, movie_timescale, movie_matrix, tracks, media };
+    let clip = Clip { ftyp, movie_timescale, movie_matrix, tracks, media, len };
     let mut clip = clip;
     for track in &mut clip.tracks {
         check_chunks(track, &clip.media)?;
@@ -801,7 +815,7 @@ fn merge_track(clips: &[Clip], index: usize) -> Res<OutTrack<'_>> {
 }
 
 /// The reel's header for `clips`, and the ranges to copy after it.
-fn build(clips: &[Clip]) -> Res<Assembly> {
+fn build(clips: &[Clip], layout: Layout) -> Res<Assembly> {
     let tracks = (0..clips[0].tracks.len()).map(|i| merge_track(clips, i)).collect::<Res<Vec<_>>>()?;
     // Where each clip's media ranges land in the new mdat payload.
     let mut ranges = Vec::new();
@@ -809,7 +823,12 @@ fn build(clips: &[Clip]) -> Res<Assembly> {
     let mut payload = 0u64;
     for (n, clip) in clips.iter().enumerate() {
         let mut mine = Vec::new();
-        for &(start, end) in &clip.media {
+        let whole = [(0, clip.len)];
+        let copied: &[(u64, u64)] = match layout {
+            Layout::MediaOnly => &clip.media,
+            Layout::WholeFiles => &whole,
+        };
+        for &(start, end) in copied {
             mine.push((start, end, payload));
             if end > start {
                 ranges.push(CopyRange { clip: n, offset: start, len: end - start });
@@ -1019,7 +1038,7 @@ mod tests {
     ];
 
     fn plan_bytes(files: &[&[u8]]) -> Res<Assembly> {
-        plan(files.iter().map(|f| (Bytes::new(*f), f.len() as u64)).collect())
+        plan(files.iter().map(|f| (Bytes::new(*f), f.len() as u64)).collect(), Layout::MediaOnly)
     }
 
     /// The header joined with the ranges, as the writer would.
@@ -1061,6 +1080,24 @@ mod tests {
         }
     }
 
+    /// The whole-file layout (Cloud Storage compose) is the header followed by the files
+    /// themselves, and reads back as the same reel as the media-only one.
+    #[test]
+    fn the_whole_file_layout_is_the_header_and_the_files_as_they_are() {
+        for seed in SEEDS {
+            let files = [seed, seed];
+            let whole =
+                plan(files.iter().map(|f| (Bytes::new(*f), f.len() as u64)).collect(), Layout::WholeFiles).unwrap();
+            assert_eq!(whole.ranges.len(), 2);
+            assert!(whole.ranges.iter().all(|r| r.offset == 0 && r.len == seed.len() as u64));
+            let reel = written(&files, &whole);
+            let compact = written(&files, &plan_bytes(&files).unwrap());
+            let (a, fa) = super::super::read(Bytes::new(&reel[..]), reel.len() as u64).unwrap();
+            let (b, fb) = super::super::read(Bytes::new(&compact[..]), compact.len() as u64).unwrap();
+            assert_eq!((a, fa), (b, fb));
+        }
+    }
+
     #[test]
     fn hostile_headers_never_panic() {
         let mut seed = 0x9E37_79B9_7F4A_7C15u64;
@@ -1070,18 +1107,7 @@ mod tests {
             }
             for _ in 0..3_000 {
                 let mut bytes = good.to_vec();
-                for _ in 0..1 + (seed % 4) {
-                    seed ^= seed << 13;
-                    seed ^= seed >> 7;
-                    seed ^= seed << 17;
-                    let at = (seed % bytes.len() as u64) as usize;
-                    bytes[at] = match seed >> 60 {
-                        0 => 0,
-                        1 => 1,
-                        2 => 0xff,
-                        _ => (seed >> 32) as u8,
-                    };
-                }
+                super::super::testfile::mutate(&mut bytes, &mut seed);
                 if let Ok(a) = plan_bytes(&[good, &bytes]) {
                     // Whatever it accepts, it can write: every range inside its clip.
                     let files = [good, &bytes[..]];

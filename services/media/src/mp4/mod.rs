@@ -141,5 +141,21 @@ pub(crate) fn read<R: Read + Seek>(reader: R, len: u64) -> Res<(ClipInfo, Finger
 /// Plans the zero-copy join of the open `clips` (each with its length): the reel's
 /// header and the byte ranges of the clips that follow it; see `assemble.rs`.
 pub(crate) fn plan_assembly(clips: &[(std::fs::File, u64)]) -> Res<assemble::Assembly> {
-    assemble::plan(clips.iter().map(|(file, len)| (file, *len)).collect())
+    assemble::plan(clips.iter().map(|(file, len)| (file, *len)).collect(), assemble::Layout::MediaOnly)
+}
+
+/// Zero-copy assembly on a store that concatenates whole objects (Cloud Storage
+/// compose): the reel's header, to be followed by each clip's file, whole and unchanged,
+/// in order (their own headers then sit unused inside the reel's `mdat`). The clips are
+/// read through `clips` (readers with their lengths: only their headers are read).
+/// `Err(reason)` where the assembler declines (docs/MEDIA.md); join by ffmpeg then.
+pub fn whole_file_assembly_header<R: Read + Seek>(clips: Vec<(R, u64)>) -> Result<Vec<u8>, String> {
+    assemble::plan(clips, assemble::Layout::WholeFiles).map(|a| a.header).map_err(|Declined(why)| why)
+}
+
+/// A file's facts from its headers alone, read natively through `reader` (`len` bytes):
+/// how a reel composed in a store is checked without downloading it. `Err(reason)`
+/// where the native reader declines.
+pub fn read_headers<R: Read + Seek>(reader: R, len: u64) -> Result<ClipInfo, String> {
+    read(reader, len).map(|(info, _)| info).map_err(|Declined(why)| why)
 }

@@ -11,6 +11,23 @@ pub(crate) const AVCC_96X54: &[u8] = &[
 
 pub(crate) const ASC_STEREO_48K: &[u8] = &[0x11, 0x90, 0x56, 0xe5, 0x00];
 
+/// Overwrite 1 to 4 bytes of `bytes` at places (and with values) drawn from `seed`,
+/// which moves on (xorshift): the hostile-header tests' mutation.
+pub(crate) fn mutate(bytes: &mut [u8], seed: &mut u64) {
+    for _ in 0..1 + (*seed % 4) {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        let at = (*seed % bytes.len() as u64) as usize;
+        bytes[at] = match *seed >> 60 {
+            0 => 0,
+            1 => 1,
+            2 => 0xff,
+            _ => (*seed >> 32) as u8,
+        };
+    }
+}
+
 pub(crate) fn boxed(kind: &[u8; 4], payload: &[u8]) -> Vec<u8> {
     let mut out = ((payload.len() + 8) as u32).to_be_bytes().to_vec();
     out.extend_from_slice(kind);

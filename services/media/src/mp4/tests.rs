@@ -129,18 +129,7 @@ fn hostile_inputs_never_panic() {
     let mut seed = 0x2545_F491_4F6C_DD1Du64;
     for _ in 0..20_000 {
         let mut bytes = good.clone();
-        for _ in 0..1 + (seed % 4) {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let at = (seed % bytes.len() as u64) as usize;
-            bytes[at] = match seed >> 60 {
-                0 => 0,
-                1 => 1,
-                2 => 0xff,
-                _ => (seed >> 32) as u8,
-            };
-        }
+        super::testfile::mutate(&mut bytes, &mut seed);
         if let Ok((info, _)) = read_bytes(&bytes) {
             assert!(info.duration_seconds > 0.0);
             assert!(info.video.width > 0 && info.video.height > 0);
