@@ -75,21 +75,28 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
     assert!(reel_events::envelope::extension_str(&done, reel_events::envelope::TRACEPARENT).is_some());
 }
 
-/// The copy path on a workspace in a bucket moves no media through stitch: the clips'
-/// headers are read with ranged reads, and the reel is composed in the bucket from a
-/// small header object and the clip objects (Cloud Storage compose). Stitch's storage
-/// traffic goes through a counting proxy; the reel is whole and plays for as long as
-/// its clips.
+/// The copy path on a workspace in a bucket moves no media through any program after
+/// download: stitch reads the clips' headers with ranged reads and composes the reel in
+/// the bucket from a small header object and the clip objects (Cloud Storage compose);
+/// upload has the service copy it to its output path. Both programs' storage traffic
+/// goes through counting proxies; the reel is whole, plays for as long as its clips, and
+/// carries the output metadata that says whose it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_copy_path_composes_the_reel_in_the_bucket_without_moving_its_media() {
     use reel_testkit::proxy::{FaultyProxy, ProxyMode};
     let mut cluster = Cluster::start().await;
-    let proxy = FaultyProxy::start(&cluster.emulators.storage_url(), ProxyMode::Forward).await.unwrap();
-    for stage in ["validate", "download", "upload", "finalize"] {
+    let storage = cluster.emulators.storage_url();
+    let (stitch, upload) = (
+        FaultyProxy::start(&storage, ProxyMode::Forward).await.unwrap(),
+        FaultyProxy::start(&storage, ProxyMode::Forward).await.unwrap(),
+    );
+    for stage in ["validate", "download", "finalize"] {
         cluster.start_program(stage, &[]);
     }
-    let url = proxy.url();
-    cluster.start_program_with_env("stitch", &[("STORAGE_EMULATOR_HOST", url.as_str())]).unwrap();
+    for (stage, proxy) in [("stitch", &stitch), ("upload", &upload)] {
+        let url = proxy.url();
+        cluster.start_program_with_env(stage, &[("STORAGE_EMULATOR_HOST", url.as_str())]).unwrap();
+    }
     let mut clips = Vec::new();
     for i in 0..4 {
         let local = cluster.dir().join(format!("big {i}.mp4"));
@@ -106,10 +113,17 @@ async fn the_copy_path_composes_the_reel_in_the_bucket_without_moving_its_media(
     assert_eq!(data["warnings"].as_array().map_or(0, Vec::len), 0, "{data}");
     assert_reel(&cluster, "reels/composed.mp4", 12.0).await;
     let reel = data["sizeBytes"].as_u64().unwrap();
-    let (sent, received) = proxy.bytes();
-    eprintln!("stitch's storage traffic: {sent} bytes out, {received} bytes in, for a {reel}-byte reel");
-    assert!(received * 10 < reel, "stitch read {received} bytes of storage for a {reel}-byte reel");
-    assert!(sent * 10 < reel, "stitch wrote {sent} bytes to storage for a {reel}-byte reel");
+    for (program, proxy) in [("stitch", &stitch), ("upload", &upload)] {
+        let (sent, received) = proxy.bytes();
+        eprintln!("{program}'s storage traffic: {sent} bytes out, {received} bytes in, for a {reel}-byte reel");
+        assert!(received * 10 < reel, "{program} read {received} bytes of storage for a {reel}-byte reel");
+        assert!(sent * 10 < reel, "{program} wrote {sent} bytes to storage for a {reel}-byte reel");
+    }
+    use reel_runtime::Store;
+    let store = cluster.emulators.store(&cluster.bucket).await;
+    let meta = store.head("reels/composed.mp4").await.unwrap().unwrap();
+    assert_eq!(meta.metadata.get("reel-job").map(String::as_str), Some(job.as_str()), "{:?}", meta.metadata);
+    assert_eq!(meta.metadata.get("reel-project").map(String::as_str), Some("pcompose"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

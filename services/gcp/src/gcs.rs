@@ -40,7 +40,7 @@ use gcloud_storage::http::objects::upload::{Media, UploadObjectRequest, UploadTy
 use gcloud_storage::http::objects::{Object, SourceObjects};
 use gcloud_storage::http::resumable_upload_client::{ChunkSize, ResumableUploadClient, UploadStatus};
 use gcloud_storage::http::Error as GcsError;
-use reel_runtime::store::{check_key, ByteReader, ObjectMeta, PutMode, PutOptions, Store, StoreError};
+use reel_runtime::store::{check_key, ByteReader, ObjectMeta, PutMode, PutOptions, RemoteObject, Store, StoreError};
 use tokio::io::AsyncReadExt;
 use tracing::debug;
 
@@ -338,6 +338,11 @@ pub struct GcsStore {
 }
 
 impl GcsStore {
+    /// Which Cloud Storage this is (the emulator's endpoint, or the real service).
+    fn service(&self) -> String {
+        self.client.emulator.clone().unwrap_or_else(|| "https://storage.googleapis.com".to_string())
+    }
+
     /// One compose call of at most [`COMPOSE_LIMIT`] sources into `to`.
     async fn compose_once(&self, sources: &[String], to: &str, options: &PutOptions) -> Result<ObjectMeta, StoreError> {
         let request = ComposeObjectRequest {
@@ -760,6 +765,60 @@ impl Store for GcsStore {
             }
         }
         result
+    }
+
+    fn remote_object(&self, key: &str) -> Option<RemoteObject> {
+        check_key(key).ok()?;
+        Some(RemoteObject { service: self.service(), bucket: self.bucket.clone(), name: key.to_string() })
+    }
+
+    /// A server-side copy from another bucket of the same service (`copyTo`): the reel
+    /// goes from the work bucket to its output path without passing through upload.
+    /// fake-gcs-server ignores `ifGenerationMatch` on copies, so there a conditional copy
+    /// is checked by a HEAD first (racy, emulator only; Cloud Storage checks it itself).
+    async fn put_copy_of(
+        &self,
+        source: &RemoteObject,
+        to: &str,
+        options: &PutOptions,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        check_key(to)?;
+        if source.service != self.service() {
+            return Ok(None);
+        }
+        if self.client.emulator.is_some() {
+            let current = self.head(to).await?;
+            let refused = match (options.mode, &current) {
+                (PutMode::CreateOnly, Some(_)) => Some(StoreError::AlreadyExists(to.to_string())),
+                (PutMode::IfGeneration(g), Some(m)) if m.generation != g => {
+                    Some(StoreError::PreconditionFailed(format!("{to}: its generation is no longer {g}")))
+                }
+                (PutMode::IfGeneration(g), None) => {
+                    Some(StoreError::PreconditionFailed(format!("{to}: its generation is no longer {g}")))
+                }
+                _ => None,
+            };
+            if let Some(refused) = refused {
+                return Err(refused);
+            }
+        }
+        let request = CopyObjectRequest {
+            source_bucket: source.bucket.clone(),
+            source_object: source.name.clone(),
+            destination_bucket: self.bucket.clone(),
+            destination_object: to.to_string(),
+            if_generation_match: if self.client.emulator.is_some() { None } else { generation_match(options.mode) },
+            metadata: Some(object_resource(to, &options.metadata)),
+            ..Default::default()
+        };
+        let context = format!("copy gs://{}/{} to gs://{}/{to}", source.bucket, source.name, self.bucket);
+        match self.client.client.copy_object(&request).await {
+            Ok(object) => Ok(Some(meta_of(&object))),
+            Err(e) => match store_error(to, &context, &e) {
+                StoreError::NotFound(_) => Err(StoreError::NotFound(format!("gs://{}/{}", source.bucket, source.name))),
+                other => Err(write_error(options.mode, other)),
+            },
+        }
     }
 
     async fn copy(&self, from: &str, to: &str, mode: PutMode) -> Result<ObjectMeta, StoreError> {

@@ -107,7 +107,7 @@ async fn dead_letter_policy_reports_attempts_and_forwards_after_max() {
         f.bus.nack(&f.sub, &d.ack_id).await.unwrap();
     }
     assert_eq!(seen, vec![1, 2, 3, 4, 5], "server-reported attempts");
-    let dead = f.bus.receive(&f.dlq_sub, 1, Duration::from_secs(15)).await.unwrap();
+    let dead = f.bus.receive(&f.dlq_sub, 1, Duration::from_secs(45)).await.unwrap();
     assert_eq!(dead.len(), 1, "forwarded to the dead-letter topic");
     assert_eq!(dead[0].message.data, b"poison");
     assert_ne!(dead[0].message_id, "", "{id}");

@@ -54,6 +54,17 @@ impl Store for PrefixStore {
         let sources = sources.iter().map(|k| self.full(k)).collect::<Result<Vec<_>, _>>()?;
         Ok(self.strip(self.inner.compose(&sources, &self.full(to)?, options).await?))
     }
+    fn remote_object(&self, key: &str) -> Option<crate::store::RemoteObject> {
+        self.inner.remote_object(&self.full(key).ok()?)
+    }
+    async fn put_copy_of(
+        &self,
+        source: &crate::store::RemoteObject,
+        to: &str,
+        options: &PutOptions,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(self.inner.put_copy_of(source, &self.full(to)?, options).await?.map(|m| self.strip(m)))
+    }
     async fn list(&self, prefix: &str) -> Result<Vec<ObjectMeta>, StoreError> {
         let all = self.inner.list(&format!("{}{prefix}", self.prefix)).await?;
         Ok(all.into_iter().map(|m| self.strip(m)).collect())

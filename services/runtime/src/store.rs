@@ -268,11 +268,41 @@ pub trait Store: Send + Sync + 'static {
         self.put_with(to, chained, options).await
     }
 
+    /// Where `key` lives when it is an object of a service that can copy it into
+    /// another store of the same service without the caller moving the bytes (Cloud
+    /// Storage: another bucket). `None` for local stores.
+    fn remote_object(&self, _key: &str) -> Option<RemoteObject> {
+        None
+    }
+
+    /// Copy `source` (another store's [`Store::remote_object`]) into `to` on the
+    /// service's side, as `options` say (mode, custom metadata). `Ok(None)` when this
+    /// store cannot (another service, or a local store): the caller streams it instead.
+    async fn put_copy_of(
+        &self,
+        _source: &RemoteObject,
+        _to: &str,
+        _options: &PutOptions,
+    ) -> Result<Option<ObjectMeta>, StoreError> {
+        Ok(None)
+    }
+
     /// The local file behind `key`, when the store is a local directory. Lets stages
     /// hand files to ffmpeg without copying them.
     fn local_path(&self, _key: &str) -> Option<PathBuf> {
         None
     }
+}
+
+/// An object as its service names it, for [`Store::put_copy_of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteObject {
+    /// The service, as the store that made it tells its own apart (an endpoint URL).
+    pub service: String,
+    /// The bucket.
+    pub bucket: String,
+    /// The object's name in it.
+    pub name: String,
 }
 
 /// Check a key against the contract's rules.

@@ -89,11 +89,18 @@ impl Handler for Upload {
         let options =
             PutOptions::new(expect.put_mode()).with_metadata(output::output_metadata(&job.project_id, &job.job_id));
         ctx.progress.report(5.0);
-        let written = match ctx.work.local_path(&input.work_key) {
-            // A local work file: hard-linked into place where the output is on its
-            // filesystem (no copy), streamed otherwise.
-            Some(src) => store.put_file_with(&key, &src, &options).await,
-            None => match ctx.work.get(&input.work_key).await {
+        // A local work file: hard-linked into place where the output is on its filesystem
+        // (no copy). An object of the same service: copied by the service (no byte through
+        // this program). Anything else: streamed.
+        let server_side = match ctx.work.remote_object(&input.work_key) {
+            Some(source) => store.put_copy_of(&source, &key, &options).await,
+            None => Ok(None),
+        };
+        let written = match (server_side, ctx.work.local_path(&input.work_key)) {
+            (Ok(Some(meta)), _) => Ok(meta),
+            (Err(e), _) => Err(e),
+            (Ok(None), Some(src)) => store.put_file_with(&key, &src, &options).await,
+            (Ok(None), None) => match ctx.work.get(&input.work_key).await {
                 Ok(body) => store.put_with(&key, body, &options).await,
                 Err(e) => return Outcome::failed("reading the reel from the workspace", &e),
             },
