@@ -186,3 +186,44 @@ async fn uploads_publish_object_finalize_notifications() {
         assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "emulator {pid} still running");
     }
 }
+
+/// A server-side copy from another bucket (upload's way from the work bucket to the
+/// output): the bytes arrive, the metadata is the one asked for, and the write condition
+/// holds (create-only, a generation), as for a put.
+#[tokio::test]
+async fn an_object_of_another_bucket_is_copied_by_the_service_under_the_put_rules() {
+    let work = Emulators::shared().store("reel-gcs-tests").await;
+    let outputs = Emulators::shared().store("reel-gcs-tests-outputs").await;
+    outputs.create_bucket_if_missing(Emulators::shared().project()).await.unwrap();
+    let (src, dst) = (unique("copy-src") + ".mp4", unique("copy-dst") + ".mp4");
+    let data = bytes(7, 300_000);
+    work.put(&src, body(&data), PutMode::Overwrite).await.unwrap();
+    let source = work.remote_object(&src).expect("a bucket's object is remote");
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert("reel-job".to_string(), "job_copy".to_string());
+    let options = PutOptions::new(PutMode::CreateOnly).with_metadata(metadata.clone());
+    let meta = outputs.put_copy_of(&source, &dst, &options).await.unwrap().expect("same service: copied");
+    assert_eq!(meta.size, data.len() as u64);
+    assert_eq!(read_all(&outputs, &dst).await, data);
+    assert_eq!(outputs.head(&dst).await.unwrap().unwrap().metadata, metadata);
+    match outputs.put_copy_of(&source, &dst, &options).await {
+        Err(StoreError::AlreadyExists(_)) => {}
+        other => panic!("a create-only copy onto an object must be AlreadyExists, got {other:?}"),
+    }
+    let stale = PutOptions::new(PutMode::IfGeneration(meta.generation + 1));
+    match outputs.put_copy_of(&source, &dst, &stale).await {
+        Err(StoreError::PreconditionFailed(_)) => {}
+        other => panic!("a copy expecting another generation must be PreconditionFailed, got {other:?}"),
+    }
+    let replaced = outputs
+        .put_copy_of(&source, &dst, &PutOptions::new(PutMode::IfGeneration(meta.generation)))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(replaced.generation, meta.generation);
+    let gone = reel_runtime::store::RemoteObject { name: unique("missing"), ..source.clone() };
+    match outputs.put_copy_of(&gone, &unique("never"), &PutOptions::new(PutMode::Overwrite)).await {
+        Err(StoreError::NotFound(_)) => {}
+        other => panic!("a copy of a missing object must be NotFound, got {other:?}"),
+    }
+}
