@@ -325,7 +325,7 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
         });
     }
     if let Some(r) = &rep.recovery {
-        let what = "recovery: a job whose reel-stitch program is SIGKILLed mid-work, a fresh program started at once (as Cloud Run does), default delivery settings: SIGKILL → the job's stitch progress again (and → `job.completed`)".to_string();
+        let what = "recovery: a job whose reel-stitch program is SIGKILLed mid-work, a fresh program started at once (as Cloud Run does), default delivery settings: SIGKILL → stitch at work on the job again (its first progress or `job.stitched`), and → `job.completed`".to_string();
         let status = match r {
             Ok(r) => Status::Measured {
                 figure: format!(

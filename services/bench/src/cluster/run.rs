@@ -704,16 +704,18 @@ async fn recovery_phase(ctx: &Ctx, tiny_paths: &[String]) -> Result<Recovery> {
     let doomed = st.cluster.start_program_with_env("stitch", &[("REEL_FAULT_FILE", stall_env.as_str())])?;
     st.cluster.wait_started(&[doomed], Duration::from_secs(60)).await?;
     let sub = ctx.submit(&st, tiny_paths, "bench-recovery", "reels/recovery/0.mp4").await?;
+    // Stitch at work on the job after `t`: its progress, or its output (a run shorter
+    // than the first progress tick publishes only `job.stitched`).
     let stitch_progress_after = |st: &Stack, t: i128| {
         st.events
             .iter()
-            .find(|e| {
-                e.job == sub.job
-                    && e.ty == "job.progress"
-                    && e.publish_ns > t
-                    && e.data.get("stage").and_then(|v| v.as_str()) == Some("stitch")
+            .filter(|e| e.job == sub.job && e.publish_ns > t)
+            .filter(|e| {
+                e.ty == "job.stitched"
+                    || (e.ty == "job.progress" && e.data.get("stage").and_then(|v| v.as_str()) == Some("stitch"))
             })
             .map(|e| e.publish_ns)
+            .min()
     };
     let start = Instant::now();
     while stitch_progress_after(&st, 0).is_none() {
@@ -749,7 +751,7 @@ async fn recovery_phase(ctx: &Ctx, tiny_paths: &[String]) -> Result<Recovery> {
     let attempt = done.iter().filter(|d| d.job == sub.job && d.stage_index == Some(2)).map(|d| d.attempt).max();
     let secs = |ns: i128| (ns - killed_ns) as f64 / 1e9;
     Ok(Recovery {
-        resumed_s: resumed.map(secs).context("no stitch progress after the kill")?,
+        resumed_s: resumed.map(secs).context("no stitch progress or job.stitched after the kill")?,
         completed_s: secs(completed_ns),
         attempt: attempt.unwrap_or_default(),
         lease_s: reel_runtime::config::Settings::default().lease_seconds,
