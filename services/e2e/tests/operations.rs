@@ -301,8 +301,12 @@ async fn a_replay_killed_half_way_loses_nothing_and_duplicates_nothing() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    // What it leased comes back (ack deadline), so a second replay finishes the work.
-    tokio::time::sleep(Duration::from_secs(12)).await;
+    // What it leased comes back after the dead-letter subscription's ack deadline (60 s
+    // at the default settings), so a second replay then finishes the work.
+    let topology = reel_runtime::topology::Topology::standard(&cluster.prefix);
+    let ack_deadline =
+        topology.subscription(&names.dead_letter_subscription(reel_events::Stage::Validate)).unwrap().ack_deadline;
+    tokio::time::sleep(ack_deadline + Duration::from_secs(5)).await;
     let out = cluster.reel(&["dlq", "replay", "validate"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for job in &jobs {
