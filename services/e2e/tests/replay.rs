@@ -28,6 +28,11 @@ async fn cluster_with_faults(extra: &[(&str, &str)]) -> (Cluster, std::path::Pat
 }
 
 async fn submit(cluster: &Cluster, job: &str) {
+    submit_with(cluster, job, Compression::Optimized).await
+}
+
+/// A job of two 1 s clips (120 KB each) with `compression`.
+async fn submit_with(cluster: &Cluster, job: &str, compression: Compression) {
     let mut clip_paths = Vec::new();
     for i in 0..2 {
         let local = cluster.dir().join(format!("{job}-{i}.mp4"));
@@ -42,7 +47,7 @@ async fn submit(cluster: &Cluster, job: &str) {
         clip_paths,
         output_path: format!("gs://{}/reels/{job}.mp4", cluster.bucket),
         orientation: Orientation::Landscape,
-        compression: Compression::Optimized,
+        compression,
         retry_attempt: None,
         force_restart: None,
     };
@@ -146,7 +151,10 @@ async fn the_disk_filled_up_give_it_room_and_replay() {
         cluster.start_program(stage, &[]);
     }
     let job = "job_disk_full";
-    submit(&cluster, job).await;
+    // A re-encode: stitch fetches the clips into its scratch (on a bucket workspace the
+    // copy path writes nothing locally: it composes the reel in the bucket), and the
+    // first clip, 120 KB, is past the 64 KiB limit.
+    submit_with(&cluster, job, Compression::Small).await;
     let mut killed = 0;
     let failed = loop {
         let stitch = cluster.start_program_with_file_size_limit("stitch", 64 * 1024);
