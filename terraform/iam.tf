@@ -22,11 +22,12 @@ locals {
       buckets = { uploads = "read", outputs = "read", work = "write" }
     }
     # Also the identity of the larger stitch tier (the stitch-large service), which reads
-    # its own subscription; the standard tier sends work there.
+    # its own subscription; the standard tier sends work there. Stitch fans a re-encode
+    # out to itself: one item per clip on "encode".
     stitch = {
-      title         = "reel-stitch: joins the clips with ffmpeg"
-      subscriptions = ["stitch", "stitch-large"]
-      publishes     = ["work-upload", "events", "stitch-dead-letter", "work-stitch-large"]
+      title         = "reel-stitch: joins the clips, re-encoding them one clip per delivery when needed"
+      subscriptions = ["stitch", "stitch-large", "encode"]
+      publishes     = ["work-upload", "events", "stitch-dead-letter", "work-stitch-large", "encode", "encode-dead-letter"]
       buckets       = { work = "write" }
     }
     upload = {

@@ -17,13 +17,15 @@ locals {
   # the same program on its own subscription, fed by the standard stitch with the work
   # that ran out of memory or disk there (REEL_LARGE_TIER), so that work is retried with
   # more memory instead of at the same size. Scaled to zero, it costs nothing until used.
+  # A re-encode fans out one delivery per clip (up to 20 clips a job), so stitch may
+  # scale to as many instances as a job has clips: var.stitch_max_instances.
   stage_sizing = {
-    validate       = { program = "validate", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {} }
-    download       = { program = "download", cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1, env = {} }
-    stitch         = { program = "stitch", cpu = var.stitch_cpu, memory = var.stitch_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_LARGE_TIER = "true" } }
-    "stitch-large" = { program = "stitch", cpu = var.stitch_large_cpu, memory = var.stitch_large_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_TIER = "large" } }
-    upload         = { program = "upload", cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4, env = {} }
-    finalize       = { program = "finalize", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {} }
+    validate       = { program = "validate", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {}, max_instances = var.max_instances }
+    download       = { program = "download", cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1, env = {}, max_instances = var.max_instances }
+    stitch         = { program = "stitch", cpu = var.stitch_cpu, memory = var.stitch_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_LARGE_TIER = "true" }, max_instances = var.stitch_max_instances }
+    "stitch-large" = { program = "stitch", cpu = var.stitch_large_cpu, memory = var.stitch_large_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_TIER = "large" }, max_instances = var.max_instances }
+    upload         = { program = "upload", cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4, env = {}, max_instances = var.max_instances }
+    finalize       = { program = "finalize", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {}, max_instances = var.max_instances }
   }
 
   # CONTRACT §7. PORT is set by Cloud Run itself.
@@ -85,7 +87,7 @@ resource "google_cloud_run_v2_service" "stage" {
 
     scaling {
       min_instance_count = 0
-      max_instance_count = var.max_instances
+      max_instance_count = each.value.max_instances
     }
 
     containers {

@@ -34,6 +34,8 @@ locals {
     "work-stitch"          = { kind = "work", retention = null }
     "stitch-dead-letter"   = { kind = "dead-letter", retention = null }
     "work-stitch-large"    = { kind = "work", retention = null }
+    "encode"               = { kind = "work", retention = null }
+    "encode-dead-letter"   = { kind = "dead-letter", retention = null }
     "work-upload"          = { kind = "work", retention = null }
     "upload-dead-letter"   = { kind = "dead-letter", retention = null }
     "work-finalize"        = { kind = "work", retention = null }
@@ -87,6 +89,19 @@ locals {
       exactly_once         = true
       push                 = true
     }
+    # Stitch's fan-out: one item per clip to re-encode, consumed by the stitch service
+    # itself, with dead letters of its own (`reel dlq list encode`). One item is one
+    # clip's encode, the longest delivery there is (up to REEL_MAX_CLIP_SECONDS = 600 s
+    # of video, about 300 s on 2 vCPU): Pub/Sub's longest ack deadline, as push mode
+    # cannot extend it (docs/OPERATIONS.md, "Every delivery is bounded").
+    "encode" = {
+      topic                = "encode"
+      consumer             = "stitch"
+      dead_letter          = "encode-dead-letter"
+      ack_deadline_seconds = 600
+      exactly_once         = true
+      push                 = true
+    }
     "upload" = {
       topic                = "work-upload"
       consumer             = "upload"
@@ -130,6 +145,14 @@ locals {
     }
     "stitch-dead-letter" = {
       topic                = "stitch-dead-letter"
+      consumer             = "operators"
+      dead_letter          = null
+      ack_deadline_seconds = 60
+      exactly_once         = false
+      push                 = false
+    }
+    "encode-dead-letter" = {
+      topic                = "encode-dead-letter"
       consumer             = "operators"
       dead_letter          = null
       ack_deadline_seconds = 60

@@ -138,6 +138,12 @@ variable "max_instances" {
   default     = 10
 }
 
+variable "stitch_max_instances" {
+  description = "Upper bound of instances of the stitch service: a re-encode fans out one delivery per clip, so as many instances as a job has clips (20 at most) encode it at once."
+  type        = number
+  default     = 20
+}
+
 variable "exit_when_idle_seconds" {
   description = "Pull mode: a stage job exits after its subscriptions stayed empty this long (--exit-when-idle)."
   type        = number

@@ -133,6 +133,20 @@ pub struct ClipsDownloaded {
     pub warnings: Vec<String>,
 }
 
+/// `phoenix.reel.v1.job.encode` (internal, stitch → stitch): re-encode one clip of a
+/// job whose clips cannot be joined as they are. Stitch publishes one per clip; each is
+/// a delivery of its own, on any stitch instance. It carries the whole job as download
+/// left it, so whichever delivery finds every segment present can join them.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ClipEncode {
+    /// The job and all its clips, as stitch received them.
+    #[serde(flatten)]
+    pub downloaded: ClipsDownloaded,
+    /// The clip to encode (its `index`).
+    pub clip_index: usize,
+}
+
 /// The finished reel's facts, carried from stitch to `job.completed`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]

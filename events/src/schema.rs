@@ -17,6 +17,7 @@ pub fn all() -> Vec<(&'static str, &'static str, Schema)> {
         ("job.cancelled.json", types::JOB_CANCELLED, schema_for!(JobCancelled)),
         ("job.validated.json", types::JOB_VALIDATED, schema_for!(JobValidated)),
         ("job.downloaded.json", types::CLIPS_DOWNLOADED, schema_for!(ClipsDownloaded)),
+        ("job.encode.json", types::CLIP_ENCODE, schema_for!(ClipEncode)),
         ("job.stitched.json", types::REEL_STITCHED, schema_for!(ReelStitched)),
         ("job.uploaded.json", types::REEL_UPLOADED, schema_for!(ReelUploaded)),
         ("job.cancel_requested.json", types::CANCEL_REQUESTED, schema_for!(CancelRequested)),

@@ -23,6 +23,9 @@ pub const JOB_CANCELLED: &str = "phoenix.reel.v1.job.cancelled";
 pub const JOB_VALIDATED: &str = "phoenix.reel.v1.job.validated";
 /// Internal: every usable clip is in the workspace (download → stitch).
 pub const CLIPS_DOWNLOADED: &str = "phoenix.reel.v1.job.downloaded";
+/// Internal: re-encode one clip of the job (stitch → stitch, one per clip: the
+/// fan-out; consumed from its own topic, `reel-encode`).
+pub const CLIP_ENCODE: &str = "phoenix.reel.v1.job.encode";
 /// Internal: the reel is in the workspace (stitch → upload).
 pub const REEL_STITCHED: &str = "phoenix.reel.v1.job.stitched";
 /// Internal: the reel is at its output path (upload → finalize).
@@ -31,7 +34,7 @@ pub const REEL_UPLOADED: &str = "phoenix.reel.v1.job.uploaded";
 pub const CANCEL_REQUESTED: &str = "phoenix.reel.v1.job.cancel_requested";
 
 /// Every event type reel knows, external and internal.
-pub const ALL_TYPES: [&str; 10] = [
+pub const ALL_TYPES: [&str; 11] = [
     STITCH_REQUESTED,
     JOB_PROGRESS,
     JOB_COMPLETED,
@@ -39,6 +42,7 @@ pub const ALL_TYPES: [&str; 10] = [
     JOB_CANCELLED,
     JOB_VALIDATED,
     CLIPS_DOWNLOADED,
+    CLIP_ENCODE,
     REEL_STITCHED,
     REEL_UPLOADED,
     CANCEL_REQUESTED,

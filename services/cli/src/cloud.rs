@@ -8,7 +8,7 @@ use reel_events::{binding, envelope, types, AttributesReader, Compression, Orien
 use reel_gcp::{CloudResolver, GcsClient, PubSubBus, UnaryPull};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::location::{parse_root, Location};
-use reel_runtime::topology::Tier;
+use reel_runtime::topology::{Queue, Tier};
 use reel_runtime::worker::dead_letter_attrs as dl;
 use reel_runtime::Settings;
 
@@ -180,13 +180,13 @@ pub fn describe(message: &Message, message_id: &str, published: DateTime<Utc>) -
 }
 
 /// Print dead letters as a table.
-pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> Result<()> {
+pub fn print_dead_letters(queue: Queue, letters: &[DeadLetter], json: bool) -> Result<()> {
     if json {
         println!("{}", serde_json::to_string_pretty(letters)?);
         return Ok(());
     }
     if letters.is_empty() {
-        println!("no dead letters for {stage}");
+        println!("no dead letters for {queue}");
         return Ok(());
     }
     println!("{:<26} {:<34} {:>8} {:<20} {:>8}  reason", "job", "type", "attempts", "errorType", "age");
@@ -205,12 +205,12 @@ pub fn print_dead_letters(stage: Stage, letters: &[DeadLetter], json: bool) -> R
 }
 
 /// `reel dlq list STAGE` on Pub/Sub: peek (pull, then release at once), without consuming.
-pub async fn dlq_list(settings: &Settings, stage: Stage, limit: usize, json: bool) -> Result<()> {
+pub async fn dlq_list(settings: &Settings, queue: Queue, limit: usize, json: bool) -> Result<()> {
     let rest = connect_pull(settings)?;
-    let sub = settings.topology().names().dead_letter_subscription(stage);
+    let sub = settings.topology().names().dead_letter_subscription(queue);
     let pulled = rest.peek(&sub, limit).await?;
     let letters: Vec<DeadLetter> = pulled.iter().map(|p| describe(&p.message, &p.message_id, p.publish_time)).collect();
-    print_dead_letters(stage, &letters, json)
+    print_dead_letters(queue, &letters, json)
 }
 
 /// Filters for replay and purge.
@@ -242,18 +242,19 @@ pub fn for_replay(message: &Message, job_timeout: chrono::Duration) -> Message {
     copy
 }
 
-/// The topic a dead letter of `stage` goes back to, on `tier` (only stitch has a larger
-/// one; asking for it elsewhere is refused before anything is pulled).
-pub fn replay_topic(stage: Stage, tier: Tier, message: &Message, names: &reel_runtime::topology::Names) -> String {
-    if let (Tier::Large, Some(topic)) = (tier, names.larger_tier(stage)) {
+/// The topic a dead letter of `queue` goes back to, on `tier` (only stitch, and its
+/// encode items, have a larger one; asking for it elsewhere is refused before anything
+/// is pulled).
+pub fn replay_topic(queue: Queue, tier: Tier, message: &Message, names: &reel_runtime::topology::Names) -> String {
+    if let (Tier::Large, Some(topic)) = (tier, names.larger_tier(queue.stage())) {
         topic
-    } else if stage == Stage::Validate
+    } else if queue == Queue::Stage(Stage::Validate)
         && message.attributes.contains_key("eventType")
         && message.attributes.contains_key("bucketId")
     {
         names.gcs_notifications()
     } else {
-        names.work_topic(stage)
+        names.queue_topic(queue)
     }
 }
 
@@ -270,19 +271,21 @@ pub async fn work_store(settings: &Settings) -> Result<std::sync::Arc<dyn reel_r
 /// acked) and reported. Everything not selected is released for redelivery.
 pub async fn dlq_replay(
     settings: &Settings,
-    stage: Stage,
+    queue: Queue,
     tier: Tier,
     filter: Filter,
     dry_run: bool,
     purge: bool,
 ) -> Result<()> {
-    if tier == Tier::Large && settings.topology().names().larger_tier(stage).is_none() {
-        anyhow::bail!("only the stitch stage has a larger tier; `--tier large` is for `reel dlq replay stitch`");
+    if tier == Tier::Large && settings.topology().names().larger_tier(queue.stage()).is_none() {
+        anyhow::bail!(
+            "only the stitch stage has a larger tier; `--tier large` is for `reel dlq replay stitch` (or `encode`)"
+        );
     }
     let bus = connect_bus(settings).await?;
     let rest = connect_pull(settings)?;
     let names = settings.topology().names();
-    let sub = names.dead_letter_subscription(stage);
+    let sub = names.dead_letter_subscription(queue);
     let work = work_store(settings).await?;
     let pulled = rest.pull_all(&sub, 10_000).await?;
     let (mut done, mut skipped) = (0usize, 0usize);
@@ -321,7 +324,7 @@ pub async fn dlq_replay(
             skipped += 1;
             continue;
         }
-        let topic = replay_topic(stage, tier, &p.message, &names);
+        let topic = replay_topic(queue, tier, &p.message, &names);
         match bus.publish(&topic, for_replay(&p.message, settings.job_timeout())).await {
             Ok(_) => {
                 // Acked only once the republish is confirmed.

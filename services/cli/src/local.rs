@@ -18,7 +18,7 @@ use reel_runtime::local::LocalResolver;
 use reel_runtime::location::{Location, StoreResolver};
 use reel_runtime::output::{self, Refusal};
 use reel_runtime::stage::{FromSettings, Handler};
-use reel_runtime::topology::{SubscriptionSpec, Topology};
+use reel_runtime::topology::{Queue, SubscriptionSpec, Topology};
 use reel_runtime::worker::{Worker, WorkerOptions};
 use reel_runtime::Settings;
 use sha2::{Digest, Sha256};
@@ -175,10 +175,10 @@ impl LocalPipeline {
         let mut bus = EmbeddedBus::new()
             .with_persisted_topic(names.events(), log_path(state))
             .with_context(|| format!("opening the event log {}", log_path(state).display()))?;
-        for stage in Stage::ALL {
-            let path = state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()));
+        for queue in Queue::ALL {
+            let path = dead_letter_path(state, queue);
             bus = bus
-                .with_persisted_topic(names.dead_letter_topic(stage), &path)
+                .with_persisted_topic(names.dead_letter_topic(queue), &path)
                 .with_context(|| format!("opening {}", path.display()))?;
         }
         let bus = Arc::new(bus);
@@ -347,23 +347,23 @@ pub fn sweep(state: &Path, settings: &Settings, dry_run: bool) -> Result<Vec<Str
     Ok(failed)
 }
 
-/// The local dead-letter file of a stage.
-pub fn dead_letter_path(state: &Path, stage: Stage) -> PathBuf {
-    state.join("dead-letter").join(format!("{}.jsonl", stage.as_str()))
+/// The local dead-letter file of a queue.
+pub fn dead_letter_path(state: &Path, queue: Queue) -> PathBuf {
+    state.join("dead-letter").join(format!("{}.jsonl", queue.as_str()))
 }
 
-/// Dead letters waiting in the local queue of `stage`.
-pub fn dead_letters(state: &Path, stage: Stage) -> Result<Vec<reel_runtime::embedded::LoggedMessage>> {
-    let path = dead_letter_path(state, stage);
+/// Dead letters waiting in the local dead-letter queue of `queue`.
+pub fn dead_letters(state: &Path, queue: Queue) -> Result<Vec<reel_runtime::embedded::LoggedMessage>> {
+    let path = dead_letter_path(state, queue);
     if !path.exists() {
         return Ok(Vec::new());
     }
     Ok(EventLog::read(&path)?)
 }
 
-/// Replace the local queue of `stage` with `keep` (atomically: temp file + rename).
-pub fn rewrite_dead_letters(state: &Path, stage: Stage, keep: &[reel_runtime::embedded::LoggedMessage]) -> Result<()> {
-    let path = dead_letter_path(state, stage);
+/// Replace the local dead-letter queue of `queue` with `keep` (atomically: temp file + rename).
+pub fn rewrite_dead_letters(state: &Path, queue: Queue, keep: &[reel_runtime::embedded::LoggedMessage]) -> Result<()> {
+    let path = dead_letter_path(state, queue);
     let tmp = path.with_extension("jsonl.tmp");
     let _ = std::fs::remove_file(&tmp);
     for message in keep {
@@ -377,10 +377,10 @@ pub fn rewrite_dead_letters(state: &Path, stage: Stage, keep: &[reel_runtime::em
 }
 
 impl LocalPipeline {
-    /// Send `messages` back to `stage` and wait until their jobs end (or `timeout`).
+    /// Send `messages` back to `queue` and wait until their jobs end (or `timeout`).
     pub async fn replay(
         &mut self,
-        stage: Stage,
+        queue: Queue,
         messages: Vec<reel_runtime::bus::Message>,
         timeout: Duration,
     ) -> Result<Vec<JobState>> {
@@ -392,7 +392,7 @@ impl LocalPipeline {
                     jobs.insert(job.clone(), JobState::new(&job));
                 }
             }
-            self.bus.publish(&names.work_topic(stage), message).await?;
+            self.bus.publish(&names.queue_topic(queue), message).await?;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline && jobs.values().any(|j| !j.status().is_terminal()) {

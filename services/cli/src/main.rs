@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use reel_events::fold::Status;
 use reel_events::{Compression, Orientation};
 use reel_runtime::config::{LogFormat, Settings};
+use reel_runtime::topology::Queue;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use tokio_util::sync::CancellationToken;
@@ -118,9 +119,9 @@ enum Command {
 enum DlqCommand {
     /// Peek at the dead letters of STAGE: job, event type, attempts, errorType, reason, age.
     List {
-        /// The stage whose dead-letter queue to read.
-        #[arg(value_name = "STAGE", value_parser = stage_value())]
-        stage: reel_events::Stage,
+        /// The stage whose dead-letter queue to read (`encode`: stitch's per-clip encodes).
+        #[arg(value_name = "STAGE", value_parser = queue_value())]
+        stage: Queue,
         /// Show at most N letters.
         #[arg(long, value_name = "N", default_value_t = 100)]
         limit: usize,
@@ -133,9 +134,9 @@ enum DlqCommand {
     },
     /// Send dead letters back to STAGE; each is removed only after its republish is confirmed.
     Replay {
-        /// The stage whose dead letters to send back to it.
-        #[arg(value_name = "STAGE", value_parser = stage_value())]
-        stage: reel_events::Stage,
+        /// The stage whose dead letters to send back to it (`encode`: stitch's per-clip encodes).
+        #[arg(value_name = "STAGE", value_parser = queue_value())]
+        stage: Queue,
         /// Only the letters of this job.
         #[arg(long, value_name = "JOB_ID")]
         job: Option<String>,
@@ -145,7 +146,8 @@ enum DlqCommand {
         /// Replay at most N letters (default: every one that matches).
         #[arg(long, value_name = "N")]
         limit: Option<usize>,
-        /// Send them to this tier: `large` is stitch's larger-memory service (Pub/Sub only).
+        /// Send them to this tier: `large` is stitch's larger-memory service (Pub/Sub only;
+        /// for `stitch` and `encode`).
         #[arg(long, value_name = "TIER", default_value = "standard", value_parser = tier_value())]
         tier: reel_runtime::topology::Tier,
         /// Say what would be replayed, and change nothing.
@@ -158,8 +160,8 @@ enum DlqCommand {
     /// Drop the dead letters of one job.
     Purge {
         /// The stage whose dead-letter queue to purge.
-        #[arg(value_name = "STAGE", value_parser = stage_value())]
-        stage: reel_events::Stage,
+        #[arg(value_name = "STAGE", value_parser = queue_value())]
+        stage: Queue,
         /// The job whose letters to drop.
         #[arg(long, value_name = "JOB_ID", required = true)]
         job: String,
@@ -182,10 +184,10 @@ fn tier_value() -> impl clap::builder::TypedValueParser<Value = reel_runtime::to
     })
 }
 
-fn stage_value() -> impl clap::builder::TypedValueParser<Value = reel_events::Stage> {
+fn queue_value() -> impl clap::builder::TypedValueParser<Value = Queue> {
     use clap::builder::TypedValueParser as _;
-    clap::builder::PossibleValuesParser::new(reel_events::Stage::ALL.map(|s| s.as_str()))
-        .map(|s| s.parse::<reel_events::Stage>().expect("a listed stage parses"))
+    clap::builder::PossibleValuesParser::new(Queue::ALL.map(|q| q.as_str()))
+        .map(|s| s.parse::<Queue>().expect("a listed queue parses"))
 }
 
 /// The settings, loaded once for the whole command.

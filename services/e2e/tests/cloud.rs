@@ -281,9 +281,61 @@ async fn two_workers_of_one_stage_share_the_backlog() {
     for job in &jobs {
         cluster.wait_for(Some(job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     }
+    // Each job is a fan-out (one delivery) and one encode item per clip (two).
     let done = |n: usize| cluster.programs[n].log_text().matches("\"stage done\"").count();
     assert!(done(a) >= 1 && done(b) >= 1, "one worker did everything: {} vs {}", done(a), done(b));
-    assert_eq!(done(a) + done(b), 4);
+    assert_eq!(done(a) + done(b), 4 * 3);
+}
+
+/// Fan-out encoding: a re-encode is one small delivery that publishes an encode item per
+/// clip to `reel-encode`, and the items spread over the stitch programs there are; each
+/// delivery encodes one clip, and exactly one of them joins the segments, composed in
+/// the bucket. The reel plays for as long as its clips, and no delivery encoded more
+/// than one clip.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_encode_fans_out_one_clip_per_delivery_over_the_stitch_programs() {
+    let mut cluster = Cluster::start().await;
+    for stage in ["validate", "download", "upload", "finalize"] {
+        cluster.start_program(stage, &[]);
+    }
+    let stitch = [cluster.start_program("stitch", &[]), cluster.start_program("stitch", &[])];
+    cluster.wait_started(&stitch, Duration::from_secs(60)).await.unwrap();
+    let mut clips = Vec::new();
+    for (i, (w, h)) in [(320, 240), (240, 320), (320, 180), (180, 320)].into_iter().enumerate() {
+        let local = cluster.dir().join(format!("shape {i}.mp4"));
+        make_clip(&local, w, h, 2.0);
+        let key = format!("clips/shape {i}.mp4");
+        cluster.upload(&local, &key).await;
+        clips.push(format!("gs://{}/{key}", cluster.bucket));
+    }
+    let output = format!("gs://{}/reels/fan-out.mp4", cluster.bucket);
+    let job = cluster.submit("pfan", &clips, &output, &["--orientation", "landscape", "--compression", "small"]);
+    let done = cluster.wait_for(Some(&job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let data = reel_events::envelope::data_json(&done).unwrap();
+    assert_eq!(data["mode"], "reencode", "{data}");
+    assert_reel(&cluster, "reels/fan-out.mp4", 8.0).await;
+
+    let events = cluster.events_of(&job).await;
+    let items: std::collections::BTreeSet<String> =
+        events.iter().filter(|e| e.ty() == types::CLIP_ENCODE).map(|e| e.id().to_string()).collect();
+    assert_eq!(items.len(), 4, "one encode item per clip");
+    let stitched = events
+        .iter()
+        .filter(|e| e.ty() == types::REEL_STITCHED)
+        .map(|e| e.id())
+        .collect::<std::collections::BTreeSet<_>>();
+    assert_eq!(stitched.len(), 1, "one join");
+    // Every encode item was a delivery of its own, and both programs took some.
+    let encoded = |n: usize| cluster.programs[n].log_text().matches("\"clip encoded\"").count();
+    assert_eq!(encoded(stitch[0]) + encoded(stitch[1]), 4, "each clip encoded once");
+    assert!(encoded(stitch[0]) >= 1 && encoded(stitch[1]) >= 1, "one program encoded everything");
+    for n in stitch {
+        for line in cluster.programs[n].log_text().lines().filter(|l| l.contains("\"stage done\"")) {
+            let record: serde_json::Value = serde_json::from_str(line).unwrap();
+            let ms = record["elapsed_ms"].as_u64().unwrap_or(0);
+            assert!(ms < 60_000, "a stitch delivery took {ms} ms: {line}");
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -394,6 +394,10 @@ pub async fn normalize_clip(
     args.push(file_url(input));
     args.extend(args_of(&["-filter_complex", &graph, "-map", "[v]", "-map", "[a]"]));
     args.extend(target.encoder_args().into_iter().map(OsString::from));
+    if config.encode_threads > 0 {
+        let threads = config.encode_threads.to_string();
+        args.extend(args_of(&["-threads", &threads, "-filter_complex_threads", &threads]));
+    }
     args.push(file_url(&tmp.path));
 
     process::run(config, Tool::Ffmpeg, &args, opts, Stdout::Progress(on_progress))

@@ -616,6 +616,7 @@ mod tests {
                 ("REEL_ALLOWED_ROOTS", "gs://abc, /tmp/b,"),
                 ("REEL_LOG_FORMAT", "pretty"),
                 ("REEL_NATIVE_PROBE", "0"),
+                ("REEL_ENCODE_THREADS", "1"),
                 ("REEL_MEDIA_LIMITS_MAX_FPS", "120"),
                 ("REEL_FFMPEG", "/opt/ffmpeg"),
                 ("REEL_HOME", "/ignored"),
@@ -630,6 +631,7 @@ mod tests {
         assert_eq!(s.allowed_roots, vec!["gs://abc".to_string(), "/tmp/b".to_string()]);
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(!s.media.native_probe);
+        assert_eq!(s.media.encode_threads, 1);
         assert_eq!(s.media.limits.max_fps, 120.0);
         assert_eq!(s.media.ffmpeg, PathBuf::from("/opt/ffmpeg"));
         assert_eq!(s.temp_dir, Settings::default().temp_dir, "an empty variable counts as unset");

@@ -15,6 +15,7 @@ pub mod config;
 pub mod conformance;
 pub mod embedded;
 pub mod location;
+pub mod meter;
 pub mod output;
 pub mod stage;
 pub mod store;

@@ -128,6 +128,13 @@ pub trait Handler: Send + Sync + 'static {
         vec![self.stage().input_type()]
     }
 
+    /// The part of its job an event is, when several parts of one job run at once
+    /// (stitch's per-clip encodes, `encode-003`): runs killed without an outcome are
+    /// counted per part ([`crate::unfinished`]). `None`: one run of the stage at a time.
+    fn part_of(&self, _event: &Event) -> Option<String> {
+        None
+    }
+
     /// What to do with an event of a job that already completed.
     fn on_completed_job(&self) -> LateDelivery {
         LateDelivery::Skip
@@ -228,7 +235,22 @@ impl Context {
     /// Build an event of `ty` about this job, with a deterministic id (so redoing the
     /// work re-emits the same event) and the trace context of `cause`.
     pub fn event<T: Serialize>(&self, cause: &Event, ty: &str, retry_attempt: u32, data: &T) -> Event {
-        let id = envelope::deterministic_id(&self.job.job_id, retry_attempt, ty, self.stage.as_str());
+        self.event_of_part(cause, ty, retry_attempt, "", data)
+    }
+
+    /// [`Context::event`] for one of several events of one type a stage emits for a job
+    /// (stitch's per-clip encode items): `part` tells their ids apart.
+    pub fn event_of_part<T: Serialize>(
+        &self,
+        cause: &Event,
+        ty: &str,
+        retry_attempt: u32,
+        part: &str,
+        data: &T,
+    ) -> Event {
+        let discriminator =
+            if part.is_empty() { self.stage.as_str().to_string() } else { format!("{}/{part}", self.stage) };
+        let id = envelope::deterministic_id(&self.job.job_id, retry_attempt, ty, &discriminator);
         let mut event = envelope::build(ty, &self.source(), id, &self.job.job_id, Utc::now(), data)
             .expect("reel payloads always build valid events");
         envelope::carry_trace(cause, &mut event);

@@ -4,7 +4,7 @@
 //! builds it in memory, and a test checks that `terraform/` declares the same set.
 //! Names are `{prefix}{suffix}` with the prefix `reel-` by default.
 
-use reel_events::Stage;
+use reel_events::{types, Stage};
 use std::time::Duration;
 
 /// A topic.
@@ -87,6 +87,9 @@ impl Topology {
         }
         // The larger stitch tier: work that ran out of memory or disk on the standard one.
         topics.push(TopicSpec { name: names.large_work_topic(), retention: None });
+        // Stitch's fan-out: one item per clip to re-encode, with dead letters of its own.
+        topics.push(TopicSpec { name: names.encode_topic(), retention: None });
+        topics.push(TopicSpec { name: names.dead_letter_topic(Queue::Encode), retention: None });
         for stage in Stage::ALL {
             let dlq = Some(names.dead_letter_topic(stage));
             let ack = if stage == Stage::Stitch { 120 } else { 60 };
@@ -98,6 +101,13 @@ impl Topology {
             }
             if stage == Stage::Stitch {
                 subscriptions.push(sub(names.large_subscription(), names.large_work_topic(), dlq, ack, true));
+                // One clip's encode is the longest delivery there is: up to
+                // `REEL_MAX_CLIP_SECONDS` (600) of video, about 300 s on 2 vCPU. Push mode
+                // cannot extend a deadline, so it gets Pub/Sub's longest; pull mode renews
+                // a short lease while it works (`REEL_LEASE_SECONDS`), so this costs no
+                // recovery time there.
+                let encode_dlq = Some(names.dead_letter_topic(Queue::Encode));
+                subscriptions.push(sub(names.encode_subscription(), names.encode_topic(), encode_dlq, 600, true));
             }
         }
         // The state service reads the log; its dead letters would mean a poison event on
@@ -105,8 +115,8 @@ impl Topology {
         let mut api = sub(names.api_subscription(), names.events(), None, 60, false);
         api.message_retention = 7 * day;
         subscriptions.push(api);
-        for stage in Stage::ALL {
-            let mut dl = sub(names.dead_letter_subscription(stage), names.dead_letter_topic(stage), None, 60, false);
+        for queue in Queue::ALL {
+            let mut dl = sub(names.dead_letter_subscription(queue), names.dead_letter_topic(queue), None, 60, false);
             dl.message_retention = 7 * day;
             // Operators peek (pull, then release) repeatedly: keep the redelivery delay flat
             // so a peeked dead letter is back within a second, not after a growing backoff.
@@ -124,6 +134,73 @@ impl Topology {
     /// The naming helper for this topology's prefix.
     pub fn names(&self) -> Names {
         Names::new(&self.prefix)
+    }
+}
+
+/// A queue of work with its own dead letters, which operators list and replay: one per
+/// stage, and stitch's per-clip encodes (`reel dlq list encode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Queue {
+    /// A stage's work.
+    Stage(Stage),
+    /// The clips a stitch fans out to re-encode, one item each (consumed by stitch).
+    Encode,
+}
+
+impl Queue {
+    /// Every queue: the stages in pipeline order, then encode.
+    pub const ALL: [Queue; 6] = [
+        Queue::Stage(Stage::Validate),
+        Queue::Stage(Stage::Download),
+        Queue::Stage(Stage::Stitch),
+        Queue::Stage(Stage::Upload),
+        Queue::Stage(Stage::Finalize),
+        Queue::Encode,
+    ];
+
+    /// The name operators type (`stitch`, `encode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Queue::Stage(stage) => stage.as_str(),
+            Queue::Encode => "encode",
+        }
+    }
+
+    /// The stage whose program does this queue's work.
+    pub fn stage(self) -> Stage {
+        match self {
+            Queue::Stage(stage) => stage,
+            Queue::Encode => Stage::Stitch,
+        }
+    }
+
+    /// The queue where events of type `ty` are work, if any.
+    pub fn of_event_type(ty: &str) -> Option<Queue> {
+        if ty == types::CLIP_ENCODE {
+            return Some(Queue::Encode);
+        }
+        Stage::consuming(ty).map(Queue::Stage)
+    }
+}
+
+impl From<Stage> for Queue {
+    fn from(stage: Stage) -> Queue {
+        Queue::Stage(stage)
+    }
+}
+
+impl std::fmt::Display for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Queue {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Queue::ALL.into_iter().find(|q| q.as_str() == s).ok_or_else(|| {
+            format!("unknown queue {s:?}; expected validate, download, stitch, encode, upload or finalize")
+        })
     }
 }
 
@@ -175,14 +252,36 @@ impl Names {
     pub fn subscription(&self, stage: Stage) -> String {
         format!("{}{}", self.prefix, stage.as_str())
     }
-    /// Every subscription `stage` consumes: its work subscription, and for validate the
-    /// one on storage notifications too.
+    /// Every subscription `stage` consumes: its work subscription, for validate the one
+    /// on storage notifications too, and for stitch the one of its per-clip encodes.
     pub fn consumed_by(&self, stage: Stage) -> Vec<String> {
         let mut subscriptions = vec![self.subscription(stage)];
-        if stage == Stage::Validate {
-            subscriptions.push(self.gcs_subscription());
+        match stage {
+            Stage::Validate => subscriptions.push(self.gcs_subscription()),
+            Stage::Stitch => subscriptions.push(self.encode_subscription()),
+            _ => {}
         }
         subscriptions
+    }
+    /// The topic where events of type `ty` are work, if they are work anywhere: the
+    /// consuming stage's work topic, or the encode topic for a clip to re-encode.
+    pub fn work_topic_for(&self, ty: &str) -> Option<String> {
+        Queue::of_event_type(ty).map(|queue| self.queue_topic(queue))
+    }
+    /// The topic a queue's work is published to.
+    pub fn queue_topic(&self, queue: Queue) -> String {
+        match queue {
+            Queue::Stage(stage) => self.work_topic(stage),
+            Queue::Encode => self.encode_topic(),
+        }
+    }
+    /// `reel-encode`: one item per clip a stitch re-encodes.
+    pub fn encode_topic(&self) -> String {
+        format!("{}encode", self.prefix)
+    }
+    /// The subscription stitch programs pull encode items from (`reel-encode`).
+    pub fn encode_subscription(&self) -> String {
+        format!("{}encode", self.prefix)
     }
     /// The subscriptions a program of `stage` consumes on `tier` (a stage without a
     /// larger tier consumes its own on either).
@@ -224,13 +323,13 @@ impl Names {
     pub fn api_subscription(&self) -> String {
         format!("{}api", self.prefix)
     }
-    /// A stage's dead-letter topic (`reel-validate-dead-letter`, …).
-    pub fn dead_letter_topic(&self, stage: Stage) -> String {
-        format!("{}{}-dead-letter", self.prefix, stage.as_str())
+    /// A queue's dead-letter topic (`reel-validate-dead-letter`, …, `reel-encode-dead-letter`).
+    pub fn dead_letter_topic(&self, queue: impl Into<Queue>) -> String {
+        format!("{}{}-dead-letter", self.prefix, queue.into().as_str())
     }
     /// The subscription operators list and replay (`reel-validate-dead-letter`).
-    pub fn dead_letter_subscription(&self, stage: Stage) -> String {
-        self.dead_letter_topic(stage)
+    pub fn dead_letter_subscription(&self, queue: impl Into<Queue>) -> String {
+        self.dead_letter_topic(queue)
     }
 }
 
@@ -269,11 +368,29 @@ mod tests {
         assert_eq!(names.larger_tier(Stage::Stitch).as_deref(), Some("reel-work-stitch-large"));
         assert_eq!(names.larger_tier(Stage::Download), None);
         assert_eq!(names.consumed_by_tier(Stage::Stitch, Tier::Large), ["reel-stitch-large"]);
-        assert_eq!(names.consumed_by_tier(Stage::Stitch, Tier::Standard), ["reel-stitch"]);
+        assert_eq!(names.consumed_by_tier(Stage::Stitch, Tier::Standard), ["reel-stitch", "reel-encode"]);
         assert_eq!(names.consumed_by_tier(Stage::Upload, Tier::Large), ["reel-upload"]);
         assert_eq!(names.service_of("reel-stitch-large").as_deref(), Some("stitch-large"));
         assert_eq!(names.service_of("reel-validate-gcs").as_deref(), Some("validate"));
         assert_eq!(names.service_of("reel-api").as_deref(), Some("api"));
         assert_eq!(names.service_of("reel-stitch-dead-letter"), None);
+    }
+
+    #[test]
+    fn stitch_consumes_its_encode_items_from_their_own_topic_with_their_own_dead_letters() {
+        let topology = Topology::standard(DEFAULT_PREFIX);
+        let names = topology.names();
+        let encode = topology.subscription("reel-encode").expect("the encode subscription");
+        assert_eq!(encode.topic, "reel-encode");
+        assert_eq!(encode.dead_letter_topic.as_deref(), Some("reel-encode-dead-letter"));
+        assert!(topology.subscription("reel-encode-dead-letter").is_some());
+        assert_eq!(names.consumed_by(Stage::Stitch), ["reel-stitch", "reel-encode"]);
+        assert_eq!(names.service_of("reel-encode").as_deref(), Some("stitch"));
+        assert_eq!(names.work_topic_for(types::CLIP_ENCODE).as_deref(), Some("reel-encode"));
+        assert_eq!(names.work_topic_for(types::REEL_STITCHED).as_deref(), Some("reel-work-upload"));
+        assert_eq!(names.work_topic_for(types::JOB_COMPLETED), None);
+        assert_eq!("encode".parse::<Queue>(), Ok(Queue::Encode));
+        assert_eq!("stitch".parse::<Queue>(), Ok(Queue::Stage(Stage::Stitch)));
+        assert!("join".parse::<Queue>().is_err());
     }
 }

@@ -7,19 +7,19 @@
 //! `resource_exhausted` (and its message is dead-lettered for a replay on a larger
 //! machine) instead of running again.
 //!
-//! The record is `control/running/{jobId}/{stage}` in the work store (outside the
-//! job's workspace, which the stages list), JSON `{"unfinished": n}`. Two deliveries of
-//! one job racing may miscount by one; that only moves the limit by one run.
+//! The record is `control/running/{jobId}/{run}` in the work store (outside the job's
+//! workspace, which the stages list), JSON `{"unfinished": n}`; `run` is the stage, or
+//! the stage and the part of the job when parts run at once (`stitch-encode-003`). Two
+//! deliveries of one part racing may miscount by one; that only moves the limit by one run.
 
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 
 use crate::store::{PutMode, Store, StoreError};
-use reel_events::Stage;
 
 /// The record's key.
-pub fn record_key(job_id: &str, stage: Stage) -> String {
-    format!("control/running/{job_id}/{stage}")
+pub fn record_key(job_id: &str, run: &str) -> String {
+    format!("control/running/{job_id}/{run}")
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -27,10 +27,10 @@ struct Record {
     unfinished: u32,
 }
 
-/// Note that a run of `stage` on `job_id` starts; returns how many earlier runs
+/// Note that a run named `run` on `job_id` starts; returns how many earlier runs
 /// started and never finished.
-pub async fn begin(store: &dyn Store, job_id: &str, stage: Stage) -> Result<u32, StoreError> {
-    let key = record_key(job_id, stage);
+pub async fn begin(store: &dyn Store, job_id: &str, run: &str) -> Result<u32, StoreError> {
+    let key = record_key(job_id, run);
     let earlier = match store.get(&key).await {
         Ok(mut reader) => {
             let mut bytes = Vec::new();
@@ -46,6 +46,6 @@ pub async fn begin(store: &dyn Store, job_id: &str, stage: Stage) -> Result<u32,
 }
 
 /// Note that the run produced an outcome.
-pub async fn finish(store: &dyn Store, job_id: &str, stage: Stage) -> Result<(), StoreError> {
-    store.delete(&record_key(job_id, stage)).await.map(|_| ())
+pub async fn finish(store: &dyn Store, job_id: &str, run: &str) -> Result<(), StoreError> {
+    store.delete(&record_key(job_id, run)).await.map(|_| ())
 }

@@ -30,13 +30,14 @@ use tracing::{error, info, warn, Instrument};
 use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
 use crate::location::StoreResolver;
+use crate::meter::{MeteredResolver, MeteredStore, StorageMeter};
 pub use crate::metrics::WorkerStats;
 use crate::stage::{
     cancel_marker_key, job_completed, work_prefix, Boundary, Context, Failure, Handler, LateDelivery, Outcome,
     ProgressReporter,
 };
 use crate::store::Store;
-use crate::topology::{Names, Topology};
+use crate::topology::{Names, Queue, Topology};
 
 /// Pub/Sub's message size limit; larger messages are dead-lettered unread.
 pub use crate::bus::MAX_MESSAGE_BYTES;
@@ -348,7 +349,7 @@ impl Worker {
                         Ok(()) => self.run_handler(event, &inbound.envelope, delivery_attempt, stop).await,
                     };
                     // An outcome exists; giving up counts too, so a replay starts afresh.
-                    self.end_run(&inbound.envelope.job.job_id).await;
+                    self.end_run(&inbound.envelope.job.job_id, inbound.event.as_ref()).await;
                     outcome
                 }
             };
@@ -424,7 +425,9 @@ impl Worker {
             // With a larger tier to go to, one run that died is enough: on Cloud Run a
             // program dies without a word (SIGKILL) when it runs out of memory.
             let allowed = if self.options.larger_tier.is_some() { 0 } else { self.options.max_retry_attempts };
-            match crate::unfinished::begin(self.work.as_ref(), &job.job_id, self.stage()).await {
+            match crate::unfinished::begin(self.work.as_ref(), &job.job_id, &self.run_name(inbound.event.as_ref()))
+                .await
+            {
                 Ok(died) if died > allowed => {
                     return Err(Failure::new(
                         ErrorType::ResourceExhausted,
@@ -456,12 +459,21 @@ impl Worker {
         Ok(())
     }
 
+    /// The name runs of this delivery's work are counted under: the stage, or the stage
+    /// and the part of the job ([`Handler::part_of`]) when parts of one job run at once.
+    fn run_name(&self, event: Option<&Event>) -> String {
+        match event.and_then(|e| self.handler.part_of(e)) {
+            Some(part) => format!("{}-{part}", self.stage()),
+            None => self.stage().to_string(),
+        }
+    }
+
     /// The handler produced an outcome: the run did not die (see [`Worker::begin_run`]).
-    async fn end_run(&self, job_id: &str) {
+    async fn end_run(&self, job_id: &str, event: Option<&Event>) {
         if job_id.is_empty() || self.handler.job_id_is_a_claim() {
             return;
         }
-        if let Err(e) = crate::unfinished::finish(self.work.as_ref(), job_id, self.stage()).await {
+        if let Err(e) = crate::unfinished::finish(self.work.as_ref(), job_id, &self.run_name(event)).await {
             warn!(error = %e, "could not clear the run record");
         }
     }
@@ -498,11 +510,12 @@ impl Worker {
         }
         let progress = ProgressReporter::default();
         progress.set_accepted_at(envelope.accepted_at);
+        let meter = Arc::new(StorageMeter::default());
         let ctx = Context {
             stage: self.stage(),
             boundary: self.boundary.clone(),
-            work: self.work.clone(),
-            resolver: self.resolver.clone(),
+            work: Arc::new(MeteredStore::new(self.work.clone(), meter.clone())),
+            resolver: Arc::new(MeteredResolver::new(self.resolver.clone(), meter.clone())),
             cancel: CancellationToken::new(),
             delivery_attempt,
             job: envelope.job.clone(),
@@ -544,8 +557,17 @@ impl Worker {
         };
         watcher.cancel();
         ctx.cancel.cancel();
+        // Nothing in a delivery's scratch is removed before it ends: its size now is the
+        // delivery's peak.
+        let scratch_bytes = tokio::task::spawn_blocking({
+            let scratch = scratch.clone();
+            move || dir_size(&scratch)
+        })
+        .await
+        .unwrap_or_default();
         remove_dir_quietly(&scratch).await;
         let elapsed = started.elapsed();
+        let used = meter.totals();
         self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
         if let Outcome::Emit(events) = &outcome {
             let bytes: u64 = events
@@ -557,7 +579,25 @@ impl Worker {
                 self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
                 self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
             }
-            info!(elapsed_ms = elapsed.as_millis() as u64, emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(), "stage done");
+            info!(
+                elapsed_ms = elapsed.as_millis() as u64,
+                emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(),
+                storage_ops = used.operations,
+                bytes_read = used.bytes_read,
+                bytes_written = used.bytes_written,
+                scratch_bytes,
+                "stage done"
+            );
+        } else {
+            info!(
+                elapsed_ms = elapsed.as_millis() as u64,
+                outcome = outcome_name(&outcome),
+                storage_ops = used.operations,
+                bytes_read = used.bytes_read,
+                bytes_written = used.bytes_written,
+                scratch_bytes,
+                "delivery ended without output"
+            );
         }
         let stopped = *stopped.lock().expect("stop lock");
         match (outcome, stopped) {
@@ -600,7 +640,8 @@ impl Worker {
         let timeout = chrono::Duration::minutes(self.options.job_timeout_minutes as i64);
         let renewed = reel_events::replay::resume_message(inbound.message, Utc::now(), timeout, why);
         let names = self.names();
-        if let Err(e) = self.bus.publish(&names.work_topic(self.stage()), renewed.clone()).await {
+        let topic = self.queue(inbound).map(|q| names.queue_topic(q)).unwrap_or_else(|| names.work_topic(self.stage()));
+        if let Err(e) = self.bus.publish(&topic, renewed.clone()).await {
             warn!(error = %e, "could not resume the job; will retry");
             return Disposition::Nack;
         }
@@ -812,7 +853,8 @@ impl Worker {
             reason: failure.message.clone(),
             attempts: inbound.delivery_attempt,
         };
-        let topic = self.names().dead_letter_topic(letter.stage);
+        let queue = self.queue(inbound).unwrap_or(Queue::Stage(letter.stage));
+        let topic = self.names().dead_letter_topic(queue);
         match dead_letter(self.bus.as_ref(), &topic, inbound.message, &letter).await {
             Ok(()) => {
                 self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
@@ -824,6 +866,17 @@ impl Worker {
                 Disposition::Nack
             }
         }
+    }
+
+    /// The queue a message is work of: by its event type, or (an event that did not
+    /// decode) by the subscription it came from. Its dead letters go to that queue's
+    /// topic, and a resumed attempt goes back to it.
+    fn queue(&self, inbound: &Inbound<'_>) -> Option<Queue> {
+        let names = self.names();
+        inbound.event.as_ref().and_then(|e| Queue::of_event_type(e.ty())).or_else(|| {
+            let sub = inbound.subscription.rsplit('/').next().unwrap_or(inbound.subscription);
+            (sub == names.encode_subscription()).then_some(Queue::Encode)
+        })
     }
 
     /// Whether the job completed; an unreadable record counts as not completed (the
@@ -1010,10 +1063,37 @@ pub async fn dead_letter(bus: &dyn Bus, topic: &str, message: &Message, letter: 
 pub async fn publish_event(bus: &dyn Bus, names: &Names, event: &Event) -> Result<(), BusError> {
     let message = binding::encode_binary(event);
     bus.publish(&names.events(), message.clone()).await?;
-    if let Some(next) = Stage::consuming(event.ty()) {
-        bus.publish(&names.work_topic(next), message).await?;
+    if let Some(topic) = names.work_topic_for(event.ty()) {
+        bus.publish(&topic, message).await?;
     }
     Ok(())
+}
+
+/// The bytes of the files under `dir` (0 where it cannot be read).
+fn dir_size(dir: &Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_size(&entry.path()),
+            Ok(_) => entry.metadata().map(|m| m.len()).unwrap_or(0),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
+/// An outcome's name, for logs.
+fn outcome_name(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Emit(_) => "emit",
+        Outcome::Skip(_) => "skip",
+        Outcome::Retry(_) => "retry",
+        Outcome::Reject(_) => "reject",
+        Outcome::Cancel => "cancel",
+        Outcome::Resume(_) => "resume",
+        Outcome::Requeue(_) => "requeue",
+        Outcome::Unprocessable(_) => "unprocessable",
+    }
 }
 
 /// ETA from the job's progress rate: elapsed × 100 / progress.

@@ -137,6 +137,6 @@ async fn a_job_whose_runs_keep_getting_killed_fails_with_resource_exhausted() {
 
     // The count starts afresh for a replay.
     let work = DirStore::new(dir.path().join("work")).unwrap();
-    let record = reel_runtime::unfinished::record_key("job_oom", Stage::Download);
+    let record = reel_runtime::unfinished::record_key("job_oom", Stage::Download.as_str());
     assert!(work.head(&record).await.unwrap().is_none(), "the run record was left behind");
 }

@@ -1,26 +1,32 @@
-//! The stitch stage: joins the job's clips into one MP4 with ffmpeg.
+//! The stitch stage: joins the job's clips into one MP4.
 //!
-//! Stream copy (concat demuxer) when every clip matches exactly; otherwise each clip is
-//! normalised to the orientation's frame, frame rate and audio layout, and the segments
-//! are joined. Normalised segments are kept in the workspace (`norm/NNN.mp4`) so a
-//! redelivery after a crash re-encodes only what is missing. The reel lands in the
-//! workspace as `reel.mp4` with its facts in `reel.json`; a redelivery that finds both
-//! re-emits the same event without touching ffmpeg.
+//! **Clips that join as they are** (one stitch delivery): by zero-copy assembly, a new
+//! movie header followed by the clips' media bytes as they are ([`join`]), with
+//! ffmpeg's concat where the assembler declines. When the workspace is a bucket no clip
+//! is downloaded: their headers are read with ranged reads and the reel is composed in
+//! the store from a small header object and the clip objects ([`compose_in_store`]).
 //!
-//! When the workspace is a bucket and the clips can be joined as they are, no clip is
-//! downloaded: their headers are read with ranged reads, and the reel is composed in the
-//! store from a small header object and the clip objects themselves
-//! ([`compose_in_store`]); no media byte passes through this program.
+//! **Clips that must be re-encoded** (a fan-out, no orchestrator): the stitch delivery
+//! publishes one `job.encode` item per clip to `reel-encode` and is done. Each item is
+//! a delivery of its own, on whichever stitch instance pulls it, bounded by one clip: it
+//! normalises its clip into `norm/NNN-WxH-CRF.mp4` (create-only), or records that the
+//! clip broke off mid-stream ("corrupt file → skip, continue"). The item that then finds
+//! every clip accounted for claims the join with a create-only marker (exactly one
+//! wins; a redelivery of the winner finds its own claim) and joins the segments by
+//! zero-copy assembly, composed in the bucket when the workspace is one.
+//!
+//! The reel lands in the workspace as `reel.mp4` with its facts in `reel.json`; a
+//! redelivery that finds both re-emits the same event without doing the work again.
 
 use async_trait::async_trait;
-use reel_events::payload::{ClipsDownloaded, ReelFacts, ReelStitched, SkippedClip};
-use reel_events::{types, ErrorType, Event, Mode, Stage};
+use reel_events::payload::{ClipEncode, ClipsDownloaded, ReelFacts, ReelStitched, SkippedClip};
+use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Mode, Stage};
 use reel_media::{Assembled, CancelToken, Classify, MediaConfig, MediaError, RunOptions};
 use reel_runtime::config::Settings;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::{self, ObjectMeta, PutMode, PutOptions, RangedReader};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use tracing::{info, warn};
 
 /// The stitch stage.
@@ -49,61 +55,55 @@ impl Handler for Stitch {
         Stage::Stitch
     }
 
-    async fn handle(&self, ctx: &Context, event: &Event) -> Outcome {
-        let input: ClipsDownloaded = match decode_payload(event) {
-            Ok(v) => v,
-            Err(outcome) => return outcome,
-        };
-        let job = &input.job;
-        let prefix = ctx.work_prefix();
-        let reel_key = format!("{prefix}reel.mp4");
-        let facts_key = format!("{prefix}reel.json");
-        let emit = |record: StitchRecord| {
-            let mut skipped_clips = input.skipped_clips.clone();
-            skipped_clips.extend(record.skipped);
-            let mut warnings = input.warnings.clone();
-            warnings.extend(record.warnings);
-            let data = ReelStitched {
-                job: job.clone(),
-                work_key: reel_key.clone(),
-                reel: record.facts,
-                skipped_clips,
-                warnings: dedup(warnings),
-            };
-            Outcome::Emit(vec![ctx.event(event, types::REEL_STITCHED, job.retry_attempt, &data)])
-        };
+    fn accepts(&self) -> Vec<&'static str> {
+        vec![types::CLIPS_DOWNLOADED, types::CLIP_ENCODE]
+    }
 
-        // Idempotency: a finished reel from an earlier delivery is reused.
-        if let (Ok(Some(_)), Some(record)) =
-            (ctx.work.head(&reel_key).await, read_json::<StitchRecord>(ctx, &facts_key).await)
-        {
-            info!("reel already stitched; re-emitting");
-            return emit(record);
+    fn part_of(&self, event: &Event) -> Option<String> {
+        if event.ty() != types::CLIP_ENCODE {
+            return None;
         }
+        let data = envelope::data_json(event).ok()?;
+        Some(format!("encode-{:03}", data.get("clipIndex")?.as_u64()?))
+    }
 
-        let infos: Vec<_> = input.clips.iter().map(|c| c.info.clone()).collect();
-        let plan = reel_media::plan(&infos, job.orientation, job.compression);
-        info!(mode = %plan.mode, reason = %plan.reason, clips = input.clips.len(), "stitch plan");
-
+    async fn handle(&self, ctx: &Context, event: &Event) -> Outcome {
+        let (input, item) = if event.ty() == types::CLIP_ENCODE {
+            match decode_payload::<ClipEncode>(event) {
+                Ok(v) => (v.downloaded, Some(v.clip_index)),
+                Err(outcome) => return outcome,
+            }
+        } else {
+            match decode_payload::<ClipsDownloaded>(event) {
+                Ok(v) => (v, None),
+                Err(outcome) => return outcome,
+            }
+        };
+        let job = Job::new(ctx, event, &input);
         // Only this job's own files: a forged work message cannot point stitch elsewhere.
         if let Some(f) = input.clips.iter().find_map(|clip| ctx.check_work_key(&clip.work_key).err()) {
             return Outcome::Reject(f);
         }
+        if let Some(index) = item {
+            return self.encode_one(&job, index).await;
+        }
+        // Idempotency: a finished reel from an earlier delivery is reused.
+        if let Some(record) = job.finished().await {
+            info!("reel already stitched; re-emitting");
+            return job.emit(record);
+        }
+
+        let infos: Vec<_> = input.clips.iter().map(|c| c.info.clone()).collect();
+        let plan = reel_media::plan(&infos, input.job.orientation, input.job.compression);
+        info!(mode = %plan.mode, reason = %plan.reason, clips = input.clips.len(), "stitch plan");
+        if plan.mode == Mode::Reencode {
+            return job.fan_out(Vec::new());
+        }
         // A bucket for a workspace, and clips that join as they are: compose the reel there.
-        if plan.mode == Mode::Copy && ctx.work.local_path(&reel_key).is_none() {
-            match compose_in_store(ctx, &input, &reel_key).await {
-                Ok(Some((meta, info))) => {
-                    ctx.progress.report(100.0);
-                    let facts = ReelFacts {
-                        size_bytes: meta.size,
-                        duration_seconds: info.duration_seconds,
-                        crc32c: store::crc32c_base64(meta.crc32c),
-                        mode: Mode::Copy,
-                    };
-                    info!(size = meta.size, duration = info.duration_seconds, "reel composed in the store");
-                    let record = StitchRecord { facts, skipped: Vec::new(), warnings: Vec::new() };
-                    return save_and_emit(ctx, &facts_key, record, emit).await;
-                }
+        if ctx.work.local_path(&job.reel_key).is_none() {
+            let keys: Vec<String> = input.clips.iter().map(|c| c.work_key.clone()).collect();
+            match compose_in_store(ctx, &keys, &job.reel_key).await {
+                Ok(Some(composed)) => return job.keep_composed(composed, Mode::Copy, Vec::new(), Vec::new()).await,
                 // Declined: joined below, by ffmpeg (which says why in the warnings).
                 Ok(None) => {}
                 Err(outcome) => return outcome,
@@ -117,61 +117,295 @@ impl Handler for Stitch {
                 Err(outcome) => return outcome,
             }
         }
-        let total_seconds: f64 = input.clips.iter().map(|c| c.info.duration_seconds.max(0.0)).sum::<f64>().max(0.001);
-        let opts = RunOptions { cancel: CancelToken::from(ctx.cancel.clone()), deadline: None };
-        let run = Run { ctx, media: &self.media, opts: &opts, total_seconds };
-        let out_path = ctx.scratch.join("reel.mp4");
-        let local_reel = ctx.work.local_path(&reel_key);
-        let target_path = local_reel.clone().unwrap_or_else(|| out_path.clone());
-        if let Some(parent) = target_path.parent() {
-            if let Err(e) = tokio::fs::create_dir_all(parent).await {
-                return Outcome::Retry(Failure::new(
-                    ErrorType::ResourceExhausted,
-                    format!("cannot create {}: {e}", parent.display()),
-                ));
-            }
-        }
-
-        let mut mode = plan.mode;
-        let mut warnings = Vec::new();
-        let result = match (plan.mode, &plan.target) {
-            (Mode::Copy, _) => {
-                let progress = ctx.progress.clone();
-                let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
-                match join(&run, &inputs, &target_path, &mut warnings, &mut on_progress).await {
-                    Ok(()) => Ok(Vec::new()),
-                    Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => {
-                        Err(Outcome::failed("stitching", &e))
-                    }
-                    Err(e) => {
-                        // A stream copy that ffmpeg refuses is not the end: re-encode instead.
-                        warn!(error = %e, "stream copy failed; falling back to re-encode");
-                        mode = Mode::Reencode;
-                        let target = reel_media::EncodeTarget::new(job.orientation, job.compression);
-                        reencode(&run, &input, &inputs, &target, &target_path, &mut warnings).await
-                    }
-                }
-            }
-            (Mode::Reencode, Some(target)) => {
-                reencode(&run, &input, &inputs, target, &target_path, &mut warnings).await
-            }
-            (Mode::Reencode, None) => {
-                Err(Outcome::Reject(Failure::new(ErrorType::Internal, "the plan says re-encode but names no target")))
-            }
-        };
-        let skipped = match result {
-            Ok(skipped) => skipped,
+        let run = self.run(ctx, &input);
+        let target_path = match job.reel_target().await {
+            Ok(path) => path,
             Err(outcome) => return outcome,
         };
-        warnings.extend(skipped.iter().map(|s| format!("skipped {}: {}", s.path, s.reason)));
-        if mode == Mode::Reencode && plan.mode == Mode::Copy {
-            warnings.push("stream copy failed; the reel was re-encoded".to_string());
+        let mut warnings = Vec::new();
+        let progress = ctx.progress.clone();
+        let total_seconds = run.total_seconds;
+        let mut on_progress = move |secs: f64| progress.report(secs * 100.0 / total_seconds);
+        match join(&run, &inputs, &target_path, &mut warnings, &mut on_progress).await {
+            Ok(()) => job.keep_local(&self.media, &target_path, Mode::Copy, Vec::new(), warnings).await,
+            Err(e @ (MediaError::Cancelled | MediaError::Timeout | MediaError::DiskFull { .. })) => {
+                Outcome::failed("stitching", &e)
+            }
+            Err(e) => {
+                // A stream copy that ffmpeg refuses is not the end: re-encode instead.
+                warn!(error = %e, "stream copy failed; falling back to re-encode");
+                warnings.push("stream copy failed; the reel was re-encoded".to_string());
+                job.fan_out(warnings)
+            }
         }
+    }
+}
 
-        // Check what ffmpeg wrote before anyone downstream sees it.
-        // The reel is as long as all its clips together: only the per-clip duration bound is lifted.
-        let reel_config = self.media.clone().set_limits(self.media.limits.set_max_duration_seconds(f64::INFINITY));
-        let info = match reel_media::probe(&reel_config, &target_path).await {
+impl Stitch {
+    /// What every ffmpeg run of one delivery on `input` shares.
+    fn run<'a>(&'a self, ctx: &'a Context, input: &ClipsDownloaded) -> Run<'a> {
+        let total_seconds: f64 = input.clips.iter().map(|c| c.info.duration_seconds.max(0.0)).sum::<f64>().max(0.001);
+        let opts = RunOptions { cancel: CancelToken::from(ctx.cancel.clone()), deadline: None };
+        Run { media: &self.media, opts, total_seconds }
+    }
+
+    /// One encode item of the fan-out: normalise clip `index` into its segment (unless a
+    /// delivery before did), or note that it is broken mid-stream; then, if every clip
+    /// of the job is accounted for, claim the join (create-only marker: exactly one
+    /// item wins it, and a redelivery of the winner finds its own claim) and join.
+    async fn encode_one(&self, job: &Job<'_>, index: usize) -> Outcome {
+        let (ctx, input) = (job.ctx, job.input);
+        let Some(clip) = input.clips.iter().find(|c| c.index == index) else {
+            return Outcome::Unprocessable(Failure::new(
+                ErrorType::InvalidRequest,
+                format!("the encode item names clip {index}, which its job does not have"),
+            ));
+        };
+        let segments = Segments::new(ctx, input);
+        let accounted = match segments.accounted().await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
+        };
+        if !accounted.contains_key(&index) {
+            let run = self.run(ctx, input);
+            let base: f64 = input
+                .clips
+                .iter()
+                .filter(|c| accounted.contains_key(&c.index))
+                .map(|c| c.info.duration_seconds.max(0.0))
+                .sum();
+            let progress = ctx.progress.clone();
+            let total_seconds = run.total_seconds;
+            let mut on_progress = move |secs: f64| progress.report((base + secs) * 95.0 / total_seconds);
+            let path = match local_copy(ctx, &clip.work_key).await {
+                Ok(path) => path,
+                Err(outcome) => return outcome,
+            };
+            let out = ctx.scratch.join(format!("segment-{index:03}.mp4"));
+            let encoded = reel_media::normalize_clip(
+                &self.media,
+                &path,
+                &clip.info,
+                &segments.target,
+                &out,
+                &run.opts,
+                &mut on_progress,
+            )
+            .await;
+            let saved = match encoded {
+                Ok(()) => {
+                    info!(clip = index, "clip encoded");
+                    store::put_file(ctx.work.as_ref(), &segments.key(index), &out, PutMode::CreateOnly)
+                        .await
+                        .map(|_| ())
+                }
+                Err(e) if clip_at_fault(&e) => {
+                    warn!(clip = index, error = %e, "clip broken mid-stream; leaving it out");
+                    let skipped = SkippedClip { path: clip.source_path.clone(), reason: e.to_string() };
+                    let json = serde_json::to_vec(&skipped).expect("a skipped clip serializes");
+                    let body = Box::pin(std::io::Cursor::new(json));
+                    ctx.work.put(&segments.skipped_key(index), body, PutMode::CreateOnly).await.map(|_| ())
+                }
+                Err(e) => return Outcome::failed(&format!("encoding clip {index}"), &e),
+            };
+            match saved {
+                // A duplicate delivery finished the same segment first: it is as good.
+                Ok(()) | Err(store::StoreError::AlreadyExists(_)) => {}
+                Err(e) => return Outcome::failed(&format!("saving clip {index}'s segment"), &e),
+            }
+        }
+        let accounted = match segments.accounted().await {
+            Ok(a) => a,
+            Err(outcome) => return outcome,
+        };
+        let missing = input.clips.iter().filter(|c| !accounted.contains_key(&c.index)).count();
+        if missing > 0 {
+            info!(clip = index, missing, "segment ready; others still to come");
+            return Outcome::Emit(Vec::new());
+        }
+        match segments.claim_join(index).await {
+            Ok(true) => {}
+            Ok(false) => {
+                info!(clip = index, "every segment is ready; another item joins them");
+                return Outcome::Emit(Vec::new());
+            }
+            Err(outcome) => return outcome,
+        }
+        if let Some(record) = job.finished().await {
+            info!("reel already joined; re-emitting");
+            return job.emit(record);
+        }
+        self.join_segments(job, &segments, accounted).await
+    }
+
+    /// The join of a fan-out: the segments, in clip order, by zero-copy assembly (in the
+    /// bucket when the workspace is one); the clips broken mid-stream are left out while
+    /// two or more remain.
+    async fn join_segments(&self, job: &Job<'_>, segments: &Segments<'_>, accounted: BTreeMap<usize, Part>) -> Outcome {
+        let ctx = job.ctx;
+        let mut skipped = Vec::new();
+        let mut keys = Vec::new();
+        for (index, part) in accounted {
+            match part {
+                Part::Segment => keys.push(segments.key(index)),
+                Part::Skipped => match read_json::<SkippedClip>(ctx, &segments.skipped_key(index)).await {
+                    Some(clip) => skipped.push(clip),
+                    None => {
+                        return Outcome::Retry(Failure::new(
+                            ErrorType::Internal,
+                            format!("clip {index}'s skip record does not read"),
+                        ))
+                    }
+                },
+            }
+        }
+        if keys.len() < 2 {
+            let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.path, s.reason)).collect();
+            return Outcome::Reject(Failure::new(
+                ErrorType::InsufficientClips,
+                format!(
+                    "fewer than 2 clips could be decoded to the end; a reel needs at least 2. Skipped: {}",
+                    reasons.join("; ")
+                ),
+            ));
+        }
+        let mut warnings: Vec<String> = skipped.iter().map(|s| format!("skipped {}: {}", s.path, s.reason)).collect();
+        if ctx.work.local_path(&job.reel_key).is_none() {
+            match compose_in_store(ctx, &keys, &job.reel_key).await {
+                Ok(Some(composed)) => return job.keep_composed(composed, Mode::Reencode, skipped, warnings).await,
+                Ok(None) => {}
+                Err(outcome) => return outcome,
+            }
+        }
+        let mut paths = Vec::new();
+        for key in &keys {
+            match local_copy(ctx, key).await {
+                Ok(path) => paths.push(path),
+                Err(outcome) => return outcome,
+            }
+        }
+        let target_path = match job.reel_target().await {
+            Ok(path) => path,
+            Err(outcome) => return outcome,
+        };
+        let run = self.run(ctx, job.input);
+        let progress = ctx.progress.clone();
+        let total_seconds = run.total_seconds;
+        let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
+        if let Err(e) = join(&run, &paths, &target_path, &mut warnings, &mut on_progress).await {
+            return Outcome::failed("joining the segments", &e);
+        }
+        job.keep_local(&self.media, &target_path, Mode::Reencode, skipped, warnings).await
+    }
+}
+
+/// One delivery's job: its input, where its reel goes, and how to say it is done.
+struct Job<'a> {
+    ctx: &'a Context,
+    event: &'a Event,
+    input: &'a ClipsDownloaded,
+    reel_key: String,
+    facts_key: String,
+}
+
+impl<'a> Job<'a> {
+    fn new(ctx: &'a Context, event: &'a Event, input: &'a ClipsDownloaded) -> Job<'a> {
+        let prefix = ctx.work_prefix();
+        Job { ctx, event, input, reel_key: format!("{prefix}reel.mp4"), facts_key: format!("{prefix}reel.json") }
+    }
+
+    /// The record of a reel an earlier delivery finished, if there is one.
+    async fn finished(&self) -> Option<StitchRecord> {
+        match self.ctx.work.head(&self.reel_key).await {
+            Ok(Some(_)) => read_json(self.ctx, &self.facts_key).await,
+            _ => None,
+        }
+    }
+
+    /// `job.stitched`, with what download and stitch have to say together.
+    fn emit(&self, record: StitchRecord) -> Outcome {
+        let input = self.input;
+        let mut skipped_clips = input.skipped_clips.clone();
+        skipped_clips.extend(record.skipped);
+        let mut warnings = input.warnings.clone();
+        warnings.extend(record.warnings);
+        let data = ReelStitched {
+            job: input.job.clone(),
+            work_key: self.reel_key.clone(),
+            reel: record.facts,
+            skipped_clips,
+            warnings: dedup(warnings),
+        };
+        Outcome::Emit(vec![self.ctx.event(self.event, types::REEL_STITCHED, input.job.retry_attempt, &data)])
+    }
+
+    /// One encode item per clip, to `reel-encode`: each is a delivery of its own, on
+    /// whichever stitch instance pulls it. `warnings` ride along to the reel.
+    fn fan_out(&self, warnings: Vec<String>) -> Outcome {
+        let mut carried = self.input.clone();
+        carried.warnings.extend(warnings);
+        info!(clips = carried.clips.len(), "re-encoding: one encode item per clip");
+        let items = carried
+            .clips
+            .iter()
+            .map(|clip| {
+                let item = ClipEncode { downloaded: carried.clone(), clip_index: clip.index };
+                let part = format!("{:03}", clip.index);
+                self.ctx.event_of_part(self.event, types::CLIP_ENCODE, carried.job.retry_attempt, &part, &item)
+            })
+            .collect();
+        Outcome::Emit(items)
+    }
+
+    /// Where ffmpeg writes the reel: in the workspace when it is a directory, in the
+    /// delivery's scratch otherwise.
+    async fn reel_target(&self) -> Result<PathBuf, Outcome> {
+        let path = self.ctx.work.local_path(&self.reel_key).unwrap_or_else(|| self.ctx.scratch.join("reel.mp4"));
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(|e| {
+                Outcome::Retry(Failure::new(
+                    ErrorType::ResourceExhausted,
+                    format!("cannot create {}: {e}", parent.display()),
+                ))
+            })?;
+        }
+        Ok(path)
+    }
+
+    /// A reel composed in the store: keep its facts, and emit.
+    async fn keep_composed(
+        &self,
+        (meta, info): (ObjectMeta, reel_events::ClipInfo),
+        mode: Mode,
+        skipped: Vec<SkippedClip>,
+        warnings: Vec<String>,
+    ) -> Outcome {
+        self.ctx.progress.report(100.0);
+        let facts = ReelFacts {
+            size_bytes: meta.size,
+            duration_seconds: info.duration_seconds,
+            crc32c: store::crc32c_base64(meta.crc32c),
+            mode,
+        };
+        info!(size = meta.size, duration = info.duration_seconds, %mode, "reel composed in the store");
+        self.save_and_emit(StitchRecord { facts, skipped, warnings }).await
+    }
+
+    /// A reel ffmpeg or the assembler wrote at `path`: check it, put it in the workspace
+    /// (where it already is when the workspace is a directory), keep its facts, and emit.
+    async fn keep_local(
+        &self,
+        media: &MediaConfig,
+        path: &std::path::Path,
+        mode: Mode,
+        skipped: Vec<SkippedClip>,
+        warnings: Vec<String>,
+    ) -> Outcome {
+        let ctx = self.ctx;
+        // Check what was written before anyone downstream sees it. The reel is as long
+        // as all its clips together: only the per-clip duration bound is lifted.
+        let reel_config = media.clone().set_limits(media.limits.set_max_duration_seconds(f64::INFINITY));
+        let info = match reel_media::probe(&reel_config, path).await {
             Ok(info) => info,
             Err(e) => {
                 return Outcome::Retry(Failure::new(
@@ -183,8 +417,9 @@ impl Handler for Stitch {
         // The checksum comes from the store, once: a local work store checksums the file
         // it already holds (and remembers it, so upload's check of the linked output
         // costs nothing); a remote one checksums what it uploads.
-        let meta = if local_reel.is_some() {
-            match ctx.work.head(&reel_key).await {
+        let local = ctx.work.local_path(&self.reel_key).is_some();
+        let meta = if local {
+            match ctx.work.head(&self.reel_key).await {
                 Ok(Some(meta)) => meta,
                 Ok(None) => {
                     return Outcome::Retry(Failure::new(
@@ -195,14 +430,14 @@ impl Handler for Stitch {
                 Err(e) => return Outcome::failed("reading the reel", &e),
             }
         } else {
-            match store::put_file(ctx.work.as_ref(), &reel_key, &target_path, PutMode::Overwrite).await {
+            match store::put_file(ctx.work.as_ref(), &self.reel_key, path, PutMode::Overwrite).await {
                 Ok(meta) => meta,
                 Err(e) => return Outcome::failed("saving the reel to the workspace", &e),
             }
         };
-        let (crc, size) = if meta.crc32c == 0 && local_reel.is_none() {
+        let (crc, size) = if meta.crc32c == 0 && !local {
             // A store that reported no checksum: compute it here.
-            match store::crc32c_of_file(&target_path).await {
+            match store::crc32c_of_file(path).await {
                 Ok(x) => x,
                 Err(e) => {
                     return Outcome::Retry(Failure::new(ErrorType::Internal, format!("cannot read the reel: {e}")))
@@ -217,24 +452,97 @@ impl Handler for Stitch {
             crc32c: store::crc32c_base64(crc),
             mode,
         };
-        let record = StitchRecord { facts, skipped, warnings };
         info!(size, duration = info.duration_seconds, %mode, "reel stitched");
-        save_and_emit(ctx, &facts_key, record, emit).await
+        self.save_and_emit(StitchRecord { facts, skipped, warnings }).await
+    }
+
+    /// Save the reel's facts beside it (a redelivery re-emits them), then emit.
+    async fn save_and_emit(&self, record: StitchRecord) -> Outcome {
+        let json = serde_json::to_vec(&record).expect("facts serialize");
+        if let Err(e) =
+            self.ctx.work.put(&self.facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await
+        {
+            return Outcome::failed("saving the reel's facts", &e);
+        }
+        self.emit(record)
     }
 }
 
-/// Save the reel's facts beside it (a redelivery re-emits them), then emit.
-async fn save_and_emit(
-    ctx: &Context,
-    facts_key: &str,
-    record: StitchRecord,
-    emit: impl FnOnce(StitchRecord) -> Outcome,
-) -> Outcome {
-    let json = serde_json::to_vec(&record).expect("facts serialize");
-    if let Err(e) = ctx.work.put(facts_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
-        return Outcome::failed("saving the reel's facts", &e);
+/// What a clip of a fan-out has in the workspace once its item is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Part {
+    /// Its normalised segment.
+    Segment,
+    /// A record that it broke off mid-stream and is left out.
+    Skipped,
+}
+
+/// The segments of a fan-out, in the job's workspace: `norm/NNN-WxH-CRF.mp4` per clip
+/// (or `.skipped.json`), and the join's claim `norm/join.claim`. The target is in the
+/// names, so segments of another target are never mixed in.
+struct Segments<'a> {
+    ctx: &'a Context,
+    target: reel_media::EncodeTarget,
+    prefix: String,
+}
+
+impl<'a> Segments<'a> {
+    fn new(ctx: &'a Context, input: &ClipsDownloaded) -> Segments<'a> {
+        let infos: Vec<_> = input.clips.iter().map(|c| c.info.clone()).collect();
+        let (orientation, compression) = (input.job.orientation, input.job.compression);
+        // The plan's target, or (a stream copy that ffmpeg refused) the request's.
+        let target = reel_media::plan(&infos, orientation, compression)
+            .target
+            .unwrap_or_else(|| reel_media::EncodeTarget::new(orientation, compression));
+        Segments { ctx, target, prefix: format!("{}norm/", ctx.work_prefix()) }
     }
-    emit(record)
+
+    fn stem(&self, index: usize) -> String {
+        let t = &self.target;
+        format!("{}{index:03}-{}x{}-{}", self.prefix, t.width, t.height, t.crf)
+    }
+
+    fn key(&self, index: usize) -> String {
+        format!("{}.mp4", self.stem(index))
+    }
+
+    fn skipped_key(&self, index: usize) -> String {
+        format!("{}.skipped.json", self.stem(index))
+    }
+
+    /// Which clips have their segment or skip record, by index.
+    async fn accounted(&self) -> Result<BTreeMap<usize, Part>, Outcome> {
+        let keys =
+            self.ctx.work.list_keys(&self.prefix).await.map_err(|e| Outcome::failed("listing the segments", &e))?;
+        let mut found = BTreeMap::new();
+        for key in keys {
+            let Some((index, rest)) = key.strip_prefix(&self.prefix).and_then(|name| name.split_once('-')) else {
+                continue;
+            };
+            let Ok(index) = index.parse::<usize>() else { continue };
+            if key == self.key(index) {
+                found.insert(index, Part::Segment);
+            } else if key == self.skipped_key(index) && !rest.is_empty() {
+                found.insert(index, Part::Skipped);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Claim the join for the item of clip `index`: `true` when it is this item's (it
+    /// created the claim, or an earlier delivery of it did).
+    async fn claim_join(&self, index: usize) -> Result<bool, Outcome> {
+        let key = format!("{}join.claim", self.prefix);
+        let body = Box::pin(std::io::Cursor::new(index.to_string().into_bytes()));
+        match self.ctx.work.put(&key, body, PutMode::CreateOnly).await {
+            Ok(_) => Ok(true),
+            Err(store::StoreError::AlreadyExists(_)) => {
+                let holder = read_text(self.ctx, &key).await;
+                Ok(holder.as_deref().map(str::trim) == Some(index.to_string().as_str()))
+            }
+            Err(e) => Err(Outcome::failed("claiming the join", &e)),
+        }
+    }
 }
 
 /// The copy path on a workspace in a bucket: the clips' headers are read with ranged
@@ -245,12 +553,11 @@ async fn save_and_emit(
 /// assembler declines (the caller joins the clips with ffmpeg instead).
 async fn compose_in_store(
     ctx: &Context,
-    input: &ClipsDownloaded,
+    keys: &[String],
     reel_key: &str,
 ) -> Result<Option<(ObjectMeta, reel_events::ClipInfo)>, Outcome> {
-    let mut sources = Vec::with_capacity(input.clips.len());
-    for clip in &input.clips {
-        let key = &clip.work_key;
+    let mut sources = Vec::with_capacity(keys.len());
+    for key in keys {
         match ctx.work.head(key).await {
             Ok(Some(meta)) => sources.push((key.clone(), meta.size)),
             Ok(None) => {
@@ -326,43 +633,6 @@ struct StitchRecord {
     warnings: Vec<String>,
 }
 
-/// Normalise each clip into `norm/NNN.mp4` in the workspace (reusing any already
-/// there), then join the segments by stream copy. A clip that turns out broken
-/// mid-stream ("corrupt file → skip, continue") is left out while two or more remain;
-/// the clips left out are returned.
-async fn reencode(
-    run: &Run<'_>,
-    input: &ClipsDownloaded,
-    inputs: &[PathBuf],
-    target: &reel_media::EncodeTarget,
-    output: &std::path::Path,
-    warnings: &mut Vec<String>,
-) -> Result<Vec<SkippedClip>, Outcome> {
-    let mut skipped = Vec::new();
-    let segments = normalize_all(run, input, inputs, target, &mut skipped).await.map_err(|e| {
-        if clip_at_fault(&e) {
-            // Only clips broken mid-stream get here: every other one was normalised.
-            let reasons: Vec<String> = skipped.iter().map(|s| format!("{}: {}", s.path, s.reason)).collect();
-            Outcome::Reject(Failure::new(
-                ErrorType::InsufficientClips,
-                format!(
-                    "fewer than 2 clips could be decoded to the end; a reel needs at least 2. Skipped: {}",
-                    reasons.join("; ")
-                ),
-            ))
-        } else {
-            Outcome::failed("stitching", &e)
-        }
-    })?;
-    let Run { ctx, total_seconds, .. } = *run;
-    let progress = ctx.progress.clone();
-    let mut on_progress = move |secs: f64| progress.report(95.0 + secs * 5.0 / total_seconds);
-    join(run, &segments, output, warnings, &mut on_progress)
-        .await
-        .map_err(|e| Outcome::failed("joining the segments", &e))?;
-    Ok(skipped)
-}
-
 /// Joins clips (or segments) without re-encoding: by zero-copy assembly (a new header
 /// and the inputs' media bytes as they are), or, where it declines, by ffmpeg's concat
 /// demuxer; the decline goes into `warnings`, so the job's result says why.
@@ -373,7 +643,7 @@ async fn join(
     warnings: &mut Vec<String>,
     on_progress: &mut (dyn FnMut(f64) + Send),
 ) -> Result<(), MediaError> {
-    match reel_media::assemble_copy(inputs, output, run.opts).await? {
+    match reel_media::assemble_copy(inputs, output, &run.opts).await? {
         Assembled::Written { size_bytes } => {
             info!(size_bytes, inputs = inputs.len(), "joined by zero-copy assembly");
             on_progress(run.total_seconds);
@@ -381,7 +651,7 @@ async fn join(
         }
         Assembled::Declined { reason } => {
             info!(%reason, "zero-copy assembly declined; joining with ffmpeg");
-            let joined = reel_media::concat_copy(run.media, inputs, output, run.opts, on_progress).await;
+            let joined = reel_media::concat_copy(run.media, inputs, output, &run.opts, on_progress).await;
             warnings.push(match &joined {
                 Ok(()) => format!("zero-copy assembly declined ({reason}); joined with ffmpeg's concat"),
                 Err(e) => format!("zero-copy assembly declined ({reason}); ffmpeg's concat failed too: {e}"),
@@ -398,72 +668,10 @@ fn clip_at_fault(e: &MediaError) -> bool {
     verdict.error_type == ErrorType::CorruptInput && !verdict.retryable
 }
 
-/// The normalised segments of the clips that decode to the end, in order; the others
-/// go to `skipped`. Fails with the last such clip's error when fewer than two are left,
-/// and with any other error at once.
-async fn normalize_all(
-    run: &Run<'_>,
-    input: &ClipsDownloaded,
-    inputs: &[PathBuf],
-    target: &reel_media::EncodeTarget,
-    skipped: &mut Vec<SkippedClip>,
-) -> Result<Vec<PathBuf>, MediaError> {
-    let Run { ctx, media, opts, total_seconds } = *run;
-    let prefix = ctx.work_prefix();
-    let done_seconds = Arc::new(Mutex::new(0.0f64));
-    let mut segments = Vec::new();
-    // 95 % of the stage is encoding, the join is the rest.
-    for (clip, path) in input.clips.iter().zip(inputs) {
-        let key = format!("{prefix}norm/{:03}-{}x{}-{}.mp4", clip.index, target.width, target.height, target.crf);
-        let local = ctx.work.local_path(&key);
-        let exists = matches!(ctx.work.head(&key).await, Ok(Some(_)));
-        let seg_path = local.clone().unwrap_or_else(|| ctx.scratch.join(format!("norm-{:03}.mp4", clip.index)));
-        if exists {
-            if local.is_none() {
-                store::get_to_file(ctx.work.as_ref(), &key, &seg_path)
-                    .await
-                    .map_err(|e| MediaError::Io(std::io::Error::other(e.to_string())))?;
-            }
-            info!(clip = clip.index, "reusing normalised segment");
-        } else {
-            if let Some(parent) = seg_path.parent() {
-                tokio::fs::create_dir_all(parent).await?;
-            }
-            let base = *done_seconds.lock().expect("lock");
-            let progress = ctx.progress.clone();
-            let mut on_progress = move |secs: f64| progress.report((base + secs) * 95.0 / total_seconds);
-            match reel_media::normalize_clip(media, path, &clip.info, target, &seg_path, opts, &mut on_progress).await {
-                Ok(()) => {}
-                Err(e) if clip_at_fault(&e) => {
-                    warn!(clip = clip.index, error = %e, "clip broken mid-stream; leaving it out");
-                    skipped.push(SkippedClip { path: clip.source_path.clone(), reason: e.to_string() });
-                    *done_seconds.lock().expect("lock") += clip.info.duration_seconds.max(0.0);
-                    if input.clips.len() - skipped.len() < 2 {
-                        return Err(e);
-                    }
-                    continue;
-                }
-                Err(e) => return Err(e),
-            }
-            if local.is_none() {
-                store::put_file(ctx.work.as_ref(), &key, &seg_path, PutMode::Overwrite)
-                    .await
-                    .map_err(|e| MediaError::Io(std::io::Error::other(e.to_string())))?;
-            }
-        }
-        *done_seconds.lock().expect("lock") += clip.info.duration_seconds.max(0.0);
-        ctx.progress.report(*done_seconds.lock().expect("lock") * 95.0 / total_seconds);
-        segments.push(seg_path);
-    }
-    Ok(segments)
-}
-
 /// What every ffmpeg run of one delivery shares.
-#[derive(Clone, Copy)]
 struct Run<'a> {
-    ctx: &'a Context,
     media: &'a MediaConfig,
-    opts: &'a RunOptions,
+    opts: RunOptions,
     /// Seconds of video in all clips, for progress.
     total_seconds: f64,
 }
@@ -480,10 +688,18 @@ async fn local_copy(ctx: &Context, key: &str) -> Result<PathBuf, Outcome> {
     Ok(dest)
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> Option<T> {
+async fn read_bytes(ctx: &Context, key: &str) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;
     let mut reader = ctx.work.get(key).await.ok()?;
     let mut bytes = Vec::new();
     reader.read_to_end(&mut bytes).await.ok()?;
-    serde_json::from_slice(&bytes).ok()
+    Some(bytes)
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(ctx: &Context, key: &str) -> Option<T> {
+    serde_json::from_slice(&read_bytes(ctx, key).await?).ok()
+}
+
+async fn read_text(ctx: &Context, key: &str) -> Option<String> {
+    String::from_utf8(read_bytes(ctx, key).await?).ok()
 }

@@ -47,8 +47,30 @@ async fn downloaded_with(
     StageHarness::event(types::CLIPS_DOWNLOADED, job_id, &data)
 }
 
+/// What stitch does with `event`, through its fan-out: a delivery that re-encodes
+/// emits one encode item per clip, which are handled one after another here (in
+/// reverse, to show the order does not matter); exactly one of them joins.
+async fn stitch_outcome(rig: &StageHarness, event: &Event) -> reel_runtime::Outcome {
+    let outcome = rig.run::<Stitch>(event).await;
+    let reel_runtime::Outcome::Emit(items) = &outcome else { return outcome };
+    if items.iter().any(|e| e.ty() != types::CLIP_ENCODE) {
+        return outcome;
+    }
+    let mut joined = None;
+    for item in items.iter().rev() {
+        match rig.run::<Stitch>(item).await {
+            reel_runtime::Outcome::Emit(next) if next.is_empty() => {}
+            other => {
+                assert!(joined.is_none(), "a second item joined: {other:?}");
+                joined = Some(other);
+            }
+        }
+    }
+    joined.expect("one encode item joins the segments")
+}
+
 async fn stitch(rig: &StageHarness, event: &Event) -> ReelStitched {
-    let events = emitted(rig.run::<Stitch>(event).await);
+    let events = emitted(stitch_outcome(rig, event).await);
     assert_eq!(events.len(), 1);
     assert_eq!(events[0].ty(), types::REEL_STITCHED);
     envelope::decode(&events[0]).unwrap()
@@ -114,11 +136,51 @@ async fn a_clip_broken_mid_stream_is_skipped_while_two_remain() {
         }
     })
     .await;
-    match rig.run::<Stitch>(&event).await {
+    match stitch_outcome(&rig, &event).await {
         reel_runtime::Outcome::Reject(f) => {
             assert_eq!(f.error_type, reel_events::ErrorType::InsufficientClips, "{}", f.message);
             assert!(f.message.contains("/clips/1.mp4"), "{}", f.message);
         }
         other => panic!("expected insufficient_clips, got {other:?}"),
+    }
+}
+
+/// The fan-out's join without an orchestrator: encode items of one job run at once (as
+/// on several instances), a duplicate of one among them; exactly one item joins, and a
+/// redelivery of that item says the same again while the others stay silent.
+#[tokio::test]
+async fn encode_items_run_at_once_and_exactly_one_of_them_joins() {
+    let rig = StageHarness::new();
+    let clips = [spec(320, 180, 1.0), spec(240, 320, 1.0), spec(320, 240, 1.0), spec(180, 320, 1.0)];
+    let event = downloaded(&rig, "job_fan_out", &clips, Compression::Small).await;
+    let items = emitted(rig.run::<Stitch>(&event).await);
+    assert_eq!(items.len(), clips.len(), "one encode item per clip");
+    assert!(items.iter().all(|e| e.ty() == types::CLIP_ENCODE));
+    let ids: std::collections::BTreeSet<_> = items.iter().map(|e| e.id().to_string()).collect();
+    assert_eq!(ids.len(), items.len(), "each item has its own id");
+
+    let mut deliveries: Vec<&Event> = items.iter().collect();
+    deliveries.push(&items[1]);
+    let outcomes = futures::future::join_all(deliveries.iter().map(|item| rig.run::<Stitch>(item))).await;
+    let mut joined = Vec::new();
+    for (item, outcome) in deliveries.iter().zip(outcomes) {
+        let events = emitted(outcome);
+        if !events.is_empty() {
+            joined.push((*item, events));
+        }
+    }
+    assert_eq!(joined.len(), 1, "exactly one item joins: {joined:?}");
+    let (joiner, events) = &joined[0];
+    assert_eq!(events.len(), 1);
+    assert_eq!(events[0].ty(), types::REEL_STITCHED);
+    let stitched: ReelStitched = envelope::decode(&events[0]).unwrap();
+    assert_eq!(stitched.reel.mode, Mode::Reencode);
+    assert!((stitched.reel.duration_seconds - 4.0).abs() < 0.3, "{}", stitched.reel.duration_seconds);
+
+    let again = emitted(rig.run::<Stitch>(joiner).await);
+    assert_eq!(again.len(), 1, "the joiner's redelivery re-emits");
+    assert_eq!(envelope::decode::<ReelStitched>(&again[0]).unwrap().reel, stitched.reel);
+    for other in items.iter().filter(|e| e.id() != joiner.id()) {
+        assert!(emitted(rig.run::<Stitch>(other).await).is_empty(), "only the joiner speaks");
     }
 }

@@ -13,8 +13,7 @@ pub mod module;
 
 use hcl::Value;
 use module::{Evaluated, Evaluator, Instance, Module};
-use reel_events::Stage;
-use reel_runtime::topology::Topology;
+use reel_runtime::topology::{Queue, Topology};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -70,7 +69,7 @@ pub struct Declared {
 }
 
 /// What terraform must declare for `topology`. In push mode the stages' subscriptions
-/// (those that dead-letter to a stage's topic) are push subscriptions, to the service
+/// (those that dead-letter to a stage's or stitch's encode topic) are push subscriptions, to the service
 /// that consumes them (`Names::service_of`: the stage's, or `stitch-large`), and so go
 /// without exactly-once delivery, which Pub/Sub offers on pull only. `push_endpoint_of`
 /// names the endpoint of a service.
@@ -81,9 +80,9 @@ pub fn expected(topology: &Topology, push_endpoint_of: Option<&dyn Fn(&str) -> S
         declared.topics.insert(topic.name.clone(), DeclaredTopic { retention: topic.retention });
     }
     for spec in &topology.subscriptions {
-        let stage_work = Stage::ALL
+        let stage_work = Queue::ALL
             .into_iter()
-            .any(|s| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(s).as_str()));
+            .any(|q| spec.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(q).as_str()));
         let consumer = names.service_of(&spec.name).filter(|_| stage_work);
         let push_endpoint = match (push_endpoint_of, consumer) {
             (Some(endpoint), Some(service)) => Some(endpoint(&service)),

@@ -5,7 +5,7 @@
 
 use hcl::Value;
 use reel_events::Stage;
-use reel_runtime::topology::{SubscriptionSpec, Topology, DEFAULT_PREFIX};
+use reel_runtime::topology::{Queue, SubscriptionSpec, Topology, DEFAULT_PREFIX};
 use reel_runtime::Settings;
 use reel_topology_check::module::{Evaluated, Evaluator, Instance, Module, PROJECT_NUMBER};
 use reel_topology_check::{
@@ -228,21 +228,27 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
 
     for stage in Stage::ALL {
         let member = member_of(stage.as_str());
-        // The subscriptions that feed the stage: those that dead-letter to its topic.
+        // The subscriptions that feed the stage: those that dead-letter to the topic of
+        // one of its queues (stitch's: its own and the encode items').
+        let queues: Vec<Queue> = Queue::ALL.into_iter().filter(|q| q.stage() == stage).collect();
+        let dead_letter_topics: Vec<String> = queues.iter().map(|q| names.dead_letter_topic(*q)).collect();
         let feeds = set(topology
             .subscriptions
             .iter()
-            .filter(|s| s.dead_letter_topic.as_deref() == Some(names.dead_letter_topic(stage).as_str()))
+            .filter(|s| s.dead_letter_topic.as_ref().is_some_and(|t| dead_letter_topics.contains(t)))
             .map(|s| s.name.clone())
             .collect());
         assert_eq!(granted(&grants, &member, "subscription", "roles/pubsub.subscriber"), feeds, "{stage} subscriber");
         assert_eq!(granted(&grants, &member, "subscription", "roles/pubsub.viewer"), feeds, "{stage} viewer");
         // The worker publishes every event to the log and internal ones to the next
         // stage's work topic (worker::publish_event), and dead-letters to its own topic.
-        let mut publishes = vec![names.events(), names.dead_letter_topic(stage)];
+        let mut publishes = vec![names.events()];
+        publishes.extend(dead_letter_topics);
         if let Some(next) = Stage::ALL.get(stage.index() + 1) {
             publishes.push(names.work_topic(*next));
         }
+        // A stage with a queue of its own besides its work fans out to it (stitch's encodes).
+        publishes.extend(queues.iter().filter(|q| **q != Queue::Stage(stage)).map(|q| names.queue_topic(*q)));
         // Work that ran out of resources goes to the stage's larger tier (stitch's).
         publishes.extend(names.larger_tier(stage));
         assert_eq!(granted(&grants, &member, "topic", "roles/pubsub.publisher"), set(publishes), "{stage} publisher");
