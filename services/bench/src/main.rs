@@ -82,7 +82,8 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     cluster_stitch_workers: usize,
     /// Parts to skip (comma-separated): copy, reencode, rss, bus, cluster (all of the
-    /// cluster), cluster-recovery (the cluster's kill-and-resume phase), api.
+    /// cluster), cluster-recovery (the cluster's kill-and-resume phase), cluster-fanout
+    /// (the re-encode scale-out phases), api.
     #[arg(long, value_delimiter = ',')]
     skip: Vec<String>,
     /// Finished jobs in the store for reel-api's memory and start-time rows.
@@ -578,11 +579,13 @@ fn run(args: Args) -> Result<()> {
                 idle_jobs: args.cluster_idle_jobs.unwrap_or(plan.cluster_idle_jobs),
                 stitch_workers: args.cluster_stitch_workers.max(1),
                 recovery: !skip("cluster-recovery"),
+                fanout: !skip("cluster-fanout"),
                 bus_messages: plan.bus_messages,
                 embedded_large_s,
             };
             eprintln!("local cluster: {} small jobs at once, {} one at a time", opts.jobs, opts.idle_jobs);
-            results.cluster = cluster::run(&env, &opts, &cluster::Corpora { large: &large, small: &small, tiny }, &rt);
+            let corpora = cluster::Corpora { large: &large, small: &small, tiny, mixed: &mixed };
+            results.cluster = cluster::run(&env, &opts, &corpora, &rt);
         }
     }
 

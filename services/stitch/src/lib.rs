@@ -167,6 +167,11 @@ impl Stitch {
             Err(outcome) => return outcome,
         };
         if !accounted.contains_key(&index) {
+            // The job ended (cancelled, or failed by another item) while this item
+            // waited: its workspace is gone, and nothing is left to do.
+            if let Some(outcome) = workspace_gone(ctx, &clip.work_key).await {
+                return outcome;
+            }
             let run = self.run(ctx, input);
             let base: f64 = input
                 .clips
@@ -182,6 +187,7 @@ impl Stitch {
                 Err(outcome) => return outcome,
             };
             let out = ctx.scratch.join(format!("segment-{index:03}.mp4"));
+            let started = std::time::Instant::now();
             let encoded = reel_media::normalize_clip(
                 &self.media,
                 &path,
@@ -194,7 +200,8 @@ impl Stitch {
             .await;
             let saved = match encoded {
                 Ok(()) => {
-                    info!(clip = index, "clip encoded");
+                    let (encode_ms, video_seconds) = (started.elapsed().as_millis() as u64, clip.info.duration_seconds);
+                    info!(clip = index, encode_ms, video_seconds, "clip encoded");
                     store::put_file(ctx.work.as_ref(), &segments.key(index), &out, PutMode::CreateOnly)
                         .await
                         .map(|_| ())
@@ -212,6 +219,13 @@ impl Stitch {
                 // A duplicate delivery finished the same segment first: it is as good.
                 Ok(()) | Err(store::StoreError::AlreadyExists(_)) => {}
                 Err(e) => return Outcome::failed(&format!("saving clip {index}'s segment"), &e),
+            }
+            // The job ended while this item encoded: take back what it just wrote.
+            if let Some(outcome) = workspace_gone(ctx, &clip.work_key).await {
+                for key in [segments.key(index), segments.skipped_key(index)] {
+                    let _ = ctx.work.delete(&key).await;
+                }
+                return outcome;
             }
         }
         let accounted = match segments.accounted().await {
@@ -465,6 +479,15 @@ impl<'a> Job<'a> {
             return Outcome::failed("saving the reel's facts", &e);
         }
         self.emit(record)
+    }
+}
+
+/// `Some(Skip)` when the job's clip `key` is no longer in its workspace: the job ended
+/// (cancelled, or failed by another delivery), and its workspace was cleaned.
+async fn workspace_gone(ctx: &Context, key: &str) -> Option<Outcome> {
+    match ctx.work.head(key).await {
+        Ok(None) => Some(Outcome::Skip(format!("{key} is gone: the job ended while this encode item waited"))),
+        _ => None,
     }
 }
 

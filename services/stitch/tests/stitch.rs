@@ -184,3 +184,21 @@ async fn encode_items_run_at_once_and_exactly_one_of_them_joins() {
         assert!(emitted(rig.run::<Stitch>(other).await).is_empty(), "only the joiner speaks");
     }
 }
+
+/// An encode item of a job that ended meanwhile (cancelled, or failed by another item:
+/// the worker cleaned its workspace) does nothing and writes nothing.
+#[tokio::test]
+async fn an_encode_item_of_a_job_whose_workspace_was_cleaned_writes_nothing() {
+    let rig = StageHarness::new();
+    let event = downloaded(&rig, "job_gone", &[spec(320, 180, 1.0), spec(240, 320, 1.0)], Compression::Small).await;
+    let items = emitted(rig.run::<Stitch>(&event).await);
+    assert_eq!(items.len(), 2);
+    reel_runtime::store::delete_prefix(rig.work.as_ref(), "jobs/job_gone/").await.unwrap();
+    for item in &items {
+        match rig.run::<Stitch>(item).await {
+            reel_runtime::Outcome::Skip(why) => assert!(why.contains("job ended"), "{why}"),
+            other => panic!("expected a skip, got {other:?}"),
+        }
+    }
+    assert!(rig.work.list("jobs/job_gone/").await.unwrap().is_empty(), "an item wrote into the cleaned workspace");
+}

@@ -32,6 +32,13 @@ pub(super) struct Done {
     pub elapsed_ms: f64,
     pub emitted: Vec<String>,
     pub attempt: u32,
+    /// The input event's type.
+    pub ce_type: String,
+    /// What the delivery did to storage, and its peak scratch (runtime `meter`).
+    pub storage_ops: u64,
+    pub bytes_read: u64,
+    pub bytes_written: u64,
+    pub scratch_bytes: u64,
 }
 
 pub(super) type Issues = BTreeMap<(String, String, String), usize>;
@@ -52,6 +59,7 @@ pub(super) fn parse_logs(programs: &[Program]) -> (Vec<Done>, Issues) {
                 continue;
             };
             let s = |k: &str| v.get(k).and_then(|x| x.as_str()).unwrap_or("").to_string();
+            let n = |k: &str| v.get(k).and_then(|x| x.as_u64()).unwrap_or(0);
             let severity = s("severity");
             if severity == "WARNING" || severity == "ERROR" {
                 let mut msg = s("message");
@@ -80,6 +88,11 @@ pub(super) fn parse_logs(programs: &[Program]) -> (Vec<Done>, Issues) {
                 elapsed_ms: v.get("elapsed_ms").and_then(|x| x.as_f64()).unwrap_or(f64::NAN),
                 emitted,
                 attempt: v.get("delivery_attempt").and_then(|x| x.as_u64()).unwrap_or(1) as u32,
+                ce_type: s("ce_type"),
+                storage_ops: n("storage_ops"),
+                bytes_read: n("bytes_read"),
+                bytes_written: n("bytes_written"),
+                scratch_bytes: n("scratch_bytes"),
             });
         }
     }
@@ -184,6 +197,11 @@ mod tests {
             elapsed_ms,
             emitted: vec![emitted.into()],
             attempt,
+            ce_type: String::new(),
+            storage_ops: 0,
+            bytes_read: 0,
+            bytes_written: 0,
+            scratch_bytes: 0,
         }
     }
 

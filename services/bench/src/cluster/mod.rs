@@ -32,6 +32,7 @@
 //! the event log and the programs' logs into hops; `rows` turns the figures into the
 //! report's rows and lines.
 
+mod fanout;
 mod logs;
 mod rows;
 mod run;
@@ -69,6 +70,8 @@ pub struct Options {
     pub stitch_workers: usize,
     /// Kill a stitch program mid-job and time the job's recovery.
     pub recovery: bool,
+    /// Re-encode the mixed clips with 1 and 2 stitch programs (the fan-out).
+    pub fanout: bool,
     /// Messages of the bus-alone latency experiment.
     pub bus_messages: usize,
     /// Median of the embedded `reel stitch` on the large corpus, for comparison (s).
@@ -291,6 +294,14 @@ pub struct ClusterReport {
     pub seconds: f64,
     /// Where the logs were kept.
     pub logs_dir: Option<PathBuf>,
+    /// The re-encode fan-out runs.
+    pub fanout: Vec<fanout::FanOutRun>,
+    /// What the fan-out phases could not measure.
+    pub fanout_error: Option<String>,
+    /// Longest delivery and peak scratch by kind of delivery, over every phase.
+    pub deliveries: BTreeMap<String, fanout::DeliveryStat>,
+    /// The large copy job: stage → (bytes read, bytes written, storage operations).
+    pub large_io: BTreeMap<String, (u64, u64, u64)>,
     /// Transfers through `reel_gcp::GcsStore` to/from fake-gcs-server: (what, MB, s).
     pub transfers: Vec<(String, f64, f64)>,
     /// Whether it ran at all.
@@ -324,6 +335,8 @@ pub struct Corpora<'a> {
     pub small: &'a Corpus,
     /// 2 clips × 2 s (idle jobs, the burst).
     pub tiny: &'a Corpus,
+    /// The mixed re-encode corpus (the fan-out phases).
+    pub mixed: &'a Corpus,
 }
 
 /// Runs the whole cluster part. Never fails: what could not be measured is reported.

@@ -341,6 +341,15 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
         };
         rows.push(ClusterRow { what, target: "≤ 30 s".into(), status, in_targets: true });
     }
+    super::fanout::rows(rep, &mut rows);
+    if let Some(e) = &rep.fanout_error {
+        rows.push(ClusterRow {
+            what: "re-encode fan-out phases".into(),
+            target: "—".into(),
+            status: Status::Failed(e.lines().next().unwrap_or("").chars().take(300).collect()),
+            in_targets: false,
+        });
+    }
     rep.rows = rows;
 
     // Where the large job's time went.
@@ -427,6 +436,8 @@ impl ClusterReport {
         if let Some(e) = &self.error {
             let _ = writeln!(w, "**The cluster measurements stopped early**:\n\n```\n{e}\n```\n");
         }
+
+        super::fanout::render_deliveries(self, w);
 
         // RSS per stage.
         if !self.rss.is_empty() {

@@ -3,6 +3,7 @@
 //! cluster's watch subscription, the programs stopped with SIGTERM and reaped with
 //! `wait4` for their CPU time and peak RSS.
 
+use super::fanout;
 use super::logs::{hop_samples, parse_logs, short, Seen};
 use super::{
     Burst, ClusterReport, Corpora, JobRun, Options, ProcStat, Recovery, RssPhase, PROGRAM_SETTINGS, STAGES, STALL,
@@ -25,17 +26,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// One phase's topology, programs and event log.
-struct Stack {
+pub(super) struct Stack {
     name: String,
     names: Names,
     watch: String,
-    cluster: Cluster,
-    events: Vec<Seen>,
+    pub(super) cluster: Cluster,
+    pub(super) events: Vec<Seen>,
     ids: HashSet<String>,
 }
 
 impl Stack {
-    fn terminal(&self, job: &str) -> Option<&Seen> {
+    pub(super) fn terminal(&self, job: &str) -> Option<&Seen> {
         self.events
             .iter()
             .find(|e| e.job == job && matches!(e.ty.as_str(), "job.completed" | "job.failed" | "job.cancelled"))
@@ -43,13 +44,13 @@ impl Stack {
 }
 
 /// A submitted job.
-struct Submitted {
-    job: String,
-    t0_ns: i128,
-    output_key: String,
+pub(super) struct Submitted {
+    pub(super) job: String,
+    pub(super) t0_ns: i128,
+    pub(super) output_key: String,
 }
 
-struct Ctx {
+pub(super) struct Ctx {
     bus: Arc<PubSubBus>,
     store: GcsStore,
     bucket: String,
@@ -69,7 +70,12 @@ impl Ctx {
     /// A fresh cluster on the bench's emulators and bucket for phase `name` (`reel
     /// setup` with a fresh prefix, the bench's watch subscription on its event log), and
     /// the stage programs (stitch × `stitch_workers`), ready to pull.
-    async fn start_stack(&self, name: &str, stitch_workers: usize, overrides: &[(String, String)]) -> Result<Stack> {
+    pub(super) async fn start_stack(
+        &self,
+        name: &str,
+        stitch_workers: usize,
+        overrides: &[(String, String)],
+    ) -> Result<Stack> {
         let mut settings: Vec<(String, String)> =
             PROGRAM_SETTINGS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         settings.extend(overrides.iter().cloned());
@@ -139,7 +145,13 @@ impl Ctx {
         Ok((job, event))
     }
 
-    async fn submit(&self, st: &Stack, clips: &[String], project: &str, output_key: &str) -> Result<Submitted> {
+    pub(super) async fn submit(
+        &self,
+        st: &Stack,
+        clips: &[String],
+        project: &str,
+        output_key: &str,
+    ) -> Result<Submitted> {
         let (job, event) = self.request(clips, project, output_key)?;
         let t0_ns = ns_now();
         reel_runtime::worker::publish_event(self.bus.as_ref(), &st.names, &event)
@@ -149,7 +161,7 @@ impl Ctx {
     }
 
     /// Waits until every job has a terminal event on the log.
-    async fn wait_jobs(&self, st: &mut Stack, jobs: &[String], timeout: Duration) -> Result<usize> {
+    pub(super) async fn wait_jobs(&self, st: &mut Stack, jobs: &[String], timeout: Duration) -> Result<usize> {
         let start = Instant::now();
         let mut last_print = Instant::now();
         let (mut seen, mut last_news) = (st.events.len(), Instant::now());
@@ -223,7 +235,7 @@ impl Ctx {
     /// Downloads an output and checks its duration against the clips'.
     /// With `time_transfers`, the download is timed, and so is a PUT of the same file as
     /// one object (then deleted): what the stitch stage does with the reel.
-    async fn check_output(
+    pub(super) async fn check_output(
         &self,
         key: &str,
         expected: f64,
@@ -293,7 +305,7 @@ impl Ctx {
     }
 
     /// Reads every program's VmHWM now (the phase's measured job is done).
-    fn snapshot(st: &Stack) -> Vec<ProcStat> {
+    pub(super) fn snapshot(st: &Stack) -> Vec<ProcStat> {
         st.cluster
             .programs
             .iter()
@@ -308,7 +320,7 @@ impl Ctx {
 
     /// Stops the programs (SIGTERM, reaped by `wait4`; SIGKILL to the group after 30 s)
     /// and completes `stats` (same order as the programs) with their rusage.
-    async fn stop(st: &mut Stack, stats: &mut [ProcStat]) {
+    pub(super) async fn stop(st: &mut Stack, stats: &mut [ProcStat]) {
         // A program killed and reaped earlier (the recovery phase) has no PID any more.
         for p in st.cluster.programs.iter().filter(|p| !p.exited()) {
             // SAFETY: kill(2) of our own child.
@@ -524,6 +536,10 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
         for ((stage, sev, msg), n) in issues {
             *rep.log_issues.entry((phase.to_string(), stage, sev, msg)).or_default() += n;
         }
+        fanout::record_deliveries(rep, &done);
+        if phase == "large" {
+            rep.large_io = fanout::job_io(&done, &sub.job);
+        }
         let jobs: HashSet<String> = idle_jobs.iter().cloned().collect();
         let (samples, gaps, redeliveries) = hop_samples(&st.events, &done, &jobs);
         for (k, v) in gaps {
@@ -557,6 +573,21 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
     rep.bursts.push(b);
     if opts.recovery {
         rep.recovery = Some(recovery_phase(&ctx, &tiny_paths).await.map_err(|e| format!("{e:#}")));
+    }
+    if opts.fanout {
+        let r = async {
+            let paths = ctx.upload(corpora.mixed).await?;
+            let expected = probe_sum(corpora.mixed).await?;
+            // 1 vs 2 programs with one encode thread each (the scale-out), then one
+            // program with 2 threads: a 2-vCPU instance's pace, for the model.
+            for (workers, threads) in [(1, 1), (2, 1), (1, 2)] {
+                let run = fanout::run_phase(&ctx, rep, &paths, expected, workers, threads).await?;
+                rep.fanout.push(run);
+            }
+            anyhow::Ok(())
+        }
+        .await;
+        rep.fanout_error = r.err().map(|e| format!("{e:#}"));
     }
     rep.transfers = ctx.transfers.lock().expect("transfers").clone();
     Ok(())
@@ -666,6 +697,7 @@ async fn burst_phase(
     for ((stage, sev, msg), n) in issues {
         *rep.log_issues.entry((name.to_string(), stage, sev, msg)).or_default() += n;
     }
+    fanout::record_deliveries(rep, &done);
     for d in done.iter().filter(|d| jobs.contains(&d.job)) {
         if let Some(i) = d.stage_index {
             let e = burst.attempts.entry(STAGES[i].to_string()).or_default();
