@@ -104,7 +104,7 @@ resource "google_cloud_run_v2_service" "stage" {
       }
 
       dynamic "env" {
-        for_each = merge(local.common_env, each.value.env)
+        for_each = merge(local.common_env, each.value.env, { REEL_INSTANCE_VCPUS = each.value.cpu, REEL_INSTANCE_MEMORY = each.value.memory })
         content {
           name  = env.key
           value = env.value
@@ -182,7 +182,7 @@ resource "google_cloud_run_v2_job" "stage" {
         }
 
         dynamic "env" {
-          for_each = merge(local.common_env, each.value.env)
+          for_each = merge(local.common_env, each.value.env, { REEL_INSTANCE_VCPUS = each.value.cpu, REEL_INSTANCE_MEMORY = each.value.memory })
           content {
             name  = env.key
             value = env.value

@@ -31,7 +31,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::envelope::data_json;
-use crate::payload::SkippedClip;
+use crate::payload::{JobCost, SkippedClip};
 use crate::types::{self, ErrorType, Stage};
 
 /// The contract's job status values.
@@ -120,6 +120,8 @@ pub struct AttemptState {
     pub stage_started: BTreeMap<Stage, DateTime<Utc>>,
     /// Whether someone asked to cancel.
     pub cancel_requested: bool,
+    /// What the job cost, as the winning terminal event says.
+    pub cost: Option<JobCost>,
 }
 
 /// The folded state of one job.
@@ -241,6 +243,7 @@ impl JobState {
                 let candidate = (status, stamp.clone());
                 if state.terminal.as_ref().is_none_or(|t| candidate > *t) {
                     state.terminal = Some(candidate);
+                    state.cost = data.get("cost").and_then(|c| serde_json::from_value::<JobCost>(c.clone()).ok());
                 }
                 match status {
                     Status::Completed => {
@@ -430,6 +433,9 @@ pub struct JobStatus {
     pub skipped_clips: Vec<SkippedClip>,
     /// The job's retry attempt (0 first).
     pub retry_count: u32,
+    /// What the job cost, once it ended (CONTRACT 1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<JobCost>,
     /// Completion facts (addition): size, duration, crc32c, mode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
@@ -463,6 +469,7 @@ impl JobState {
             warnings: state.warnings.iter().cloned().collect(),
             skipped_clips: state.skipped_clips.iter().cloned().collect(),
             retry_count: attempt,
+            cost: if status.is_terminal() { state.cost.clone() } else { None },
             result: if status == Status::Completed {
                 state.completed.as_ref().map(|(_, v)| {
                     let mut facts = serde_json::Map::new();

@@ -4,7 +4,7 @@
 //! ```
 //! use reel_events::{binding, envelope, types, payload::JobCancelled, Stage};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
-//! let data = JobCancelled { job_id: "job_1".into(), project_id: "p".into(), user_id: "u".into(), stage: Stage::Stitch, retry_attempt: None };
+//! let data = JobCancelled { job_id: "job_1".into(), project_id: "p".into(), user_id: "u".into(), stage: Stage::Stitch, retry_attempt: None, cost: None };
 //! let event = envelope::build(types::JOB_CANCELLED, "//reel/stitch", "id-1", "job_1", chrono::Utc::now(), &data)?;
 //! let message = binding::encode_binary(&event);
 //! assert_eq!(message.attributes["ce-type"], types::JOB_CANCELLED);

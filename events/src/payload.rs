@@ -242,9 +242,42 @@ pub struct JobCompleted {
     /// `video_stitching` (CONTRACT 1.1; absent in older events, which were all stitching).
     #[serde(rename = "type", default)]
     pub job_type: JobType,
+    /// What the job cost (CONTRACT 1.1; absent in older events).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<JobCost>,
     /// The job's retry attempt (0 first), so the fold keeps attempts apart (addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_attempt: Option<u32>,
+}
+
+/// What a job used, priced (CONTRACT 1.1 `cost`): the sum over every delivery of every
+/// stage that worked on it (retries and fan-out items included).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobCost {
+    /// CPU time of the stage programs and the ffmpeg/ffprobe they ran, s.
+    pub cpu_seconds: f64,
+    /// Memory the services were given × the time they worked on the job, GiB·s.
+    pub memory_gib_seconds: f64,
+    /// Cloud Storage requests made.
+    pub storage_operations: u64,
+    /// Bytes the programs read from and wrote to storage themselves (server-side copies
+    /// and composes move none through them).
+    pub bytes_moved: u64,
+    /// All of it at the configured prices (Cloud Run's and Cloud Storage's list prices
+    /// by default; docs/OPERATIONS.md), USD.
+    pub estimated_usd: f64,
+}
+
+impl JobCost {
+    /// Add `other` to this.
+    pub fn add(&mut self, other: &JobCost) {
+        self.cpu_seconds += other.cpu_seconds;
+        self.memory_gib_seconds += other.memory_gib_seconds;
+        self.storage_operations += other.storage_operations;
+        self.bytes_moved += other.bytes_moved;
+        self.estimated_usd += other.estimated_usd;
+    }
 }
 
 /// `phoenix.reel.v1.job.failed`.
@@ -270,6 +303,9 @@ pub struct JobFailed {
     /// The job's retry attempt (0 first), so the fold keeps attempts apart (addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_attempt: Option<u32>,
+    /// What the job cost until it failed (CONTRACT 1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<JobCost>,
 }
 
 /// `phoenix.reel.v1.job.cancelled`.
@@ -287,6 +323,9 @@ pub struct JobCancelled {
     /// The job's retry attempt (0 first), so the fold keeps attempts apart (addition).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry_attempt: Option<u32>,
+    /// What the job cost until it was cancelled (CONTRACT 1.1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<JobCost>,
 }
 
 /// `phoenix.reel.v1.job.cancel_requested` (internal).

@@ -52,6 +52,7 @@ pub fn overdue_failure(job: &JobState, now: DateTime<Utc>, policy: &Overdue) -> 
         retryable: error.retryable,
         attempts: error.attempts,
         retry_attempt: Some(attempt),
+        cost: None,
     };
     let id = envelope::deterministic_id(&job.job_id, attempt, types::JOB_FAILED, "sweeper");
     envelope::build(types::JOB_FAILED, SOURCE, id, &job.job_id, after, &data).ok()

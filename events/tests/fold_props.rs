@@ -88,6 +88,7 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                 mode: Mode::Copy,
                 job_type: reel_events::JobType::VideoStitching,
                 retry_attempt: Some(attempt),
+                cost: None,
             },
         )),
         2 => events.push(ev(
@@ -104,6 +105,7 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                 retryable: true,
                 attempts: 4,
                 retry_attempt: Some(attempt),
+                cost: None,
             },
         )),
         _ => {
@@ -117,6 +119,7 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                     user_id: "user".into(),
                     stage: Stage::Download,
                     retry_attempt: Some(attempt),
+                    cost: None,
                 },
             ));
             // A late failure report must not undo the cancel.
@@ -134,6 +137,7 @@ fn history(attempt: u32, steps: usize, ending: u8, progress: Vec<f64>) -> Vec<Ev
                     retryable: false,
                     attempts: 1,
                     retry_attempt: Some(attempt),
+                    cost: None,
                 },
             ));
         }

@@ -94,6 +94,7 @@ fn the_rust_types_produce_valid_examples() {
         retryable: false,
         attempts: 1,
         retry_attempt: None,
+        cost: None,
     };
     assert!(validator("job.failed.json").is_valid(&serde_json::to_value(&failed).unwrap()));
 }

@@ -278,6 +278,7 @@ pub fn payload_samples() -> Vec<(&'static str, serde_json::Value)> {
                 user_id: "user".into(),
                 stage: Stage::Stitch,
                 retry_attempt: None,
+                cost: None,
             }),
         ),
         (
@@ -395,6 +396,7 @@ pub fn build_event(spec: &EventSpec, n: usize) -> Event {
             user_id: "user".into(),
             stage,
             retry_attempt: Some(attempt),
+            cost: None,
         }),
         types::CANCEL_REQUESTED => serde_json::to_value(CancelRequested {
             job_id: "job_1".into(),
@@ -585,6 +587,7 @@ fn sample_completed(attempt: u32) -> JobCompleted {
         mode: reel_events::Mode::Copy,
         job_type: reel_events::JobType::VideoStitching,
         retry_attempt: Some(attempt),
+        cost: None,
     }
 }
 
@@ -599,6 +602,7 @@ fn sample_failed(stage: Stage, error_type: ErrorType, attempt: u32) -> JobFailed
         retryable: false,
         attempts: 1,
         retry_attempt: Some(attempt),
+        cost: None,
     }
 }
 

@@ -23,6 +23,7 @@
 
 use chrono::{DateTime, Utc};
 use reel_events::fold::{AttemptState, JobError, JobState, Status};
+use reel_events::payload::JobCost;
 use reel_events::payload::SkippedClip;
 use reel_events::Stage;
 use serde::{Deserialize, Serialize};
@@ -147,6 +148,8 @@ struct AttemptSnap {
     stage_done: Vec<(Stage, DateTime<Utc>)>,
     stage_started: Vec<(Stage, DateTime<Utc>)>,
     cancel_requested: bool,
+    #[serde(default)]
+    cost: Option<JobCost>,
 }
 
 /// Why a snapshot cannot be read.
@@ -183,6 +186,7 @@ impl AttemptSnap {
             stage_done,
             stage_started,
             cancel_requested,
+            cost,
         } = state.clone();
         AttemptSnap {
             attempt,
@@ -201,6 +205,7 @@ impl AttemptSnap {
             stage_done: stage_done.into_iter().collect(),
             stage_started: stage_started.into_iter().collect(),
             cancel_requested,
+            cost,
         }
     }
 
@@ -221,6 +226,7 @@ impl AttemptSnap {
             stage_done: self.stage_done.into_iter().collect(),
             stage_started: self.stage_started.into_iter().collect(),
             cancel_requested: self.cancel_requested,
+            cost: self.cost,
         };
         (self.attempt, state)
     }

@@ -1,6 +1,7 @@
 //! `reel`: stitch clips into a reel on this machine, or drive the cloud pipeline.
 
 mod cloud;
+mod cost;
 mod local;
 mod render;
 
@@ -60,6 +61,25 @@ enum Command {
         #[arg(long)]
         json: bool,
         /// reel-api's base URL (e.g. https://reel-api-xyz.run.app).
+        #[arg(long, env = "REEL_API_URL")]
+        api: Option<String>,
+        /// Bearer token for reel-api.
+        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// What ended jobs cost, per project and day: from reel-api (with --api and --project),
+    /// else from the local event log.
+    Cost {
+        /// Only this project's jobs (required with --api).
+        #[arg(long, value_name = "P")]
+        project: Option<String>,
+        /// Only jobs that ended on or after this day (YYYY-MM-DD, UTC).
+        #[arg(long, value_name = "DATE")]
+        since: Option<chrono::NaiveDate>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// reel-api's base URL.
         #[arg(long, env = "REEL_API_URL")]
         api: Option<String>,
         /// Bearer token for reel-api.
@@ -250,6 +270,31 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job, api, token } => cancel(&job, api.as_deref(), token.as_deref()).await,
+        Command::Cost { project, since, json, api, token } => {
+            let statuses: Vec<reel_events::fold::JobStatus> = match (&api, &project) {
+                (Some(api), Some(project)) => {
+                    #[derive(serde::Deserialize)]
+                    struct Jobs {
+                        jobs: Vec<reel_events::fold::JobStatus>,
+                    }
+                    let list: Jobs = api_get(api, token.as_deref(), &format!("/api/projects/{project}/jobs")).await?;
+                    list.jobs
+                }
+                (Some(_), None) => bail!("with --api, name the project: reel cost --project P"),
+                (None, _) => local::fold_log(&local::state_dir())?
+                    .values()
+                    .filter(|j| project.as_ref().is_none_or(|p| &j.project_id == p))
+                    .map(|j| j.to_status())
+                    .collect(),
+            };
+            let lines = cost::table(&statuses, since);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                cost::print(&lines);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Status { job, json, api: Some(api), token } => {
             let status: reel_events::fold::JobStatus =
                 api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;

@@ -455,6 +455,25 @@ fn status_and_jobs_fold_the_local_log() {
     assert_eq!(status["progress"], 100.0);
     assert_eq!(status["stage"], "finalize");
     assert!(status["outputPath"].as_str().unwrap().ends_with("out.mp4"));
+    // What it cost, added up from every delivery of every stage.
+    let cost = &status["cost"];
+    for field in ["cpuSeconds", "memoryGibSeconds", "storageOperations", "estimatedUsd"] {
+        assert!(cost[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {status}");
+    }
+    assert_eq!(&sb.completed_event()["cost"], cost, "job.completed says the same");
+    let out = sb.reel(&["cost", "--json"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let lines: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let line = &lines.as_array().unwrap()[0];
+    assert_eq!(
+        (line["projectId"].as_str(), line["jobs"].as_u64(), line["completed"].as_u64()),
+        (Some("local"), Some(1), Some(1))
+    );
+    assert_eq!(line["estimatedUsd"], cost["estimatedUsd"]);
+    let out = sb.reel(&["cost"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("total"), "{}", text(&out));
+    let out = sb.reel(&["cost", "--since", "2999-01-01", "--json"]);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap(), serde_json::json!([]));
     let out = sb.reel(&["jobs", "local", "--json"]);
     let jobs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1);

@@ -42,6 +42,13 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
     assert_eq!(data["mode"], "copy");
     assert_eq!(data["userId"], "u1");
     assert_reel(&cluster, "reels/out.mp4", 3.0).await;
+    // What it cost: every stage's deliveries, added up; the copy path moves next to no
+    // bytes through the programs after download (which copies the clips in the bucket).
+    let cost = &data["cost"];
+    for field in ["cpuSeconds", "memoryGibSeconds", "storageOperations", "estimatedUsd"] {
+        assert!(cost[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {data}");
+    }
+    assert!(cost["estimatedUsd"].as_f64().unwrap() < 0.01, "a 3 s reel costs less than a cent: {cost}");
 
     // The workspace is gone once the job is done.
     let store = cluster.emulators.store(&cluster.bucket).await;

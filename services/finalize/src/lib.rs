@@ -66,6 +66,14 @@ impl Handler for Finalize {
                 return Outcome::Emit(vec![previous]);
             }
         }
+        // Every delivery before this one recorded its cost; this one's is small.
+        let cost = match reel_runtime::cost::job_cost(ctx.work.as_ref(), &job.job_id).await {
+            Ok(cost) => Some(cost),
+            Err(e) => {
+                warn!(error = %e, "could not add up the job's cost; job.completed goes without");
+                None
+            }
+        };
         let data = JobCompleted {
             job_id: job.job_id.clone(),
             project_id: job.project_id.clone(),
@@ -79,6 +87,7 @@ impl Handler for Finalize {
             mode: input.reel.mode,
             job_type: reel_events::JobType::VideoStitching,
             retry_attempt: Some(job.retry_attempt),
+            cost,
         };
         let completed = ctx.event(event, types::JOB_COMPLETED, job.retry_attempt, &data);
         let record = binding::encode_structured(&completed).data;

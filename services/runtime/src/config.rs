@@ -116,6 +116,8 @@ pub struct Settings {
     /// How ffmpeg and ffprobe are run and the bounds every clip must fit (download and
     /// stitch; `reel_media::MediaConfig`, whose fields are the keys of `[media]`).
     pub media: MediaConfig,
+    /// The service's size and the prices a job's cost is reckoned at (section `[cost]`).
+    pub cost: crate::cost::CostConfig,
 }
 
 /// Log line format.
@@ -218,6 +220,7 @@ impl Default for Settings {
             quota: Quotas::default(),
             download: DownloadConfig::default(),
             media: MediaConfig::default(),
+            cost: crate::cost::CostConfig::default(),
         }
     }
 }
@@ -367,6 +370,7 @@ impl Settings {
             return Err(("lease_seconds", "expected 10-600 seconds (Pub/Sub's range)".into()));
         }
         self.media.validate().map_err(|m| ("media", m))?;
+        self.cost.validate().map_err(|m| ("cost", m))?;
         if let Some(root) = &self.work_root {
             parse_root(root).map_err(|e| ("work_root", e.to_string()))?;
         }
@@ -617,6 +621,8 @@ mod tests {
                 ("REEL_LOG_FORMAT", "pretty"),
                 ("REEL_NATIVE_PROBE", "0"),
                 ("REEL_ENCODE_THREADS", "1"),
+                ("REEL_INSTANCE_MEMORY", "512Mi"),
+                ("REEL_INSTANCE_VCPUS", "2"),
                 ("REEL_MEDIA_LIMITS_MAX_FPS", "120"),
                 ("REEL_FFMPEG", "/opt/ffmpeg"),
                 ("REEL_HOME", "/ignored"),
@@ -632,6 +638,7 @@ mod tests {
         assert_eq!(s.log_format, LogFormat::Pretty);
         assert!(!s.media.native_probe);
         assert_eq!(s.media.encode_threads, 1);
+        assert_eq!((s.cost.instance_memory.0, s.cost.instance_vcpus), (0.5, 2.0));
         assert_eq!(s.media.limits.max_fps, 120.0);
         assert_eq!(s.media.ffmpeg, PathBuf::from("/opt/ffmpeg"));
         assert_eq!(s.temp_dir, Settings::default().temp_dir, "an empty variable counts as unset");

@@ -13,6 +13,7 @@ pub mod bus;
 pub mod config;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+pub mod cost;
 pub mod embedded;
 pub mod location;
 pub mod meter;

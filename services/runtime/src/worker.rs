@@ -76,6 +76,8 @@ pub struct WorkerOptions {
     /// The work topic of a larger tier to send work that ran out of memory or disk to
     /// (standard stitch with `REEL_LARGE_TIER`), instead of retrying it at the same size.
     pub larger_tier: Option<String>,
+    /// The service's size and prices, for each delivery's cost (`[cost]`).
+    pub cost: crate::cost::CostConfig,
 }
 
 impl WorkerOptions {
@@ -100,6 +102,7 @@ impl WorkerOptions {
                 .names()
                 .larger_tier(stage)
                 .filter(|_| settings.large_tier && settings.tier == crate::topology::Tier::Standard),
+            cost: settings.cost,
         }
     }
 }
@@ -468,6 +471,25 @@ impl Worker {
         }
     }
 
+    /// Put one delivery's cost in its job's ledger ([`crate::cost`]). The job is the
+    /// envelope's, or, while its id is only a claim, the one the handler decided on.
+    async fn record_cost(&self, envelope: &JobEnvelope, outcome: &Outcome, cost: &reel_events::payload::JobCost) {
+        let job_id = if self.handler.job_id_is_a_claim() {
+            match outcome {
+                Outcome::Emit(events) => events.first().and_then(|e| e.subject().map(String::from)),
+                Outcome::Retry(f) | Outcome::Reject(f) => f.job.as_ref().map(|j| j.job_id.clone()),
+                _ => None,
+            }
+        } else {
+            Some(envelope.job.job_id.clone())
+        };
+        let Some(job_id) = job_id.filter(|j| !j.is_empty()) else { return };
+        let run = self.run_name(None);
+        if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &run, cost).await {
+            warn!(error = %e, "could not record the delivery's cost; the job's total leaves it out");
+        }
+    }
+
     /// The handler produced an outcome: the run did not die (see [`Worker::begin_run`]).
     async fn end_run(&self, job_id: &str, event: Option<&Event>) {
         if job_id.is_empty() || self.handler.job_id_is_a_claim() {
@@ -531,6 +553,7 @@ impl Worker {
             Watch { envelope: watched, trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from) };
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
+        let cpu_before = crate::cost::cpu_seconds_now();
         // A panicking handler fails its job and frees the message, instead of leaving it
         // leased until Pub/Sub gives up on it with no word to anyone.
         let work = async {
@@ -568,6 +591,8 @@ impl Worker {
         remove_dir_quietly(&scratch).await;
         let elapsed = started.elapsed();
         let used = meter.totals();
+        let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
+        self.record_cost(envelope, &outcome, &cost).await;
         self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
         if let Outcome::Emit(events) = &outcome {
             let bytes: u64 = events
@@ -586,6 +611,8 @@ impl Worker {
                 bytes_read = used.bytes_read,
                 bytes_written = used.bytes_written,
                 scratch_bytes,
+                cpu_seconds = cost.cpu_seconds,
+                estimated_usd = cost.estimated_usd,
                 "stage done"
             );
         } else {
@@ -596,6 +623,8 @@ impl Worker {
                 bytes_read = used.bytes_read,
                 bytes_written = used.bytes_written,
                 scratch_bytes,
+                cpu_seconds = cost.cpu_seconds,
+                estimated_usd = cost.estimated_usd,
                 "delivery ended without output"
             );
         }
@@ -763,6 +792,13 @@ impl Worker {
         }
         let stage = self.stage();
         let retry_attempt = inbound.envelope.retry_attempt;
+        let cost = match crate::cost::job_cost(self.work.as_ref(), &job.job_id).await {
+            Ok(cost) => Some(cost),
+            Err(e) => {
+                warn!(error = %e, "could not add up the job's cost");
+                None
+            }
+        };
         let (ty, id_stage, data) = match &end {
             JobEnd::Failed { failure, retryable, .. } => {
                 warn!(error_type = %failure.error_type, error = %failure.message, job_id = %job.job_id, "job failed");
@@ -776,6 +812,7 @@ impl Worker {
                     retryable: *retryable,
                     attempts: inbound.delivery_attempt,
                     retry_attempt: Some(retry_attempt),
+                    cost: cost.clone(),
                 };
                 (types::JOB_FAILED, stage.as_str(), serde_json::to_value(data))
             }
@@ -787,6 +824,7 @@ impl Worker {
                     user_id: job.user_id.clone(),
                     stage,
                     retry_attempt: Some(retry_attempt),
+                    cost: cost.clone(),
                 };
                 (types::JOB_CANCELLED, "", serde_json::to_value(data))
             }

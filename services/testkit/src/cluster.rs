@@ -44,6 +44,18 @@ pub const PROGRAMS: [&str; 7] =
 pub const PROGRAM_SETTINGS: [(&str, &str); 3] =
     [("LOG_LEVEL", "info"), ("REEL_QUOTA_ACTIVE_JOBS", "0"), ("REEL_QUOTA_JOBS_PER_HOUR", "0")];
 
+/// Each stage's size as terraform deploys it by default (`stage_sizing` in
+/// `terraform/run.tf`): (vCPUs, memory). A cluster's programs are told theirs
+/// (`REEL_INSTANCE_VCPUS`, `REEL_INSTANCE_MEMORY`), so the cost a job reports is what
+/// it would cost on Cloud Run at those sizes.
+pub const STAGE_SIZING: [(&str, &str, &str); 5] = [
+    ("validate", "1", "512Mi"),
+    ("download", "1", "2Gi"),
+    ("stitch", "2", "4Gi"),
+    ("upload", "1", "512Mi"),
+    ("finalize", "1", "512Mi"),
+];
+
 /// The directory of the workspace's debug (or release) binaries, built once per test
 /// binary run: `cargo build` of [`PROGRAMS`], unless `REEL_E2E_PREBUILT` says that
 /// `cargo test --workspace` built them already (building them again with another feature
@@ -289,6 +301,9 @@ impl Cluster {
 
     fn spawn(&mut self, name: &str, program: &str, args: &[&str], extra_env: &[(&str, &str)]) -> Result<usize> {
         let mut command = self.command(program);
+        if let Some((_, vcpus, memory)) = STAGE_SIZING.iter().find(|(stage, _, _)| *stage == name) {
+            command.env("REEL_INSTANCE_VCPUS", vcpus).env("REEL_INSTANCE_MEMORY", memory);
+        }
         command.args(args).envs(extra_env.iter().copied());
         self.spawn_command(name, program, args, command)
     }

@@ -12,6 +12,7 @@ use super::run::{Ctx, Stack};
 use super::{ClusterReport, ClusterRow, JobRun, Status, STAGES};
 use crate::units::{met, secs};
 use anyhow::Result;
+use reel_events::payload::JobCost;
 use reel_testkit::Program;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -44,6 +45,8 @@ pub struct FanOutRun {
     pub per_program: Vec<usize>,
     /// Whether the output checked out, or why not.
     pub check: Result<(), String>,
+    /// What `job.completed` says the job cost.
+    pub cost: Option<JobCost>,
 }
 
 /// The longest delivery and largest scratch of one kind of delivery, over every phase.
@@ -139,6 +142,7 @@ pub(super) async fn run_phase(
         encodes: Vec::new(),
         per_program: Vec::new(),
         check: Err("not checked".into()),
+        cost: None,
     };
     let outcome = st.terminal(&sub.job).cloned();
     match outcome {
@@ -150,6 +154,7 @@ pub(super) async fn run_phase(
                 run.stitch_s = (b - a) as f64 / 1e9;
             }
             run.check = ctx.check_output(&sub.output_key, expected, paths.len(), false).await.map(|_| ());
+            run.cost = done.data.get("cost").and_then(|c| serde_json::from_value(c.clone()).ok());
         }
         Some(other) => run.check = Err(format!("{}: {}", other.ty, other.data)),
         None => run.check = Err(format!("not finished ({pending} pending)")),
@@ -274,6 +279,78 @@ pub(super) fn rows(rep: &ClusterReport, rows: &mut Vec<ClusterRow>) {
         None => Status::NotRun("needs the large job and the 1-program, 2-thread fan-out run".into()),
     };
     rows.push(ClusterRow { what, target: format!("< {MODEL_TARGET_S:.0} s"), status, in_targets: true });
+}
+
+/// The original design's estimate: $2.70 a month for 300 jobs.
+const DESIGN_MONTH_USD: f64 = 2.70;
+
+/// What one job costs, as its `job.completed` reports it, and what a month of them costs.
+pub(super) fn cost_rows(rep: &ClusterReport, rows: &mut Vec<ClusterRow>) {
+    let mut kinds: Vec<(String, JobCost)> = Vec::new();
+    if let Some(j) = rep.jobs.iter().find(|j| j.phase == "large") {
+        if let Some(c) = &j.cost {
+            kinds.push((format!("copy path, {} × {:.0} MB clips", j.clips, j.clip_mb), c.clone()));
+        }
+    }
+    if let Some(b) = rep.bursts.first() {
+        if !b.costs.is_empty() {
+            let mut mean = JobCost::default();
+            b.costs.iter().for_each(|c| mean.add(c));
+            let n = b.costs.len() as f64;
+            mean.cpu_seconds /= n;
+            mean.memory_gib_seconds /= n;
+            mean.estimated_usd /= n;
+            mean.storage_operations /= b.costs.len() as u64;
+            mean.bytes_moved /= b.costs.len() as u64;
+            kinds.push((format!("small job (2 × 2 s), mean of {}", b.costs.len()), mean));
+        }
+    }
+    if let Some(r) = rep.fanout.iter().find(|r| r.workers == 1 && r.threads == 2) {
+        if let Some(c) = &r.cost {
+            kinds.push((format!("re-encode of {} mixed clips (fan-out)", r.encodes.len()), c.clone()));
+        }
+    }
+    if kinds.is_empty() {
+        return;
+    }
+    let parts: Vec<String> = kinds
+        .iter()
+        .map(|(what, c)| {
+            format!(
+                "{what}: **${:.5}** ({:.1} CPU s, {:.0} GiB·s, {} storage ops, {} moved)",
+                c.estimated_usd,
+                c.cpu_seconds,
+                c.memory_gib_seconds,
+                c.storage_operations,
+                bytes(c.bytes_moved)
+            )
+        })
+        .collect();
+    rows.push(ClusterRow {
+        what: "cost of one job, as its `job.completed` reports it (every delivery of every stage; programs sized as terraform deploys them; Cloud Run and Cloud Storage list prices)".into(),
+        target: "—".into(),
+        status: Status::Measured { figure: parts.join("; "), result: "—".into() },
+        in_targets: false,
+    });
+    let dearest = kinds.iter().map(|(_, c)| c.estimated_usd).fold(0.0, f64::max);
+    let cheapest = kinds.iter().map(|(_, c)| c.estimated_usd).fold(f64::INFINITY, f64::min);
+    rows.push(ClusterRow {
+        what: format!(
+            "a month of jobs at these per-job costs, against the original design's ${DESIGN_MONTH_USD:.2} for 300 jobs"
+        ),
+        target: format!("≤ ${DESIGN_MONTH_USD:.2} for 300 jobs"),
+        status: Status::Measured {
+            figure: format!(
+                "300 jobs: ${:.2} – ${:.2}; 10,000 jobs: ${:.2} – ${:.2} (cheapest – dearest kind above)",
+                300.0 * cheapest,
+                300.0 * dearest,
+                10_000.0 * cheapest,
+                10_000.0 * dearest
+            ),
+            result: met(300.0 * dearest <= DESIGN_MONTH_USD).into(),
+        },
+        in_targets: true,
+    });
 }
 
 /// The most one stage after download moved through itself for the large job, bytes.

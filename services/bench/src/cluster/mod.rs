@@ -178,6 +178,8 @@ pub struct JobRun {
     pub stages: Vec<(Option<f64>, Option<f64>)>,
     /// Terminal event if not completed.
     pub failure: Option<String>,
+    /// What `job.completed` says the job cost.
+    pub cost: Option<reel_events::payload::JobCost>,
 }
 
 impl Default for JobRun {
@@ -196,6 +198,7 @@ impl Default for JobRun {
             check: Err("not checked".into()),
             stages: Vec::new(),
             failure: None,
+            cost: None,
         }
     }
 }
@@ -246,6 +249,8 @@ pub struct Burst {
     pub attempts: BTreeMap<String, (usize, u32)>,
     /// Hops of the burst's jobs.
     pub hops: Vec<HopSample>,
+    /// What each completed job's `job.completed` says it cost.
+    pub costs: Vec<reel_events::payload::JobCost>,
 }
 
 impl Burst {

@@ -342,6 +342,7 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
         rows.push(ClusterRow { what, target: "≤ 30 s".into(), status, in_targets: true });
     }
     super::fanout::rows(rep, &mut rows);
+    super::fanout::cost_rows(rep, &mut rows);
     if let Some(e) = &rep.fanout_error {
         rows.push(ClusterRow {
             what: "re-encode fan-out phases".into(),

@@ -499,6 +499,7 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
             Some(done) if done.ty == "job.completed" => {
                 run.wall_s = (done.publish_ns - sub.t0_ns) as f64 / 1e9;
                 run.mode = done.data.get("mode").and_then(|m| m.as_str()).unwrap_or("?").to_string();
+                run.cost = done.data.get("cost").and_then(|c| serde_json::from_value(c.clone()).ok());
                 eprintln!("  job completed in {:.2} s (mode {}); checking the output", run.wall_s, run.mode);
                 run.check = ctx
                     .check_output(&sub.output_key, expected, corpus.clips.len(), phase == "large")
@@ -643,6 +644,9 @@ async fn burst_phase(
         match st.terminal(job) {
             Some(done) if done.ty == "job.completed" => {
                 burst.completed += 1;
+                if let Some(cost) = done.data.get("cost").and_then(|c| serde_json::from_value(c.clone()).ok()) {
+                    burst.costs.push(cost);
+                }
                 last = last.max(done.publish_ns);
                 burst.latencies_s.push((done.publish_ns - t0) as f64 / 1e9);
                 if matches!(ctx.store.head(key).await, Ok(Some(m)) if m.size > 0) {

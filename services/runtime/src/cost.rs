@@ -1,0 +1,237 @@
+//! What a job costs: every delivery's use of CPU, memory, storage and bytes, priced.
+//!
+//! The worker measures each delivery (CPU time of the program and of the ffmpeg/ffprobe
+//! children it waited for, from `getrusage`; wall time × the memory the service is
+//! given; the storage operations and bytes of its [`crate::meter::StorageMeter`]),
+//! prices it with [`CostConfig`] (Cloud Run's and Cloud Storage's list prices unless
+//! configured), logs it with the delivery's outcome, and records it in the job's cost
+//! ledger: one small object per delivery under `control/cost/{jobId}/` in the work store
+//! (outside the workspace, which the end of a job removes; the work bucket's lifecycle
+//! rule for `control/` removes it in the end). Whoever ends the job adds the
+//! ledger up ([`job_cost`]): finalize into `job.completed`, the worker into `job.failed`
+//! and `job.cancelled`; the fold carries it into `JobStatus.cost`. Deliveries of every
+//! attempt count, retries and fan-out items included; a delivery that arrives after the
+//! job ended is logged but not in the job's total.
+//!
+//! CPU time comes from the process's counters, so with `REEL_CONCURRENCY` above 1 a
+//! delivery is also charged what others used meanwhile; the stitch service runs one
+//! delivery per instance. Memory is charged for the delivery's whole wall time at the
+//! service's size, as Cloud Run bills an instance while it handles a request.
+
+use reel_events::payload::JobCost;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+
+use crate::meter::StorageUse;
+use crate::store::{PutMode, Store, StoreError};
+
+/// Prices and the size of the service, section `[cost]` (`REEL_COST_…` or the last part
+/// alone: `REEL_INSTANCE_VCPUS`, `REEL_INSTANCE_MEMORY`; terraform sets both from each
+/// service's size).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CostConfig {
+    /// vCPUs the service is given (Cloud Run bills them for a request's duration).
+    pub instance_vcpus: f64,
+    /// Memory the service is given: Cloud Run's notation (`512Mi`, `4Gi`) or GiB.
+    pub instance_memory: MemorySize,
+    /// USD per vCPU-second (Cloud Run, request-based billing, tier 1: $0.000024).
+    pub usd_per_vcpu_second: f64,
+    /// USD per GiB-second (Cloud Run, tier 1: $0.0000025).
+    pub usd_per_gib_second: f64,
+    /// USD per Cloud Storage operation (class A, the dearer: $0.005 per 1,000).
+    pub usd_per_storage_operation: f64,
+    /// USD per byte moved through a program (inside one region: free).
+    pub usd_per_byte_moved: f64,
+}
+
+impl Default for CostConfig {
+    fn default() -> Self {
+        CostConfig {
+            instance_vcpus: 1.0,
+            instance_memory: MemorySize(0.5),
+            usd_per_vcpu_second: 0.000024,
+            usd_per_gib_second: 0.0000025,
+            usd_per_storage_operation: 0.000005,
+            usd_per_byte_moved: 0.0,
+        }
+    }
+}
+
+impl CostConfig {
+    /// Checks the values once, at startup.
+    pub fn validate(&self) -> Result<(), String> {
+        let all = [
+            ("instance_vcpus", self.instance_vcpus),
+            ("instance_memory", self.instance_memory.0),
+            ("usd_per_vcpu_second", self.usd_per_vcpu_second),
+            ("usd_per_gib_second", self.usd_per_gib_second),
+            ("usd_per_storage_operation", self.usd_per_storage_operation),
+            ("usd_per_byte_moved", self.usd_per_byte_moved),
+        ];
+        match all.iter().find(|(_, v)| !(v.is_finite() && *v >= 0.0)) {
+            Some((name, v)) => Err(format!("cost.{name} must be a number ≥ 0, not {v}")),
+            None => Ok(()),
+        }
+    }
+
+    /// The cost of one delivery that ran `wall`, used `cpu_seconds` and `storage`.
+    pub fn price(&self, wall: Duration, cpu_seconds: f64, storage: StorageUse) -> JobCost {
+        let secs = wall.as_secs_f64();
+        let memory_gib_seconds = self.instance_memory.0 * secs;
+        let bytes_moved = storage.bytes_read + storage.bytes_written;
+        let estimated_usd = self.instance_vcpus * secs * self.usd_per_vcpu_second
+            + memory_gib_seconds * self.usd_per_gib_second
+            + storage.operations as f64 * self.usd_per_storage_operation
+            + bytes_moved as f64 * self.usd_per_byte_moved;
+        JobCost { cpu_seconds, memory_gib_seconds, storage_operations: storage.operations, bytes_moved, estimated_usd }
+    }
+}
+
+/// A memory size in GiB, read from a number of GiB or from Cloud Run's notation
+/// (`512Mi`, `4Gi`, `1G`, `1000M`).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(transparent)]
+pub struct MemorySize(pub f64);
+
+impl MemorySize {
+    /// Parse Cloud Run's notation, or a plain number of GiB.
+    pub fn parse(text: &str) -> Result<MemorySize, String> {
+        let text = text.trim();
+        let units: [(&str, f64); 6] = [
+            ("Ki", 1.0 / (1024.0 * 1024.0)),
+            ("Mi", 1.0 / 1024.0),
+            ("Gi", 1.0),
+            ("K", 1e3 / 1073741824.0),
+            ("M", 1e6 / 1073741824.0),
+            ("G", 1e9 / 1073741824.0),
+        ];
+        let (number, scale) = units
+            .iter()
+            .find_map(|(suffix, scale)| text.strip_suffix(suffix).map(|n| (n, *scale)))
+            .unwrap_or((text, 1.0));
+        number
+            .trim()
+            .parse::<f64>()
+            .map(|n| MemorySize(n * scale))
+            .map_err(|_| format!("{text:?} is not a memory size (e.g. 512Mi, 4Gi, or GiB as a number)"))
+    }
+}
+
+impl<'de> Deserialize<'de> for MemorySize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(f64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(MemorySize(n)),
+            Raw::Text(t) => MemorySize::parse(&t).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+/// CPU time so far of this process and of the children it waited for, s.
+pub fn cpu_seconds_now() -> f64 {
+    fn of(who: libc::c_int) -> f64 {
+        // SAFETY: getrusage writes into the struct we own; an all-zero rusage is valid.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        if unsafe { libc::getrusage(who, &mut usage) } != 0 {
+            return 0.0;
+        }
+        let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+        tv(usage.ru_utime) + tv(usage.ru_stime)
+    }
+    of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
+}
+
+/// The ledger's prefix for a job.
+fn ledger_prefix(job_id: &str) -> String {
+    format!("control/cost/{job_id}/")
+}
+
+/// One delivery's line in the ledger.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Entry {
+    /// The stage (and part) that ran.
+    run: String,
+    #[serde(flatten)]
+    cost: JobCost,
+}
+
+/// Record one delivery's cost in the job's ledger.
+pub async fn record(store: &dyn Store, job_id: &str, run: &str, cost: &JobCost) -> Result<(), StoreError> {
+    let key = format!("{}{run}-{}.json", ledger_prefix(job_id), uuid::Uuid::new_v4().simple());
+    let body = serde_json::to_vec(&Entry { run: run.to_string(), cost: cost.clone() }).expect("a cost serializes");
+    store.put(&key, Box::pin(std::io::Cursor::new(body)), PutMode::CreateOnly).await.map(|_| ())
+}
+
+/// The job's cost so far: its ledger added up (entries that do not read are left out).
+pub async fn job_cost(store: &dyn Store, job_id: &str) -> Result<JobCost, StoreError> {
+    let mut total = JobCost::default();
+    for key in store.list_keys(&ledger_prefix(job_id)).await? {
+        let mut bytes = Vec::new();
+        match store.get(&key).await {
+            Ok(mut reader) => {
+                if reader.read_to_end(&mut bytes).await.is_err() {
+                    continue;
+                }
+            }
+            Err(StoreError::NotFound(_)) => continue,
+            Err(e) => return Err(e),
+        }
+        if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
+            total.add(&entry.cost);
+        }
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::embedded::DirStore;
+
+    #[tokio::test]
+    async fn a_job_costs_what_its_deliveries_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = DirStore::new(dir.path()).unwrap();
+        let prices = CostConfig { instance_vcpus: 2.0, instance_memory: MemorySize(4.0), ..CostConfig::default() };
+        let use_ = StorageUse { operations: 10, bytes_read: 1000, bytes_written: 500 };
+        let one = prices.price(Duration::from_secs(10), 15.0, use_);
+        assert_eq!((one.memory_gib_seconds, one.bytes_moved, one.storage_operations), (40.0, 1500, 10));
+        let usd = 2.0 * 10.0 * 0.000024 + 40.0 * 0.0000025 + 10.0 * 0.000005;
+        assert!((one.estimated_usd - usd).abs() < 1e-12, "{}", one.estimated_usd);
+        record(&store, "job_1", "stitch", &one).await.unwrap();
+        record(&store, "job_1", "stitch-encode-001", &one).await.unwrap();
+        record(&store, "job_2", "stitch", &one).await.unwrap();
+        let total = job_cost(&store, "job_1").await.unwrap();
+        assert_eq!(total.cpu_seconds, 30.0);
+        assert_eq!(total.storage_operations, 20);
+        assert_eq!(job_cost(&store, "job_2").await.unwrap().storage_operations, 10);
+        assert_eq!(job_cost(&store, "job_3").await.unwrap(), JobCost::default(), "no ledger, no cost");
+    }
+
+    #[test]
+    fn memory_sizes_read_as_cloud_run_writes_them() {
+        for (text, gib) in [("512Mi", 0.5), ("4Gi", 4.0), ("2", 2.0), ("1024Ki", 1.0 / 1024.0)] {
+            assert_eq!(MemorySize::parse(text), Ok(MemorySize(gib)), "{text}");
+        }
+        assert!((MemorySize::parse("1G").unwrap().0 - 0.931).abs() < 0.001);
+        assert!(MemorySize::parse("lots").is_err());
+    }
+
+    #[test]
+    fn this_process_has_used_some_cpu() {
+        let start = cpu_seconds_now();
+        let mut x = 0u64;
+        for i in 0..5_000_000u64 {
+            x = x.wrapping_add(i * i);
+        }
+        assert!(x > 0 && cpu_seconds_now() >= start);
+    }
+}
