@@ -3,9 +3,9 @@
 # means and what to do.
 #
 # Job outcomes come from log-based metrics over the programs' JSON logs (Cloud Logging
-# structure, see services/runtime/src/telemetry.rs): the worker logs "job failed" when a
-# job fails for good, and "stage done" (with elapsed_ms and the emitted event types) when
-# a stage finished its work on a job.
+# structure, see services/runtime/src/telemetry.rs): the worker logs "job ended" once
+# per job that ends, and "stage done" (with elapsed_ms) when a stage finished its work
+# on a job.
 
 locals {
   metric_prefix = replace(local.prefix, "-", "_")
@@ -16,15 +16,91 @@ locals {
   stage_subscription_ids       = join("|", [for key, sub in local.subscriptions : "${local.prefix}${key}" if sub.consumer != "operators"])
   dead_letter_subscription_ids = join("|", [for key, sub in local.dead_letter_subscriptions : "${local.prefix}${key}"])
 
-  # PromQL names of the log-based metrics: logging.googleapis.com/user/NAME.
-  failed_series    = "logging_googleapis_com:user_${google_logging_metric.jobs_failed.name}"
-  completed_series = "logging_googleapis_com:user_${google_logging_metric.jobs_completed.name}"
+  # PromQL name of the job counter: logging.googleapis.com/user/NAME.
+  ended_series = "logging_googleapis_com:user_${google_logging_metric.job_success_rate.name}"
 }
 
-resource "google_logging_metric" "jobs_failed" {
-  name        = "${local.metric_prefix}jobs_failed"
-  description = "reel jobs that failed for good (job.failed), by stage and error type."
-  filter      = "${local.log_source} AND jsonPayload.message=\"job failed\""
+# The original design's job metrics, per job (not per stage), from the one "job ended"
+# line the worker logs when a job ends (reel_runtime::telemetry::JOB_ENDED, with
+# JOB_ENDED_FIELDS; services/topology-check keeps these filters and extractors in step
+# with the code). Rates are computed in queries from counters and distributions.
+resource "google_logging_metric" "job_duration_seconds" {
+  name            = "${local.metric_prefix}job_duration_seconds"
+  description     = "How long a job took, from acceptance to its end, by job type, status and retry attempt."
+  filter          = "${local.log_source} AND jsonPayload.message=\"job ended\""
+  value_extractor = "EXTRACT(jsonPayload.duration_seconds)"
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "DISTRIBUTION"
+    unit        = "s"
+
+    labels {
+      key        = "job_type"
+      value_type = "STRING"
+    }
+
+    labels {
+      key        = "status"
+      value_type = "STRING"
+    }
+
+    labels {
+      key        = "retry_attempt"
+      value_type = "STRING"
+    }
+  }
+
+  label_extractors = {
+    job_type      = "EXTRACT(jsonPayload.job_type)"
+    status        = "EXTRACT(jsonPayload.status)"
+    retry_attempt = "EXTRACT(jsonPayload.retry_attempt)"
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 20
+      growth_factor      = 2
+      scale              = 1
+    }
+  }
+}
+
+resource "google_logging_metric" "job_memory_usage_mb" {
+  name            = "${local.metric_prefix}job_memory_usage_mb"
+  description     = "The most memory one delivery of a job held: the stage program and the ffmpeg it ran, MB, by job type."
+  filter          = "${local.log_source} AND jsonPayload.message=\"job ended\""
+  value_extractor = "EXTRACT(jsonPayload.memory_usage_mb)"
+
+  metric_descriptor {
+    metric_kind = "DELTA"
+    value_type  = "DISTRIBUTION"
+    unit        = "MBy"
+
+    labels {
+      key        = "job_type"
+      value_type = "STRING"
+    }
+  }
+
+  label_extractors = {
+    job_type = "EXTRACT(jsonPayload.job_type)"
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 16
+      growth_factor      = 2
+      scale              = 16
+    }
+  }
+}
+
+# A counter of ended jobs: the success rate is its rate with error_type="none" over all.
+resource "google_logging_metric" "job_success_rate" {
+  name        = "${local.metric_prefix}job_success_rate"
+  description = "Jobs that ended, by job type and error type (none: completed; cancelled: cancelled); success rate = none / all, in queries."
+  filter      = "${local.log_source} AND jsonPayload.message=\"job ended\""
 
   metric_descriptor {
     metric_kind = "DELTA"
@@ -32,7 +108,7 @@ resource "google_logging_metric" "jobs_failed" {
     unit        = "1"
 
     labels {
-      key        = "stage"
+      key        = "job_type"
       value_type = "STRING"
     }
 
@@ -43,20 +119,44 @@ resource "google_logging_metric" "jobs_failed" {
   }
 
   label_extractors = {
-    stage      = "EXTRACT(jsonPayload.stage)"
+    job_type   = "EXTRACT(jsonPayload.job_type)"
     error_type = "EXTRACT(jsonPayload.error_type)"
   }
 }
 
-resource "google_logging_metric" "jobs_completed" {
-  name        = "${local.metric_prefix}jobs_completed"
-  description = "reel jobs that completed (finalize emitted job.completed)."
-  filter      = "${local.log_source} AND jsonPayload.message=\"stage done\" AND jsonPayload.emitted:\"job.completed\""
+resource "google_logging_metric" "video_processing_rate_mbps" {
+  name            = "${local.metric_prefix}video_processing_rate_mbps"
+  description     = "MB of reel per second of a completed job's duration, by job type and number of clips."
+  filter          = "${local.log_source} AND jsonPayload.message=\"job ended\" AND jsonPayload.status=\"completed\""
+  value_extractor = "EXTRACT(jsonPayload.processing_rate_mbps)"
 
   metric_descriptor {
     metric_kind = "DELTA"
-    value_type  = "INT64"
-    unit        = "1"
+    value_type  = "DISTRIBUTION"
+    unit        = "MBy/s"
+
+    labels {
+      key        = "job_type"
+      value_type = "STRING"
+    }
+
+    labels {
+      key        = "video_count"
+      value_type = "STRING"
+    }
+  }
+
+  label_extractors = {
+    job_type    = "EXTRACT(jsonPayload.job_type)"
+    video_count = "EXTRACT(jsonPayload.video_count)"
+  }
+
+  bucket_options {
+    exponential_buckets {
+      num_finite_buckets = 16
+      growth_factor      = 2
+      scale              = 0.05
+    }
   }
 }
 
@@ -100,9 +200,9 @@ resource "google_monitoring_alert_policy" "failure_rate" {
 
     condition_prometheus_query_language {
       query               = <<-EOT
-        sum(increase(${local.failed_series}[1h]))
+        sum(increase(${local.ended_series}{error_type!~"none|cancelled"}[1h]))
         /
-        (sum(increase(${local.failed_series}[1h])) + (sum(increase(${local.completed_series}[1h])) or vector(0)))
+        sum(increase(${local.ended_series}{error_type!="cancelled"}[1h]))
         > ${var.failure_rate_alert_percent / 100}
       EOT
       duration            = "0s"
@@ -116,29 +216,29 @@ resource "google_monitoring_alert_policy" "failure_rate" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "More than ${var.failure_rate_alert_percent} % of the jobs that ended in the last hour failed. Break the failures down by the `stage` and `error_type` labels of ${google_logging_metric.jobs_failed.name}, then follow docs/OPERATIONS.md (Alerts: failure rate)."
+    content   = "More than ${var.failure_rate_alert_percent} % of the jobs that ended in the last hour failed. Break the failures down by the `error_type` label of ${google_logging_metric.job_success_rate.name} (and the stage in the `job ended` log lines), then follow docs/OPERATIONS.md (Alerts: failure rate)."
   }
 }
 
-resource "google_monitoring_alert_policy" "stage_duration" {
-  display_name          = "reel: a stage worked on one job for more than ${var.duration_alert_minutes} minutes"
+resource "google_monitoring_alert_policy" "job_duration" {
+  display_name          = "reel: a job took more than ${var.duration_alert_minutes} minutes"
   combiner              = "OR"
   notification_channels = var.notification_channels
 
   conditions {
-    display_name = "stage_elapsed p99 above ${var.duration_alert_minutes} min"
+    display_name = "job_duration_seconds p99 above ${var.duration_alert_minutes} min"
 
     condition_threshold {
-      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.stage_elapsed.name}\" AND resource.type=\"${local.push ? "cloud_run_revision" : "cloud_run_job"}\""
+      filter          = "metric.type=\"logging.googleapis.com/user/${google_logging_metric.job_duration_seconds.name}\" AND resource.type=\"${local.push ? "cloud_run_revision" : "cloud_run_job"}\""
       comparison      = "COMPARISON_GT"
-      threshold_value = var.duration_alert_minutes * 60 * 1000
+      threshold_value = var.duration_alert_minutes * 60
       duration        = "0s"
 
       aggregations {
         alignment_period     = "300s"
         per_series_aligner   = "ALIGN_PERCENTILE_99"
         cross_series_reducer = "REDUCE_MAX"
-        group_by_fields      = ["metric.label.stage"]
+        group_by_fields      = ["metric.label.job_type"]
       }
 
       trigger {
@@ -149,7 +249,7 @@ resource "google_monitoring_alert_policy" "stage_duration" {
 
   documentation {
     mime_type = "text/markdown"
-    content   = "A job spent more than ${var.duration_alert_minutes} minutes in one stage; at JOB_TIMEOUT_MINUTES=${var.job_timeout_minutes} it fails with timeout. See docs/OPERATIONS.md (Alerts: job duration)."
+    content   = "A job took more than ${var.duration_alert_minutes} minutes from acceptance to its end (completed, failed or cancelled); at JOB_TIMEOUT_MINUTES=${var.job_timeout_minutes} a stage stops it and resumes or fails it with timeout. See docs/OPERATIONS.md (Alerts: job duration)."
   }
 }
 

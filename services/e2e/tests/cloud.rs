@@ -49,6 +49,20 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
         assert!(cost[field].as_f64().is_some_and(|v| v > 0.0), "{field}: {data}");
     }
     assert!(cost["estimatedUsd"].as_f64().unwrap() < 0.01, "a 3 s reel costs less than a cent: {cost}");
+    // The one line per job that terraform's log-based job metrics read, with every
+    // field they read (the topology check keeps terraform to these fields).
+    let finalize = cluster.programs.iter().find(|p| p.name == "finalize").unwrap().log_text();
+    let ended: serde_json::Value = finalize
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["message"] == reel_runtime::telemetry::JOB_ENDED && v["job_id"] == job.as_str())
+        .expect("finalize logged the job's end");
+    for field in reel_runtime::telemetry::JOB_ENDED_FIELDS {
+        assert!(!ended[field].is_null(), "{field} missing from {ended}");
+    }
+    assert_eq!((ended["status"].as_str(), ended["error_type"].as_str()), (Some("completed"), Some("none")));
+    assert_eq!((ended["job_type"].as_str(), ended["video_count"].as_u64()), (Some("video_stitching"), Some(3)));
+    assert!(ended["duration_seconds"].as_f64().unwrap() > 0.0 && ended["memory_usage_mb"].as_f64().unwrap() > 1.0);
 
     // The workspace is gone once the job is done.
     let store = cluster.emulators.store(&cluster.bucket).await;

@@ -148,6 +148,33 @@ pub fn cpu_seconds_now() -> f64 {
     of(libc::RUSAGE_SELF) + of(libc::RUSAGE_CHILDREN)
 }
 
+/// Resident memory now of this process and its direct children (the ffmpeg and
+/// ffprobe it runs), bytes; 0 where `/proc` cannot tell (not Linux).
+pub fn rss_bytes_now() -> u64 {
+    fn rss_of(pid: &str) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kib| kib * 1024)
+    }
+    let me = std::process::id().to_string();
+    let mut total = rss_of("self");
+    let Ok(entries) = std::fs::read_dir("/proc") else { return total };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else { continue };
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Fields after the command (which may hold spaces): state, then the parent's pid.
+        let parent = stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1).map(String::from));
+        if parent.as_deref() == Some(me.as_str()) {
+            total += rss_of(pid);
+        }
+    }
+    total
+}
+
 /// The ledger's prefix for a job.
 fn ledger_prefix(job_id: &str) -> String {
     format!("control/cost/{job_id}/")
@@ -161,18 +188,42 @@ struct Entry {
     run: String,
     #[serde(flatten)]
     cost: JobCost,
+    /// The most memory the program and its children held during the delivery, MB.
+    #[serde(default)]
+    peak_memory_mb: f64,
 }
 
-/// Record one delivery's cost in the job's ledger.
-pub async fn record(store: &dyn Store, job_id: &str, run: &str, cost: &JobCost) -> Result<(), StoreError> {
+/// A job's use so far: its cost, and the most memory one of its deliveries held.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct JobUsage {
+    /// The ledger added up.
+    pub cost: JobCost,
+    /// The largest peak memory of one delivery (program and ffmpeg together), MB.
+    pub peak_memory_mb: f64,
+}
+
+/// Record one delivery's cost and peak memory (MB) in the job's ledger.
+pub async fn record(
+    store: &dyn Store,
+    job_id: &str,
+    run: &str,
+    cost: &JobCost,
+    peak_memory_mb: f64,
+) -> Result<(), StoreError> {
     let key = format!("{}{run}-{}.json", ledger_prefix(job_id), uuid::Uuid::new_v4().simple());
-    let body = serde_json::to_vec(&Entry { run: run.to_string(), cost: cost.clone() }).expect("a cost serializes");
+    let entry = Entry { run: run.to_string(), cost: cost.clone(), peak_memory_mb };
+    let body = serde_json::to_vec(&entry).expect("a cost serializes");
     store.put(&key, Box::pin(std::io::Cursor::new(body)), PutMode::CreateOnly).await.map(|_| ())
 }
 
 /// The job's cost so far: its ledger added up (entries that do not read are left out).
 pub async fn job_cost(store: &dyn Store, job_id: &str) -> Result<JobCost, StoreError> {
-    let mut total = JobCost::default();
+    job_usage(store, job_id).await.map(|u| u.cost)
+}
+
+/// [`job_cost`], and the job's peak memory.
+pub async fn job_usage(store: &dyn Store, job_id: &str) -> Result<JobUsage, StoreError> {
+    let mut total = JobUsage::default();
     for key in store.list_keys(&ledger_prefix(job_id)).await? {
         let mut bytes = Vec::new();
         match store.get(&key).await {
@@ -185,7 +236,8 @@ pub async fn job_cost(store: &dyn Store, job_id: &str) -> Result<JobCost, StoreE
             Err(e) => return Err(e),
         }
         if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
-            total.add(&entry.cost);
+            total.cost.add(&entry.cost);
+            total.peak_memory_mb = total.peak_memory_mb.max(entry.peak_memory_mb);
         }
     }
     Ok(total)
@@ -206,9 +258,10 @@ mod tests {
         assert_eq!((one.memory_gib_seconds, one.bytes_moved, one.storage_operations), (40.0, 1500, 10));
         let usd = 2.0 * 10.0 * 0.000024 + 40.0 * 0.0000025 + 10.0 * 0.000005;
         assert!((one.estimated_usd - usd).abs() < 1e-12, "{}", one.estimated_usd);
-        record(&store, "job_1", "stitch", &one).await.unwrap();
-        record(&store, "job_1", "stitch-encode-001", &one).await.unwrap();
-        record(&store, "job_2", "stitch", &one).await.unwrap();
+        record(&store, "job_1", "stitch", &one, 300.0).await.unwrap();
+        record(&store, "job_1", "stitch-encode-001", &one, 500.0).await.unwrap();
+        record(&store, "job_2", "stitch", &one, 100.0).await.unwrap();
+        assert_eq!(job_usage(&store, "job_1").await.unwrap().peak_memory_mb, 500.0);
         let total = job_cost(&store, "job_1").await.unwrap();
         assert_eq!(total.cpu_seconds, 30.0);
         assert_eq!(total.storage_operations, 20);
@@ -223,6 +276,29 @@ mod tests {
         }
         assert!((MemorySize::parse("1G").unwrap().0 - 0.931).abs() < 0.001);
         assert!(MemorySize::parse("lots").is_err());
+    }
+
+    #[test]
+    fn memory_counts_this_process_and_its_children() {
+        let alone = rss_bytes_now();
+        assert!(alone > 1_000_000, "{alone}");
+        // A child holding 200 MB (written, so resident).
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import time; x = bytearray(200 * 1000 * 1000); time.sleep(10)"])
+            .spawn()
+            .unwrap();
+        let start = std::time::Instant::now();
+        let mut with_child = 0;
+        while start.elapsed() < Duration::from_secs(8) {
+            with_child = rss_bytes_now();
+            if with_child > alone + 150_000_000 {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(with_child > alone + 150_000_000, "{with_child} vs {alone}: the child's memory is not counted");
     }
 
     #[test]

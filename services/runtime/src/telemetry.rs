@@ -7,6 +7,35 @@
 //! `logging.googleapis.com/trace` = `projects/{project}/traces/{trace id}` from the
 //! job's W3C `traceparent`, so one job reads as one trace across the five programs.
 
+/// The line the worker logs once for each job that ends (completed, failed or
+/// cancelled), with [`JOB_ENDED_FIELDS`]: what terraform's log-based job metrics read
+/// (`terraform/monitoring.tf`; `topology-check` keeps the two in step).
+pub const JOB_ENDED: &str = "job ended";
+
+/// The fields of the [`JOB_ENDED`] line: the job's type, how it ended, its attempt and
+/// `errorType` (`none` when it completed, `cancelled` when cancelled), its duration from
+/// acceptance to the end, the most memory one of its deliveries held (program and
+/// ffmpeg), its clips, and MB of reel per second of its duration.
+pub const JOB_ENDED_FIELDS: [&str; 9] = [
+    "job_type",
+    "status",
+    "retry_attempt",
+    "error_type",
+    "duration_seconds",
+    "memory_usage_mb",
+    "video_count",
+    "processing_rate_mbps",
+    "estimated_usd",
+];
+
+/// The line the worker logs when a stage finished its work on a job (its outcome
+/// emitted events), with [`STAGE_DONE_FIELDS`] among others.
+pub const STAGE_DONE: &str = "stage done";
+
+/// The fields of the [`STAGE_DONE`] line that terraform's per-stage metric reads (`stage`
+/// comes from the worker's span).
+pub const STAGE_DONE_FIELDS: [&str; 2] = ["stage", "elapsed_ms"];
+
 use crate::config::LogFormat;
 use serde_json::{Map, Value};
 use std::fmt;

@@ -336,6 +336,7 @@ impl Worker {
             ce_id = %event.id(),
             ce_type = %event.ty(),
             delivery_attempt,
+            job_type = reel_events::JobType::VideoStitching.as_str(),
             trace = envelope::extension_str(&event, envelope::TRACEPARENT).unwrap_or(""),
         );
         inbound.event = Some(event);
@@ -473,7 +474,13 @@ impl Worker {
 
     /// Put one delivery's cost in its job's ledger ([`crate::cost`]). The job is the
     /// envelope's, or, while its id is only a claim, the one the handler decided on.
-    async fn record_cost(&self, envelope: &JobEnvelope, outcome: &Outcome, cost: &reel_events::payload::JobCost) {
+    async fn record_cost(
+        &self,
+        envelope: &JobEnvelope,
+        outcome: &Outcome,
+        cost: &reel_events::payload::JobCost,
+        peak_memory_mb: f64,
+    ) {
         let job_id = if self.handler.job_id_is_a_claim() {
             match outcome {
                 Outcome::Emit(events) => events.first().and_then(|e| e.subject().map(String::from)),
@@ -485,7 +492,7 @@ impl Worker {
         };
         let Some(job_id) = job_id.filter(|j| !j.is_empty()) else { return };
         let run = self.run_name(None);
-        if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &run, cost).await {
+        if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &run, cost, peak_memory_mb).await {
             warn!(error = %e, "could not record the delivery's cost; the job's total leaves it out");
         }
     }
@@ -554,6 +561,7 @@ impl Worker {
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
         let cpu_before = crate::cost::cpu_seconds_now();
+        let peak_memory = spawn_memory_sampler();
         // A panicking handler fails its job and frees the message, instead of leaving it
         // leased until Pub/Sub gives up on it with no word to anyone.
         let work = async {
@@ -592,7 +600,8 @@ impl Worker {
         let elapsed = started.elapsed();
         let used = meter.totals();
         let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
-        self.record_cost(envelope, &outcome, &cost).await;
+        let peak_memory_mb = peak_memory.stop() as f64 / 1e6;
+        self.record_cost(envelope, &outcome, &cost, peak_memory_mb).await;
         self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
         if let Outcome::Emit(events) = &outcome {
             let bytes: u64 = events
@@ -726,6 +735,12 @@ impl Worker {
                         return Disposition::Nack;
                     }
                 }
+                for completed in events.iter().filter(|e| e.ty() == types::JOB_COMPLETED) {
+                    let data = envelope::data_json(completed).unwrap_or_default();
+                    let usage = crate::cost::job_usage(self.work.as_ref(), &inbound.envelope.job.job_id).await.ok();
+                    let reel_bytes = data.get("sizeBytes").and_then(|v| v.as_u64());
+                    self.log_job_ended(inbound, "completed", "none", usage.as_ref(), reel_bytes);
+                }
                 self.stats.emitted.fetch_add(1, Ordering::Relaxed);
                 Disposition::Ack
             }
@@ -792,13 +807,14 @@ impl Worker {
         }
         let stage = self.stage();
         let retry_attempt = inbound.envelope.retry_attempt;
-        let cost = match crate::cost::job_cost(self.work.as_ref(), &job.job_id).await {
-            Ok(cost) => Some(cost),
+        let usage = match crate::cost::job_usage(self.work.as_ref(), &job.job_id).await {
+            Ok(usage) => Some(usage),
             Err(e) => {
                 warn!(error = %e, "could not add up the job's cost");
                 None
             }
         };
+        let cost = usage.as_ref().map(|u| u.cost.clone());
         let (ty, id_stage, data) = match &end {
             JobEnd::Failed { failure, retryable, .. } => {
                 warn!(error_type = %failure.error_type, error = %failure.message, job_id = %job.job_id, "job failed");
@@ -856,9 +872,15 @@ impl Worker {
             warn!(error = %e, event_type = ty, "could not publish the end of the job; will retry");
             return Disposition::Nack;
         }
-        match end {
-            JobEnd::Failed { .. } => self.stats.failed.fetch_add(1, Ordering::Relaxed),
-            JobEnd::Cancelled => self.stats.cancelled.fetch_add(1, Ordering::Relaxed),
+        match &end {
+            JobEnd::Failed { failure, .. } => {
+                self.log_job_ended(inbound, "failed", failure.error_type.as_str(), usage.as_ref(), None);
+                self.stats.failed.fetch_add(1, Ordering::Relaxed)
+            }
+            JobEnd::Cancelled => {
+                self.log_job_ended(inbound, "cancelled", "cancelled", usage.as_ref(), None);
+                self.stats.cancelled.fetch_add(1, Ordering::Relaxed)
+            }
         };
         // The job has ended and said so: its cancel marker has done its work (removed only
         // now, so a redelivery after a failed publish still sees it).
@@ -904,6 +926,43 @@ impl Worker {
                 Disposition::Nack
             }
         }
+    }
+
+    /// The [`crate::telemetry::JOB_ENDED`] line of a job that ended with this message:
+    /// what the log-based job metrics read.
+    fn log_job_ended(
+        &self,
+        inbound: &Inbound<'_>,
+        status: &str,
+        error_type: &str,
+        usage: Option<&crate::cost::JobUsage>,
+        reel_bytes: Option<u64>,
+    ) {
+        let envelope = &inbound.envelope;
+        let duration_seconds =
+            envelope.accepted_at.map_or(0.0, |t| (Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        let video_count = inbound
+            .event
+            .as_ref()
+            .and_then(|e| envelope::data_json(e).ok())
+            .and_then(|d| d.get("job").and_then(|j| j.get("clipPaths")).and_then(|c| c.as_array()).map(Vec::len))
+            .unwrap_or(0);
+        let processing_rate_mbps = match reel_bytes {
+            Some(bytes) if duration_seconds > 0.0 => bytes as f64 / 1e6 / duration_seconds,
+            _ => 0.0,
+        };
+        info!(
+            job_type = reel_events::JobType::VideoStitching.as_str(),
+            status,
+            retry_attempt = envelope.retry_attempt,
+            error_type,
+            duration_seconds,
+            memory_usage_mb = usage.map_or(0.0, |u| u.peak_memory_mb),
+            video_count,
+            processing_rate_mbps,
+            estimated_usd = usage.map_or(0.0, |u| u.cost.estimated_usd),
+            "job ended"
+        );
     }
 
     /// The queue a message is work of: by its event type, or (an event that did not
@@ -1105,6 +1164,38 @@ pub async fn publish_event(bus: &dyn Bus, names: &Names, event: &Event) -> Resul
         bus.publish(&topic, message).await?;
     }
     Ok(())
+}
+
+/// The most memory the program and its children hold from now until `stop`, sampled
+/// every 250 ms.
+struct MemorySampler {
+    peak: Arc<std::sync::atomic::AtomicU64>,
+    done: CancellationToken,
+}
+
+impl MemorySampler {
+    /// Stop sampling; the peak, bytes.
+    fn stop(self) -> u64 {
+        self.done.cancel();
+        self.peak.fetch_max(crate::cost::rss_bytes_now(), Ordering::Relaxed).max(self.peak.load(Ordering::Relaxed))
+    }
+}
+
+fn spawn_memory_sampler() -> MemorySampler {
+    let peak = Arc::new(std::sync::atomic::AtomicU64::new(crate::cost::rss_bytes_now()));
+    let done = CancellationToken::new();
+    let (p, d) = (peak.clone(), done.clone());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = d.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+            }
+            let now = tokio::task::spawn_blocking(crate::cost::rss_bytes_now).await.unwrap_or(0);
+            p.fetch_max(now, Ordering::Relaxed);
+        }
+    });
+    MemorySampler { peak, done }
 }
 
 /// The bytes of the files under `dir` (0 where it cannot be read).

@@ -557,3 +557,57 @@ fn reel_api_is_invoked_only_by_its_configured_callers_and_knows_them() {
     let mut deployment = deploy(&module, &[("api_allow_unauthenticated", Value::from(true))]);
     assert_eq!(api_members(&mut deployment), BTreeSet::from(["allUsers".to_string()]), "only when asked");
 }
+
+/// terraform's log-based metrics read only what the code logs: each filters on a line
+/// the worker logs (`telemetry::JOB_ENDED`, `telemetry::STAGE_DONE`), every field it
+/// extracts is one the worker puts on that line, its labels are the ones it extracts,
+/// and the original design's job metrics are all there, under their names.
+#[test]
+fn log_based_metrics_read_the_fields_the_code_logs() {
+    use reel_runtime::telemetry::{JOB_ENDED, JOB_ENDED_FIELDS, STAGE_DONE, STAGE_DONE_FIELDS};
+    let module = module();
+    let mut deployment = deploy(&module, &[]);
+    let metrics = deployment.evaluator.instances("google_logging_metric").unwrap();
+    let fields_read = |text: &str| -> BTreeSet<String> {
+        text.split("jsonPayload.")
+            .skip(1)
+            .map(|rest| rest.chars().take_while(|c| c.is_ascii_alphanumeric() || *c == '_').collect())
+            .collect()
+    };
+    let mut names = BTreeSet::new();
+    for metric in &metrics {
+        let name = metric.body.string("name").unwrap().unwrap();
+        names.insert(name.trim_start_matches("reel_").to_string());
+        let filter = metric.body.string("filter").unwrap().unwrap();
+        let logged: Vec<&str> = if filter.contains(&format!("jsonPayload.message=\"{JOB_ENDED}\"")) {
+            JOB_ENDED_FIELDS.to_vec()
+        } else if filter.contains(&format!("jsonPayload.message=\"{STAGE_DONE}\"")) {
+            STAGE_DONE_FIELDS.to_vec()
+        } else {
+            panic!("{name} filters on no line the code logs: {filter}");
+        };
+        let mut read = fields_read(&filter);
+        read.extend(fields_read(&metric.body.string("value_extractor").unwrap().unwrap_or_default()));
+        let extractors = match metric.body.attr("label_extractors").unwrap() {
+            Value::Object(map) => map,
+            Value::Null => Default::default(),
+            other => panic!("{name}: label_extractors {other:?}"),
+        };
+        for extractor in extractors.values() {
+            read.extend(fields_read(extractor.as_str().unwrap()));
+        }
+        for field in read.iter().filter(|f| *f != "message") {
+            assert!(logged.contains(&field.as_str()), "{name} reads jsonPayload.{field}, which the code does not log");
+        }
+        let labels: BTreeSet<String> = metric
+            .body
+            .block("metric_descriptor")
+            .unwrap()
+            .map(|d| d.blocks("labels").unwrap().iter().map(|l| l.string("key").unwrap().unwrap()).collect())
+            .unwrap_or_default();
+        assert_eq!(labels, extractors.keys().cloned().collect::<BTreeSet<_>>(), "{name}: labels and extractors");
+    }
+    for original in ["job_duration_seconds", "job_memory_usage_mb", "job_success_rate", "video_processing_rate_mbps"] {
+        assert!(names.contains(original), "no log-based metric {original}: {names:?}");
+    }
+}
