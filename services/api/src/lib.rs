@@ -140,18 +140,45 @@ pub fn app(state: AppState) -> Router {
     router.route_layer(axum::middleware::from_fn(log_request)).fallback(routes::not_found).with_state(state)
 }
 
-/// One log line per request: method, route (its pattern), status, time. Never headers.
-async fn log_request(request: Request, next: Next) -> Response {
+/// The caller's trace context (`traceparent` or `X-Cloud-Trace-Context`), kept in the
+/// request's extensions: a job the request starts carries it, so the job reads as one
+/// trace from the API call to the reel.
+#[derive(Debug, Clone)]
+pub struct CallerTrace(pub String);
+
+/// One log line per request, as Cloud Logging's `httpRequest` under the caller's trace:
+/// method, route (its pattern), status, latency. Never other headers.
+async fn log_request(mut request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().map(|p| p.as_str().to_string()).unwrap_or_default();
+    let (trace, user_agent) = {
+        let header = |name: &str| request.headers().get(name).and_then(|v| v.to_str().ok()).map(String::from);
+        let trace = reel_runtime::telemetry::caller_traceparent(
+            header("traceparent").as_deref(),
+            header("x-cloud-trace-context").as_deref(),
+        );
+        (trace, header("user-agent").unwrap_or_default())
+    };
+    if let Some(tp) = &trace {
+        request.extensions_mut().insert(CallerTrace(tp.clone()));
+    }
     let started = Instant::now();
     let response = next.run(request).await;
     let status = response.status().as_u16();
-    let elapsed_ms = started.elapsed().as_millis() as u64;
+    let elapsed = started.elapsed();
+    let http_request = serde_json::json!({
+        "requestMethod": method.as_str(),
+        "requestUrl": route,
+        "status": status,
+        "latency": format!("{:.3}s", elapsed.as_secs_f64()),
+        "userAgent": user_agent,
+    })
+    .to_string();
+    let (elapsed_ms, trace) = (elapsed.as_millis() as u64, trace.unwrap_or_default());
     if route == "/healthz" || route == "/metrics" {
-        tracing::debug!(%method, route, status, elapsed_ms, "request");
+        tracing::debug!(%method, route, status, elapsed_ms, trace, httpRequest = http_request, "request");
     } else {
-        tracing::info!(%method, route, status, elapsed_ms, "request");
+        tracing::info!(%method, route, status, elapsed_ms, trace, httpRequest = http_request, "request");
     }
     response
 }

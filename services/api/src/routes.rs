@@ -210,6 +210,7 @@ pub async fn stitch(
     State(state): State<AppState>,
     user: User,
     Path(project_id): Path<String>,
+    trace: Option<axum::Extension<crate::CallerTrace>>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     if !valid_id(&project_id) {
@@ -271,8 +272,11 @@ pub async fn stitch(
     };
     let now = Utc::now();
     let event_id = format!("stitch.requested-{}", uuid::Uuid::new_v4().simple());
-    let event = envelope::build(types::STITCH_REQUESTED, SOURCE, event_id, &job_id, now, &request)
+    let mut event = envelope::build(types::STITCH_REQUESTED, SOURCE, event_id, &job_id, now, &request)
         .expect("stitch.requested builds");
+    if let Some(axum::Extension(crate::CallerTrace(tp))) = trace {
+        event.set_extension(envelope::TRACEPARENT, tp);
+    }
 
     let settings = &state.inner.settings;
     let work = state.inner.work.as_ref();

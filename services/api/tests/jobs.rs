@@ -411,3 +411,40 @@ async fn progress_never_goes_backwards_whatever_the_delivery_order() {
     assert_eq!(last, 60.0);
     assert!(seen.len() >= 5, "{seen:?}");
 }
+
+/// A job started through the API carries the caller's trace (Cloud Run's
+/// `X-Cloud-Trace-Context`, or a W3C `traceparent`), so it reads as one trace from the
+/// API call to the reel.
+#[tokio::test]
+async fn a_job_started_through_the_api_carries_the_callers_trace() {
+    use tower::ServiceExt;
+    let api = spawn(local_config()).await;
+    for (header, value, want) in [
+        (
+            "x-cloud-trace-context",
+            "4bf92f3577b34da6a3ce929d0e0e4736/255;o=1",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00000000000000ff-01",
+        ),
+        (
+            "traceparent",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        ),
+    ] {
+        let project = format!("proj_trace_{}", header.len());
+        let request = axum::http::Request::builder()
+            .method(Method::POST)
+            .uri(format!("/api/projects/{project}/stitch"))
+            .header("authorization", format!("Bearer {ALICE}"))
+            .header("content-type", "application/json")
+            .header(header, value)
+            .body(axum::body::Body::from(stitch_body().to_string()))
+            .unwrap();
+        let response = api.app.clone().oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::ACCEPTED);
+        let published = api.take(&api.names.subscription(reel_events::Stage::Validate)).await;
+        assert_eq!(published.len(), 1);
+        let trace = reel_events::envelope::extension_str(&published[0], reel_events::envelope::TRACEPARENT);
+        assert_eq!(trace, Some(want), "{header}");
+    }
+}

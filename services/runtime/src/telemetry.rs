@@ -4,7 +4,8 @@
 //! the event's fields, the fields of the enclosing spans (the worker opens one span per
 //! message with `stage`, `job_id`, `ce_id`, `ce_type`, `delivery_attempt`, `trace`),
 //! `logging.googleapis.com/labels` with `job_id` and `stage`, and
-//! `logging.googleapis.com/trace` = `projects/{project}/traces/{trace id}` from the
+//! `logging.googleapis.com/trace` = `projects/{project}/traces/{trace id}`,
+//! `logging.googleapis.com/spanId` and `logging.googleapis.com/trace_sampled` from the
 //! job's W3C `traceparent`, so one job reads as one trace across the five programs.
 
 /// The line the worker logs once for each job that ends (completed, failed or
@@ -103,10 +104,39 @@ fn severity(level: &tracing::Level) -> &'static str {
 
 /// The trace id of a W3C `traceparent` (`00-{trace}-{span}-{flags}`).
 pub fn trace_id(traceparent: &str) -> Option<&str> {
-    let mut parts = traceparent.split('-');
-    let (_version, trace) = (parts.next()?, parts.next()?);
-    (trace.len() == 32 && trace.chars().all(|c| c.is_ascii_hexdigit())).then_some(trace)
+    parse_traceparent(traceparent).map(|(trace, _, _)| trace)
 }
+
+/// A W3C `traceparent`'s trace id, parent span id and whether it is sampled.
+pub fn parse_traceparent(traceparent: &str) -> Option<(&str, &str, bool)> {
+    let hex = |s: &str, len: usize| s.len() == len && s.chars().all(|c| c.is_ascii_hexdigit());
+    let mut parts = traceparent.split('-');
+    let (_version, trace, span, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    if !(hex(trace, 32) && hex(span, 16) && hex(flags, 2)) {
+        return None;
+    }
+    let sampled = u8::from_str_radix(flags, 16).ok()? & 1 == 1;
+    Some((trace, span, sampled))
+}
+
+/// The caller's trace context of an HTTP request, as a W3C `traceparent`: the
+/// `traceparent` header when it is valid, else Cloud's `X-Cloud-Trace-Context`
+/// (`TRACE_ID/SPAN_ID;o=1`, the span id in decimal).
+pub fn caller_traceparent(traceparent: Option<&str>, cloud_trace_context: Option<&str>) -> Option<String> {
+    if let Some(tp) = traceparent.filter(|tp| parse_traceparent(tp).is_some()) {
+        return Some(tp.to_string());
+    }
+    let (trace, rest) = cloud_trace_context?.split_once('/')?;
+    let (span, options) = rest.split_once(';').unwrap_or((rest, ""));
+    let span: u64 = span.trim().parse().ok()?;
+    let sampled = options.trim() == "o=1";
+    let tp = format!("00-{}-{span:016x}-{}", trace.to_ascii_lowercase(), if sampled { "01" } else { "00" });
+    parse_traceparent(&tp).is_some().then_some(tp)
+}
+
+/// The field a log line carries Cloud Logging's `httpRequest` in, as JSON text (the
+/// formatter makes it the object Cloud Logging reads).
+pub const HTTP_REQUEST: &str = "httpRequest";
 
 struct Visitor<'a>(&'a mut Map<String, Value>);
 
@@ -171,9 +201,16 @@ where
             line.insert("logging.googleapis.com/labels".into(), Value::Object(labels));
         }
         if let Some(Value::String(tp)) = fields.get("trace") {
-            if let Some(id) = trace_id(tp) {
+            if let Some((id, span, sampled)) = parse_traceparent(tp) {
                 let project = self.project.as_deref().unwrap_or("local");
                 line.insert("logging.googleapis.com/trace".into(), format!("projects/{project}/traces/{id}").into());
+                line.insert("logging.googleapis.com/spanId".into(), span.into());
+                line.insert("logging.googleapis.com/trace_sampled".into(), sampled.into());
+            }
+        }
+        if let Some(Value::String(text)) = fields.get(HTTP_REQUEST) {
+            if let Ok(request @ Value::Object(_)) = serde_json::from_str::<Value>(text) {
+                fields.insert(HTTP_REQUEST.into(), request);
             }
         }
         line.extend(fields);
@@ -191,5 +228,21 @@ mod tests {
             Some("4bf92f3577b34da6a3ce929d0e0e4736")
         );
         assert_eq!(super::trace_id("garbage"), None);
+        assert_eq!(
+            super::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+            Some(("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7", true))
+        );
+        assert_eq!(
+            super::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00").map(|t| t.2),
+            Some(false)
+        );
+        assert_eq!(super::parse_traceparent("00-4bf92f3577b34da6a3ce929d0e0e4736-short-01"), None);
+        let tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        assert_eq!(super::caller_traceparent(Some(tp), Some("x/1;o=1")).as_deref(), Some(tp));
+        assert_eq!(
+            super::caller_traceparent(None, Some("4BF92F3577B34DA6A3CE929D0E0E4736/255;o=1")).as_deref(),
+            Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00000000000000ff-01")
+        );
+        assert_eq!(super::caller_traceparent(Some("garbage"), Some("nope")), None);
     }
 }
