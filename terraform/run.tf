@@ -234,9 +234,10 @@ resource "google_cloud_scheduler_job" "stage" {
 }
 
 # ---------------------------------------------------------------------------------------
-# reel-api. Exactly one instance: it folds the whole event log from one subscription, and
-# a second instance would see only part of it. CPU stays allocated so its puller of the
-# event log runs between requests.
+# reel-api. At most one instance: it folds the whole event log from one subscription, and
+# a second instance would see only part of it. None while nobody calls it (scale to zero,
+# CPU only while serving: idle costs nothing): each request first folds what waited on the
+# subscription (Follower::catch_up), so answers are current after a cold start too.
 
 resource "google_cloud_run_v2_service" "api" {
   name                = "${local.prefix}api"
@@ -251,7 +252,7 @@ resource "google_cloud_run_v2_service" "api" {
     execution_environment            = "EXECUTION_ENVIRONMENT_GEN2"
 
     scaling {
-      min_instance_count = 1
+      min_instance_count = 0
       max_instance_count = 1
     }
 
@@ -263,7 +264,7 @@ resource "google_cloud_run_v2_service" "api" {
           cpu    = "1"
           memory = "1Gi"
         }
-        cpu_idle = false
+        cpu_idle = true
       }
 
       dynamic "env" {

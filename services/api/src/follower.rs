@@ -179,6 +179,11 @@ pub struct Follower {
     /// Finished jobs in memory whose record is in the store, with a hash of that
     /// record's content: a job whose record would differ is written again.
     recorded: Mutex<HashMap<String, u64>>,
+    /// One puller at a time: the run loop's batches and the requests' catch-ups.
+    pulling: tokio::sync::Mutex<()>,
+    /// When a receive last found the subscription empty: the book had every event
+    /// published before then.
+    drained_at: Mutex<Option<Instant>>,
 }
 
 /// The hash of a record's content.
@@ -204,6 +209,8 @@ impl Follower {
             snapshot_generation: AtomicU64::new(u64::MAX),
             snapshot_written: Mutex::new(None),
             recorded: Mutex::new(HashMap::new()),
+            pulling: tokio::sync::Mutex::new(()),
+            drained_at: Mutex::new(None),
         }
     }
 
@@ -254,9 +261,40 @@ impl Follower {
     /// Receive one batch, journal it, fold it, ack it. `Ok` with `received == 0` when
     /// nothing arrived within `receive_wait`.
     pub async fn pull_once(&self) -> Result<Batch, BusError> {
+        let _turn = self.pulling.lock().await;
+        self.pull_batch(self.options.receive_wait).await
+    }
+
+    /// Fold everything waiting on the subscription now, unless the book was up to date
+    /// less than `fresh` ago: what a request does before it answers from the book. On
+    /// Cloud Run without an always-on instance the run loop only gets CPU while a request
+    /// is served, so after a cold start or an idle spell the waiting events are folded
+    /// here, and the answer is as current as the log. Returns the events folded.
+    pub async fn catch_up(&self, fresh: Duration) -> Result<usize, BusError> {
+        let recent = |at: &Mutex<Option<Instant>>| {
+            at.lock().unwrap_or_else(|p| p.into_inner()).is_some_and(|t| t.elapsed() < fresh)
+        };
+        if recent(&self.drained_at) {
+            return Ok(0);
+        }
+        let _turn = self.pulling.lock().await;
+        let (mut folded, started) = (0, Instant::now());
+        // The run loop may have drained it while this request waited for its turn; and
+        // a log that never pauses does not hold a request for more than a few seconds.
+        while !recent(&self.drained_at) && started.elapsed() < Duration::from_secs(5) {
+            let batch = self.pull_batch(Duration::from_millis(200)).await?;
+            folded += batch.folded;
+        }
+        Ok(folded)
+    }
+
+    /// [`Follower::pull_once`] with a first receive of `wait`; the caller holds `pulling`.
+    async fn pull_batch(&self, wait: Duration) -> Result<Batch, BusError> {
         let sub = &self.options.subscription;
-        let mut deliveries = self.bus.receive(sub, self.options.batch_max, self.options.receive_wait).await?;
+        let asked = Instant::now();
+        let mut deliveries = self.bus.receive(sub, self.options.batch_max, wait).await?;
         if deliveries.is_empty() {
+            *self.drained_at.lock().unwrap_or_else(|p| p.into_inner()) = Some(asked);
             return Ok(Batch::default());
         }
         let started = Instant::now();

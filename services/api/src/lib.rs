@@ -63,6 +63,9 @@ struct Inner {
     work: Arc<dyn Store>,
     book: Arc<JobBook>,
     auth: Authenticator,
+    /// Catches the book up with the log before a request reads it (see
+    /// [`follower::Follower::catch_up`]); `None` in tests that fold by hand.
+    follower: Option<Arc<follower::Follower>>,
 }
 
 impl AppState {
@@ -79,7 +82,26 @@ impl AppState {
     ) -> Result<AppState, String> {
         let auth = Authenticator::new(&config)?;
         let names = settings.topology().names();
-        Ok(AppState { inner: Arc::new(Inner { config, settings, names, bus, work, book, auth }) })
+        Ok(AppState { inner: Arc::new(Inner { config, settings, names, bus, work, book, auth, follower: None }) })
+    }
+
+    /// Requests catch the book up with the log through `follower` before they read it,
+    /// so answers are current after a cold start or an idle spell without CPU.
+    pub fn with_follower(self, follower: Arc<follower::Follower>) -> AppState {
+        let mut inner =
+            Arc::try_unwrap(self.inner).unwrap_or_else(|_| panic!("with_follower before the state is shared"));
+        inner.follower = Some(follower);
+        AppState { inner: Arc::new(inner) }
+    }
+
+    /// Fold what waits on the event log unless the book was current less than a second
+    /// ago. A bus failure leaves the book as it is (the answer may be a little late).
+    pub async fn catch_up(&self) {
+        if let Some(follower) = &self.inner.follower {
+            if let Err(e) = follower.catch_up(std::time::Duration::from_secs(1)).await {
+                tracing::warn!(error = %e, "could not catch up with the event log; answering from the state as it is");
+            }
+        }
     }
 
     /// The folded state.

@@ -68,7 +68,8 @@ async fn run(settings: Settings, config: ApiConfig) -> Result<()> {
     let follower = Arc::new(Follower::new(book.clone(), wiring.bus.clone(), wiring.work.clone(), options));
     let state = AppState::new(config, wiring.settings.clone(), wiring.bus.clone(), wiring.work.clone(), book)
         .map_err(anyhow::Error::msg)
-        .context("setting up token checks")?;
+        .context("setting up token checks")?
+        .with_follower(follower.clone());
 
     let shutdown = CancellationToken::new();
     reel_program::spawn_signal_handler(shutdown.clone());

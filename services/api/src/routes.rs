@@ -37,7 +37,11 @@ impl FromRequestParts<AppState> for User {
         let acting_for: Vec<&[u8]> = parts.headers.get_all(ACTING_FOR_HEADER).iter().map(|v| v.as_bytes()).collect();
         let auth = &state.inner.auth;
         match auth.authenticate(header).await.and_then(|caller| auth.identify(caller, &acting_for)) {
-            Ok(user) => Ok(user),
+            Ok(user) => {
+                // Every authenticated route reads or decides on the job state.
+                state.catch_up().await;
+                Ok(user)
+            }
             Err(e) => {
                 // The reason only: never the header or the token.
                 info!(reason = %e, path = %parts.uri.path(), "request refused");

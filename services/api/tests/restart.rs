@@ -199,3 +199,36 @@ async fn the_run_loop_snapshots_on_shutdown() {
     api.follower.restore().await.unwrap();
     assert_same_state(&api, &events).await;
 }
+
+/// Scale to zero: reel-api has no always-on instance, so nothing follows the log while
+/// it is down (or idle, without CPU). A request after a cold start catches the book up
+/// with the log before it answers: every event published meanwhile is in the first
+/// answer, with no run loop and no drain.
+#[tokio::test]
+async fn after_a_cold_start_the_first_answers_hold_every_event_the_log_kept() {
+    let events = workload();
+    let (before, after) = events.split_at(events.len() / 2);
+    let api = spawn(local_config()).await;
+    api.publish_log(before).await;
+    api.drain().await;
+    assert!(api.follower.snapshot().await.unwrap());
+
+    // Down: the rest of the jobs' events wait on the subscription.
+    let api = restart(api);
+    api.publish_log(after).await;
+    api.follower.restore().await.unwrap();
+    let state = reel_api::AppState::new(
+        api.config.clone(),
+        api.settings.clone(),
+        api.bus.clone(),
+        api.store.clone(),
+        api.book.clone(),
+    )
+    .unwrap()
+    .with_follower(api.follower.clone());
+    let api = TestApi { app: reel_api::app(state), ..api };
+    let (status, _, _) = api.call(Method::GET, "/api/projects/proj_nothing/jobs", Some(ALICE), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_same_state(&api, &events).await;
+    assert_eq!(api.drain().await, 0, "the request folded everything waiting");
+}

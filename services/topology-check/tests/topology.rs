@@ -426,10 +426,17 @@ fn push_services_run_the_stages_with_the_codes_settings() {
             assert_eq!(env["REEL_API_AUDIENCE"], format!("https://reel-api-{PROJECT_NUMBER}.us-central1.run.app"));
             let scaling = service.body.block("template").unwrap().unwrap().block("scaling").unwrap().unwrap();
             assert_eq!(scaling.number("max_instance_count").unwrap(), Some(1.0), "one reel-api folds the whole log");
+            assert_eq!(
+                scaling.number("min_instance_count").unwrap(),
+                Some(0.0),
+                "idle costs nothing: no always-on instance"
+            );
             continue;
         }
         let service_key = service.key.as_ref().unwrap().as_str().unwrap().to_string();
         assert_eq!(name, format!("reel-{service_key}"));
+        let scaling = service.body.block("template").unwrap().unwrap().block("scaling").unwrap().unwrap();
+        assert_eq!(scaling.number("min_instance_count").unwrap(), Some(0.0), "{name} scales to zero");
         let env = container_env(container).unwrap();
         let settings = settings_from(&env);
         if service_key == "stitch-large" {
