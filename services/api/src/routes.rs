@@ -334,13 +334,13 @@ pub async fn healthz(State(state): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text (404 when `METRICS_ENABLED=false`).
+/// `GET /metrics`: OpenMetrics text (404 when `METRICS_ENABLED=false`).
 pub async fn metrics(State(state): State<AppState>) -> Response {
     if !state.inner.settings.metrics_enabled {
         return ApiError::new(StatusCode::NOT_FOUND, "metrics are disabled (METRICS_ENABLED=false)").into_response();
     }
-    let text = crate::metrics::render(state.book(), Utc::now());
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], text).into_response()
+    let text = crate::metrics::render(state.book());
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
 }
 
 /// `GET /api/openapi.json`: the checked-in OpenAPI document (no token needed).

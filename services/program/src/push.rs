@@ -109,7 +109,7 @@ pub async fn serve(
 }
 
 async fn metrics(State(state): State<AppState>) -> ([(axum::http::header::HeaderName, &'static str); 1], String) {
-    ([(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.worker.render_metrics())
+    ([(axum::http::header::CONTENT_TYPE, reel_runtime::metrics::CONTENT_TYPE)], state.worker.render_metrics())
 }
 
 /// `/healthz` and `/metrics` alone, for pull mode (served when `PORT` is set, as on

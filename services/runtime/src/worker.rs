@@ -31,7 +31,7 @@ use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
 use crate::location::StoreResolver;
 use crate::meter::{MeteredResolver, MeteredStore, StorageMeter};
-pub use crate::metrics::WorkerStats;
+use crate::metrics::MessageOutcome;
 use crate::stage::{
     cancel_marker_key, job_completed, work_prefix, Boundary, Context, Failure, Handler, LateDelivery, Outcome,
     ProgressReporter,
@@ -146,9 +146,7 @@ pub struct Worker {
     boundary: Arc<Boundary>,
     topology: Topology,
     options: WorkerOptions,
-    /// Counters.
-    pub stats: Arc<WorkerStats>,
-    /// Durations and throughput, for `/metrics`.
+    /// Counters, durations and throughput, for `/metrics`.
     pub metrics: Arc<crate::metrics::StageMetrics>,
 }
 
@@ -162,6 +160,7 @@ impl Worker {
         resolver: Arc<dyn StoreResolver>,
         options: WorkerOptions,
     ) -> Worker {
+        let stage = handler.stage();
         Worker {
             bus,
             handler,
@@ -170,8 +169,7 @@ impl Worker {
             boundary: Arc::new(settings.boundary()),
             topology: settings.topology(),
             options,
-            stats: Arc::default(),
-            metrics: Arc::default(),
+            metrics: Arc::new(crate::metrics::StageMetrics::new(stage.as_str())),
         }
     }
 
@@ -185,7 +183,7 @@ impl Worker {
 
     /// The Prometheus text of this worker's metrics.
     pub fn render_metrics(&self) -> String {
-        crate::metrics::render(self.stage().as_str(), &self.stats, &self.metrics)
+        self.metrics.render()
     }
 
     /// Pull and process until `shutdown` fires (then finish or nack in-flight work within
@@ -311,7 +309,7 @@ impl Worker {
         delivery_attempt: u32,
         stop: CancellationToken,
     ) -> Disposition {
-        self.stats.received.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count(MessageOutcome::Received);
         let mut inbound = Inbound {
             subscription,
             message,
@@ -602,17 +600,13 @@ impl Worker {
         let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
         let peak_memory_mb = peak_memory.stop() as f64 / 1e6;
         self.record_cost(envelope, &outcome, &cost, peak_memory_mb).await;
-        self.metrics.durations.lock().expect("metrics lock").observe(elapsed.as_secs_f64());
         if let Outcome::Emit(events) = &outcome {
             let bytes: u64 = events
                 .iter()
                 .filter_map(|e| envelope::data_json(e).ok())
                 .map(|d| crate::metrics::video_bytes(&d))
                 .sum();
-            if bytes > 0 {
-                self.metrics.bytes.fetch_add(bytes, Ordering::Relaxed);
-                self.metrics.busy_micros.fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
-            }
+            self.metrics.observe(elapsed.as_secs_f64(), bytes);
             info!(
                 elapsed_ms = elapsed.as_millis() as u64,
                 emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(),
@@ -625,6 +619,7 @@ impl Worker {
                 "stage done"
             );
         } else {
+            self.metrics.observe(elapsed.as_secs_f64(), 0);
             info!(
                 elapsed_ms = elapsed.as_millis() as u64,
                 outcome = outcome_name(&outcome),
@@ -689,7 +684,7 @@ impl Worker {
             }
         }
         warn!(job_id = %job.job_id, reason = %why, "job resumed after its deadline");
-        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count(MessageOutcome::Retried);
         Disposition::Ack
     }
 
@@ -720,7 +715,7 @@ impl Worker {
             }
         }
         warn!(job_id = %job.job_id, reason = %why, larger_tier = %topic, "job sent to the larger tier");
-        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+        self.metrics.count(MessageOutcome::Retried);
         Disposition::Ack
     }
 
@@ -731,7 +726,7 @@ impl Worker {
                 for next in &events {
                     if let Err(e) = self.publish_event(next).await {
                         warn!(error = %e, "could not publish the next event; will retry");
-                        self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                        self.metrics.count(MessageOutcome::Retried);
                         return Disposition::Nack;
                     }
                 }
@@ -741,17 +736,17 @@ impl Worker {
                     let reel_bytes = data.get("sizeBytes").and_then(|v| v.as_u64());
                     self.log_job_ended(inbound, "completed", "none", usage.as_ref(), reel_bytes);
                 }
-                self.stats.emitted.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(MessageOutcome::Emitted);
                 Disposition::Ack
             }
             Outcome::Skip(why) => {
-                self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(MessageOutcome::Skipped);
                 info!(reason = %why, "skipped");
                 Disposition::Ack
             }
             Outcome::Requeue(why) => {
                 info!(reason = %why, "handing the message back; it will be redelivered");
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(MessageOutcome::Retried);
                 Disposition::Nack
             }
             Outcome::Retry(failure)
@@ -763,7 +758,7 @@ impl Worker {
                 if inbound.delivery_attempt <= self.options.max_retry_attempts && !inbound.killed_too_often =>
             {
                 warn!(error_type = %failure.error_type, error = %failure.message, delivery_attempt = inbound.delivery_attempt, "transient failure; will retry");
-                self.stats.retried.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(MessageOutcome::Retried);
                 Disposition::Nack
             }
             Outcome::Retry(failure) => {
@@ -802,7 +797,7 @@ impl Worker {
             // A duplicate delivery raced the job's completion, which took the workspace
             // with it: whatever went wrong here is an artefact of that race.
             info!(job_id = %job.job_id, "the job completed meanwhile; not reporting it failed or cancelled");
-            self.stats.skipped.fetch_add(1, Ordering::Relaxed);
+            self.metrics.count(MessageOutcome::Skipped);
             return Disposition::Ack;
         }
         let stage = self.stage();
@@ -875,11 +870,11 @@ impl Worker {
         match &end {
             JobEnd::Failed { failure, .. } => {
                 self.log_job_ended(inbound, "failed", failure.error_type.as_str(), usage.as_ref(), None);
-                self.stats.failed.fetch_add(1, Ordering::Relaxed)
+                self.metrics.count(MessageOutcome::Failed)
             }
             JobEnd::Cancelled => {
                 self.log_job_ended(inbound, "cancelled", "cancelled", usage.as_ref(), None);
-                self.stats.cancelled.fetch_add(1, Ordering::Relaxed)
+                self.metrics.count(MessageOutcome::Cancelled)
             }
         };
         // The job has ended and said so: its cancel marker has done its work (removed only
@@ -917,7 +912,7 @@ impl Worker {
         let topic = self.names().dead_letter_topic(queue);
         match dead_letter(self.bus.as_ref(), &topic, inbound.message, &letter).await {
             Ok(()) => {
-                self.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                self.metrics.count(MessageOutcome::DeadLettered);
                 warn!(dead_letter_topic = %topic, reason = %letter.reason, "message dead-lettered");
                 Disposition::Ack
             }

@@ -9,6 +9,7 @@ use reel_events::{binding, envelope, types, AttributesReader, ErrorType, Event, 
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::embedded::{DirStore, EmbeddedBus};
 use reel_runtime::local::LocalResolver;
+use reel_runtime::metrics::MessageOutcome;
 use reel_runtime::stage::{cancel_marker_key, completed_marker_key, Context, Failure, Handler, Outcome};
 use reel_runtime::topology::{Names, SubscriptionSpec};
 use reel_runtime::worker::{dead_letter_attrs, Worker, WorkerOptions};
@@ -201,7 +202,7 @@ async fn transient_failures_are_retried_with_backoff_until_they_pass() {
     rig.send(&job_event("job_flaky", chrono::Duration::minutes(5))).await;
     rig.wait_log("job_flaky", types::CLIPS_DOWNLOADED).await;
     assert_eq!(*rig.stage.attempts_seen.lock().unwrap(), vec![1, 2, 3]);
-    assert_eq!(rig.worker.stats.retried.load(Ordering::Relaxed), 2);
+    assert_eq!(rig.worker.metrics.counted(MessageOutcome::Retried), 2);
     rig.stop().await;
 }
 
@@ -311,7 +312,7 @@ async fn malformed_messages_are_dead_lettered_with_a_reason_and_work_goes_on() {
     // And a valid job right after all that still completes.
     rig.send(&job_event("job_after", chrono::Duration::minutes(5))).await;
     rig.wait_log("job_after", types::CLIPS_DOWNLOADED).await;
-    assert_eq!(rig.worker.stats.dead_lettered.load(Ordering::Relaxed), 4);
+    assert_eq!(rig.worker.metrics.counted(MessageOutcome::DeadLettered), 4);
     rig.stop().await;
 }
 
@@ -427,7 +428,7 @@ async fn a_late_redelivery_of_a_completed_job_is_skipped_not_failed() {
     rig.send(&job_event("job_after", chrono::Duration::minutes(5))).await;
     rig.wait_log("job_after", types::JOB_FAILED).await;
     assert_eq!(rig.stage.calls.load(Ordering::SeqCst), 1, "the handler ran for a completed job");
-    assert_eq!(rig.worker.stats.skipped.load(Ordering::Relaxed), 1);
+    assert_eq!(rig.worker.metrics.counted(MessageOutcome::Skipped), 1);
 
     let mut forced = job_event("job_done", chrono::Duration::minutes(5));
     let mut data = envelope::data_json(&forced).unwrap();
