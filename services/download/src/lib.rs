@@ -13,7 +13,7 @@ use reel_media::{Classify, MediaConfig, MediaError};
 use reel_runtime::config::{DownloadConfig, Settings};
 use reel_runtime::location::Location;
 use reel_runtime::stage::{decode_payload, Context, Failure, FromSettings, Handler, Outcome};
-use reel_runtime::store::{self, PutMode, Store, StoreError};
+use reel_runtime::store::{self, PutMode, PutOptions, Store, StoreError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tracing::{info, warn};
@@ -198,6 +198,15 @@ async fn fetch_clip(
         return Err(ClipError::Skip(format!("{size} bytes is over the {} byte limit", config.max_clip_bytes)));
     }
 
+    // A bucket workspace on the clip's own storage service: the service copies the clip
+    // in and its headers are probed by ranged reads; no media byte passes through here.
+    if ctx.work.local_path(&work_key).is_none() {
+        if let Some(info) =
+            copy_and_probe_in_store(ctx, media, source.as_ref(), &source_key, &work_key, size, raw).await?
+        {
+            return finish(ctx, config, index, raw, work_key, &probe_key, size, info).await;
+        }
+    }
     // Bring the bytes into the workspace, then probe a local file.
     let local_work = ctx.work.local_path(&work_key);
     let probe_path: PathBuf = match (&local_work, source.local_path(&source_key)) {
@@ -238,6 +247,22 @@ async fn fetch_clip(
             return Err(ClipError::Skip(format!("cannot probe: {e}")));
         }
     };
+    finish(ctx, config, index, raw, work_key, &probe_key, size, info).await
+}
+
+/// A clip in the workspace and probed: check this stage's length bound, keep the probe
+/// beside the clip (a redelivery reuses both), and say so.
+#[allow(clippy::too_many_arguments)]
+async fn finish(
+    ctx: &Context,
+    config: &DownloadConfig,
+    index: usize,
+    raw: &str,
+    work_key: String,
+    probe_key: &str,
+    size: u64,
+    info: ClipInfo,
+) -> Result<WorkClip, ClipError> {
     if info.duration_seconds > config.max_clip_seconds {
         let _ = ctx.work.delete(&work_key).await;
         return Err(ClipError::Skip(format!(
@@ -246,11 +271,54 @@ async fn fetch_clip(
         )));
     }
     let json = serde_json::to_vec(&info).expect("ClipInfo serializes");
-    if let Err(e) = ctx.work.put(&probe_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
+    if let Err(e) = ctx.work.put(probe_key, Box::pin(std::io::Cursor::new(json)), PutMode::Overwrite).await {
         return Err(ClipError::Stop(Outcome::failed("saving probe result", &e)));
     }
     info!(clip = index, work_key = %work_key, bytes = size, "clip fetched");
     Ok(WorkClip { index, source_path: raw.to_string(), work_key, size_bytes: size, info })
+}
+
+/// Have the storage service copy the clip into the workspace (Cloud Storage: a rewrite
+/// into the work bucket) and probe its headers there by ranged reads. `Ok(None)` when
+/// the service cannot copy it (another service) or the native reader declines the
+/// headers: the caller fetches the clip and probes a local file instead.
+async fn copy_and_probe_in_store(
+    ctx: &Context,
+    media: &MediaConfig,
+    source: &dyn Store,
+    source_key: &str,
+    work_key: &str,
+    size: u64,
+    raw: &str,
+) -> Result<Option<ClipInfo>, ClipError> {
+    let Some(remote) = source.remote_object(source_key) else { return Ok(None) };
+    let copied = ctx.work.put_copy_of(&remote, work_key, &PutOptions::new(PutMode::Overwrite)).await;
+    match copied {
+        Ok(Some(_)) => {}
+        Ok(None) => return Ok(None),
+        Err(e) => return Err(stop_or_skip("copy", raw, e)),
+    }
+    let (work, key, handle, media) =
+        (ctx.work.clone(), work_key.to_string(), tokio::runtime::Handle::current(), media.clone());
+    let probed = tokio::task::spawn_blocking(move || {
+        reel_media::probe_headers(&media, store::RangedReader::new(work, &key, size, handle), size)
+    })
+    .await
+    .map_err(|e| {
+        ClipError::Stop(Outcome::Retry(Failure::new(ErrorType::Internal, format!("the probe task failed: {e}"))))
+    })?;
+    match probed {
+        Ok(found) => Ok(found),
+        Err(MediaError::Corrupt { reason }) => {
+            let _ = ctx.work.delete(work_key).await;
+            Err(ClipError::Skip(format!("not a readable video ({reason})")))
+        }
+        Err(e) if e.verdict().retryable => Err(ClipError::Stop(Outcome::failed(&format!("probing {raw}"), &e))),
+        Err(e) => {
+            let _ = ctx.work.delete(work_key).await;
+            Err(ClipError::Skip(format!("cannot probe: {e}")))
+        }
+    }
 }
 
 /// Hard-link a local clip into a local workspace (no copy), or stream-copy it when the

@@ -96,25 +96,27 @@ async fn a_submitted_job_completes_with_one_trace_across_five_programs() {
     assert!(reel_events::envelope::extension_str(&done, reel_events::envelope::TRACEPARENT).is_some());
 }
 
-/// The copy path on a workspace in a bucket moves no media through any program after
-/// download: stitch reads the clips' headers with ranged reads and composes the reel in
-/// the bucket from a small header object and the clip objects (Cloud Storage compose);
-/// upload has the service copy it to its output path. Both programs' storage traffic
-/// goes through counting proxies; the reel is whole, plays for as long as its clips, and
+/// The copy path on a workspace in a bucket moves no media through any program:
+/// download has the service copy each clip into the workspace and probes its headers
+/// with ranged reads; stitch reads the clips' headers the same way and composes the reel
+/// in the bucket from a small header object and the clip objects (Cloud Storage
+/// compose); upload has the service copy it to its output path. The three programs'
+/// storage traffic goes through counting proxies; the reel is whole, plays for as long as its clips, and
 /// carries the output metadata that says whose it is.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_copy_path_composes_the_reel_in_the_bucket_without_moving_its_media() {
     use reel_testkit::proxy::{FaultyProxy, ProxyMode};
     let mut cluster = Cluster::start().await;
     let storage = cluster.emulators.storage_url();
-    let (stitch, upload) = (
+    let (download, stitch, upload) = (
+        FaultyProxy::start(&storage, ProxyMode::Forward).await.unwrap(),
         FaultyProxy::start(&storage, ProxyMode::Forward).await.unwrap(),
         FaultyProxy::start(&storage, ProxyMode::Forward).await.unwrap(),
     );
-    for stage in ["validate", "download", "finalize"] {
+    for stage in ["validate", "finalize"] {
         cluster.start_program(stage, &[]);
     }
-    for (stage, proxy) in [("stitch", &stitch), ("upload", &upload)] {
+    for (stage, proxy) in [("download", &download), ("stitch", &stitch), ("upload", &upload)] {
         let url = proxy.url();
         cluster.start_program_with_env(stage, &[("STORAGE_EMULATOR_HOST", url.as_str())]).unwrap();
     }
@@ -134,7 +136,7 @@ async fn the_copy_path_composes_the_reel_in_the_bucket_without_moving_its_media(
     assert_eq!(data["warnings"].as_array().map_or(0, Vec::len), 0, "{data}");
     assert_reel(&cluster, "reels/composed.mp4", 12.0).await;
     let reel = data["sizeBytes"].as_u64().unwrap();
-    for (program, proxy) in [("stitch", &stitch), ("upload", &upload)] {
+    for (program, proxy) in [("download", &download), ("stitch", &stitch), ("upload", &upload)] {
         let (sent, received) = proxy.bytes();
         eprintln!("{program}'s storage traffic: {sent} bytes out, {received} bytes in, for a {reel}-byte reel");
         assert!(received * 10 < reel, "{program} read {received} bytes of storage for a {reel}-byte reel");

@@ -84,9 +84,6 @@ async fn a_storage_permission_error_fails_fast_with_its_message() {
     assert_eq!(data["stage"], "download", "{data}");
     assert_eq!(data["retryable"], false, "{data}");
     assert_eq!(data["attempts"], 1, "fail fast: {data}");
-    // A failed job has a cost too: validate's and download's deliveries.
-    assert!(data["cost"]["storageOperations"].as_u64().is_some_and(|n| n > 0), "{data}");
-    assert!(data["cost"]["estimatedUsd"].as_f64().is_some_and(|usd| usd > 0.0), "{data}");
     let message = data["message"].as_str().unwrap();
     assert!(message.contains("403") || message.contains("access"), "the message says why: {message}");
     assert!(proxy.connections().2 > 0);

@@ -70,8 +70,8 @@ pub use error::MediaError;
 pub use mp4::{read_headers, whole_file_assembly_header};
 pub use plan::{plan, EncodeTarget, Plan, TARGET_FPS, TARGET_SAMPLE_RATE};
 pub use probe::{
-    fingerprint_with_ffprobe, is_mov_family, probe, probe_native, probe_native_bytes, probe_with_ffprobe, Fingerprint,
-    NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
+    fingerprint_with_ffprobe, is_mov_family, probe, probe_headers, probe_native, probe_native_bytes,
+    probe_with_ffprobe, Fingerprint, NativeProbe, INPUT_FORMATS, PROBE_TIMEOUT,
 };
 /// Re-exported so that `.verdict()` works with `reel_media::*` in scope.
 pub use reel_events::{Classify, Verdict};

@@ -18,7 +18,6 @@ use std::ffi::OsString;
 use std::io::SeekFrom;
 use std::path::Path;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 /// Demuxers reel accepts for clips (`-format_whitelist`): QuickTime/MP4 family,
 /// Matroska/WebM, AVI, MPEG-TS (camera `.mts`), MPEG-PS, FLV, Ogg, ASF/WMV.
@@ -398,17 +397,25 @@ fn num_field(v: &Value, key: &str) -> Option<f64> {
 /// full duration for a truncated "faststart" MP4 (the index is at the front), and
 /// ffmpeg then fails half-way, so this catches it up front. Reads a few bytes per box.
 pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), MediaError> {
-    let mut f = tokio::fs::File::open(path).await?;
+    let file = std::fs::File::open(path)?;
+    tokio::task::spawn_blocking(move || iso_boxes_fit(file, file_len))
+        .await
+        .map_err(|e| MediaError::Io(std::io::Error::other(e.to_string())))?
+}
+
+/// [`check_iso_boxes`] over any reader of `file_len` bytes (a file, or an object read by
+/// ranged reads).
+fn iso_boxes_fit<R: std::io::Read + std::io::Seek>(mut f: R, file_len: u64) -> Result<(), MediaError> {
     let mut pos = 0u64;
     let mut boxes = 0u32;
     while pos < file_len {
         if file_len - pos < 8 {
             return Err(MediaError::corrupt(format!("truncated MP4: {} stray bytes at the end", file_len - pos)));
         }
-        f.seek(SeekFrom::Start(pos)).await?;
+        f.seek(SeekFrom::Start(pos))?;
         let mut hdr = [0u8; 16];
         let want = if file_len - pos >= 16 { 16 } else { 8 };
-        f.read_exact(&mut hdr[..want]).await?;
+        f.read_exact(&mut hdr[..want])?;
         let size32 = u32::from_be_bytes([hdr[0], hdr[1], hdr[2], hdr[3]]) as u64;
         let kind = String::from_utf8_lossy(&hdr[4..8]).into_owned();
         let size = match size32 {
@@ -439,6 +446,29 @@ pub(crate) async fn check_iso_boxes(path: &Path, file_len: u64) -> Result<(), Me
         }
     }
     Ok(())
+}
+
+/// [`probe`] of a file read through `reader` (`len` bytes; a clip in a bucket, read by
+/// ranged reads) by the native reader alone: the same checks (box structure, limits) on
+/// the headers only. `Ok(None)` where the native reader declines (the caller fetches the
+/// file and asks ffprobe). Blocking: call it on a blocking thread.
+pub fn probe_headers<R: std::io::Read + std::io::Seek>(
+    config: &MediaConfig,
+    mut reader: R,
+    len: u64,
+) -> Result<Option<ClipInfo>, MediaError> {
+    if !config.native_probe || len == 0 {
+        return Ok(None);
+    }
+    let info = match mp4::read(&mut reader, len) {
+        Ok((info, _)) => info,
+        Err(declined) => {
+            tracing::debug!(reason = %declined.0, "native MP4 reader declined the headers");
+            return Ok(None);
+        }
+    };
+    iso_boxes_fit(reader, len)?;
+    within_limits(config, info).map(Some)
 }
 
 #[cfg(test)]

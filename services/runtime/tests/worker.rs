@@ -216,6 +216,11 @@ async fn after_max_retry_attempts_the_job_fails_retryable_and_the_message_is_dea
     assert_eq!(data["attempts"], 3);
     assert_eq!(data["stage"], "download");
     assert!(data["message"].as_str().unwrap().contains("connection reset"));
+    // A failed job has a cost too: each of its three deliveries was recorded.
+    let cost: reel_events::payload::JobCost = serde_json::from_value(data["cost"].clone()).unwrap();
+    assert!(cost.memory_gib_seconds > 0.0 && cost.estimated_usd > 0.0, "{cost:?}");
+    let ledger = rig.work.list_keys("control/cost/job_down/").await.unwrap();
+    assert_eq!(ledger.len(), 3, "one ledger entry per delivery: {ledger:?}");
     let dead = rig.dead_letter().await;
     assert_eq!(dead.attributes[dead_letter_attrs::STAGE], "download");
     assert_eq!(dead.attributes[dead_letter_attrs::ATTEMPTS], "3");
