@@ -60,12 +60,8 @@ enum Command {
         /// Print JSON (the API's JobStatus).
         #[arg(long)]
         json: bool,
-        /// reel-api's base URL (e.g. https://reel-api-xyz.run.app).
-        #[arg(long, env = "REEL_API_URL")]
-        api: Option<String>,
-        /// Bearer token for reel-api.
-        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// What ended jobs cost, per project and day: from reel-api (with --api and --project),
     /// else from the local event log.
@@ -79,12 +75,8 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// reel-api's base URL.
-        #[arg(long, env = "REEL_API_URL")]
-        api: Option<String>,
-        /// Bearer token for reel-api.
-        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
     /// Cancel a job: every stage stops its work on it, and it ends `cancelled`.
     Cancel {
@@ -126,13 +118,20 @@ enum Command {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// reel-api's base URL.
-        #[arg(long, env = "REEL_API_URL")]
-        api: Option<String>,
-        /// Bearer token for reel-api.
-        #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
-        token: Option<String>,
+        #[command(flatten)]
+        remote: Remote,
     },
+}
+
+/// Where reel-api is, for the commands that can ask it instead of the local event log.
+#[derive(clap::Args, Debug)]
+struct Remote {
+    /// reel-api's base URL (e.g. https://reel-api-xyz.run.app).
+    #[arg(long, env = "REEL_API_URL")]
+    api: Option<String>,
+    /// Bearer token for reel-api.
+    #[arg(long, env = "REEL_API_TOKEN", hide_env_values = true)]
+    token: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -270,7 +269,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { job, api, token } => cancel(&job, api.as_deref(), token.as_deref()).await,
-        Command::Cost { project, since, json, api, token } => {
+        Command::Cost { project, since, json, remote: Remote { api, token } } => {
             let statuses: Vec<reel_events::fold::JobStatus> = match (&api, &project) {
                 (Some(api), Some(project)) => {
                     #[derive(serde::Deserialize)]
@@ -295,7 +294,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Status { job, json, api: Some(api), token } => {
+        Command::Status { job, json, remote: Remote { api: Some(api), token } } => {
             let status: reel_events::fold::JobStatus =
                 api_get(&api, token.as_deref(), &format!("/api/jobs/{job}/status")).await?;
             if json {
@@ -305,7 +304,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Jobs { project, json, api: Some(api), token } => {
+        Command::Jobs { project, json, remote: Remote { api: Some(api), token } } => {
             #[derive(serde::Deserialize)]
             struct Jobs {
                 jobs: Vec<reel_events::fold::JobStatus>,

@@ -600,38 +600,35 @@ impl Worker {
         let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
         let peak_memory_mb = peak_memory.stop() as f64 / 1e6;
         self.record_cost(envelope, &outcome, &cost, peak_memory_mb).await;
-        if let Outcome::Emit(events) = &outcome {
-            let bytes: u64 = events
-                .iter()
-                .filter_map(|e| envelope::data_json(e).ok())
-                .map(|d| crate::metrics::video_bytes(&d))
-                .sum();
-            self.metrics.observe(elapsed.as_secs_f64(), bytes);
-            info!(
-                elapsed_ms = elapsed.as_millis() as u64,
-                emitted = ?events.iter().map(|e| e.ty().to_string()).collect::<Vec<_>>(),
-                storage_ops = used.operations,
-                bytes_read = used.bytes_read,
-                bytes_written = used.bytes_written,
-                scratch_bytes,
-                cpu_seconds = cost.cpu_seconds,
-                estimated_usd = cost.estimated_usd,
-                "stage done"
-            );
-        } else {
-            self.metrics.observe(elapsed.as_secs_f64(), 0);
-            info!(
-                elapsed_ms = elapsed.as_millis() as u64,
-                outcome = outcome_name(&outcome),
-                storage_ops = used.operations,
-                bytes_read = used.bytes_read,
-                bytes_written = used.bytes_written,
-                scratch_bytes,
-                cpu_seconds = cost.cpu_seconds,
-                estimated_usd = cost.estimated_usd,
-                "delivery ended without output"
-            );
-        }
+        let (emitted, bytes): (Vec<String>, u64) = match &outcome {
+            Outcome::Emit(events) => (
+                events.iter().map(|e| e.ty().to_string()).collect(),
+                events
+                    .iter()
+                    .filter_map(|e| envelope::data_json(e).ok())
+                    .map(|d| crate::metrics::video_bytes(&d))
+                    .sum(),
+            ),
+            _ => (Vec::new(), 0),
+        };
+        self.metrics.observe(elapsed.as_secs_f64(), bytes);
+        // "stage done" when the work was done (the per-stage metric reads it).
+        let message = match outcome {
+            Outcome::Emit(_) => crate::telemetry::STAGE_DONE,
+            _ => "delivery ended without output",
+        };
+        info!(
+            elapsed_ms = elapsed.as_millis() as u64,
+            emitted = ?emitted,
+            outcome = outcome_name(&outcome),
+            storage_ops = used.operations,
+            bytes_read = used.bytes_read,
+            bytes_written = used.bytes_written,
+            scratch_bytes,
+            cpu_seconds = cost.cpu_seconds,
+            estimated_usd = cost.estimated_usd,
+            "{message}"
+        );
         let stopped = *stopped.lock().expect("stop lock");
         match (outcome, stopped) {
             // Finished work stands, whatever stopped it afterwards.
