@@ -17,8 +17,8 @@ locals {
   # the same program on its own subscription, fed by the standard stitch with the work
   # that ran out of memory or disk there (REEL_LARGE_TIER), so that work is retried with
   # more memory instead of at the same size. Scaled to zero, it costs nothing until used.
-  # A re-encode fans out one delivery per clip (up to 20 clips a job), so stitch may
-  # scale to as many instances as a job has clips: var.stitch_max_instances.
+  # A re-encode fans out one delivery per clip, so stitch scales out to as many
+  # instances as a job has clips, up to var.stitch_max_instances (20).
   stage_sizing = {
     validate       = { program = "validate", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {}, max_instances = var.max_instances }
     download       = { program = "download", cpu = "1", memory = "2Gi", timeout_seconds = 600, concurrency = 1, env = {}, max_instances = var.max_instances }

@@ -139,7 +139,7 @@ variable "max_instances" {
 }
 
 variable "stitch_max_instances" {
-  description = "Upper bound of instances of the stitch service: a re-encode fans out one delivery per clip, so as many instances as a job has clips (20 at most) encode it at once."
+  description = "Upper bound of instances of the stitch service: a re-encode fans out one delivery per clip, so up to this many of a job's clips encode at once."
   type        = number
   default     = 20
 }
