@@ -155,15 +155,7 @@ pub struct ProcessCollector;
 
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
-        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-        let kib = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.split_whitespace().next()?.parse::<i64>().ok())
-                .unwrap_or(0)
-        };
-        let rss = ConstGauge::new(kib("VmRSS:") * 1024);
+        let rss = ConstGauge::new(crate::cost::rss_of("self") as i64);
         rss.encode(encoder.encode_descriptor(
             "process_resident_memory_bytes",
             "Resident memory size in bytes",
@@ -171,14 +163,7 @@ impl Collector for ProcessCollector {
             rss.metric_type(),
         )?)?;
         // CPU time of this process alone (its children's is in the delivery costs).
-        let mut usage: libc::rusage = unsafe_zeroed_rusage();
-        // SAFETY: getrusage writes into the struct we own.
-        let cpu = if unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0 {
-            let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-            tv(usage.ru_utime) + tv(usage.ru_stime)
-        } else {
-            0.0
-        };
+        let cpu = crate::cost::rusage_seconds(libc::RUSAGE_SELF);
         let cpu = ConstCounter::new(cpu);
         cpu.encode(encoder.encode_descriptor(
             "process_cpu_seconds",
@@ -202,11 +187,6 @@ impl Collector for ProcessCollector {
         )?)?;
         Ok(())
     }
-}
-
-fn unsafe_zeroed_rusage() -> libc::rusage {
-    // SAFETY: rusage is plain old data; all zeroes is a valid value.
-    unsafe { std::mem::zeroed() }
 }
 
 /// When this process started, unix seconds (from `/proc/self/stat` and the boot time).

@@ -1169,7 +1169,8 @@ impl MemorySampler {
     /// Stop sampling; the peak, bytes.
     fn stop(self) -> u64 {
         self.done.cancel();
-        self.peak.fetch_max(crate::cost::rss_bytes_now(), Ordering::Relaxed).max(self.peak.load(Ordering::Relaxed))
+        let now = crate::cost::rss_bytes_now();
+        self.peak.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }
 

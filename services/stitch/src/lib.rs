@@ -539,13 +539,13 @@ impl<'a> Segments<'a> {
             self.ctx.work.list_keys(&self.prefix).await.map_err(|e| Outcome::failed("listing the segments", &e))?;
         let mut found = BTreeMap::new();
         for key in keys {
-            let Some((index, rest)) = key.strip_prefix(&self.prefix).and_then(|name| name.split_once('-')) else {
+            let Some((index, _)) = key.strip_prefix(&self.prefix).and_then(|name| name.split_once('-')) else {
                 continue;
             };
             let Ok(index) = index.parse::<usize>() else { continue };
             if key == self.key(index) {
                 found.insert(index, Part::Segment);
-            } else if key == self.skipped_key(index) && !rest.is_empty() {
+            } else if key == self.skipped_key(index) {
                 found.insert(index, Part::Skipped);
             }
         }
