@@ -15,6 +15,10 @@
 //!   with ffmpeg.
 //! - [`stage`]: one stage handler in process — a `Settings`, a directory store and a
 //!   `Context`, no bus — for the stage crates' tests.
+//! - [`veo`]: a local Veo server (Vertex AI's `predictLongRunning` and
+//!   `fetchPredictOperation` with the documented shapes), every outcome scripted by
+//!   markers in the prompt (`[quota]`, `[refuse]`, `[fail]`, `[slow]`, …), requests
+//!   recorded.
 //!
 //! A dev-dependency only: no production program links it (the bench is not one). The
 //! binary `reel-cluster` (`start|stop|env|status`) is what `scripts/cluster.sh` runs.
@@ -37,6 +41,7 @@ pub mod ports;
 pub mod process;
 pub mod proxy;
 pub mod stage;
+pub mod veo;
 
 pub use cluster::{Cluster, ClusterOptions, Program};
 pub use emulators::{EmulatorOptions, Emulators, PROJECT};
