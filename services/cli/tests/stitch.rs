@@ -62,15 +62,23 @@ impl Sandbox {
     }
 
     fn completed_event(&self) -> serde_json::Value {
+        self.log_data("phoenix.reel.v1.job.completed").pop().expect("a job.completed on the log")
+    }
+
+    /// The payloads of the events of type `ty` on the local log, in order.
+    fn log_data(&self, ty: &str) -> Vec<serde_json::Value> {
         use base64::Engine;
         let text = std::fs::read_to_string(self.path("state/events.jsonl")).unwrap();
-        let line = text
-            .lines()
+        text.lines()
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .rfind(|v| v["message"]["attributes"]["ce-type"] == "phoenix.reel.v1.job.completed")
-            .expect("a job.completed on the log");
-        let data = base64::engine::general_purpose::STANDARD.decode(line["message"]["data"].as_str().unwrap()).unwrap();
-        serde_json::from_slice(&data).unwrap()
+            .filter(|v| v["message"]["attributes"]["ce-type"] == ty)
+            .map(|line| {
+                let data = base64::engine::general_purpose::STANDARD
+                    .decode(line["message"]["data"].as_str().unwrap())
+                    .unwrap();
+                serde_json::from_slice(&data).unwrap()
+            })
+            .collect()
     }
 }
 
@@ -138,6 +146,16 @@ fn clips_of_one_format_are_joined_by_stream_copy() {
     // No work files are left behind.
     let work = sb.path("state/work/jobs");
     assert!(!work.exists() || std::fs::read_dir(&work).unwrap().next().is_none(), "workspace not cleaned");
+    // Every progress event estimated the completion, and the job taught the rates the
+    // next job's estimates come from.
+    let progress = sb.log_data("phoenix.reel.v1.job.progress");
+    assert!(!progress.is_empty());
+    assert!(progress.iter().all(|p| p["estimatedCompletion"].is_string()), "{progress:?}");
+    let rates: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(sb.path("state/work/control/eta/rates.json")).unwrap()).unwrap();
+    assert_eq!(rates["jobs"], 1, "{rates}");
+    let legs: Vec<&str> = rates["legs"].as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(legs, ["download", "finalize", "stitch-copy", "upload", "validate"], "{rates}");
 }
 
 /// Clips the zero-copy assembler declines (here: one whose audio runs half a second past

@@ -18,11 +18,15 @@
 //! delivery per instance. Memory is charged for the delivery's whole wall time at the
 //! service's size, as Cloud Run bills an instance while it handles a request.
 
+use chrono::{DateTime, Utc};
 use reel_events::payload::JobCost;
+use reel_events::Stage;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
 
+use crate::eta::Shape;
 use crate::meter::StorageUse;
 use crate::store::{PutMode, Store, StoreError};
 
@@ -186,38 +190,54 @@ fn ledger_prefix(job_id: &str) -> String {
 }
 
 /// One delivery's line in the ledger.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Entry {
-    /// The stage (and part) that ran.
-    run: String,
+pub struct LedgerEntry {
+    /// The stage (and part) that ran: `stitch`, `stitch-encode-003`.
+    pub run: String,
+    /// What it cost.
     #[serde(flatten)]
-    cost: JobCost,
+    pub cost: JobCost,
     /// The most memory the program and its children held during the delivery, MB.
     #[serde(default)]
-    peak_memory_mb: f64,
+    pub peak_memory_mb: f64,
+    /// When the event it worked on was published (the stage's start, for [`crate::eta`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<DateTime<Utc>>,
+    /// What its event said of the job's size.
+    #[serde(default)]
+    pub shape: Shape,
 }
 
-/// A job's use so far: its cost, and the most memory one of its deliveries held.
+impl LedgerEntry {
+    /// The stage of the run.
+    fn stage(&self) -> Option<Stage> {
+        self.run.split('-').next()?.parse().ok()
+    }
+}
+
+/// A job's use so far: its cost, the most memory one of its deliveries held, and how
+/// long each stage took.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct JobUsage {
     /// The ledger added up.
     pub cost: JobCost,
     /// The largest peak memory of one delivery (program and ffmpeg together), MB.
     pub peak_memory_mb: f64,
+    /// What the deliveries knew of the job's size, together.
+    pub shape: Shape,
+    /// Each stage's leg: from its earliest event published to its last delivery's end,
+    /// seconds (the stages whose deliveries said both).
+    pub legs: BTreeMap<Stage, f64>,
 }
 
-/// Record one delivery's cost and peak memory (MB) in the job's ledger.
-pub async fn record(
-    store: &dyn Store,
-    job_id: &str,
-    run: &str,
-    cost: &JobCost,
-    peak_memory_mb: f64,
-) -> Result<(), StoreError> {
-    let key = format!("{}{run}-{}.json", ledger_prefix(job_id), uuid::Uuid::new_v4().simple());
-    let entry = Entry { run: run.to_string(), cost: cost.clone(), peak_memory_mb };
-    let body = serde_json::to_vec(&entry).expect("a cost serializes");
+/// Record one delivery in the job's ledger.
+pub async fn record(store: &dyn Store, job_id: &str, entry: &LedgerEntry) -> Result<(), StoreError> {
+    let key = format!("{}{}-{}.json", ledger_prefix(job_id), entry.run, uuid::Uuid::new_v4().simple());
+    let body = serde_json::to_vec(entry).expect("a cost serializes");
     store.put(&key, Box::pin(std::io::Cursor::new(body)), PutMode::CreateOnly).await.map(|_| ())
 }
 
@@ -229,6 +249,7 @@ pub async fn job_cost(store: &dyn Store, job_id: &str) -> Result<JobCost, StoreE
 /// [`job_cost`], and the job's peak memory.
 pub async fn job_usage(store: &dyn Store, job_id: &str) -> Result<JobUsage, StoreError> {
     let mut total = JobUsage::default();
+    let mut spans: BTreeMap<Stage, (DateTime<Utc>, DateTime<Utc>)> = BTreeMap::new();
     for key in store.list_keys(&ledger_prefix(job_id)).await? {
         let mut bytes = Vec::new();
         match store.get(&key).await {
@@ -240,11 +261,18 @@ pub async fn job_usage(store: &dyn Store, job_id: &str) -> Result<JobUsage, Stor
             Err(StoreError::NotFound(_)) => continue,
             Err(e) => return Err(e),
         }
-        if let Ok(entry) = serde_json::from_slice::<Entry>(&bytes) {
+        if let Ok(entry) = serde_json::from_slice::<LedgerEntry>(&bytes) {
             total.cost.add(&entry.cost);
             total.peak_memory_mb = total.peak_memory_mb.max(entry.peak_memory_mb);
+            total.shape.merge(&entry.shape);
+            if let (Some(stage), Some(from), Some(to)) = (entry.stage(), entry.queued_at, entry.ended_at) {
+                let span = spans.entry(stage).or_insert((from, to));
+                *span = (span.0.min(from), span.1.max(to));
+            }
         }
     }
+    total.legs =
+        spans.into_iter().map(|(stage, (from, to))| (stage, (to - from).num_milliseconds() as f64 / 1000.0)).collect();
     Ok(total)
 }
 
@@ -263,13 +291,34 @@ mod tests {
         assert_eq!((one.memory_gib_seconds, one.bytes_moved, one.storage_operations), (40.0, 1500, 10));
         let usd = 2.0 * 10.0 * 0.000024 + 40.0 * 0.0000025 + 10.0 * 0.000005;
         assert!((one.estimated_usd - usd).abs() < 1e-12, "{}", one.estimated_usd);
-        record(&store, "job_1", "stitch", &one, 300.0).await.unwrap();
-        record(&store, "job_1", "stitch-encode-001", &one, 500.0).await.unwrap();
-        record(&store, "job_2", "stitch", &one, 100.0).await.unwrap();
-        assert_eq!(job_usage(&store, "job_1").await.unwrap().peak_memory_mb, 500.0);
+        let t = |s: i64| Some(DateTime::from_timestamp(1_800_000_000 + s, 0).unwrap());
+        let entry = |run: &str, peak: f64, from: i64, to: i64, shape: Shape| LedgerEntry {
+            run: run.into(),
+            cost: one.clone(),
+            peak_memory_mb: peak,
+            queued_at: t(from),
+            ended_at: t(to),
+            shape,
+        };
+        let downloaded = Shape { clips: Some(2), input_bytes: Some(7), ..Shape::default() };
+        let item = Shape { reencode: Some(true), ..downloaded.clone() };
+        record(&store, "job_1", &entry("download", 100.0, 0, 3, Shape { clips: Some(2), ..Shape::default() }))
+            .await
+            .unwrap();
+        record(&store, "job_1", &entry("stitch", 300.0, 3, 4, downloaded)).await.unwrap();
+        record(&store, "job_1", &entry("stitch-encode-001", 500.0, 4, 9, item.clone())).await.unwrap();
+        record(&store, "job_2", &entry("stitch", 100.0, 0, 1, Shape::default())).await.unwrap();
+        let usage = job_usage(&store, "job_1").await.unwrap();
+        assert_eq!(usage.peak_memory_mb, 500.0);
+        assert_eq!(usage.shape, item, "what the deliveries knew, together");
+        assert_eq!(
+            usage.legs,
+            BTreeMap::from([(Stage::Download, 3.0), (Stage::Stitch, 6.0)]),
+            "the fan-out is stitch's"
+        );
         let total = job_cost(&store, "job_1").await.unwrap();
-        assert_eq!(total.cpu_seconds, 30.0);
-        assert_eq!(total.storage_operations, 20);
+        assert_eq!(total.cpu_seconds, 45.0);
+        assert_eq!(total.storage_operations, 30);
         assert_eq!(job_cost(&store, "job_2").await.unwrap().storage_operations, 10);
         assert_eq!(job_cost(&store, "job_3").await.unwrap(), JobCost::default(), "no ledger, no cost");
     }

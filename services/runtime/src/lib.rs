@@ -7,6 +7,8 @@
 //!   implementation must pass;
 //! - [`stage`] and [`worker`]: a stage is one `handle(event) -> Outcome` function; the
 //!   worker loop alone turns outcomes into publish/ack/nack/dead-letter;
+//! - [`cost`] and [`eta`]: what a job costs, and when it will complete (learned from
+//!   the jobs before it);
 //! - [`config`], [`telemetry`], [`location`], [`topology`].
 
 pub mod bus;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod conformance;
 pub mod cost;
 pub mod embedded;
+pub mod eta;
 pub mod location;
 pub mod meter;
 pub mod output;

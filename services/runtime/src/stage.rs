@@ -4,7 +4,7 @@
 //! publishes or sleeps for a retry itself, so it can be called from a test with no bus.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use reel_events::envelope;
 use reel_events::payload::JobRef;
 use reel_events::{AttributesReader, Classify, ErrorType, Event, Stage};
@@ -281,8 +281,6 @@ pub struct ProgressState {
     pub stage_progress: f64,
     /// Bumped on every change, so the publisher knows something is new.
     pub version: u64,
-    /// When the job was accepted (for the ETA).
-    pub accepted_at: Option<DateTime<Utc>>,
 }
 
 impl ProgressReporter {
@@ -299,10 +297,6 @@ impl ProgressReporter {
     /// A snapshot.
     pub fn snapshot(&self) -> ProgressState {
         self.inner.lock().expect("progress lock").clone()
-    }
-
-    pub(crate) fn set_accepted_at(&self, at: Option<DateTime<Utc>>) {
-        self.inner.lock().expect("progress lock").accepted_at = at;
     }
 }
 

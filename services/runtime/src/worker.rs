@@ -29,6 +29,7 @@ use tracing::{error, info, warn, Instrument};
 
 use crate::bus::{Bus, BusError, Delivery, Message};
 use crate::config::Settings;
+use crate::cost::LedgerEntry;
 use crate::location::StoreResolver;
 use crate::meter::{MeteredResolver, MeteredStore, StorageMeter};
 use crate::metrics::MessageOutcome;
@@ -148,7 +149,12 @@ pub struct Worker {
     options: WorkerOptions,
     /// Counters, durations and throughput, for `/metrics`.
     pub metrics: Arc<crate::metrics::StageMetrics>,
+    /// The completion rates ([`crate::eta`]) and when they were read.
+    rates: tokio::sync::Mutex<Option<(Instant, Arc<crate::eta::Rates>)>>,
 }
+
+/// How long a worker trusts the completion rates it read.
+const RATES_FRESH: Duration = Duration::from_secs(60);
 
 impl Worker {
     /// A worker for `handler`, with the topology and trust boundary of `settings`.
@@ -170,7 +176,42 @@ impl Worker {
             topology: settings.topology(),
             options,
             metrics: Arc::new(crate::metrics::StageMetrics::new(stage.as_str())),
+            rates: tokio::sync::Mutex::new(None),
         }
+    }
+
+    /// Teach the completion rates what a completed job's stages took ([`crate::eta`]).
+    /// A job that was retried, resumed or replayed waited for other reasons than its
+    /// size; it teaches nothing, nor does a leg longer than a job may take.
+    async fn learn(&self, inbound: &Inbound<'_>, usage: &crate::cost::JobUsage) {
+        let envelope = &inbound.envelope;
+        if envelope.retry_attempt > 0 || envelope.timeout_resumes > 0 {
+            return;
+        }
+        let limit = self.options.job_timeout_minutes as f64 * 60.0;
+        let legs: BTreeMap<Stage, f64> =
+            usage.legs.iter().filter(|(_, s)| **s <= limit).map(|(k, v)| (*k, *v)).collect();
+        match crate::eta::learn(self.work.as_ref(), &usage.shape, &legs).await {
+            Ok(rates) => {
+                info!(jobs = rates.jobs, legs = ?legs, "completion rates learned from the job");
+                *self.rates.lock().await = Some((Instant::now(), Arc::new(rates)));
+            }
+            Err(e) => warn!(error = %e, "could not update the completion rates"),
+        }
+    }
+
+    /// The completion rates, read again when older than [`RATES_FRESH`].
+    async fn rates(&self) -> Arc<crate::eta::Rates> {
+        let mut cached = self.rates.lock().await;
+        if let Some((_, rates)) = cached.as_ref().filter(|(at, _)| at.elapsed() < RATES_FRESH) {
+            return rates.clone();
+        }
+        let rates = Arc::new(crate::eta::load(self.work.as_ref()).await.unwrap_or_else(|e| {
+            warn!(error = %e, "could not read the completion rates; estimates use the defaults");
+            crate::eta::Rates::default()
+        }));
+        *cached = Some((Instant::now(), rates.clone()));
+        rates
     }
 
     fn names(&self) -> Names {
@@ -472,13 +513,7 @@ impl Worker {
 
     /// Put one delivery's cost in its job's ledger ([`crate::cost`]). The job is the
     /// envelope's, or, while its id is only a claim, the one the handler decided on.
-    async fn record_cost(
-        &self,
-        envelope: &JobEnvelope,
-        outcome: &Outcome,
-        cost: &reel_events::payload::JobCost,
-        peak_memory_mb: f64,
-    ) {
+    async fn record_cost(&self, event: &Event, envelope: &JobEnvelope, outcome: &Outcome, entry: LedgerEntry) {
         let job_id = if self.handler.job_id_is_a_claim() {
             match outcome {
                 Outcome::Emit(events) => events.first().and_then(|e| e.subject().map(String::from)),
@@ -489,8 +524,14 @@ impl Worker {
             Some(envelope.job.job_id.clone())
         };
         let Some(job_id) = job_id.filter(|j| !j.is_empty()) else { return };
-        let run = self.run_name(None);
-        if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &run, cost, peak_memory_mb).await {
+        let entry = LedgerEntry {
+            run: self.run_name(None),
+            queued_at: event.time().copied(),
+            ended_at: Some(Utc::now()),
+            shape: crate::eta::Shape::of_data(&envelope::data_json(event).unwrap_or_default()),
+            ..entry
+        };
+        if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &entry).await {
             warn!(error = %e, "could not record the delivery's cost; the job's total leaves it out");
         }
     }
@@ -536,7 +577,6 @@ impl Worker {
             ));
         }
         let progress = ProgressReporter::default();
-        progress.set_accepted_at(envelope.accepted_at);
         let meter = Arc::new(StorageMeter::default());
         let ctx = Context {
             stage: self.stage(),
@@ -554,8 +594,13 @@ impl Worker {
             // Nothing is said or watched under an id the handler has not accepted yet.
             watched.job = JobRef::default();
         }
-        let watch =
-            Watch { envelope: watched, trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from) };
+        let watch = Watch {
+            envelope: watched,
+            trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from),
+            rates: self.rates().await,
+            shape: crate::eta::Shape::of_data(&envelope::data_json(event).unwrap_or_default()),
+            stage_started: event.time().copied().unwrap_or_else(Utc::now),
+        };
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
         let started = Instant::now();
         let cpu_before = crate::cost::cpu_seconds_now();
@@ -599,7 +644,8 @@ impl Worker {
         let used = meter.totals();
         let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
         let peak_memory_mb = peak_memory.stop() as f64 / 1e6;
-        self.record_cost(envelope, &outcome, &cost, peak_memory_mb).await;
+        let entry = LedgerEntry { cost: cost.clone(), peak_memory_mb, ..LedgerEntry::default() };
+        self.record_cost(event, envelope, &outcome, entry).await;
         let (emitted, bytes): (Vec<String>, u64) = match &outcome {
             Outcome::Emit(events) => (
                 events.iter().map(|e| e.ty().to_string()).collect(),
@@ -732,6 +778,9 @@ impl Worker {
                     let usage = crate::cost::job_usage(self.work.as_ref(), &inbound.envelope.job.job_id).await.ok();
                     let reel_bytes = data.get("sizeBytes").and_then(|v| v.as_u64());
                     self.log_job_ended(inbound, "completed", "none", usage.as_ref(), reel_bytes);
+                    if let Some(usage) = usage {
+                        self.learn(inbound, &usage).await;
+                    }
                 }
                 self.metrics.count(MessageOutcome::Emitted);
                 Disposition::Ack
@@ -1008,12 +1057,15 @@ impl Worker {
             };
             let mut last_published: Option<(u64, Instant)> = None;
             let mut last_poll = Instant::now();
+            // The first progress event (with its estimate) goes out as the work starts.
+            let mut pause = Duration::ZERO;
             loop {
                 tokio::select! {
                     _ = d.cancelled() => return,
                     _ = stop.cancelled() => { set(StopReason::Shutdown); return; }
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    _ = tokio::time::sleep(pause) => {}
                 }
+                pause = Duration::from_millis(250);
                 if watch.envelope.deadline.is_some_and(|dl| Utc::now() > dl) {
                     set(StopReason::Deadline);
                     return;
@@ -1066,6 +1118,11 @@ enum JobEnd {
 struct Watch {
     envelope: JobEnvelope,
     trace: Option<String>,
+    /// The completion rates, the job's size as this stage's event gives it, and when
+    /// the stage began (its event's time), for the estimate.
+    rates: Arc<crate::eta::Rates>,
+    shape: crate::eta::Shape,
+    stage_started: DateTime<Utc>,
 }
 
 impl Watch {
@@ -1078,7 +1135,13 @@ impl Watch {
             stage,
             progress: (overall * 10.0).round() / 10.0,
             stage_progress: (snapshot.stage_progress * 10.0).round() / 10.0,
-            estimated_completion: snapshot.accepted_at.and_then(|accepted| estimate(accepted, overall)),
+            estimated_completion: Some(self.rates.completion(
+                &self.shape,
+                stage,
+                snapshot.stage_progress,
+                self.stage_started,
+                Utc::now(),
+            )),
             retry_attempt: Some(self.envelope.retry_attempt),
         };
         let id = format!("job.progress-{}", uuid::Uuid::new_v4().simple());
@@ -1219,15 +1282,6 @@ fn outcome_name(outcome: &Outcome) -> &'static str {
 }
 
 /// ETA from the job's progress rate: elapsed × 100 / progress.
-fn estimate(accepted: DateTime<Utc>, overall: f64) -> Option<DateTime<Utc>> {
-    if overall < 3.0 {
-        return None;
-    }
-    let elapsed = (Utc::now() - accepted).num_milliseconds().max(0) as f64;
-    let total = elapsed * 100.0 / overall;
-    Some(accepted + chrono::Duration::milliseconds(total as i64))
-}
-
 /// A delivery's scratch directory: `TEMP_DIR/{stage}-{pid}-{uuid}`. The pid lets a
 /// worker that starts later remove what a killed process left (see
 /// [`sweep_orphaned_scratch`]).

@@ -8,6 +8,7 @@ use reel_events::payload::{JobSpec, JobValidated};
 use reel_events::{binding, envelope, types, AttributesReader, ErrorType, Event, Stage};
 use reel_runtime::bus::{Bus, Message};
 use reel_runtime::embedded::{DirStore, EmbeddedBus};
+use reel_runtime::eta::Shape;
 use reel_runtime::local::LocalResolver;
 use reel_runtime::metrics::MessageOutcome;
 use reel_runtime::stage::{cancel_marker_key, completed_marker_key, Context, Failure, Handler, Outcome};
@@ -15,6 +16,7 @@ use reel_runtime::topology::{Names, SubscriptionSpec};
 use reel_runtime::worker::{dead_letter_attrs, Worker, WorkerOptions};
 use reel_runtime::{PutMode, Settings, Store};
 use reel_testkit::fixtures;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -397,6 +399,32 @@ async fn progress_is_published_while_a_stage_works() {
     assert_eq!(data["stage"], "download");
     assert!(data["progress"].as_f64().unwrap() > 0.0);
     rig.wait_log("job_prog", types::CLIPS_DOWNLOADED).await;
+    rig.stop().await;
+}
+
+/// The estimate is on the stage's first progress event, and comes from what the jobs
+/// before took (`reel_runtime::eta`), not from a fixed share per stage.
+#[tokio::test]
+async fn progress_estimates_completion_from_what_earlier_jobs_took() {
+    let rig = rig(Behaviour::Work(Duration::from_millis(600)), 3).await;
+    let clips = fixtures::job_spec("job_any").clip_paths.len() as u32;
+    let shape = Shape { clips: Some(clips), input_bytes: Some(u64::from(clips) * 10_000_000), ..Shape::default() };
+    let legs = BTreeMap::from([
+        (Stage::Validate, 1.0),
+        (Stage::Download, 100.0),
+        (Stage::Stitch, 20.0),
+        (Stage::Upload, 5.0),
+        (Stage::Finalize, 1.0),
+    ]);
+    reel_runtime::eta::learn(rig.work.as_ref(), &shape, &legs).await.unwrap();
+    rig.send(&job_event("job_eta", chrono::Duration::minutes(5))).await;
+    let first = rig.wait_log("job_eta", types::JOB_PROGRESS).await;
+    let data = envelope::data_json(&first).unwrap();
+    let eta = chrono::DateTime::parse_from_rfc3339(data["estimatedCompletion"].as_str().expect("an estimate")).unwrap();
+    let ahead = (eta.with_timezone(&Utc) - *first.time().unwrap()).num_milliseconds() as f64 / 1000.0;
+    // Download (100 s, 90 s once it says 10 %), then stitch, upload and finalize.
+    assert!((110.0..=130.0).contains(&ahead), "estimated {ahead} s ahead: {data}");
+    rig.wait_log("job_eta", types::CLIPS_DOWNLOADED).await;
     rig.stop().await;
 }
 

@@ -160,6 +160,7 @@ pub(super) async fn run_phase(
         None => run.check = Err(format!("not finished ({pending} pending)")),
     }
     Ctx::stop(&mut st, &mut stats).await;
+    rep.etas.extend(super::logs::job_etas(&st.events, &name));
     let (done, issues) = super::logs::parse_logs(&st.cluster.programs);
     for ((stage, sev, msg), n) in issues {
         *rep.log_issues.entry((name.clone(), stage, sev, msg)).or_default() += n;

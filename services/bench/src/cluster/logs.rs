@@ -236,3 +236,44 @@ mod tests {
         assert_eq!(gaps.values().sum::<usize>(), 1);
     }
 }
+
+/// How one completed job's estimates of its completion held up.
+#[derive(Debug, Clone)]
+pub struct JobEta {
+    /// The phase it ran in.
+    pub phase: String,
+    /// Whether its first progress event carried an estimate.
+    pub first_has_estimate: bool,
+    /// At 10, 50 and 90 % overall progress: |estimatedCompletion − the job.completed's
+    /// publish time| of the first progress event at or past that, s.
+    pub errors: BTreeMap<u32, f64>,
+}
+
+/// The progress levels the estimate's error is reported at.
+pub const ETA_LEVELS: [u32; 3] = [10, 50, 90];
+
+/// [`JobEta`] of every job of `events` that completed.
+pub(super) fn job_etas(events: &[Seen], phase: &str) -> Vec<JobEta> {
+    let mut out = Vec::new();
+    for done in events.iter().filter(|e| e.ty == "job.completed") {
+        let mut progress: Vec<&Seen> = events.iter().filter(|e| e.ty == "job.progress" && e.job == done.job).collect();
+        progress.sort_by_key(|e| e.publish_ns);
+        let Some(first) = progress.first() else { continue };
+        let estimate_ns = |e: &Seen| {
+            let text = e.data.get("estimatedCompletion")?.as_str()?;
+            let at = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+            at.timestamp_nanos_opt().map(i128::from)
+        };
+        let mut errors = BTreeMap::new();
+        for level in ETA_LEVELS {
+            let reached = progress
+                .iter()
+                .find(|e| e.data.get("progress").and_then(|p| p.as_f64()).is_some_and(|p| p >= f64::from(level)));
+            if let Some(ns) = reached.and_then(|e| estimate_ns(e)) {
+                errors.insert(level, (ns - done.publish_ns).abs() as f64 / 1e9);
+            }
+        }
+        out.push(JobEta { phase: phase.to_string(), first_has_estimate: estimate_ns(first).is_some(), errors });
+    }
+    out
+}

@@ -309,6 +309,8 @@ pub struct ClusterReport {
     pub large_io: BTreeMap<String, (u64, u64, u64)>,
     /// Transfers through `reel_gcp::GcsStore` to/from fake-gcs-server: (what, MB, s).
     pub transfers: Vec<(String, f64, f64)>,
+    /// Every completed job's estimates against its completion, phase by phase.
+    pub etas: Vec<logs::JobEta>,
     /// Whether it ran at all.
     pub ran: bool,
 }

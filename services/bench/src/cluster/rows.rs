@@ -1,5 +1,6 @@
 //! The cluster's figures as the report's rows, configuration and method lines.
 
+use super::logs::{JobEta, ETA_LEVELS};
 use super::{
     ClusterReport, ClusterRow, Corpora, HopSample, Options, ProcStat, RssPhase, Status, HOP_P50_TARGET_MS, INPUTS,
     STAGES, STAGE_RSS_MIB,
@@ -103,6 +104,8 @@ pub(super) fn build_rows(rep: &mut ClusterReport, opts: &Options, corpora: &Corp
             in_targets: false,
         });
     }
+
+    rows.extend(eta_rows(&rep.etas));
 
     // Hops.
     let idle = hop_values(&rep.hops_idle);
@@ -690,6 +693,7 @@ impl ClusterReport {
             "Cluster per-hop latency (publish → handler start): for each job and stage, (the emulator's publish time of the stage's output event − the emulator's publish time of its input event) − the handler's own time (`elapsed_ms` of the worker's \"stage done\" log line, measured from just before `Handler::handle` to just before publishing). Every stage publishes its event to the event log first and then to the next stage's topic, so both ends carry one publish (client batching of up to 5 ms + round trip), which cancel; `elapsed_ms` is whole milliseconds. The hop therefore includes the producer's second publish (to the work topic), delivery over streaming pull, and the worker's checks before the handler (decode, deadline, the cancel marker and, for download, stitch and upload, the completed marker: each a HEAD on fake-gcs-server). Idle = jobs run one at a time (the large job, the small-corpus job and the small jobs); under load = the burst.".to_string(),
             "Cluster RSS: `VmHWM` of each stage program (its own peak, not its children's) from `/proc/PID/status`, fresh programs per phase (large clips, small clips, each burst); the ≤ 50 MiB verdict takes the largest over all phases, the flatness verdict compares the large and small phases stage by stage. CPU time and `ru_maxrss` from `wait4` when the bench stops them with SIGTERM.".to_string(),
             "Cluster throughput: all requests published concurrently; jobs/min = completed jobs / (first publish → last `job.completed` publish time) × 60; every job's terminal event is read from the event log (`job.completed`, `job.failed` or `job.cancelled`), every output is checked to exist (HEAD) and one is downloaded and checked with ffprobe. Each job has its own project id (validate allows one active job per project).".to_string(),
+            "Cluster estimatedCompletion error: for every job that completed (the recovery phase's killed job left out), its progress events on the event log in publish order; at 10, 50 and 90 % overall progress, the first event at or past that level, |its `estimatedCompletion` − the emulator's publish time of the job's `job.completed`|. The estimates come from the rates the jobs before taught (`reel_runtime::eta`, in the bench bucket's work area, which every phase shares), so the first job of the run is estimated from the priors alone.".to_string(),
         ]
     }
 }
@@ -705,4 +709,49 @@ fn cells(row: &ClusterRow) -> (String, String) {
 /// The figure and result cells of a row.
 pub fn row_cells(row: &ClusterRow) -> (String, String) {
     cells(row)
+}
+
+/// The estimate's error (issue 15): jobs one at a time, and the burst, apart.
+fn eta_rows(etas: &[JobEta]) -> Vec<ClusterRow> {
+    let groups: [(&str, Box<dyn Fn(&JobEta) -> bool>); 2] = [
+        (
+            "jobs one at a time (large, small, idle, fan-out phases)",
+            Box::new(|e: &JobEta| !e.phase.starts_with("burst")),
+        ),
+        ("jobs submitted at once (burst)", Box::new(|e: &JobEta| e.phase.starts_with("burst"))),
+    ];
+    let mut rows = Vec::new();
+    for (label, pick) in groups {
+        let jobs: Vec<&JobEta> = etas.iter().filter(|e| pick(e)).collect();
+        if jobs.is_empty() {
+            continue;
+        }
+        let first = jobs.iter().filter(|e| e.first_has_estimate).count();
+        let levels: Vec<String> = ETA_LEVELS
+            .iter()
+            .map(|level| {
+                let errors: Vec<f64> = jobs.iter().filter_map(|e| e.errors.get(level).copied()).collect();
+                format!(
+                    "at {level} %: median {} / p90 {} ({} jobs)",
+                    secs(pct(&errors, 50.0)),
+                    secs(pct(&errors, 90.0)),
+                    errors.len()
+                )
+            })
+            .collect();
+        rows.push(ClusterRow {
+            what: format!("estimatedCompletion error |estimate − actual|, {label}"),
+            target: "present from the first event".into(),
+            status: Status::Measured {
+                figure: format!(
+                    "{}; first progress event had one in {first} of {} jobs",
+                    levels.join("; "),
+                    jobs.len()
+                ),
+                result: met(first == jobs.len()).into(),
+            },
+            in_targets: true,
+        });
+    }
+    rows
 }

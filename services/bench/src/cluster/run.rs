@@ -4,7 +4,7 @@
 //! `wait4` for their CPU time and peak RSS.
 
 use super::fanout;
-use super::logs::{hop_samples, parse_logs, short, Seen};
+use super::logs::{hop_samples, job_etas, parse_logs, short, Seen};
 use super::{
     Burst, ClusterReport, Corpora, JobRun, Options, ProcStat, Recovery, RssPhase, PROGRAM_SETTINGS, STAGES, STALL,
 };
@@ -532,6 +532,7 @@ pub(super) async fn measure(env: &Env, opts: &Options, corpora: &Corpora<'_>, re
             }
         }
         Ctx::stop(&mut st, &mut stats).await;
+        rep.etas.extend(job_etas(&st.events, phase));
         // Hops, handler times, log issues.
         let (done, issues) = parse_logs(&st.cluster.programs);
         for ((stage, sev, msg), n) in issues {
@@ -697,6 +698,7 @@ async fn burst_phase(
         }
     }
     Ctx::stop(&mut st, &mut stats).await;
+    rep.etas.extend(job_etas(&st.events, name));
     let (done, issues) = parse_logs(&st.cluster.programs);
     for ((stage, sev, msg), n) in issues {
         *rep.log_issues.entry((name.to_string(), stage, sev, msg)).or_default() += n;
