@@ -12,7 +12,7 @@
 #   --state-prefix P   path of the state in that bucket (default: reel)
 #   --var-file F       more terraform variables (for example terraform/prod.tfvars)
 #   --only PROGRAM     build and push only this program (repeatable: validate, download,
-#                      stitch, upload, finalize, api); terraform still applies everything
+#                      stitch, upload, finalize, generate, api); terraform still applies everything
 #   --skip-build       build and push nothing; deploy images already pushed under --tag
 #   --auto-approve     apply without asking
 #   --dry-run          print every command it would run and every resource terraform/
@@ -26,7 +26,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-programs=(validate download stitch upload finalize api)
+programs=(validate download stitch upload finalize generate api)
 
 # The image target of a program in docker/Dockerfile: ffmpeg only where it runs (stitch
 # joins clips; download probes them with ffprobe, which Debian ships in ffmpeg).

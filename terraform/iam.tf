@@ -42,6 +42,14 @@ locals {
       publishes     = ["events", "finalize-dead-letter"]
       buckets       = { work = "write" }
     }
+    # The only program that may call Vertex AI (roles/aiplatform.user, below). Veo writes
+    # the clips into the outputs bucket itself, as the Vertex AI service agent.
+    generate = {
+      title         = "reel-generate: clips from prompts with Veo, then the reel's stitch request"
+      subscriptions = ["generate", "generate-clips"]
+      publishes     = ["generate-clips", "events", "generate-dead-letter", "stitch-requests"]
+      buckets       = { outputs = "read", work = "write" }
+    }
     api = {
       title         = "reel-api: job status from the event log, submit and cancel"
       subscriptions = ["api"]
@@ -189,4 +197,20 @@ resource "google_pubsub_topic_iam_member" "event_subscribers" {
   topic  = google_pubsub_topic.topic["events"].name
   role   = "roles/pubsub.subscriber"
   member = each.value
+}
+
+# Veo on Vertex AI: the generate program alone may call it, and Vertex AI's service agent
+# writes the generated clips into the outputs bucket (the request's storageUri).
+resource "google_project_iam_member" "generate_vertex_ai" {
+  project = var.project
+  role    = "roles/aiplatform.user"
+  member  = "serviceAccount:${google_service_account.program["generate"].email}"
+}
+
+resource "google_storage_bucket_iam_member" "vertex_ai_writes_clips" {
+  bucket = google_storage_bucket.bucket["outputs"].name
+  role   = "roles/storage.objectCreator"
+  member = "serviceAccount:service-${data.google_project.this.number}@gcp-sa-aiplatform.iam.gserviceaccount.com"
+
+  depends_on = [google_project_service.enabled]
 }

@@ -26,6 +26,9 @@ locals {
     "stitch-large" = { program = "stitch", cpu = var.stitch_large_cpu, memory = var.stitch_large_memory, timeout_seconds = 900, concurrency = 1, env = { REEL_TIER = "large" }, max_instances = var.max_instances }
     upload         = { program = "upload", cpu = "1", memory = "512Mi", timeout_seconds = 600, concurrency = 4, env = {}, max_instances = var.max_instances }
     finalize       = { program = "finalize", cpu = "1", memory = "512Mi", timeout_seconds = 300, concurrency = 8, env = {}, max_instances = var.max_instances }
+    # The generation job waits on Veo (I/O bound): many prompts per instance, 2 GiB as the
+    # original design sized it, a request timeout above the items' 600 s ack deadline.
+    generate = { program = "generate", cpu = "1", memory = "2Gi", timeout_seconds = 660, concurrency = 10, env = { REEL_GENERATOR = "veo", REEL_GENERATE_TIMEOUT_MINUTES = tostring(var.generate_timeout_minutes) }, max_instances = var.max_instances }
   }
 
   # CONTRACT §7. PORT is set by Cloud Run itself.

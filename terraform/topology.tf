@@ -9,7 +9,8 @@ locals {
   prefix = var.topic_prefix
   push   = var.delivery_mode == "push"
 
-  stages = ["validate", "download", "stitch", "upload", "finalize"]
+  # The programs of the stages: the stitching pipeline's five, and the generation job's.
+  stages = ["validate", "download", "stitch", "upload", "finalize", "generate"]
 
   # PUBSUB_MAX_DELIVERY_ATTEMPTS: Pub/Sub's own dead-lettering, the net for crashes and
   # poison messages. A stage gives up earlier, after MAX_RETRY_ATTEMPTS.
@@ -40,6 +41,9 @@ locals {
     "upload-dead-letter"   = { kind = "dead-letter", retention = null }
     "work-finalize"        = { kind = "work", retention = null }
     "finalize-dead-letter" = { kind = "dead-letter", retention = null }
+    "generate-requests"    = { kind = "input", retention = null }
+    "generate-clips"       = { kind = "work", retention = null }
+    "generate-dead-letter" = { kind = "dead-letter", retention = null }
   }
 
   # consumer: the program that reads the subscription (operators read dead letters with
@@ -117,6 +121,34 @@ locals {
       ack_deadline_seconds = 60
       exactly_once         = true
       push                 = true
+    }
+    # The generation job: requests, then one item per prompt, consumed by the generate
+    # service itself. An item polls Veo for up to REEL_DELIVERY_BUDGET_SECONDS (480)
+    # before handing itself back: Pub/Sub's longest ack deadline, as push mode cannot
+    # extend it. Requests and items share one dead-letter topic (`reel dlq list generate`).
+    "generate" = {
+      topic                = "generate-requests"
+      consumer             = "generate"
+      dead_letter          = "generate-dead-letter"
+      ack_deadline_seconds = 60
+      exactly_once         = true
+      push                 = true
+    }
+    "generate-clips" = {
+      topic                = "generate-clips"
+      consumer             = "generate"
+      dead_letter          = "generate-dead-letter"
+      ack_deadline_seconds = 600
+      exactly_once         = true
+      push                 = true
+    }
+    "generate-dead-letter" = {
+      topic                = "generate-dead-letter"
+      consumer             = "operators"
+      dead_letter          = null
+      ack_deadline_seconds = 60
+      exactly_once         = false
+      push                 = false
     }
     # The state service folds the log; a poison event there is skipped, not dead-lettered.
     "api" = {

@@ -171,6 +171,12 @@ variable "job_timeout_minutes" {
   default     = 15
 }
 
+variable "generate_timeout_minutes" {
+  description = "REEL_GENERATE_TIMEOUT_MINUTES: a generation job (clips from prompts) not finished this long after it was accepted fails with timeout (the original design: 30)."
+  type        = number
+  default     = 30
+}
+
 variable "max_retry_attempts" {
   description = "MAX_RETRY_ATTEMPTS: retries of a transient failure before a stage gives up."
   type        = number

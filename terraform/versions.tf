@@ -36,6 +36,7 @@ data "google_storage_project_service_account" "gcs" {
 
 locals {
   apis = [
+    "aiplatform.googleapis.com",
     "artifactregistry.googleapis.com",
     "cloudresourcemanager.googleapis.com",
     "cloudscheduler.googleapis.com",

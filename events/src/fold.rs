@@ -140,6 +140,9 @@ pub struct JobState {
     /// one id and time). `None` with an owner set: set from outside (a snapshot), and it
     /// stands. Bookkeeping only: not part of a state's equality.
     pub owner_claim: Option<(u8, Stamp, String, String)>,
+    /// Stitching, unless an event of the job says generation (its request, its items,
+    /// its stage or its completion).
+    pub job_type: JobType,
     /// One state per retry attempt.
     pub attempts: BTreeMap<u32, AttemptState>,
     /// Every `(source, id)` folded, for counting and dedupe checks.
@@ -154,6 +157,7 @@ impl PartialEq for JobState {
         self.job_id == other.job_id
             && self.project_id == other.project_id
             && self.user_id == other.user_id
+            && self.job_type == other.job_type
             && self.attempts == other.attempts
             && self.seen == other.seen
     }
@@ -182,9 +186,17 @@ impl JobState {
         let stamp: Stamp = (time, event.id().to_string());
         let ty = event.ty();
         self.claim_owner(ty, &stamp, text(job, "projectId"), text(job, "userId"));
+        if matches!(ty, types::GENERATE_REQUESTED | types::GENERATE_CLIP)
+            || text(&data, "type") == JobType::VideoGeneration.as_str()
+            || text(&data, "stage") == Stage::Generate.as_str()
+        {
+            self.job_type = JobType::VideoGeneration;
+        }
         let state = self.attempts.entry(attempt_no).or_default();
 
-        if let Some(output) = job.get("outputPath").and_then(|v| v.as_str()) {
+        // A generation job's output is its clips' prefix (or its reel's path, when asked).
+        let output = job.get("outputPath").or_else(|| job.get("outputPrefix"));
+        if let Some(output) = output.and_then(|v| v.as_str()) {
             if ty != types::JOB_COMPLETED && state.completed.is_none() {
                 max_opt(&mut state.output_path, output.to_string());
             }
@@ -203,7 +215,7 @@ impl JobState {
         let stage_of =
             |v: &serde_json::Value| v.get("stage").and_then(|s| serde_json::from_value::<Stage>(s.clone()).ok());
         match ty {
-            types::STITCH_REQUESTED => {
+            types::STITCH_REQUESTED | types::GENERATE_REQUESTED => {
                 state.raise(Status::Queued);
                 min_opt(&mut state.requested_at, time);
             }
@@ -406,7 +418,7 @@ pub struct JobStatus {
     pub project_id: String,
     /// Owner (addition).
     pub user_id: String,
-    /// `video_stitching` (CONTRACT 1.1).
+    /// `video_stitching` | `video_generation` (CONTRACT 1.1).
     #[serde(rename = "type")]
     pub job_type: JobType,
     /// `queued` | `running` | `completed` | `failed` | `cancelled`.
@@ -436,7 +448,8 @@ pub struct JobStatus {
     /// What the job cost, once it ended (CONTRACT 1.1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<JobCost>,
-    /// Completion facts (addition): size, duration, crc32c, mode.
+    /// Completion facts (addition): size, duration, crc32c, mode; a generation job's
+    /// `clipPaths`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<serde_json::Value>,
 }
@@ -455,8 +468,7 @@ impl JobState {
             job_id: self.job_id.clone(),
             project_id: self.project_id.clone(),
             user_id: self.user_id.clone(),
-            // Every job the fold sees is a stitching job until generation jobs exist.
-            job_type: JobType::VideoStitching,
+            job_type: self.job_type,
             status,
             stage: state.stage.as_ref().map(|(s, _)| *s),
             progress: (state.progress * 10.0).round() / 10.0,
@@ -473,7 +485,7 @@ impl JobState {
             result: if status == Status::Completed {
                 state.completed.as_ref().map(|(_, v)| {
                     let mut facts = serde_json::Map::new();
-                    for key in ["sizeBytes", "durationSeconds", "crc32c", "mode"] {
+                    for key in ["sizeBytes", "durationSeconds", "crc32c", "mode", "clipPaths"] {
                         if let Some(x) = v.get(key) {
                             facts.insert(key.to_string(), x.clone());
                         }

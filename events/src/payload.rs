@@ -193,6 +193,111 @@ pub struct ReelUploaded {
     pub warnings: Vec<String>,
 }
 
+/// `phoenix.reel.v1.generate.requested`: a request for clips generated from prompts,
+/// optionally stitched into a reel (CONTRACT §2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateRequested {
+    /// Optional; derived from the event when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<String>,
+    /// The Phoenix project the clips belong to.
+    pub project_id: String,
+    /// The user who asked.
+    pub user_id: String,
+    /// One clip per prompt, 1–20.
+    pub prompts: Vec<String>,
+    /// Length of each clip, s (the model's choices: Veo 3 makes 4, 6 or 8).
+    #[serde(default = "default_clip_seconds")]
+    pub clip_seconds: u32,
+    /// `portrait` | `landscape` | `square`.
+    pub orientation: Orientation,
+    /// Where the clips go: `gs://bucket/generated/…/` (locally a directory).
+    pub output_prefix: String,
+    /// Stitch the clips into a reel once they are all there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stitch: Option<GenerateStitch>,
+    /// Which attempt of the job this is (0 first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_attempt: Option<u32>,
+    /// Generate again even if the job completed before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub force_restart: Option<bool>,
+}
+
+fn default_clip_seconds() -> u32 {
+    8
+}
+
+/// The reel a generation job's clips are stitched into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateStitch {
+    /// Where the reel goes.
+    pub output_path: String,
+    /// `original` | `optimized` (default) | `high_quality` | `small`.
+    #[serde(default = "default_compression")]
+    pub compression: Compression,
+}
+
+fn default_compression() -> Compression {
+    Compression::Optimized
+}
+
+/// An accepted generation job, carried by each of its work items.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateSpec {
+    /// The job id (the CloudEvent `subject` too).
+    pub job_id: String,
+    /// Project.
+    pub project_id: String,
+    /// User.
+    pub user_id: String,
+    /// The prompts, in order.
+    pub prompts: Vec<String>,
+    /// Length of each clip, s.
+    pub clip_seconds: u32,
+    /// Frame of the clips.
+    pub orientation: Orientation,
+    /// Where the clips go (ends in `/`).
+    pub output_prefix: String,
+    /// The reel to stitch them into, if asked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stitch: Option<GenerateStitch>,
+    /// Attempt number of the job (0 first).
+    #[serde(default)]
+    pub retry_attempt: u32,
+    /// Whether the request asked to start over.
+    #[serde(default)]
+    pub force_restart: bool,
+    /// When the request was accepted.
+    pub accepted_at: DateTime<Utc>,
+    /// Work on the job stops after this instant (`REEL_GENERATE_TIMEOUT_MINUTES`).
+    pub deadline: DateTime<Utc>,
+    /// Times the job passed a deadline and was resumed.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub timeout_resumes: u32,
+}
+
+impl GenerateSpec {
+    /// The job's ids.
+    pub fn job_ref(&self) -> JobRef {
+        JobRef { job_id: self.job_id.clone(), project_id: self.project_id.clone(), user_id: self.user_id.clone() }
+    }
+}
+
+/// `phoenix.reel.v1.generate.clip` (internal, generate → generate): make the clip of one
+/// prompt. The generate stage publishes one per prompt; each is a delivery of its own.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GenerateClip {
+    /// The job.
+    pub job: GenerateSpec,
+    /// The prompt to render (its index in `job.prompts`).
+    pub prompt_index: usize,
+}
+
 /// `phoenix.reel.v1.job.progress`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -237,11 +342,17 @@ pub struct JobCompleted {
     pub skipped_clips: Vec<SkippedClip>,
     /// Warnings for the user.
     pub warnings: Vec<String>,
-    /// `copy` or `reencode`.
-    pub mode: Mode,
-    /// `video_stitching` (CONTRACT 1.1; absent in older events, which were all stitching).
+    /// `copy` or `reencode` (a reel's; absent for a generation job, which joins nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<Mode>,
+    /// `video_stitching` or `video_generation` (CONTRACT 1.1; absent in older events,
+    /// which were all stitching).
     #[serde(rename = "type", default)]
     pub job_type: JobType,
+    /// A generation job's clips, in the order of its prompts (the refused ones left out,
+    /// in `skippedClips` with the reason).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clip_paths: Option<Vec<String>>,
     /// What the job cost (CONTRACT 1.1; absent in older events).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<JobCost>,

@@ -21,6 +21,8 @@ pub fn all() -> Vec<(&'static str, &'static str, Schema)> {
         ("job.stitched.json", types::REEL_STITCHED, schema_for!(ReelStitched)),
         ("job.uploaded.json", types::REEL_UPLOADED, schema_for!(ReelUploaded)),
         ("job.cancel_requested.json", types::CANCEL_REQUESTED, schema_for!(CancelRequested)),
+        ("generate.requested.json", types::GENERATE_REQUESTED, schema_for!(GenerateRequested)),
+        ("generate.clip.json", types::GENERATE_CLIP, schema_for!(GenerateClip)),
         ("JobStatus.json", "", schema_for!(crate::fold::JobStatus)),
     ]
 }

@@ -32,9 +32,14 @@ pub const REEL_STITCHED: &str = "phoenix.reel.v1.job.stitched";
 pub const REEL_UPLOADED: &str = "phoenix.reel.v1.job.uploaded";
 /// Internal: someone asked to cancel the job (API, CLI); stages watch for it.
 pub const CANCEL_REQUESTED: &str = "phoenix.reel.v1.job.cancel_requested";
+/// External: a request for clips generated from prompts, optionally stitched (CONTRACT §2).
+pub const GENERATE_REQUESTED: &str = "phoenix.reel.v1.generate.requested";
+/// Internal: generate the clip of one prompt of a generation job (generate → generate,
+/// one per prompt: the fan-out; consumed from its own topic, `reel-generate-clips`).
+pub const GENERATE_CLIP: &str = "phoenix.reel.v1.generate.clip";
 
 /// Every event type reel knows, external and internal.
-pub const ALL_TYPES: [&str; 11] = [
+pub const ALL_TYPES: [&str; 13] = [
     STITCH_REQUESTED,
     JOB_PROGRESS,
     JOB_COMPLETED,
@@ -46,6 +51,8 @@ pub const ALL_TYPES: [&str; 11] = [
     REEL_STITCHED,
     REEL_UPLOADED,
     CANCEL_REQUESTED,
+    GENERATE_REQUESTED,
+    GENERATE_CLIP,
 ];
 
 /// One of the five stages.
@@ -62,11 +69,19 @@ pub enum Stage {
     Upload,
     /// Emits `job.completed` and cleans the workspace.
     Finalize,
+    /// The generation job's only stage (`reel-generate`): one clip per prompt, then
+    /// `job.completed` with the clips (and the `stitch.requested` for them, if asked).
+    /// Not one of the stitching pipeline's five ([`Stage::ALL`]).
+    Generate,
 }
 
 impl Stage {
     /// In pipeline order.
     pub const ALL: [Stage; 5] = [Stage::Validate, Stage::Download, Stage::Stitch, Stage::Upload, Stage::Finalize];
+
+    /// Every stage of both job types: the stitching pipeline's, then generate.
+    pub const EVERY: [Stage; 6] =
+        [Stage::Validate, Stage::Download, Stage::Stitch, Stage::Upload, Stage::Finalize, Stage::Generate];
 
     /// The wire name.
     pub fn as_str(self) -> &'static str {
@@ -76,12 +91,32 @@ impl Stage {
             Stage::Stitch => "stitch",
             Stage::Upload => "upload",
             Stage::Finalize => "finalize",
+            Stage::Generate => "generate",
         }
     }
 
-    /// 0-based position in the pipeline.
+    /// 0-based position in its job's pipeline (generate is alone in its own).
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            Stage::Generate => 0,
+            other => other as usize,
+        }
+    }
+
+    /// The stages after this one in its job's pipeline.
+    pub fn later(self) -> &'static [Stage] {
+        match self {
+            Stage::Generate => &[],
+            other => &Stage::ALL[other.index() + 1..],
+        }
+    }
+
+    /// The kind of job the stage works for.
+    pub fn job_type(self) -> crate::options::JobType {
+        match self {
+            Stage::Generate => crate::options::JobType::VideoGeneration,
+            _ => crate::options::JobType::VideoStitching,
+        }
     }
 
     /// The event type that a stage consumes as its work.
@@ -92,6 +127,7 @@ impl Stage {
             Stage::Stitch => CLIPS_DOWNLOADED,
             Stage::Upload => REEL_STITCHED,
             Stage::Finalize => REEL_UPLOADED,
+            Stage::Generate => GENERATE_REQUESTED,
         }
     }
 
@@ -102,13 +138,16 @@ impl Stage {
             Stage::Download => CLIPS_DOWNLOADED,
             Stage::Stitch => REEL_STITCHED,
             Stage::Upload => REEL_UPLOADED,
-            Stage::Finalize => JOB_COMPLETED,
+            Stage::Finalize | Stage::Generate => JOB_COMPLETED,
         }
     }
 
     /// The stage that consumes events of type `ty`, if any.
     pub fn consuming(ty: &str) -> Option<Stage> {
-        Stage::ALL.into_iter().find(|s| s.input_type() == ty)
+        if ty == GENERATE_CLIP {
+            return Some(Stage::Generate);
+        }
+        Stage::EVERY.into_iter().find(|s| s.input_type() == ty)
     }
 
     /// The stage whose completion event has type `ty`, if any.
@@ -125,6 +164,7 @@ impl Stage {
             Stage::Stitch => 70.0,
             Stage::Upload => 13.0,
             Stage::Finalize => 2.0,
+            Stage::Generate => 100.0,
         }
     }
 
@@ -144,10 +184,9 @@ impl fmt::Display for Stage {
 impl FromStr for Stage {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Stage::ALL
-            .into_iter()
-            .find(|stage| stage.as_str() == s)
-            .ok_or_else(|| format!("unknown stage {s:?}; expected validate, download, stitch, upload or finalize"))
+        Stage::EVERY.into_iter().find(|stage| stage.as_str() == s).ok_or_else(|| {
+            format!("unknown stage {s:?}; expected validate, download, stitch, upload, finalize or generate")
+        })
     }
 }
 

@@ -254,7 +254,7 @@ pub fn replay_topic(queue: Queue, tier: Tier, message: &Message, names: &reel_ru
     {
         names.gcs_notifications()
     } else {
-        names.queue_topic(queue)
+        names.return_topic(queue, message)
     }
 }
 

@@ -10,7 +10,8 @@
 use anyhow::{bail, Context as _, Result};
 use chrono::Utc;
 use reel_events::fold::JobState;
-use reel_events::payload::StitchRequested;
+use reel_events::fold::Status;
+use reel_events::payload::{GenerateRequested, GenerateStitch, StitchRequested};
 use reel_events::{binding, envelope, types, AttributesReader, Compression, Event, Orientation, Stage};
 use reel_runtime::bus::Bus;
 use reel_runtime::embedded::{DirStore, EmbeddedBus, EventLog};
@@ -119,20 +120,65 @@ pub const LOCAL_PROJECT: &str = "local";
 /// The output rule (`reel_runtime::output`) before anything runs, so that a refusal names
 /// the file at once instead of after the clips were read and encoded. Upload applies the
 /// same rule again when it writes.
-async fn check_output(job: &StitchJob) -> Result<()> {
-    let (store, key) = LocalResolver::new().resolve(&Location::Local(job.output.clone()))?;
-    let existing = store.head(&key).await.with_context(|| format!("checking {}", job.output.display()))?;
-    match output::decide(existing.as_ref(), LOCAL_PROJECT, job.overwrite) {
+async fn check_output(output: &Path, overwrite: bool) -> Result<()> {
+    let (store, key) = LocalResolver::new().resolve(&Location::Local(output.to_path_buf()))?;
+    let existing = store.head(&key).await.with_context(|| format!("checking {}", output.display()))?;
+    match output::decide(existing.as_ref(), LOCAL_PROJECT, overwrite) {
         Ok(_) => Ok(()),
         Err(Refusal::NeedsForceRestart) => {
-            bail!("{} already exists (a reel made earlier); pass --overwrite to replace it", job.output.display())
+            bail!("{} already exists (a reel made earlier); pass --overwrite to replace it", output.display())
         }
         Err(Refusal::NotWrittenByReel | Refusal::OtherProject) => bail!(
             "{} already exists and was not written by this reel installation; reel does not replace files it \
              did not write, even with --overwrite: remove it or choose another -o",
-            job.output.display()
+            output.display()
         ),
     }
+}
+
+/// What `reel generate` asked for.
+#[derive(Debug, Clone)]
+pub struct GenerateJob {
+    /// One clip per prompt.
+    pub prompts: Vec<String>,
+    /// Length of each clip, s.
+    pub clip_seconds: u32,
+    /// Frame.
+    pub orientation: Orientation,
+    /// Where the clips go (absolute; a directory of the job's own by default).
+    pub clips_dir: PathBuf,
+    /// The reel to stitch them into, and its preset.
+    pub reel: Option<(PathBuf, Compression)>,
+    /// Replace the reel if it is reel's own earlier output.
+    pub overwrite: bool,
+}
+
+impl GenerateJob {
+    /// The job id: the same prompts and settings give the same id.
+    pub fn job_id(prompts: &[String], clip_seconds: u32, orientation: Orientation) -> String {
+        let mut hasher = Sha256::new();
+        for prompt in prompts {
+            hasher.update(prompt.as_bytes());
+            hasher.update([0]);
+        }
+        hasher.update(clip_seconds.to_le_bytes());
+        hasher.update(orientation.as_str().as_bytes());
+        let hex: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+        format!("local_gen_{hex}")
+    }
+
+    fn id(&self) -> String {
+        GenerateJob::job_id(&self.prompts, self.clip_seconds, self.orientation)
+    }
+}
+
+/// How a `reel generate` ended: the generation job, and the reel's job if one was asked
+/// for and started.
+pub struct GenerateResult {
+    /// The generation job's final state.
+    pub generation: JobState,
+    /// The stitching job's, when `--stitch` started one.
+    pub reel: Option<JobState>,
 }
 
 /// The subscription the CLI watches the log through.
@@ -194,6 +240,12 @@ impl LocalPipeline {
             Arc::new(reel_stitch::Stitch::from_settings(&settings)),
             Arc::new(reel_upload::Upload::from_settings(&settings)),
             Arc::new(reel_finalize::Finalize::from_settings(&settings)),
+            // Locally, clips from prompts are test patterns: no Vertex AI on a laptop.
+            Arc::new(reel_generate::Generate::new(
+                Arc::new(reel_generate::TestPattern::new(settings.media.clone())),
+                settings.generate.clone(),
+                settings.quota,
+            )),
         ];
         for handler in handlers {
             let mut options = WorkerOptions::for_stage(handler.stage(), &settings);
@@ -255,7 +307,7 @@ impl LocalPipeline {
                 }
             }
         } else {
-            check_output(job).await?;
+            check_output(&job.output, job.overwrite).await?;
             let attempt = if history.is_empty() { 0 } else { current_attempt + 1 };
             state = JobState::new(&job_id);
             self.submit(job, &job_id, attempt, attempt > 0 || job.overwrite).await?;
@@ -285,11 +337,80 @@ impl LocalPipeline {
         }
     }
 
+    /// Run a generation job (and the reel's job, with `--stitch`) to its end, telling
+    /// `observer` about both jobs' events.
+    pub async fn generate(
+        &mut self,
+        job: &GenerateJob,
+        observer: &mut dyn Observer,
+        interrupt: CancellationToken,
+    ) -> Result<GenerateResult> {
+        let job_id = job.id();
+        let reel_id = format!("{job_id}-reel");
+        let attempt = read_log(&self.state)?
+            .iter()
+            .filter(|e| envelope::job_id_of(e).as_deref() == Some(job_id.as_str()))
+            .map(|e| attempt_of(e) + 1)
+            .max()
+            .unwrap_or(0);
+        if let Some((output, _)) = &job.reel {
+            check_output(output, job.overwrite).await?;
+        }
+        let mut prefix = job.clips_dir.display().to_string();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        let request = GenerateRequested {
+            job_id: Some(job_id.clone()),
+            project_id: LOCAL_PROJECT.into(),
+            user_id: local_user(),
+            prompts: job.prompts.clone(),
+            clip_seconds: job.clip_seconds,
+            orientation: job.orientation,
+            output_prefix: prefix,
+            stitch: job.reel.as_ref().map(|(output, compression)| GenerateStitch {
+                output_path: output.display().to_string(),
+                compression: *compression,
+            }),
+            retry_attempt: Some(attempt),
+            force_restart: Some(attempt > 0 || job.overwrite),
+        };
+        let id = format!("generate.requested-{}", uuid::Uuid::new_v4().simple());
+        let event = envelope::build(types::GENERATE_REQUESTED, "//reel/cli", id, &job_id, Utc::now(), &request)?;
+        reel_runtime::worker::publish_event(self.bus.as_ref(), &self.topology.names(), &event).await?;
+        let mut generation = JobState::new(&job_id);
+        let mut reel = None::<JobState>;
+        loop {
+            let deliveries = tokio::select! {
+                d = self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)) => d?,
+                _ = interrupt.cancelled() => return Ok(GenerateResult { generation, reel }),
+            };
+            for delivery in deliveries {
+                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
+                let Ok(event) = binding::decode(&delivery.message) else { continue };
+                let state = match envelope::job_id_of(&event) {
+                    Some(id) if id == job_id => &mut generation,
+                    Some(id) if id == reel_id => reel.get_or_insert_with(|| JobState::new(&reel_id)),
+                    _ => continue,
+                };
+                state.apply(&event);
+                observer.on_event(&event, state);
+            }
+            let done = match generation.status() {
+                Status::Completed if job.reel.is_some() => reel.as_ref().is_some_and(|r| r.status().is_terminal()),
+                status => status.is_terminal(),
+            };
+            if done {
+                return Ok(GenerateResult { generation, reel });
+            }
+        }
+    }
+
     async fn submit(&self, job: &StitchJob, job_id: &str, attempt: u32, force: bool) -> Result<()> {
         let request = StitchRequested {
             job_id: Some(job_id.to_string()),
             project_id: LOCAL_PROJECT.into(),
-            user_id: std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "local".into()),
+            user_id: local_user(),
             clip_paths: job.clips.iter().map(|p| p.display().to_string()).collect(),
             output_path: job.output.display().to_string(),
             orientation: job.orientation,
@@ -310,6 +431,11 @@ impl LocalPipeline {
         while self.workers.join_next().await.is_some() {}
         let _ = &self.settings;
     }
+}
+
+/// The person at the keyboard.
+fn local_user() -> String {
+    std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| "local".into())
 }
 
 fn attempt_of(event: &Event) -> u32 {
@@ -392,7 +518,7 @@ impl LocalPipeline {
                     jobs.insert(job.clone(), JobState::new(&job));
                 }
             }
-            self.bus.publish(&names.queue_topic(queue), message).await?;
+            self.bus.publish(&names.return_topic(queue, &message), message).await?;
         }
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline && jobs.values().any(|j| !j.status().is_terminal()) {

@@ -47,6 +47,37 @@ enum Command {
         #[arg(short, long)]
         quiet: bool,
     },
+    /// Generate clips from prompts on this machine (a titled test pattern per prompt:
+    /// no Vertex AI needed), optionally stitched into a reel: prompts → clips → reel.
+    Generate {
+        /// One clip per prompt (1 to 20).
+        #[arg(required = true, value_name = "PROMPT")]
+        prompts: Vec<String>,
+        /// Stitch the clips into a reel at -o.
+        #[arg(long, requires = "output")]
+        stitch: bool,
+        /// Where to write the reel (.mp4), with --stitch.
+        #[arg(short, long, value_name = "OUT")]
+        output: Option<PathBuf>,
+        /// Where the clips go (default: generated/JOB next to OUT, or in the current directory).
+        #[arg(long, value_name = "DIR")]
+        clips_dir: Option<PathBuf>,
+        /// Length of each clip, s.
+        #[arg(long, value_name = "S", default_value_t = 8)]
+        seconds: u32,
+        /// portrait, landscape or square.
+        #[arg(long, value_name = "O", default_value = "portrait")]
+        orientation: Orientation,
+        /// The reel's preset: original | optimized | high_quality | small.
+        #[arg(long, value_name = "C", default_value = "optimized")]
+        compression: Compression,
+        /// Replace OUT if it is reel's own earlier output.
+        #[arg(long)]
+        overwrite: bool,
+        /// No progress bar.
+        #[arg(short, long)]
+        quiet: bool,
+    },
     /// Make sample clips and stitch them, for a first look.
     Demo {
         /// Where to put the clips and reels.
@@ -138,7 +169,7 @@ struct Remote {
 enum DlqCommand {
     /// Peek at the dead letters of STAGE: job, event type, attempts, errorType, reason, age.
     List {
-        /// The stage whose dead-letter queue to read (`encode`: stitch's per-clip encodes).
+        /// The stage whose dead-letter queue to read (`encode`: stitch's per-clip encodes; `generate`: generation requests and their prompts).
         #[arg(value_name = "STAGE", value_parser = queue_value())]
         stage: Queue,
         /// Show at most N letters.
@@ -153,7 +184,7 @@ enum DlqCommand {
     },
     /// Send dead letters back to STAGE; each is removed only after its republish is confirmed.
     Replay {
-        /// The stage whose dead letters to send back to it (`encode`: stitch's per-clip encodes).
+        /// The stage whose dead letters to send back to it (`encode`: stitch's per-clip encodes; `generate`: generation requests and their prompts).
         #[arg(value_name = "STAGE", value_parser = queue_value())]
         stage: Queue,
         /// Only the letters of this job.
@@ -249,6 +280,21 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Stitch { clips, output, orientation, compression, overwrite, quiet } => {
             stitch(clips, output, orientation, compression, overwrite, quiet).await
+        }
+        Command::Generate {
+            prompts,
+            stitch,
+            output,
+            clips_dir,
+            seconds,
+            orientation,
+            compression,
+            overwrite,
+            quiet,
+        } => {
+            let request =
+                GenerateArgs { prompts, stitch, output, clips_dir, seconds, orientation, compression, overwrite };
+            generate(request, quiet).await
         }
         Command::Demo { dir } => demo(&dir).await,
         Command::Setup { buckets } => {
@@ -516,6 +562,16 @@ fn prepare(clips: Vec<PathBuf>, output: PathBuf) -> Result<(Vec<PathBuf>, PathBu
         }
         absolute.push(std::fs::canonicalize(&path).unwrap_or(path));
     }
+    let output = prepare_output(output)?;
+    if absolute.contains(&output) {
+        bail!("the output {} is one of the clips", output.display());
+    }
+    Ok((absolute, output))
+}
+
+/// The reel's path made absolute, checked to be an MP4 in a writable directory.
+fn prepare_output(output: PathBuf) -> Result<PathBuf> {
+    let cwd = std::env::current_dir().context("reading the working directory")?;
     let output = if output.is_absolute() { output } else { cwd.join(output) };
     let ext = output.extension().and_then(|e| e.to_str()).unwrap_or("").to_ascii_lowercase();
     if !matches!(ext.as_str(), "mp4" | "m4v" | "mov") {
@@ -532,12 +588,7 @@ fn prepare(clips: Vec<PathBuf>, output: PathBuf) -> Result<(Vec<PathBuf>, PathBu
         }
         Err(e) => bail!("cannot write {}: {e}", output.display()),
     }
-    let output =
-        std::fs::canonicalize(parent).unwrap_or(parent.to_path_buf()).join(output.file_name().unwrap_or_default());
-    if absolute.contains(&output) {
-        bail!("the output {} is one of the clips", output.display());
-    }
-    Ok((absolute, output))
+    Ok(std::fs::canonicalize(parent).unwrap_or(parent.to_path_buf()).join(output.file_name().unwrap_or_default()))
 }
 
 async fn stitch(
@@ -593,9 +644,9 @@ async fn guess_orientation(clips: &[PathBuf]) -> Orientation {
     Orientation::Portrait
 }
 
-async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
-    let state_dir = local::state_dir();
-    let mut pipeline = local::LocalPipeline::start(&state_dir, settings().clone()).await?;
+/// The local pipeline, and the token Ctrl-C fires to interrupt it.
+async fn start_local() -> Result<(local::LocalPipeline, CancellationToken)> {
+    let pipeline = local::LocalPipeline::start(&local::state_dir(), settings().clone()).await?;
     let interrupt = CancellationToken::new();
     let on_signal = interrupt.clone();
     tokio::spawn(async move {
@@ -603,6 +654,11 @@ async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
             on_signal.cancel();
         }
     });
+    Ok((pipeline, interrupt))
+}
+
+async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
+    let (mut pipeline, interrupt) = start_local().await?;
     let mut bar = render::ProgressView::new(quiet);
     let result = pipeline.run(job, &mut bar, interrupt.clone()).await;
     bar.finish();
@@ -623,6 +679,65 @@ async fn run_job(job: &local::StitchJob, quiet: bool) -> Result<ExitCode> {
         Status::Completed => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// `reel generate`'s arguments.
+struct GenerateArgs {
+    prompts: Vec<String>,
+    stitch: bool,
+    output: Option<PathBuf>,
+    clips_dir: Option<PathBuf>,
+    seconds: u32,
+    orientation: Orientation,
+    compression: Compression,
+    overwrite: bool,
+}
+
+async fn generate(args: GenerateArgs, quiet: bool) -> Result<ExitCode> {
+    check_tools()?;
+    let cwd = std::env::current_dir().context("reading the current directory")?;
+    let reel = match (args.stitch, args.output) {
+        (true, Some(output)) => Some((prepare_output(output)?, args.compression)),
+        (false, Some(_)) => anyhow::bail!("-o names the reel: add --stitch"),
+        _ => None,
+    };
+    let job_id = local::GenerateJob::job_id(&args.prompts, args.seconds, args.orientation);
+    let clips_dir = match args.clips_dir {
+        Some(dir) if dir.is_absolute() => dir,
+        Some(dir) => cwd.join(dir),
+        None => {
+            let base = reel.as_ref().and_then(|(out, _)| out.parent().map(Path::to_path_buf)).unwrap_or(cwd);
+            base.join("generated").join(&job_id)
+        }
+    };
+    std::fs::create_dir_all(&clips_dir).with_context(|| format!("creating {}", clips_dir.display()))?;
+    let job = local::GenerateJob {
+        prompts: args.prompts,
+        clip_seconds: args.seconds,
+        orientation: args.orientation,
+        clips_dir,
+        reel,
+        overwrite: args.overwrite,
+    };
+    let (mut pipeline, interrupt) = start_local().await?;
+    let mut bar = render::ProgressView::new(quiet);
+    let result = pipeline.generate(&job, &mut bar, interrupt.clone()).await;
+    bar.finish();
+    pipeline.shutdown().await;
+    let result = result?;
+    if interrupt.is_cancelled() {
+        eprintln!("interrupted; job {job_id} stopped");
+        return Ok(ExitCode::from(130));
+    }
+    let generation = result.generation.to_status();
+    render::print_result(&generation);
+    let mut ok = generation.status == Status::Completed;
+    if let Some(reel) = &result.reel {
+        let reel = reel.to_status();
+        render::print_result(&reel);
+        ok &= reel.status == Status::Completed;
+    }
+    Ok(if ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
 async fn demo(dir: &Path) -> Result<ExitCode> {

@@ -77,8 +77,20 @@ pub fn print_result(status: &JobStatus) {
             let duration = result.get("durationSeconds").and_then(|v| v.as_f64()).unwrap_or(0.0);
             let size = result.get("sizeBytes").and_then(|v| v.as_u64()).unwrap_or(0);
             let mode = result.get("mode").and_then(|v| v.as_str()).unwrap_or("?");
-            println!("{}", status.output_path.clone().unwrap_or_default());
-            println!("  duration {duration:.2} s, size {}, mode {mode}", human_bytes(size));
+            let clips = result.get("clipPaths").and_then(|v| v.as_array());
+            match clips {
+                // A generation job: its clips, one per prompt that gave one.
+                Some(clips) => {
+                    for clip in clips.iter().filter_map(|c| c.as_str()) {
+                        println!("{clip}");
+                    }
+                    println!("  {} clips, {duration:.2} s, size {}", clips.len(), human_bytes(size));
+                }
+                None => {
+                    println!("{}", status.output_path.clone().unwrap_or_default());
+                    println!("  duration {duration:.2} s, size {}, mode {mode}", human_bytes(size));
+                }
+            }
             for skipped in &status.skipped_clips {
                 println!("  skipped {}: {}", skipped.path, skipped.reason);
             }

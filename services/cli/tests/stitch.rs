@@ -498,3 +498,40 @@ fn status_and_jobs_fold_the_local_log() {
     let out = sb.reel(&["status", "job_nope"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn generate_makes_a_clip_per_prompt_and_stitches_them_into_a_reel() {
+    let sb = Sandbox::new();
+    let out = sb.reel(&[
+        "generate",
+        "a lighthouse at dawn",
+        "gulls over the sea: 3 of them, «quoted»",
+        "--seconds",
+        "2",
+        "--stitch",
+        "-o",
+        "reel.mp4",
+        "--quiet",
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let clips: Vec<&str> = stdout.lines().filter(|l| l.ends_with(".mp4") && l.contains("clip-")).collect();
+    assert_eq!(clips.len(), 2, "{}", text(&out));
+    for clip in &clips {
+        let p = probe(Path::new(clip));
+        assert_eq!(p.video, vec![(540, 960)], "a portrait test pattern");
+        assert!((p.duration - 2.0).abs() <= 0.1, "{clip}: {}", p.duration);
+    }
+    let reel = probe(&sb.path("reel.mp4"));
+    assert!((reel.duration - 4.0).abs() <= 0.2, "reel duration {}", reel.duration);
+    assert_eq!(reel.audio_streams, 1);
+    decodes_cleanly(&sb.path("reel.mp4"));
+    // Two jobs on the log, each completed once: the clips', then the reel's.
+    let completed = sb.log_data("phoenix.reel.v1.job.completed");
+    let types: Vec<&str> = completed.iter().filter_map(|c| c["type"].as_str()).collect();
+    assert_eq!(types, ["video_generation", "video_stitching"], "{completed:?}");
+    // The same command again makes nothing new without --overwrite: the reel is there.
+    let again = sb.reel(&["generate", "a lighthouse at dawn", "--stitch", "-o", "reel.mp4", "--quiet"]);
+    assert!(!again.status.success(), "{}", text(&again));
+    assert!(String::from_utf8_lossy(&again.stderr).contains("--overwrite"), "{}", text(&again));
+}

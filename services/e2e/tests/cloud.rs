@@ -526,3 +526,80 @@ async fn wait_for_stage_progress_since(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Issue 16's "done when" on the emulators: a `generate.requested` with `stitch` set goes
+/// from prompts to a playable reel in the bucket, through the real Veo client against the
+/// local Veo server (which puts a real clip where Veo would), with exactly one
+/// `job.completed` for each of the two jobs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prompts_become_a_playable_reel_in_the_bucket_with_one_completion_for_each_job() {
+    use reel_events::payload::{GenerateRequested, GenerateStitch};
+    use reel_testkit::veo::{VeoOptions, VeoServer};
+    let mut cluster = Cluster::start().await;
+    let store = std::sync::Arc::new(cluster.emulators.store(&cluster.bucket).await);
+    let sample = cluster.dir().join("veo-sample.mp4");
+    make_clip(&sample, 320, 240, 4.0);
+    let (hook_store, hook_sample, prefix) = (store.clone(), sample.clone(), format!("gs://{}/", cluster.bucket));
+    let options = VeoOptions::default().with_on_done(move |uri: &str, _prompt: &str| {
+        let key = uri.strip_prefix(&prefix).expect("Veo writes into the request's bucket");
+        let put =
+            reel_runtime::store::put_file(hook_store.as_ref(), key, &hook_sample, reel_runtime::PutMode::Overwrite);
+        tokio::runtime::Handle::current().block_on(put).expect("the generated clip lands in the bucket");
+    });
+    let veo = VeoServer::start_with(options).await.unwrap();
+    cluster.start_all();
+    let url = veo.url();
+    let env = [("REEL_GENERATOR", "veo"), ("REEL_VEO_ENDPOINT", url.as_str()), ("REEL_VEO_POLL_MILLIS", "200")];
+    cluster.start_program_with_env("generate", &env).unwrap();
+
+    let job = "gen_e2e";
+    let request = GenerateRequested {
+        job_id: Some(job.into()),
+        project_id: "p-gen".into(),
+        user_id: "u1".into(),
+        prompts: ["a lighthouse at dawn", "gulls [refuse]", "waves on rocks", "a red sunset"]
+            .map(String::from)
+            .to_vec(),
+        clip_seconds: 4,
+        orientation: reel_events::Orientation::Landscape,
+        output_prefix: format!("gs://{}/generated/{job}/", cluster.bucket),
+        stitch: Some(GenerateStitch {
+            output_path: format!("gs://{}/reels/generated.mp4", cluster.bucket),
+            compression: reel_events::Compression::Optimized,
+        }),
+        retry_attempt: None,
+        force_restart: None,
+    };
+    let event =
+        reel_events::envelope::build(types::GENERATE_REQUESTED, "//e2e", "gen-1", job, chrono::Utc::now(), &request)
+            .unwrap();
+    reel_runtime::worker::publish_event(cluster.bus(), &cluster.names(), &event).await.unwrap();
+
+    let generated = cluster.wait_for(Some(job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let data = reel_events::envelope::data_json(&generated).unwrap();
+    assert_eq!(data["type"], "video_generation");
+    let clips = data["clipPaths"].as_array().expect("clipPaths").clone();
+    assert_eq!(clips.len(), 3, "the refused prompt is left out: {data}");
+    assert_eq!(
+        data["skippedClips"][0]["path"].as_str().map(|p| p.starts_with("prompt 2: gulls")),
+        Some(true),
+        "{data}"
+    );
+    let reel_job = format!("{job}-reel");
+    let reel = cluster.wait_for(Some(&reel_job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
+    let reel_data = reel_events::envelope::data_json(&reel).unwrap();
+    assert_eq!(reel_data["type"], "video_stitching");
+    assert_reel(&cluster, "reels/generated.mp4", 12.0).await;
+    // One job.completed each, however many deliveries there were.
+    for id in [job, reel_job.as_str()] {
+        let completions: std::collections::BTreeSet<String> = cluster
+            .events_of(id)
+            .await
+            .iter()
+            .filter(|e| e.ty() == types::JOB_COMPLETED)
+            .map(|e| e.id().to_string())
+            .collect();
+        assert_eq!(completions.len(), 1, "{id}: {completions:?}");
+    }
+    assert_eq!(veo.requests_to("predictLongRunning").len(), 4, "one generation per prompt");
+}

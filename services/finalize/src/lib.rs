@@ -6,16 +6,16 @@
 //! a repeated request for the job is skipped by validate.
 
 use async_trait::async_trait;
-use reel_events::payload::{JobCompleted, JobSpec, ReelUploaded};
-use reel_events::{binding, types, Event, Stage};
+use reel_events::payload::{JobCompleted, ReelUploaded};
+use reel_events::{types, Event, Stage};
 use reel_runtime::config::Settings;
 use reel_runtime::location::{Location, StoreResolver};
 use reel_runtime::output;
 use reel_runtime::stage::{
-    cancel_marker_key, completed_marker_key, decode_payload, Context, FromSettings, Handler, LateDelivery, Outcome,
+    clean_up_job, decode_payload, record_completion, recorded_completion, Context, FromSettings, Handler, LateDelivery,
+    Outcome,
 };
-use reel_runtime::store::{delete_prefix, PutMode, StoreError};
-use tokio::io::AsyncReadExt;
+use reel_runtime::store::StoreError;
 use tracing::{info, warn};
 
 /// The finalize stage.
@@ -57,12 +57,11 @@ impl Handler for Finalize {
             Err(outcome) => return outcome,
         };
         let job = &input.job;
-        let marker = completed_marker_key(&job.job_id);
-        if let Some(previous) = read_marker(ctx, &marker).await {
+        if let Some(previous) = recorded_completion(ctx, &job.job_id).await {
             if !job.force_restart || previous_attempt_matches(&previous, job.retry_attempt) {
                 info!("job already completed; re-emitting its job.completed");
                 // The first delivery may have died between recording and cleaning up.
-                clean_up(ctx, job).await;
+                clean_up_job(ctx, &job.job_ref()).await;
                 return Outcome::Emit(vec![previous]);
             }
         }
@@ -84,34 +83,19 @@ impl Handler for Finalize {
             crc32c: input.reel.crc32c.clone(),
             skipped_clips: input.skipped_clips.clone(),
             warnings: input.warnings.clone(),
-            mode: input.reel.mode,
+            mode: Some(input.reel.mode),
+            clip_paths: None,
             job_type: reel_events::JobType::VideoStitching,
             retry_attempt: Some(job.retry_attempt),
             cost,
         };
         let completed = ctx.event(event, types::JOB_COMPLETED, job.retry_attempt, &data);
-        let record = binding::encode_structured(&completed).data;
-        if let Err(e) = ctx.work.put(&marker, Box::pin(std::io::Cursor::new(record)), PutMode::Overwrite).await {
+        if let Err(e) = record_completion(ctx, &completed).await {
             return Outcome::failed("recording the completion", &e);
         }
-        clean_up(ctx, job).await;
+        clean_up_job(ctx, &job.job_ref()).await;
         ctx.progress.report(100.0);
         Outcome::Emit(vec![completed])
-    }
-}
-
-/// What a completed job leaves behind goes: its workspace, its project lock and any
-/// cancel marker. Idempotent, so every delivery of a completion runs it.
-async fn clean_up(ctx: &Context, job: &JobSpec) {
-    match delete_prefix(ctx.work.as_ref(), &ctx.work_prefix()).await {
-        Ok(n) => info!(files = n, "workspace cleaned"),
-        Err(e) => {
-            warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
-        }
-    }
-    reel_runtime::tenancy::release(ctx.work.as_ref(), &job.job_ref()).await;
-    if let Err(e) = ctx.work.delete(&cancel_marker_key(&job.job_id)).await {
-        warn!(error = %e, "could not remove the cancel marker");
     }
 }
 
@@ -121,23 +105,4 @@ fn previous_attempt_matches(previous: &Event, attempt: u32) -> bool {
         .and_then(|d| d.get("retryAttempt").and_then(|v| v.as_u64()))
         .unwrap_or(0) as u32
         == attempt
-}
-
-async fn read_marker(ctx: &Context, key: &str) -> Option<Event> {
-    let mut reader = match ctx.work.get(key).await {
-        Ok(r) => r,
-        Err(StoreError::NotFound(_)) => return None,
-        Err(e) => {
-            warn!(error = %e, "cannot read the completion record");
-            return None;
-        }
-    };
-    let mut bytes = Vec::new();
-    reader.read_to_end(&mut bytes).await.ok()?;
-    let message = reel_events::message::PubsubMessage {
-        data: bytes,
-        attributes: [(binding::CONTENT_TYPE.to_string(), binding::STRUCTURED_CONTENT_TYPE.to_string())].into(),
-        ordering_key: String::new(),
-    };
-    binding::decode(&message).ok()
 }

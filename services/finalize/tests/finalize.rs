@@ -49,7 +49,7 @@ async fn the_completed_event_carries_the_contract_fields_and_the_job_is_cleaned_
     );
     assert_eq!(completed.output_path, job.output_path);
     assert_eq!((completed.size_bytes, completed.duration_seconds, completed.crc32c.as_str()), (1234, 6.5, "yZRlqg=="));
-    assert_eq!(completed.mode, Mode::Copy);
+    assert_eq!(completed.mode, Some(Mode::Copy));
     assert_eq!(envelope::data_json(&events[0]).unwrap()["type"], "video_stitching", "CONTRACT 1.1");
     assert_eq!(completed.skipped_clips.len(), 1);
     assert_eq!(completed.warnings.len(), 1);

@@ -118,6 +118,8 @@ pub struct Settings {
     pub media: MediaConfig,
     /// The service's size and the prices a job's cost is reckoned at (section `[cost]`).
     pub cost: crate::cost::CostConfig,
+    /// The generation job's settings (section `[generate]`).
+    pub generate: GenerateConfig,
 }
 
 /// Log line format.
@@ -147,6 +149,68 @@ pub struct ValidateConfig {
 impl Default for ValidateConfig {
     fn default() -> Self {
         ValidateConfig { max_clips: 100, project_lock: true, manifest_buckets: Vec::new() }
+    }
+}
+
+/// Who makes a prompt's clip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GeneratorKind {
+    /// Veo on Vertex AI (`REEL_VEO_ENDPOINT` overrides its endpoint).
+    Veo,
+    /// A titled test pattern rendered with ffmpeg, for people without Vertex AI (the
+    /// local `reel generate`, and tests).
+    TestPattern,
+}
+
+/// The generation job's settings (section `[generate]`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GenerateConfig {
+    /// `veo` (default) or `test-pattern` (`REEL_GENERATOR`).
+    pub generator: GeneratorKind,
+    /// A generation job's deadline, minutes (`REEL_GENERATE_TIMEOUT_MINUTES`, default 30).
+    pub timeout_minutes: u64,
+    /// Most prompts per job (`REEL_MAX_PROMPTS`, default and at most 20).
+    pub max_prompts: usize,
+    /// The Vertex AI endpoint (`REEL_VEO_ENDPOINT`; default the location's,
+    /// `https://{location}-aiplatform.googleapis.com`). An `http://` endpoint gets no
+    /// credentials, as the emulators.
+    pub veo_endpoint: Option<String>,
+    /// The project Veo runs in (`REEL_VEO_PROJECT`; default `GOOGLE_CLOUD_PROJECT`).
+    pub veo_project: Option<String>,
+    /// The Vertex AI location (`REEL_VEO_LOCATION`, default `us-central1`).
+    pub veo_location: String,
+    /// The model (`REEL_VEO_MODEL`, default `veo-3.0-generate-001`).
+    pub veo_model: String,
+    /// Between two polls of a generation, ms (`REEL_VEO_POLL_MILLIS`, default 10000).
+    pub veo_poll_millis: u64,
+    /// How long one delivery waits for Veo before handing the item back to be polled
+    /// again by the next, s (`REEL_DELIVERY_BUDGET_SECONDS`, default 480; within the
+    /// clips' subscription's 600 s ack deadline, which push mode cannot extend).
+    pub delivery_budget_seconds: u64,
+}
+
+impl Default for GenerateConfig {
+    fn default() -> Self {
+        GenerateConfig {
+            generator: GeneratorKind::Veo,
+            timeout_minutes: 30,
+            max_prompts: 20,
+            veo_endpoint: None,
+            veo_project: None,
+            veo_location: "us-central1".into(),
+            veo_model: "veo-3.0-generate-001".into(),
+            veo_poll_millis: 10_000,
+            delivery_budget_seconds: 480,
+        }
+    }
+}
+
+impl Settings {
+    /// A generation job's deadline.
+    pub fn generate_timeout(&self) -> chrono::Duration {
+        chrono::Duration::minutes(self.generate.timeout_minutes as i64)
     }
 }
 
@@ -221,6 +285,7 @@ impl Default for Settings {
             download: DownloadConfig::default(),
             media: MediaConfig::default(),
             cost: crate::cost::CostConfig::default(),
+            generate: GenerateConfig::default(),
         }
     }
 }
@@ -371,6 +436,18 @@ impl Settings {
         }
         self.media.validate().map_err(|m| ("media", m))?;
         self.cost.validate().map_err(|m| ("cost", m))?;
+        if self.generate.timeout_minutes == 0 {
+            return Err(("generate.timeout_minutes", "expected minutes > 0".into()));
+        }
+        if !(1..=20).contains(&self.generate.max_prompts) {
+            return Err(("generate.max_prompts", "expected 1-20 prompts (the contract's limit)".into()));
+        }
+        if !(10..=590).contains(&self.generate.delivery_budget_seconds) {
+            return Err((
+                "generate.delivery_budget_seconds",
+                "expected 10-590 seconds (within the 600 s ack deadline of the clips' subscription)".into(),
+            ));
+        }
         if let Some(root) = &self.work_root {
             parse_root(root).map_err(|e| ("work_root", e.to_string()))?;
         }

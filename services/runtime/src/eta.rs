@@ -13,6 +13,7 @@
 //! | stitch, re-encode | seconds of video encoded |
 //! | upload | MB of reel |
 //! | finalize | clips |
+//! | generate | prompts |
 //!
 //! `a` and `b` are fitted by exponentially weighted least squares over the completed
 //! jobs ([`DECAY`] per job, so about the last ten count). Until a leg has seen a job, a
@@ -26,7 +27,7 @@
 //! delivery's stage, start and end, and what it knew of the job's shape), adds the
 //! job's legs to the rates and writes them back; two jobs completing at the same instant
 //! may lose one of the two updates, which an estimate can afford. Every delivery reads
-//! the rates (cached for a minute) and its progress events carry
+//! the rates (cached for 5 s) and its progress events carry
 //! `now + the rest of this stage + every later stage`, the rest of this stage being
 //! the model's remainder, trusted less as the stage's own progress grows and its rate
 //! is known better.
@@ -61,6 +62,8 @@ pub enum Leg {
     Upload,
     /// finalize: per clip.
     Finalize,
+    /// generate (the generation job): per prompt, the prompts generated at once.
+    Generate,
 }
 
 impl Leg {
@@ -75,6 +78,8 @@ impl Leg {
             Leg::StitchReencode => (1.5, 1.0),
             Leg::Upload => (0.3, 0.003),
             Leg::Finalize => (0.3, 0.02),
+            // Veo takes one to three minutes a clip; the prompts run at once.
+            Leg::Generate => (90.0, 2.0),
         }
     }
 
@@ -87,6 +92,7 @@ impl Leg {
             Stage::Stitch => Leg::StitchCopy,
             Stage::Upload => Leg::Upload,
             Stage::Finalize => Leg::Finalize,
+            Stage::Generate => Leg::Generate,
         }
     }
 }
@@ -127,7 +133,9 @@ impl Shape {
             let seconds: Option<f64> =
                 clips.iter().map(|c| c.pointer("/info/durationSeconds").and_then(|v| v.as_f64())).sum();
             shape.video_seconds = seconds;
-        } else if let Some(paths) = data.pointer("/job/clipPaths").and_then(|p| p.as_array()) {
+        } else if let Some(paths) =
+            data.pointer("/job/clipPaths").or_else(|| data.pointer("/job/prompts")).and_then(|p| p.as_array())
+        {
             shape.clips = u32::try_from(paths.len()).ok();
         }
         if let Some(reel) = data.get("reel") {
@@ -176,8 +184,9 @@ impl Fit {
         self.sxy += x * y;
     }
 
-    /// The fitted line at `x`; with one size of job seen so far, the prior's slope
-    /// through what was seen; with nothing seen, the prior.
+    /// The fitted line at `x`; with one size of job seen so far, the prior's fixed part
+    /// (or less) and the rest of what was seen per unit of `x`; with nothing seen, the
+    /// prior.
     fn predict(&self, x: f64, (prior_a, prior_b): (f64, f64)) -> f64 {
         if self.w < 0.5 {
             return prior_a + prior_b * x;
@@ -193,7 +202,8 @@ impl Fit {
                 (0.0, (self.sxy / self.sxx).max(0.0))
             }
         } else {
-            ((my - prior_b * mx).max(0.0), prior_b)
+            let a = prior_a.min(my);
+            (a, if mx > 0.0 { (my - a) / mx } else { prior_b })
         };
         a + b * x
     }
@@ -251,7 +261,7 @@ impl Rates {
 
     fn x(&self, leg: Leg, shape: &Shape) -> f64 {
         match leg {
-            Leg::Validate | Leg::Finalize => self.clips(shape),
+            Leg::Validate | Leg::Finalize | Leg::Generate => self.clips(shape),
             Leg::Download | Leg::StitchCopy => self.input_mb(shape),
             Leg::StitchReencode => {
                 shape.video_seconds.unwrap_or_else(|| self.input_mb(shape) * self.seconds_per_mb.or(0.5))
@@ -293,7 +303,7 @@ impl Rates {
         } else {
             by_model
         };
-        let later: f64 = Stage::ALL[stage.index() + 1..].iter().map(|s| self.stage_seconds(*s, shape)).sum();
+        let later: f64 = stage.later().iter().map(|s| self.stage_seconds(*s, shape)).sum();
         here + later
     }
 

@@ -144,8 +144,9 @@ pub trait Handler: Send + Sync + 'static {
     /// it (validate: a request names any id it likes, and an id already taken by another
     /// tenant's job is refused under an id of its own). The worker then does nothing
     /// under that id before the handler has decided: no cancel or completion check and
-    /// no progress events; the handler checks cancel and completion itself.
-    fn job_id_is_a_claim(&self) -> bool {
+    /// no progress events; the handler checks cancel and completion itself. `ty`: the
+    /// event's type (generate: a request's id is a claim, its items' is the job's).
+    fn job_id_is_a_claim(&self, _ty: &str) -> bool {
         false
     }
 
@@ -380,6 +381,51 @@ pub fn completed_marker_key(job_id: &str) -> String {
 /// validate and finalize share.
 pub async fn job_completed(work: &dyn Store, job_id: &str) -> Result<bool, crate::store::StoreError> {
     Ok(!job_id.is_empty() && work.head(&completed_marker_key(job_id)).await?.is_some())
+}
+
+/// Record a job's completion: its `job.completed` under [`completed_marker_key`] (so a
+/// redelivery re-emits the very same event, and a repeated request is skipped).
+pub async fn record_completion(ctx: &Context, completed: &Event) -> Result<(), crate::store::StoreError> {
+    let job_id = reel_events::envelope::job_id_of(completed).unwrap_or_default();
+    let record = reel_events::binding::encode_structured(completed).data;
+    let key = completed_marker_key(&job_id);
+    ctx.work.put(&key, Box::pin(std::io::Cursor::new(record)), crate::store::PutMode::Overwrite).await.map(|_| ())
+}
+
+/// The `job.completed` recorded for `job_id`, if any (and readable).
+pub async fn recorded_completion(ctx: &Context, job_id: &str) -> Option<Event> {
+    let bytes = match crate::store::read_all(ctx.work.as_ref(), &completed_marker_key(job_id)).await {
+        Ok(bytes) => bytes?,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the completion record");
+            return None;
+        }
+    };
+    let message = reel_events::message::PubsubMessage {
+        data: bytes,
+        attributes: [(
+            reel_events::binding::CONTENT_TYPE.to_string(),
+            reel_events::binding::STRUCTURED_CONTENT_TYPE.to_string(),
+        )]
+        .into(),
+        ordering_key: String::new(),
+    };
+    reel_events::binding::decode(&message).ok()
+}
+
+/// What a completed job leaves behind goes: its workspace, its quota slot and project
+/// lock, and any cancel marker. Idempotent, so every delivery of a completion runs it.
+pub async fn clean_up_job(ctx: &Context, job: &JobRef) {
+    match crate::store::delete_prefix(ctx.work.as_ref(), &work_prefix(&job.job_id)).await {
+        Ok(n) => tracing::info!(files = n, "workspace cleaned"),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not clean the workspace; the work bucket's lifecycle rule will")
+        }
+    }
+    crate::tenancy::release(ctx.work.as_ref(), job).await;
+    if let Err(e) = ctx.work.delete(&cancel_marker_key(&job.job_id)).await {
+        tracing::warn!(error = %e, "could not remove the cancel marker");
+    }
 }
 
 #[cfg(test)]

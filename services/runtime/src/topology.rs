@@ -90,6 +90,10 @@ impl Topology {
         // Stitch's fan-out: one item per clip to re-encode, with dead letters of its own.
         topics.push(TopicSpec { name: names.encode_topic(), retention: None });
         topics.push(TopicSpec { name: names.dead_letter_topic(Queue::Encode), retention: None });
+        // The generation job: its requests, its per-prompt items, one dead-letter topic.
+        topics.push(TopicSpec { name: names.work_topic(Stage::Generate), retention: None });
+        topics.push(TopicSpec { name: names.generate_clips_topic(), retention: None });
+        topics.push(TopicSpec { name: names.dead_letter_topic(Stage::Generate), retention: None });
         for stage in Stage::ALL {
             let dlq = Some(names.dead_letter_topic(stage));
             let ack = if stage == Stage::Stitch { 120 } else { 60 };
@@ -110,6 +114,24 @@ impl Topology {
                 subscriptions.push(sub(names.encode_subscription(), names.encode_topic(), encode_dlq, 600, true));
             }
         }
+        let generate_dlq = Some(names.dead_letter_topic(Stage::Generate));
+        subscriptions.push(sub(
+            names.subscription(Stage::Generate),
+            names.work_topic(Stage::Generate),
+            generate_dlq.clone(),
+            60,
+            true,
+        ));
+        // One prompt's generation: Veo takes minutes, and push mode cannot extend a
+        // deadline: Pub/Sub's longest, within which a delivery polls
+        // (`[generate] delivery_budget_seconds`) before handing the item back.
+        subscriptions.push(sub(
+            names.generate_clips_subscription(),
+            names.generate_clips_topic(),
+            generate_dlq,
+            600,
+            true,
+        ));
         // The state service reads the log; its dead letters would mean a poison event on
         // the log, which it skips instead, so it has no dead-letter topic.
         let mut api = sub(names.api_subscription(), names.events(), None, 60, false);
@@ -148,14 +170,16 @@ pub enum Queue {
 }
 
 impl Queue {
-    /// Every queue: the stages in pipeline order, then encode.
-    pub const ALL: [Queue; 6] = [
+    /// Every queue: the stages in pipeline order, encode, then generate (its requests
+    /// and its per-prompt items share its dead letters).
+    pub const ALL: [Queue; 7] = [
         Queue::Stage(Stage::Validate),
         Queue::Stage(Stage::Download),
         Queue::Stage(Stage::Stitch),
         Queue::Stage(Stage::Upload),
         Queue::Stage(Stage::Finalize),
         Queue::Encode,
+        Queue::Stage(Stage::Generate),
     ];
 
     /// The name operators type (`stitch`, `encode`).
@@ -199,7 +223,7 @@ impl std::str::FromStr for Queue {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Queue::ALL.into_iter().find(|q| q.as_str() == s).ok_or_else(|| {
-            format!("unknown queue {s:?}; expected validate, download, stitch, encode, upload or finalize")
+            format!("unknown queue {s:?}; expected validate, download, stitch, encode, upload, finalize or generate")
         })
     }
 }
@@ -245,6 +269,7 @@ impl Names {
     pub fn work_topic(&self, stage: Stage) -> String {
         match stage {
             Stage::Validate => self.requests(),
+            Stage::Generate => format!("{}generate-requests", self.prefix),
             other => format!("{}work-{}", self.prefix, other.as_str()),
         }
     }
@@ -259,6 +284,7 @@ impl Names {
         match stage {
             Stage::Validate => subscriptions.push(self.gcs_subscription()),
             Stage::Stitch => subscriptions.push(self.encode_subscription()),
+            Stage::Generate => subscriptions.push(self.generate_clips_subscription()),
             _ => {}
         }
         subscriptions
@@ -266,7 +292,31 @@ impl Names {
     /// The topic where events of type `ty` are work, if they are work anywhere: the
     /// consuming stage's work topic, or the encode topic for a clip to re-encode.
     pub fn work_topic_for(&self, ty: &str) -> Option<String> {
+        if ty == types::GENERATE_CLIP {
+            return Some(self.generate_clips_topic());
+        }
         Queue::of_event_type(ty).map(|queue| self.queue_topic(queue))
+    }
+    /// `reel-generate-clips`: one item per prompt of a generation job.
+    pub fn generate_clips_topic(&self) -> String {
+        format!("{}generate-clips", self.prefix)
+    }
+    /// The subscription generate programs pull prompt items from (`reel-generate-clips`).
+    pub fn generate_clips_subscription(&self) -> String {
+        format!("{}generate-clips", self.prefix)
+    }
+    /// The topic a message of `queue` goes back to (a resumed attempt, a replayed dead
+    /// letter): its event type's ([`Names::work_topic_for`]: generate's items go to their
+    /// own topic, not to the requests' one that shares their dead letters), else the
+    /// queue's.
+    pub fn return_topic(&self, queue: Queue, message: &crate::bus::Message) -> String {
+        reel_events::binding::decode(message)
+            .ok()
+            .and_then(|event| {
+                use reel_events::AttributesReader;
+                self.work_topic_for(event.ty())
+            })
+            .unwrap_or_else(|| self.queue_topic(queue))
     }
     /// The topic a queue's work is published to.
     pub fn queue_topic(&self, queue: Queue) -> String {
@@ -313,7 +363,7 @@ impl Names {
         if subscription == self.api_subscription() {
             return Some("api".into());
         }
-        Stage::ALL.into_iter().find(|s| self.consumed_by(*s).iter().any(|c| c == subscription)).map(|s| s.to_string())
+        Stage::EVERY.into_iter().find(|s| self.consumed_by(*s).iter().any(|c| c == subscription)).map(|s| s.to_string())
     }
     /// Validate's second subscription, on storage notifications.
     pub fn gcs_subscription(&self) -> String {
@@ -392,5 +442,24 @@ mod tests {
         assert_eq!("encode".parse::<Queue>(), Ok(Queue::Encode));
         assert_eq!("stitch".parse::<Queue>(), Ok(Queue::Stage(Stage::Stitch)));
         assert!("join".parse::<Queue>().is_err());
+    }
+
+    #[test]
+    fn generate_has_its_requests_topic_and_its_per_prompt_items_with_one_dead_letter_topic() {
+        let topology = Topology::standard(DEFAULT_PREFIX);
+        let names = topology.names();
+        let requests = topology.subscription("reel-generate").expect("the generate subscription");
+        assert_eq!(requests.topic, "reel-generate-requests");
+        let items = topology.subscription("reel-generate-clips").expect("the items' subscription");
+        assert_eq!(items.ack_deadline, Duration::from_secs(600));
+        for sub in [requests, items] {
+            assert_eq!(sub.dead_letter_topic.as_deref(), Some("reel-generate-dead-letter"));
+        }
+        assert!(topology.subscription("reel-generate-dead-letter").is_some());
+        assert_eq!(names.consumed_by(Stage::Generate), ["reel-generate", "reel-generate-clips"]);
+        assert_eq!(names.service_of("reel-generate-clips").as_deref(), Some("generate"));
+        assert_eq!(names.work_topic_for(types::GENERATE_REQUESTED).as_deref(), Some("reel-generate-requests"));
+        assert_eq!(names.work_topic_for(types::GENERATE_CLIP).as_deref(), Some("reel-generate-clips"));
+        assert_eq!("generate".parse::<Queue>(), Ok(Queue::Stage(Stage::Generate)));
     }
 }

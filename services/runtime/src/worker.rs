@@ -93,7 +93,10 @@ impl WorkerOptions {
             cancel_poll: Duration::from_secs(1),
             max_retry_attempts: settings.max_retry_attempts,
             temp_dir: settings.temp_dir.clone(),
-            job_timeout_minutes: settings.job_timeout_minutes,
+            job_timeout_minutes: match stage {
+                Stage::Generate => settings.generate.timeout_minutes,
+                _ => settings.job_timeout_minutes,
+            },
             fault_file: settings.fault_file.clone(),
             project_lock: settings.validate.project_lock,
             timeout_resumes: settings.timeout_resumes,
@@ -153,8 +156,9 @@ pub struct Worker {
     rates: tokio::sync::Mutex<Option<(Instant, Arc<crate::eta::Rates>)>>,
 }
 
-/// How long a worker trusts the completion rates it read.
-const RATES_FRESH: Duration = Duration::from_secs(60);
+/// How long a worker trusts the completion rates it read: a few seconds, so that what
+/// a job just taught is used by the next (one small read per stage and interval).
+const RATES_FRESH: Duration = Duration::from_secs(5);
 
 impl Worker {
     /// A worker for `handler`, with the topology and trust boundary of `settings`.
@@ -375,13 +379,13 @@ impl Worker {
             ce_id = %event.id(),
             ce_type = %event.ty(),
             delivery_attempt,
-            job_type = reel_events::JobType::VideoStitching.as_str(),
+            job_type = self.stage().job_type().as_str(),
             trace = envelope::extension_str(&event, envelope::TRACEPARENT).unwrap_or(""),
         );
         inbound.event = Some(event);
         async {
             let event = inbound.event.as_ref().expect("decoded above");
-            let outcome = match self.admit_job(&inbound.envelope).await {
+            let outcome = match self.admit_job(&inbound.envelope, self.claims(inbound.event.as_ref())).await {
                 Some(outcome) => outcome,
                 None => {
                     let outcome = match self.begin_run(&inbound).await {
@@ -438,12 +442,12 @@ impl Worker {
     }
 
     /// Admission, part two: may the job's work run now? `None` lets the handler run.
-    async fn admit_job(&self, envelope: &JobEnvelope) -> Option<Outcome> {
+    async fn admit_job(&self, envelope: &JobEnvelope, claim: bool) -> Option<Outcome> {
         if let Some(deadline) = envelope.deadline.filter(|d| Utc::now() > *d) {
             return Some(self.past_deadline(envelope, &format!("the job passed its deadline ({deadline})")));
         }
         let job_id = envelope.job.job_id.as_str();
-        if self.handler.job_id_is_a_claim() {
+        if claim {
             return None;
         }
         if !job_id.is_empty() && self.cancel_requested(job_id).await {
@@ -464,7 +468,7 @@ impl Worker {
     async fn begin_run(&self, inbound: &Inbound<'_>) -> Result<(), Failure> {
         let job = &inbound.envelope.job;
         // Nothing is recorded under an id that is only a claim (a request's).
-        if !job.job_id.is_empty() && !self.handler.job_id_is_a_claim() {
+        if !job.job_id.is_empty() && !self.claims(inbound.event.as_ref()) {
             // With a larger tier to go to, one run that died is enough: on Cloud Run a
             // program dies without a word (SIGKILL) when it runs out of memory.
             let allowed = if self.options.larger_tier.is_some() { 0 } else { self.options.max_retry_attempts };
@@ -502,6 +506,11 @@ impl Worker {
         Ok(())
     }
 
+    /// Whether the job id of `event` is only a claim ([`Handler::job_id_is_a_claim`]).
+    fn claims(&self, event: Option<&Event>) -> bool {
+        event.is_some_and(|e| self.handler.job_id_is_a_claim(e.ty()))
+    }
+
     /// The name runs of this delivery's work are counted under: the stage, or the stage
     /// and the part of the job ([`Handler::part_of`]) when parts of one job run at once.
     fn run_name(&self, event: Option<&Event>) -> String {
@@ -514,7 +523,7 @@ impl Worker {
     /// Put one delivery's cost in its job's ledger ([`crate::cost`]). The job is the
     /// envelope's, or, while its id is only a claim, the one the handler decided on.
     async fn record_cost(&self, event: &Event, envelope: &JobEnvelope, outcome: &Outcome, entry: LedgerEntry) {
-        let job_id = if self.handler.job_id_is_a_claim() {
+        let job_id = if self.handler.job_id_is_a_claim(event.ty()) {
             match outcome {
                 Outcome::Emit(events) => events.first().and_then(|e| e.subject().map(String::from)),
                 Outcome::Retry(f) | Outcome::Reject(f) => f.job.as_ref().map(|j| j.job_id.clone()),
@@ -538,7 +547,7 @@ impl Worker {
 
     /// The handler produced an outcome: the run did not die (see [`Worker::begin_run`]).
     async fn end_run(&self, job_id: &str, event: Option<&Event>) {
-        if job_id.is_empty() || self.handler.job_id_is_a_claim() {
+        if job_id.is_empty() || self.claims(event) {
             return;
         }
         if let Err(e) = crate::unfinished::finish(self.work.as_ref(), job_id, &self.run_name(event)).await {
@@ -590,7 +599,7 @@ impl Worker {
             progress,
         };
         let mut watched = envelope.clone();
-        if self.handler.job_id_is_a_claim() {
+        if self.handler.job_id_is_a_claim(event.ty()) {
             // Nothing is said or watched under an id the handler has not accepted yet.
             watched.job = JobRef::default();
         }
@@ -716,7 +725,10 @@ impl Worker {
         let timeout = chrono::Duration::minutes(self.options.job_timeout_minutes as i64);
         let renewed = reel_events::replay::resume_message(inbound.message, Utc::now(), timeout, why);
         let names = self.names();
-        let topic = self.queue(inbound).map(|q| names.queue_topic(q)).unwrap_or_else(|| names.work_topic(self.stage()));
+        let topic = match self.queue(inbound) {
+            Some(queue) => names.return_topic(queue, inbound.message),
+            None => names.work_topic(self.stage()),
+        };
         if let Err(e) = self.bus.publish(&topic, renewed.clone()).await {
             warn!(error = %e, "could not resume the job; will retry");
             return Disposition::Nack;
@@ -993,7 +1005,7 @@ impl Worker {
             _ => 0.0,
         };
         info!(
-            job_type = reel_events::JobType::VideoStitching.as_str(),
+            job_type = self.stage().job_type().as_str(),
             status,
             retry_attempt = envelope.retry_attempt,
             error_type,

@@ -34,8 +34,16 @@ use crate::process::{self, Lifetime};
 pub const STAGES: [&str; 5] = ["validate", "download", "stitch", "upload", "finalize"];
 
 /// The programs a cluster runs.
-pub const PROGRAMS: [&str; 7] =
-    ["reel", "reel-validate", "reel-download", "reel-stitch", "reel-upload", "reel-finalize", "reel-api"];
+pub const PROGRAMS: [&str; 8] = [
+    "reel",
+    "reel-validate",
+    "reel-download",
+    "reel-stitch",
+    "reel-upload",
+    "reel-finalize",
+    "reel-generate",
+    "reel-api",
+];
 
 /// Settings every program gets besides the emulators, bucket and prefix. Delivery runs at
 /// the defaults (ack deadlines, leases, backoff), as in production. No per-user quotas:
@@ -48,12 +56,13 @@ pub const PROGRAM_SETTINGS: [(&str, &str); 3] =
 /// `terraform/run.tf`): (vCPUs, memory). A cluster's programs are told theirs
 /// (`REEL_INSTANCE_VCPUS`, `REEL_INSTANCE_MEMORY`), so the cost a job reports is what
 /// it would cost on Cloud Run at those sizes.
-pub const STAGE_SIZING: [(&str, &str, &str); 5] = [
+pub const STAGE_SIZING: [(&str, &str, &str); 6] = [
     ("validate", "1", "512Mi"),
     ("download", "1", "2Gi"),
     ("stitch", "2", "4Gi"),
     ("upload", "1", "512Mi"),
     ("finalize", "1", "512Mi"),
+    ("generate", "1", "2Gi"),
 ];
 
 /// The directory of the workspace's debug (or release) binaries, built once per test

@@ -10,9 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-/// Every deployed program: the five stages and reel-api.
+/// Every deployed program: the five stages, generate and reel-api.
 fn programs() -> Vec<String> {
-    Stage::ALL.iter().map(|s| s.as_str().to_string()).chain(["api".to_string()]).collect()
+    Stage::EVERY.iter().map(|s| s.as_str().to_string()).chain(["api".to_string()]).collect()
 }
 
 /// The image target of a program: ffmpeg only where it runs (stitch joins clips;

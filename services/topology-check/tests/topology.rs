@@ -226,7 +226,7 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
     let member_of = |program: &str| members.iter().find(|(_, p)| *p == program).map(|(m, _)| m.clone()).unwrap();
     let set = |items: Vec<String>| items.into_iter().collect::<BTreeSet<String>>();
 
-    for stage in Stage::ALL {
+    for stage in Stage::EVERY {
         let member = member_of(stage.as_str());
         // The subscriptions that feed the stage: those that dead-letter to the topic of
         // one of its queues (stitch's: its own and the encode items').
@@ -244,8 +244,12 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
         // stage's work topic (worker::publish_event), and dead-letters to its own topic.
         let mut publishes = vec![names.events()];
         publishes.extend(dead_letter_topics);
-        if let Some(next) = Stage::ALL.get(stage.index() + 1) {
+        if let Some(next) = stage.later().first() {
             publishes.push(names.work_topic(*next));
+        }
+        // Generate fans out to its per-prompt items, and asks for the reel of the clips.
+        if stage == Stage::Generate {
+            publishes.extend([names.generate_clips_topic(), names.requests()]);
         }
         // A stage with a queue of its own besides its work fans out to it (stitch's encodes).
         publishes.extend(queues.iter().filter(|q| **q != Queue::Stage(stage)).map(|q| names.queue_topic(*q)));
@@ -271,15 +275,21 @@ fn each_program_reads_and_publishes_exactly_what_its_code_does() {
             "{grant:?}"
         );
     }
+    // One project-wide grant: Vertex AI has no narrower one, and only generate calls it.
     for resource in module.resources() {
         assert!(
-            !resource.ty.starts_with("google_project_iam"),
+            !resource.ty.starts_with("google_project_iam")
+                || (resource.ty == "google_project_iam_member" && resource.name == "generate_vertex_ai"),
             "project-wide IAM in {}: {}.{}",
             resource.file.display(),
             resource.ty,
             resource.name
         );
     }
+    let vertex = deployment.evaluator.instances("google_project_iam_member").unwrap();
+    assert_eq!(vertex.len(), 1);
+    assert_eq!(vertex[0].body.string("role").unwrap().as_deref(), Some("roles/aiplatform.user"));
+    assert_eq!(vertex[0].body.string("member").unwrap(), Some(member_of("generate")));
 }
 
 #[test]
@@ -461,7 +471,7 @@ fn push_services_run_the_stages_with_the_codes_settings() {
         }
         stages.insert(stage);
     }
-    let all: BTreeSet<String> = Stage::ALL.iter().map(|s| s.as_str().to_string()).collect();
+    let all: BTreeSet<String> = Stage::EVERY.iter().map(|s| s.as_str().to_string()).collect();
     assert_eq!(stages, all);
     // No jobs in push mode.
     assert!(deployment.evaluator.instances("google_cloud_run_v2_job").unwrap().is_empty());
@@ -472,7 +482,7 @@ fn pull_jobs_run_the_stages_until_idle() {
     let module = module();
     let mut deployment = deploy(&module, &[("delivery_mode", Value::from("pull"))]);
     let jobs = deployment.evaluator.instances("google_cloud_run_v2_job").unwrap();
-    assert_eq!(jobs.len(), Stage::ALL.len() + 1, "the stages and the larger stitch tier");
+    assert_eq!(jobs.len(), Stage::EVERY.len() + 1, "the stages, generate and the larger stitch tier");
     for job in &jobs {
         let container = containers(job, true)[0];
         check_settings(&job.address, &container_env(container).unwrap(), DEFAULT_PREFIX);

@@ -12,13 +12,14 @@ use reel_events::payload::{JobRef, JobSpec, JobValidated, StitchRequested};
 use reel_events::{envelope, types, AttributesReader, ErrorType, Event, Stage};
 use reel_runtime::config::{Quotas, Settings, ValidateConfig};
 use reel_runtime::location::Location;
-use reel_runtime::stage::{
-    cancel_marker_key, job_completed, valid_id, Context, Failure, FromSettings, Handler, Outcome,
-};
+use reel_runtime::stage::{valid_id, Context, Failure, FromSettings, Handler, Outcome};
 use reel_runtime::store::StoreError;
 use reel_runtime::{lock, output, tenancy};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
+
+pub mod admission;
+use admission::attribute;
 
 /// Largest manifest object read (a request is a few hundred bytes).
 pub const MAX_MANIFEST_BYTES: u64 = 1024 * 1024;
@@ -66,7 +67,7 @@ impl Handler for Validate {
 
     /// A request's job id is the caller's claim: validate checks whose it is before
     /// anything happens under it, then checks cancel and completion itself.
-    fn job_id_is_a_claim(&self) -> bool {
+    fn job_id_is_a_claim(&self, _ty: &str) -> bool {
         true
     }
 
@@ -87,32 +88,11 @@ impl Handler for Validate {
                 Ok(d) => d,
                 Err(e) => return reject(ErrorType::InvalidRequest, format!("stitch.requested without JSON data: {e}")),
             };
-            let derived = || derived_job_id(&[event.source(), event.id()]);
-            let mut job = JobRef::from_data(&data, None);
-            let job_id = match data.get("jobId") {
-                None | Some(serde_json::Value::Null) => derived(),
-                Some(serde_json::Value::String(id)) if valid_id(id) => id.clone(),
-                // A job id that is not one cannot name the failure (nor go into
-                // ce-subject or an ordering key, both limited to 1,024 bytes): fail
-                // under the id derived from the event, quoting the bad one shortened.
-                Some(other) => {
-                    job.job_id = derived();
-                    let text = match other {
-                        serde_json::Value::String(s) => s.clone(),
-                        v => v.to_string(),
-                    };
-                    let short: String = text.chars().take(64).collect();
-                    let more = if text.chars().count() > 64 { "…" } else { "" };
-                    let shown = if other.is_string() { format!("{short:?}{more}") } else { format!("{short}{more}") };
-                    let message = format!(
-                        "jobId {shown} must be a string of 1-128 characters of A-Z a-z 0-9 _ - . (failed as {})",
-                        job.job_id
-                    );
-                    return attribute(reject(ErrorType::InvalidRequest, message), job);
-                }
+            let (job_id, derived) = match admission::job_id_of(event, &data) {
+                Ok(ids) => ids,
+                Err(outcome) => return outcome,
             };
-            job.job_id = job_id.clone();
-            let derived = derived();
+            let job = JobRef { job_id: job_id.clone(), ..JobRef::from_data(&data, None) };
             return attribute(self.validate_request(ctx, event, &job_id, &derived, data, None).await, job);
         }
         if event.ty() != STORAGE_OBJECT_FINALIZED {
@@ -120,18 +100,6 @@ impl Handler for Validate {
         }
         self.manifest(ctx, event).await
     }
-}
-
-/// The refusal of a request that names the job id of another job: under `own_id`, an id
-/// of the request's own, so the job that has the id sees nothing.
-fn taken(job_id: &str, own_id: &str, mut request: JobRef) -> Outcome {
-    let message = if own_id == job_id {
-        format!("jobId {job_id:?} is the id of another job")
-    } else {
-        format!("jobId {job_id:?} is the id of another job; choose a new id (failed as {own_id})")
-    };
-    request.job_id = own_id.to_string();
-    Outcome::Reject(Failure::new(ErrorType::PermissionDenied, message).for_job(request))
 }
 
 fn reject(error_type: ErrorType, message: impl Into<String>) -> Outcome {
@@ -161,14 +129,6 @@ pub fn traceparent_for(job_id: &str, retry_attempt: u32) -> String {
 /// job id is derived here, so carry it in the failure message's context.
 fn with_job(outcome: Outcome, job_id: &str, project: &str) -> Outcome {
     attribute(outcome, JobRef { job_id: job_id.to_string(), project_id: project.to_string(), user_id: String::new() })
-}
-
-fn attribute(outcome: Outcome, job: JobRef) -> Outcome {
-    match outcome {
-        Outcome::Reject(f) if f.job.is_none() => Outcome::Reject(f.for_job(job)),
-        Outcome::Retry(f) if f.job.is_none() => Outcome::Retry(f.for_job(job)),
-        other => other,
-    }
 }
 
 impl Validate {
@@ -286,12 +246,8 @@ impl Validate {
         // Whose the id is comes first: even a malformed request must not fail, clean or
         // say anything under the id of another tenant's job.
         let claimed = JobRef::from_data(&data, None);
-        match tenancy::job_record(ctx.work.as_ref(), job_id).await {
-            Ok(Some(record)) if !record.is_of(&claimed.project_id, &claimed.user_id) => {
-                return taken(job_id, own_id, claimed)
-            }
-            Ok(_) => {}
-            Err(e) => return Outcome::failed("reading the job id's record", &e),
+        if let Err(outcome) = admission::check_claim(ctx, job_id, own_id, &claimed).await {
+            return outcome;
         }
         let request: StitchRequested = match serde_json::from_value(data.clone()) {
             Ok(r) => r,
@@ -308,17 +264,17 @@ impl Validate {
         if let Some(outcome) = self.check_request(ctx, &request) {
             return outcome;
         }
-        if let Err(outcome) = self.check_tenancy(ctx, job_id, own_id, &request).await {
-            return outcome;
-        }
-        if !request.force_restart.unwrap_or(false) {
-            match job_completed(ctx.work.as_ref(), job_id).await {
-                Ok(true) => {
-                    return Outcome::Skip(format!("job {job_id} already completed; send forceRestart to redo it"))
-                }
-                Ok(false) => {}
-                Err(e) => return Outcome::failed("cannot check for an earlier completion", &e),
-            }
+        let admission = admission::Request {
+            job_id,
+            own_id,
+            project_id: &request.project_id,
+            user_id: &request.user_id,
+            force_restart: request.force_restart.unwrap_or(false),
+        };
+        match admission::admit(ctx, &admission, &self.quotas, self.job_timeout).await {
+            Ok(None) => {}
+            Ok(Some(skip)) => return skip,
+            Err(outcome) => return outcome,
         }
         // Whether the reel may go where it is asked to, decided before any download or
         // encode is paid for (upload decides again, atomically, when it writes).
@@ -365,66 +321,9 @@ impl Validate {
         let mut child = ctx.clone();
         child.job.job_id = job_id.to_string();
         let mut next = child.event(event, types::JOB_VALIDATED, retry_attempt, &JobValidated { job: spec });
-        if envelope::extension_str(&next, envelope::TRACEPARENT).is_none() {
-            // A job without a caller's trace starts its own: one job, one trace.
-            next.set_extension(envelope::TRACEPARENT, traceparent_for(job_id, retry_attempt));
-        }
+        // A job without a caller's trace starts its own: one job, one trace.
+        admission::ensure_trace(&mut next, job_id, retry_attempt);
         Outcome::Emit(vec![next])
-    }
-
-    /// Whose the request's project, job id and quota are (the caller already refused a
-    /// job id recorded for another project or user): the project is claimed for its
-    /// first user and refused to anyone else; the job id is recorded for this request
-    /// (one taken meanwhile is refused under `own_id`, an id of the request's own, so
-    /// the job that has it sees nothing); a cancelled job is not started; the user's
-    /// quota holds.
-    async fn check_tenancy(
-        &self,
-        ctx: &Context,
-        job_id: &str,
-        own_id: &str,
-        request: &StitchRequested,
-    ) -> Result<(), Outcome> {
-        let work = ctx.work.as_ref();
-        let (project, user) = (request.project_id.as_str(), request.user_id.as_str());
-        match tenancy::claim_project(work, project, user, job_id).await {
-            Ok(record) if record.owner != user => {
-                return Err(reject(
-                    ErrorType::PermissionDenied,
-                    format!("project {project:?} belongs to another user; only its owner may start jobs in it"),
-                ))
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Outcome::failed("reading the project's owner", &e)),
-        }
-        match tenancy::claim_job(work, job_id, project, user).await {
-            Ok(record) if !record.is_of(project, user) => {
-                // Another request took the id between our read and our claim.
-                let mine = JobRef { job_id: job_id.into(), project_id: project.into(), user_id: user.into() };
-                return Err(taken(job_id, own_id, mine));
-            }
-            Ok(_) => {}
-            Err(e) => return Err(Outcome::failed("recording the job id", &e)),
-        }
-        // The id is this request's now: the worker's usual checks, done here.
-        match work.head(&cancel_marker_key(job_id)).await {
-            Ok(Some(_)) => return Err(Outcome::Cancel),
-            Ok(None) => {}
-            Err(e) => return Err(Outcome::failed("checking for a cancel request", &e)),
-        }
-        let now = Utc::now();
-        let lifetime = self.job_timeout + chrono::Duration::minutes(tenancy::SLOT_GRACE_MINUTES);
-        let usage = match tenancy::usage(work, user, job_id, lifetime, now).await {
-            Ok(usage) => usage,
-            Err(e) => return Err(Outcome::failed("counting the user's jobs", &e)),
-        };
-        if let Err(over) = tenancy::check_quota(&usage, &self.quotas, now) {
-            return Err(reject(
-                ErrorType::QuotaExceeded,
-                format!("{}; retry in {} s or when a job ends", over.message, over.retry_after),
-            ));
-        }
-        Ok(())
     }
 
     /// The output rule (`reel_runtime::output`): an existing object at the output is
@@ -441,20 +340,8 @@ impl Validate {
 
     /// Every rule a request must pass; `None` when it passes.
     fn check_request(&self, ctx: &Context, request: &StitchRequested) -> Option<Outcome> {
-        if request.project_id.trim().is_empty() || !valid_id(&request.project_id) {
-            return Some(reject(
-                ErrorType::InvalidRequest,
-                format!("projectId {:?} must be 1-128 characters of A-Z a-z 0-9 _ - .", request.project_id),
-            ));
-        }
-        if request.user_id.trim().is_empty() {
-            return Some(reject(ErrorType::InvalidRequest, "userId is required"));
-        }
-        if request.user_id.len() > MAX_USER_ID_BYTES || request.user_id.chars().any(char::is_control) {
-            return Some(reject(
-                ErrorType::InvalidRequest,
-                format!("userId must be at most {MAX_USER_ID_BYTES} bytes without control characters"),
-            ));
+        if let Some(outcome) = admission::check_ids(&request.project_id, &request.user_id) {
+            return Some(outcome);
         }
         if request.clip_paths.len() < 2 {
             return Some(reject(

@@ -713,16 +713,11 @@ pub fn row_cells(row: &ClusterRow) -> (String, String) {
 
 /// The estimate's error (issue 15): jobs one at a time, and the burst, apart.
 fn eta_rows(etas: &[JobEta]) -> Vec<ClusterRow> {
-    let groups: [(&str, Box<dyn Fn(&JobEta) -> bool>); 2] = [
-        (
-            "jobs one at a time (large, small, idle, fan-out phases)",
-            Box::new(|e: &JobEta| !e.phase.starts_with("burst")),
-        ),
-        ("jobs submitted at once (burst)", Box::new(|e: &JobEta| e.phase.starts_with("burst"))),
-    ];
+    let groups =
+        [("jobs one at a time (large, small, idle, fan-out phases)", false), ("jobs submitted at once (burst)", true)];
     let mut rows = Vec::new();
-    for (label, pick) in groups {
-        let jobs: Vec<&JobEta> = etas.iter().filter(|e| pick(e)).collect();
+    for (label, burst) in groups {
+        let jobs: Vec<&JobEta> = etas.iter().filter(|e| e.phase.starts_with("burst") == burst).collect();
         if jobs.is_empty() {
             continue;
         }
