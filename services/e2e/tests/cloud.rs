@@ -527,13 +527,72 @@ async fn wait_for_stage_progress_since(
     }
 }
 
+/// reel-generate on the cluster, asking the local Veo server.
+fn start_generate(cluster: &mut Cluster, veo: &reel_testkit::veo::VeoServer) {
+    let url = veo.url();
+    let env = [("REEL_GENERATOR", "veo"), ("REEL_VEO_ENDPOINT", url.as_str()), ("REEL_VEO_POLL_MILLIS", "200")];
+    cluster.start_program_with_env("generate", &env).unwrap();
+}
+
+/// Publish a `generate.requested` as Phoenix would (to the log and to generate's topic):
+/// 4 s clips under `generated/{job}/`, stitched into the bucket's `reel` key if given.
+async fn request_generation(cluster: &Cluster, job: &str, prompts: &[&str], reel: Option<&str>) {
+    use reel_events::payload::{GenerateRequested, GenerateStitch};
+    let request = GenerateRequested {
+        job_id: Some(job.into()),
+        project_id: "p-gen".into(),
+        user_id: "u1".into(),
+        prompts: prompts.iter().map(|p| p.to_string()).collect(),
+        clip_seconds: 4,
+        orientation: reel_events::Orientation::Landscape,
+        output_prefix: format!("gs://{}/generated/{job}/", cluster.bucket),
+        stitch: reel.map(|key| GenerateStitch {
+            output_path: format!("gs://{}/{key}", cluster.bucket),
+            compression: reel_events::Compression::Optimized,
+        }),
+        retry_attempt: None,
+        force_restart: None,
+    };
+    let id = format!("gen-{job}");
+    let event = reel_events::envelope::build(types::GENERATE_REQUESTED, "//e2e", id, job, chrono::Utc::now(), &request)
+        .unwrap();
+    reel_runtime::worker::publish_event(cluster.bus(), &cluster.names(), &event).await.unwrap();
+}
+
+/// A generation job cancelled while a prompt is still generating ends `cancelled`: the
+/// item stops polling Veo, and no reel is asked for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_generation_job_cancelled_mid_way_ends_cancelled_and_asks_for_no_reel() {
+    let mut cluster = Cluster::start().await;
+    let veo = reel_testkit::veo::VeoServer::start().await.unwrap();
+    start_generate(&mut cluster, &veo);
+    let job = "gen_cancel";
+    request_generation(&cluster, job, &["quick", "endless [slow:100000]"], Some("reels/never.mp4")).await;
+    // Both prompts started generating.
+    let started = Instant::now();
+    while veo.requests_to("predictLongRunning").len() < 2 {
+        assert!(started.elapsed() < Duration::from_secs(60), "the prompts never reached Veo");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = cluster.reel(&["cancel", job]);
+    assert!(out.status.success(), "reel cancel: {}", String::from_utf8_lossy(&out.stderr));
+    cluster.wait_for(Some(job), types::JOB_CANCELLED, JOB_TIMEOUT).await;
+    // Polling stopped with the item.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let polls = veo.requests_to("fetchPredictOperation").len();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(veo.requests_to("fetchPredictOperation").len(), polls, "still polling Veo after the cancel");
+    let events = cluster.events_of(job).await;
+    assert!(!events.iter().any(|e| e.ty() == types::JOB_COMPLETED), "a cancelled job completed");
+    assert!(cluster.events_of(&format!("{job}-reel")).await.is_empty(), "a reel was asked for");
+}
+
 /// Issue 16's "done when" on the emulators: a `generate.requested` with `stitch` set goes
 /// from prompts to a playable reel in the bucket, through the real Veo client against the
 /// local Veo server (which puts a real clip where Veo would), with exactly one
 /// `job.completed` for each of the two jobs.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prompts_become_a_playable_reel_in_the_bucket_with_one_completion_for_each_job() {
-    use reel_events::payload::{GenerateRequested, GenerateStitch};
     use reel_testkit::veo::{VeoOptions, VeoServer};
     let mut cluster = Cluster::start().await;
     let store = std::sync::Arc::new(cluster.emulators.store(&cluster.bucket).await);
@@ -548,32 +607,10 @@ async fn prompts_become_a_playable_reel_in_the_bucket_with_one_completion_for_ea
     });
     let veo = VeoServer::start_with(options).await.unwrap();
     cluster.start_all();
-    let url = veo.url();
-    let env = [("REEL_GENERATOR", "veo"), ("REEL_VEO_ENDPOINT", url.as_str()), ("REEL_VEO_POLL_MILLIS", "200")];
-    cluster.start_program_with_env("generate", &env).unwrap();
-
+    start_generate(&mut cluster, &veo);
     let job = "gen_e2e";
-    let request = GenerateRequested {
-        job_id: Some(job.into()),
-        project_id: "p-gen".into(),
-        user_id: "u1".into(),
-        prompts: ["a lighthouse at dawn", "gulls [refuse]", "waves on rocks", "a red sunset"]
-            .map(String::from)
-            .to_vec(),
-        clip_seconds: 4,
-        orientation: reel_events::Orientation::Landscape,
-        output_prefix: format!("gs://{}/generated/{job}/", cluster.bucket),
-        stitch: Some(GenerateStitch {
-            output_path: format!("gs://{}/reels/generated.mp4", cluster.bucket),
-            compression: reel_events::Compression::Optimized,
-        }),
-        retry_attempt: None,
-        force_restart: None,
-    };
-    let event =
-        reel_events::envelope::build(types::GENERATE_REQUESTED, "//e2e", "gen-1", job, chrono::Utc::now(), &request)
-            .unwrap();
-    reel_runtime::worker::publish_event(cluster.bus(), &cluster.names(), &event).await.unwrap();
+    let prompts = ["a lighthouse at dawn", "gulls [refuse]", "waves on rocks", "a red sunset"];
+    request_generation(&cluster, job, &prompts, Some("reels/generated.mp4")).await;
 
     let generated = cluster.wait_for(Some(job), types::JOB_COMPLETED, JOB_TIMEOUT).await;
     let data = reel_events::envelope::data_json(&generated).unwrap();
