@@ -314,17 +314,10 @@ impl LocalPipeline {
         }
 
         loop {
-            let deliveries = tokio::select! {
-                d = self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)) => d?,
-                _ = interrupt.cancelled() => {
-                    return Ok(RunResult { job_id, state, resumed_from });
-                }
+            let Some(events) = self.watch(&interrupt).await? else {
+                return Ok(RunResult { job_id, state, resumed_from });
             };
-            for delivery in deliveries {
-                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
-                let Ok(event) = binding::decode(&delivery.message) else {
-                    continue;
-                };
+            for event in events {
                 if envelope::job_id_of(&event).as_deref() != Some(job_id.as_str()) {
                     continue;
                 }
@@ -381,13 +374,10 @@ impl LocalPipeline {
         let mut generation = JobState::new(&job_id);
         let mut reel = None::<JobState>;
         loop {
-            let deliveries = tokio::select! {
-                d = self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)) => d?,
-                _ = interrupt.cancelled() => return Ok(GenerateResult { generation, reel }),
+            let Some(events) = self.watch(&interrupt).await? else {
+                return Ok(GenerateResult { generation, reel });
             };
-            for delivery in deliveries {
-                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
-                let Ok(event) = binding::decode(&delivery.message) else { continue };
+            for event in events {
                 let state = match envelope::job_id_of(&event) {
                     Some(id) if id == job_id => &mut generation,
                     Some(id) if id == reel_id => reel.get_or_insert_with(|| JobState::new(&reel_id)),
@@ -404,6 +394,21 @@ impl LocalPipeline {
                 return Ok(GenerateResult { generation, reel });
             }
         }
+    }
+
+    /// The next events on the log (up to half a second's wait), acked; `None` once
+    /// `interrupt` fires.
+    async fn watch(&self, interrupt: &CancellationToken) -> Result<Option<Vec<Event>>> {
+        let deliveries = tokio::select! {
+            d = self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)) => d?,
+            _ = interrupt.cancelled() => return Ok(None),
+        };
+        let mut events = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
+            events.extend(binding::decode(&delivery.message).ok());
+        }
+        Ok(Some(events))
     }
 
     async fn submit(&self, job: &StitchJob, job_id: &str, attempt: u32, force: bool) -> Result<()> {
@@ -522,11 +527,7 @@ impl LocalPipeline {
         }
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline && jobs.values().any(|j| !j.status().is_terminal()) {
-            for delivery in self.bus.receive(WATCH_SUBSCRIPTION, 64, Duration::from_millis(500)).await? {
-                let _ = self.bus.ack(WATCH_SUBSCRIPTION, &delivery.ack_id).await;
-                let Ok(event) = binding::decode(&delivery.message) else {
-                    continue;
-                };
+            for event in self.watch(&CancellationToken::new()).await?.unwrap_or_default() {
                 if let Some(state) = envelope::job_id_of(&event).and_then(|j| jobs.get_mut(&j)) {
                     state.apply(&event);
                 }

@@ -36,7 +36,6 @@ use chrono::{DateTime, Utc};
 use reel_events::Stage;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use tokio::io::AsyncReadExt;
 
 use crate::store::{PutMode, Store, StoreError};
 
@@ -347,18 +346,11 @@ impl Rates {
     }
 }
 
-/// The rates in the work store, or none learned yet (also when they cannot be read:
-/// an estimate is never a reason to fail).
+/// The rates in the work store, or none learned yet (also when the object does not read
+/// as rates); a store error is the caller's to judge.
 pub async fn load(store: &dyn Store) -> Result<Rates, StoreError> {
-    let mut bytes = Vec::new();
-    match store.get(RATES_KEY).await {
-        Ok(mut reader) => {
-            reader.read_to_end(&mut bytes).await.map_err(|e| StoreError::Transient(e.to_string()))?;
-        }
-        Err(StoreError::NotFound(_)) => return Ok(Rates::default()),
-        Err(e) => return Err(e),
-    }
-    Ok(serde_json::from_slice(&bytes).unwrap_or_default())
+    let bytes = crate::store::read_all(store, RATES_KEY).await?;
+    Ok(bytes.and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default())
 }
 
 /// Add a completed job to the rates in the work store.

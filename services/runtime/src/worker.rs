@@ -537,7 +537,6 @@ impl Worker {
             run: self.run_name(None),
             queued_at: event.time().copied(),
             ended_at: Some(Utc::now()),
-            shape: crate::eta::Shape::of_data(&envelope::data_json(event).unwrap_or_default()),
             ..entry
         };
         if let Err(e) = crate::cost::record(self.work.as_ref(), &job_id, &entry).await {
@@ -603,11 +602,13 @@ impl Worker {
             // Nothing is said or watched under an id the handler has not accepted yet.
             watched.job = JobRef::default();
         }
+        // What the event says of the job's size: for the estimate, and for the ledger.
+        let shape = crate::eta::Shape::of_data(&envelope::data_json(event).unwrap_or_default());
         let watch = Watch {
             envelope: watched,
             trace: envelope::extension_str(event, envelope::TRACEPARENT).map(String::from),
             rates: self.rates().await,
-            shape: crate::eta::Shape::of_data(&envelope::data_json(event).unwrap_or_default()),
+            shape: shape.clone(),
             stage_started: event.time().copied().unwrap_or_else(Utc::now),
         };
         let (watcher, stopped) = self.spawn_watcher(watch, &ctx, stop);
@@ -653,7 +654,7 @@ impl Worker {
         let used = meter.totals();
         let cost = self.options.cost.price(elapsed, crate::cost::cpu_seconds_now() - cpu_before, used);
         let peak_memory_mb = peak_memory.stop() as f64 / 1e6;
-        let entry = LedgerEntry { cost: cost.clone(), peak_memory_mb, ..LedgerEntry::default() };
+        let entry = LedgerEntry { cost: cost.clone(), peak_memory_mb, shape, ..LedgerEntry::default() };
         self.record_cost(event, envelope, &outcome, entry).await;
         let (emitted, bytes): (Vec<String>, u64) = match &outcome {
             Outcome::Emit(events) => (
